@@ -1,0 +1,52 @@
+"""Entry point of the `hetrain` command.
+
+Each sub-command lives in its own module of this package and exposes two functions:
+``add_arguments(parser)`` and ``run(args) -> int``. Register a new one by adding its
+name and module to COMMANDS; nothing else here needs to change.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# sub-command name -> (module inside hetrain.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "roundtrip": ("roundtrip", "encrypt -> compute -> decrypt round trip with error and timings"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hetrain", description="Train classifiers on CKKS-encrypted data.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(f"hetrain.cli.{module}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except HetrainUserError as exc:  # clear, expected errors: no traceback
+        print(f"hetrain {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+from hetrain.errors import HetrainUserError  # noqa: E402  (kept at the bottom: no import cycles)
+
+if __name__ == "__main__":
+    sys.exit(main())

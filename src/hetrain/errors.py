@@ -1,0 +1,9 @@
+"""Errors a user can act on. The CLI prints their message without a traceback."""
+
+
+class HetrainUserError(Exception):
+    """Base class of every error caused by input, configuration or keys (not by a bug)."""
+
+
+class DataError(HetrainUserError, ValueError):
+    """A data file or array is malformed: wrong shape, NaN/inf, unknown labels, empty..."""
