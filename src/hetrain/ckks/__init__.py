@@ -1,0 +1,59 @@
+"""hetrain.ckks: the only package that imports a homomorphic-encryption library.
+
+    from hetrain import ckks
+    eng = ckks.create_engine("seal", "n16384", rotations=[1, 2, 4])
+    ct = eng.encrypt(x); y = eng.decrypt(eng.rotate(ct * ct, 1))
+
+Backends: ``seal`` (Microsoft SEAL via TenSEAL, real encryption) and ``sim`` (NumPy, INSECURE,
+for tests and planning only). A server rebuilds an engine from ``eng.public_bytes()`` with
+``load_engine``; it can compute but never decrypt.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from .container import unpack
+from .counters import OpCounters
+from .engine import Ciphertext, Engine, PlainVector, rotate_sum_steps
+from .errors import (CKKSError, DepthExhausted, InsecureParameters, KeyMismatch, MissingRotationKey,
+                     SecretKeyUnavailable, SerializationError)
+from .params import PRESETS, CKKSParams, get_params, smallest_preset_with_levels
+
+BACKENDS = ("seal", "sim")
+
+
+def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", rotations: Iterable[int] = (),
+                  *, force_insecure: bool = False, **options) -> Engine:
+    """Fresh keys for ``params`` (a preset name or CKKSParams), with Galois keys for ``rotations`` only.
+
+    ``backend="sim"`` is an INSECURE NumPy simulation (options: ``noise``, ``seed``).
+    """
+    p = get_params(params)
+    if backend == "seal":
+        from .seal_backend import SealEngine
+        return SealEngine(p, rotations, force_insecure=force_insecure, **options)
+    if backend == "sim":
+        from .sim_backend import SimEngine
+        return SimEngine(p, rotations, force_insecure=force_insecure, **options)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: bool = False) -> Engine:
+    """Rebuild an engine from ``public_bytes()`` (and optionally ``secret_key_bytes()``)."""
+    meta, _ = unpack(public, expect_kind="public_context")
+    backend = meta.get("backend")
+    if backend == "seal":
+        from .seal_backend import SealEngine
+        return SealEngine.from_bytes(public, secret, force_insecure=force_insecure)
+    if backend == "sim-INSECURE":
+        from .sim_backend import SimEngine
+        return SimEngine.from_bytes(public, secret, force_insecure=force_insecure)
+    raise SerializationError(f"unknown backend {backend!r} in public context")
+
+
+__all__ = [
+    "BACKENDS", "PRESETS", "CKKSParams", "Ciphertext", "CKKSError", "DepthExhausted", "Engine",
+    "InsecureParameters", "KeyMismatch", "MissingRotationKey", "OpCounters", "PlainVector",
+    "SecretKeyUnavailable", "SerializationError", "create_engine", "get_params", "load_engine",
+    "rotate_sum_steps", "smallest_preset_with_levels",
+]

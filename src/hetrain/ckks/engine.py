@@ -1,0 +1,457 @@
+"""The engine interface shared by every CKKS backend.
+
+An engine owns a parameter set and a key set. Ciphertexts are ``Ciphertext`` handles that know
+their engine and their *level*: the number of rescales (multiplications) they can still undergo.
+The level rules are the same for every backend, and implemented here once:
+
+* a fresh encryption sits at ``max_level`` (or at a lower level on request, which makes it smaller);
+* ciphertext x ciphertext, ciphertext x plaintext and ciphertext x scalar each consume one level;
+* addition, subtraction, negation and rotation consume none;
+* operands at different levels are aligned by lowering the higher one (exactly, see backends);
+* an operation that needs a level a ciphertext at level 0 no longer has raises ``DepthExhausted``.
+
+Backends implement the small set of ``_primitive`` methods; counting, checks and alignment live here.
+"""
+from __future__ import annotations
+
+import abc
+import logging
+import os
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+
+from .counters import OpCounters
+from .errors import DepthExhausted, KeyMismatch, MissingRotationKey, SecretKeyUnavailable
+from .params import CKKSParams
+
+log = logging.getLogger("hetrain.ckks")
+
+Scalar = Union[int, float, np.floating]
+
+
+class Ciphertext:
+    """A handle on one encrypted vector of ``engine.slots`` real numbers."""
+
+    __slots__ = ("engine", "level", "data")
+
+    def __init__(self, engine: "Engine", level: int, data) -> None:
+        self.engine = engine
+        self.level = level
+        self.data = data  # backend-specific payload
+
+    # Operators make circuit code read like the maths; each goes through the engine (and its counters).
+    def __add__(self, other):
+        return self.engine.add(self, other)
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        return self.engine.sub(self, other)
+
+    def __rsub__(self, other):
+        return self.engine.add(self.engine.neg(self), other)
+
+    def __mul__(self, other):
+        return self.engine.mul(self, other)
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return self.engine.neg(self)
+
+    def __repr__(self) -> str:
+        return f"<Ciphertext {self.engine.backend_name} level={self.level}>"
+
+
+class PlainVector:
+    """A plaintext vector to multiply or add many times (a mask, a constant row...).
+
+    Encodings are cached per level and purpose, so a mask used at the same level is encoded once.
+    """
+
+    __slots__ = ("values", "_cache")
+
+    def __init__(self, values) -> None:
+        self.values = np.asarray(values, dtype=np.float64)
+        self._cache: dict = {}
+
+
+def rotate_sum_steps(width: int, stride: int = 1) -> list[int]:
+    """Rotation steps used by ``Engine.sum_slots(ct, width, stride)`` (width a power of two)."""
+    _check_pow2(width)
+    steps, k = [], 1
+    while k < width:
+        steps.append(k * stride)
+        k *= 2
+    return steps
+
+
+def _check_pow2(width: int) -> None:
+    if width < 1 or width & (width - 1):
+        raise ValueError(f"width must be a power of two, got {width}")
+
+
+class Engine(abc.ABC):
+    """Keys, encoding, encryption and arithmetic on CKKS ciphertexts (see module docstring)."""
+
+    backend_name = "abstract"
+    secure = True
+
+    def __init__(self, params: CKKSParams, rotation_steps: Iterable[int], key_id: str,
+                 has_secret_key: bool, forced_insecure: bool = False) -> None:
+        self.params = params
+        self.slots = params.slots
+        self.max_level = params.levels
+        self.rotation_steps = frozenset(self.normalize_step(s) for s in rotation_steps) - {0}
+        self.key_id = key_id
+        self.has_secret_key = has_secret_key
+        self.forced_insecure = forced_insecure
+        self.counters = OpCounters()
+        self.log = _TaggedLogger(log, self._log_tag())
+
+    def _log_tag(self) -> str:
+        tags = []
+        if not self.secure:
+            tags.append("INSECURE SIMULATION")
+        if self.forced_insecure:
+            tags.append("INSECURE PARAMETERS (<128-bit, forced)")
+        return "[" + "; ".join(tags) + "] " if tags else ""
+
+    # ------------------------------------------------------------------ helpers
+    def normalize_step(self, step: int) -> int:
+        """Left-rotation step in [0, slots): a negative step is a right rotation."""
+        return int(step) % self.slots
+
+    def _vector(self, values) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64)
+        if v.ndim == 0:
+            return np.full(self.slots, float(v))
+        v = v.ravel()
+        if v.size > self.slots:
+            raise ValueError(f"{v.size} values do not fit in {self.slots} slots")
+        if not np.all(np.isfinite(v)):
+            raise ValueError("cannot encode NaN or infinite values")
+        if v.size < self.slots:
+            v = np.concatenate([v, np.zeros(self.slots - v.size)])
+        return v
+
+    def _own(self, ct: Ciphertext) -> Ciphertext:
+        if not isinstance(ct, Ciphertext):
+            raise TypeError(f"expected a Ciphertext, got {type(ct).__name__}")
+        if ct.engine is not self and ct.engine.key_id != self.key_id:
+            raise KeyMismatch("ciphertext was made under another key set than this engine's")
+        return ct
+
+    def _need_level(self, ct: Ciphertext, what: str) -> None:
+        if ct.level < 1:
+            raise DepthExhausted(
+                f"{what} needs one more multiplicative level but the ciphertext is at level 0 "
+                f"(parameters {self.params.name}: {self.max_level} levels). Use a preset with more "
+                f"levels, fewer iterations, or refresh the ciphertext.")
+
+    def _align(self, a: Ciphertext, b: Ciphertext) -> tuple[Ciphertext, Ciphertext]:
+        self._own(a), self._own(b)
+        if a.level > b.level:
+            a = self.drop_to_level(a, b.level)
+        elif b.level > a.level:
+            b = self.drop_to_level(b, a.level)
+        return a, b
+
+    # ------------------------------------------------------------------ public API
+    def encrypt(self, values, level: int | None = None) -> Ciphertext:
+        """Encrypt up to ``slots`` real values (zero-padded) at ``level`` (default: the top)."""
+        level = self.max_level if level is None else int(level)
+        if not 0 <= level <= self.max_level:
+            raise ValueError(f"level must be in [0, {self.max_level}], got {level}")
+        v = self._vector(values)
+        with self.counters.time("encrypt"):
+            data = self._encrypt(v, level)
+        return Ciphertext(self, level, data)
+
+    def decrypt(self, ct: Ciphertext) -> np.ndarray:
+        """Decrypt to ``slots`` float64 values (raw: round or noise-flood before releasing them)."""
+        self._own(ct)
+        if not self.has_secret_key:
+            raise SecretKeyUnavailable("this engine holds public material only and cannot decrypt")
+        with self.counters.time("decrypt"):
+            return self._decrypt(ct)
+
+    def add(self, a: Ciphertext, b) -> Ciphertext:
+        self._own(a)
+        if isinstance(b, Ciphertext):
+            a, b = self._align(a, b)
+            with self.counters.time("add"):
+                return Ciphertext(self, a.level, self._add(a, b))
+        with self.counters.time("add_plain"):
+            return Ciphertext(self, a.level, self._add_plain(a, self._plain_for_add(b, a.level)))
+
+    def sub(self, a: Ciphertext, b) -> Ciphertext:
+        self._own(a)
+        if isinstance(b, Ciphertext):
+            a, b = self._align(a, b)
+            with self.counters.time("sub"):
+                return Ciphertext(self, a.level, self._sub(a, b))
+        return self.add(a, -np.asarray(b, dtype=np.float64) if not isinstance(b, PlainVector) else PlainVector(-b.values))
+
+    def neg(self, a: Ciphertext) -> Ciphertext:
+        self._own(a)
+        with self.counters.time("negate"):
+            return Ciphertext(self, a.level, self._neg(a))
+
+    def add_many(self, cts: Sequence[Ciphertext]) -> Ciphertext:
+        """Sum of ciphertexts (aligned to the lowest level)."""
+        if not cts:
+            raise ValueError("add_many needs at least one ciphertext")
+        out = cts[0]
+        for c in cts[1:]:
+            out = self.add(out, c)
+        return out
+
+    def mul(self, a: Ciphertext, b) -> Ciphertext:
+        """a x b: ciphertext (relinearised and rescaled), plaintext vector or scalar. One level."""
+        if isinstance(b, Ciphertext):
+            return self.mul_sum([(a, b)])
+        if np.ndim(b) == 0 and not isinstance(b, PlainVector):
+            return self.mul_scalar(a, b)
+        return self.mul_plain(a, b)
+
+    def square(self, a: Ciphertext) -> Ciphertext:
+        self._own(a)
+        self._need_level(a, "square")
+        with self.counters.time("square"):
+            d = self._square(a)
+        return self._relin_rescale(d, a.level)
+
+    def mul_sum(self, pairs: Sequence[tuple[Ciphertext, Ciphertext]]) -> Ciphertext:
+        """Σ aᵢ·bᵢ with a single relinearisation and rescale (cheaper than summing ``mul``s)."""
+        if not pairs:
+            raise ValueError("mul_sum needs at least one pair")
+        level = min(min(x.level, y.level) for x, y in pairs)
+        acc = None
+        for x, y in pairs:
+            x, y = self._align(x, y)
+            if x.level > level:
+                x, y = self.drop_to_level(x, level), self.drop_to_level(y, level)
+            self._need_level(x, "multiply")
+            with self.counters.time("multiply"):
+                t = self._tensor(x, y)
+            if acc is None:
+                acc = t
+            else:
+                with self.counters.time("add"):
+                    acc = self._add_tensor(acc, t)
+        return self._relin_rescale(acc, level)
+
+    def _relin_rescale(self, tensor, level: int) -> Ciphertext:
+        with self.counters.time("relinearize"):
+            d = self._relinearize(tensor)
+        with self.counters.time("rescale"):
+            d = self._rescale(d, level)
+        return Ciphertext(self, level - 1, d)
+
+    def mul_plain(self, a: Ciphertext, values) -> Ciphertext:
+        """a x plaintext vector (an array or a PlainVector), rescaled. One level."""
+        self._own(a)
+        self._need_level(a, "plaintext multiply")
+        pv = values if isinstance(values, PlainVector) else PlainVector(self._vector(values))
+        with self.counters.time("multiply_plain"):
+            pt = self._plain_for_mul(pv, a.level)
+            return Ciphertext(self, a.level - 1, self._mul_plain(a, pt))
+
+    def mul_scalar(self, a: Ciphertext, c: Scalar) -> Ciphertext:
+        """a x c for a real constant c. One level (exact scale management needs the rescale)."""
+        self._own(a)
+        self._need_level(a, "scalar multiply")
+        if not np.isfinite(c):
+            raise ValueError(f"cannot multiply by {c}")
+        with self.counters.time("multiply_scalar"):
+            return Ciphertext(self, a.level - 1, self._mul_scalar(a, float(c)))
+
+    def rotate(self, a: Ciphertext, step: int) -> Ciphertext:
+        """Rotate left by ``step`` slots (negative: right), cyclically over all slots."""
+        self._own(a)
+        s = self.normalize_step(step)
+        if s == 0:
+            return a
+        if s not in self.rotation_steps:
+            raise MissingRotationKey(
+                f"no Galois key for rotation step {step} (normalised {s}); declared steps: "
+                f"{sorted(self.rotation_steps)[:20]}{'...' if len(self.rotation_steps) > 20 else ''}")
+        with self.counters.time("rotate"):
+            return Ciphertext(self, a.level, self._rotate(a, s))
+
+    def sum_slots(self, a: Ciphertext, width: int, stride: int = 1) -> Ciphertext:
+        """Rotate-and-sum: slot i receives Σ_{k<width} a[i + k·stride] (cyclic), in log2(width) rotations.
+
+        Needs the keys ``rotate_sum_steps(width, stride)``. A negative stride spreads a value to
+        the slots before it (slot i receives Σ a[i - k·|stride|]), i.e. replication.
+        """
+        _check_pow2(width)
+        out = a
+        for step in rotate_sum_steps(width, stride):
+            out = self.add(out, self.rotate(out, step))
+        return out
+
+    def drop_to_level(self, a: Ciphertext, level: int) -> Ciphertext:
+        """Lower ``a`` to ``level`` without changing its values (no-op if already there)."""
+        self._own(a)
+        if level > a.level:
+            raise ValueError(f"cannot raise a ciphertext from level {a.level} to {level}")
+        if level == a.level:
+            return a
+        if level < 0:
+            raise DepthExhausted("cannot drop below level 0")
+        with self.counters.time("mod_switch"):
+            return Ciphertext(self, level, self._drop(a, level))
+
+    # ------------------------------------------------------------------ serialisation
+    def serialize(self, ct: Ciphertext) -> bytes:
+        """Bytes of one ciphertext, tagged with this engine's parameters and key id."""
+        from .container import pack
+        self._own(ct)
+        meta = {"kind": "ciphertext", "backend": self.backend_name, "params": self.params.fingerprint(),
+                "key_id": self.key_id, "level": ct.level}
+        with self.counters.time("serialize"):
+            return pack(meta, {"ct": self._ct_to_bytes(ct)})
+
+    def deserialize(self, data: bytes) -> Ciphertext:
+        """Inverse of ``serialize``; refuses ciphertexts of other parameters, keys or backends."""
+        from .container import unpack
+        meta, parts = unpack(data, expect_kind="ciphertext")
+        if meta.get("backend") != self.backend_name:
+            raise KeyMismatch(f"ciphertext is from backend {meta.get('backend')!r}, engine is {self.backend_name!r}")
+        if meta.get("params") != self.params.fingerprint():
+            raise KeyMismatch("ciphertext was made under other CKKS parameters than this engine's")
+        if meta.get("key_id") != self.key_id:
+            raise KeyMismatch("ciphertext was encrypted under another key than this engine's "
+                              f"(ciphertext key {meta.get('key_id')}, engine key {self.key_id})")
+        level = int(meta["level"])
+        with self.counters.time("deserialize"):
+            data = self._ct_from_bytes(parts["ct"], level)
+        return Ciphertext(self, level, data)
+
+    def save_ciphertexts(self, path: str | os.PathLike, cts: Sequence[Ciphertext]) -> None:
+        """Write a list of ciphertexts to one file (written to a temporary name, then renamed)."""
+        from .container import pack
+        blobs = {str(i): self.serialize(c) for i, c in enumerate(cts)}
+        _atomic_write(path, pack({"kind": "ciphertext_list", "n": len(cts)}, blobs))
+
+    def load_ciphertexts(self, path: str | os.PathLike) -> list[Ciphertext]:
+        from .container import unpack
+        with open(path, "rb") as f:
+            _, parts = unpack(f.read(), expect_kind="ciphertext_list")
+        return [self.deserialize(parts[str(i)]) for i in range(len(parts))]
+
+    @abc.abstractmethod
+    def public_bytes(self) -> bytes:
+        """Parameters, public key, relinearisation and Galois keys: all a server needs; no secret."""
+
+    @abc.abstractmethod
+    def secret_key_bytes(self) -> bytes:
+        """The secret key on its own (raises SecretKeyUnavailable on a public engine)."""
+
+    def ciphertext_nbytes(self, ct: Ciphertext) -> int:
+        return len(self._ct_to_bytes(ct))
+
+    def describe(self) -> str:
+        return (f"{self.backend_name} {self.params.describe()} levels={self.max_level} slots={self.slots} "
+                f"rotation keys={len(self.rotation_steps)} secret key={'yes' if self.has_secret_key else 'no'}")
+
+    # ------------------------------------------------------------------ plaintext encodings
+    def _plain_for_add(self, values, level: int):
+        pv = values if isinstance(values, PlainVector) else PlainVector(self._vector(values))
+        key = ("add", level)
+        if key not in pv._cache:
+            with self.counters.time("encode"):
+                pv._cache[key] = self._encode_add(pv.values, level)
+        return pv._cache[key]
+
+    def _plain_for_mul(self, pv: PlainVector, level: int):
+        key = ("mul", level)
+        if key not in pv._cache:
+            with self.counters.time("encode"):
+                pv._cache[key] = self._encode_mul(pv.values, level)
+        return pv._cache[key]
+
+    # ------------------------------------------------------------------ backend primitives
+    @abc.abstractmethod
+    def _encrypt(self, v: np.ndarray, level: int): ...
+
+    @abc.abstractmethod
+    def _decrypt(self, ct: Ciphertext) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _encode_add(self, v: np.ndarray, level: int): ...
+
+    @abc.abstractmethod
+    def _encode_mul(self, v: np.ndarray, level: int): ...
+
+    @abc.abstractmethod
+    def _add(self, a: Ciphertext, b: Ciphertext): ...
+
+    @abc.abstractmethod
+    def _add_plain(self, a: Ciphertext, pt): ...
+
+    @abc.abstractmethod
+    def _sub(self, a: Ciphertext, b: Ciphertext): ...
+
+    @abc.abstractmethod
+    def _neg(self, a: Ciphertext): ...
+
+    @abc.abstractmethod
+    def _tensor(self, a: Ciphertext, b: Ciphertext): ...
+
+    @abc.abstractmethod
+    def _square(self, a: Ciphertext): ...
+
+    @abc.abstractmethod
+    def _add_tensor(self, t1, t2): ...
+
+    @abc.abstractmethod
+    def _relinearize(self, t): ...
+
+    @abc.abstractmethod
+    def _rescale(self, t, level: int): ...
+
+    @abc.abstractmethod
+    def _mul_plain(self, a: Ciphertext, pt): ...
+
+    @abc.abstractmethod
+    def _mul_scalar(self, a: Ciphertext, c: float): ...
+
+    @abc.abstractmethod
+    def _rotate(self, a: Ciphertext, step: int): ...
+
+    @abc.abstractmethod
+    def _drop(self, a: Ciphertext, level: int): ...
+
+    @abc.abstractmethod
+    def _ct_to_bytes(self, ct: Ciphertext) -> bytes: ...
+
+    @abc.abstractmethod
+    def _ct_from_bytes(self, b: bytes, level: int): ...
+
+
+class _TaggedLogger(logging.LoggerAdapter):
+    """Prefixes every log line with INSECURE tags where they apply."""
+
+    def __init__(self, logger: logging.Logger, tag: str) -> None:
+        super().__init__(logger, {})
+        self.tag = tag
+
+    def process(self, msg, kwargs):
+        return self.tag + str(msg), kwargs
+
+
+def _atomic_write(path, data: bytes) -> None:
+    """Write to a temporary sibling then rename: no half-written file on failure."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,30 @@
+"""Errors raised by the CKKS layer. Each is specific so callers (and tests) can tell them apart."""
+from hetrain.errors import HetrainUserError
+
+
+class CKKSError(HetrainUserError):
+    """Base class of every error of the ckks package."""
+
+
+class DepthExhausted(CKKSError):
+    """An operation needs a multiplicative level that the ciphertext no longer has."""
+
+
+class MissingRotationKey(CKKSError):
+    """A rotation was requested for a step whose Galois key was not generated."""
+
+
+class KeyMismatch(CKKSError):
+    """A ciphertext or key belongs to another key set or to other parameters."""
+
+
+class SecretKeyUnavailable(CKKSError):
+    """Decryption was attempted with an engine built from public material only."""
+
+
+class InsecureParameters(CKKSError):
+    """The parameters give less than 128-bit security and were not explicitly forced."""
+
+
+class SerializationError(CKKSError):
+    """Bytes or a file could not be read back: corrupted, truncated, or of the wrong kind."""

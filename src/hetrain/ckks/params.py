@@ -1,0 +1,110 @@
+"""CKKS parameter sets: named presets at 128-bit security, or a custom modulus chain.
+
+The limits below are the maximum total coefficient-modulus bits for 128-bit classical security
+from the Homomorphic Encryption Standard (the same table as SEAL's CoeffModulus.MaxBitCount).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from .errors import InsecureParameters
+
+# poly_modulus_degree -> max total modulus bits at 128-bit security (HE standard, ternary secret)
+MAX_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
+
+
+@dataclasses.dataclass(frozen=True)
+class CKKSParams:
+    """A CKKS parameter set.
+
+    ``coeff_bits`` is the modulus chain: first the key-level-free base prime (it holds the result
+    at level 0), then one prime per multiplicative level, then the special prime used by key
+    switching. ``levels`` is therefore ``len(coeff_bits) - 2``.
+    """
+
+    poly_modulus_degree: int
+    coeff_bits: tuple[int, ...]
+    scale_bits: int = 40
+    name: str = "custom"
+
+    @property
+    def slots(self) -> int:
+        return self.poly_modulus_degree // 2
+
+    @property
+    def levels(self) -> int:
+        return len(self.coeff_bits) - 2
+
+    @property
+    def total_bits(self) -> int:
+        return sum(self.coeff_bits)
+
+    @property
+    def scale(self) -> float:
+        return float(2**self.scale_bits)
+
+    def is_128_bit_secure(self) -> bool:
+        limit = MAX_BITS_128.get(self.poly_modulus_degree)
+        return limit is not None and self.total_bits <= limit
+
+    def check_security(self, force_insecure: bool = False) -> None:
+        """Refuse parameters below 128-bit security unless ``force_insecure`` is set."""
+        if self.is_128_bit_secure() or force_insecure:
+            return
+        limit = MAX_BITS_128.get(self.poly_modulus_degree, "unsupported N")
+        raise InsecureParameters(
+            f"parameters {self.describe()} have {self.total_bits} modulus bits; 128-bit security at "
+            f"N={self.poly_modulus_degree} allows at most {limit}. Choose a preset "
+            f"({', '.join(PRESETS)}) or pass force_insecure=True (every log line will then say INSECURE)."
+        )
+
+    def describe(self) -> str:
+        return f"N={self.poly_modulus_degree} chain={list(self.coeff_bits)} scale=2^{self.scale_bits}"
+
+    def to_dict(self) -> dict:
+        return {"poly_modulus_degree": self.poly_modulus_degree, "coeff_bits": list(self.coeff_bits),
+                "scale_bits": self.scale_bits, "name": self.name}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CKKSParams":
+        return cls(int(d["poly_modulus_degree"]), tuple(int(b) for b in d["coeff_bits"]),
+                   int(d["scale_bits"]), str(d.get("name", "custom")))
+
+    def fingerprint(self) -> str:
+        """Stable id of the parameters (not of the keys), stored with every serialised object."""
+        blob = json.dumps({k: v for k, v in self.to_dict().items() if k != "name"}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _chain(edge: int, mid: int, levels: int) -> tuple[int, ...]:
+    return (edge,) + (mid,) * levels + (edge,)
+
+
+PRESETS: dict[str, CKKSParams] = {
+    # small: fast tests, 2 levels
+    "n8192": CKKSParams(8192, _chain(60, 40, 2), 40, "n8192"),
+    # 7 levels: one logistic-regression iteration, cheap operations
+    "n16384": CKKSParams(16384, _chain(60, 40, 7), 40, "n16384"),
+    # SEAL's largest ring: 19 levels
+    "n32768": CKKSParams(32768, _chain(60, 40, 19), 40, "n32768"),
+}
+
+
+def get_params(preset: str | CKKSParams) -> CKKSParams:
+    """A preset by name, or the CKKSParams passed in."""
+    if isinstance(preset, CKKSParams):
+        return preset
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown CKKS preset {preset!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def smallest_preset_with_levels(levels: int) -> str | None:
+    """Name of the smallest preset that offers at least ``levels`` levels (None if none does)."""
+    for name, p in sorted(PRESETS.items(), key=lambda kv: kv[1].poly_modulus_degree):
+        if p.levels >= levels:
+            return name
+    return None

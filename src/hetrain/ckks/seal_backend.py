@@ -1,0 +1,291 @@
+"""The real CKKS backend: Microsoft SEAL 4.1 through TenSEAL's ``tenseal.sealapi``.
+
+Scales are managed exactly. Rescaling divides by the level's prime q_l, which is only close to
+2^40 (|2^40/q_l - 1| up to 2e-5 at N=32768); forcing the scale back to 2^40 after each
+multiplication (what TenSEAL does) would bias every product by that much. Instead each level l
+has its own scale s_l, chosen from the bottom up as s_0 = 2^40, s_{l+1} = sqrt(s_l * q_{l+1}),
+so that a product of two ciphertexts at level l+1 lands exactly on s_l after rescaling, a
+plaintext multiplier is encoded at s_{l-1}*q_l/s_l, and lowering a ciphertext by k levels is
+k-1 free modulus switches plus one multiplication by 1 at the right scale. The s_l stay within
+a few 1e-5 of 2^40, so precision is unchanged.
+"""
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import tempfile
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from .container import pack, unpack
+from .engine import Ciphertext, Engine
+from .errors import InsecureParameters, KeyMismatch, SecretKeyUnavailable, SerializationError
+from .params import CKKSParams
+
+
+def _tmpdir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+def _seal_to_bytes(obj) -> bytes:
+    """SEAL objects save only to paths: go through a RAM-backed temporary file."""
+    fd, path = tempfile.mkstemp(dir=_tmpdir(), prefix="hetrain-")
+    os.close(fd)
+    try:
+        obj.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.remove(path)
+
+
+def _seal_from_bytes(obj, ctx, data: bytes, what: str):
+    fd, path = tempfile.mkstemp(dir=_tmpdir(), prefix="hetrain-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            obj.load(ctx, path)
+        except Exception as exc:  # SEAL raises ValueError/RuntimeError with terse messages
+            raise SerializationError(f"{what} does not load under these parameters: {exc}") from None
+        return obj
+    finally:
+        os.remove(path)
+
+
+def galois_element(step: int, n: int) -> int:
+    """SEAL's Galois element for a left rotation by ``step`` slots at ring degree n."""
+    return pow(3, step % (n // 2), 2 * n)
+
+
+class SealEngine(Engine):
+    """CKKS on Microsoft SEAL (real encryption)."""
+
+    backend_name = "seal"
+    secure = True
+
+    def __init__(self, params: CKKSParams, rotation_steps=(), *, force_insecure: bool = False,
+                 _public: dict | None = None, _secret: bytes | None = None) -> None:
+        """Generate fresh keys (the client), or rebuild from ``public_bytes`` (``load_engine``)."""
+        forced = not params.is_128_bit_secure()
+        params.check_security(force_insecure)
+        self.ctx = _make_context(params, forced)
+        if _public is None:
+            keygen = seal.KeyGenerator(self.ctx)
+            key_id = secrets.token_hex(8)
+            super().__init__(params, rotation_steps, key_id, True, forced)
+            self._sk = keygen.secret_key()
+            self._pk = seal.PublicKey()
+            keygen.create_public_key(self._pk)
+            self._rlk = seal.RelinKeys()
+            keygen.create_relin_keys(self._rlk)
+            self._gk = seal.GaloisKeys()
+            with self.counters.time("keygen_galois", len(self.rotation_steps)):
+                if self.rotation_steps:
+                    n = params.poly_modulus_degree
+                    keygen.create_galois_keys([galois_element(s, n) for s in sorted(self.rotation_steps)], self._gk)
+        else:
+            super().__init__(params, _public["steps"], _public["key_id"], False, forced)
+            self._pk = _seal_from_bytes(seal.PublicKey(), self.ctx, _public["pk"], "public key")
+            self._rlk = _seal_from_bytes(seal.RelinKeys(), self.ctx, _public["rlk"], "relinearisation keys")
+            self._gk = _seal_from_bytes(seal.GaloisKeys(), self.ctx, _public["gk"], "Galois keys")
+            self._sk = None
+            if _secret is not None:
+                self._sk = _seal_from_bytes(seal.SecretKey(), self.ctx, _secret, "secret key")
+                self.has_secret_key = True
+        self._encryptor = seal.Encryptor(self.ctx, self._pk)
+        self._decryptor = seal.Decryptor(self.ctx, self._sk) if self._sk is not None else None
+        self._ev = seal.Evaluator(self.ctx)
+        self._coder = seal.CKKSEncoder(self.ctx)
+        self._build_level_tables()
+        if forced:
+            self.log.warning("parameters below 128-bit security were forced: %s", params.describe())
+
+    # ---------------------------------------------------------------- levels and scales
+    def _build_level_tables(self) -> None:
+        """parms_id, prime and exact scale of every data level (see module docstring)."""
+        self._pid: dict[int, list] = {}
+        self._q: dict[int, int] = {}
+        cd = self.ctx.first_context_data()
+        while cd is not None:
+            lvl = cd.chain_index()
+            self._pid[lvl] = cd.parms_id()
+            self._q[lvl] = cd.parms().coeff_modulus()[-1].value()
+            cd = cd.next_context_data()
+        if sorted(self._pid) != list(range(self.max_level + 1)):
+            raise RuntimeError(f"unexpected SEAL modulus chain {sorted(self._pid)}")
+        self._scale = [float(self.params.scale)]
+        for lvl in range(1, self.max_level + 1):
+            self._scale.append(math.sqrt(self._scale[-1] * self._q[lvl]))
+        self._ones: dict[tuple[int, int], seal.Plaintext] = {}
+
+    def _mul_scale(self, level: int) -> float:
+        """Scale of a plaintext multiplier at ``level`` so the product rescales onto s_{level-1}."""
+        return self._scale[level - 1] * self._q[level] / self._scale[level]
+
+    def _fix_scale(self, ct: seal.Ciphertext, level: int) -> seal.Ciphertext:
+        # Values are exact; this only removes last-bit float differences in the scale bookkeeping.
+        ct.scale = self._scale[level]
+        return ct
+
+    # ---------------------------------------------------------------- primitives
+    def _encode(self, v: np.ndarray, level: int, scale: float) -> seal.Plaintext:
+        pt = seal.Plaintext()
+        self._coder.encode(v.tolist(), self._pid[level], scale, pt)
+        return pt
+
+    def _encrypt(self, v, level):
+        ct = seal.Ciphertext()
+        self._encryptor.encrypt(self._encode(v, level, self._scale[level]), ct)
+        return ct
+
+    def _decrypt(self, ct):
+        pt = seal.Plaintext()
+        self._decryptor.decrypt(ct.data, pt)
+        return np.array(self._coder.decode_double(pt))
+
+    def _encode_add(self, v, level):
+        return self._encode(v, level, self._scale[level])
+
+    def _encode_mul(self, v, level):
+        return self._encode(v, level, self._mul_scale(level))
+
+    def _add(self, a, b):
+        out = seal.Ciphertext()
+        self._ev.add(a.data, b.data, out)
+        return out
+
+    def _add_plain(self, a, pt):
+        out = seal.Ciphertext()
+        self._ev.add_plain(a.data, pt, out)
+        return out
+
+    def _sub(self, a, b):
+        out = seal.Ciphertext()
+        self._ev.sub(a.data, b.data, out)
+        return out
+
+    def _neg(self, a):
+        out = seal.Ciphertext()
+        self._ev.negate(a.data, out)
+        return out
+
+    def _tensor(self, a, b):
+        out = seal.Ciphertext()
+        self._ev.multiply(a.data, b.data, out)
+        return out
+
+    def _square(self, a):
+        out = seal.Ciphertext()
+        self._ev.square(a.data, out)
+        return out
+
+    def _add_tensor(self, t1, t2):
+        self._ev.add_inplace(t1, t2)
+        return t1
+
+    def _relinearize(self, t):
+        self._ev.relinearize_inplace(t, self._rlk)
+        return t
+
+    def _rescale(self, t, level):
+        self._ev.rescale_to_next_inplace(t)
+        return self._fix_scale(t, level - 1)
+
+    def _mul_plain(self, a, pt):
+        out = seal.Ciphertext()
+        self._ev.multiply_plain(a.data, pt, out)
+        self._ev.rescale_to_next_inplace(out)
+        return self._fix_scale(out, a.level - 1)
+
+    def _mul_scalar(self, a, c):
+        pt = seal.Plaintext()
+        self._coder.encode(c, self._pid[a.level], self._mul_scale(a.level), pt)
+        out = seal.Ciphertext()
+        self._ev.multiply_plain(a.data, pt, out)
+        self._ev.rescale_to_next_inplace(out)
+        return self._fix_scale(out, a.level - 1)
+
+    def _rotate(self, a, step):
+        out = seal.Ciphertext()
+        self._ev.rotate_vector(a.data, step, self._gk, out)
+        return out
+
+    def _drop(self, a, level):
+        ct = a.data
+        if a.level > level + 1:  # free modulus switches down to level+1 (scale unchanged)
+            ct = seal.Ciphertext()
+            self._ev.mod_switch_to(a.data, self._pid[level + 1], ct)
+        # one multiplication by 1 whose scale lands the rescale exactly on s_level
+        key = (a.level, level)
+        if key not in self._ones:
+            pt = seal.Plaintext()
+            self._coder.encode(1.0, self._pid[level + 1], self._scale[level] * self._q[level + 1] / self._scale[a.level], pt)
+            self._ones[key] = pt
+        out = seal.Ciphertext()
+        self._ev.multiply_plain(ct, self._ones[key], out)
+        self._ev.rescale_to_next_inplace(out)
+        return self._fix_scale(out, level)
+
+    # ---------------------------------------------------------------- serialisation
+    def _ct_to_bytes(self, ct):
+        return _seal_to_bytes(ct.data)
+
+    def _ct_from_bytes(self, b, level):
+        if level not in self._pid:
+            raise SerializationError(f"ciphertext claims level {level}, parameters have 0..{self.max_level}")
+        ct = _seal_from_bytes(seal.Ciphertext(), self.ctx, b, "ciphertext")
+        if list(ct.parms_id()) != list(self._pid[level]) or ct.size() != 2:
+            raise SerializationError("ciphertext header and SEAL payload disagree (level or size)")
+        return self._fix_scale(ct, level)
+
+    def public_bytes(self) -> bytes:
+        meta = {"kind": "public_context", "backend": self.backend_name, "params": self.params.to_dict(),
+                "key_id": self.key_id, "steps": sorted(self.rotation_steps)}
+        return pack(meta, {"pk": _seal_to_bytes(self._pk), "rlk": _seal_to_bytes(self._rlk),
+                           "gk": _seal_to_bytes(self._gk)})
+
+    def secret_key_bytes(self) -> bytes:
+        if self._sk is None:
+            raise SecretKeyUnavailable("this engine holds public material only")
+        meta = {"kind": "secret_key", "backend": self.backend_name, "params": self.params.fingerprint(),
+                "key_id": self.key_id}
+        return pack(meta, {"sk": _seal_to_bytes(self._sk)})
+
+    @classmethod
+    def from_bytes(cls, public: bytes, secret: bytes | None = None, *, force_insecure: bool = False) -> "SealEngine":
+        meta, parts = unpack(public, expect_kind="public_context")
+        params = CKKSParams.from_dict(meta["params"])
+        sk = None
+        if secret is not None:
+            smeta, sparts = unpack(secret, expect_kind="secret_key")
+            if smeta.get("key_id") != meta["key_id"] or smeta.get("params") != params.fingerprint():
+                raise KeyMismatch("secret key does not belong to this public context "
+                                  f"(secret key {smeta.get('key_id')}, context {meta['key_id']})")
+            sk = sparts["sk"]
+        return cls(params, (), force_insecure=force_insecure,
+                   _public={"key_id": meta["key_id"], "steps": meta["steps"], **parts}, _secret=sk)
+
+    def key_sizes(self) -> dict[str, int]:
+        """Serialised size in bytes of each key kind (for benchmarks and upload accounting)."""
+        sizes = {"public_key": len(_seal_to_bytes(self._pk)), "relin_keys": len(_seal_to_bytes(self._rlk)),
+                 "galois_keys": len(_seal_to_bytes(self._gk))}
+        if self._sk is not None:
+            sizes["secret_key"] = len(_seal_to_bytes(self._sk))
+        return sizes
+
+
+def _make_context(params: CKKSParams, insecure: bool) -> seal.SEALContext:
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(params.poly_modulus_degree)
+    try:
+        parms.set_coeff_modulus(seal.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_bits)))
+    except Exception as exc:
+        raise InsecureParameters(f"SEAL cannot build the modulus chain {params.describe()}: {exc}") from None
+    level = seal.SEC_LEVEL_TYPE.NONE if insecure else seal.SEC_LEVEL_TYPE.TC128
+    ctx = seal.SEALContext(parms, True, level)
+    if not ctx.parameters_set():  # SEALContext does not raise on its own
+        raise InsecureParameters(f"SEAL rejected {params.describe()}: {ctx.parameters_error_message()}")
+    return ctx

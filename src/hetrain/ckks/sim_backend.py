@@ -1,0 +1,128 @@
+"""INSECURE simulation backend: the engine interface on plain NumPy float64 vectors.
+
+Nothing is encrypted here: a "ciphertext" is the vector itself. It exists for fast tests and for
+planning depth and operation counts, never for a shipped path. It follows the same level rules
+as the SEAL backend (an operation that would run out of depth under SEAL fails the same way here),
+counts the same operations, requires the same rotation keys, and can add Gaussian noise of the
+size CKKS adds (``noise="ckks"``), so that algorithms are tested against realistic error.
+"""
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+
+from .container import pack, unpack
+from .engine import Engine
+from .errors import KeyMismatch, SecretKeyUnavailable, SerializationError
+from .params import CKKSParams
+
+# Standard deviation of the error CKKS adds per fresh encryption, rescale and rotation at scale
+# 2^40 (order of magnitude measured with the SEAL backend; see tests/test_ckks_sim.py).
+CKKS_NOISE_STD = 1e-7
+
+
+class SimEngine(Engine):
+    """INSECURE simulation of a CKKS engine on NumPy (no encryption at all)."""
+
+    backend_name = "sim-INSECURE"
+    secure = False
+
+    def __init__(self, params: CKKSParams, rotation_steps=(), *, noise: float | str = 0.0,
+                 seed: int | None = None, force_insecure: bool = False,
+                 _key_id: str | None = None, _has_secret: bool = True) -> None:
+        forced = not params.is_128_bit_secure()
+        params.check_security(force_insecure)
+        super().__init__(params, rotation_steps, _key_id or secrets.token_hex(8), _has_secret, forced)
+        self.noise = CKKS_NOISE_STD if noise == "ckks" else float(noise)
+        self._rng = np.random.default_rng(seed)
+        self.log.info("simulation backend: data is NOT encrypted")
+
+    def _noisy(self, v: np.ndarray) -> np.ndarray:
+        if self.noise:
+            return v + self._rng.normal(0.0, self.noise, v.shape)
+        return v
+
+    def _encrypt(self, v, level):
+        return self._noisy(v.copy())
+
+    def _decrypt(self, ct):
+        return ct.data.copy()
+
+    def _encode_add(self, v, level):
+        return v
+
+    def _encode_mul(self, v, level):
+        return v
+
+    def _add(self, a, b):
+        return a.data + b.data
+
+    def _add_plain(self, a, pt):
+        return a.data + pt
+
+    def _sub(self, a, b):
+        return a.data - b.data
+
+    def _neg(self, a):
+        return -a.data
+
+    def _tensor(self, a, b):
+        return a.data * b.data
+
+    def _square(self, a):
+        return a.data * a.data
+
+    def _add_tensor(self, t1, t2):
+        return t1 + t2
+
+    def _relinearize(self, t):
+        return t
+
+    def _rescale(self, t, level):
+        return self._noisy(t)
+
+    def _mul_plain(self, a, pt):
+        return self._noisy(a.data * pt)
+
+    def _mul_scalar(self, a, c):
+        return self._noisy(a.data * c)
+
+    def _rotate(self, a, step):
+        return self._noisy(np.roll(a.data, -step))
+
+    def _drop(self, a, level):
+        return a.data
+
+    def _ct_to_bytes(self, ct):
+        return np.asarray(ct.data, dtype="<f8").tobytes()
+
+    def _ct_from_bytes(self, b, level):
+        if len(b) != 8 * self.slots:
+            raise SerializationError(f"simulated ciphertext has {len(b)} bytes, expected {8 * self.slots}")
+        return np.frombuffer(b, dtype="<f8").copy()
+
+    def public_bytes(self) -> bytes:
+        meta = {"kind": "public_context", "backend": self.backend_name, "params": self.params.to_dict(),
+                "key_id": self.key_id, "steps": sorted(self.rotation_steps), "noise": self.noise}
+        return pack(meta, {})
+
+    def secret_key_bytes(self) -> bytes:
+        if not self.has_secret_key:
+            raise SecretKeyUnavailable("this engine holds public material only")
+        return pack({"kind": "secret_key", "backend": self.backend_name, "params": self.params.fingerprint(),
+                     "key_id": self.key_id}, {})
+
+    @classmethod
+    def from_bytes(cls, public: bytes, secret: bytes | None = None, *, force_insecure: bool = False) -> "SimEngine":
+        meta, _ = unpack(public, expect_kind="public_context")
+        params = CKKSParams.from_dict(meta["params"])
+        if secret is not None:
+            smeta, _ = unpack(secret, expect_kind="secret_key")
+            if smeta.get("key_id") != meta["key_id"]:
+                raise KeyMismatch("secret key does not belong to this public context")
+        return cls(params, meta["steps"], noise=meta.get("noise", 0.0), force_insecure=force_insecure,
+                   _key_id=meta["key_id"], _has_secret=secret is not None)
+
+    def key_sizes(self) -> dict[str, int]:
+        return {}
