@@ -1,0 +1,91 @@
+"""Polynomial approximations of activation functions on a bounded interval.
+
+Outside its interval a polynomial diverges quickly, and under encryption nobody can see it
+happen: the client must scale inputs so the interval holds (``check_interval``), and the
+interval is part of every approximation.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from hetrain.errors import DataError
+
+from .poly import eval_poly, eval_poly_plain, poly_depth
+
+
+@dataclasses.dataclass(frozen=True)
+class PolyApprox:
+    """A polynomial (coefficients in increasing degree) approximating ``name`` on ``interval``."""
+
+    name: str
+    coeffs: tuple[float, ...]
+    interval: tuple[float, float]
+
+    @property
+    def degree(self) -> int:
+        return len(self.coeffs) - 1
+
+    @property
+    def depth(self) -> int:
+        return poly_depth(self.degree)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return eval_poly_plain(x, self.coeffs)
+
+    def encrypted(self, engine, ct):
+        return eval_poly(engine, ct, self.coeffs)
+
+    def derivative(self) -> "PolyApprox":
+        d = np.polynomial.polynomial.polyder(np.asarray(self.coeffs))
+        return PolyApprox(f"d/dx {self.name}", tuple(float(x) for x in d), self.interval)
+
+    def max_error(self, fn, n: int = 2001) -> float:
+        x = np.linspace(*self.interval, n)
+        return float(np.max(np.abs(self(x) - fn(x))))
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+# The published degree-3 fit on [-8, 8] (Chiang 2023, DESIGN.md §1a).
+SIGMOID3_PUBLISHED = PolyApprox("sigmoid", (0.5, 0.10679534503216294, 0.0, -0.00038503259805075), (-8.0, 8.0))
+
+
+def fit_sigmoid(degree: int, bound: float, n: int = 4001) -> PolyApprox:
+    """Least-squares fit of the sigmoid on [-bound, bound] (odd part only: σ(x) - 1/2 is odd)."""
+    if degree < 1 or bound <= 0:
+        raise ValueError("degree must be >= 1 and bound > 0")
+    x = np.linspace(-bound, bound, n)
+    odd = list(range(1, degree + 1, 2))
+    A = np.stack([x**k for k in odd], axis=1)
+    sol, *_ = np.linalg.lstsq(A, sigmoid(x) - 0.5, rcond=None)
+    coeffs = [0.5] + [0.0] * degree
+    for k, c in zip(odd, sol):
+        coeffs[k] = float(c)
+    return PolyApprox("sigmoid", tuple(coeffs), (-bound, bound))
+
+
+def get_sigmoid(spec: str) -> PolyApprox:
+    """'published' (degree 3 on [-8, 8]) or 'deg<D>:<B>' such as 'deg5:12' (least squares on [-B, B])."""
+    if spec in ("published", "deg3:8-published"):
+        return SIGMOID3_PUBLISHED
+    try:
+        d, b = spec.removeprefix("deg").split(":")
+        return fit_sigmoid(int(d), float(b))
+    except ValueError:
+        raise ValueError(f"unknown sigmoid approximation {spec!r}: use 'published' or 'deg<D>:<B>' (e.g. deg3:8)") from None
+
+
+def check_interval(values: np.ndarray, approx: PolyApprox, what: str = "inputs") -> None:
+    """Raise DataError if plaintext ``values`` leave the approximation's interval (or are not finite)."""
+    v = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        raise DataError(f"{what} contain NaN or infinite values")
+    lo, hi = approx.interval
+    if v.size and (v.min() < lo or v.max() > hi):
+        raise DataError(f"{what} span [{v.min():.3g}, {v.max():.3g}], outside the {approx.name} approximation's "
+                        f"interval [{lo:g}, {hi:g}]: the polynomial would return garbage there. Scale the inputs "
+                        f"down or choose a wider interval.")

@@ -1,0 +1,1 @@
+"""Imports every trainer module so that it registers itself (one line per trainer)."""
