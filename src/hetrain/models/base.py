@@ -109,3 +109,17 @@ def get_trainer(name: str) -> type[Trainer]:
         return registry[name]
     except KeyError:
         raise HetrainUserError(f"unknown model {name!r}; available: {', '.join(sorted(registry))}") from None
+
+
+def resolve_model(model: str, layout: str = "auto", n_features: int | None = None) -> str:
+    """Registry name for what the user asked: ``--model mlp --layout auto|dvr|diagonal``.
+
+    ``mlp`` has two implementations: the double-Volley-Revolver network (``mlp-dvr``, for wide
+    inputs such as 400 CNN features) and the diagonal packing with a cheap transpose
+    (``mlp-diagonal``, for narrow inputs such as Iris). ``auto`` picks diagonal up to 16 features.
+    """
+    if model != "mlp":
+        return model
+    if layout == "auto":
+        layout = "diagonal" if n_features is not None and n_features <= 16 else "dvr"
+    return f"mlp-{layout}"
