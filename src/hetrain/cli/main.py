@@ -14,6 +14,7 @@ import sys
 # sub-command name -> (module inside hetrain.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "roundtrip": ("roundtrip", "encrypt -> compute -> decrypt round trip with error and timings"),
+    "features": ("features", "images -> frozen pretrained CNN -> feature CSV (needs hetrain[features])"),
 }
 
 

@@ -90,7 +90,10 @@ def onnx_backbone(path: str | Path | None) -> Backbone:
             chunk = arr[i : i + step]
             if len(chunk) < step:  # a model exported with a fixed batch: pad the tail, drop its rows
                 chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            out = session.run(None, {inp.name: chunk})[0]
+            try:
+                out = session.run(None, {inp.name: chunk})[0]
+            except Exception as exc:  # onnxruntime's own error types (wrong shape, rank, type)
+                raise FeatureError(f"ONNX model {path} failed on input of shape {chunk.shape}: {exc}") from exc
             outs.append(out.reshape(len(out), -1)[: len(arr) - i])
         return np.concatenate(outs)
 
