@@ -87,6 +87,10 @@ PRESETS: dict[str, CKKSParams] = {
     "n8192": CKKSParams(8192, _chain(60, 40, 2), 40, "n8192"),
     # 7 levels: one logistic-regression iteration, cheap operations
     "n16384": CKKSParams(16384, _chain(60, 40, 7), 40, "n16384"),
+    # 9 levels at scale 2^35 within N=16384's 438 bits (425 used): ~10x cheaper operations than N=32768 for
+    # circuits of moderate depth; measured error ~1e-6 after a multiply and a rotation (60-bit special
+    # prime keeps key-switching noise low).
+    "n16384-deep": CKKSParams(16384, (50,) + (35,) * 9 + (60,), 35, "n16384-deep"),
     # SEAL's largest ring: 19 levels
     "n32768": CKKSParams(32768, _chain(60, 40, 19), 40, "n32768"),
 }
