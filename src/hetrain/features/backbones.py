@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -66,7 +67,9 @@ def _require_file(path: str | Path | None, what: str) -> Path:
 def _load_torchscript(path: str | Path | None, device: str) -> torch.nn.Module:
     path = _require_file(path, "torchscript")
     try:
-        return torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():  # torch 2.13 flags torch.jit as deprecated; the files still load
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location=device)
     except Exception as exc:  # RuntimeError / ValueError from the TorchScript loader
         raise WeightsError(f"cannot load {path} as a TorchScript model (torch.jit.save output): {exc}") from exc
 
