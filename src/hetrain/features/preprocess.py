@@ -26,6 +26,8 @@ def to_model_input(pixels: np.ndarray | list[np.ndarray], size: int = INPUT_SIZE
 
 
 def _batch_to_input(batch: np.ndarray, size: int) -> torch.Tensor:
+    if not batch.flags.writeable:  # idx buffers and PIL arrays are read-only; torch warns on those
+        batch = batch.copy()
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(torch.float32).div_(255.0)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # -> (B, C, H, W), C in {1, 3}
     if tuple(x.shape[-2:]) != (size, size):
