@@ -1,0 +1,165 @@
+"""File formats of the protocol: the job bundle (client -> server), outputs, and the model file.
+
+A job bundle is a directory holding only public material:
+    public_context.bin   engine.public_bytes(): parameters, public, relinearisation, Galois keys
+    inputs.bin           named lists of ciphertexts (container of engine.serialize blobs)
+    job.json             the trainer's job dict (shapes, layout, schedule; nothing secret)
+    manifest.json        format version, backend, key id, parameter fingerprint
+The server adds outputs.bin (same format as inputs.bin), server_stats.json, or server_error.json.
+Every file is written to a temporary name and renamed, so a failure never leaves half a file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+
+import numpy as np
+
+from hetrain.ckks import CKKSError, Ciphertext, Engine
+from hetrain.ckks.container import pack, unpack
+
+from .errors import BundleError, ModelFileError
+
+PUBLIC_CONTEXT = "public_context.bin"
+INPUTS = "inputs.bin"
+JOB = "job.json"
+MANIFEST = "manifest.json"
+OUTPUTS = "outputs.bin"
+SERVER_STATS = "server_stats.json"
+SERVER_ERROR = "server_error.json"
+BUNDLE_VERSION = 1
+MODEL_FORMAT = "hetrain-model"
+MODEL_VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write to a temporary sibling, then rename: readers see the old file or the whole new one."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_bytes(path: pathlib.Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{what} not found: {path}") from None
+
+
+def _read_json(path: pathlib.Path, what: str) -> dict:
+    try:
+        return json.loads(read_bytes(path, what))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{what} {path} is corrupted: {exc}") from None
+
+
+# ---------------------------------------------------------------------- ciphertext maps
+def pack_ciphertexts(engine: Engine, named: dict[str, list[Ciphertext]]) -> bytes:
+    counts = {name: len(cts) for name, cts in named.items()}
+    parts = {f"{name}/{i}": engine.serialize(ct) for name, cts in named.items() for i, ct in enumerate(cts)}
+    return pack({"kind": "ciphertext_map", "key_id": engine.key_id, "counts": counts}, parts)
+
+
+def unpack_ciphertexts(engine: Engine, data: bytes, what: str) -> dict[str, list[Ciphertext]]:
+    """Inverse of pack_ciphertexts; KeyMismatch/SerializationError become a BundleError naming ``what``."""
+    try:
+        meta, parts = unpack(data, expect_kind="ciphertext_map")
+        if meta.get("key_id") != engine.key_id:
+            raise BundleError(f"{what} were encrypted under key {meta.get('key_id')}, not this engine's key "
+                              f"{engine.key_id}: they belong to another job")
+        return {name: [engine.deserialize(parts[f"{name}/{i}"]) for i in range(n)]
+                for name, n in meta["counts"].items()}
+    except CKKSError as exc:
+        raise BundleError(f"{what}: {exc}") from None
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{what}: malformed ciphertext map ({exc})") from None
+
+
+# ---------------------------------------------------------------------- job bundle
+def write_job(jobdir: str | os.PathLike, engine: Engine, inputs: dict[str, list[Ciphertext]], job: dict) -> dict[str, int]:
+    """Write the bundle; returns the bytes of each file (upload accounting). Never writes a secret key."""
+    d = pathlib.Path(jobdir)
+    d.mkdir(parents=True, exist_ok=True)
+    public = engine.public_bytes()
+    data = pack_ciphertexts(engine, inputs)
+    job_text = json.dumps(job, sort_keys=True)
+    manifest = {"format": "hetrain-job", "version": BUNDLE_VERSION, "backend": engine.backend_name,
+                "key_id": engine.key_id, "params": engine.params.fingerprint(), "model": job.get("model"),
+                "sha256": {PUBLIC_CONTEXT: _sha(public), INPUTS: _sha(data), JOB: _sha(job_text.encode())}}
+    atomic_write(d / PUBLIC_CONTEXT, public)
+    atomic_write(d / INPUTS, data)
+    atomic_write(d / JOB, job_text)
+    atomic_write(d / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1))
+    return {PUBLIC_CONTEXT: len(public), INPUTS: len(data), JOB: len(job_text)}
+
+
+def read_manifest(jobdir: str | os.PathLike) -> dict:
+    m = _read_json(pathlib.Path(jobdir) / MANIFEST, "job manifest")
+    if m.get("format") != "hetrain-job" or m.get("version") != BUNDLE_VERSION:
+        raise BundleError(f"{jobdir} is not a hetrain job bundle of version {BUNDLE_VERSION}")
+    return m
+
+
+def read_job_files(jobdir: str | os.PathLike) -> tuple[dict, bytes, bytes, dict]:
+    """(manifest, public context bytes, inputs bytes, job) with every checksum verified."""
+    d = pathlib.Path(jobdir)
+    manifest = read_manifest(d)
+    public = read_bytes(d / PUBLIC_CONTEXT, "public context")
+    inputs = read_bytes(d / INPUTS, "encrypted inputs")
+    job_bytes = read_bytes(d / JOB, "job description")
+    for name, blob in ((PUBLIC_CONTEXT, public), (INPUTS, inputs), (JOB, job_bytes)):
+        if manifest["sha256"].get(name) != _sha(blob):
+            raise BundleError(f"{d / name} does not match the manifest (corrupted or from another job)")
+    return manifest, public, inputs, json.loads(job_bytes)
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+# ---------------------------------------------------------------------- model file
+def save_model(path: str | os.PathLike, record: dict) -> None:
+    """JSON model file with a checksum over its content (weights as flat lists with their shapes)."""
+    body = dict(record, format=MODEL_FORMAT, version=MODEL_VERSION)
+    body["weights"] = {k: {"shape": list(np.shape(v)), "values": np.asarray(v, dtype=np.float64).ravel().tolist()}
+                       for k, v in record["weights"].items()}
+    body["checksum"] = _model_checksum(body)
+    atomic_write(path, json.dumps(body, indent=1))
+
+
+def load_model(path: str | os.PathLike) -> dict:
+    """Inverse of save_model: the record with weights as arrays; ModelFileError if anything is off."""
+    p = pathlib.Path(path)
+    try:
+        body = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ModelFileError(f"model file {str(p)!r} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{p} is not a hetrain model file (not valid JSON: {exc})") from None
+    if not isinstance(body, dict) or body.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{p} is not a hetrain model file")
+    if body.get("version") != MODEL_VERSION:
+        raise ModelFileError(f"{p} has model format version {body.get('version')}, this hetrain reads {MODEL_VERSION}")
+    if body.get("checksum") != _model_checksum(body):
+        raise ModelFileError(f"{p} is corrupted or was edited (checksum mismatch)")
+    try:
+        body["weights"] = {k: np.asarray(w["values"], dtype=np.float64).reshape(w["shape"])
+                           for k, w in body["weights"].items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{p}: malformed weights ({exc})") from None
+    return body
+
+
+def _model_checksum(body: dict) -> str:
+    content = {k: v for k, v in body.items() if k != "checksum"}
+    return _sha(json.dumps(content, sort_keys=True).encode())
