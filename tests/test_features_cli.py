@@ -97,6 +97,8 @@ def test_user_errors_are_hetrain_errors(tmp_path, weights):
          "--limit", "0"),
         ("--images", str(tmp_path / "d.npz"), "--random-weights", "--weights", str(weights),
          "--out", str(tmp_path / "o.csv")),
+        ("--images", str(tmp_path / "d.npz"), "--random-weights", "--device", "nonsense",
+         "--out", str(tmp_path / "o.csv")),
     ]
     for argv in cases:
         with pytest.raises(HetrainUserError):

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise FeatureError("--limit must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    _check_device(torch, args.device)
     images = open_images(args.images, args.labels)
     if images.label_names:
         mapping = ", ".join(f"{name}->{label}" for name, label in sorted(images.label_names.items(), key=lambda kv: kv[1]))
@@ -70,3 +71,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {stats.n_images} rows x (1 label + {stats.dim} features) to {args.out} "
           f"in {stats.seconds:.1f} s ({stats.images_per_second:.1f} images/s)")
     return 0
+
+
+def _check_device(torch, device: str) -> None:
+    """Refuse a device this torch build cannot use before any work starts."""
+    from hetrain.features.errors import FeatureError
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as exc:
+        raise FeatureError(f"unknown --device {device!r}: {exc}") from exc
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise FeatureError(f"--device {device}: this torch build has no usable CUDA GPU; use --device cpu")
