@@ -15,6 +15,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "roundtrip": ("roundtrip", "encrypt -> compute -> decrypt round trip with error and timings"),
     "features": ("features", "images -> frozen pretrained CNN -> feature CSV (needs hetrain[features])"),
+    "fit": ("fit", "train a classifier on encrypted data (client + separate server process)"),
+    "evaluate": ("evaluate", "accuracy of a trained model on labelled data"),
+    "demo": ("demo", "encrypted training on a scikit-learn dataset, encrypted vs plaintext accuracy"),
+    "datasets": ("datasets", "export scikit-learn's bundled datasets as CSV"),
 }
 
 
