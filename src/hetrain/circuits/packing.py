@@ -1,0 +1,289 @@
+"""Packings for the two products of logistic-regression training: index maps NumPy <-> slots.
+
+Notation: n samples, d features (bias included), c classes; z = X·Uᵀ (n × c) is the forward
+product, G = Eᵀ·X̃ (c × d) the gradient product. Only NumPy here: the circuits that use these
+maps live in ``blocked_matmul.py`` and ``volley_revolver.py``.
+
+A rotate-and-sum over the OUTERMOST index of a slot layout needs no mask: rotations are cyclic
+over the whole vector, so every slot receives the complete sum. A sum over an inner index leaves
+garbage where it wraps into the neighbouring block, which a (plaintext) mask must remove.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from hetrain.errors import HetrainUserError
+
+
+def _pow2_at_least(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def _log2(x: int) -> int:
+    return int(math.log2(x))
+
+
+class LayoutError(HetrainUserError):
+    """The problem does not fit this packing (e.g. more classes than slots)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockedPacking:
+    """The fast layout: every ciphertext is a block of I samples × L features × C class slots.
+
+    slot(i, l, k) = (i·L + l)·C + k, with I·L·C = slots (C = classes rounded up to a power of 2).
+    Ciphertext (g, h) covers samples g·I.. and features h·L.. ; X is replicated over the class
+    index, weights U over the sample index, so both products are slot-wise multiplications:
+
+    * forward: Σ_h X[g,h]·U[h] across ciphertexts (one relinearisation per g), then a short
+      rotate-and-sum over l (log2 L rotations); z is valid where l = 0 (masked in the sigmoid);
+    * the masked sigmoid output is spread back over l with the SAME rotations (left ones), which
+      hands the slots l ≥ 1 of sample row i the value of row i+1 (mod I): the client uploads the
+      gradient's copy X̃ in that permuted order (``grad_sample``), so no second set of keys is needed;
+    * gradient: Σ_g E[g]·X̃[g,h] across ciphertexts, then a rotate-and-sum over the outermost
+      index i (log2 I rotations, no mask): the result is U's layout, replicated over i.
+
+    Rotation steps: C·2^k (k < log2 L) and C·L·2^k (k < log2 I): log2(slots/C) keys in all.
+    """
+
+    n: int
+    d: int
+    c: int
+    slots: int
+    I: int
+    L: int
+    C: int
+
+    name = "blocked"
+
+    @classmethod
+    def choose(cls, n: int, d: int, c: int, slots: int) -> "BlockedPacking":
+        """The block shape with the fewest rotations per iteration (then the fewest ciphertexts)."""
+        C = _pow2_at_least(c)
+        if C > slots // 2:
+            raise LayoutError(f"{c} classes do not fit the blocked layout in {slots} slots")
+        best = None
+        I = 1
+        while I <= slots // C:
+            L = slots // C // I
+            p = cls(n, d, c, slots, I, L, C)
+            key = (p.rotations_per_iteration(), p.n_groups * p.n_fblocks)
+            if best is None or key < best[0]:
+                best = (key, p)
+            I *= 2
+        return best[1]
+
+    @property
+    def n_groups(self) -> int:  # sample blocks g
+        return -(-self.n // self.I)
+
+    @property
+    def n_fblocks(self) -> int:  # feature blocks h
+        return -(-self.d // self.L)
+
+    def rotations_per_iteration(self) -> int:
+        return self.n_groups * 2 * _log2(self.L) + self.n_fblocks * _log2(self.I)
+
+    def rotation_steps(self) -> list[int]:
+        return [self.C << k for k in range(_log2(self.L))] + [(self.C * self.L) << k for k in range(_log2(self.I))]
+
+    def describe(self) -> dict:
+        return {"layout": self.name, "I": self.I, "L": self.L, "C": self.C, "groups": self.n_groups,
+                "feature_blocks": self.n_fblocks, "ciphertexts_per_copy_of_X": self.n_groups * self.n_fblocks}
+
+    # --------------------------------------------------------------- index maps
+    def _grid(self):
+        i, l, k = np.meshgrid(np.arange(self.I), np.arange(self.L), np.arange(self.C), indexing="ij")
+        return i.ravel(), l.ravel(), k.ravel()  # in slot order
+
+    def grad_sample(self) -> np.ndarray:
+        """Sample offset (within a group) held by each slot of the gradient layout: i, or i+1 mod I where l ≥ 1."""
+        i, l, _ = self._grid()
+        return np.where(l == 0, i, (i + 1) % self.I)
+
+    def _take(self, M: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        ok = (rows < M.shape[0]) & (cols < M.shape[1])
+        out = np.zeros(rows.shape)
+        out[ok] = M[rows[ok], cols[ok]]
+        return out
+
+    def pack_forward_data(self, X: np.ndarray) -> list[np.ndarray]:
+        """X (n × d) -> vectors [g][h] (flattened g-major), X replicated over the class index."""
+        i, l, _ = self._grid()
+        return [self._take(X, g * self.I + i, h * self.L + l) for g in range(self.n_groups) for h in range(self.n_fblocks)]
+
+    def pack_gradient_data(self, Xt: np.ndarray) -> list[np.ndarray]:
+        """X̃ (n × d) in the gradient's permuted sample order, [g][h] flattened g-major."""
+        s = self.grad_sample()
+        _, l, _ = self._grid()
+        return [self._take(Xt, g * self.I + s, h * self.L + l) for g in range(self.n_groups) for h in range(self.n_fblocks)]
+
+    def pack_labels(self, Y: np.ndarray) -> list[np.ndarray]:
+        """Y (n × c) in the gradient layout (replicated over l, permuted like X̃), one vector per group."""
+        s = self.grad_sample()
+        _, _, k = self._grid()
+        return [self._take(Y, g * self.I + s, k) for g in range(self.n_groups)]
+
+    def pack_weights(self, U: np.ndarray) -> list[np.ndarray]:
+        """U (c × d) -> one vector per feature block, replicated over the sample index."""
+        _, l, k = self._grid()
+        return [self._take(U, k, h * self.L + l) for h in range(self.n_fblocks)]
+
+    def unpack_weights(self, vectors) -> np.ndarray:
+        """Inverse of pack_weights (reads sample row 0 of each block)."""
+        U = np.zeros((self.c, self.n_fblocks * self.L))
+        for h, v in enumerate(vectors):
+            blk = np.asarray(v)[: self.L * self.C].reshape(self.L, self.C)
+            U[:, h * self.L:(h + 1) * self.L] = blk[:, : self.c].T
+        return U[:, : self.d]
+
+    def unpack_forward(self, vectors) -> np.ndarray:
+        """z (n × c) from the forward output vectors (one per group, valid where l = 0)."""
+        z = np.zeros((self.n_groups * self.I, self.c))
+        for g, v in enumerate(vectors):
+            blk = np.asarray(v)[: self.slots].reshape(self.I, self.L, self.C)
+            z[g * self.I:(g + 1) * self.I] = blk[:, 0, : self.c]
+        return z[: self.n]
+
+    def forward_masks(self) -> list[np.ndarray]:
+        """1 where a forward output slot is valid: l = 0, a real class, a real sample."""
+        i, l, k = self._grid()
+        return [((l == 0) & (k < self.c) & (g * self.I + i < self.n)).astype(float) for g in range(self.n_groups)]
+
+    def label_masks(self) -> list[np.ndarray]:
+        """1 on every slot of the gradient layout that holds a real (sample, class) pair."""
+        s = self.grad_sample()
+        _, _, k = self._grid()
+        return [((k < self.c) & (g * self.I + s < self.n)).astype(float) for g in range(self.n_groups)]
+
+
+@dataclasses.dataclass(frozen=True)
+class VolleyRevolverPacking:
+    """The published layout (Chiang 2023, DESIGN §1a), kept for comparison.
+
+    A data ciphertext holds R = slots/D sample rows of D slots (D = d rounded up to a power of 2):
+    slot D·j + l of ciphertext k is X[R·k + j, l]. The weights sit in ONE ciphertext, one class per
+    row. For r = 0..R-1 the weights are rotated by D·r so that row j meets class (j + r) mod R; every
+    product is row-summed (log2 D rotations), masked and spread back (log2 D more). The gradient
+    sums the products over k, rotates block r back by D·r and sums over r.
+    Masks are plaintexts here (the published code encrypted them) and are folded into the sigmoid.
+    """
+
+    n: int
+    d: int
+    c: int
+    slots: int
+    D: int
+    R: int
+
+    name = "volley-revolver"
+
+    @classmethod
+    def choose(cls, n: int, d: int, c: int, slots: int) -> "VolleyRevolverPacking":
+        D = _pow2_at_least(d)
+        if D > slots:
+            raise LayoutError(f"{d} features do not fit one row of {slots} slots")
+        R = slots // D
+        if c > R:
+            raise LayoutError(f"the Volley Revolver layout needs classes <= rows per ciphertext "
+                              f"({c} > {R} rows of {D} slots); use layout 'blocked'")
+        return cls(n, d, c, slots, D, R)
+
+    @property
+    def n_groups(self) -> int:  # data ciphertexts k
+        return -(-self.n // self.R)
+
+    @property
+    def n_blocks(self) -> int:  # forward outputs (k, r)
+        return self.n_groups * self.R
+
+    def rotations_per_iteration(self) -> int:
+        return (self.R - 1) + self.n_blocks * 2 * _log2(self.D) + (self.R - 1)
+
+    def rotation_steps(self) -> list[int]:
+        rows = [self.D * r for r in range(1, self.R)]
+        return rows + [1 << k for k in range(_log2(self.D))] + [-(1 << k) for k in range(_log2(self.D))]
+
+    def describe(self) -> dict:
+        return {"layout": self.name, "D": self.D, "R": self.R, "data_ciphertexts": self.n_groups,
+                "forward_blocks": self.n_blocks}
+
+    def _rows(self):
+        j, l = np.meshgrid(np.arange(self.R), np.arange(self.D), indexing="ij")
+        return j.ravel(), l.ravel()
+
+    def pack_forward_data(self, X: np.ndarray) -> list[np.ndarray]:
+        j, l = self._rows()
+        out = []
+        for k in range(self.n_groups):
+            rows = k * self.R + j
+            ok = (rows < X.shape[0]) & (l < X.shape[1])
+            v = np.zeros(self.slots)
+            v[ok] = X[rows[ok], l[ok]]
+            out.append(v)
+        return out
+
+    pack_gradient_data = pack_forward_data
+
+    def block_class(self, r: int) -> np.ndarray:
+        """Class met by each slot's row in block r: (j + r) mod R."""
+        j, _ = self._rows()
+        return (j + r) % self.R
+
+    def pack_labels(self, Y: np.ndarray) -> list[np.ndarray]:
+        """Y per forward block (k, r), replicated along each row: row j holds Y[R·k + j, (j + r) mod R]."""
+        j, _ = self._rows()
+        out = []
+        for k in range(self.n_groups):
+            for r in range(self.R):
+                rows, cls_ = k * self.R + j, self.block_class(r)
+                ok = (rows < Y.shape[0]) & (cls_ < Y.shape[1])
+                v = np.zeros(self.slots)
+                v[ok] = Y[rows[ok], cls_[ok]]
+                out.append(v)
+        return out
+
+    def pack_weights(self, U: np.ndarray) -> list[np.ndarray]:
+        v = np.zeros((self.R, self.D))
+        v[: U.shape[0], : U.shape[1]] = U
+        return [v.ravel()]
+
+    def unpack_weights(self, vectors) -> np.ndarray:
+        return np.asarray(vectors[0])[: self.slots].reshape(self.R, self.D)[: self.c, : self.d]
+
+    def unpack_forward(self, vectors) -> np.ndarray:
+        z = np.zeros((self.n_groups * self.R, self.R))
+        j = np.arange(self.R)
+        for idx, v in enumerate(vectors):
+            k, r = divmod(idx, self.R)
+            z[k * self.R + j, (j + r) % self.R] = np.asarray(v)[: self.slots].reshape(self.R, self.D)[:, 0]
+        return z[: self.n, : self.c]
+
+    def _mask(self, k: int, r: int, first_only: bool) -> np.ndarray:
+        j, l = self._rows()
+        m = (self.block_class(r) < self.c) & (k * self.R + j < self.n)
+        if first_only:
+            m &= l == 0
+        return m.astype(float)
+
+    def forward_masks(self) -> list[np.ndarray]:
+        return [self._mask(k, r, True) for k in range(self.n_groups) for r in range(self.R)]
+
+    def label_masks(self) -> list[np.ndarray]:
+        return [self._mask(k, r, False) for k in range(self.n_groups) for r in range(self.R)]
+
+
+PACKINGS = {"blocked": BlockedPacking, "volley-revolver": VolleyRevolverPacking}
+
+
+def choose_packing(layout: str, n: int, d: int, c: int, slots: int):
+    """The packing named ``layout`` ('blocked' or 'volley-revolver'; 'auto' = 'blocked')."""
+    if layout == "auto":
+        layout = "blocked"
+    try:
+        return PACKINGS[layout].choose(n, d, c, slots)
+    except KeyError:
+        raise LayoutError(f"unknown layout {layout!r}; choose one of auto, {', '.join(PACKINGS)}") from None
