@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from hetrain import ckks
+from hetrain.errors import HetrainUserError
 from hetrain.models.base import Plan, Trainer
 
 from . import files
@@ -31,10 +32,8 @@ class Client:
                  force_insecure: bool = False, seed: int | None = None) -> None:
         if backend not in ckks.BACKENDS:
             raise ckks.CKKSError(f"unknown backend {backend!r}; choose one of {', '.join(ckks.BACKENDS)}")
-        try:
-            self.params = ckks.get_params(preset)
-        except ValueError as exc:
-            raise ckks.CKKSError(str(exc)) from None
+        self.preset = preset
+        self.params = None if preset == "auto" else _params(preset)
         self.trainer = trainer
         self.backend = backend
         self.force_insecure = force_insecure
@@ -43,7 +42,12 @@ class Client:
         self.timings: dict[str, float] = {}
 
     def plan(self, n_samples: int, n_features: int, n_classes: int) -> Plan:
-        """The trainer's plan, checked against the parameters: DepthPlanError before any key exists."""
+        """The trainer's plan, checked against the parameters: DepthPlanError before any key exists.
+
+        With preset "auto", the smallest preset (ring degree, then levels) whose plan fits is chosen.
+        """
+        if self.params is None:
+            self.params = choose_preset(self.trainer, n_samples, n_features, n_classes)
         plan = self.trainer.plan(n_samples, n_features, n_classes, self.params)
         plan.check(self.params)
         return plan
@@ -80,6 +84,25 @@ class Client:
             weights = self.trainer.client_decrypt(self.engine, outputs, job)
         self.timings["decrypt_s"] = time.perf_counter() - t0
         return {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+
+
+def _params(preset) -> ckks.CKKSParams:
+    try:
+        return ckks.get_params(preset)
+    except ValueError as exc:
+        raise ckks.CKKSError(str(exc)) from None
+
+
+def choose_preset(trainer: Trainer, n_samples: int, n_features: int, n_classes: int) -> ckks.CKKSParams:
+    """Smallest preset on which the trainer's plan fits; the largest one if none does (its check explains)."""
+    ordered = sorted(ckks.PRESETS.values(), key=lambda p: (p.poly_modulus_degree, p.levels))
+    for p in ordered:
+        try:
+            if trainer.plan(n_samples, n_features, n_classes, p).fits:
+                return p
+        except HetrainUserError:  # e.g. the data does not fit this ring's slots
+            continue
+    return ordered[-1]
 
 
 def release(weights: dict[str, np.ndarray], decimals: int = DEFAULT_RELEASE_DECIMALS, noise_std: float = 0.0,

@@ -125,9 +125,11 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
 
 
 def twin_max_abs_diff(weights: dict[str, np.ndarray], twin: dict[str, np.ndarray]) -> float:
-    if set(weights) != set(twin):
-        raise ValueError(f"decrypted weights {sorted(weights)} and twin weights {sorted(twin)} name different arrays")
-    return max(float(np.max(np.abs(weights[k] - np.reshape(twin[k], np.shape(weights[k]))))) for k in weights)
+    """Max |decrypted - twin| over the arrays both name (a twin may return extras, e.g. diagnostics)."""
+    common = sorted(set(weights) & set(twin))
+    if not common:
+        raise ValueError(f"decrypted weights {sorted(weights)} and twin {sorted(twin)} share no array")
+    return max(float(np.max(np.abs(weights[k] - np.reshape(twin[k], np.shape(weights[k]))))) for k in common)
 
 
 def server_command(jobdir, trainer) -> list[str]:

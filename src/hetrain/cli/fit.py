@@ -1,0 +1,72 @@
+"""`hetrain fit`: train a classifier on encrypted data (client here, server in a separate process)."""
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+from hetrain import ckks
+from hetrain.data import load_dataset
+from hetrain.errors import HetrainUserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="training data: CSV without header (label in column 0) or .npz (X, y)")
+    p.add_argument("--model", default="mlr", help="mlr, mlp (resolved by --layout), or a registered trainer name")
+    p.add_argument("--out", required=True, help="model file to write (JSON; written only when training succeeds)")
+    add_training_arguments(p)
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by `fit` and `demo`."""
+    p.add_argument("--iterations", type=int, help="training iterations (default: the trainer's)")
+    p.add_argument("--preset", default="auto", help=f"CKKS parameters: auto (smallest that fits) or one of {', '.join(ckks.PRESETS)}")
+    p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help="seal (real encryption) or sim (INSECURE, for tests)")
+    p.add_argument("--learning-rate", type=float, help="step size (default: the trainer's)")
+    p.add_argument("--sigmoid", help="sigmoid approximation: 'published' or 'deg<D>:<B>' such as deg5:12")
+    p.add_argument("--hidden", help="hidden layer sizes for mlp, comma separated, e.g. 32,16")
+    p.add_argument("--layout", help="packing: for mlp auto|dvr|diagonal (selects the implementation); for mlr the trainer's layouts")
+    p.add_argument("--momentum", choices=("nesterov", "none"), help="momentum schedule (default: the trainer's)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply standardised features by this (keeps polynomial inputs in range)")
+    p.add_argument("--seed", type=int, help="seed for the simulation backend and release noise")
+    p.add_argument("--keep-job", metavar="DIR", help="write the job bundle (public keys, ciphertexts) to DIR and keep it")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def config_from_args(args) -> dict:
+    """Trainer config from the options the user gave (unset ones keep the trainer's defaults)."""
+    config = {}
+    for key in ("iterations", "learning_rate", "sigmoid", "momentum", "layout"):
+        value = getattr(args, key, None)
+        if value is not None:
+            config[key] = value
+    if args.hidden is not None:
+        try:
+            config["hidden"] = [int(h) for h in args.hidden.split(",") if h.strip()]
+        except ValueError:
+            raise HetrainUserError(f"--hidden must be comma-separated integers such as 32,16, got {args.hidden!r}") from None
+        if not config["hidden"] or min(config["hidden"]) < 1:
+            raise HetrainUserError(f"--hidden needs positive sizes, got {args.hidden!r}")
+    if args.iterations is not None and args.iterations < 1:
+        raise HetrainUserError("--iterations must be at least 1")
+    return config
+
+
+def run(args) -> int:
+    from hetrain.protocol import fit
+    from hetrain.protocol.report import format_summary
+
+    out = pathlib.Path(args.out)
+    if not out.parent.is_dir():
+        raise HetrainUserError(f"cannot write {out}: directory {out.parent} does not exist")
+    X, y = load_dataset(args.data)
+    print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
+    result = fit(X, y, args.model, config_from_args(args), preset=args.preset, backend=args.backend,
+                 scale=args.scale, seed=args.seed, progress=not args.quiet, workdir=args.keep_job, log=print)
+    result.model.save(out)
+    for line in format_summary(result.stats):
+        print(line)
+    print(f"train accuracy (decrypted model): {result.model.accuracy(X, y):.4f}")
+    print(f"model written to {out}")
+    print(f"server_train_s={result.stats['server_train_s']:.3f}")
+    print(f"twin_max_abs_diff={result.twin_max_abs_diff:.3e}")
+    return 0

@@ -1,0 +1,111 @@
+"""scikit-learn-style estimators over the encrypted pipeline.
+
+    from hetrain.estimators import EncryptedLogisticRegression
+    clf = EncryptedLogisticRegression(iterations=2, preset="auto").fit(X_train, y_train)
+    clf.score(X_test, y_test)
+
+``fit`` runs the same pipeline as ``hetrain fit``: standardisation on the client, keys, encryption,
+training in a separate server process that gets public material only, decryption and release.
+Prediction uses the decrypted (rounded) weights in plaintext. Hyperparameters left at ``None``
+take the trainer's defaults. As in scikit-learn, ``__init__`` only stores its arguments.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from hetrain.data.validate import check_features
+from hetrain.errors import DataError
+
+
+class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
+    _model_name = "abstract"
+    _config_keys = ("iterations", "learning_rate", "sigmoid", "momentum", "layout")
+
+    def _config(self) -> dict:
+        return {k: getattr(self, k) for k in self._config_keys if getattr(self, k) is not None}
+
+    def fit(self, X, y):
+        from hetrain.protocol import fit
+
+        X = check_features(X)
+        y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != X.shape[0]:
+            raise DataError(f"y must be 1-D with one label per row of X ({X.shape[0]}), got shape {y.shape}")
+        self.classes_, y_index = np.unique(y, return_inverse=True)
+        result = fit(X, y_index, self._model_name, self._config(), preset=self.preset, backend=self.backend,
+                     scale=self.scale, seed=self.seed, progress=self.verbose)
+        self.model_ = result.model
+        self.fit_stats_ = result.stats
+        self.twin_max_abs_diff_ = result.twin_max_abs_diff
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """The trainer's per-class scores (n x n_classes) on the decrypted weights."""
+        check_is_fitted(self, "model_")
+        return self.model_.predict_scores(X)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Softmax of the per-class scores: rows sum to 1 and follow ``predict`` (not calibrated:
+        the trainers fit one sigmoid per class, one-vs-rest)."""
+        s = self.decision_function(X)
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+
+class EncryptedLogisticRegression(_EncryptedClassifier):
+    """Multiclass logistic regression (one sigmoid per class) trained on CKKS-encrypted data."""
+
+    _model_name = "mlr"
+
+    def __init__(self, iterations=None, learning_rate=None, sigmoid=None, momentum=None, layout=None,
+                 preset="auto", backend="seal", scale=1.0, seed=None, verbose=False):
+        self.iterations = iterations
+        self.learning_rate = learning_rate
+        self.sigmoid = sigmoid
+        self.momentum = momentum
+        self.layout = layout
+        self.preset = preset
+        self.backend = backend
+        self.scale = scale
+        self.seed = seed
+        self.verbose = verbose
+
+
+class EncryptedMLPClassifier(_EncryptedClassifier):
+    """A network with one or two hidden sigmoid layers trained on CKKS-encrypted data.
+
+    ``layout``: "auto" (diagonal packing up to 16 features, double Volley Revolver above), "dvr" or
+    "diagonal" (see hetrain.models.base.resolve_model).
+    """
+
+    _model_name = "mlp"
+    _config_keys = _EncryptedClassifier._config_keys + ("hidden",)
+
+    def __init__(self, hidden=(32, 16), iterations=None, learning_rate=None, sigmoid=None, momentum=None,
+                 layout="auto", preset="auto", backend="seal", scale=1.0, seed=None, verbose=False):
+        self.hidden = hidden
+        self.iterations = iterations
+        self.learning_rate = learning_rate
+        self.sigmoid = sigmoid
+        self.momentum = momentum
+        self.layout = layout
+        self.preset = preset
+        self.backend = backend
+        self.scale = scale
+        self.seed = seed
+        self.verbose = verbose
+
+    def _config(self) -> dict:
+        config = super()._config()
+        if "hidden" in config:
+            config["hidden"] = [int(h) for h in np.atleast_1d(config["hidden"])]
+        return config
+
+
+__all__ = ["EncryptedLogisticRegression", "EncryptedMLPClassifier"]

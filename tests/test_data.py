@@ -1,0 +1,97 @@
+"""Data loading, validation and bundled datasets: each bad input gives a DataError that says what to fix."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hetrain.data import (check_feature_count, check_features, check_known_labels, export_csv, load_builtin,
+                          load_dataset)
+from hetrain.errors import DataError, HetrainUserError
+
+
+def write(tmp_path, text, name="d.csv"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_csv_layout_label_first_written_as_float(tmp_path):
+    X, y = load_dataset(write(tmp_path, "5.0,1,2\n0.0,3.5,-4\n"))
+    np.testing.assert_array_equal(y, [5, 0])
+    np.testing.assert_array_equal(X, [[1, 2], [3.5, -4]])
+    assert y.dtype == np.int64
+
+
+def test_shared_feature_file_loads(shared_data):
+    X, y = load_dataset(shared_data / "regnet_x_400mf_mnist_train_first256.csv")
+    assert X.shape == (256, 400) and set(y.tolist()) == set(range(10))
+    assert X.min() >= 0  # README: non-negative ReLU features
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty"),
+    ("\n\n", "empty"),
+    ("1.0,2,3\n0.0,4\n", "line 2 has 2 columns"),
+    ("1.0,2,abc\n", "column 2 .*not a number"),
+    ("label,f1\n1.0,2\n", "no header"),
+    ("1.0,nan\n", "NaN or infinite"),
+    ("1.0,inf\n", "NaN or infinite"),
+    ("1.5,2\n0.0,1\n", "labels must be integers"),
+    ("1.0\n", "need a label and at least one feature"),
+])
+def test_bad_csv(tmp_path, text, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(write(tmp_path, text))
+
+
+def test_missing_file_and_binary_garbage(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(tmp_path / "nope.csv")
+    p = tmp_path / "bin.csv"
+    p.write_bytes(b"\xff\xfe\x00\x81" * 10)
+    with pytest.raises(DataError):
+        load_dataset(p)
+
+
+def test_npz(tmp_path):
+    np.savez(tmp_path / "ok.npz", X=np.ones((3, 2)), y=np.array([0, 1, 1]))
+    X, y = load_dataset(tmp_path / "ok.npz")
+    assert X.shape == (3, 2) and y.tolist() == [0, 1, 1]
+    np.savez(tmp_path / "noy.npz", X=np.ones((3, 2)))
+    with pytest.raises(DataError, match="missing \\['y'\\]"):
+        load_dataset(tmp_path / "noy.npz")
+    np.savez(tmp_path / "len.npz", X=np.ones((3, 2)), y=np.array([0, 1]))
+    with pytest.raises(DataError, match="2 labels for 3 rows"):
+        load_dataset(tmp_path / "len.npz")
+    np.savez(tmp_path / "shape.npz", X=np.ones(3), y=np.array([0, 1, 1]))
+    with pytest.raises(DataError, match="2-D"):
+        load_dataset(tmp_path / "shape.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_dataset(tmp_path / "bad.npz")
+
+
+def test_validators():
+    with pytest.raises(DataError, match="labels \\[7\\] were not seen in training"):
+        check_known_labels(np.array([0, 7]), [0, 1, 2])
+    with pytest.raises(DataError, match="has 3 features but the model expects 4"):
+        check_feature_count(np.ones((2, 3)), 4)
+    with pytest.raises(DataError, match="row 1, feature 0"):
+        check_features([[1.0, 2.0], [np.nan, 1.0]])
+    assert issubclass(DataError, HetrainUserError) and issubclass(DataError, ValueError)
+
+
+@pytest.mark.parametrize("name, shape, n_classes", [("iris", (150, 4), 3), ("wine", (178, 13), 3)])
+def test_export_roundtrips_exactly(tmp_path, name, shape, n_classes):
+    out = tmp_path / f"{name}.csv"
+    assert export_csv(name, out) == shape
+    assert out.read_text().split(",", 1)[0] in {f"{c}.0" for c in range(n_classes)}  # label as a float
+    X, y = load_dataset(out)
+    X0, y0 = load_builtin(name)
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(y, y0)
+
+
+def test_unknown_builtin():
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_builtin("mnist")
