@@ -3,7 +3,9 @@
 ``eval_poly_masked(engine, ct, coeffs, mask)`` returns mask ⊙ p(ct): every term's coefficient
 multiplication becomes a plaintext multiplication by coef·mask, which costs the level the scalar
 multiplication cost anyway. Where the mask is 0 every term is 0, whatever garbage ct holds there.
-Depth: ``poly_depth(degree)``, as for ``eval_poly``.
+Depth: ``poly_depth(degree)``, as for ``eval_poly``. Under CKKS a masked slot is not exactly 0:
+a term (coef·0·x)·x^(k-1) leaves the rescale noise (~1e-7) times x^(k-1), so garbage g leaks as
+≈1e-7·g^(deg-1); keep the garbage of the size of the valid inputs (a partial sum is).
 """
 from __future__ import annotations
 

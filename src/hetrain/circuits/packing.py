@@ -148,6 +148,11 @@ class BlockedPacking:
             z[g * self.I:(g + 1) * self.I] = blk[:, 0, : self.c]
         return z[: self.n]
 
+    def pack_forward_output(self, Z: np.ndarray) -> list[np.ndarray]:
+        """Z (n × c) where the forward leaves valid values (l = 0), zeros elsewhere: the spread's input."""
+        i, l, k = self._grid()
+        return [np.where(l == 0, self._take(Z, g * self.I + i, k), 0.0) for g in range(self.n_groups)]
+
     def forward_masks(self) -> list[np.ndarray]:
         """1 where a forward output slot is valid: l = 0, a real class, a real sample."""
         i, l, k = self._grid()
@@ -261,6 +266,19 @@ class VolleyRevolverPacking:
             k, r = divmod(idx, self.R)
             z[k * self.R + j, (j + r) % self.R] = np.asarray(v)[: self.slots].reshape(self.R, self.D)[:, 0]
         return z[: self.n, : self.c]
+
+    def pack_forward_output(self, Z: np.ndarray) -> list[np.ndarray]:
+        """Z (n × c) at the first slot of each row of each block (k, r), zeros elsewhere."""
+        Zp = np.zeros((self.n_groups * self.R, self.R))
+        Zp[: Z.shape[0], : Z.shape[1]] = Z
+        j = np.arange(self.R)
+        out = []
+        for k in range(self.n_groups):
+            for r in range(self.R):
+                v = np.zeros((self.R, self.D))
+                v[:, 0] = Zp[k * self.R + j, (j + r) % self.R]
+                out.append(v.ravel())
+        return out
 
     def _mask(self, k: int, r: int, first_only: bool) -> np.ndarray:
         j, l = self._rows()
