@@ -1,2 +1,3 @@
 """Imports every trainer module so that it registers itself (one line per trainer)."""
 from . import mlr  # noqa: F401
+from . import mlp_diagonal  # noqa: F401  (mlp-diagonal)

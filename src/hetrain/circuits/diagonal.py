@@ -1,0 +1,274 @@
+"""Diagonal (Halevi–Shoup) packing of small weight matrices, with samples batched in slots.
+
+Slot layout (``SampleLayout``): sample s owns the block of M = slots / B consecutive slots starting
+at s·M (B = n_samples rounded up to a power of two, so the B blocks fill the ciphertext exactly).
+A vector v of a sample sits at positions 0..len(v)-1 of its block; the rest of the block is zero
+("clean"). One rotation by t moves every sample's vector by t at once.
+
+Weights (``BandDiagonals``): an r×c matrix W is kept as its non-zero generalised diagonals
+D_t[i] = W[i, i+t], t = -(r-1) .. c-1, one ciphertext per diagonal, replicated in every sample
+block. Then, without any wrap-around (vectors are clean, so out-of-range reads are zeros):
+
+    W·x  = Σ_t D_t ⊙ rot(x, t)            (rotations of x, one relinearisation: mul_sum)
+    Wᵀ·δ = Σ_t rot(D_t ⊙ δ, -t)          (the SAME D_t: the diagonals of Wᵀ are rotations of W's)
+
+The naive alternative re-packs Wᵀ's diagonals each time, E_t = mask ⊙ rot(D_{-t}, -t) (one rotation
+and one plaintext mask per diagonal, one extra level), then runs the forward product on them.
+
+Gradients Σ_s δ_s·a_sᵀ in diagonal form need a sum over samples: ``pack_sum`` rotates every
+diagonal's product into its own window of a sample block, sums the windows into one ciphertext
+and all-reduces over the B sample blocks (log2 B rotations; every block then holds the sum);
+``unpack`` rotates window t back to positions 0..r-1. Unpacking is not masked (a mask would cost a
+level): the other windows land at positions that the consumer multiplies by zero, which
+``PackPlan`` guarantees by spacing the windows (see ``PackPlan.for_band``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from hetrain.errors import HetrainUserError
+
+
+class LayoutError(HetrainUserError):
+    """The matrices or the batch do not fit the slot layout of these parameters."""
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(n - 1).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleLayout:
+    """B sample blocks of M slots each (B·M = slots)."""
+
+    n_samples: int
+    slots: int
+
+    def __post_init__(self):
+        if self.n_samples < 1:
+            raise LayoutError("need at least one sample")
+        if self.batch > self.slots:
+            raise LayoutError(f"{self.n_samples} samples do not fit in {self.slots} slots")
+
+    @property
+    def batch(self) -> int:
+        return _next_pow2(self.n_samples)
+
+    @property
+    def block(self) -> int:
+        return self.slots // self.batch
+
+    def allreduce_steps(self) -> list[int]:
+        return [self.block << k for k in range((self.batch - 1).bit_length())]
+
+    def place(self, rows: np.ndarray) -> np.ndarray:
+        """(n_samples, k) per-sample vectors -> slot vector (sample blocks, zero padded)."""
+        rows = np.asarray(rows, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[0] != self.n_samples or rows.shape[1] > self.block:
+            raise LayoutError(f"expected ({self.n_samples}, <= {self.block}) per-sample vectors, got {rows.shape}")
+        v = np.zeros((self.batch, self.block))
+        v[: self.n_samples, : rows.shape[1]] = rows
+        return v.ravel()
+
+    def replicate(self, vec: np.ndarray) -> np.ndarray:
+        """The same block vector in every sample block (weights, constants)."""
+        vec = np.asarray(vec, dtype=np.float64).ravel()
+        if vec.size > self.block:
+            raise LayoutError(f"a vector of {vec.size} values does not fit a block of {self.block} slots")
+        b = np.zeros(self.block)
+        b[: vec.size] = vec
+        return np.tile(b, self.batch)
+
+    def replicate_real(self, vec: np.ndarray) -> np.ndarray:
+        """Like ``replicate`` but only in the blocks of real samples (padding blocks stay zero)."""
+        v = self.replicate(vec).reshape(self.batch, self.block)
+        v[self.n_samples:] = 0.0
+        return v.ravel()
+
+    def read(self, slots_vec: np.ndarray, length: int) -> np.ndarray:
+        """Inverse of ``place``: (n_samples, length)."""
+        return np.asarray(slots_vec).reshape(self.batch, self.block)[: self.n_samples, :length]
+
+
+@dataclasses.dataclass(frozen=True)
+class BandDiagonals:
+    """The generalised diagonals of an r×c matrix: offsets t = -(r-1) .. c-1."""
+
+    rows: int
+    cols: int
+
+    @property
+    def offsets(self) -> list[int]:
+        return list(range(-(self.rows - 1), self.cols))
+
+    def valid(self, t: int) -> np.ndarray:
+        """Rows i for which W[i, i+t] exists."""
+        i = np.arange(self.rows)
+        return (i + t >= 0) & (i + t < self.cols)
+
+    def diagonals(self, W: np.ndarray) -> dict[int, np.ndarray]:
+        W = np.asarray(W, dtype=np.float64)
+        if W.shape != (self.rows, self.cols):
+            raise ValueError(f"expected a {self.rows}x{self.cols} matrix, got {W.shape}")
+        out = {}
+        for t in self.offsets:
+            d = np.zeros(self.rows)
+            ok = self.valid(t)
+            i = np.arange(self.rows)[ok]
+            d[ok] = W[i, i + t]
+            out[t] = d
+        return out
+
+    def matrix(self, diags: dict[int, np.ndarray]) -> np.ndarray:
+        """Inverse of ``diagonals`` (entries outside the band/valid range are ignored)."""
+        W = np.zeros((self.rows, self.cols))
+        for t in self.offsets:
+            ok = self.valid(t)
+            i = np.arange(self.rows)[ok]
+            W[i, i + t] = np.asarray(diags[t])[: self.rows][ok]
+        return W
+
+    def rotated_inputs(self, x_rows: np.ndarray) -> dict[int, np.ndarray]:
+        """Client side: rot(x, t) per diagonal, zeroed where W[i, i+t] does not exist.
+
+        Shape (n, rows) each. Zeroing makes every product with a diagonal clean, which lets the
+        server leave garbage in the unused entries of its weight diagonals (see ``unpack``).
+        """
+        x_rows = np.asarray(x_rows, dtype=np.float64)
+        if x_rows.ndim != 2 or x_rows.shape[1] != self.cols:
+            raise ValueError(f"expected (n, {self.cols}) inputs, got {x_rows.shape}")
+        out = {}
+        for t in self.offsets:
+            ok = self.valid(t)
+            v = np.zeros((x_rows.shape[0], self.rows))
+            i = np.arange(self.rows)[ok]
+            v[:, ok] = x_rows[:, i + t]
+            out[t] = v
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PackPlan:
+    """Where each diagonal's gradient goes in the packed ciphertext: window t starts at start_t,
+    the diagonal's rows at off_t = start_t + shift_t. Windows are disjoint modulo the block size."""
+
+    offsets: tuple[int, ...]
+    pack_offsets: tuple[int, ...]  # off_t per offset, same order
+    window: int
+    block: int
+
+    @classmethod
+    def for_band(cls, band: BandDiagonals, block: int, live_cols: int | None = None) -> "PackPlan":
+        """Windows for ``band``'s diagonals inside a block of ``block`` slots.
+
+        ``live_cols=None``: the consumer of the unpacked diagonal D_t multiplies it by a clean vector
+        supported on its valid entries only (the client-made rotated inputs), so windows need only
+        hold the r rows. ``live_cols=k``: D_t is multiplied by rot(a, t) with a supported on 0..k-1
+        and by a vector supported on rows 0..r-1, so entries p with p+t in [0, k) must read zero
+        unless they are the diagonal's own rows: window t covers relative positions
+        [min(0, -t), max(r, k - t)).
+        """
+        offs = band.offsets
+        if live_cols is None:
+            window = band.rows
+            shifts = {t: 0 for t in offs}
+        else:
+            lo = {t: min(0, -t) for t in offs}
+            hi = {t: max(band.rows, live_cols - t) for t in offs}
+            window = max(hi[t] - lo[t] for t in offs)
+            shifts = {t: -lo[t] for t in offs}
+        if window * len(offs) > block:
+            raise LayoutError(
+                f"{len(offs)} diagonals need windows of {window} slots ({window * len(offs)} in all) but a sample "
+                f"block has {block}: use fewer hidden units, fewer samples, or a larger ring")
+        return cls(tuple(offs), tuple(k * window + shifts[t] for k, t in enumerate(offs)), window, block)
+
+    def off(self, t: int) -> int:
+        return self.pack_offsets[self.offsets.index(t)]
+
+    def steps(self) -> list[int]:
+        s = set()
+        for o in self.pack_offsets:
+            if o:
+                s.update({-o, o})
+        return sorted(s)
+
+
+# ---------------------------------------------------------------------------------------- circuits
+def rotations_of(eng, ct, offsets: Sequence[int]) -> dict:
+    """{t: rot(ct, t)} (t = 0 costs nothing)."""
+    return {t: eng.rotate(ct, t) if t else ct for t in offsets}
+
+
+def matvec(eng, diags: dict, x_rot: dict):
+    """W·x = Σ_t D_t ⊙ rot(x, t): one relinearisation and rescale for all diagonals."""
+    return eng.mul_sum([(diags[t], x_rot[t]) for t in diags])
+
+
+def matvec_transpose(eng, diags: dict, delta):
+    """Wᵀ·δ = Σ_t rot(D_t ⊙ δ, -t) on the same diagonals as ``matvec`` (one level, n-1 rotations)."""
+    out = None
+    for t, d in diags.items():
+        term = eng.mul(d, delta)
+        term = eng.rotate(term, -t) if t else term
+        out = term if out is None else eng.add(out, term)
+    return out
+
+
+def transpose_masks(band: BandDiagonals, layout: SampleLayout) -> dict:
+    """Plaintext masks keeping the valid entries of each diagonal of Wᵀ (for the naive re-pack)."""
+    from hetrain.ckks import PlainVector
+    tb = BandDiagonals(band.cols, band.rows)
+    return {t: PlainVector(layout.replicate(tb.valid(t).astype(float))) for t in tb.offsets}
+
+
+def repack_transpose(eng, diags: dict, masks: dict) -> dict:
+    """Naive: build Wᵀ's diagonals E_t = mask ⊙ rot(D_{-t}, -t) explicitly (n rotations, n masks, 1 level)."""
+    out = {}
+    for t, m in masks.items():
+        r = eng.rotate(diags[-t], -t) if t else diags[-t]
+        out[t] = eng.mul_plain(r, m)
+    return out
+
+
+def matvec_transpose_repacked(eng, diags: dict, delta, masks: dict):
+    """Naive Wᵀ·δ: re-pack the transpose, then the forward product Σ_t E_t ⊙ rot(δ, t)."""
+    e = repack_transpose(eng, diags, masks)
+    return matvec(eng, e, rotations_of(eng, delta, list(e)))
+
+
+def allreduce_samples(eng, ct, layout: SampleLayout):
+    """Sum over the B sample blocks; every block receives the sum (log2 B rotations)."""
+    out = ct
+    for s in layout.allreduce_steps():
+        out = eng.add(out, eng.rotate(out, s))
+    return out
+
+
+def pack_sum(eng, products: dict, plan: PackPlan, layout: SampleLayout):
+    """Σ_samples of every diagonal's product, all in one ciphertext (window t at off_t)."""
+    packed = None
+    for t, p in products.items():
+        o = plan.off(t)
+        r = eng.rotate(p, -o) if o else p
+        packed = r if packed is None else eng.add(packed, r)
+    return allreduce_samples(eng, packed, layout)
+
+
+def unpack(eng, packed, t: int, plan: PackPlan):
+    """Window t of a packed sum back at positions 0..r-1 (other windows stay, as harmless garbage)."""
+    o = plan.off(t)
+    return eng.rotate(packed, o) if o else packed
+
+
+# --------------------------------------------------------------------------------- plaintext twins
+def matvec_plain(W: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Rows of X (n, c) -> rows of X·Wᵀ (n, r)."""
+    return np.asarray(X) @ np.asarray(W).T
+
+
+def matvec_transpose_plain(W: np.ndarray, D: np.ndarray) -> np.ndarray:
+    return np.asarray(D) @ np.asarray(W)
