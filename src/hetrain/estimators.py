@@ -55,7 +55,8 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        scores = self.decision_function(X)  # checks fitted first
+        return self.classes_[np.argmax(scores, axis=1)]
 
 
 class EncryptedLogisticRegression(_EncryptedClassifier):

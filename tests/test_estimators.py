@@ -1,0 +1,77 @@
+"""scikit-learn-style estimators: the parameter contract, and fit/predict through the real pipeline."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid")
+
+from hetrain.data import load_builtin
+from hetrain.errors import DataError
+from hetrain.estimators import EncryptedLogisticRegression, EncryptedMLPClassifier
+
+
+class ToyClassifier(EncryptedLogisticRegression):
+    """The estimator machinery over the toy trainer (the real 'mlr' is tested with its trainer)."""
+
+    _model_name = "toy-centroid"
+
+
+@pytest.mark.parametrize("cls", [EncryptedLogisticRegression, EncryptedMLPClassifier])
+def test_params_roundtrip_and_clone(cls):
+    est = cls(iterations=3, preset="n16384", backend="sim", seed=5)
+    params = est.get_params()
+    assert params["iterations"] == 3 and params["preset"] == "n16384" and params["backend"] == "sim"
+    twin = clone(est)
+    assert twin is not est and twin.get_params() == params
+    twin.set_params(iterations=7)
+    assert twin.iterations == 7 and est.iterations == 3
+    # no work (and no validation) in __init__: even a bad backend only fails at fit
+    cls(backend="nope")
+
+
+def test_mlp_config_passes_hidden_as_list():
+    est = EncryptedMLPClassifier(hidden=(8, 4), iterations=2)
+    assert est._config() == {"hidden": [8, 4], "iterations": 2, "layout": "auto"}
+
+
+def test_predict_before_fit():
+    with pytest.raises(NotFittedError):
+        ToyClassifier().predict(np.ones((2, 4)))
+
+
+@pytest.fixture(scope="module")
+def iris_str():
+    X, y = load_builtin("iris")
+    return X, np.array(["setosa", "versicolor", "virginica"])[y]
+
+
+def test_fit_predict_sim_with_string_labels(iris_str):
+    X, y = iris_str
+    clf = ToyClassifier(iterations=2, preset="n16384", backend="sim").fit(X, y)
+    assert list(clf.classes_) == ["setosa", "versicolor", "virginica"] and clf.n_features_in_ == 4
+    assert set(clf.predict(X)) <= set(clf.classes_)
+    assert clf.score(X, y) > 0.75
+    proba = clf.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], clf.predict(X))
+    assert clf.fit_stats_["backend"] == "sim" and clf.twin_max_abs_diff_ < 1e-12
+
+
+def test_fit_predict_seal(iris_str):
+    X, y = iris_str
+    clf = ToyClassifier(preset="n8192", backend="seal").fit(X, y)
+    # same tolerance reasoning as test_protocol_pipeline.test_fit_seal_matches_twin
+    assert clf.twin_max_abs_diff_ < 1e-5 and clf.score(X, y) > 0.75
+    assert clf.fit_stats_["params"] == "n8192" and clf.fit_stats_["upload_key_bytes"] > 1e6
+
+
+def test_bad_inputs(iris_str):
+    X, y = iris_str
+    with pytest.raises(DataError, match="one label per row"):
+        ToyClassifier(backend="sim").fit(X, y[:-1])
+    with pytest.raises(DataError, match="NaN"):
+        ToyClassifier(backend="sim").fit(np.where(X > 7, np.nan, X), y)
+    with pytest.raises(DataError, match="single class"):
+        ToyClassifier(backend="sim").fit(X[:10], y[:10])
