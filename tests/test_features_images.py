@@ -52,7 +52,8 @@ def test_npz_float_images_in_unit_range(tmp_path):
     imgs, labels = _digits(2)
     np.savez(tmp_path / "f.npz", images=imgs / 255.0, labels=labels)
     pix, _ = _all(open_images(tmp_path / "f.npz"))
-    np.testing.assert_array_equal(np.stack(pix), imgs)
+    assert pix[0].dtype == np.float32  # no rounding to 8 bits
+    np.testing.assert_allclose(np.stack(pix), imgs / 255.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize(

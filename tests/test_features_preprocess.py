@@ -41,3 +41,8 @@ def test_mixed_sizes_from_a_folder_and_constant_image_values():
     for c, (m, s) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD)):
         torch.testing.assert_close(x[0, c], torch.full((32, 32), (1 - m) / s))  # white
         torch.testing.assert_close(x[1, c], torch.full((32, 32), (0 - m) / s))  # black
+
+
+def test_float_pixels_in_unit_range_equal_uint8():
+    grey = np.random.default_rng(2).integers(0, 256, (1, 28, 28), dtype=np.uint8)
+    torch.testing.assert_close(to_model_input(grey.astype(np.float32) / 255), to_model_input(grey))

@@ -2,7 +2,8 @@
 
 Each loader returns an :class:`ImageSet` that knows its labels up front but reads pixels only
 batch by batch, so a large set never sits in memory at model resolution. Pixels come back as
-uint8 arrays, (H, W) for greyscale or (H, W, 3) for colour; see ``preprocess`` for the rest.
+uint8 arrays (or float32 in [0, 1] from an .npz that holds floats), (H, W) for greyscale or
+(H, W, 3) for colour; see ``preprocess`` for the rest.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from hetrain.features.errors import ImageInputError, require
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-# A batch of pixels: one uint8 array of equally sized images, or a list of arrays of any size.
+# A batch of pixels: one array of equally sized images, or a list of arrays of any size.
 Pixels = np.ndarray | list[np.ndarray]
 
 
@@ -131,11 +132,11 @@ def load_npz(path: Path) -> ImageSet:
         raise
     except (OSError, ValueError) as exc:
         raise ImageInputError(f"cannot read {path} as an .npz file: {exc}") from exc
-    images = _as_uint8_images(images, str(path))
+    images = _checked_images(images, str(path))
     return ImageSet(f"npz {path} ({len(images)} images)", _as_labels(labels, len(images), str(path)), lambda a, b: images[a:b])
 
 
-def _as_uint8_images(images: np.ndarray, where: str) -> np.ndarray:
+def _checked_images(images: np.ndarray, where: str) -> np.ndarray:
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
@@ -147,7 +148,7 @@ def _as_uint8_images(images: np.ndarray, where: str) -> np.ndarray:
     if np.issubdtype(images.dtype, np.floating):
         if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
             raise ImageInputError(f"{where}: float 'images' must be finite and within [0, 1]")
-        return np.round(images * 255).astype(np.uint8)
+        return images.astype(np.float32, copy=False)  # kept as is: no 8-bit rounding
     raise ImageInputError(f"{where}: 'images' must be uint8 (0-255) or float in [0, 1], got {images.dtype}")
 
 
@@ -210,7 +211,7 @@ def load_idx(images_path: str | Path, labels_path: str | Path) -> ImageSet:
     """MNIST-style idx3-ubyte images with idx1-ubyte labels (either may be gzipped)."""
     if not Path(labels_path).exists():
         raise ImageInputError(f"labels file not found: {labels_path}")
-    images = _as_uint8_images(read_idx(images_path), str(images_path))
+    images = _checked_images(read_idx(images_path), str(images_path))
     labels = read_idx(labels_path)
     if labels.ndim != 1:
         raise ImageInputError(f"{labels_path}: labels idx file must be 1-D, got shape {labels.shape}")

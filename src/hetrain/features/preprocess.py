@@ -18,7 +18,8 @@ INPUT_SIZE = 224
 
 
 def to_model_input(pixels: np.ndarray | list[np.ndarray], size: int = INPUT_SIZE) -> torch.Tensor:
-    """uint8 images, as one (B,H,W[,3]) array or a list of (H,W[,3]) arrays -> (B,3,size,size) float32."""
+    """uint8 (0-255) or float (0-1) images, as one (B,H,W[,3]) array or a list of (H,W[,3]) arrays
+    -> (B,3,size,size) float32."""
     if isinstance(pixels, np.ndarray):
         return _batch_to_input(pixels, size)
     # Images of different sizes (a folder) are resized one by one, then stacked.
@@ -28,7 +29,9 @@ def to_model_input(pixels: np.ndarray | list[np.ndarray], size: int = INPUT_SIZE
 def _batch_to_input(batch: np.ndarray, size: int) -> torch.Tensor:
     if not batch.flags.writeable:  # idx buffers and PIL arrays are read-only; torch warns on those
         batch = batch.copy()
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(torch.float32).div_(255.0)
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(torch.float32)
+    if batch.dtype == np.uint8:  # float pixels are already in [0, 1]
+        x = x.div_(255.0)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # -> (B, C, H, W), C in {1, 3}
     if tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
