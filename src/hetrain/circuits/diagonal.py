@@ -12,7 +12,7 @@ block. Then, without any wrap-around (vectors are clean, so out-of-range reads a
     W·x  = Σ_t D_t ⊙ rot(x, t)            (rotations of x, one relinearisation: mul_sum)
     Wᵀ·δ = Σ_t rot(D_t ⊙ δ, -t)          (the SAME D_t: the diagonals of Wᵀ are rotations of W's)
 
-The naive alternative re-packs Wᵀ's diagonals each time, E_t = mask ⊙ rot(D_{-t}, -t) (one rotation
+The naive alternative re-packs Wᵀ's diagonals each time, E_t = mask ⊙ rot(D_{-t}, t) (one rotation
 and one plaintext mask per diagonal, one extra level), then runs the forward product on them.
 
 Gradients Σ_s δ_s·a_sᵀ in diagonal form need a sum over samples: ``pack_sum`` rotates every
@@ -226,10 +226,10 @@ def transpose_masks(band: BandDiagonals, layout: SampleLayout) -> dict:
 
 
 def repack_transpose(eng, diags: dict, masks: dict) -> dict:
-    """Naive: build Wᵀ's diagonals E_t = mask ⊙ rot(D_{-t}, -t) explicitly (n rotations, n masks, 1 level)."""
+    """Naive: build Wᵀ's diagonals E_t = mask ⊙ rot(D_{-t}, t) explicitly (n rotations, n masks, 1 level)."""
     out = {}
     for t, m in masks.items():
-        r = eng.rotate(diags[-t], -t) if t else diags[-t]
+        r = eng.rotate(diags[-t], t) if t else diags[-t]
         out[t] = eng.mul_plain(r, m)
     return out
 
