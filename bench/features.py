@@ -70,4 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hetrain.errors import HetrainUserError
+
+    try:
+        sys.exit(main())
+    except HetrainUserError as exc:  # missing data or weights: say so without a traceback
+        sys.exit(f"bench/features.py: error: {exc}")
