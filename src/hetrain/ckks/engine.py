@@ -22,7 +22,7 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 
 from .counters import OpCounters
-from .errors import DepthExhausted, KeyMismatch, MissingRotationKey, SecretKeyUnavailable
+from .errors import CKKSError, DepthExhausted, KeyMismatch, MissingRotationKey, SecretKeyUnavailable
 from .params import CKKSParams
 
 log = logging.getLogger("hetrain.ckks")
@@ -304,6 +304,32 @@ class Engine(abc.ABC):
             raise DepthExhausted("cannot drop below level 0")
         with self.counters.time("mod_switch"):
             return Ciphertext(self, level, self._drop(a, level))
+
+    # ------------------------------------------------------------------ bootstrapping
+    #: True for backends that can refresh a ciphertext without the secret key (see ``bootstrap``).
+    can_bootstrap = False
+
+    @property
+    def bootstrap_level(self) -> int | None:
+        """Level a bootstrapped ciphertext comes back at (None: this backend cannot bootstrap)."""
+        return None
+
+    def bootstrap(self, ct: Ciphertext) -> Ciphertext:
+        """Raise ``ct`` to ``bootstrap_level`` without the secret key (same values, small extra error).
+
+        Only backends with ``can_bootstrap`` implement it; SEAL has no bootstrapping, so its
+        trainers refresh through the client instead (``--refresh client``).
+        """
+        self._own(ct)
+        if not self.can_bootstrap:
+            raise CKKSError(f"backend {self.backend_name} cannot bootstrap: use --refresh client "
+                            f"(or a backend that bootstraps, such as desilo)")
+        with self.counters.time("bootstrap"):
+            data = self._bootstrap(ct)
+        return Ciphertext(self, self.bootstrap_level, data)
+
+    def _bootstrap(self, ct: Ciphertext):
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ serialisation
     def serialize(self, ct: Ciphertext) -> bytes:

@@ -20,6 +20,9 @@ from .params import CKKSParams
 # Standard deviation of the error CKKS adds per fresh encryption, rescale and rotation at scale
 # 2^40 (order of magnitude measured with the SEAL backend; see tests/test_ckks_sim.py).
 CKKS_NOISE_STD = 1e-7
+# Bootstrapping returns values with a larger error (desilofhe at N=2^16 measured ~3e-5 max abs on
+# values in [-1, 1]); the sim adds noise of this size per bootstrap when noise is on.
+BOOTSTRAP_NOISE_STD = 1e-5
 
 
 class SimEngine(Engine):
@@ -29,13 +32,17 @@ class SimEngine(Engine):
     secure = False
 
     def __init__(self, params: CKKSParams, rotation_steps=(), *, noise: float | str = 0.0,
-                 seed: int | None = None, force_insecure: bool = False,
+                 seed: int | None = None, force_insecure: bool = False, bootstrap_level: int | None = None,
                  _key_id: str | None = None, _has_secret: bool = True) -> None:
         forced = not params.is_128_bit_secure()
         params.check_security(force_insecure)
         super().__init__(params, rotation_steps, _key_id or secrets.token_hex(8), _has_secret, forced)
         self.noise = CKKS_NOISE_STD if noise == "ckks" else float(noise)
         self._rng = np.random.default_rng(seed)
+        # emulated bootstrapping (planning only): ciphertexts come back at this level
+        if bootstrap_level is not None and not 1 <= int(bootstrap_level) <= params.levels:
+            raise ValueError(f"bootstrap_level must be in [1, {params.levels}], got {bootstrap_level}")
+        self._bootstrap_level = None if bootstrap_level is None else int(bootstrap_level)
         self.log.info("simulation backend: data is NOT encrypted")
 
     def _noisy(self, v: np.ndarray) -> np.ndarray:
@@ -94,6 +101,20 @@ class SimEngine(Engine):
     def _drop(self, a, level):
         return a.data
 
+    @property
+    def can_bootstrap(self) -> bool:
+        return self._bootstrap_level is not None
+
+    @property
+    def bootstrap_level(self) -> int | None:
+        return self._bootstrap_level
+
+    def _bootstrap(self, ct):
+        v = ct.data.copy()
+        if self.noise:
+            v = v + self._rng.normal(0.0, max(self.noise, BOOTSTRAP_NOISE_STD), v.shape)
+        return v
+
     def _ct_to_bytes(self, ct):
         return np.asarray(ct.data, dtype="<f8").tobytes()
 
@@ -104,7 +125,8 @@ class SimEngine(Engine):
 
     def public_bytes(self) -> bytes:
         meta = {"kind": "public_context", "backend": self.backend_name, "params": self.params.to_dict(),
-                "key_id": self.key_id, "steps": sorted(self.rotation_steps), "noise": self.noise}
+                "key_id": self.key_id, "steps": sorted(self.rotation_steps), "noise": self.noise,
+                "bootstrap_level": self._bootstrap_level}
         return pack(meta, {})
 
     def secret_key_bytes(self) -> bytes:
@@ -122,6 +144,7 @@ class SimEngine(Engine):
             if smeta.get("key_id") != meta["key_id"]:
                 raise KeyMismatch("secret key does not belong to this public context")
         return cls(params, meta["steps"], noise=meta.get("noise", 0.0), force_insecure=force_insecure,
+                   bootstrap_level=meta.get("bootstrap_level"),
                    _key_id=meta["key_id"], _has_secret=secret is not None)
 
     def key_sizes(self) -> dict[str, int]:
