@@ -4,8 +4,9 @@
     eng = ckks.create_engine("seal", "n16384", rotations=[1, 2, 4])
     ct = eng.encrypt(x); y = eng.decrypt(eng.rotate(ct * ct, 1))
 
-Backends: ``seal`` (Microsoft SEAL via TenSEAL, real encryption) and ``sim`` (NumPy, INSECURE,
-for tests and planning only). A server rebuilds an engine from ``eng.public_bytes()`` with
+Backends: ``seal`` (Microsoft SEAL via TenSEAL, real encryption), ``sim`` (NumPy, INSECURE,
+for tests and planning only) and the optional ``desilo`` (desilofhe, real encryption with
+bootstrapping; non-commercial licence, installed only on request: ``pip install hetrain[desilo]``). A server rebuilds an engine from ``eng.public_bytes()`` with
 ``load_engine``; it can compute but never decrypt.
 """
 from __future__ import annotations
@@ -19,15 +20,20 @@ from .errors import (CKKSError, DepthExhausted, InsecureParameters, KeyMismatch,
                      SecretKeyUnavailable, SerializationError)
 from .params import PRESETS, CKKSParams, get_params, smallest_preset_with_levels
 
-BACKENDS = ("seal", "sim")
+BACKENDS = ("seal", "sim", "desilo")
 
 
 def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", rotations: Iterable[int] = (),
                   *, force_insecure: bool = False, **options) -> Engine:
     """Fresh keys for ``params`` (a preset name or CKKSParams), with Galois keys for ``rotations`` only.
 
-    ``backend="sim"`` is an INSECURE NumPy simulation (options: ``noise``, ``seed``).
+    ``backend="sim"`` is an INSECURE NumPy simulation (options: ``noise``, ``seed``, ``bootstrap_level``).
+    ``backend="desilo"`` takes "desilo-boot" (bootstrapping), "desilo-l<L>", or a SEAL preset (same
+    level count, desilofhe's ring); options ``threads``, ``mode`` ("cpu"/"gpu"), ``bootstrap_key_size``.
     """
+    if backend == "desilo":  # imported only when asked for (optional, non-redistributable dependency)
+        from .desilo_backend import DesiloEngine
+        return DesiloEngine(params, rotations, **options)
     p = get_params(params)
     if backend == "seal":
         from .seal_backend import SealEngine
@@ -45,6 +51,9 @@ def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: b
     if backend == "seal":
         from .seal_backend import SealEngine
         return SealEngine.from_bytes(public, secret, force_insecure=force_insecure)
+    if backend == "desilo":
+        from .desilo_backend import DesiloEngine
+        return DesiloEngine.from_bytes(public, secret, force_insecure=force_insecure)
     if backend == "sim-INSECURE":
         from .sim_backend import SimEngine
         return SimEngine.from_bytes(public, secret, force_insecure=force_insecure)
