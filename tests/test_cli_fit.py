@@ -106,3 +106,11 @@ def test_demo_prints_encrypted_vs_plaintext(capsys):
     enc = float(out[-1].split("encrypted_accuracy=")[1])
     plain = float(out[-2].split("plaintext_accuracy=")[1])
     assert abs(enc - plain) < 0.05 and plain > 0.7
+
+
+def test_demo_default_model_is_mlr(capsys):
+    rc, out, err = run(capsys, "demo", "--backend", "sim", "--quiet")
+    assert rc == 0, err
+    assert out[0].startswith("dataset wine:") and any("model=mlr" in line for line in out)
+    enc = float(out[-1].split("encrypted_accuracy=")[1])
+    assert enc == float(out[-2].split("plaintext_accuracy=")[1]) and enc > 0.93  # sim: identical arithmetic

@@ -75,3 +75,11 @@ def test_bad_inputs(iris_str):
         ToyClassifier(backend="sim").fit(np.where(X > 7, np.nan, X), y)
     with pytest.raises(DataError, match="single class"):
         ToyClassifier(backend="sim").fit(X[:10], y[:10])
+
+
+def test_logistic_regression_estimator_with_mlr():
+    from sklearn.model_selection import train_test_split
+    X, y = load_builtin("wine")
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+    clf = EncryptedLogisticRegression(iterations=3, sigmoid="deg3:16", backend="sim").fit(Xtr, ytr)
+    assert clf.score(Xte, yte) > 0.93 and clf.fit_stats_["model"] == "mlr"

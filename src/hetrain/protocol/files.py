@@ -34,15 +34,20 @@ MODEL_FORMAT = "hetrain-model"
 MODEL_VERSION = 1
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write to a temporary sibling, then rename: readers see the old file or the whole new one."""
+def atomic_write(path: str | os.PathLike, data: bytes | str, durable: bool = False) -> None:
+    """Write to a temporary sibling, then rename: readers see the old file or the whole new one.
+
+    ``durable`` also fsyncs (survives a power cut): for model files, not for transient job bundles
+    whose keys can weigh gigabytes.
+    """
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -87,7 +92,10 @@ def unpack_ciphertexts(engine: Engine, data: bytes, what: str) -> dict[str, list
 
 # ---------------------------------------------------------------------- job bundle
 def write_job(jobdir: str | os.PathLike, engine: Engine, inputs: dict[str, list[Ciphertext]], job: dict) -> dict[str, int]:
-    """Write the bundle; returns the bytes of each file (upload accounting). Never writes a secret key."""
+    """Write the bundle; returns the bytes of each file and of each key kind (upload accounting).
+
+    Never writes a secret key: only ``engine.public_bytes()`` and ciphertexts go to disk.
+    """
     d = pathlib.Path(jobdir)
     d.mkdir(parents=True, exist_ok=True)
     public = engine.public_bytes()
@@ -100,7 +108,13 @@ def write_job(jobdir: str | os.PathLike, engine: Engine, inputs: dict[str, list[
     atomic_write(d / INPUTS, data)
     atomic_write(d / JOB, job_text)
     atomic_write(d / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1))
-    return {PUBLIC_CONTEXT: len(public), INPUTS: len(data), JOB: len(job_text)}
+    sizes = {PUBLIC_CONTEXT: len(public), INPUTS: len(data), JOB: len(job_text)}
+    sizes["key_parts"] = {_KEY_PART_NAMES.get(n, n): len(b) for n, b in unpack(public, expect_kind="public_context")[1].items()}
+    return sizes
+
+
+# names of the public context's parts (seal backend) in upload accounting
+_KEY_PART_NAMES = {"pk": "public_key", "rlk": "relin_keys", "gk": "galois_keys"}
 
 
 def read_manifest(jobdir: str | os.PathLike) -> dict:
@@ -134,7 +148,7 @@ def save_model(path: str | os.PathLike, record: dict) -> None:
     body["weights"] = {k: {"shape": list(np.shape(v)), "values": np.asarray(v, dtype=np.float64).ravel().tolist()}
                        for k, v in record["weights"].items()}
     body["checksum"] = _model_checksum(body)
-    atomic_write(path, json.dumps(body, indent=1))
+    atomic_write(path, json.dumps(body, indent=1), durable=True)
 
 
 def load_model(path: str | os.PathLike) -> dict:

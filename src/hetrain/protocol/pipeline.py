@@ -101,8 +101,6 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
 
     # the headline measures encryption fidelity (raw decryption); release rounding adds <= 0.5e-{decimals}
     diff = twin_max_abs_diff(raw, twin)
-    key_sizes = getattr(engine, "key_sizes", dict)()
-    key_sizes.pop("secret_key", None)
     stats = {
         "backend": backend, "params": client.params.name, "model": trainer.name,
         "keygen_s": client.timings["keygen_s"], "encrypt_s": client.timings["encrypt_s"], "write_job_s": write_s,
@@ -110,7 +108,7 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
         "server_load_s": sstats["server_load_s"], "decrypt_s": client.timings["decrypt_s"], "twin_s": twin_s,
         "client_peak_rss_bytes": mem.peaks["client"],
         "server_peak_rss_bytes": max(mem.peaks.get("server", 0), sstats["server_peak_rss_bytes"]),
-        "upload_key_bytes": sizes[files.PUBLIC_CONTEXT], "upload_key_parts": key_sizes,
+        "upload_key_bytes": sizes[files.PUBLIC_CONTEXT], "upload_key_parts": sizes["key_parts"],
         "upload_data_bytes": sizes[files.INPUTS] + sizes[files.JOB], "download_bytes": sstats["download_bytes"],
         "rotation_steps": sorted(plan.rotation_steps), "levels_needed": plan.levels_needed,
         "levels_available": plan.levels_available, "levels_per_iteration": plan.levels_per_iteration,

@@ -1,0 +1,52 @@
+"""The server's checkpoint of its encrypted training state (written after every step).
+
+One file: a JSON header (step counter, key id, anything JSON-able) and the serialised state
+ciphertexts. Written to a temporary sibling, flushed to disk, then renamed over the old one, so
+a job killed at any instant leaves either the previous or the new checkpoint, never half of one;
+a resumed job therefore loses at most the step that was running. The file holds ciphertexts and
+public counters only: nothing in it is secret from the server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from hetrain.ckks.container import pack, unpack
+from hetrain.errors import HetrainUserError
+
+KIND = "hetrain_checkpoint"
+
+
+class CheckpointError(HetrainUserError):
+    """A checkpoint exists but does not belong to this job (other keys, other shape)."""
+
+
+def save(path, engine, state: list, meta: dict) -> None:
+    """Atomically write ``state`` (ciphertexts) and ``meta`` (JSON-able) to ``path``."""
+    header = {"kind": KIND, "key_id": engine.key_id, "n": len(state), "meta": json.dumps(meta)}
+    blob = pack(header, {str(i): engine.serialize(ct) for i, ct in enumerate(state)})
+    path = pathlib.Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load(path, engine) -> tuple[list, dict] | None:
+    """``(state, meta)`` from ``path``, or None if there is no checkpoint yet."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return None
+    header, parts = unpack(path.read_bytes(), expect_kind=KIND)
+    if header.get("key_id") != engine.key_id:
+        raise CheckpointError(f"checkpoint {path} was written under key {header.get('key_id')}, "
+                              f"this job's key is {engine.key_id}: remove it or use the job's keys")
+    state = [engine.deserialize(parts[str(i)]) for i in range(int(header["n"]))]
+    return state, json.loads(header["meta"])
