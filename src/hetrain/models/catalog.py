@@ -1,3 +1,4 @@
 """Imports every trainer module so that it registers itself (one line per trainer)."""
 from . import mlr  # noqa: F401
 from . import mlp_diagonal  # noqa: F401  (mlp-diagonal)
+from . import mlp  # noqa: F401  (mlp-dvr)

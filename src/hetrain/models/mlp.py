@@ -1,0 +1,360 @@
+"""Encrypted training of sigmoid networks with one or two (or more) hidden layers: model "mlp-dvr".
+
+input (d) -> h1 -> [h2 ...] -> c outputs; polynomial sigmoids (configurable degree and interval,
+per layer if wanted); binary cross-entropy on every output (one-vs-rest), so the output error is
+σ(A_K) − Y with no division; full-batch gradient descent with optional Nesterov momentum;
+forward pass, back-propagation and update all on ciphertexts, no interaction within an iteration.
+The arithmetic is exactly that of the plaintext twin (models/mlp_twin.py, formulas there).
+
+Layout ("dvr", circuits/dvr.py): S samples per ciphertext, each owning a P x P grid of slots;
+the outer loop runs over the G = ceil(n / S) data ciphertexts (the "double" Volley Revolver).
+Weight matrices are stored once, replicated over samples: W_l[v, u] at (u on the layer's input
+axis, v on its output axis), axes alternating a -> b -> a per layer; the same ciphertext gives
+W_l·z (sum over u) and W_lᵀ·δ (sum over v), so no transpose is ever built. W1 (h1 x d) is
+T = ceil(d / P) ciphertexts of P input features each. Biases lie along the output axis.
+Garbage left by rotate-and-sum is removed by masks folded into the activation polynomials
+(no extra level), and the step size lr/n is folded into the output layer's polynomial, so the
+whole backward pass is already scaled.
+
+Levels per iteration with sigmoid depth D (2 for degree 3), K weight layers:
+forward K·(1 + D), output error 0, backward 2 per layer above the first (product + σ'),
+gradient 1, update 0, momentum 1 (not in the first iteration, where μ_0 = 0). Two hidden layers
+with degree 3: 14 (+1) levels, so one iteration fits n32768 (19 levels); one hidden layer: 9,
+which fits n16384-deep. Past that, ``server_train(..., refresh=callable)`` hands the state to a
+refresh step (client-aided re-encryption or bootstrapping) whenever the next iteration would not
+fit; without one, the plan refuses the job beforehand (DepthPlanError).
+
+Config keys (all optional):
+    hidden          list of hidden widths, default [32, 16]
+    iterations      int, default 1
+    learning_rate   float, default 2.0 (the step on the mean gradient)
+    sigmoid         get_sigmoid spec for every layer, default "published" (degree 3 on [-8, 8])
+    sigmoid_layers  list of specs, one per weight layer (overrides ``sigmoid``)
+    momentum        "nesterov" (default) | "none"
+    seed            int, default 0 (deterministic Glorot-uniform init, drawn and encrypted by the client)
+    init_scale      float, default 1.0 (multiplies the Glorot bound)
+    check_interval  bool, default True: the client runs the twin first and refuses the job if any
+                    pre-activation leaves its polynomial's interval (the encrypted run would be garbage)
+    layout          "dvr" | "auto" (accepted for the CLI; only the dvr layout exists here)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hetrain.circuits import dvr
+from hetrain.circuits.approx import PolyApprox, get_sigmoid
+from hetrain.circuits.masked_poly import eval_poly_masked
+from hetrain.circuits.poly import poly_depth
+from hetrain.ckks import PlainVector, get_params
+from hetrain.errors import DataError, HetrainUserError
+
+from . import mlp_twin
+from .base import DepthPlanError, Plan, Trainer, register
+
+DEFAULTS = {"hidden": [32, 16], "iterations": 1, "learning_rate": 2.0, "sigmoid": "published",
+            "sigmoid_layers": None, "momentum": "nesterov", "seed": 0, "init_scale": 1.0,
+            "check_interval": True, "layout": "dvr"}
+
+
+class MLPConfigError(HetrainUserError, ValueError):
+    """An mlp-dvr option is unknown or out of range."""
+
+
+def out_axis(layer: int) -> str:
+    """Layer 1 maps a -> b, layer 2 b -> a, ... (circuits/dvr.py)."""
+    return "b" if layer % 2 else "a"
+
+
+def in_axis(layer: int) -> str:
+    return dvr.other(out_axis(layer))
+
+
+@register
+class MLPTrainer(Trainer):
+    name = "mlp-dvr"
+
+    def __init__(self, **config) -> None:
+        unknown = set(config) - set(DEFAULTS)
+        if unknown:
+            raise MLPConfigError(f"unknown mlp-dvr option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        cfg = {**DEFAULTS, **config}
+        hidden = cfg["hidden"]
+        if isinstance(hidden, (int, str)):
+            hidden = [int(h) for h in str(hidden).split(",")]
+        cfg["hidden"] = [int(h) for h in hidden]
+        if not cfg["hidden"] or min(cfg["hidden"]) < 1:
+            raise MLPConfigError(f"hidden must list at least one positive width, got {hidden!r}")
+        cfg["iterations"] = int(cfg["iterations"])
+        if cfg["iterations"] < 1:
+            raise MLPConfigError("iterations must be >= 1")
+        cfg["learning_rate"] = float(cfg["learning_rate"])
+        if not np.isfinite(cfg["learning_rate"]) or cfg["learning_rate"] <= 0:
+            raise MLPConfigError("learning_rate must be a positive number")
+        if cfg["momentum"] not in ("nesterov", "none"):
+            raise MLPConfigError(f"momentum must be 'nesterov' or 'none', got {cfg['momentum']!r}")
+        if cfg["layout"] not in ("dvr", "auto"):
+            raise MLPConfigError(f"mlp-dvr has only the 'dvr' layout, got {cfg['layout']!r}")
+        cfg["seed"], cfg["init_scale"] = int(cfg["seed"]), float(cfg["init_scale"])
+        K = len(cfg["hidden"]) + 1
+        specs = cfg["sigmoid_layers"] or [cfg["sigmoid"]] * K
+        if len(specs) != K:
+            raise MLPConfigError(f"sigmoid_layers needs {K} specs (one per weight layer), got {len(specs)}")
+        try:
+            self.acts: list[PolyApprox] = [get_sigmoid(s) for s in specs]
+        except ValueError as exc:
+            raise MLPConfigError(str(exc)) from None
+        super().__init__(**cfg)
+
+    # ------------------------------------------------------------------ shapes and levels
+    @property
+    def K(self) -> int:
+        return len(self.config["hidden"]) + 1
+
+    def sizes(self, d: int, c: int) -> list[int]:
+        return mlp_twin.layer_sizes(d, self.config["hidden"], c)
+
+    def layout(self, n: int, d: int, c: int, slots: int) -> dvr.GridLayout:
+        return dvr.GridLayout.choose(slots, n, d, [*self.config["hidden"], c])
+
+    def iteration_levels(self, L: int, top: int, momentum_step: bool) -> int:
+        """Level of the state after one iteration started with state at level L (inputs at ``top``);
+        negative means the iteration does not fit. Mirrors ``_iteration`` operation by operation."""
+        K, D = self.K, [a.depth for a in self.acts]
+        Dd = [poly_depth(a.degree - 1) for a in self.acts]
+        z, zl, dl = top, {0: top}, {}
+        e = None
+        for l in range(1, K + 1):
+            a = min(z, L) - 1
+            if l < K:
+                z, dl[l] = a - D[l - 1], a - Dd[l - 1]
+                zl[l] = z
+            else:
+                e = min(a - D[l - 1], top - 1)
+        delta = {K: e}
+        for l in range(K, 1, -1):
+            back = min(delta[l], L) - 1
+            delta[l - 1] = min(back, dl[l - 1]) - 1
+        new = []
+        for l in range(1, K + 1):
+            g = min(delta[l], zl[l - 1]) - 1
+            new += [min(L, g), min(L, delta[l])]  # weights, bias
+        low = min(new) - (1 if momentum_step else 0)
+        return low
+
+    def levels_per_part(self) -> dict[str, int]:
+        parts = {}
+        for l in range(1, self.K + 1):
+            parts[f"forward_layer{l}"] = 1
+            parts[f"activation{l}"] = self.acts[l - 1].depth
+        parts["output_error"] = 0
+        for l in range(self.K, 1, -1):
+            parts[f"backward_layer{l}"] = 2
+        parts["gradient"] = 1
+        parts["update"] = 0
+        if self.config["momentum"] == "nesterov":
+            parts["momentum"] = 1
+        return parts
+
+    def _mus(self) -> list[float]:
+        it = self.config["iterations"]
+        return mlp_twin.nesterov_mu(it) if self.config["momentum"] == "nesterov" else [0.0] * it
+
+    def plan(self, n_samples: int, n_features: int, n_classes: int, params) -> Plan:
+        p = get_params(params)
+        lay = self.layout(n_samples, n_features, n_classes, p.slots)
+        top, T, mus = p.levels, self.config["iterations"], self._mus()
+        fit, L, lv = 0, top, []
+        while fit < max(T, 64):  # how many iterations one modulus chain holds (μ_t as scheduled)
+            mu = mus[fit] if fit < T else (0.0 if self.config["momentum"] == "none" else 0.5)
+            nxt = self.iteration_levels(L, top, mu != 0.0)
+            if nxt < 0:
+                break
+            lv.append(L - nxt)
+            fit, L = fit + 1, nxt
+        first = top - self.iteration_levels(top, top, False)
+        per_it = top - self.iteration_levels(top, top, self.config["momentum"] == "nesterov")
+        needed = sum(lv[:T]) if fit >= T else sum(lv) + (T - fit) * per_it
+        n_in = lay.groups * (lay.feature_blocks + 1) + lay.feature_blocks + 1 + 2 * (self.K - 1)
+        notes = [f"dvr grid P={lay.P}, {lay.S} samples per ciphertext, {lay.groups} data ciphertext group(s), "
+                 f"{lay.feature_blocks} input-feature block(s)",
+                 f"first iteration {first} levels, later ones {per_it} (momentum costs 1 from the second)",
+                 f"~{self.rotations_per_iteration(lay)} rotations per iteration"]
+        return Plan(levels_needed=needed, levels_available=p.levels, rotation_steps=sorted(lay.rotation_steps()),
+                    iterations=T, iterations_that_fit=fit,
+                    levels_per_iteration=self.levels_per_part(), n_input_ciphertexts=n_in, notes=notes)
+
+    def rotations_per_iteration(self, lay: dvr.GridLayout) -> int:
+        lp, ls = int(np.log2(lay.P)), int(np.log2(lay.S))
+        K, G = self.K, lay.groups
+        fwd = lp + (K - 1) * (2 * lp + 1)        # reduce layer 1; replicate + reduce above
+        bwd = (K - 1) * (2 * lp + 1) + (lp + 1)  # replicate + reduce per layer, replicate δ1
+        grads = (lay.feature_blocks + 2 * K - 1) * ls
+        return G * (fwd + bwd) + grads
+
+    # ------------------------------------------------------------------ client
+    def _check_data(self, X, Y):
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.asarray(Y, dtype=np.float64)
+        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0 or X.shape[1] == 0:
+            raise DataError(f"X must be n x d and Y n x c with the same n >= 1, got {X.shape} and {Y.shape}")
+        if not np.all(np.isfinite(X)):
+            raise DataError("X contains NaN or infinite values")
+        if not np.all((Y == 0) | (Y == 1)):
+            raise DataError("Y must be one-hot in {0, 1}")
+        return X, Y
+
+    def initial_weights(self, d: int, c: int) -> dict[str, np.ndarray]:
+        return mlp_twin.init_weights(self.sizes(d, c), self.config["seed"], self.config["init_scale"])
+
+    def client_encrypt(self, engine, X, Y):
+        X, Y = self._check_data(X, Y)
+        n, d = X.shape
+        c = Y.shape[1]
+        plan = self.plan(n, d, c, engine.params)
+        plan.check(engine.params)
+        if self.config["check_interval"]:
+            self._run_twin(X, Y, check=True)  # raises DataError if a pre-activation leaves its interval
+        lay = self.layout(n, d, c, engine.slots)
+        W = self.initial_weights(d, c)
+        inputs = {"X": [engine.encrypt(lay.data_block(X, g, t)) for g in range(lay.groups)
+                        for t in range(lay.feature_blocks)],
+                  "Y": [engine.encrypt(lay.along(Y, g, out_axis(self.K))) for g in range(lay.groups)]}
+        for name, vecs in self._pack_params(lay, W).items():
+            inputs[name] = [engine.encrypt(v) for v in vecs]
+        job = {"model": self.name, "config": dict(self.config), "sizes": self.sizes(d, c),
+               "layout": {"P": lay.P, "S": lay.S, "groups": lay.groups, "feature_blocks": lay.feature_blocks}}
+        return inputs, job
+
+    def _pack_params(self, lay: dvr.GridLayout, W: dict) -> dict[str, list[np.ndarray]]:
+        out = {"W1": lay.weight_blocks(W["W1"]), "b1": [lay.bias(W["b1"], out_axis(1))]}
+        for l in range(2, self.K + 1):
+            out[f"W{l}"] = [lay.weight(W[f"W{l}"], out_axis(l))]
+            out[f"b{l}"] = [lay.bias(W[f"b{l}"], out_axis(l))]
+        return out
+
+    def _unpack_params(self, lay: dvr.GridLayout, vecs: dict, sizes: list[int]) -> dict[str, np.ndarray]:
+        W = {"W1": lay.read_weight_blocks(vecs["W1"], (sizes[1], sizes[0])),
+             "b1": lay.read_bias(vecs["b1"][0], out_axis(1), sizes[1])}
+        for l in range(2, self.K + 1):
+            W[f"W{l}"] = lay.read_weight(vecs[f"W{l}"][0], out_axis(l), (sizes[l], sizes[l - 1]))
+            W[f"b{l}"] = lay.read_bias(vecs[f"b{l}"][0], out_axis(l), sizes[l])
+        return W
+
+    def client_decrypt(self, engine, outputs, job):
+        sizes = job["sizes"]
+        n = int(job["data_shape"][0]) if "data_shape" in job else 1
+        lay = self.layout(n, sizes[0], sizes[-1], engine.slots)
+        vecs = {k: [engine.decrypt(ct) for ct in v] for k, v in outputs.items()}
+        return self._unpack_params(lay, vecs, sizes)
+
+    def _run_twin(self, X, Y, check=False):
+        return mlp_twin.train(X, Y, self.config["hidden"], self.acts, iterations=self.config["iterations"],
+                              learning_rate=self.config["learning_rate"], momentum=self.config["momentum"],
+                              seed=self.config["seed"], init_scale=self.config["init_scale"], check=check)
+
+    def twin(self, X, Y):
+        X, Y = self._check_data(X, Y)
+        return self._run_twin(X, Y)
+
+    def predict_scores(self, weights, X):
+        return mlp_twin.predict_scores(weights, np.asarray(X, dtype=np.float64), self.acts)
+
+    # ------------------------------------------------------------------ server
+    def server_train(self, engine, inputs, job, progress=None, refresh=None):
+        """Train on ciphertexts. ``refresh(state) -> state`` (names -> ciphertext lists, weights
+        ``W1``.. ``bK`` and look-ahead ``v_W1``..) is called before an iteration that would not fit
+        the state's remaining levels; without it such a job is refused (DepthPlanError)."""
+        sizes = job["sizes"]
+        lay = dvr.GridLayout(engine.slots, int(job["layout"]["P"]), int(job["layout"]["S"]),
+                             int(job["data_shape"][0]) if "data_shape" in job else lay_n(job), sizes[0])
+        names = [f"{p}{l}" for l in range(1, self.K + 1) for p in ("W", "b")]
+        missing = [k for k in ["X", "Y", *names] if k not in inputs]
+        if missing:
+            raise DataError(f"encrypted inputs lack {missing}")
+        X, Y = inputs["X"], inputs["Y"]
+        if len(X) != lay.groups * lay.feature_blocks or len(Y) != lay.groups:
+            raise DataError("number of data ciphertexts does not match the job's layout")
+        W = {k: list(inputs[k]) for k in names}
+        V = W
+        mus, lr_step = self._mus(), self.config["learning_rate"] / lay.n
+        masks = self._masks(lay, sizes, lr_step)
+        top = engine.max_level
+        T = self.config["iterations"]
+        for t in range(T):
+            level = min(ct.level for v in V.values() for ct in v)
+            if self.iteration_levels(level, top, mus[t] != 0.0) < 0:
+                if refresh is None:
+                    raise DepthPlanError(f"iteration {t + 1} needs more levels than the state's {level}; "
+                                         f"{t} iteration(s) fit without a refresh step")
+                state = refresh({**W, **{f"v_{k}": v for k, v in V.items()}})
+                W = {k: state[k] for k in names}
+                V = {k: state[f"v_{k}"] for k in names}
+                level = min(ct.level for v in V.values() for ct in v)
+                if self.iteration_levels(level, top, mus[t] != 0.0) < 0:
+                    raise DepthPlanError(f"iteration {t + 1} does not fit even in refreshed ciphertexts (level "
+                                         f"{level} of {top}): use a preset with more levels or a cheaper sigmoid")
+            G = self._gradients(engine, lay, X, Y, V, masks, lr_step)
+            W_new = {k: [engine.sub(v, g) for v, g in zip(V[k], G[k])] for k in names}
+            mu = mus[t]
+            if mu:
+                V = {k: [engine.sub(engine.mul_scalar(wn, 1.0 + mu), engine.mul_scalar(wo, mu))
+                         for wn, wo in zip(W_new[k], W[k])] for k in names}
+            else:
+                V = W_new
+            W = W_new
+            if progress:
+                progress(t + 1, T, f"iteration {t + 1}/{T}")
+        return W
+
+    def _masks(self, lay, sizes, step):
+        K = self.K
+        hidden = {l: PlainVector(lay.mask(out_axis(l), sizes[l])) for l in range(1, K)}
+        output = [PlainVector(lay.mask(out_axis(K), sizes[K], lay.valid_samples(g), value=step))
+                  for g in range(lay.groups)]
+        return hidden, output
+
+    def _gradients(self, eng, lay, X, Y, V, masks, step):
+        """One forward + backward pass at the look-ahead V; returns step-scaled gradients."""
+        K, T = self.K, lay.feature_blocks
+        hidden_masks, out_masks = masks
+        zrep = {l: [] for l in range(2, K + 1)}   # input of layer l replicated over its output axis
+        drep = {l: [] for l in range(1, K + 1)}   # δ_l replicated over layer l's input axis
+        deltas = {l: [] for l in range(1, K + 1)}
+        for g in range(lay.groups):
+            dact, z = {}, None
+            for l in range(1, K + 1):
+                if l == 1:
+                    acc = eng.mul_sum([(X[g * T + t], V["W1"][t]) for t in range(T)])
+                else:
+                    zr = dvr.replicate(eng, z, lay, out_axis(l))
+                    zrep[l].append(zr)
+                    acc = eng.mul(zr, V[f"W{l}"][0])
+                a = eng.add(dvr.reduce_axis(eng, acc, lay, in_axis(l)), V[f"b{l}"][0])
+                act = self.acts[l - 1]
+                if l < K:
+                    z = eval_poly_masked(eng, a, act.coeffs, hidden_masks[l])
+                    dact[l] = eval_poly_masked(eng, a, act.derivative().coeffs, hidden_masks[l])
+                else:
+                    # E = (lr/n)(σ(A_K) − Y) on valid samples and outputs only
+                    y = eng.mul_scalar(Y[g], step)
+                    delta = eng.sub(eval_poly_masked(eng, a, act.coeffs, out_masks[g]), y)
+            for l in range(K, 0, -1):
+                deltas[l].append(delta)
+                dr = dvr.replicate(eng, delta, lay, in_axis(l))
+                drep[l].append(dr)
+                if l > 1:
+                    back = dvr.reduce_axis(eng, eng.mul(dr, V[f"W{l}"][0]), lay, out_axis(l))
+                    delta = eng.mul(back, dact[l - 1])
+        G = {}
+        for l in range(1, K + 1):
+            if l == 1:
+                G["W1"] = [dvr.reduce_axis(eng, eng.mul_sum([(drep[1][g], X[g * T + t]) for g in range(lay.groups)]),
+                                           lay, "s") for t in range(T)]
+            else:
+                G[f"W{l}"] = [dvr.reduce_axis(eng, eng.mul_sum(list(zip(drep[l], zrep[l]))), lay, "s")]
+            G[f"b{l}"] = [dvr.reduce_axis(eng, eng.add_many(deltas[l]), lay, "s")]
+        return G
+
+
+def lay_n(job: dict) -> int:
+    raise DataError("job has no data_shape [n_samples, n_features, n_classes]")
