@@ -1,0 +1,110 @@
+"""Mini-batch MLR with refreshed state: twin agreement (sim and SEAL), epochs over more rows than
+one packing holds, client-side validation/early stopping, and clear errors on bad input."""
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits, load_iris
+
+from hetrain.errors import DataError, HetrainUserError
+from hetrain.models.base import DepthPlanError
+from hetrain.models.minibatch import MiniBatchMLR
+from hetrain.protocol.refresh import RefreshClient, fit_long, twin_long
+
+
+def _split(X, y, n_val, seed=0):
+    idx = np.random.default_rng(seed).permutation(len(y))
+    return X[idx[n_val:]], y[idx[n_val:]], X[idx[:n_val]], y[idx[:n_val]]
+
+
+def test_digits_all_rows_in_batches_sim_matches_twin_and_learns():
+    X, y = load_digits(return_X_y=True)  # 1,797 rows: 6 batches of 256 (one packing holds 256)
+    Xtr, ytr, Xv, yv = _split(X, y, 300)
+    cfg = {"epochs": 2, "batch_size": 256, "sigmoid": "deg3:16", "learning_rate": 0.5, "patience": 0}
+    r = fit_long(Xtr, ytr, Xv, yv, cfg, backend="sim", preset="n16384", refresh_mode="client")
+    s = r.stats
+    assert s["steps"] == 2 * 6 and not s["stopped_early"]
+    # sim without noise: the encrypted arithmetic is the twin's, up to float64 summation order
+    assert s["twin_max_abs_diff"] < 1e-9
+    np.testing.assert_allclose(r.last_weights, r.twin_weights, atol=1e-9)
+    # one step per refresh at n16384 (7 levels, 4 per step): 11 refreshes for 12 steps, one evaluation
+    # (epoch 1, merged with a refresh) and the final one on download
+    assert s["refreshes"] == 11 and s["round_trips"] == 11
+    epochs = [h for h in r.history if h["kind"] == "epoch"]
+    assert [h["epoch"] for h in epochs] == [1, 2]
+    assert epochs[-1]["val_accuracy"] > 0.8  # twin: 0.853 after these 12 steps (sklearn to convergence ≈0.96)
+
+
+def test_seal_steps_with_client_refresh_match_twin():
+    X, y = load_iris(return_X_y=True)
+    Xtr, ytr, Xv, yv = _split(X, y, 30)
+    cfg = {"epochs": 1, "batch_size": 64, "learning_rate": 1.0, "patience": 0}  # 2 batches, 2 steps
+    r = fit_long(Xtr, ytr, Xv, yv, cfg, backend="seal", preset="n16384", refresh_mode="client")
+    # CKKS at scale 2^40 adds ~1e-7 relative error per rescale/rotation; a step sums 64 rows times
+    # weights of size ~1 through 4 levels, so 1e-4 is ~100x the expected error and far below the
+    # weights' size (~0.1-1), which a wrong slot or sign would change.
+    assert r.stats["twin_max_abs_diff"] < 1e-4
+    assert np.abs(r.twin_weights).max() > 0.05
+    assert r.stats["refreshes"] == 1 and r.stats["bytes_to_client"] > 0 and r.stats["bytes_to_server"] > 0
+
+
+def test_twin_is_plain_gradient_ascent_with_the_batch_preconditioner():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(10, 3)), np.eye(2)[rng.integers(0, 2, 10)]
+    t = MiniBatchMLR(batch_size=4, learning_rate=0.5)
+    W = twin_long(t, X, Y, 3)  # batches rows 0-3, 4-7, 8-9
+    ref = np.zeros((2, 4))
+    for rows in (np.arange(4), np.arange(4, 8), np.arange(8, 10)):
+        Xb = np.c_[np.ones(len(rows)), X[rows]]
+        B = 1 / (1e-10 + 0.25 * (np.abs(Xb) * np.abs(Xb).sum(1, keepdims=True)).sum(0))
+        ref = ref + 0.5 * B * ((Y[rows] - t.approx(Xb @ ref.T)).T @ Xb)
+    np.testing.assert_allclose(W, ref, rtol=1e-12)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    from hetrain import ckks
+    eng = ckks.create_engine("sim", "n8192")
+    t = MiniBatchMLR(batch_size=4, patience=2)
+    Xv, yv = np.array([[1.0], [-1.0]]), np.array([0, 1])
+    client = RefreshClient(eng, t, Xv, yv, n_features=1, n_classes=2)
+    good = np.array([[0.0, 1.0], [0.0, -1.0]])  # predicts both rows right
+    bad = -good
+    pk = t.packing(1, 2, eng.slots)
+    blobs = lambda W: [eng.serialize(eng.encrypt(v)) for v in pk.pack_weights(W)]  # noqa: E731
+    assert client.evaluate(blobs(good), 1, 1) is False
+    assert client.evaluate(blobs(bad), 2, 2) is False   # 1 epoch without improvement
+    assert client.evaluate(blobs(bad), 3, 3) is True    # patience 2 reached: stop
+    np.testing.assert_allclose(client.final_weights(blobs(bad)), good, atol=1e-12)
+
+
+def test_early_stop_ends_training_loop():
+    X, y = load_iris(return_X_y=True)
+    Xtr, ytr, Xv, yv = _split(X, y, 30)
+    # a tiny step barely moves the accuracy: patience 1 stops after the 2nd or 3rd epoch, not the 20th
+    cfg = {"epochs": 20, "batch_size": 128, "learning_rate": 1e-6, "patience": 1}
+    r = fit_long(Xtr, ytr, Xv, yv, cfg, backend="sim", preset="n16384", refresh_mode="client")
+    assert r.stats["stopped_early"] and r.stats["steps"] < 20
+
+
+def test_bad_inputs_are_refused_clearly():
+    with pytest.raises(HetrainUserError, match="unknown mlr-minibatch option"):
+        MiniBatchMLR(iterations=3)
+    with pytest.raises(HetrainUserError, match="momentum 'none' only"):
+        MiniBatchMLR(momentum="nesterov")
+    with pytest.raises(HetrainUserError, match="batch_size"):
+        MiniBatchMLR(batch_size=0)
+    t = MiniBatchMLR()
+    with pytest.raises(DataError, match="NaN"):
+        t.plain_batches(np.array([[np.nan, 1.0]]), np.array([[1.0, 0.0]]), 8192)
+    with pytest.raises(DataError, match="n × d"):
+        t.plain_batches(np.ones((3, 2)), np.ones((2, 2)), 8192)
+    with pytest.raises(DataError, match="outside"):  # sigmoid inputs beyond [-8, 8]
+        t.twin_step(np.full((2, 3), 10.0), np.ones((4, 2)), np.eye(2)[[0, 1, 0, 1]], np.arange(4))
+
+
+def test_depth_errors_before_any_work():
+    X, y = load_iris(return_X_y=True)
+    with pytest.raises(DepthPlanError, match="use --refresh client or --refresh bootstrap"):
+        fit_long(X, y, config={"epochs": 3}, backend="sim", preset="n16384", refresh_mode="none")
+    with pytest.raises(DepthPlanError, match="cannot bootstrap: use --refresh client"):
+        fit_long(X, y, config={"epochs": 3}, backend="seal", preset="n8192", refresh_mode="bootstrap")
+    with pytest.raises(DepthPlanError, match="one step needs 4 levels"):
+        fit_long(X, y, config={"epochs": 1}, backend="sim", preset="n8192", refresh_mode="client")
