@@ -296,6 +296,10 @@ def fit_long(X, y, X_val=None, y_val=None, config: dict | None = None, *, backen
     plan = trainer.plan(n, d, c, client_engine.params)
     if refresh_mode == "none":
         plan.check(client_engine.params)
+    if refresh_mode != "client":
+        # nobody sees the weights before the end: the client runs the twin first, which raises
+        # DataError if a sigmoid input would leave the approximation's interval (garbage, unseen)
+        twin_long(trainer, Xp, Y, plan.iterations)
     public = client_engine.public_bytes()
     server_engine = ckks.load_engine(public)
     t0 = time.perf_counter()
