@@ -98,18 +98,25 @@ def write_job(jobdir: str | os.PathLike, engine: Engine, inputs: dict[str, list[
     """
     d = pathlib.Path(jobdir)
     d.mkdir(parents=True, exist_ok=True)
+    job_text = json.dumps(job, sort_keys=True)  # fails early (before big writes) if the job is not JSON
+    # the public context can weigh gigabytes: write it and let it go before packing the data
     public = engine.public_bytes()
+    header, _ = unpack(public, expect_kind="public_context")
+    sizes = {PUBLIC_CONTEXT: len(public), "key_parts": {_KEY_PART_NAMES.get(p["name"], p["name"]): p["size"]
+                                                        for p in header.get("parts", [])}}
+    sha = {PUBLIC_CONTEXT: _sha(public)}
+    atomic_write(d / PUBLIC_CONTEXT, public)
+    del public
     data = pack_ciphertexts(engine, inputs)
-    job_text = json.dumps(job, sort_keys=True)
+    sizes.update({INPUTS: len(data), JOB: len(job_text)})
+    sha.update({INPUTS: _sha(data), JOB: _sha(job_text.encode())})
+    atomic_write(d / INPUTS, data)
+    del data
+    atomic_write(d / JOB, job_text)
     manifest = {"format": "hetrain-job", "version": BUNDLE_VERSION, "backend": engine.backend_name,
                 "key_id": engine.key_id, "params": engine.params.fingerprint(), "model": job.get("model"),
-                "sha256": {PUBLIC_CONTEXT: _sha(public), INPUTS: _sha(data), JOB: _sha(job_text.encode())}}
-    atomic_write(d / PUBLIC_CONTEXT, public)
-    atomic_write(d / INPUTS, data)
-    atomic_write(d / JOB, job_text)
-    atomic_write(d / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1))
-    sizes = {PUBLIC_CONTEXT: len(public), INPUTS: len(data), JOB: len(job_text)}
-    sizes["key_parts"] = {_KEY_PART_NAMES.get(n, n): len(b) for n, b in unpack(public, expect_kind="public_context")[1].items()}
+                "sha256": sha}
+    atomic_write(d / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1))  # last: marks the bundle complete
     return sizes
 
 
