@@ -200,6 +200,7 @@ class TrainResult:
     resumed_from: int
     step_seconds: list[float]
     refresh_seconds: list[float]
+    refresh_before_step: list[float]  # per step: seconds spent refreshing right before it (0: none)
 
 
 def train(engine, trainer, packing, batches: list, state: list, *, refresh: Callable | None, monitor: ClientChannel | None,
@@ -224,14 +225,18 @@ def train(engine, trainer, packing, batches: list, state: list, *, refresh: Call
         if saved is not None:
             state, meta = saved
             start = int(meta["step"])
-    step_s, refresh_s = [], []
+    step_s, refresh_s, before = [], [], []
     stopped = False
+    pending = 0.0  # a refresh merged into the epoch-end evaluation precedes the next step
     for step in range(start, total):
         epoch, b = divmod(step, nb)
         if state[0].level < per:
             t0 = time.perf_counter()
             state = refresh(engine, state, step)
             refresh_s.append(time.perf_counter() - t0)
+            pending += refresh_s[-1]
+        before.append(pending)
+        pending = 0.0
         t0 = time.perf_counter()
         state = trainer.step(engine, packing, state, batches[b])
         step_s.append(time.perf_counter() - t0)
@@ -247,13 +252,14 @@ def train(engine, trainer, packing, batches: list, state: list, *, refresh: Call
                 t0 = time.perf_counter()
                 state, stop = refresh.channel.refresh_and_evaluate(state, step + 1, epoch + 1)
                 refresh_s.append(time.perf_counter() - t0)
+                pending = refresh_s[-1]
             else:
                 stop = monitor.evaluate(state, step + 1, epoch + 1)
             if stop:
                 stopped = True
                 break
     done = start if start >= total else step + 1
-    return TrainResult(state, done, stopped, start, step_s, refresh_s)
+    return TrainResult(state, done, stopped, start, step_s, refresh_s, before)
 
 
 @dataclasses.dataclass
@@ -343,6 +349,7 @@ def fit_long(X, y, X_val=None, y_val=None, config: dict | None = None, *, backen
              "steps": res.steps_done, "resumed_from": res.resumed_from, "stopped_early": res.stopped_early,
              "keygen_s": keygen_s, "encrypt_s": encrypt_s, "train_s": train_s,
              "step_s": res.step_seconds, "refresh_s": res.refresh_seconds,
+             "refresh_before_step_s": res.refresh_before_step,
              "round_trips": st.round_trips, "refreshes": st.refreshes, "evaluations": st.evaluations,
              "bootstraps": st.bootstraps, "bytes_to_client": st.bytes_to_client, "bytes_to_server": st.bytes_to_server,
              "client_refresh_s": st.client_seconds, "upload_bytes": upload,
