@@ -14,6 +14,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="mlr", help="mlr, mlp (resolved by --layout), or a registered trainer name")
     p.add_argument("--out", required=True, help="model file to write (JSON; written only when training succeeds)")
     add_training_arguments(p)
+    # training past the depth limit (hetrain.protocol.refresh): mini-batch logistic regression
+    p.add_argument("--refresh", default="none", choices=("none", "client", "bootstrap"),
+                   help="none: one modulus chain; client: the client re-encrypts the state between steps; "
+                        "bootstrap: the server bootstraps (desilo backend)")
+    p.add_argument("--epochs", type=int, default=10, help="with --refresh: passes over the training rows")
+    p.add_argument("--batch-size", type=int, default=128, help="with --refresh: rows per mini-batch")
+    p.add_argument("--patience", type=int, default=3, help="with --refresh: early stopping (0: off)")
+    p.add_argument("--validation-fraction", type=float, default=0.2,
+                   help="with --refresh: rows the client holds out for its validation accuracy")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +69,8 @@ def run(args) -> int:
         raise HetrainUserError(f"cannot write {out}: directory {out.parent} does not exist")
     X, y = load_dataset(args.data)
     print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
+    if args.refresh != "none":
+        return _run_with_refresh(args, X, y, out)
     result = fit(X, y, args.model, config_from_args(args), preset=args.preset, backend=args.backend,
                  scale=args.scale, seed=args.seed, progress=not args.quiet, workdir=args.keep_job, log=print)
     result.model.save(out)
@@ -69,4 +80,27 @@ def run(args) -> int:
     print(f"model written to {out}")
     print(f"server_train_s={result.stats['server_train_s']:.3f}")
     print(f"twin_max_abs_diff={result.twin_max_abs_diff:.3e}")
+    return 0
+
+
+def _run_with_refresh(args, X, y, out) -> int:
+    """--refresh client|bootstrap: the mini-batch trainer with refreshed state (hetrain.protocol.refresh)."""
+    from hetrain.protocol.refresh import fit_long_model
+
+    if args.model != "mlr":
+        raise HetrainUserError(f"--refresh {args.refresh} is implemented for --model mlr only")
+    config = {k: v for k, v in config_from_args(args).items() if k != "iterations"}
+    config.update({"epochs": args.epochs, "batch_size": args.batch_size, "patience": args.patience})
+    model, stats = fit_long_model(X, y, args.refresh, config, backend=args.backend, preset=args.preset,
+                                  validation_fraction=args.validation_fraction, seed=args.seed,
+                                  on_step=None if args.quiet else lambda d, t: print(f"step {d}/{t}", flush=True))
+    model.save(out)
+    for h in model.info["history"]:
+        if h["kind"] == "epoch":
+            print(f"epoch {h['epoch']}: validation accuracy {h.get('val_accuracy', float('nan')):.4f}")
+    print(f"steps {stats['steps']} (early stop: {stats['stopped_early']}); round trips {stats['round_trips']}, "
+          f"bootstrapped ciphertexts {stats['bootstraps']}; server training {stats['train_s']:.1f} s")
+    print(f"train accuracy (decrypted model): {model.accuracy(X, y):.4f}")
+    print(f"model written to {out}")
+    print(f"twin_max_abs_diff={stats['twin_max_abs_diff']:.3e}")
     return 0

@@ -302,6 +302,11 @@ def fit_long(X, y, X_val=None, y_val=None, config: dict | None = None, *, backen
     plan = trainer.plan(n, d, c, client_engine.params)
     if refresh_mode == "none":
         plan.check(client_engine.params)
+        if plan.iterations > plan.iterations_that_fit:
+            raise DepthPlanError(f"{plan.iterations} steps need {plan.iterations * trainer.levels_per_step} levels "
+                                 f"without refresh; {client_engine.params.name} fits {plan.iterations_that_fit}: "
+                                 "use --refresh client or --refresh bootstrap")
+    make_refresh(refresh_mode, client_engine, None if refresh_mode != "client" else object())  # refuse early
     if refresh_mode != "client":
         # nobody sees the weights before the end: the client runs the twin first, which raises
         # DataError if a sigmoid input would leave the approximation's interval (garbage, unseen)
@@ -340,12 +345,12 @@ def fit_long(X, y, X_val=None, y_val=None, config: dict | None = None, *, backen
     train_s = time.perf_counter() - t0
     out_blobs = [server_engine.serialize(ct) for ct in res.state]
     last = client._weights(out_blobs)
-    if Xv is not None:  # the final epoch's evaluation, on download
+    if Xv is not None and not res.stopped_early:  # the final epoch's evaluation, on download
         client.evaluate(out_blobs, res.steps_done, -(-res.steps_done // len(server_batches)))
     weights = client.final_weights(out_blobs)
     tw = twin_long(trainer, Xp, Y, res.steps_done)
     st = channel.stats
-    stats = {"backend": backend, "params": client_engine.params.name, "refresh": refresh_mode,
+    stats = {"backend": backend, "params": client_engine.params.name, "refresh": refresh_mode, "key_id": client_engine.key_id,
              "steps": res.steps_done, "resumed_from": res.resumed_from, "stopped_early": res.stopped_early,
              "keygen_s": keygen_s, "encrypt_s": encrypt_s, "train_s": train_s,
              "step_s": res.step_seconds, "refresh_s": res.refresh_seconds,
@@ -366,3 +371,33 @@ def twin_long(trainer, X: np.ndarray, Y: np.ndarray, steps: int) -> np.ndarray:
     for step in range(steps):
         W = trainer.twin_step(W, X, Y, batches[step % len(batches)])
     return W
+
+
+def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "seal", preset: str = "auto",
+                   validation_fraction: float = 0.2, seed: int | None = None, checkpoint_path=None,
+                   release_decimals: int | None = None, on_step=None):
+    """`hetrain fit --refresh client|bootstrap`: hold out validation rows (client side), train the
+    mini-batch trainer with refresh, release the best epoch's model as a TrainedModel ("mlr" weights)."""
+    from hetrain.errors import DataError
+
+    from .client import DEFAULT_RELEASE_DECIMALS, release
+    from .model import TrainedModel
+
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    if not 0.0 <= validation_fraction < 1.0:
+        raise DataError(f"validation fraction must be in [0, 1), got {validation_fraction}")
+    idx = np.random.default_rng(seed).permutation(len(y))
+    n_val = int(round(validation_fraction * len(y)))
+    tr, va = idx[n_val:], idx[:n_val]
+    if preset == "auto":
+        preset = "desilo-boot" if refresh_mode == "bootstrap" and backend == "desilo" else "n16384"
+    r = fit_long(X[tr], y[tr], X[va] if n_val else None, y[va] if n_val else None, config, backend=backend,
+                 preset=preset, refresh_mode=refresh_mode, checkpoint_path=checkpoint_path, on_step=on_step)
+    decimals = DEFAULT_RELEASE_DECIMALS if release_decimals is None else release_decimals
+    weights = release({"W": r.weights}, decimals, 0.0, np.random.default_rng(seed))
+    info = {"backend": backend, "params": r.stats["params"], "refresh": refresh_mode,
+            "training": {"trainer": "mlr-minibatch", **config}, "history": r.history,
+            "n_train": int(len(tr)), "n_validation": int(n_val), "twin_max_abs_diff": r.stats["twin_max_abs_diff"]}
+    # the released weights are a plain logistic-regression model: "mlr" predicts with them
+    return TrainedModel("mlr", {}, weights, r.preprocessor, r.stats["key_id"], info), r.stats

@@ -1,0 +1,46 @@
+"""`hetrain fit --refresh client|bootstrap` through the real entry point."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+
+from hetrain.cli.main import main
+from hetrain.protocol.model import TrainedModel
+
+
+@pytest.fixture(scope="module")
+def iris_csv(tmp_path_factory):
+    X, y = load_iris(return_X_y=True)
+    p = tmp_path_factory.mktemp("data") / "iris.csv"
+    np.savetxt(p, np.c_[y, X], delimiter=",")
+    return p
+
+
+def test_fit_with_client_refresh_writes_a_usable_model(capsys, tmp_path, iris_csv):
+    out = tmp_path / "m.json"
+    rc = main(["fit", "--data", str(iris_csv), "--out", str(out), "--backend", "sim", "--refresh", "client",
+               "--epochs", "4", "--batch-size", "64", "--learning-rate", "0.5", "--patience", "0", "--seed", "1",
+               "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "epoch 4: validation accuracy" in text and "steps 8 " in text  # 120 rows: 2 batches x 4 epochs
+    assert float(text.strip().splitlines()[-1].split("=")[1]) < 1e-9  # sim: decrypted == twin
+    m = TrainedModel.load(out)
+    assert m.info["refresh"] == "client" and m.info["n_validation"] == 30
+    X, y = load_iris(return_X_y=True)
+    assert m.accuracy(X, y) > 0.7  # a chance-level model (0.33) would fail
+
+
+def test_bootstrap_on_seal_is_refused_before_any_work(capsys, tmp_path, iris_csv):
+    rc = main(["fit", "--data", str(iris_csv), "--out", str(tmp_path / "m.json"), "--backend", "seal",
+               "--preset", "n16384", "--refresh", "bootstrap", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "cannot bootstrap: use --refresh client" in err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_refresh_with_an_unsupported_model_is_refused(capsys, tmp_path, iris_csv):
+    rc = main(["fit", "--data", str(iris_csv), "--out", str(tmp_path / "m.json"), "--backend", "sim",
+               "--refresh", "client", "--model", "mlp", "--quiet"])
+    assert rc != 0 and "--model mlr only" in capsys.readouterr().err
