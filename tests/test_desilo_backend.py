@@ -95,3 +95,15 @@ def test_presets(eng):
     with pytest.raises(ValueError, match="unknown desilo parameter set"):
         ckks.create_engine("desilo", "desilo-huge")
     assert "galois_keys" in eng.key_sizes() and eng.secure
+
+
+def test_minibatch_training_with_client_refresh_matches_twin():
+    from sklearn.datasets import load_iris
+
+    from hetrain.protocol.refresh import fit_long
+    X, y = load_iris(return_X_y=True)
+    cfg = {"epochs": 1, "batch_size": 64, "learning_rate": 0.5, "patience": 0}  # 3 steps, 2 refreshes
+    r = fit_long(X, y, config=cfg, backend="desilo", preset="desilo-l4", refresh_mode="client",
+                 engine_options={"threads": 1})
+    assert r.stats["steps"] == 3 and r.stats["refreshes"] == 2
+    assert r.stats["twin_max_abs_diff"] < 1e-4  # same tolerance argument as the SEAL test (test_minibatch)
