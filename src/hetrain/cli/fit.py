@@ -14,6 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="mlr", help="mlr, mlp (resolved by --layout), or a registered trainer name")
     p.add_argument("--out", required=True, help="model file to write (JSON; written only when training succeeds)")
     add_training_arguments(p)
+    p.add_argument("--server", metavar="URL", help="train on a `hetrain serve` service (e.g. http://127.0.0.1:8750) "
+                                                   "instead of a local server process; decryption stays here")
     # training past the depth limit (hetrain.protocol.refresh): mini-batch logistic regression
     p.add_argument("--refresh", default="none", choices=("none", "client", "bootstrap"),
                    help="none: one modulus chain; client: the client re-encrypts the state between steps; "
@@ -70,9 +72,12 @@ def run(args) -> int:
     X, y = load_dataset(args.data)
     print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
     if args.refresh != "none":
+        if args.server:
+            raise HetrainUserError("--server cannot be combined with --refresh yet (refresh runs its server locally)")
         return _run_with_refresh(args, X, y, out)
     result = fit(X, y, args.model, config_from_args(args), preset=args.preset, backend=args.backend,
-                 scale=args.scale, seed=args.seed, progress=not args.quiet, workdir=args.keep_job, log=print)
+                 scale=args.scale, seed=args.seed, progress=not args.quiet, workdir=args.keep_job, log=print,
+                 server=args.server)
     result.model.save(out)
     for line in format_summary(result.stats):
         print(line)

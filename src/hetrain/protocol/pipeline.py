@@ -33,6 +33,7 @@ from .model import TrainedModel
 from .monitor import PeakRSS
 from .preprocess import Preprocessor
 from .server import PROGRESS_PREFIX
+from .transport import make_transport
 
 
 @dataclasses.dataclass
@@ -57,13 +58,16 @@ def make_trainer(model: str, config: dict | None, n_features: int):
 def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | CKKSParams = "n16384",
         backend: str = "seal", scale: float = 1.0, seed: int | None = None, progress: bool = True,
         workdir: str | os.PathLike | None = None, release_decimals: int = DEFAULT_RELEASE_DECIMALS,
-        noise_std: float = 0.0, force_insecure: bool = False, log=None) -> FitResult:
+        noise_std: float = 0.0, force_insecure: bool = False, log=None, server=None) -> FitResult:
     """Preprocess, plan, keygen, encrypt, train in a server process, decrypt, release, compare with the twin.
 
     ``workdir``: where the job bundle goes (kept); default a temporary directory removed afterwards.
     ``log``: callable for status lines (e.g. the INSECURE warning); default silent.
+    ``server``: None (a server subprocess here), the URL of a `hetrain serve` service, or a Transport.
     """
     say = log or (lambda msg: None)
+    transport = make_transport(server)
+    transport.preflight()  # a wrong --server URL fails now, not after keygen and encryption
     pre = Preprocessor.fit(X, y, scale=scale)
     Xp, Y = pre.transform(X), pre.one_hot(y)
     trainer = make_trainer(model, config, Xp.shape[1])
@@ -85,7 +89,7 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
             write_s = time.perf_counter() - t0
             del inputs
             t0 = time.perf_counter()
-            sstats = run_server(jobdir, trainer, progress, mem)
+            sstats = transport.run(jobdir, trainer, progress, mem)
             server_wall_s = time.perf_counter() - t0
             outputs = client.read_outputs(jobdir)
             n_out = sum(len(v) for v in outputs.values())
