@@ -11,6 +11,16 @@ BCE, and the per-layer gradient norms ‖∂L/∂W_l‖ at the first iteration a
 layer (a small ratio = vanishing gradient at the input layer).
 
     python bench/loss_study.py [--iterations 200] [--out bench/loss_study.png]
+
+Finding (200 iterations, Nesterov, best lr of 0.5-8; run of this script): BCE reaches 0.81-0.85
+(RegNet) and 0.92-0.93 (digits) validation accuracy with one or two hidden layers, exact sigmoid or
+degree-3 polynomial. Squared error gets as far, but only with a 2-8x larger step: its output
+error carries σ'(A_K) (<= 0.25 exact, ~0.107 for the polynomial near 0), so every layer's gradient
+is 2-5x smaller than BCE's at the same weights. The squared likelihood fails everywhere (0.09-0.57):
+its true-class gradient -2p·σ'(A) vanishes as p -> 0, so once the outputs are pushed down they
+never come back. The first/last layer gradient ratio is the same for all three losses (it comes
+from the hidden σ' factors: ~0.08 exact, ~0.02 polynomial with two hidden layers on RegNet), so
+BCE avoids the output-layer vanishing the paper describes, not the depth attenuation itself.
 """
 from __future__ import annotations
 
