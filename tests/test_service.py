@@ -367,3 +367,25 @@ def test_without_fastapi_the_rest_works_and_serve_says_how_to_install(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1, r.stderr
     assert "pip install 'hetrain[service]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_jobs_left_running_by_a_stopped_service_run_again_on_restart(tmp_path, sim_bundle):
+    from hetrain.service.jobs import STATE, JobQueue
+
+    job_dir = tmp_path / "jobs" / "AAAAAAAAAAAAAAAAAAAAAA"
+    job_dir.mkdir(parents=True)
+    for name, data in bundle_members(sim_bundle[0]).items():
+        (job_dir / name).write_bytes(data)
+    (job_dir / STATE).write_text(json.dumps({"id": job_dir.name, "status": "running", "started_at": 1.0, "done": 1}))
+    (tmp_path / "incoming" / "half-upload").mkdir(parents=True)
+    jobs = JobQueue(tmp_path)
+    try:
+        assert not (tmp_path / "incoming" / "half-upload").exists()  # half uploads are dropped
+        deadline = time.monotonic() + DEADLINE_S
+        while jobs.get(job_dir.name).status != "done":
+            assert jobs.get(job_dir.name).status in ("queued", "running") and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert (job_dir / files.OUTPUTS).exists()
+        assert json.loads((job_dir / STATE).read_text())["status"] == "done"
+    finally:
+        jobs.close()

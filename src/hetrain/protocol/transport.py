@@ -10,6 +10,7 @@ The secret key never takes part: decryption stays with the caller.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import tarfile
@@ -70,6 +71,9 @@ class HttpTransport:
         self.poll_s = poll_s
         self.timeout_s = timeout_s
         self.keep_remote = keep_remote
+        quiet = logging.getLogger("httpx")
+        if quiet.level == logging.NOTSET:  # httpx logs every request at INFO: polling would flood the CLI
+            quiet.setLevel(logging.WARNING)
 
     def preflight(self) -> None:
         """The service answers /v1/health (keygen and encryption can take minutes: check first)."""
@@ -127,9 +131,8 @@ class HttpTransport:
                 p = st.get("progress") or {}
                 if p.get("total"):
                     bar.total, bar.n = p["total"], p["done"]
-                    bar.set_postfix_str(f"{st['status']} {p.get('message', '')}".strip(), refresh=False)
-                else:
-                    bar.set_postfix_str(st["status"], refresh=False)
+                running = st["status"] == "running" and p.get("message")
+                bar.set_postfix_str(p["message"] if running else st["status"], refresh=False)
                 bar.refresh()
                 if st["status"] == "done":
                     return st["stats"]
