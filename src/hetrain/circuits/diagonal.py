@@ -258,6 +258,20 @@ def pack_sum(eng, products: dict, plan: PackPlan, layout: SampleLayout):
     return allreduce_samples(eng, packed, layout)
 
 
+def pack_sum_windowed(eng, delta, windowed_inputs: dict, plan: PackPlan, layout: SampleLayout):
+    """``pack_sum`` of the products δ ⊙ x_t when the client already placed each x_t in its window.
+
+    rot(δ ⊙ x_t, -o_t) = rot(δ, -o_t) ⊙ rot(x_t, -o_t): the client sends x̃_t = rot(x_t, -o_t) (free:
+    it owns x), the server rotates δ instead of each product (same number of rotations) and sums all
+    products with ONE relinearisation and rescale (``mul_sum``) instead of one per diagonal.
+    """
+    terms = []
+    for t, xw in windowed_inputs.items():
+        o = plan.off(t)
+        terms.append((eng.rotate(delta, -o) if o else delta, xw))
+    return allreduce_samples(eng, eng.mul_sum(terms), layout)
+
+
 def unpack(eng, packed, t: int, plan: PackPlan):
     """Window t of a packed sum back at positions 0..r-1 (other windows stay, as harmless garbage)."""
     o = plan.off(t)
