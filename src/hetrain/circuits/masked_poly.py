@@ -13,41 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .poly import _trim, poly_depth
+from .poly import _trim, eval_poly
 
 
 def eval_poly_masked(engine, ct, coeffs: Sequence[float], mask):
     """Σ_k coeffs[k]·mask·ct^k (mask: a PlainVector of 0/1 or any weights)."""
-    from hetrain.ckks import DepthExhausted, PlainVector
-
-    c = _trim(coeffs)
-    deg = len(c) - 1
-    if deg == 0:
-        raise ValueError("a constant polynomial needs no ciphertext")
-    if ct.level < poly_depth(deg):
-        raise DepthExhausted(f"a degree-{deg} polynomial needs {poly_depth(deg)} levels, ciphertext has {ct.level}")
-    m = mask.values if isinstance(mask, PlainVector) else np.asarray(mask, dtype=np.float64)
-    powers = {1: ct}
-
-    def pow2(k: int):
-        if k not in powers:
-            powers[k] = engine.square(pow2(k // 2))
-        return powers[k]
-
-    def scaled_power(coef: float, k: int):
-        # coef·mask·x^k at depth ceil(log2(k+1)); the plaintext sits in the lowest factor
-        if k == 1:
-            return engine.mul_plain(ct, PlainVector(coef * m))
-        hi = 1 << (k.bit_length() - 1)
-        if hi == k:
-            return engine.mul(scaled_power(coef, k // 2), pow2(k // 2))
-        return engine.mul(scaled_power(coef, k - hi), pow2(hi))
-
-    terms = [scaled_power(ck, k) for k, ck in enumerate(c) if k >= 1 and ck != 0.0]
-    out = engine.add_many(terms)
-    if c[0] != 0.0:
-        out = engine.add(out, PlainVector(c[0] * m))
-    return out
+    return eval_poly(engine, ct, coeffs, mask=mask)
 
 
 def eval_poly_masked_plain(x: np.ndarray, coeffs: Sequence[float], mask: np.ndarray) -> np.ndarray:

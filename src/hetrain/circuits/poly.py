@@ -2,7 +2,8 @@
 
 ``eval_poly(engine, ct, coeffs)`` computes Σ c_k x^k with depth ceil(log2(degree + 1)): powers
 x^(2^j) come from repeated squaring, and each coefficient is folded into the lower factor of a
-product (c·x^k = (c·x^(k-2^j))·x^(2^j)), so the scalar multiplication costs no extra level.
+product (c·x^k = (c·x^(k-2^j))·x^(2^j)), so the scalar multiplication costs no extra level. With a plaintext ``mask`` the coefficients
+become coef·mask plaintexts, so mask ⊙ p(x) costs no level more than p(x) (see masked_poly.py).
 """
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ def _trim(coeffs: Sequence[float]) -> list[float]:
     return c
 
 
-def eval_poly(engine, ct, coeffs: Sequence[float]):
-    """Σ coeffs[k]·ct^k on a ciphertext (coeffs in increasing degree). Depth: ``poly_depth(deg)``."""
+def eval_poly(engine, ct, coeffs: Sequence[float], mask=None):
+    """Σ coeffs[k]·ct^k on a ciphertext (coeffs in increasing degree). Depth: ``poly_depth(deg)``.
+
+    ``mask`` (array or PlainVector, optional): return mask ⊙ p(ct) at the same depth.
+    """
+    from hetrain.ckks import PlainVector
+
+    m = None if mask is None else (mask.values if isinstance(mask, PlainVector) else np.asarray(mask, dtype=np.float64))
     c = _trim(coeffs)
     deg = len(c) - 1
     if deg == 0:
@@ -41,9 +48,9 @@ def eval_poly(engine, ct, coeffs: Sequence[float]):
         return powers[k]
 
     def scaled_power(coef: float, k: int):
-        # coef·x^k at depth ceil(log2(k+1))
+        # coef·x^k at depth ceil(log2(k+1)); the coefficient (and mask) sits in the lowest factor
         if k == 1:
-            return engine.mul_scalar(ct, coef)
+            return engine.mul_scalar(ct, coef) if m is None else engine.mul_plain(ct, PlainVector(coef * m))
         hi = 1 << (k.bit_length() - 1)  # largest power of two <= k
         if hi == k:
             return engine.mul(scaled_power(coef, k // 2), pow2(k // 2))
@@ -52,7 +59,7 @@ def eval_poly(engine, ct, coeffs: Sequence[float]):
     terms = [scaled_power(ck, k) for k, ck in enumerate(c) if k >= 1 and ck != 0.0]
     out = engine.add_many(terms)
     if c[0] != 0.0:
-        out = engine.add(out, c[0])
+        out = engine.add(out, c[0] if m is None else PlainVector(c[0] * m))
     return out
 
 
