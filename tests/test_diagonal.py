@@ -92,3 +92,18 @@ def test_layout_errors():
         dg.SampleLayout(4, 64).place(np.ones((3, 2)))
     with pytest.raises(ValueError):
         dg.BandDiagonals(2, 2).diagonals(np.ones((3, 3)))
+
+
+@pytest.mark.parametrize("backend", ["sim", "seal"])
+def test_pack_sum_windowed_equals_pack_sum_with_one_relinearisation(rng, backend):
+    eng, layout, band, plan_in, _, W, X, D, diags = _setup(rng, backend, "n8192")
+    xr = band.rotated_inputs(X)
+    d = eng.encrypt(layout.place(D))
+    # the client moves each input to its window itself: x̃_t = rot(x_t, -o_t)
+    xw = {t: eng.encrypt(np.roll(layout.place(xr[t]), plan_in.off(t))) for t in band.offsets}
+    snap = eng.counters.snapshot()
+    q = dg.pack_sum_windowed(eng, d, xw, plan_in, layout)
+    ops = eng.counters.diff(snap)
+    assert ops["relinearize"] == 1 and q.level == eng.max_level - 1
+    got = {t: eng.decrypt(dg.unpack(eng, q, t, plan_in))[: band.rows] for t in band.offsets}
+    np.testing.assert_allclose(band.matrix(got), D.T @ X, atol=TOL[backend] * 10)
