@@ -1,38 +1,35 @@
-"""Client-aided refresh, bootstrap refresh and per-step checkpoints (kill and resume)."""
+"""Refresh across the process boundary: the server process trains with public material only and asks
+the client (this process) over the refresh channel to re-encrypt its state; checkpoints, kill and
+resume, and clear errors when either side dies."""
+import json
 import os
 import pathlib
+import signal
+import socket
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
+import psutil
 import pytest
 from sklearn.datasets import load_iris
 
 from hetrain import ckks
-from hetrain.models.minibatch import MiniBatchMLR
-from hetrain.protocol import checkpoint
-from hetrain.protocol.preprocess import Preprocessor
-from hetrain.protocol.refresh import (BootstrapRefresh, ClientChannel, ClientRefresh, RefreshClient, train,
-                                      twin_long)
+from hetrain.models.base import DepthPlanError
+from hetrain.protocol import checkpoint, files
+from hetrain.protocol.errors import ServerError
+from hetrain.protocol.pipeline import fit
+from hetrain.protocol.refresh import LongJob, fit_long
+from hetrain.protocol.refresh_channel import (ChannelError, decode_state, encode_state, recv_frame, send_frame)
 
 CFG = {"epochs": 3, "batch_size": 64, "learning_rate": 0.5, "patience": 0}
+PUBLIC_FILES = {files.MANIFEST, files.PUBLIC_CONTEXT, files.INPUTS, files.JOB, "state.ckpt"}
 
 
-def _data():
+def _iris(n_val=30):
     X, y = load_iris(return_X_y=True)
-    pre = Preprocessor.fit(X, y)
-    return pre.transform(X), pre.one_hot(y)
-
-
-def _steps(trainer):
-    return trainer.packing(4, 3, 8192).rotation_steps()  # iris: 4 features, 3 classes; n16384 slots
-
-
-def _setup(engine, trainer, X, Y):
-    batches = trainer.encrypt_batches(engine, X, Y)
-    W0 = [engine.encrypt(v) for v in trainer.initial_weights(X.shape[1], Y.shape[1], engine.slots)]
-    return trainer.packing(X.shape[1], Y.shape[1], engine.slots), batches, W0
+    idx = np.random.default_rng(0).permutation(len(y))
+    return X[idx[n_val:]], y[idx[n_val:]], X[idx[:n_val]], y[idx[:n_val]]
 
 
 def test_checkpoint_round_trip_is_atomic_and_keyed(tmp_path):
@@ -45,85 +42,167 @@ def test_checkpoint_round_trip_is_atomic_and_keyed(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.ckpt"]  # no temporary file left
     with pytest.raises(checkpoint.CheckpointError, match="another key|written under key"):
         checkpoint.load(path, ckks.create_engine("sim", "n8192"))
+    named = checkpoint.StateCheckpoint(tmp_path / "named.ckpt", eng)
+    named.save({"W": [eng.encrypt([5.0]), eng.encrypt([6.0])], "b": [eng.encrypt([7.0])]}, {"step": 2})
+    st, meta = named.load()
+    assert meta == {"step": 2} and [eng.decrypt(c)[0] for c in st["W"] + st["b"]] == [5.0, 6.0, 7.0]
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ckks.SerializationError):
         checkpoint.load(path, eng)
 
 
-def test_client_refresh_on_seal_counts_trips_and_server_never_decrypts():
-    X, Y = _data()
-    t = MiniBatchMLR(**{**CFG, "epochs": 1, "batch_size": 128})  # 2 batches: 2 steps, 1 refresh
-    client_eng = ckks.create_engine("seal", "n16384", t.packing(X.shape[1], Y.shape[1], 8192).rotation_steps())
-    server_eng = ckks.load_engine(client_eng.public_bytes())
-    pk, batches, W0 = _setup(client_eng, t, X, Y)
-    move = lambda cts: [server_eng.deserialize(client_eng.serialize(c)) for c in cts]  # noqa: E731
-    from hetrain.models.minibatch import Batch
-    sb = [Batch(move(b.X), move(b.Xt), move(b.Ym)) for b in batches]
-    channel = ClientChannel(server_eng, RefreshClient(client_eng, t, None, None, X.shape[1], Y.shape[1], X_train=X))
-    res = train(server_eng, t, pk, sb, move(W0), refresh=ClientRefresh(channel), monitor=None, epochs=1)
-    st = channel.stats
-    assert st.round_trips == st.refreshes == 1 and st.evaluations == 0
-    one_ct = len(client_eng.serialize(client_eng.encrypt([0.0])))
-    # fresh top-level encryptions come back (SEAL compresses: sizes vary by a few bytes)
-    assert st.bytes_to_server == pytest.approx(len(W0) * one_ct, rel=0.01)
-    assert 0 < st.bytes_to_client < st.bytes_to_server  # the state leaves at a lower level: smaller
-    with pytest.raises(ckks.SecretKeyUnavailable):
-        server_eng.decrypt(res.state[0])
-    W = t.unpack([client_eng.decrypt(c) for c in res.state], X.shape[1], Y.shape[1], client_eng.slots)
-    assert np.abs(W - twin_long(t, X, Y, 2)).max() < 1e-4  # see test_minibatch for the tolerance
+def test_frames_and_state_encoding():
+    eng = ckks.create_engine("sim", "n8192")
+    a, b = socket.socketpair()
+    w = eng.encrypt([1.0, 2.0])
+    state = {"W": [w, eng.encrypt([3.0])], "V": [w], "single": eng.encrypt([4.0])}
+    layout, blobs = encode_state(eng, state)
+    assert len(blobs) == 3  # W[0] and V[0] are one ciphertext: it crosses once
+    n = send_frame(a, {"op": "refresh", "state": layout}, blobs)
+    header, got, m = recv_frame(b)
+    assert n == m == sum(map(len, blobs)) + len(json.dumps({**header, "blobs": [len(x) for x in blobs]})) + 16
+    back = decode_state(eng, header["state"], got)
+    assert eng.decrypt(back["V"][0])[1] == 2.0 and eng.decrypt(back["single"])[0] == 4.0
+    a.sendall(b"XXXX" + bytes(12))
+    with pytest.raises(ChannelError, match="bad magic"):
+        recv_frame(b)
+    a.close()
+    with pytest.raises(ChannelError, match="closed"):
+        recv_frame(b)
 
 
-def test_bootstrap_refresh_on_sim_matches_twin():
-    X, Y = _data()
-    t = MiniBatchMLR(**CFG)
-    eng = ckks.create_engine("sim", "n16384", _steps(t), bootstrap_level=7)  # INSECURE: planning only
-    pk, batches, W0 = _setup(eng, t, X, Y)
-    boot = BootstrapRefresh()
-    res = train(eng, t, pk, batches, W0, refresh=boot, monitor=None, epochs=3)
-    assert res.steps_done == 9 and boot.stats.bootstraps == 8 * len(W0)
-    assert eng.counters.counts["bootstrap"] == 8 * len(W0)
-    W = t.unpack([eng.decrypt(c) for c in res.state], X.shape[1], Y.shape[1], eng.slots)
-    np.testing.assert_allclose(W, twin_long(t, X, Y, 9), atol=1e-9)
+def test_mlr_client_refresh_on_seal_in_a_server_process_without_secret_key(tmp_path):
+    Xtr, ytr, Xv, yv = _iris()
+    cfg = {"epochs": 2, "batch_size": 64, "learning_rate": 1.0, "patience": 0}  # 2 batches x 2 epochs
+    job = LongJob(Xtr, ytr, Xv, yv, cfg, backend="seal", preset="n16384", refresh_mode="client")
+    job.write(tmp_path / "job")
+    audit = tmp_path / "opened.txt"
+    r = job.train(env={"HETRAIN_SERVER_AUDIT": str(audit)})
+    s = r.stats
+    # n16384: 7 levels, 4 per step -> a refresh before every step but the first: 3, one of them
+    # merged with the epoch-1 evaluation (epoch 2's is done by the client on download)
+    assert s["steps"] == 4 and s["refreshes"] == 3 and s["round_trips"] == 3 and s["evaluations"] == 1
+    assert s["bytes_to_client"] > 0 and s["bytes_to_server"] > s["bytes_to_client"]  # state leaves at a low level
+    assert s["server_engine_has_secret_key"] is False
+    # everything the server process opened inside the job directory is public material
+    opened = {pathlib.Path(p).name for p in audit.read_text().split() if str(tmp_path / "job") in p}
+    assert {files.PUBLIC_CONTEXT, files.INPUTS} <= opened
+    assert all(name.split(".tmp")[0] in PUBLIC_FILES | {files.OUTPUTS, files.SERVER_STATS} for name in opened), opened
+    # CKKS at scale 2^40 adds ~1e-7 relative error per rescale/rotation; a step sums 64 rows times
+    # weights of size ~1 through 4 levels, and each refresh re-encrypts (1e-7 more), so 1e-4 is
+    # ~100x the expected error and far below the weights (~0.1-1), which a wrong slot would change.
+    assert s["twin_max_abs_diff"] < 1e-4 and np.abs(r.twin_weights).max() > 0.05
+    assert [h["epoch"] for h in r.history if h["kind"] == "epoch"] == [1, 2]
 
 
-DRIVER = textwrap.dedent("""
-    import os, pathlib, signal, sys
-    import numpy as np
-    from hetrain import ckks
-    from hetrain.models.minibatch import MiniBatchMLR
-    from hetrain.protocol.refresh import BootstrapRefresh, train
-    sys.path.insert(0, {here!r})
-    from test_refresh import CFG, _data, _setup
-    d = pathlib.Path(sys.argv[1])
-    eng = ckks.load_engine((d / "public").read_bytes(), (d / "secret").read_bytes())
-    X, Y = _data()
-    t = MiniBatchMLR(**CFG)
-    pk, batches, W0 = _setup(eng, t, X, Y)
-    def die(done, total):
-        if done == int(sys.argv[2]):
-            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, like a crash or an OOM kill
-    train(eng, t, pk, batches, W0, refresh=BootstrapRefresh(), monitor=None, epochs=CFG["epochs"],
-          checkpoint_path=d / "state.ckpt", on_step=die)
-""")
+def test_mlp_diagonal_on_seal_past_one_chain_matches_twin():
+    Xtr, ytr, _, _ = _iris()  # 120 rows: n16384 holds them
+    cfg = {"hidden": [4], "iterations": 4, "sigmoid": "deg3:8", "output_sigmoid": "deg1:8",
+           "hidden_learning_rate": 2.0, "init_gain": 2.0}
+    r = fit(Xtr, ytr, "mlp", cfg, preset="n16384", backend="seal", progress=False, refresh="client")
+    ref = r.stats["refresh"]
+    assert r.plan.iterations_that_fit < 4 and ref["round_trips"] >= 1 and ref["refreshes"] == ref["round_trips"]
+    assert ref["bytes_to_client"] > 0 and ref["client_seconds"] > 0
+    # one hidden layer of 4 units, every product over <= 5 terms of size ~1: CKKS noise (~1e-7 per
+    # operation, re-encryption included) stays below 1e-4 through 4 iterations; the weights are ~1
+    assert r.twin_max_abs_diff < 1e-4 and max(np.abs(v).max() for v in r.twin.values()) > 0.1
 
 
-def test_killed_job_resumes_and_loses_at_most_one_step(tmp_path):
-    eng = ckks.create_engine("sim", "n16384", _steps(MiniBatchMLR(**CFG)), bootstrap_level=7)
-    (tmp_path / "public").write_bytes(eng.public_bytes())
-    (tmp_path / "secret").write_bytes(eng.secret_key_bytes())
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER.format(here=str(pathlib.Path(__file__).parent)))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path), "4"], env=env, capture_output=True, text=True)
-    assert proc.returncode == -9, proc.stderr[-2000:]  # it really was killed
-    _, meta = checkpoint.load(tmp_path / "state.ckpt", eng)
+def test_mlp_dvr_past_one_chain_on_sim_matches_twin():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 8)), rng.integers(0, 3, 20)
+    cfg = {"hidden": [4], "iterations": 3, "momentum": "none", "learning_rate": 1.0}  # 9 levels each
+    with pytest.raises(DepthPlanError, match="1 iteration"):
+        fit(X, y, "mlp", {**cfg, "layout": "dvr"}, preset="n16384-deep", backend="sim", progress=False)
+    r = fit(X, y, "mlp", {**cfg, "layout": "dvr"}, preset="n16384-deep", backend="sim", progress=False,
+            refresh="client")
+    assert r.stats["refresh"]["round_trips"] == 2 and r.stats["model"] == "mlp-dvr"
+    assert r.twin_max_abs_diff < 1e-9  # sim has no noise: decrypted == twin up to summation order
+
+
+def test_a_model_without_the_refresh_hook_is_refused_before_work():
+    X, y, _, _ = _iris()
+    with pytest.raises(DepthPlanError, match="cannot refresh"):
+        fit(X, y, "mlr", {"iterations": 2}, preset="n8192", backend="sim", progress=False, refresh="client")
+
+
+def test_bootstrap_refresh_on_sim_in_the_server_process():
+    Xtr, ytr, Xv, yv = _iris()
+    r = fit_long(Xtr, ytr, Xv, yv, CFG, backend="sim", preset="n16384", refresh_mode="bootstrap",
+                 engine_options={"bootstrap_level": 7})  # INSECURE: planning only
+    s = r.stats
+    # 6 steps, 4 levels each in 7: a bootstrap of every state ciphertext before steps 2..6
+    assert s["steps"] == 6 and s["bootstraps"] > 0 and s["bootstraps"] % 5 == 0
+    assert s["refreshes"] == 0 and s["evaluations"] == 2  # the channel only carries the epoch-end verdicts
+    assert s["twin_max_abs_diff"] < 1e-9
+
+
+def _server_child():
+    kids = [p for p in psutil.Process().children() if "hetrain.protocol.server" in " ".join(p.cmdline())]
+    assert len(kids) == 1
+    return kids[0]
+
+
+class KillAt:
+    """Wraps the client's answers: SIGKILLs the server process when it asks for evaluation at ``step``."""
+
+    def __init__(self, inner, step):
+        self.inner, self.step = inner, step
+
+    def refresh(self, state, step):
+        return self.inner.refresh(state, step)
+
+    def evaluate(self, state, step, epoch, refresh=False):
+        if step == self.step:
+            os.kill(_server_child().pid, signal.SIGKILL)  # our own child, like an OOM kill
+        return self.inner.evaluate(state, step, epoch, refresh)
+
+
+def test_server_killed_mid_refresh_gives_a_clear_error_and_the_job_resumes(tmp_path):
+    Xtr, ytr, Xv, yv = _iris()
+    job = LongJob(Xtr, ytr, Xv, yv, CFG, backend="sim", preset="n16384", refresh_mode="client")
+    job.write(tmp_path)
+    with pytest.raises(ServerError, match="exited with status -9.*refresh channel"):
+        job.train(handler_wrapper=lambda h: KillAt(h, 4))  # epoch 2 ends at step 4: merged evaluate+refresh
+    _, meta = checkpoint.StateCheckpoint(tmp_path / "state.ckpt", job.engine).load()
     assert meta["step"] == 4  # the checkpoint of the last completed step survived the kill
+    r = job.train()
+    assert r.stats["resumed_from"] == 4 and r.stats["steps"] == 6 and len(r.stats["step_s"]) == 2
+    np.testing.assert_allclose(r.last_weights, r.twin_weights, atol=1e-9)  # same as an uninterrupted run
 
-    X, Y = _data()
-    t = MiniBatchMLR(**CFG)
-    pk, batches, W0 = _setup(eng, t, X, Y)
-    res = train(eng, t, pk, batches, W0, refresh=BootstrapRefresh(), monitor=None, epochs=3,
-                checkpoint_path=tmp_path / "state.ckpt")
-    assert res.resumed_from == 4 and res.steps_done == 9 and len(res.step_seconds) == 5
-    W = t.unpack([eng.decrypt(c) for c in res.state], X.shape[1], Y.shape[1], eng.slots)
-    np.testing.assert_allclose(W, twin_long(t, X, Y, 9), atol=1e-9)  # same as an uninterrupted run
+
+def test_server_notices_the_client_going_away(tmp_path):
+    Xtr, ytr, _, _ = _iris()
+    job = LongJob(Xtr, ytr, None, None, CFG, backend="sim", preset="n16384", refresh_mode="client")
+    job.write(tmp_path)
+    path = tmp_path / "c.sock"
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(str(path))
+    lst.listen(1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "hetrain.protocol.server", str(tmp_path), "--channel", str(path)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    conn, _ = lst.accept()
+    hello, _, _ = recv_frame(conn)
+    assert hello["op"] == "hello" and hello["key_id"] == job.engine.key_id
+    send_frame(conn, {"op": "ok", "key_id": job.engine.key_id})
+    request, blobs, _ = recv_frame(conn)
+    assert request["op"] == "refresh" and blobs
+    conn.close()  # the client vanishes in the middle of a refresh
+    lst.close()
+    assert proc.wait(timeout=60) == 2
+    err = json.loads((tmp_path / files.SERVER_ERROR).read_text())
+    assert err["user_error"] and "closed the refresh channel" in err["message"]
+    assert not (tmp_path / files.OUTPUTS).exists()
+    proc.stderr.close()
+
+
+def test_client_check_failure_stops_the_server(tmp_path):
+    Xtr, ytr, Xv, yv = _iris()
+    # a huge step pushes the next sigmoid inputs far outside [-8, 8]: the client refuses to go on
+    job = LongJob(Xtr, ytr, Xv, yv, {**CFG, "learning_rate": 500.0}, backend="sim", preset="n16384",
+                  refresh_mode="client")
+    job.write(tmp_path)
+    with pytest.raises(Exception, match="outside"):
+        job.train()
+    assert not psutil.Process().children()  # the server process was stopped, not left behind

@@ -16,15 +16,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_training_arguments(p)
     p.add_argument("--server", metavar="URL", help="train on a `hetrain serve` service (e.g. http://127.0.0.1:8750) "
                                                    "instead of a local server process; decryption stays here")
-    # training past the depth limit (hetrain.protocol.refresh): mini-batch logistic regression
+    # training past the depth limit (hetrain.protocol.refresh): the server process asks this
+    # process (the client) over a local socket to re-encrypt its state, or bootstraps
     p.add_argument("--refresh", default="none", choices=("none", "client", "bootstrap"),
-                   help="none: one modulus chain; client: the client re-encrypts the state between steps; "
-                        "bootstrap: the server bootstraps (desilo backend)")
-    p.add_argument("--epochs", type=int, default=10, help="with --refresh: passes over the training rows")
-    p.add_argument("--batch-size", type=int, default=128, help="with --refresh: rows per mini-batch")
-    p.add_argument("--patience", type=int, default=3, help="with --refresh: early stopping (0: off)")
+                   help="none: one modulus chain; client: the client re-encrypts the state between iterations; "
+                        "bootstrap: the server bootstraps (desilo backend). mlr: mini-batches and epochs; "
+                        "mlp: --iterations beyond one chain")
+    p.add_argument("--epochs", type=int, default=10, help="mlr with --refresh: passes over the training rows")
+    p.add_argument("--batch-size", type=int, default=128, help="mlr with --refresh: rows per mini-batch")
+    p.add_argument("--patience", type=int, default=3, help="mlr with --refresh: early stopping (0: off)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
-                   help="with --refresh: rows the client holds out for its validation accuracy")
+                   help="mlr with --refresh: rows the client holds out for its validation accuracy")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,16 +73,22 @@ def run(args) -> int:
         raise HetrainUserError(f"cannot write {out}: directory {out.parent} does not exist")
     X, y = load_dataset(args.data)
     print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
-    if args.refresh != "none":
-        if args.server:
-            raise HetrainUserError("--server cannot be combined with --refresh yet (refresh runs its server locally)")
-        return _run_with_refresh(args, X, y, out)
+    if args.refresh != "none" and args.server:
+        raise HetrainUserError("--server cannot be combined with --refresh yet (the refresh channel is a local "
+                               "socket between the client and its server process)")
+    if args.refresh != "none" and args.model == "mlr":
+        return _run_mlr_with_refresh(args, X, y, out)
     result = fit(X, y, args.model, config_from_args(args), preset=args.preset, backend=args.backend,
                  scale=args.scale, seed=args.seed, progress=not args.quiet, workdir=args.keep_job, log=print,
-                 server=args.server)
+                 server=args.server, refresh=args.refresh)
     result.model.save(out)
     for line in format_summary(result.stats):
         print(line)
+    r = result.stats["refresh"]
+    if r["mode"] != "none":
+        print(f"refresh {r['mode']}: round trips {r['round_trips']} (refreshes {r['refreshes']}), bytes to client "
+              f"{r['bytes_to_client'] / 2**20:.2f} MiB, to server {r['bytes_to_server'] / 2**20:.2f} MiB, client share "
+              f"{r['client_seconds']:.2f} s; bootstrapped ciphertexts {r['bootstraps']}")
     print(f"train accuracy (decrypted model): {result.model.accuracy(X, y):.4f}")
     print(f"model written to {out}")
     print(f"server_train_s={result.stats['server_train_s']:.3f}")
@@ -88,23 +96,25 @@ def run(args) -> int:
     return 0
 
 
-def _run_with_refresh(args, X, y, out) -> int:
-    """--refresh client|bootstrap: the mini-batch trainer with refreshed state (hetrain.protocol.refresh)."""
+def _run_mlr_with_refresh(args, X, y, out) -> int:
+    """--model mlr --refresh client|bootstrap: the mini-batch trainer in the server process, its state
+    refreshed over the channel (hetrain.protocol.refresh)."""
     from hetrain.protocol.refresh import fit_long_model
 
-    if args.model != "mlr":
-        raise HetrainUserError(f"--refresh {args.refresh} is implemented for --model mlr only")
     config = {k: v for k, v in config_from_args(args).items() if k != "iterations"}
     config.update({"epochs": args.epochs, "batch_size": args.batch_size, "patience": args.patience})
     model, stats = fit_long_model(X, y, args.refresh, config, backend=args.backend, preset=args.preset,
-                                  validation_fraction=args.validation_fraction, seed=args.seed,
+                                  validation_fraction=args.validation_fraction, seed=args.seed, workdir=args.keep_job,
                                   on_step=None if args.quiet else lambda d, t: print(f"step {d}/{t}", flush=True))
     model.save(out)
     for h in model.info["history"]:
         if h["kind"] == "epoch":
             print(f"epoch {h['epoch']}: validation accuracy {h.get('val_accuracy', float('nan')):.4f}")
-    print(f"steps {stats['steps']} (early stop: {stats['stopped_early']}); round trips {stats['round_trips']}, "
-          f"bootstrapped ciphertexts {stats['bootstraps']}; server training {stats['train_s']:.1f} s")
+    print(f"steps {stats['steps']} (early stop: {stats['stopped_early']}); round trips {stats['round_trips']} "
+          f"(refreshes {stats['refreshes']}, evaluations {stats['evaluations']}), bytes to client "
+          f"{stats['bytes_to_client'] / 2**20:.2f} MiB, to server {stats['bytes_to_server'] / 2**20:.2f} MiB, "
+          f"client share {stats['client_refresh_s']:.2f} s; bootstrapped ciphertexts {stats['bootstraps']}; "
+          f"server training {stats['train_s']:.1f} s")
     print(f"train accuracy (decrypted model): {model.accuracy(X, y):.4f}")
     print(f"model written to {out}")
     print(f"twin_max_abs_diff={stats['twin_max_abs_diff']:.3e}")

@@ -14,11 +14,29 @@ client:  weights = trainer.client_decrypt(engine, outputs, job)
 X is already preprocessed by the client (standardised, scaled); Y is one-hot (n x c) in {0, 1}.
 ``inputs``/``outputs`` map names to lists of ciphertexts; ``job`` is a JSON-able dict that the
 server may read (shapes, layout, schedule) and must contain nothing secret.
+
+Training past one modulus chain (optional, keyword-only hooks of ``server_train``; the server
+passes only those the method's signature names, so trainers without them keep working):
+    refresh(state, step=None)    state: dict name -> ciphertext or list of ciphertexts; returns the
+      -> state                   same names/shapes at a high level (client re-encryption or bootstrap).
+                                 Called when the next iteration would not fit the state's levels;
+                                 ``step`` (optional, iterations done) only labels the client's records.
+    monitor                      .evaluate(state, step, epoch, refresh=False) -> (state | None, stop):
+                                 the client reads its validation metrics and answers continue/stop
+                                 (and, with refresh=True, also re-encrypts the state in the same trip).
+    checkpoint                   .load() -> (state, meta) | None and .save(state, meta): the server's
+                                 encrypted state after every step, so a killed job resumes.
+When a refresh is available, a plan only needs one iteration to fit between refreshes:
+``plan.check(params, refresh=True)``, or ``with refresh_available(): ...`` around code that calls
+``plan.check(params)`` (e.g. a trainer's own check in client_encrypt).
 """
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
 import dataclasses
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -51,8 +69,24 @@ class Plan:
     def fits(self) -> bool:
         return self.levels_needed <= self.levels_available
 
-    def check(self, params: CKKSParams) -> None:
-        """Raise DepthPlanError with how many iterations fit and which preset would fit."""
+    def fits_with_refresh(self) -> bool:
+        """At least one iteration fits between two refreshes (so any number of iterations can run)."""
+        return self.iterations_that_fit >= 1
+
+    def check(self, params: CKKSParams, refresh: bool | None = None) -> None:
+        """Raise DepthPlanError with how many iterations fit and which preset would fit.
+
+        ``refresh``: True when the job's state is refreshed between iterations (then one iteration
+        must fit, not all); None reads the ambient ``refresh_available()`` setting (default False).
+        """
+        if refresh is None:
+            refresh = _REFRESH.get()
+        if refresh:
+            if self.fits_with_refresh():
+                return
+            raise DepthPlanError(
+                f"not even one iteration fits in {params.name} ({self.levels_available} levels) between two "
+                f"refreshes; levels per iteration: {self.levels_per_iteration}. Use a preset with more levels.")
         if self.fits:
             return
         better = smallest_preset_with_levels(self.levels_needed)
@@ -61,6 +95,28 @@ class Plan:
             f"{self.iterations} iterations need {self.levels_needed} levels but {params.name} offers "
             f"{self.levels_available}; {self.iterations_that_fit} iteration(s) fit. {hint}. "
             f"Levels per iteration: {self.levels_per_iteration}.")
+
+
+_REFRESH: contextvars.ContextVar[bool] = contextvars.ContextVar("hetrain_refresh_available", default=False)
+
+
+@contextlib.contextmanager
+def refresh_available(on: bool = True):
+    """Within this block, ``Plan.check(params)`` accepts plans that need refreshes (see module doc)."""
+    token = _REFRESH.set(bool(on))
+    try:
+        yield
+    finally:
+        _REFRESH.reset(token)
+
+
+SERVER_HOOKS = ("refresh", "monitor", "checkpoint")
+
+
+def server_hooks(trainer) -> set[str]:
+    """Which optional ``server_train`` hooks (refresh, monitor, checkpoint) this trainer accepts."""
+    params = inspect.signature(trainer.server_train).parameters
+    return {h for h in SERVER_HOOKS if h in params}
 
 
 class Trainer(abc.ABC):

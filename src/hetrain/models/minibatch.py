@@ -8,9 +8,12 @@ weight vectors, ``BlockedPacking.pack_weights``) and applies one step per mini-b
     → W ← W + Eᵀ·X̃_b  (1 level; X̃_b = lr · X_b · diag(B̄_b), so the update itself is free)
 
 so a step costs 2 + depth(σ̃) levels (4 with the published degree-3 sigmoid). Between steps the
-state must be brought back to a high level: ``refresh="client"`` (the client decrypts and
-re-encrypts it, SEAL) or ``refresh="bootstrap"`` (a backend that bootstraps). The loop that
-decides when lives in ``hetrain.protocol.refresh``; this module is only arithmetic.
+state must be brought back to a high level by the ``refresh`` hook of ``server_train``
+(models/base.py): the client decrypts and re-encrypts it over the refresh channel (SEAL), or the
+server bootstraps (a backend that can). At every epoch end the ``monitor`` hook lets the client
+read its validation accuracy and answer continue/stop (early stopping); the ``checkpoint`` hook
+stores the state after every step so a killed job resumes. The protocol wires the hooks
+(hetrain.protocol.server / refresh); this module holds the arithmetic and the loop.
 
 Config keys:
     epochs         int, default 10: passes over the training rows
@@ -28,6 +31,7 @@ B̄_b is Chiang's fixed Hessian bound (DESIGN §1a) computed by the client from 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 
@@ -38,7 +42,7 @@ from hetrain.circuits.packing import BlockedPacking
 from hetrain.ckks import PlainVector, get_params
 from hetrain.errors import DataError, HetrainUserError
 
-from .base import Plan
+from .base import DepthPlanError, Plan, Trainer, register
 from .mlr_twin import add_bias, quadratic_gradient_diag
 
 DEFAULTS = {"epochs": 10, "batch_size": 128, "learning_rate": 4.0, "sigmoid": "published", "patience": 3,
@@ -54,8 +58,9 @@ class Batch:
     Ym: list       # labels masked to the valid forward slots (so no level is spent masking)
 
 
-class MiniBatchMLR:
-    """Arithmetic of the refreshed mini-batch trainer (see module docstring)."""
+@register
+class MiniBatchMLR(Trainer):
+    """The refreshed mini-batch trainer (see module docstring)."""
 
     name = "mlr-minibatch"
 
@@ -101,8 +106,9 @@ class MiniBatchMLR:
         fit = p.levels // per
         notes = [f"layout {pk.describe()}", f"{per} levels per step, {fit} step(s) between refreshes",
                  f"{steps} steps = {self.config['epochs']} epochs x {len(self.batches_of(n_samples))} batches"]
-        # One step must fit between refreshes; more steps than that need --refresh client|bootstrap.
-        return Plan(levels_needed=per, levels_available=p.levels, rotation_steps=sorted(pk.rotation_steps()),
+        # All steps in one chain need steps x per levels; with a refresh one step must fit
+        # (plan.check(params, refresh=True)).
+        return Plan(levels_needed=steps * per, levels_available=p.levels, rotation_steps=sorted(pk.rotation_steps()),
                     iterations=steps, iterations_that_fit=fit,
                     levels_per_iteration={"forward": 1, "sigmoid": self.approx.depth, "gradient": 1, "update": 0},
                     n_input_ciphertexts=len(self.batches_of(n_samples)) * 2 * pk.n_groups * pk.n_fblocks,
@@ -150,6 +156,95 @@ class MiniBatchMLR:
     def check_weights(self, W: np.ndarray, X: np.ndarray) -> None:
         """Client-side guard: the next sigmoid inputs X·Wᵀ must lie in the approximation's interval."""
         check_interval(add_bias(X) @ W.T, self.approx, what="sigmoid inputs for the next step")
+
+    # ------------------------------------------------------------------ Trainer contract (client)
+    def client_encrypt(self, engine, X, Y):
+        """Inputs: W (initial weights, zeros) and per batch b: X{b}, Xt{b}, Ym{b}."""
+        X, Y = self.check_data(X, Y)
+        d, c = X.shape[1], Y.shape[1]
+        inputs = {"W": [engine.encrypt(v) for v in self.initial_weights(d, c, engine.slots)]}
+        for b, batch in enumerate(self.encrypt_batches(engine, X, Y)):
+            inputs.update({f"X{b}": batch.X, f"Xt{b}": batch.Xt, f"Ym{b}": batch.Ym})
+        job = {"model": self.name, "config": dict(self.config), "d": d, "c": c,
+               "n_batches": len(self.batches_of(X.shape[0]))}
+        return inputs, job
+
+    def client_decrypt(self, engine, outputs, job):
+        return {"W": self.unpack([engine.decrypt(ct) for ct in outputs["W"]], job["d"], job["c"], engine.slots)}
+
+    def twin(self, X, Y, steps: int | None = None):
+        """The plaintext twin after ``steps`` steps (default: every epoch, no early stop)."""
+        X, Y = self.check_data(X, Y)
+        total = self.config["epochs"] * len(self.batches_of(X.shape[0])) if steps is None else steps
+        W = np.zeros((Y.shape[1], X.shape[1] + 1))
+        batches = self.batches_of(X.shape[0])
+        for step in range(total):
+            W = self.twin_step(W, X, Y, batches[step % len(batches)])
+        return {"W": W}
+
+    def predict_scores(self, weights, X):
+        return add_bias(np.asarray(X, dtype=np.float64)) @ np.asarray(weights["W"]).T
+
+    # ------------------------------------------------------------------ server side: the loop
+    def server_train(self, engine, inputs, job, progress=None, *, refresh=None, monitor=None, checkpoint=None):
+        """Steps over mini-batches and epochs with the base.py hooks: ``refresh`` when the state's
+        level is too low for the next step, ``monitor.evaluate`` at each epoch end (continue/stop;
+        merged with the refresh when both are due), ``checkpoint`` after every step (resume).
+
+        Per-step timings end up in ``self.run_stats`` (the server adds them to its stats)."""
+        nb, d, c = int(job["n_batches"]), int(job["d"]), int(job["c"])
+        try:
+            batches = [Batch(inputs[f"X{b}"], inputs[f"Xt{b}"], inputs[f"Ym{b}"]) for b in range(nb)]
+            state = {"W": list(inputs["W"])}
+        except KeyError as exc:
+            raise DataError(f"encrypted inputs lack {exc}") from None
+        pk = self.packing(d, c, engine.slots)
+        total = self.config["epochs"] * nb
+        per = self.levels_per_step
+        if engine.max_level < per:
+            raise DepthPlanError(f"one step needs {per} levels, parameters {engine.params.name} have {engine.max_level}")
+        if refresh is None and total > engine.max_level // per:
+            raise DepthPlanError(f"{total} steps need {total * per} levels without refresh; {engine.params.name} "
+                                 f"fits {engine.max_level // per}: use --refresh client or --refresh bootstrap")
+        start = 0
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            state, meta = saved
+            start = int(meta["step"])
+        step_s, refresh_s, before = [], [], []
+        stopped, pending, step = False, 0.0, start
+        for step in range(start, total):
+            epoch, b = divmod(step, nb)
+            if state["W"][0].level < per:
+                t0 = time.perf_counter()
+                state = refresh(state, step=step)  # step: steps done (for the client's history)
+                refresh_s.append(time.perf_counter() - t0)
+                pending += refresh_s[-1]
+            before.append(pending)
+            pending = 0.0
+            t0 = time.perf_counter()
+            state = {"W": self.step(engine, pk, state["W"], batches[b])}
+            step_s.append(time.perf_counter() - t0)
+            if checkpoint is not None:
+                checkpoint.save(state, {"step": step + 1})
+            if progress is not None:
+                progress(step + 1, total, f"epoch {epoch + 1} batch {b + 1}/{nb}")
+            if b == nb - 1 and monitor is not None and step + 1 < total:  # the last epoch: on download
+                # the client re-encrypts in the same trip when the next step needs it anyway,
+                # unless the server refreshes by itself (bootstrap)
+                want = refresh is not None and getattr(refresh, "via_client", True) and state["W"][0].level < per
+                t0 = time.perf_counter()
+                fresh, stopped = monitor.evaluate(state, step + 1, epoch + 1, refresh=want)
+                if fresh is not None:
+                    state = fresh
+                    refresh_s.append(time.perf_counter() - t0)
+                    pending = refresh_s[-1]
+                if stopped:
+                    break
+        done = start if start >= total else step + 1
+        self.run_stats = {"steps": done, "resumed_from": start, "stopped_early": stopped, "step_s": step_s,
+                          "refresh_s": refresh_s, "refresh_before_step_s": before, "levels_per_step": per}
+        return state
 
     # ------------------------------------------------------------------ server side (encrypted)
     def step(self, engine, pk: BlockedPacking, W: list, batch: Batch) -> list:

@@ -50,3 +50,30 @@ def load(path, engine) -> tuple[list, dict] | None:
                               f"this job's key is {engine.key_id}: remove it or use the job's keys")
     state = [engine.deserialize(parts[str(i)]) for i in range(int(header["n"]))]
     return state, json.loads(header["meta"])
+
+
+class StateCheckpoint:
+    """A trainer's ``checkpoint`` hook (models/base.py): one state file bound to a job's engine.
+
+    The state is a dict name -> list of ciphertexts; stored flat with the names in the header.
+    """
+
+    def __init__(self, path, engine) -> None:
+        self.path, self.engine = pathlib.Path(path), engine
+
+    def save(self, state: dict, meta: dict) -> None:
+        names = {k: len(v) for k, v in state.items()}
+        save(self.path, self.engine, [ct for v in state.values() for ct in v], {**meta, "_names": names})
+
+    def load(self) -> tuple[dict, dict] | None:
+        saved = load(self.path, self.engine)
+        if saved is None:
+            return None
+        flat, meta = saved
+        names = meta.pop("_names", None)
+        if names is None or sum(names.values()) != len(flat):
+            raise CheckpointError(f"checkpoint {self.path} does not hold a named training state")
+        out, pos = {}, 0
+        for k, n in names.items():
+            out[k], pos = flat[pos:pos + n], pos + n
+        return out, meta

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -24,16 +25,19 @@ from tqdm import tqdm
 
 import hetrain
 from hetrain.ckks import CKKSParams
-from hetrain.models.base import Plan, get_trainer, resolve_model
+from hetrain.errors import HetrainUserError
+from hetrain.models.base import DepthPlanError, Plan, get_trainer, refresh_available, resolve_model, server_hooks
 
 from . import files
 from .client import DEFAULT_RELEASE_DECIMALS, Client, release
 from .errors import ServerError
 from .model import TrainedModel
 from .monitor import PeakRSS
+from .refresh import ClientRefresher
 from .preprocess import Preprocessor
-from .server import PROGRESS_PREFIX
-from .transport import make_transport
+from .refresh_channel import ChannelError, ClientEndpoint
+from .server import PROGRESS_PREFIX, REFRESH_MODES
+from .transport import LocalTransport, make_transport
 
 
 @dataclasses.dataclass
@@ -58,21 +62,36 @@ def make_trainer(model: str, config: dict | None, n_features: int):
 def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | CKKSParams = "n16384",
         backend: str = "seal", scale: float = 1.0, seed: int | None = None, progress: bool = True,
         workdir: str | os.PathLike | None = None, release_decimals: int = DEFAULT_RELEASE_DECIMALS,
-        noise_std: float = 0.0, force_insecure: bool = False, log=None, server=None) -> FitResult:
+        noise_std: float = 0.0, force_insecure: bool = False, log=None, server=None,
+        refresh: str = "none") -> FitResult:
     """Preprocess, plan, keygen, encrypt, train in a server process, decrypt, release, compare with the twin.
 
     ``workdir``: where the job bundle goes (kept); default a temporary directory removed afterwards.
     ``log``: callable for status lines (e.g. the INSECURE warning); default silent.
     ``server``: None (a server subprocess here), the URL of a `hetrain serve` service, or a Transport.
+    ``refresh``: "none" (one modulus chain), "client" (the server process asks this process to
+    re-encrypt its state over the refresh channel whenever the next iteration would not fit) or
+    "bootstrap" (the server bootstraps); the trainer must accept server_train(refresh=...).
     """
     say = log or (lambda msg: None)
+    if refresh not in REFRESH_MODES:
+        raise DepthPlanError(f"refresh must be one of {', '.join(REFRESH_MODES)}, got {refresh!r}")
     transport = make_transport(server)
+    if refresh == "client" and not isinstance(transport, LocalTransport):
+        raise ServerError("--refresh client needs the local server process (its refresh channel is a local "
+                          "socket); it cannot be combined with --server yet")
     transport.preflight()  # a wrong --server URL fails now, not after keygen and encryption
     pre = Preprocessor.fit(X, y, scale=scale)
     Xp, Y = pre.transform(X), pre.one_hot(y)
     trainer = make_trainer(model, config, Xp.shape[1])
+    refreshing = refresh != "none"
+    if refreshing and "refresh" not in server_hooks(trainer):
+        raise DepthPlanError(f"model {trainer.name} cannot refresh its state between iterations (--refresh {refresh})")
     client = Client(trainer, backend, preset, force_insecure=force_insecure, seed=seed)
-    plan = client.plan(*Xp.shape, Y.shape[1])  # refuses before any key is made
+    if refreshing and preset == "auto":
+        client.params = preset_for_refresh(trainer, *Xp.shape, Y.shape[1])
+    with refresh_available(refreshing):
+        plan = client.plan(*Xp.shape, Y.shape[1])  # refuses before any key is made
     if backend == "sim":
         say("WARNING: backend 'sim' is an INSECURE simulation: nothing is encrypted (tests/planning only)")
 
@@ -81,15 +100,23 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
     try:
         with PeakRSS() as mem:
             engine = client.keygen(plan)
-            with tqdm(total=plan.n_input_ciphertexts or None, desc="encrypt", unit="ct", disable=not progress) as bar:
+            if refresh == "bootstrap" and not engine.can_bootstrap:
+                raise DepthPlanError(f"backend {engine.backend_name} cannot bootstrap: use --refresh client")
+            with tqdm(total=plan.n_input_ciphertexts or None, desc="encrypt", unit="ct", disable=not progress) as bar, \
+                    refresh_available(refreshing):
                 inputs, job = client.encrypt(Xp, Y, on_ciphertext=lambda: bar.update(1))
+            job["refresh"] = refresh
             client_ops = engine.counters.as_dict()
             t0 = time.perf_counter()
             sizes = files.write_job(jobdir, engine, inputs, job)
             write_s = time.perf_counter() - t0
             del inputs
             t0 = time.perf_counter()
-            sstats = transport.run(jobdir, trainer, progress, mem)
+            if refresh == "client":
+                handler = ClientRefresher(engine)
+                sstats = run_server(jobdir, trainer, progress, mem, refresh_handler=handler, client_engine=engine)
+            else:
+                sstats = transport.run(jobdir, trainer, progress, mem)
             server_wall_s = time.perf_counter() - t0
             outputs = client.read_outputs(jobdir)
             n_out = sum(len(v) for v in outputs.values())
@@ -118,6 +145,7 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
         "levels_available": plan.levels_available, "levels_per_iteration": plan.levels_per_iteration,
         "server_operations": sstats["operations"], "client_operations": client_ops,
         "twin_max_abs_diff": diff, "released_max_abs_diff": twin_max_abs_diff(weights, twin),
+        "refresh": refresh_summary(sstats),
     }
     info = {"backend": backend, "params": client.params.to_dict(), "hetrain_version": hetrain.__version__,
             "release": {"decimals": release_decimals, "noise_std": noise_std},
@@ -134,34 +162,78 @@ def twin_max_abs_diff(weights: dict[str, np.ndarray], twin: dict[str, np.ndarray
     return max(float(np.max(np.abs(weights[k] - np.reshape(twin[k], np.shape(weights[k]))))) for k in common)
 
 
-def server_command(jobdir, trainer) -> list[str]:
+def preset_for_refresh(trainer, n: int, d: int, c: int) -> CKKSParams:
+    """Smallest preset (ring degree, then levels) that holds one iteration between refreshes."""
+    from hetrain import ckks
+
+    for p in sorted(ckks.PRESETS.values(), key=lambda p: (p.poly_modulus_degree, p.levels)):
+        try:
+            if trainer.plan(n, d, c, p).fits_with_refresh():
+                return p
+        except HetrainUserError:
+            continue
+    raise DepthPlanError(f"not even one {trainer.name} iteration fits in any preset")
+
+
+def refresh_summary(sstats: dict) -> dict:
+    """Round trips, bytes both ways and the client's share, from the server's and client's counts."""
+    r = dict(sstats.get("refresh") or {"mode": "none"})
+    client = sstats.get("client_channel")
+    if client:  # the client timed its own share; the server only saw the wait
+        r["client_seconds"] = client["client_seconds"]
+    return r
+
+
+def server_command(jobdir, trainer, channel_path=None) -> list[str]:
     cmd = [sys.executable, "-m", "hetrain.protocol.server", os.fspath(jobdir), "--progress"]
     module = type(trainer).__module__
     if not module.startswith("hetrain.models."):  # a trainer outside the catalog (tests, plugins)
         cmd += ["--trainer-module", module]
+    if channel_path is not None:
+        cmd += ["--channel", os.fspath(channel_path)]
     return cmd
 
 
-def run_server(jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None) -> dict:
-    """Run the server process on ``jobdir``; returns its stats or raises ServerError with its message."""
-    env = dict(os.environ)
+def run_server(jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None, *,
+               refresh_handler=None, client_engine=None, on_progress=None, env: dict | None = None) -> dict:
+    """Run the server process on ``jobdir``; returns its stats or raises ServerError with its message.
+
+    ``refresh_handler`` (with ``client_engine``, the secret-key engine): this process answers the
+    server's refresh channel (refresh_channel.py) while it trains; the returned stats then carry
+    the client's view of the channel under "client_channel". ``on_progress(done, total)``: called
+    on each progress line. ``env``: extra environment variables for the server process.
+    """
+    jobdir = pathlib.Path(jobdir)
+    child_env = dict(os.environ)
     # the child imports what this process can (editable installs, test modules), nothing more
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    child_env.update(env or {})
+    endpoint = None
+    if refresh_handler is not None:
+        endpoint = ClientEndpoint(jobdir, client_engine, refresh_handler)
     log_path = jobdir / "server.log"
-    with open(log_path, "wb") as log_file, tqdm(desc="server train", unit="it", disable=not progress) as bar:
-        proc = subprocess.Popen(server_command(jobdir, trainer), stdout=subprocess.PIPE, stderr=log_file,
-                                stdin=subprocess.DEVNULL, env=env, text=True, bufsize=1)
-        if mem is not None:
-            mem.watch("server", proc.pid)
-        for line in proc.stdout:
-            if line.startswith(PROGRESS_PREFIX):
-                done, total, *msg = line[len(PROGRESS_PREFIX):].split(" ", 2)
-                bar.total = int(total)
-                bar.n = int(done)
-                if msg:
-                    bar.set_postfix_str(msg[0].strip(), refresh=False)
-                bar.refresh()
-        rc = proc.wait()
+    channel_error = None
+    try:
+        with open(log_path, "wb") as log_file, tqdm(desc="server train", unit="it", disable=not progress) as bar:
+            proc = subprocess.Popen(server_command(jobdir, trainer, endpoint and endpoint.path), stdout=subprocess.PIPE,
+                                    stderr=log_file, stdin=subprocess.DEVNULL, env=child_env, text=True, bufsize=1)
+            if mem is not None:
+                mem.watch("server", proc.pid)
+            reader = threading.Thread(target=_follow_progress, args=(proc.stdout, bar, on_progress), daemon=True)
+            reader.start()
+            try:
+                if endpoint is not None:
+                    endpoint.serve(proc)
+            except ChannelError as exc:  # the server died or closed the channel: its own error says why
+                channel_error = exc
+            except BaseException:  # our side failed (e.g. a client check refused the state): stop the server
+                _stop(proc)
+                raise
+            rc = proc.wait()
+            reader.join()
+    finally:
+        if endpoint is not None:
+            endpoint.close()
     if rc != 0:
         err_path = jobdir / files.SERVER_ERROR
         if err_path.exists():
@@ -169,5 +241,35 @@ def run_server(jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | Non
             detail = err["message"] if err.get("user_error") else f"{err['type']}: {err['message']}\n{err.get('traceback') or ''}"
             raise ServerError(f"server failed: {detail}")
         tail = log_path.read_text(errors="replace")[-2000:]
-        raise ServerError(f"server process exited with status {rc}:\n{tail}")
-    return json.loads((jobdir / files.SERVER_STATS).read_text())
+        during = f" during training (refresh channel: {channel_error})" if channel_error else ""
+        raise ServerError(f"server process exited with status {rc}{during}:\n{tail}")
+    if channel_error is not None:
+        raise ServerError(f"the refresh channel failed although the server exited cleanly: {channel_error}")
+    stats = json.loads((jobdir / files.SERVER_STATS).read_text())
+    if endpoint is not None:
+        stats["client_channel"] = endpoint.stats.as_dict()
+    return stats
+
+
+def _follow_progress(stream, bar, on_progress) -> None:
+    for line in stream:
+        if line.startswith(PROGRESS_PREFIX):
+            done, total, *msg = line[len(PROGRESS_PREFIX):].split(" ", 2)
+            bar.total = int(total)
+            bar.n = int(done)
+            if msg:
+                bar.set_postfix_str(msg[0].strip(), refresh=False)
+            bar.refresh()
+            if on_progress is not None:
+                on_progress(int(done), int(total))
+
+
+def _stop(proc) -> None:
+    """End the server process we started (by its handle), politely first."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,30 +1,31 @@
-"""Training past the depth limit: refresh the server's encrypted state, by the client or by bootstrapping.
-
-    client = RefreshClient(engine, trainer, X_val, y_val, n_features, n_classes)   # holds the secret key
-    channel = ClientChannel(server_engine, client)                                 # counts trips and bytes
-    result = train(server_engine, trainer, batches, W0, refresh=ClientRefresh(channel),
-                   monitor=channel, checkpoint_path=jobdir / "state.ckpt")
+"""Training past the depth limit: the client's side of the refresh, and the mini-batch MLR job.
 
 Refresh modes (``--refresh``):
 * ``none``: the job must fit in one modulus chain (a clear DepthPlanError otherwise);
-* ``client``: when the state's level is too low for the next step, the server sends the state
-  ciphertexts to the client, which decrypts them, checks the next sigmoid inputs stay inside the
-  approximation's interval, re-encrypts at the top level and sends them back. The server learns
-  nothing new (fresh encryptions of values it never sees); the client sees only its own model,
-  which it owns anyway. One round trip per refresh; the channel counts trips and bytes.
-* ``bootstrap``: ``engine.bootstrap`` on each state ciphertext, no interaction (desilo backend).
+* ``client``: the server process (``python -m hetrain.protocol.server``, public material only)
+  sends its state over the refresh channel (refresh_channel.py) when the next iteration would not
+  fit; this process (the client, with the secret key) decrypts every ciphertext, lets the trainer
+  check the values (optional hook), re-encrypts them at the top level and sends them back;
+* ``bootstrap``: the server calls ``engine.bootstrap`` itself (desilo backend), no interaction.
 
-At every epoch end the server sends the state to the client for evaluation (``monitor``): the
-client decrypts the weights, measures accuracy and loss on its own validation rows, keeps the best
-model and answers continue/stop (early stopping: the one bit the server learns). With client
-refresh the epoch-end evaluation reuses the refresh round trip when they coincide.
+Why no rounding or noise flooding here (DESIGN §5 asks for it on *released* decryptions): the
+decrypted values never leave the client. The server receives fresh encryptions, which are
+semantically secure whatever they encrypt, so it learns nothing new from a refresh. The only thing
+derived from decryptions that the server sees is the continue/stop bit of early stopping.
 
-The channel passes bytes (``engine.serialize``) between two engine objects, as a network would;
-here both live in one process (the bench and tests), so "bytes" are measured, not sent.
+``ClientRefresher`` is trainer-agnostic (all three trainers use it). The mini-batch MLR job adds
+client-side validation: at every epoch end the server sends the state for evaluation (the
+``monitor`` hook), the client measures accuracy and loss on its own held-out rows, keeps the best
+model and answers continue/stop; when a refresh is due at the same time, one round trip does both.
+
+    r = fit_long(X, y, X_val, y_val, {"epochs": 16, "batch_size": 128}, backend="seal", preset="n16384")
 """
 from __future__ import annotations
 
 import dataclasses
+import pathlib
+import shutil
+import tempfile
 import time
 from typing import Callable
 
@@ -33,77 +34,50 @@ import numpy as np
 from hetrain.ckks import CKKSError
 from hetrain.models.base import DepthPlanError
 
-from . import checkpoint as ckpt
+from . import files
+from .server import REFRESH_MODES
 
-REFRESH_MODES = ("none", "client", "bootstrap")
-
-
-@dataclasses.dataclass
-class ChannelStats:
-    round_trips: int = 0
-    bytes_to_client: int = 0
-    bytes_to_server: int = 0
-    refreshes: int = 0
-    evaluations: int = 0
-    bootstraps: int = 0
-    client_seconds: float = 0.0
+# hook signatures on decrypted vectors: name -> list of slot vectors
+Check = Callable[[dict, int], None]
+Evaluate = Callable[[dict, int, int], bool]
 
 
-class RefreshClient:
-    """The client's side: holds the secret key, the validation rows and the best model so far."""
+class ClientRefresher:
+    """The client's answers on the refresh channel: decrypt everything, check, re-encrypt at the top.
 
-    def __init__(self, engine, trainer, X_val, y_val, n_features: int, n_classes: int, X_train=None) -> None:
+    ``check(vectors, step)``: optional trainer hook that may raise (e.g. the next sigmoid inputs
+    would leave the polynomial's interval); ``evaluate(vectors, step, epoch) -> stop``: optional
+    epoch-end hook (validation, early stopping). Without an evaluator, epochs never stop early.
+    """
+
+    def __init__(self, engine, check: Check | None = None, evaluate: Evaluate | None = None) -> None:
         if not engine.has_secret_key:
             raise CKKSError("the refresh client needs the engine with the secret key")
-        self.engine, self.trainer = engine, trainer
-        self.X_val = None if X_val is None else np.asarray(X_val, dtype=np.float64)
-        self.y_val = None if y_val is None else np.asarray(y_val)
-        self.X_train = None if X_train is None else np.asarray(X_train, dtype=np.float64)
-        self.d, self.c = n_features, n_classes
-        self.history: list[dict] = []  # one entry per decryption: step, epoch, val accuracy/loss
-        self.best: tuple[float, np.ndarray] | None = None
-        self.epochs_without_improvement = 0
+        self.engine, self.check, self.evaluator = engine, check, evaluate
 
-    def _weights(self, blobs: list[bytes]) -> np.ndarray:
-        vecs = [self.engine.decrypt(self.engine.deserialize(b)) for b in blobs]
-        return self.trainer.unpack(vecs, self.d, self.c, self.engine.slots)
+    def _decrypt(self, state: dict) -> dict:
+        return {k: [self.engine.decrypt(ct) for ct in (v if isinstance(v, list) else [v])] for k, v in state.items()}
 
-    def _record(self, W: np.ndarray, step: int, kind: str) -> dict:
-        entry = {"step": step, "kind": kind}
-        if self.X_val is not None:
-            entry.update(validation_metrics(self.trainer, W, self.X_val, self.y_val))
-        self.history.append(entry)
-        return entry
+    def _encrypt(self, state: dict, vectors: dict) -> dict:
+        # a fresh encryption at max_level of exactly what was decrypted (unused slots included):
+        # to the trainer it is the same state with its levels restored
+        fresh = {k: [self.engine.encrypt(v) for v in vs] for k, vs in vectors.items()}
+        return {k: (fresh[k] if isinstance(v, list) else fresh[k][0]) for k, v in state.items()}
 
-    def refresh(self, blobs: list[bytes], step: int) -> list[bytes]:
-        """Decrypt, check, re-encrypt at the top level."""
-        W = self._weights(blobs)
-        if not self.history or self.history[-1]["step"] != step:
-            self._record(W, step, "refresh")
-        if self.X_train is not None:
-            self.trainer.check_weights(W, self.X_train)
-        vecs = self.trainer.packing(self.d, self.c, self.engine.slots).pack_weights(W)
-        return [self.engine.serialize(self.engine.encrypt(v)) for v in vecs]
+    def refresh(self, state: dict, step: int | None) -> dict:
+        vectors = self._decrypt(state)
+        if self.check is not None:
+            self.check(vectors, step)
+        return self._encrypt(state, vectors)
 
-    def evaluate(self, blobs: list[bytes], step: int, epoch: int) -> bool:
-        """Epoch end: validation metrics, keep the best model; True means stop (early stopping)."""
-        W = self._weights(blobs)
-        entry = self._record(W, step, "epoch")
-        entry["epoch"] = epoch
-        score = entry.get("val_accuracy", 0.0)
-        if self.best is None or score > self.best[0]:
-            self.best, self.epochs_without_improvement = (score, W), 0
-        else:
-            self.epochs_without_improvement += 1
-        patience = self.trainer.config["patience"]
-        return patience > 0 and self.epochs_without_improvement >= patience
-
-    def final_weights(self, blobs: list[bytes]) -> np.ndarray:
-        """The released model: the best validation epoch (the last state if there is no validation)."""
-        W = self._weights(blobs)
-        if self.best is not None and self.X_val is not None:
-            return self.best[1]
-        return W
+    def evaluate(self, state: dict, step: int, epoch: int, refresh: bool = False) -> tuple[dict | None, bool]:
+        vectors = self._decrypt(state)
+        stop = bool(self.evaluator(vectors, step, epoch)) if self.evaluator is not None else False
+        if not refresh or stop:
+            return None, stop
+        if self.check is not None:
+            self.check(vectors, step)
+        return self._encrypt(state, vectors), stop
 
 
 def validation_metrics(trainer, W: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict:
@@ -116,150 +90,53 @@ def validation_metrics(trainer, W: np.ndarray, X: np.ndarray, y: np.ndarray) -> 
     return {"val_accuracy": acc, "val_loss": loss}
 
 
-class ClientChannel:
-    """The server's handle on the client: ciphertexts go out and come back as bytes (counted)."""
+class MLRValidation:
+    """Mini-batch MLR on the client: interval check of each refreshed state, validation per epoch,
+    the best model so far, early stopping (the trainer's ``patience``)."""
 
-    def __init__(self, server_engine, client: RefreshClient) -> None:
-        self.engine, self.client = server_engine, client
-        self.stats = ChannelStats()
+    def __init__(self, trainer, X_val, y_val, n_features: int, n_classes: int, slots: int, X_train=None) -> None:
+        self.trainer, self.d, self.c, self.slots = trainer, n_features, n_classes, slots
+        self.X_val = None if X_val is None else np.asarray(X_val, dtype=np.float64)
+        self.y_val = None if y_val is None else np.asarray(y_val)
+        self.X_train = None if X_train is None else np.asarray(X_train, dtype=np.float64)
+        self.history: list[dict] = []  # one entry per decryption: step, kind, epoch, val accuracy/loss
+        self.best: tuple[float, np.ndarray] | None = None
+        self.epochs_without_improvement = 0
 
-    def _send(self, state: list) -> list[bytes]:
-        blobs = [self.engine.serialize(ct) for ct in state]
-        self.stats.bytes_to_client += sum(len(b) for b in blobs)
-        self.stats.round_trips += 1
-        return blobs
+    def weights(self, vectors: dict) -> np.ndarray:
+        return self.trainer.unpack(vectors["W"], self.d, self.c, self.slots)
 
-    def refresh(self, state: list, step: int) -> list:
-        blobs = self._send(state)
-        t0 = time.perf_counter()
-        back = self.client.refresh(blobs, step)
-        self.stats.client_seconds += time.perf_counter() - t0
-        self.stats.bytes_to_server += sum(len(b) for b in back)
-        self.stats.refreshes += 1
-        return [self.engine.deserialize(b) for b in back]
+    def _record(self, W: np.ndarray, step: int, kind: str) -> dict:
+        entry = {"step": step, "kind": kind}
+        if self.X_val is not None:
+            entry.update(validation_metrics(self.trainer, W, self.X_val, self.y_val))
+        self.history.append(entry)
+        return entry
 
-    def refresh_and_evaluate(self, state: list, step: int, epoch: int) -> tuple[list, bool]:
-        blobs = self._send(state)
-        t0 = time.perf_counter()
-        stop = self.client.evaluate(blobs, step, epoch)
-        back = [] if stop else self.client.refresh(blobs, step)
-        self.stats.client_seconds += time.perf_counter() - t0
-        self.stats.bytes_to_server += 1 + sum(len(b) for b in back)
-        self.stats.evaluations += 1
-        self.stats.refreshes += 0 if stop else 1
-        return ([self.engine.deserialize(b) for b in back] or state), stop
+    def check(self, vectors: dict, step: int) -> None:
+        W = self.weights(vectors)
+        if not self.history or self.history[-1]["step"] != step:
+            self._record(W, step, "refresh")
+        if self.X_train is not None:  # garbage (unseen by anyone) if the next sigmoid inputs leave the interval
+            self.trainer.check_weights(W, self.X_train)
 
-    def evaluate(self, state: list, step: int, epoch: int) -> bool:
-        blobs = self._send(state)
-        t0 = time.perf_counter()
-        stop = self.client.evaluate(blobs, step, epoch)
-        self.stats.client_seconds += time.perf_counter() - t0
-        self.stats.bytes_to_server += 1  # the continue/stop bit (one byte on a wire)
-        self.stats.evaluations += 1
-        return stop
+    def evaluate(self, vectors: dict, step: int, epoch: int) -> bool:
+        W = self.weights(vectors)
+        entry = self._record(W, step, "epoch")
+        entry["epoch"] = epoch
+        score = entry.get("val_accuracy", 0.0)
+        if self.best is None or score > self.best[0]:
+            self.best, self.epochs_without_improvement = (score, W), 0
+        else:
+            self.epochs_without_improvement += 1
+        patience = self.trainer.config["patience"]
+        return patience > 0 and self.epochs_without_improvement >= patience
 
-
-class ClientRefresh:
-    def __init__(self, channel: ClientChannel) -> None:
-        self.channel = channel
-
-    def __call__(self, engine, state: list, step: int) -> list:
-        return self.channel.refresh(state, step)
-
-
-class BootstrapRefresh:
-    def __init__(self, stats: ChannelStats | None = None) -> None:
-        self.stats = stats or ChannelStats()
-
-    def __call__(self, engine, state: list, step: int) -> list:
-        self.stats.bootstraps += len(state)
-        return [engine.bootstrap(ct) for ct in state]
-
-
-def make_refresh(mode: str, engine, channel: ClientChannel | None):
-    """The refresh callable for ``--refresh MODE`` (None for "none"), checked against the engine."""
-    if mode not in REFRESH_MODES:
-        raise DepthPlanError(f"--refresh must be one of {', '.join(REFRESH_MODES)}, got {mode!r}")
-    if mode == "none":
-        return None
-    if mode == "client":
-        if channel is None:
-            raise DepthPlanError("--refresh client needs a channel to the client")
-        return ClientRefresh(channel)
-    if not engine.can_bootstrap:
-        raise DepthPlanError(f"backend {engine.backend_name} cannot bootstrap: use --refresh client "
-                             "(or the desilo backend)")
-    return BootstrapRefresh(channel.stats if channel is not None else None)
-
-
-@dataclasses.dataclass
-class TrainResult:
-    state: list
-    steps_done: int
-    stopped_early: bool
-    resumed_from: int
-    step_seconds: list[float]
-    refresh_seconds: list[float]
-    refresh_before_step: list[float]  # per step: seconds spent refreshing right before it (0: none)
-
-
-def train(engine, trainer, packing, batches: list, state: list, *, refresh: Callable | None, monitor: ClientChannel | None,
-          epochs: int, checkpoint_path=None, on_step: Callable[[int, int], None] | None = None) -> TrainResult:
-    """The server loop: steps over mini-batches and epochs, refreshing and checkpointing the state.
-
-    ``state`` is the initial encrypted W (ignored when a checkpoint exists: the job resumes after
-    the last completed step). Raises DepthPlanError before any work if a refresh would be needed
-    and ``refresh`` is None.
-    """
-    nb = len(batches)
-    total = epochs * nb
-    per = trainer.levels_per_step
-    if engine.max_level < per:
-        raise DepthPlanError(f"one step needs {per} levels, parameters {engine.params.name} have {engine.max_level}")
-    if refresh is None and total > engine.max_level // per:
-        raise DepthPlanError(f"{total} steps need {total * per} levels without refresh; {engine.params.name} "
-                             f"fits {engine.max_level // per}: use --refresh client or --refresh bootstrap")
-    start = 0
-    if checkpoint_path is not None:
-        saved = ckpt.load(checkpoint_path, engine)
-        if saved is not None:
-            state, meta = saved
-            start = int(meta["step"])
-    step_s, refresh_s, before = [], [], []
-    stopped = False
-    pending = 0.0  # a refresh merged into the epoch-end evaluation precedes the next step
-    for step in range(start, total):
-        epoch, b = divmod(step, nb)
-        if state[0].level < per:
-            t0 = time.perf_counter()
-            state = refresh(engine, state, step)
-            refresh_s.append(time.perf_counter() - t0)
-            pending += refresh_s[-1]
-        before.append(pending)
-        pending = 0.0
-        t0 = time.perf_counter()
-        state = trainer.step(engine, packing, state, batches[b])
-        step_s.append(time.perf_counter() - t0)
-        if checkpoint_path is not None:
-            ckpt.save(checkpoint_path, engine, state, {"step": step + 1})
-        if on_step is not None:
-            on_step(step + 1, total)
-        if b == nb - 1 and monitor is not None:
-            if step + 1 == total:  # the last epoch is evaluated by the client on download
-                break
-            if isinstance(refresh, ClientRefresh) and state[0].level < per:
-                # the next step needs a refresh anyway: one round trip does both
-                t0 = time.perf_counter()
-                state, stop = refresh.channel.refresh_and_evaluate(state, step + 1, epoch + 1)
-                refresh_s.append(time.perf_counter() - t0)
-                pending = refresh_s[-1]
-            else:
-                stop = monitor.evaluate(state, step + 1, epoch + 1)
-            if stop:
-                stopped = True
-                break
-    done = start if start >= total else step + 1
-    return TrainResult(state, done, stopped, start, step_s, refresh_s, before)
+    def final_weights(self, W_last: np.ndarray) -> np.ndarray:
+        """The released model: the best validation epoch (the last state if there is no validation)."""
+        if self.best is not None and self.X_val is not None:
+            return self.best[1]
+        return W_last
 
 
 @dataclasses.dataclass
@@ -272,112 +149,142 @@ class LongFitResult:
     preprocessor: object
 
 
-def fit_long(X, y, X_val=None, y_val=None, config: dict | None = None, *, backend: str = "seal",
-             preset="n16384", refresh_mode: str = "client", checkpoint_path=None, engine_options: dict | None = None,
-             on_step=None) -> LongFitResult:
-    """Client and server in one process (separate engines, bytes between them): preprocess, encrypt,
-    train with refresh, decrypt, and run the plaintext twin for comparison."""
-    from hetrain import ckks
-    from hetrain.models.minibatch import MiniBatchMLR
+class LongJob:
+    """A mini-batch MLR job: the client here, the server in its own process, the channel between.
 
-    from .preprocess import Preprocessor
+    Construction preprocesses, makes keys and refuses what cannot run (before any encryption);
+    ``write(jobdir)`` encrypts and writes the bundle; ``train()`` runs (or resumes, from the
+    server's JOBDIR/state.ckpt) the server process, answers its refresh and evaluation requests,
+    then decrypts and compares with the twin. Call ``train()`` again after a crash to resume.
+    """
 
-    trainer = MiniBatchMLR(**(config or {}))
-    pre = Preprocessor.fit(X, y)
-    Xp, Y = pre.transform(X), pre.one_hot(y)
-    Xv = None if X_val is None else pre.transform(X_val)
-    yv = None if y_val is None else pre.label_index(y_val)
-    n, d = Xp.shape
-    c = Y.shape[1]
-    params = preset if backend == "desilo" else ckks.get_params(preset)
-    slots_probe = ckks.get_params(preset).slots if backend != "desilo" else None
-    t0 = time.perf_counter()
-    rotations = trainer.packing(d, c, slots_probe).rotation_steps() if slots_probe else None
-    if rotations is None:  # desilo picks its ring: build once to learn the slot count
-        probe = ckks.create_engine(backend, params, (), **(engine_options or {}))
-        rotations = trainer.packing(d, c, probe.slots).rotation_steps()
-        del probe
-    client_engine = ckks.create_engine(backend, params, rotations, **(engine_options or {}))
-    keygen_s = time.perf_counter() - t0
-    plan = trainer.plan(n, d, c, client_engine.params)
-    if refresh_mode == "none":
-        plan.check(client_engine.params)
-        if plan.iterations > plan.iterations_that_fit:
-            raise DepthPlanError(f"{plan.iterations} steps need {plan.iterations * trainer.levels_per_step} levels "
-                                 f"without refresh; {client_engine.params.name} fits {plan.iterations_that_fit}: "
+    def __init__(self, X, y, X_val=None, y_val=None, config: dict | None = None, *, backend: str = "seal",
+                 preset="n16384", refresh_mode: str = "client", engine_options: dict | None = None) -> None:
+        from hetrain import ckks
+        from hetrain.models.minibatch import MiniBatchMLR
+
+        from .preprocess import Preprocessor
+
+        if refresh_mode not in REFRESH_MODES:
+            raise DepthPlanError(f"--refresh must be one of {', '.join(REFRESH_MODES)}, got {refresh_mode!r}")
+        self.trainer = t = MiniBatchMLR(**(config or {}))
+        self.refresh_mode, self.backend = refresh_mode, backend
+        self.pre = pre = Preprocessor.fit(X, y)
+        self.Xp, self.Y = pre.transform(X), pre.one_hot(y)
+        self.Xv = None if X_val is None else pre.transform(X_val)
+        self.yv = None if y_val is None else pre.label_index(y_val)
+        n, d = self.Xp.shape
+        c = self.Y.shape[1]
+        params = preset if backend == "desilo" else ckks.get_params(preset)
+        t0 = time.perf_counter()
+        if backend != "desilo":
+            rotations = t.packing(d, c, params.slots).rotation_steps()
+        else:  # desilo picks its ring: build once to learn the slot count
+            probe = ckks.create_engine(backend, params, (), **(engine_options or {}))
+            rotations = t.packing(d, c, probe.slots).rotation_steps()
+            del probe
+        self.engine = eng = ckks.create_engine(backend, params, rotations, **(engine_options or {}))
+        self.keygen_s = time.perf_counter() - t0
+        per = t.levels_per_step
+        if eng.max_level < per:
+            raise DepthPlanError(f"one step needs {per} levels, parameters {eng.params.name} have {eng.max_level}")
+        plan = t.plan(n, d, c, eng.params)
+        if refresh_mode == "none" and plan.iterations > plan.iterations_that_fit:
+            raise DepthPlanError(f"{plan.iterations} steps need {plan.iterations * per} levels without refresh; "
+                                 f"{eng.params.name} fits {plan.iterations_that_fit}: "
                                  "use --refresh client or --refresh bootstrap")
-    make_refresh(refresh_mode, client_engine, None if refresh_mode != "client" else object())  # refuse early
-    if refresh_mode != "client":
-        # nobody sees the weights before the end: the client runs the twin first, which raises
-        # DataError if a sigmoid input would leave the approximation's interval (garbage, unseen)
-        twin_long(trainer, Xp, Y, plan.iterations)
-    public = client_engine.public_bytes()
-    server_engine = ckks.load_engine(public)
-    t0 = time.perf_counter()
-    batches_ct = trainer.encrypt_batches(client_engine, Xp, Y)
-    W0 = [client_engine.encrypt(v) for v in trainer.initial_weights(d, c, client_engine.slots)]
-    encrypt_s = time.perf_counter() - t0
-    # what crosses to the server: public context + batches + W0, as bytes
-    upload = len(public)
-    from hetrain.models.minibatch import Batch
-    server_batches = []
-    for b in batches_ct:
-        parts = {}
-        for name in ("X", "Xt", "Ym"):
-            blobs = [client_engine.serialize(ct) for ct in getattr(b, name)]
-            upload += sum(len(x) for x in blobs)
-            parts[name] = [server_engine.deserialize(x) for x in blobs]
-        server_batches.append(Batch(**parts))
-    W0_blobs = [client_engine.serialize(ct) for ct in W0]
-    upload += sum(len(x) for x in W0_blobs)
-    state = [server_engine.deserialize(x) for x in W0_blobs]
-    del batches_ct, W0
+        if refresh_mode == "bootstrap" and not eng.can_bootstrap:
+            raise DepthPlanError(f"backend {eng.backend_name} cannot bootstrap: use --refresh client "
+                                 "(or the desilo backend)")
+        if refresh_mode != "client":
+            # nobody sees the weights before the end: the client runs the twin first, which raises
+            # DataError if a sigmoid input would leave the approximation's interval (garbage, unseen)
+            twin_long(t, self.Xp, self.Y, plan.iterations)
+        self.validation = MLRValidation(t, self.Xv, self.yv, d, c, eng.slots, X_train=self.Xp)
+        self.jobdir: pathlib.Path | None = None
+        self.sizes: dict = {}
 
-    client = RefreshClient(client_engine, trainer, Xv, yv, d, c, X_train=Xp)
-    channel = ClientChannel(server_engine, client)
-    refresh = make_refresh(refresh_mode, server_engine, channel)
-    pk = trainer.packing(d, c, server_engine.slots)
-    server_engine.counters.reset()
-    t0 = time.perf_counter()
-    res = train(server_engine, trainer, pk, server_batches, state, refresh=refresh,
-                monitor=channel if Xv is not None else None, epochs=trainer.config["epochs"],
-                checkpoint_path=checkpoint_path, on_step=on_step)
-    train_s = time.perf_counter() - t0
-    out_blobs = [server_engine.serialize(ct) for ct in res.state]
-    last = client._weights(out_blobs)
-    if Xv is not None and not res.stopped_early:  # the final epoch's evaluation, on download
-        client.evaluate(out_blobs, res.steps_done, -(-res.steps_done // len(server_batches)))
-    weights = client.final_weights(out_blobs)
-    tw = twin_long(trainer, Xp, Y, res.steps_done)
-    st = channel.stats
-    stats = {"backend": backend, "params": client_engine.params.name, "refresh": refresh_mode, "key_id": client_engine.key_id,
-             "steps": res.steps_done, "resumed_from": res.resumed_from, "stopped_early": res.stopped_early,
-             "keygen_s": keygen_s, "encrypt_s": encrypt_s, "train_s": train_s,
-             "step_s": res.step_seconds, "refresh_s": res.refresh_seconds,
-             "refresh_before_step_s": res.refresh_before_step,
-             "round_trips": st.round_trips, "refreshes": st.refreshes, "evaluations": st.evaluations,
-             "bootstraps": st.bootstraps, "bytes_to_client": st.bytes_to_client, "bytes_to_server": st.bytes_to_server,
-             "client_refresh_s": st.client_seconds, "upload_bytes": upload,
-             "download_bytes": sum(len(b) for b in out_blobs),
-             "server_operations": server_engine.counters.as_dict(),
-             "twin_max_abs_diff": float(np.max(np.abs(last - tw))), "levels_per_step": trainer.levels_per_step}
-    return LongFitResult(weights, last, tw, client.history, stats, pre)
+    def write(self, jobdir) -> None:
+        """Encrypt the batches and W₀ and write the job bundle (public material only)."""
+        t0 = time.perf_counter()
+        inputs, job = self.trainer.client_encrypt(self.engine, self.Xp, self.Y)
+        self.encrypt_s = time.perf_counter() - t0
+        job["data_shape"] = [int(self.Xp.shape[0]), int(self.Xp.shape[1]), int(self.Y.shape[1])]
+        job["refresh"] = self.refresh_mode
+        self.job = job
+        self.jobdir = pathlib.Path(jobdir)
+        self.sizes = files.write_job(self.jobdir, self.engine, inputs, job)
+
+    def train(self, on_step=None, env: dict | None = None, handler_wrapper=None) -> LongFitResult:
+        """Run the server process on the bundle (resuming from its checkpoint if there is one).
+
+        ``handler_wrapper(handler) -> handler``: tests wrap the client's answers (e.g. to kill the
+        server in the middle of a refresh)."""
+        from .pipeline import run_server
+
+        v = self.validation
+        handler = ClientRefresher(self.engine, check=v.check, evaluate=v.evaluate if self.Xv is not None else None)
+        if handler_wrapper is not None:
+            handler = handler_wrapper(handler)
+        s = run_server(self.jobdir, self.trainer, False, refresh_handler=handler, client_engine=self.engine,
+                       on_progress=on_step, env=env)
+        outputs = files.unpack_ciphertexts(self.engine, files.read_bytes(self.jobdir / files.OUTPUTS, "server outputs"),
+                                           "server outputs")
+        last = self.trainer.client_decrypt(self.engine, outputs, self.job)["W"]
+        run = s["trainer"]
+        nb = int(self.job["n_batches"])
+        if self.Xv is not None and not run["stopped_early"]:  # the final epoch's evaluation, on download
+            v.evaluate({"W": [self.engine.decrypt(ct) for ct in outputs["W"]]}, run["steps"], -(-run["steps"] // nb))
+        weights = v.final_weights(last)
+        tw = twin_long(self.trainer, self.Xp, self.Y, run["steps"])
+        ch = s["refresh"]
+        stats = {"backend": self.backend, "params": self.engine.params.name, "refresh": self.refresh_mode,
+                 "key_id": self.engine.key_id, "steps": run["steps"], "resumed_from": run["resumed_from"],
+                 "stopped_early": run["stopped_early"], "keygen_s": self.keygen_s, "encrypt_s": self.encrypt_s,
+                 "train_s": s["server_train_s"], "step_s": run["step_s"], "refresh_s": run["refresh_s"],
+                 "refresh_before_step_s": run["refresh_before_step_s"],
+                 "round_trips": ch["round_trips"], "refreshes": ch["refreshes"], "evaluations": ch["evaluations"],
+                 "bootstraps": ch["bootstraps"], "bytes_to_client": ch["bytes_to_client"],
+                 "bytes_to_server": ch["bytes_to_server"],
+                 "client_refresh_s": s.get("client_channel", {}).get("client_seconds", 0.0),
+                 "server_wait_s": ch["wait_seconds"],
+                 "upload_bytes": self.sizes[files.PUBLIC_CONTEXT] + self.sizes[files.INPUTS],
+                 "download_bytes": s["download_bytes"], "server_operations": s["operations"],
+                 "server_peak_rss_bytes": s["server_peak_rss_bytes"],
+                 "server_engine_has_secret_key": s["engine_has_secret_key"],
+                 "twin_max_abs_diff": float(np.max(np.abs(last - tw))), "levels_per_step": run["levels_per_step"]}
+        return LongFitResult(weights, last, tw, v.history, stats, self.pre)
+
+
+def fit_long(X, y, X_val=None, y_val=None, config: dict | None = None, *, backend: str = "seal",
+             preset="n16384", refresh_mode: str = "client", workdir=None, engine_options: dict | None = None,
+             on_step=None) -> LongFitResult:
+    """Mini-batch MLR past the depth limit: client here, server in its own process (see LongJob).
+
+    ``workdir``: the job directory (kept, with the server's checkpoint state.ckpt); default a
+    temporary one, removed afterwards. ``on_step(done, total)`` follows the server's steps."""
+    job = LongJob(X, y, X_val, y_val, config, backend=backend, preset=preset, refresh_mode=refresh_mode,
+                  engine_options=engine_options)
+    tmp = None if workdir is not None else tempfile.mkdtemp(prefix="hetrain-long-")
+    try:
+        job.write(workdir if workdir is not None else tmp)
+        return job.train(on_step=on_step)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def twin_long(trainer, X: np.ndarray, Y: np.ndarray, steps: int) -> np.ndarray:
     """The plaintext twin: the same steps over the same batches, in the same order."""
-    W = np.zeros((Y.shape[1], X.shape[1] + 1))
-    batches = trainer.batches_of(X.shape[0])
-    for step in range(steps):
-        W = trainer.twin_step(W, X, Y, batches[step % len(batches)])
-    return W
+    return trainer.twin(X, Y, steps)["W"]
 
 
 def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "seal", preset: str = "auto",
-                   validation_fraction: float = 0.2, seed: int | None = None, checkpoint_path=None,
+                   validation_fraction: float = 0.2, seed: int | None = None, workdir=None,
                    release_decimals: int | None = None, on_step=None):
-    """`hetrain fit --refresh client|bootstrap`: hold out validation rows (client side), train the
-    mini-batch trainer with refresh, release the best epoch's model as a TrainedModel ("mlr" weights)."""
+    """`hetrain fit --model mlr --refresh client|bootstrap`: hold out validation rows (client side),
+    train the mini-batch trainer through the server process, release the best epoch's model as a
+    TrainedModel ("mlr" weights). Returns (model, stats)."""
     from hetrain.errors import DataError
 
     from .client import DEFAULT_RELEASE_DECIMALS, release
@@ -393,7 +300,7 @@ def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "sea
     if preset == "auto":
         preset = "desilo-boot" if refresh_mode == "bootstrap" and backend == "desilo" else "n16384"
     r = fit_long(X[tr], y[tr], X[va] if n_val else None, y[va] if n_val else None, config, backend=backend,
-                 preset=preset, refresh_mode=refresh_mode, checkpoint_path=checkpoint_path, on_step=on_step)
+                 preset=preset, refresh_mode=refresh_mode, workdir=workdir, on_step=on_step)
     decimals = DEFAULT_RELEASE_DECIMALS if release_decimals is None else release_decimals
     weights = release({"W": r.weights}, decimals, 0.0, np.random.default_rng(seed))
     info = {"backend": backend, "params": r.stats["params"], "refresh": refresh_mode,

@@ -1,11 +1,20 @@
 """The server: trains on ciphertexts with public material only.
 
-    python -m hetrain.protocol.server JOBDIR [--progress]
+    python -m hetrain.protocol.server JOBDIR [--progress] [--channel SOCKET]
 
 It reads a job bundle (public context, ciphertexts, job json), refuses jobs whose depth plan
 does not fit before doing any work, runs ``trainer.server_train`` and writes the encrypted
 outputs, its timings and its peak memory back into JOBDIR. Nothing it reads can hold a secret
 key (the client never writes one), and the engine it builds cannot decrypt.
+
+Past one modulus chain (job["refresh"]): "client" connects to the client's refresh channel
+(``--channel``, refresh_channel.py) and passes it to server_train as the ``refresh`` hook (and
+``monitor``); "bootstrap" refreshes with engine.bootstrap (and still uses the channel, if given,
+as ``monitor``). Trainers that accept a ``checkpoint`` hook get JOBDIR/state.ckpt: a killed job
+started again resumes after its last completed step.
+
+Test hook: with HETRAIN_SERVER_AUDIT=FILE the process appends every path it opens to FILE
+(a Python audit hook), so tests can prove what the server reads.
 """
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import pathlib
 import resource
 import sys
@@ -21,16 +31,39 @@ import traceback
 
 from hetrain import ckks
 from hetrain.errors import HetrainUserError
-from hetrain.models.base import get_trainer
+from hetrain.models.base import DepthPlanError, get_trainer, refresh_available, server_hooks
 
 from . import files
+from .checkpoint import StateCheckpoint
 from .errors import BundleError
+from .refresh_channel import DEFAULT_TIMEOUT_S, ChannelStats, ServerChannel
 
 log = logging.getLogger("hetrain.server")
 PROGRESS_PREFIX = "@progress "
+CHECKPOINT = "state.ckpt"
+REFRESH_MODES = ("none", "client", "bootstrap")
 
 
-def run_job(jobdir: str | pathlib.Path, progress: bool = False) -> dict:
+class BootstrapRefresh:
+    """The ``refresh`` hook by bootstrapping: no interaction (a backend that can bootstrap)."""
+
+    via_client = False
+
+    def __init__(self, engine, stats: ChannelStats) -> None:
+        self.engine, self.stats = engine, stats
+
+    def __call__(self, state: dict, step: int | None = None) -> dict:
+        out = {}
+        for k, v in state.items():
+            many = isinstance(v, (list, tuple))
+            cts = [self.engine.bootstrap(ct) for ct in (v if many else [v])]
+            self.stats.bootstraps += len(cts)
+            out[k] = cts if many else cts[0]
+        return out
+
+
+def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: str | None = None,
+            channel_timeout: float = DEFAULT_TIMEOUT_S) -> dict:
     """Train the job in ``jobdir``; writes outputs.bin and server_stats.json, returns the stats."""
     jobdir = pathlib.Path(jobdir)
     t0 = time.perf_counter()
@@ -40,15 +73,28 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False) -> dict:
         raise BundleError("refusing to run: the server engine holds a secret key")
     del public
     trainer = get_trainer(job["model"]).from_job(job)
-    _check_plan(trainer, job, engine)
+    mode = job.get("refresh", "none")
+    hooks = _refresh_hooks(trainer, mode, engine, jobdir, channel_path, channel_timeout)
+    with refresh_available(mode != "none"):
+        _check_plan(trainer, job, engine)
     inputs = files.unpack_ciphertexts(engine, inputs_bytes, "encrypted inputs")
     del inputs_bytes
     load_s = time.perf_counter() - t0
     engine.counters.reset()  # count training operations only
 
     report = _progress_printer() if progress else None
+    channel = hooks.pop("_channel", None)
+    rstats = hooks.pop("_stats")
     t1 = time.perf_counter()
-    outputs = trainer.server_train(engine, inputs, job, report)
+    try:
+        with refresh_available(mode != "none"):
+            outputs = trainer.server_train(engine, inputs, job, report, **hooks)
+    except BaseException:
+        if channel is not None:
+            channel.sock.close()  # the client sees the channel close, then reads our server_error.json
+        raise
+    if channel is not None:
+        channel.close()  # "done": the client stops serving
     train_s = time.perf_counter() - t1
     counters = engine.counters.as_dict()
 
@@ -59,9 +105,38 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False) -> dict:
              # ru_maxrss is in KiB on Linux: the exact peak of this (fresh) process
              "server_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
              "download_bytes": len(out_bytes), "operations": counters,
-             "engine": engine.describe()}
+             "engine": engine.describe(), "engine_has_secret_key": engine.has_secret_key,
+             "refresh": {"mode": mode, **rstats.as_dict()},
+             "trainer": getattr(trainer, "run_stats", {})}
     files.atomic_write(jobdir / files.SERVER_STATS, json.dumps(stats, indent=1))
     return stats
+
+
+def _refresh_hooks(trainer, mode: str, engine, jobdir: pathlib.Path, channel_path, timeout: float) -> dict:
+    """server_train keyword hooks for the job's refresh mode (checked before any work)."""
+    if mode not in REFRESH_MODES:
+        raise BundleError(f"job refresh mode must be one of {', '.join(REFRESH_MODES)}, got {mode!r}")
+    accepts = server_hooks(trainer)
+    hooks: dict = {"_stats": ChannelStats()}
+    if mode == "none":
+        return hooks
+    if "refresh" not in accepts:
+        raise DepthPlanError(f"model {trainer.name} cannot refresh its state between iterations "
+                             f"(--refresh {mode}); use one that can (mlr, mlp-dvr, mlp-diagonal)")
+    if mode == "bootstrap" and not engine.can_bootstrap:
+        raise DepthPlanError(f"backend {engine.backend_name} cannot bootstrap: use --refresh client "
+                             "(or the desilo backend)")
+    if mode == "client" and channel_path is None:
+        raise BundleError("--refresh client needs the client's refresh channel (server option --channel)")
+    channel = ServerChannel(channel_path, engine, timeout) if channel_path is not None else None
+    if channel is not None:
+        hooks["_channel"], hooks["_stats"] = channel, channel.stats
+    hooks["refresh"] = channel if mode == "client" else BootstrapRefresh(engine, hooks["_stats"])
+    if "monitor" in accepts and channel is not None:
+        hooks["monitor"] = channel
+    if "checkpoint" in accepts:
+        hooks["checkpoint"] = StateCheckpoint(jobdir / CHECKPOINT, engine)
+    return hooks
 
 
 def _check_plan(trainer, job: dict, engine) -> None:
@@ -88,13 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true", help=f"print '{PROGRESS_PREFIX.strip()} DONE TOTAL MSG' lines")
     p.add_argument("--trainer-module", action="append", default=[],
                    help="extra module to import so its trainer registers (set by the operator, never by the job)")
+    p.add_argument("--channel", metavar="SOCKET", help="the client's refresh channel (Unix socket) for --refresh client")
+    p.add_argument("--channel-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds to wait for the client's answer before giving up")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="server %(levelname)s: %(message)s")
+    if os.environ.get("HETRAIN_SERVER_AUDIT"):
+        _audit_opens(os.environ["HETRAIN_SERVER_AUDIT"])
     jobdir = pathlib.Path(args.jobdir)
     try:
         for mod in args.trainer_module:
             importlib.import_module(mod)
-        stats = run_job(jobdir, progress=args.progress)
+        stats = run_job(jobdir, progress=args.progress, channel_path=args.channel,
+                        channel_timeout=args.channel_timeout)
         log.info("trained in %.2f s", stats["server_train_s"])
         return 0
     except HetrainUserError as exc:
@@ -105,6 +186,16 @@ def main(argv: list[str] | None = None) -> int:
         _write_error(jobdir, exc, traceback.format_exc())
         traceback.print_exc()
         return 3
+
+
+def _audit_opens(log_path: str) -> None:
+    """Test hook: append every path this process opens to ``log_path`` (see module docstring)."""
+    log_file = open(log_path, "a", buffering=1)
+
+    def hook(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            log_file.write(f"{os.fsdecode(args[0])}\n")
+    sys.addaudithook(hook)
 
 
 def _write_error(jobdir: pathlib.Path, exc: BaseException, tb: str | None = None) -> None:
