@@ -2,3 +2,4 @@
 from . import mlr  # noqa: F401
 from . import mlp_diagonal  # noqa: F401  (mlp-diagonal)
 from . import mlp  # noqa: F401  (mlp-dvr)
+from . import minibatch  # noqa: F401  (mlr-minibatch: refreshed mini-batch MLR)
