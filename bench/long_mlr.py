@@ -6,10 +6,13 @@
     python bench/long_mlr.py --dataset mnist --rows 2048 --batch-size 256 --epochs 2
 
 Seed workload: RegNet_X_400MF features of MNIST rows 0–127 (train) and 128–255 (validation),
-from ../shared/data. Prints per iteration: server step time, refresh time, the client's validation
-accuracy; then totals, round trips / bootstraps, bytes, and the plaintext baseline (scikit-learn
-LogisticRegression fitted to convergence on the same rows). Figures are single runs on a shared
-2-core machine unless --repeats is given (then medians of the per-iteration times are printed).
+from ../shared/data. The client (this process, secret key) and the server (a separate
+``python -m hetrain.protocol.server`` process, public material only) talk over the refresh
+channel, exactly as ``hetrain fit --refresh client`` does. Prints per iteration: server step time,
+refresh time (as the server waits for it), the client's validation accuracy; then totals, round
+trips / bootstraps, bytes both ways, the client's share, and the plaintext baseline (scikit-learn
+LogisticRegression fitted to convergence on the same rows). Per-iteration figures are medians
+over the run's iterations; one run on a shared 2-core machine.
 """
 from __future__ import annotations
 
@@ -106,7 +109,10 @@ def main(argv=None) -> int:
     print(f"round trips {s['round_trips']} (refreshes {s['refreshes']}, epoch evaluations {s['evaluations']}); "
           f"bootstrapped ciphertexts {s['bootstraps']}")
     print(f"bytes to client {s['bytes_to_client'] / 2**20:.1f} MiB, to server {s['bytes_to_server'] / 2**20:.1f} MiB "
-          f"(refresh traffic); initial upload {s['upload_bytes'] / 2**20:.1f} MiB")
+          f"(refresh channel); initial upload {s['upload_bytes'] / 2**20:.1f} MiB; client share of refreshes "
+          f"{s['client_refresh_s']:.1f} s (server waited {s['server_wait_s']:.1f} s)")
+    print(f"server process: peak RSS {s['server_peak_rss_bytes'] / 2**20:.0f} MiB, secret key loaded: "
+          f"{s['server_engine_has_secret_key']}")
     print(f"decrypted vs twin max abs diff {s['twin_max_abs_diff']:.2e}")
     print(f"validation accuracy: released (best epoch) {max(best, 0):.4f}; "
           f"sklearn LogisticRegression to convergence {base:.4f}; gap {base - best:+.4f} (target ≤ 0.02)")

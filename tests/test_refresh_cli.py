@@ -25,6 +25,7 @@ def test_fit_with_client_refresh_writes_a_usable_model(capsys, tmp_path, iris_cs
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "epoch 4: validation accuracy" in text and "steps 8 " in text  # 120 rows: 2 batches x 4 epochs
+    assert "round trips 7 (refreshes 7, evaluations 3)" in text  # a refresh before steps 2..8, 3 merged
     assert float(text.strip().splitlines()[-1].split("=")[1]) < 1e-9  # sim: decrypted == twin
     m = TrainedModel.load(out)
     assert m.info["refresh"] == "client" and m.info["n_validation"] == 30
@@ -40,7 +41,18 @@ def test_bootstrap_on_seal_is_refused_before_any_work(capsys, tmp_path, iris_csv
     assert not (tmp_path / "m.json").exists()
 
 
-def test_refresh_with_an_unsupported_model_is_refused(capsys, tmp_path, iris_csv):
+def test_mlp_with_client_refresh_through_the_cli(capsys, tmp_path, iris_csv):
+    out = tmp_path / "m.json"
+    rc = main(["fit", "--data", str(iris_csv), "--out", str(out), "--backend", "sim", "--refresh", "client",
+               "--model", "mlp", "--layout", "dvr", "--hidden", "4", "--iterations", "3", "--momentum", "none",
+               "--learning-rate", "1.0", "--preset", "n16384-deep", "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "refresh client: round trips 2 (refreshes 2)" in text  # 3 iterations of 9 levels in a 9-level chain
+    assert float(text.strip().splitlines()[-1].split("=")[1]) < 1e-9
+
+
+def test_client_refresh_with_a_remote_server_is_refused(capsys, tmp_path, iris_csv):
     rc = main(["fit", "--data", str(iris_csv), "--out", str(tmp_path / "m.json"), "--backend", "sim",
-               "--refresh", "client", "--model", "mlp", "--quiet"])
-    assert rc != 0 and "--model mlr only" in capsys.readouterr().err
+               "--refresh", "client", "--model", "mlp", "--server", "http://127.0.0.1:9", "--quiet"])
+    assert rc != 0 and "cannot be combined with --refresh" in capsys.readouterr().err

@@ -35,7 +35,7 @@ from hetrain.ckks import CKKSError
 from hetrain.models.base import DepthPlanError
 
 from . import files
-from .server import REFRESH_MODES
+from .server import CHECKPOINT, REFRESH_MODES
 
 # hook signatures on decrypted vectors: name -> list of slot vectors
 Check = Callable[[dict, int], None]
@@ -185,6 +185,9 @@ class LongJob:
             del probe
         self.engine = eng = ckks.create_engine(backend, params, rotations, **(engine_options or {}))
         self.keygen_s = time.perf_counter() - t0
+        if refresh_mode == "bootstrap" and not eng.can_bootstrap:
+            raise DepthPlanError(f"backend {eng.backend_name} cannot bootstrap: use --refresh client "
+                                 "(or the desilo backend)")
         per = t.levels_per_step
         if eng.max_level < per:
             raise DepthPlanError(f"one step needs {per} levels, parameters {eng.params.name} have {eng.max_level}")
@@ -193,9 +196,6 @@ class LongJob:
             raise DepthPlanError(f"{plan.iterations} steps need {plan.iterations * per} levels without refresh; "
                                  f"{eng.params.name} fits {plan.iterations_that_fit}: "
                                  "use --refresh client or --refresh bootstrap")
-        if refresh_mode == "bootstrap" and not eng.can_bootstrap:
-            raise DepthPlanError(f"backend {eng.backend_name} cannot bootstrap: use --refresh client "
-                                 "(or the desilo backend)")
         if refresh_mode != "client":
             # nobody sees the weights before the end: the client runs the twin first, which raises
             # DataError if a sigmoid input would leave the approximation's interval (garbage, unseen)
@@ -214,6 +214,7 @@ class LongJob:
         self.job = job
         self.jobdir = pathlib.Path(jobdir)
         self.sizes = files.write_job(self.jobdir, self.engine, inputs, job)
+        (self.jobdir / CHECKPOINT).unlink(missing_ok=True)  # a new bundle is a new job: no stale state
 
     def train(self, on_step=None, env: dict | None = None, handler_wrapper=None) -> LongFitResult:
         """Run the server process on the bundle (resuming from its checkpoint if there is one).
