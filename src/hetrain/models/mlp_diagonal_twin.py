@@ -66,18 +66,26 @@ def twin_train(X: np.ndarray, Y: np.ndarray, W1: np.ndarray, iterations: int, hi
     xh = s.x * np.hstack([X, np.ones((n, 1))])
     V1 = W1 / s.x
     V2 = np.zeros((Y.shape[1], H + 1))
-    dcoef = np.array(hidden_sig.derivative().coeffs, dtype=np.float64)
     for it in range(iterations):
-        z1 = xh @ V1.T
-        a = s.a * np.hstack([hidden_sig(z1), np.full((n, 1), hidden_bias)])
-        d2 = s.o0 + a @ V2.T - Y
-        if it > 0:  # iteration 1 has V2 = 0, hence δ1 = 0
-            d1 = (d2 @ V2[:, :H]) * (s.dsig * np.polynomial.polynomial.polyval(z1, dcoef))
-            V1 = V1 - d1.T @ xh
-        V2 = V2 - d2.T @ a
+        # iteration 1 has V2 = 0, hence δ1 = 0: only V2 moves
+        V1, V2, z1 = scaled_step(V1, V2, xh, Y, s, hidden_sig, hidden_bias, hidden_update=it > 0)
         if history is not None:
             history.append({"W1": V1 * s.x, "W2": V2 / s.w2, "max_abs_z1": float(np.abs(z1).max())})
     return {"W1": V1 * s.x, "W2": V2 / s.w2}
+
+
+def scaled_step(V1: np.ndarray, V2: np.ndarray, xh: np.ndarray, Y: np.ndarray, s: Scales, hidden_sig: PolyApprox,
+                hidden_bias: float, hidden_update: bool = True):
+    """One full-batch step in the scaled parametrisation (module docstring): (V1', V2', z1)."""
+    n, H = xh.shape[0], V1.shape[0]
+    z1 = xh @ V1.T
+    a = s.a * np.hstack([hidden_sig(z1), np.full((n, 1), hidden_bias)])
+    d2 = s.o0 + a @ V2.T - Y
+    if hidden_update:
+        dcoef = np.array(hidden_sig.derivative().coeffs, dtype=np.float64)
+        d1 = (d2 @ V2[:, :H]) * (s.dsig * np.polynomial.polynomial.polyval(z1, dcoef))
+        V1 = V1 - d1.T @ xh
+    return V1, V2 - d2.T @ a, z1
 
 
 def predict_scores(W1: np.ndarray, W2: np.ndarray, X: np.ndarray, hidden_sig: PolyApprox,
