@@ -71,6 +71,17 @@ def test_public_context_computes_but_cannot_decrypt(client, x):
     np.testing.assert_allclose(client.decrypt(client.deserialize(server.serialize(out))), np.roll(x * x, -4), atol=2e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_public_context_without_rotation_keys_loads(backend, rng):
+    client = ckks.create_engine(backend, "n8192")
+    server = ckks.load_engine(client.public_bytes())
+    x = rng.uniform(-1, 1, client.slots)
+    out = server.deserialize(client.serialize(client.encrypt(x))) * 2.0
+    np.testing.assert_allclose(client.decrypt(client.deserialize(server.serialize(out))), 2 * x, atol=1e-5)
+    with pytest.raises(ckks.MissingRotationKey):
+        server.rotate(out, 1)
+
+
 def test_public_bytes_hold_no_secret_key(client):
     if not client.secure:
         pytest.skip("the simulator has no key material")

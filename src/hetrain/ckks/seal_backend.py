@@ -90,7 +90,9 @@ class SealEngine(Engine):
             super().__init__(params, _public["steps"], _public["key_id"], False, forced)
             self._pk = _seal_from_bytes(seal.PublicKey(), self.ctx, _public["pk"], "public key")
             self._rlk = _seal_from_bytes(seal.RelinKeys(), self.ctx, _public["rlk"], "relinearisation keys")
-            self._gk = _seal_from_bytes(seal.GaloisKeys(), self.ctx, _public["gk"], "Galois keys")
+            # a key set without rotations ships no Galois part (SEAL refuses to load an empty one)
+            self._gk = _seal_from_bytes(seal.GaloisKeys(), self.ctx, _public["gk"], "Galois keys") if "gk" in _public \
+                else seal.GaloisKeys()
             self._sk = None
             if _secret is not None:
                 self._sk = _seal_from_bytes(seal.SecretKey(), self.ctx, _secret, "secret key")
@@ -244,8 +246,10 @@ class SealEngine(Engine):
     def public_bytes(self) -> bytes:
         meta = {"kind": "public_context", "backend": self.backend_name, "params": self.params.to_dict(),
                 "key_id": self.key_id, "steps": sorted(self.rotation_steps)}
-        return pack(meta, {"pk": _seal_to_bytes(self._pk), "rlk": _seal_to_bytes(self._rlk),
-                           "gk": _seal_to_bytes(self._gk)})
+        parts = {"pk": _seal_to_bytes(self._pk), "rlk": _seal_to_bytes(self._rlk)}
+        if self.rotation_steps:
+            parts["gk"] = _seal_to_bytes(self._gk)
+        return pack(meta, parts)
 
     def secret_key_bytes(self) -> bytes:
         if self._sk is None:
@@ -271,7 +275,7 @@ class SealEngine(Engine):
     def key_sizes(self) -> dict[str, int]:
         """Serialised size in bytes of each key kind (for benchmarks and upload accounting)."""
         sizes = {"public_key": len(_seal_to_bytes(self._pk)), "relin_keys": len(_seal_to_bytes(self._rlk)),
-                 "galois_keys": len(_seal_to_bytes(self._gk))}
+                 "galois_keys": len(_seal_to_bytes(self._gk)) if self.rotation_steps else 0}
         if self._sk is not None:
             sizes["secret_key"] = len(_seal_to_bytes(self._sk))
         return sizes
