@@ -66,7 +66,7 @@ def test_pack_sum_allreduce_unpack(rng, backend):
     prods = {t: eng.encrypt(layout.place(D * xr[t])) for t in band.offsets}
     q = dg.pack_sum(eng, prods, plan_in, layout)
     G = D.T @ X  # Σ_s δ_s x_sᵀ
-    got = {t: eng.decrypt(dg.unpack(eng, q, t, plan_in))[: band.rows] for t in band.offsets}
+    got = {t: eng.decrypt(v)[: band.rows] for t, v in dg.unpack_all(eng, q, plan_in).items()}
     np.testing.assert_allclose(band.matrix(got), G, atol=TOL[backend] * 10)
     # every sample block holds the sum
     blocks = eng.decrypt(q).reshape(layout.batch, layout.block)
@@ -105,5 +105,40 @@ def test_pack_sum_windowed_equals_pack_sum_with_one_relinearisation(rng, backend
     q = dg.pack_sum_windowed(eng, d, xw, plan_in, layout)
     ops = eng.counters.diff(snap)
     assert ops["relinearize"] == 1 and q.level == eng.max_level - 1
-    got = {t: eng.decrypt(dg.unpack(eng, q, t, plan_in))[: band.rows] for t in band.offsets}
+    got = {t: eng.decrypt(v)[: band.rows] for t, v in dg.unpack_all(eng, q, plan_in).items()}
     np.testing.assert_allclose(band.matrix(got), D.T @ X, atol=TOL[backend] * 10)
+
+
+def test_chained_rotations_and_horner_sum_use_few_keys(rng):
+    """rotations_of / rotate_sum reach every shift with the consecutive-difference keys only, with
+    one rotation per non-zero shift (the same count as rotating directly)."""
+    shifts = [-14, -7, 0, 7, 14, 21]
+    assert dg.chain_steps(shifts) == [-7, 7]
+    eng = ckks.create_engine("sim", "n8192", rotations=[-7, 7])
+    v = rng.normal(size=eng.slots)
+    ct = eng.encrypt(v)
+    snap = eng.counters.snapshot()
+    rot = dg.rotations_of(eng, ct, shifts)
+    assert eng.counters.diff(snap)["rotate"] == 5
+    for s in shifts:
+        np.testing.assert_allclose(eng.decrypt(rot[s]), np.roll(v, -s), atol=1e-12)
+    terms = {s: rng.normal(size=eng.slots) for s in shifts}
+    snap = eng.counters.snapshot()
+    got = eng.decrypt(dg.rotate_sum(eng, {s: eng.encrypt(t) for s, t in terms.items()}))
+    assert eng.counters.diff(snap)["rotate"] == 5
+    np.testing.assert_allclose(got, sum(np.roll(t, -s) for s, t in terms.items()), atol=1e-12)
+
+
+def test_pack_plan_is_evenly_spaced_and_windows_disjoint():
+    band = dg.BandDiagonals(3, 5)
+    p = dg.PackPlan.for_band(band, 64, live_cols=5)
+    assert p.window == dg.PackPlan.min_spacing(band, 5) == 7
+    assert p.pack_offsets == tuple(7 * k for k in range(7)) and p.steps() == [-7, 7]
+    # every window's extent [off + lo, off + hi) is disjoint from the others, modulo the block
+    cover = np.zeros(64, int)
+    for t, o in zip(p.offsets, p.pack_offsets):
+        lo, hi = min(0, -t), max(3, 5 - t)
+        cover[np.arange(o + lo, o + hi) % 64] += 1
+    assert cover.max() == 1
+    with pytest.raises(dg.LayoutError, match="below the minimum"):
+        dg.PackPlan.for_band(band, 64, live_cols=5, spacing=6)

@@ -130,3 +130,19 @@ def test_defaults_reach_090_with_refresh(iris):
     np.testing.assert_allclose(w["W1"], tw["W1"], atol=1e-8)  # sim: float64 rounding only
     acc = (T.predict_scores(w, Xte).argmax(1) == yte).mean()
     assert acc >= 0.90 and acc == (T.predict_scores(tw, Xte).argmax(1) == yte).mean()
+
+
+def test_packed_plan_needs_few_rotation_keys_and_52_rotations(iris):
+    """Chained rotations: ±1 (â, Wᵀδ), ±spacing (both gradients' windows), the all-reduce; 39 keys before."""
+    Xtr, Y, _, _ = iris
+    T = get_trainer("mlp-diagonal")(iterations=2)
+    plan = T.plan(len(Xtr), 4, 3, ckks.get_params("n16384-deep"))
+    assert plan.rotation_steps == [-7, -1, 1, 7, 64, 128, 256, 512, 1024, 2048, 4096]
+    eng = ckks.create_engine("sim", "n16384-deep", rotations=plan.rotation_steps)
+    with refresh_available():
+        inputs, job = T.client_encrypt(eng, Xtr, Y)
+    marks = []
+    T.server_train(eng, inputs, job, progress=lambda *a: marks.append(eng.counters.snapshot()),
+                   refresh=lambda cts: {k: eng.encrypt(eng.decrypt(c)) for k, c in cts.items()})
+    # full iteration: 6 (rot â) + 6 (Wᵀδ) + 7 + 7 (W1 windows, unpack) + 6 + 6 (W2) + 2 x 7 (all-reduce)
+    assert marks[1]["rotate"] - marks[0]["rotate"] == 52

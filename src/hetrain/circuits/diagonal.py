@@ -21,6 +21,11 @@ and all-reduces over the B sample blocks (log2 B rotations; every block then hol
 ``unpack`` rotates window t back to positions 0..r-1. Unpacking is not masked (a mask would cost a
 level): the other windows land at positions that the consumer multiplies by zero, which
 ``PackPlan`` guarantees by spacing the windows (see ``PackPlan.for_band``).
+
+Galois keys: every family of rotations here is evenly spaced (offsets t, windows k·spacing), so each
+is computed as a chain — rot(x, t) from rot(x, t−1) (``rotations_of``), and sums Σ rot(y_t, t) by
+Horner's rule (``rotate_sum``) — with the same number of rotations as rotating directly but only the
+keys ``chain_steps`` lists (±1, ±spacing) instead of one key per offset and window.
 """
 from __future__ import annotations
 
@@ -153,54 +158,102 @@ class BandDiagonals:
 @dataclasses.dataclass(frozen=True)
 class PackPlan:
     """Where each diagonal's gradient goes in the packed ciphertext: window t starts at start_t,
-    the diagonal's rows at off_t = start_t + shift_t. Windows are disjoint modulo the block size."""
+    the diagonal's rows at off_t. Windows are disjoint modulo the block size, and the offsets are
+    evenly spaced (off_t = k·spacing for the k-th diagonal), so every move between windows is a
+    rotation by ±spacing: a chain of such rotations reaches all windows with ONE pair of Galois keys
+    (``chain_steps``) instead of one key per window, for the same number of rotations."""
 
     offsets: tuple[int, ...]
     pack_offsets: tuple[int, ...]  # off_t per offset, same order
-    window: int
+    window: int                    # the spacing
     block: int
 
-    @classmethod
-    def for_band(cls, band: BandDiagonals, block: int, live_cols: int | None = None) -> "PackPlan":
-        """Windows for ``band``'s diagonals inside a block of ``block`` slots.
+    @staticmethod
+    def _extent(band: BandDiagonals, live_cols: int | None) -> dict[int, tuple[int, int]]:
+        """[lo, hi) relative to off_t that window t must keep free of other windows' entries.
 
         ``live_cols=None``: the consumer of the unpacked diagonal D_t multiplies it by a clean vector
-        supported on its valid entries only (the client-made rotated inputs), so windows need only
+        supported on its valid entries only (the client-made rotated inputs), so a window need only
         hold the r rows. ``live_cols=k``: D_t is multiplied by rot(a, t) with a supported on 0..k-1
         and by a vector supported on rows 0..r-1, so entries p with p+t in [0, k) must read zero
-        unless they are the diagonal's own rows: window t covers relative positions
-        [min(0, -t), max(r, k - t)).
+        unless they are the diagonal's own rows: [min(0, -t), max(r, k - t)).
         """
-        offs = band.offsets
         if live_cols is None:
-            window = band.rows
-            shifts = {t: 0 for t in offs}
-        else:
-            lo = {t: min(0, -t) for t in offs}
-            hi = {t: max(band.rows, live_cols - t) for t in offs}
-            window = max(hi[t] - lo[t] for t in offs)
-            shifts = {t: -lo[t] for t in offs}
-        if window * len(offs) > block:
+            return {t: (0, band.rows) for t in band.offsets}
+        return {t: (min(0, -t), max(band.rows, live_cols - t)) for t in band.offsets}
+
+    @classmethod
+    def min_spacing(cls, band: BandDiagonals, live_cols: int | None = None) -> int:
+        ext = [cls._extent(band, live_cols)[t] for t in band.offsets]
+        return max([band.rows] + [ext[k][1] - ext[k + 1][0] for k in range(len(ext) - 1)])
+
+    @classmethod
+    def for_band(cls, band: BandDiagonals, block: int, live_cols: int | None = None,
+                 spacing: int | None = None) -> "PackPlan":
+        """Evenly spaced windows for ``band``'s diagonals inside a block of ``block`` slots
+        (``spacing``: at least ``min_spacing``; default the minimum)."""
+        offs = band.offsets
+        g = cls.min_spacing(band, live_cols) if spacing is None else int(spacing)
+        if g < cls.min_spacing(band, live_cols):
+            raise LayoutError(f"window spacing {g} is below the minimum {cls.min_spacing(band, live_cols)}")
+        ext = cls._extent(band, live_cols)
+        starts = [k * g + ext[t][0] for k, t in enumerate(offs)]
+        ends = [k * g + ext[t][1] for k, t in enumerate(offs)]
+        base = -min(starts)  # > 0 only when the first window reaches left of its rows
+        if max(ends) - min(starts) > block:
             raise LayoutError(
-                f"{len(offs)} diagonals need windows of {window} slots ({window * len(offs)} in all) but a sample "
-                f"block has {block}: use fewer hidden units, fewer samples, or a larger ring")
-        return cls(tuple(offs), tuple(k * window + shifts[t] for k, t in enumerate(offs)), window, block)
+                f"{len(offs)} diagonals need windows {g} slots apart ({max(ends) - min(starts)} slots in all) but a "
+                f"sample block has {block}: use fewer hidden units, fewer samples, or a larger ring")
+        return cls(tuple(offs), tuple(base + k * g for k in range(len(offs))), g, block)
 
     def off(self, t: int) -> int:
         return self.pack_offsets[self.offsets.index(t)]
 
     def steps(self) -> list[int]:
-        s = set()
-        for o in self.pack_offsets:
-            if o:
-                s.update({-o, o})
+        """Galois steps of the chained pack (−off) and unpack (+off) rotations."""
+        s = set(chain_steps(self.pack_offsets)) | set(chain_steps([-o for o in self.pack_offsets]))
         return sorted(s)
+
+
+def chain_steps(shifts: Sequence[int]) -> list[int]:
+    """Steps used by ``rotations_of``/``rotate_sum`` for these shifts: each non-zero shift is reached
+    from the next smaller one (in absolute value) of the same sign; evenly spaced shifts need one step per sign."""
+    out = set()
+    for sign in (1, -1):
+        prev = 0
+        for s in sorted((x for x in shifts if x * sign > 0), key=abs):
+            out.add(s - prev)
+            prev = s
+    return sorted(out)
 
 
 # ---------------------------------------------------------------------------------------- circuits
 def rotations_of(eng, ct, offsets: Sequence[int]) -> dict:
-    """{t: rot(ct, t)} (t = 0 costs nothing)."""
-    return {t: eng.rotate(ct, t) if t else ct for t in offsets}
+    """{t: rot(ct, t)} (t = 0 costs nothing), one rotation per non-zero t, each from the previous
+    one of the same sign (keys: ``chain_steps(offsets)``)."""
+    out = {0: ct}
+    for sign in (1, -1):
+        prev = 0
+        for t in sorted((x for x in offsets if x * sign > 0), key=abs):
+            out[t] = eng.rotate(out[prev], t - prev)
+            prev = t
+    return {t: out[t] for t in offsets}
+
+
+def rotate_sum(eng, terms: dict):
+    """Σ_s rot(terms[s], s) by Horner's rule along each sign: the same rotations as rotating every
+    term, with the keys ``chain_steps(terms)`` only."""
+    out = terms.get(0)
+    for sign in (1, -1):
+        shifts = sorted((x for x in terms if x * sign > 0), key=abs, reverse=True)
+        acc = None
+        for k, s in enumerate(shifts):
+            acc = terms[s] if acc is None else eng.add(terms[s], acc)
+            nxt = shifts[k + 1] if k + 1 < len(shifts) else 0
+            acc = eng.rotate(acc, s - nxt)
+        if acc is not None:
+            out = acc if out is None else eng.add(out, acc)
+    return out
 
 
 def matvec(eng, diags: dict, x_rot: dict):
@@ -210,12 +263,7 @@ def matvec(eng, diags: dict, x_rot: dict):
 
 def matvec_transpose(eng, diags: dict, delta):
     """Wᵀ·δ = Σ_t rot(D_t ⊙ δ, -t) on the same diagonals as ``matvec`` (one level, n-1 rotations)."""
-    out = None
-    for t, d in diags.items():
-        term = eng.mul(d, delta)
-        term = eng.rotate(term, -t) if t else term
-        out = term if out is None else eng.add(out, term)
-    return out
+    return rotate_sum(eng, {-t: eng.mul(d, delta) for t, d in diags.items()})
 
 
 def transpose_masks(band: BandDiagonals, layout: SampleLayout) -> dict:
@@ -250,12 +298,7 @@ def allreduce_samples(eng, ct, layout: SampleLayout):
 
 def pack_sum(eng, products: dict, plan: PackPlan, layout: SampleLayout):
     """Σ_samples of every diagonal's product, all in one ciphertext (window t at off_t)."""
-    packed = None
-    for t, p in products.items():
-        o = plan.off(t)
-        r = eng.rotate(p, -o) if o else p
-        packed = r if packed is None else eng.add(packed, r)
-    return allreduce_samples(eng, packed, layout)
+    return allreduce_samples(eng, rotate_sum(eng, {-plan.off(t): p for t, p in products.items()}), layout)
 
 
 def pack_sum_windowed(eng, delta, windowed_inputs: dict, plan: PackPlan, layout: SampleLayout):
@@ -265,17 +308,20 @@ def pack_sum_windowed(eng, delta, windowed_inputs: dict, plan: PackPlan, layout:
     it owns x), the server rotates δ instead of each product (same number of rotations) and sums all
     products with ONE relinearisation and rescale (``mul_sum``) instead of one per diagonal.
     """
-    terms = []
-    for t, xw in windowed_inputs.items():
-        o = plan.off(t)
-        terms.append((eng.rotate(delta, -o) if o else delta, xw))
-    return allreduce_samples(eng, eng.mul_sum(terms), layout)
+    rd = rotations_of(eng, delta, [-plan.off(t) for t in windowed_inputs])
+    return allreduce_samples(eng, eng.mul_sum([(rd[-plan.off(t)], xw) for t, xw in windowed_inputs.items()]), layout)
 
 
 def unpack(eng, packed, t: int, plan: PackPlan):
     """Window t of a packed sum back at positions 0..r-1 (other windows stay, as harmless garbage)."""
     o = plan.off(t)
     return eng.rotate(packed, o) if o else packed
+
+
+def unpack_all(eng, packed, plan: PackPlan) -> dict:
+    """Every window back at 0..r-1 ({t: D_t}), the rotations chained (keys ``plan.steps()``)."""
+    rot = rotations_of(eng, packed, list(plan.pack_offsets))
+    return {t: rot[o] for t, o in zip(plan.offsets, plan.pack_offsets)}
 
 
 # --------------------------------------------------------------------------------- plaintext twins

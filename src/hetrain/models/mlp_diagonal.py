@@ -127,7 +127,13 @@ class DiagonalMLPTrainer(Trainer):
     def _geometry(self, n: int, d: int, c: int, slots: int):
         layout = dg.SampleLayout(n, slots)
         b1, b2 = dg.BandDiagonals(self.H, d + 1), dg.BandDiagonals(c, self.H + 1)
-        p1 = dg.PackPlan.for_band(b1, layout.block)
+        # one window spacing for both gradients when it fits: their chained pack/unpack rotations then
+        # share one pair of Galois keys (±spacing)
+        g = max(dg.PackPlan.min_spacing(b1), dg.PackPlan.min_spacing(b2, self.H + 1))
+        try:
+            p1 = dg.PackPlan.for_band(b1, layout.block, spacing=g)
+        except dg.LayoutError:
+            p1 = dg.PackPlan.for_band(b1, layout.block)
         p2 = dg.PackPlan.for_band(b2, layout.block, live_cols=self.H + 1)
         return layout, b1, b2, p1, p2
 
@@ -141,8 +147,11 @@ class DiagonalMLPTrainer(Trainer):
             raise DepthPlanError(f"mlp-diagonal: not even one iteration fits in {params.name} ({params.levels} levels; "
                                  f"the first needs {ds + 3}). Use n16384-deep or larger.")
         need = next(L for L in range(1, 400) if len(level_schedule(L, iters, ds, dd, rep)) == iters)
-        steps = set(b2.offsets) | {-t for t in b2.offsets} | set(p1.steps()) | set(p2.steps())
-        steps |= set(layout.allreduce_steps())
+        # rotations of â and the Horner sum of Wᵀδ are chained (±1); the pack windows too (±spacing)
+        steps = set(dg.chain_steps(b2.offsets)) | set(dg.chain_steps([-t for t in b2.offsets]))
+        steps |= set(p1.steps()) | set(p2.steps()) | set(layout.allreduce_steps())
+        if rep:  # the naive re-pack rotates each diagonal of W2 by its own offset
+            steps |= set(dg.BandDiagonals(self.H + 1, n_classes).offsets)
         steps.discard(0)
         parts = {"hidden forward": 1 + ds, "output forward": 1, "backward (Wᵀδ)": 1 + rep,
                  "hidden error δ1": 1, "hidden gradient": 1}
@@ -246,9 +255,10 @@ class DiagonalMLPTrainer(Trainer):
                     u = dg.matvec_transpose_repacked(engine, D2, delta2, masks)
                 delta1 = engine.mul(u, eval_poly(engine, z1, dsig))
                 q1 = dg.pack_sum_windowed(engine, delta1, XW, p1, layout)
-                D1 = {t: engine.sub(D1[t], dg.unpack(engine, q1, t, p1)) for t in b1.offsets}
+                upd1 = dg.unpack_all(engine, q1, p1)
+                D1 = {t: engine.sub(D1[t], upd1[t]) for t in b1.offsets}
             q2 = dg.pack_sum(engine, {t: engine.mul(delta2, ra[t]) for t in b2.offsets}, p2, layout)
-            upd = {t: dg.unpack(engine, q2, t, p2) for t in b2.offsets}
+            upd = dg.unpack_all(engine, q2, p2)
             D2 = {t: -upd[t] for t in b2.offsets} if D2 is None else {t: engine.sub(D2[t], upd[t]) for t in b2.offsets}
             if progress:
                 progress(it + 1, iters, f"iteration {it + 1}/{iters}")
