@@ -131,6 +131,13 @@ class Trainer(abc.ABC):
     def from_job(cls, job: dict) -> "Trainer":
         return cls(**job["config"])
 
+    def merge_config(self, defaults: dict, config: dict, error: type[Exception] = HetrainUserError) -> dict:
+        """``defaults`` updated with ``config``; an unknown key raises ``error`` naming the known ones."""
+        unknown = set(config) - set(defaults)
+        if unknown:
+            raise error(f"unknown {self.name} option(s) {sorted(unknown)}; known: {sorted(defaults)}")
+        return {**defaults, **config}
+
     @abc.abstractmethod
     def plan(self, n_samples: int, n_features: int, n_classes: int, params: CKKSParams) -> Plan: ...
 

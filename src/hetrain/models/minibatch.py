@@ -65,10 +65,7 @@ class MiniBatchMLR(Trainer):
     name = "mlr-minibatch"
 
     def __init__(self, **config) -> None:
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise HetrainUserError(f"unknown {self.name} option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        cfg = {**DEFAULTS, **config}
+        cfg = self.merge_config(DEFAULTS, config)
         for key in ("epochs", "batch_size", "patience"):
             cfg[key] = int(cfg[key])
         cfg["learning_rate"] = float(cfg["learning_rate"])

@@ -74,10 +74,7 @@ class MLPTrainer(Trainer):
     name = "mlp-dvr"
 
     def __init__(self, **config) -> None:
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise MLPConfigError(f"unknown mlp-dvr option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        cfg = {**DEFAULTS, **config}
+        cfg = self.merge_config(DEFAULTS, config, MLPConfigError)
         hidden = cfg["hidden"]
         if isinstance(hidden, (int, str)):
             hidden = [int(h) for h in str(hidden).split(",")]

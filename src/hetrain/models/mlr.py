@@ -52,10 +52,7 @@ class MLRTrainer(Trainer):
     name = "mlr"
 
     def __init__(self, **config) -> None:
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise HetrainUserError(f"unknown mlr option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        cfg = {**DEFAULTS, **config}
+        cfg = self.merge_config(DEFAULTS, config)
         cfg["iterations"] = int(cfg["iterations"])
         cfg["learning_rate"] = float(cfg["learning_rate"])
         if cfg["layout"] == "auto":
