@@ -8,7 +8,6 @@ rounding (1e-12).
 """
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import pytest

@@ -28,7 +28,7 @@ import secrets
 import numpy as np
 
 from .container import pack, unpack
-from .engine import Ciphertext, Engine
+from .engine import Engine
 from .errors import CKKSError, KeyMismatch, SecretKeyUnavailable, SerializationError
 from .params import CKKSParams
 

@@ -20,7 +20,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from .container import pack, unpack
-from .engine import Ciphertext, Engine
+from .engine import Engine
 from .errors import InsecureParameters, KeyMismatch, SecretKeyUnavailable, SerializationError
 from .params import CKKSParams
 

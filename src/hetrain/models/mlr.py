@@ -31,7 +31,7 @@ from hetrain.circuits import blocked_matmul, volley_revolver
 from hetrain.circuits.approx import get_sigmoid
 from hetrain.circuits.masked_poly import eval_poly_masked
 from hetrain.circuits.packing import choose_packing
-from hetrain.ckks import CKKSParams, PlainVector, get_params
+from hetrain.ckks import PlainVector, get_params
 from hetrain.ckks.params import PRESETS
 from hetrain.errors import DataError, HetrainUserError
 
