@@ -1,50 +1,75 @@
 """Benchmark: mlp-diagonal on Iris (issue 6). Prints medians; nothing is asserted.
 
     python bench/iris.py [--preset n16384-deep] [--iterations 16] [--repeats 3]
+                         [--compare rowmajor-repack,diagonal-repack] [--compare-preset n32768]
 
-What is compared (same network, same batching of the 120 samples in slots, same sample sums —
-``pack_sum`` + all-reduce over sample blocks — and the same level-saving tricks; only the Wᵀ·δ
-product differs):
-* packed   — the paper's idea in diagonal form: Wᵀ·δ = Σ_t rot(D_t ⊙ δ, −t) runs on W's own encrypted
-             diagonals D_t (one ct×ct per diagonal, one rotation per non-zero offset, one level).
-* re-packed (the naive transpose) — a server that only knows the forward product W·x = Σ_t D_t ⊙ rot(x, t)
-             and needs Wᵀ in the same diagonal form: each iteration it builds the transpose's diagonals
-             E_t = mask_t ⊙ rot(D_{−t}, t) (one rotation + one plaintext mask per diagonal, one extra
-             level) and then runs the forward product on them (one rotation of δ per offset).
-  This is the baseline a practitioner who already has diagonal W·x writes; it is NOT a strawman (it
-  keeps every other saving). We did not implement the row-major layout with entry-by-entry re-packing
-  or a second encrypted copy of Wᵀ: both need at least as many rotations for the transpose, and the
-  whole-iteration ratio is bounded anyway by the sample sums, which are the same in every variant.
+Data: scikit-learn's Iris, the fixed stratified 80/20 split (random_state 0): 120 training rows,
+30 test rows; the client standardises with the training rows' statistics (protocol.Preprocessor).
 
-Training longer than one modulus chain uses client-aided refresh: client and server engines in one
-benchmark process (the refresh callable decrypts the weights with the client's key, checks the next
-sigmoid inputs stay in the approximations' intervals, and re-encrypts at the top level). The
-protocol's cross-process refresh (``hetrain fit --refresh client``) drives the mini-batch MLR trainer
-only, so it is not used here. Times per iteration exclude the refresh round trip (printed apart).
+1. Training (accuracy, twin gap): the real cross-process path, ``hetrain.protocol.fit(..., refresh=
+   "client")`` — the same code as ``hetrain fit --model mlp --hidden 4 --refresh client`` on the
+   training rows: the server is a separate process with public material only and asks this process
+   over the refresh channel to re-encrypt its weights whenever the next iteration would not fit
+   (every full iteration at n16384-deep). The test rows are scored here with the decrypted model.
+2. Operations and time per full iteration (medians over --repeats fresh runs of one full iteration;
+   iteration 1 is a cheaper W2-only step and is not counted). All variants share the network
+   (4 → 4 → 3, degree-7 hidden sigmoid on z/24, linear output), the batching of the 120 samples in
+   slot blocks (B = 128 blocks), the sample sums (all-reduce over blocks: log2 B rotations), and the
+   level-saving folds (learning rates and output slope folded into the data). They differ in the
+   weight layout and in how Wᵀ·δ (back-propagation through W2) is computed:
+   * packed (mlp-diagonal) — W in diagonal order, one ciphertext per generalised diagonal D_t;
+     W·x = Σ_t D_t ⊙ rot(x, t) and Wᵀ·δ = Σ_t rot(D_t ⊙ δ, −t) on the SAME encrypted diagonals
+     (one level, one rotation per non-zero offset); gradients are packed into windows of one
+     ciphertext, all-reduced, and unpacked by rotation.
+   * diagonal-repack — the same diagonal layout, but Wᵀ's diagonals are rebuilt each iteration as
+     E_t = mask_t ⊙ rot(D_{−t}, t) (one rotation + one plaintext mask per diagonal, one extra level)
+     and the forward product runs on them. It still uses the idea that Wᵀ's diagonals are W's
+     diagonals rotated, so it is the weaker baseline.
+   * rowmajor-repack — WITHOUT the idea (models/mlp_rowmajor_baseline.py, circuits/rowmajor.py): W
+     row-major, row i in its own 8-slot segment of every sample block; W·x = W ⊙ (x tiled in every
+     segment) + rotate-and-sum inside segments (result strided at i·8); the next layer's input is
+     gathered (one mask and one rotation per entry) and tiled (log2 rotations); for back-propagation
+     Wᵀ is re-packed row-major from the encrypted W every iteration by masking the entries with the
+     same i − j and rotating them into place by (i − j)·7 (7 masks, 6 rotations, 1 level for the 3×5
+     W2), δ is gathered and tiled into Wᵀ's rows and the row-major product runs on Wᵀ; gradients
+     Σ_s δ aᵀ come out row-major (δ spread over its segment: one mask, 3 rotations) and need no
+     unpacking. It needs 11 levels per iteration, more than n16384-deep's 9, hence --compare-preset.
+   Counted: ct×ct multiplications (one relinearisation each; mul_sum shares one), ct×plaintext
+   (masks), ct×scalar and rotations, from the engine's counters.
+3. Rotation keys per variant (each distinct step is one Galois key: ≈23 MB at n16384, ≈200 MB at
+   n32768).
+The machine is shared with other developers: times are noisy.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 
 import numpy as np
+import psutil
 from sklearn.datasets import load_iris
 from sklearn.model_selection import train_test_split
 
 from hetrain import ckks
 from hetrain.circuits import diagonal as dg
-from hetrain.circuits.approx import check_interval
-from hetrain.models.base import get_trainer, refresh_available
+from hetrain.circuits import rowmajor as rmj
+from hetrain.models.base import get_trainer
+from hetrain.models.mlp_diagonal import level_schedule
+from hetrain.models.mlp_diagonal_twin import Scales, init_hidden, scaled_step
+from hetrain.models.mlp_rowmajor_baseline import RowMajorIteration
+from hetrain.protocol import fit
+from hetrain.protocol.preprocess import Preprocessor
 
 HEAVY = ("relinearize", "multiply_plain", "multiply_scalar", "rotate")
+VARIANTS = ("packed", "diagonal-repack", "rowmajor-repack")
+KEY_MB = {16384: 23, 32768: 200}  # measured sizes of one Galois key (DESIGN §3, brief)
 
 
-def iris():
+def iris_split():
     X, y = load_iris(return_X_y=True)
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
-    mu, sd = Xtr.mean(0), Xtr.std(0)
-    return (Xtr - mu) / sd, np.eye(3)[ytr], (Xte - mu) / sd, yte
+    return train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)  # Xtr, Xte, ytr, yte
 
 
 def heavy(d: dict) -> dict:
@@ -55,103 +80,158 @@ def accuracy(T, w, Xte, yte) -> float:
     return float((T.predict_scores(w, Xte).argmax(1) == yte).mean())
 
 
-def client_refresh(T, eng, job, Xtr, log):
-    """Client-aided refresh in this process: decrypt, check the intervals, re-encrypt at the top level."""
-    def refresh(cts: dict) -> dict:
-        t0 = time.perf_counter()
-        w = T.client_decrypt(eng, {"w1": [v for k, v in cts.items() if k.startswith("w1_")],
-                                   "w2": [v for k, v in cts.items() if k.startswith("w2_")]}, job)
-        a = np.hstack([T.hidden_sig(np.hstack([Xtr, np.ones((len(Xtr), 1))]) @ w["W1"].T), np.full((len(Xtr), 1), T.hb)])
-        check_interval(np.hstack([Xtr, np.ones((len(Xtr), 1))]) @ w["W1"].T, T.hidden_sig, "hidden pre-activations")
-        check_interval(a @ w["W2"].T, T.out_sig, "output pre-activations")
-        fresh = {k: eng.encrypt(eng.decrypt(c)) for k, c in cts.items()}
-        log.append((w, time.perf_counter() - t0))
-        return fresh
-    return refresh
-
-
-def run(preset, transpose, iterations, Xtr, Y, Xte, yte):
-    T = get_trainer("mlp-diagonal")(transpose=transpose, iterations=iterations)
-    with refresh_available():
-        plan = T.plan(len(Xtr), 4, 3, ckks.get_params(preset))
-        eng = ckks.create_engine("seal", preset, rotations=plan.rotation_steps)
-        inputs, job = T.client_encrypt(eng, Xtr, Y)
-    log, marks = [], []
-    refresh = client_refresh(T, eng, job, Xtr, log)
-    prog = lambda *a: marks.append((time.perf_counter(), eng.counters.snapshot(), len(log)))  # noqa: E731
-    marks.append((time.perf_counter(), eng.counters.snapshot(), 0))
-    out = T.server_train(eng, inputs, job, progress=prog, refresh=refresh)
-    w = T.client_decrypt(eng, out, job)
-    # full iterations are 2..N; subtract the refresh that ran inside an iteration's interval
-    times, ops = [], []
-    for i in range(1, len(marks) - 1):
-        (t0, s0, r0), (t1, s1, r1) = marks[i], marks[i + 1]
-        times.append(t1 - t0 - sum(dt for _, dt in log[r0:r1]))
-        ops.append({k: s1.get(k, 0) - s0.get(k, 0) for k in HEAVY})
+# ------------------------------------------------------------------------------ 1. training, cross-process
+def train_cross_process(preset, iterations, Xtr, ytr, Xte, yte):
+    t0 = time.perf_counter()
+    r = fit(Xtr, ytr, "mlp", {"hidden": [4], "iterations": iterations}, preset=preset, backend="seal",
+            refresh="client", progress=False)
+    wall = time.perf_counter() - t0
+    pre = r.model.preprocessing
+    T = get_trainer("mlp-diagonal")(iterations=iterations)
     hist = []
-    tw = T.twin(Xtr, Y, iterations=iterations, history=hist)
-    enc_acc = {}  # iteration -> accuracy of the weights the refresh decrypted after it
-    for (w_i, _), r in zip(log, range(len(log))):
-        it = next(i for i, m in enumerate(marks) if m[2] > r) - 1  # refresh r ran in iteration it + 1
-        enc_acc[it] = accuracy(T, w_i, Xte, yte)
-    enc_acc[iterations] = accuracy(T, w, Xte, yte)
-    twin_acc = [accuracy(T, h, Xte, yte) for h in hist]
-    gap = max(np.abs(w["W1"] - tw["W1"]).max(), np.abs(w["W2"] - tw["W2"]).max())
-    return dict(plan=plan, ops=ops, times=times, refresh_s=[dt for _, dt in log], enc_acc=enc_acc,
-                twin_acc=twin_acc, gap=gap, keys=len(eng.rotation_steps), secure=eng.secure)
+    T.twin(pre.transform(Xtr), pre.one_hot(ytr), iterations=iterations, history=hist)
+    return dict(wall=wall, stats=r.stats, gap=r.twin_max_abs_diff, enc=r.model.accuracy(Xte, yte),
+                twin=[accuracy(T, h, pre.transform(Xte), yte) for h in hist], model=r.model)
 
 
-def transpose_ops(preset):
-    """The Wᵀδ product alone (W2: 3 × 5 with the hidden bias), packed vs re-packed, under sim counting."""
-    layout = dg.SampleLayout(120, ckks.get_params(preset).slots)
-    band = dg.BandDiagonals(3, 5)
-    steps = set(band.offsets) | {-t for t in band.offsets}
-    eng = ckks.create_engine("sim", preset, rotations=sorted(steps - {0}))
-    diags = {t: eng.encrypt(layout.replicate(v)) for t, v in band.diagonals(np.ones((3, 5))).items()}
-    d = eng.encrypt(layout.place(np.ones((120, 3))))
-    s = eng.counters.snapshot(); dg.matvec_transpose(eng, diags, d); packed = heavy(eng.counters.diff(s))
-    s = eng.counters.snapshot(); dg.matvec_transpose_repacked(eng, diags, d, dg.transpose_masks(band, layout))
-    return packed, heavy(eng.counters.diff(s))
+# ------------------------------------------------------------------------------ 2. one full iteration
+def _diag_iteration(preset, transpose, Xs, Y, repeats):
+    """Iteration 2 of mlp-diagonal (the first full one), ``repeats`` times from fresh encryptions."""
+    T = get_trainer("mlp-diagonal")(transpose=transpose, iterations=2)
+    plan = T.plan(len(Xs), Xs.shape[1], Y.shape[1], ckks.get_params(preset))
+    eng = ckks.create_engine("seal", preset, rotations=plan.rotation_steps)
+    times, ops = [], []
+    for _ in range(repeats):
+        inputs, job = T.client_encrypt(eng, Xs, Y)
+        marks = [(time.perf_counter(), eng.counters.snapshot())]
+        T.server_train(eng, inputs, job, progress=lambda *a: marks.append(
+            (time.perf_counter(), eng.counters.snapshot())))
+        (t1, s1), (t2, s2) = marks[1], marks[2]
+        times.append(t2 - t1)
+        ops.append({k: s2.get(k, 0) - s1.get(k, 0) for k in HEAVY})
+    ds, dd = T._depths()  # levels of a full iteration from weights at the same level (iteration 2 starts lower)
+    levels = next(L for L in range(1, 100) if level_schedule(L, 1, ds, dd, transpose == "repacked", start=1))
+    return dict(times=times, ops=ops, levels=levels, keys=len(eng.rotation_steps), secure=eng.secure)
+
+
+def _rowmajor_iteration(preset, Xs, Y, repeats):
+    T = get_trainer("mlp-diagonal")()
+    it = RowMajorIteration(T, len(Xs), Xs.shape[1], Y.shape[1], ckks.get_params(preset).slots)
+    eng = ckks.create_engine("seal", preset, rotations=it.rotation_steps())
+    s: Scales = it.scales
+    xh = s.x * np.hstack([Xs, np.ones((len(Xs), 1))])
+    V1 = init_hidden(T.H, Xs.shape[1], T.gain) / s.x
+    V1, V2, _ = scaled_step(V1, np.zeros((Y.shape[1], T.H + 1)), xh, Y, s, T.hidden_sig, T.hb, hidden_update=False)
+    want1, want2, _ = scaled_step(V1, V2, xh, Y, s, T.hidden_sig, T.hb)
+    times, ops, gap = [], [], 0.0
+    for _ in range(repeats):
+        inp = it.client_encrypt(eng, Xs, Y, V1, V2)
+        snap, t0 = eng.counters.snapshot(), time.perf_counter()
+        out = it.iteration(eng, inp)
+        times.append(time.perf_counter() - t0)
+        ops.append(heavy(eng.counters.diff(snap)))
+        g1, g2 = it.decrypt(eng, out)
+        gap = max(gap, np.abs(g1 - want1).max() * s.x, np.abs(g2 - want2).max() / s.w2)  # in W1, W2 units
+    return dict(times=times, ops=ops, levels=eng.max_level - out["w1"].level, keys=len(eng.rotation_steps),
+                secure=eng.secure, twin_gap=gap)
+
+
+def full_iteration(variant, preset, Xs, Y, repeats):
+    if variant == "rowmajor-repack":
+        return _rowmajor_iteration(preset, Xs, Y, repeats)
+    return _diag_iteration(preset, {"packed": "packed", "diagonal-repack": "repacked"}[variant], Xs, Y, repeats)
 
 
 def median_ops(ops: list[dict]) -> dict:
     return {k: int(statistics.median(o[k] for o in ops)) for k in HEAVY}
 
 
+def transpose_alone(preset):
+    """W2ᵀδ alone (W2 3 × 5 with the hidden bias), sim counts: packed, diagonal re-pack, row-major re-pack."""
+    layout = dg.SampleLayout(120, ckks.get_params(preset).slots)
+    band, W = dg.BandDiagonals(3, 5), np.ones((3, 5))
+    rm = rmj.RowMajor.for_matrix(3, 5, layout.block)
+    steps = set(band.offsets) | {-t for t in band.offsets} | set(rm.gather_steps()) | set(rm.transpose_steps())
+    steps |= set(rm.T.tile_steps(rm.cols)) | set(rm.T.rowsum_steps())
+    eng = ckks.create_engine("sim", preset, rotations=sorted(steps - {0}))
+    diags = {t: eng.encrypt(layout.replicate(v)) for t, v in band.diagonals(W).items()}
+    d = eng.encrypt(layout.place(np.ones((120, 3))))
+    out = {}
+    s = eng.counters.snapshot(); dg.matvec_transpose(eng, diags, d); out["packed"] = heavy(eng.counters.diff(s))
+    s = eng.counters.snapshot(); dg.matvec_transpose_repacked(eng, diags, d, dg.transpose_masks(band, layout))
+    out["diagonal-repack"] = heavy(eng.counters.diff(s))
+    w, ds = eng.encrypt(layout.replicate(rm.pack(W))), eng.encrypt(layout.place(rm.strided(np.ones((120, 3)))))
+    s = eng.counters.snapshot()
+    rmj.matvec_transpose(eng, w, ds, rm, rmj.transpose_masks(rm, layout), rmj.gather_masks(rm, layout))
+    out["rowmajor-repack"] = heavy(eng.counters.diff(s))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="n16384-deep")  # 9 levels: one full iteration per chain, both variants
+    ap.add_argument("--preset", default="n16384-deep", help="training preset (9 levels: one full iteration per chain)")
     ap.add_argument("--iterations", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3, help="full iterations timed for the naive variant")
+    ap.add_argument("--repeats", type=int, default=3, help="full iterations timed per variant (median)")
+    ap.add_argument("--compare", default="rowmajor-repack,diagonal-repack", help=f"baselines: {', '.join(VARIANTS[1:])}")
+    ap.add_argument("--compare-preset", default="n32768",
+                    help="preset for the side-by-side timing (the row-major baseline needs 11 levels)")
+    ap.add_argument("--skip-train", action="store_true", help="only the per-iteration comparison")
     a = ap.parse_args()
-    Xtr, Y, Xte, yte = iris()
-    print(f"Iris train {len(Xtr)} / test {len(Xte)}, preset {a.preset}, SEAL, client-aided refresh (client and "
-          f"server engines in one benchmark process); machine shared with other developers")
+    compare = [v.strip() for v in a.compare.split(",") if v.strip()]
+    bad = set(compare) - set(VARIANTS[1:])
+    if bad:
+        ap.error(f"unknown --compare variant(s) {sorted(bad)}; choose from {', '.join(VARIANTS[1:])}")
+    Xtr, Xte, ytr, yte = iris_split()
+    pre = Preprocessor.fit(Xtr, ytr)
+    Xs, Y = pre.transform(Xtr), pre.one_hot(ytr)
+    print(f"Iris stratified 80/20 split: train {len(Xtr)} / test {len(Xte)}; SEAL; machine shared with other developers")
+
+    if not a.skip_train:
+        r = train_cross_process(a.preset, a.iterations, Xtr, ytr, Xte, yte)
+        st, rf = r["stats"], r["stats"]["refresh"]
+        compute = st["server_train_s"] - rf.get("wait_seconds", 0.0)
+        print(f"[train] protocol.fit(refresh='client'), server in its own process, preset {st['params']}, "
+              f"{a.iterations} iterations, {len(st['rotation_steps'])} rotation keys")
+        print(f"[train] wall {r['wall']:.1f} s; server training {st['server_train_s']:.1f} s of which refresh waits "
+              f"{rf.get('wait_seconds', 0):.1f} s ({rf['round_trips']} round trips, {rf['bytes_to_client'] / 2**20:.1f} "
+              f"MiB to the client, {rf['bytes_to_server'] / 2**20:.1f} MiB back, client share "
+              f"{rf.get('client_seconds', 0):.1f} s); compute {compute / a.iterations:.2f} s per iteration on average "
+              f"(iteration 1 included)")
+        print(f"[train] peak RSS client {st['client_peak_rss_bytes'] / 2**20:.0f} MiB, server "
+              f"{st['server_peak_rss_bytes'] / 2**20:.0f} MiB; public keys {st['upload_key_bytes'] / 2**20:.0f} MiB")
+        print(f"[train] test accuracy after {a.iterations} iterations: encrypted {r['enc']:.3f}, twin "
+              f"{r['twin'][-1]:.3f}; max |decrypted weight - twin| {r['gap']:.2e}")
+        print("[train] twin test accuracy per iteration: "
+              + " ".join(f"{i + 1}:{acc:.2f}" for i, acc in enumerate(r["twin"])))
+
     res = {}
-    for tr, iters in (("packed", a.iterations), ("repacked", a.repeats + 1)):
-        r = res[tr] = run(a.preset, tr, iters, Xtr, Y, Xte, yte)
-        ops = median_ops(r["ops"])
-        print(f"[{tr:8s}] {r['plan'].notes[0]}; rotation keys {r['keys']}; 128-bit secure: {r['secure']}")
-        print(f"[{tr:8s}] ops per full iteration {ops} -> rotations+multiplications {sum(ops.values())}")
-        print(f"[{tr:8s}] time per full iteration: median {statistics.median(r['times']):.2f} s over "
-              f"{len(r['times'])}; refresh round trip median {statistics.median(r['refresh_s']):.2f} s "
-              f"({len(r['refresh_s'])} refreshes)")
-        print(f"[{tr:8s}] after {iters} iterations: test accuracy encrypted {r['enc_acc'][iters]:.3f}, "
-              f"twin {r['twin_acc'][-1]:.3f}, max |weight - twin| {r['gap']:.2e}")
-    p, n = median_ops(res["packed"]["ops"]), median_ops(res["repacked"]["ops"])
-    print(f"whole-iteration ratio naive/packed (rotations+multiplications): {sum(n.values()) / sum(p.values()):.2f}x; "
-          f"rotations alone {n['rotate'] / p['rotate']:.2f}x")
-    tp, tn = transpose_ops(a.preset)
-    print(f"W2ᵀδ alone: packed {tp} ({sum(tp.values())}), re-packed {tn} ({sum(tn.values())}), "
-          f"ratio {sum(tn.values()) / sum(tp.values()):.2f}x, levels 1 vs 2")
-    r = res["packed"]
-    print("test accuracy per iteration, encrypted (decrypted at each refresh) vs twin:")
-    print("  " + " ".join(f"{i}:{r['enc_acc'][i]:.2f}/{r['twin_acc'][i - 1]:.2f}" for i in sorted(r["enc_acc"])))
-    old = get_trainer("mlp-diagonal")(sigmoid="deg3:8", output_sigmoid="deg1:8", hidden_learning_rate=2, init_gain=2)
-    hist = []
-    old.twin(Xtr, Y, iterations=20, history=hist)
-    print("twin, first-pass defaults (deg3:8 hidden, deg1:8 output, η1 2): "
-          + " ".join(f"{i + 1}:{accuracy(old, h, Xte, yte):.2f}" for i, h in enumerate(hist)))
+    runs = [("packed", a.preset)] + [(v, a.compare_preset) for v in ["packed"] + compare]
+    for variant, preset in runs:
+        if (variant, preset) in res:
+            continue
+        avail = psutil.virtual_memory().available / 2**30
+        if preset.startswith("n32768") and avail < 14:
+            print(f"[{variant} @ {preset}] skipped: {avail:.1f} GiB available (needs its keys plus 8 GiB left to others)")
+            continue
+        gc.collect()
+        res[variant, preset] = x = full_iteration(variant, preset, Xs, Y, a.repeats)
+        ops = median_ops(x["ops"])
+        extra = f"; max |weights - twin step| {x['twin_gap']:.1e}" if "twin_gap" in x else ""
+        print(f"[{variant} @ {preset}] one full iteration: {ops} -> rotations+multiplications {sum(ops.values())}; "
+              f"{x['levels']} levels; {statistics.median(x['times']):.2f} s (median of {len(x['times'])}); "
+              f"{x['keys']} rotation keys (≈{x['keys'] * KEY_MB[ckks.get_params(preset).poly_modulus_degree] / 1024:.2f} "
+              f"GB); 128-bit secure: {x['secure']}{extra}")
+    p = res.get(("packed", a.compare_preset))
+    for v in compare:
+        n = res.get((v, a.compare_preset))
+        if p and n:
+            po, no = median_ops(p["ops"]), median_ops(n["ops"])
+            print(f"ratio {v}/packed (rotations+multiplications per full iteration): "
+                  f"{sum(no.values()) / sum(po.values()):.2f}x; rotations alone {no['rotate'] / po['rotate']:.2f}x; "
+                  f"time at {a.compare_preset} {statistics.median(n['times']) / statistics.median(p['times']):.2f}x; "
+                  f"levels {n['levels']} vs {p['levels']}")
+    for v, ops in transpose_alone(a.preset).items():
+        print(f"W2ᵀδ alone, {v}: {ops} ({sum(ops.values())})")
 
 
 if __name__ == "__main__":
