@@ -90,3 +90,18 @@ def test_damaged_bundle_is_refused(job, tmp_path, target, damage, message):
         p.unlink()
     with pytest.raises(BundleError, match=message):
         run_job(d)
+
+
+def test_server_peak_memory_is_its_own_not_the_parents():
+    """A fork+exec child inherits the parent's ru_maxrss on Linux; the server must report its own peak."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    ballast = np.ones(40_000_000)  # ~320 MB in this (parent) process
+    ballast += 1
+    code = "from hetrain.protocol.server import peak_rss_bytes; print(peak_rss_bytes())"
+    child_peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert child_peak < 250e6, child_peak
+    del ballast

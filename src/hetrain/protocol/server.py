@@ -102,8 +102,7 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     out_bytes = files.pack_ciphertexts(engine, outputs)
     files.atomic_write(jobdir / files.OUTPUTS, out_bytes)
     stats = {"server_train_s": train_s, "server_load_s": load_s, "server_write_s": time.perf_counter() - t2,
-             # ru_maxrss is in KiB on Linux: the exact peak of this (fresh) process
-             "server_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+             "server_peak_rss_bytes": peak_rss_bytes(),
              "download_bytes": len(out_bytes), "operations": counters,
              "engine": engine.describe(), "engine_has_secret_key": engine.has_secret_key,
              "refresh": {"mode": mode, **rstats.as_dict()},
@@ -137,6 +136,19 @@ def _refresh_hooks(trainer, mode: str, engine, jobdir: pathlib.Path, channel_pat
     if "checkpoint" in accepts:
         hooks["checkpoint"] = StateCheckpoint(jobdir / CHECKPOINT, engine)
     return hooks
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS. Not ru_maxrss: after fork+exec Linux carries the parent's
+    (the client's) peak into the child's ru_maxrss, which would report the client's memory."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # non-Linux fallback (KiB on Linux)
 
 
 def _check_plan(trainer, job: dict, engine) -> None:
