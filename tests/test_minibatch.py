@@ -95,3 +95,16 @@ def test_depth_errors_before_any_work():
         fit_long(X, y, config={"epochs": 3}, backend="seal", preset="n8192", refresh_mode="bootstrap")
     with pytest.raises(DepthPlanError, match="one step needs 4 levels"):  # refused before keys are used
         fit_long(X, y, config={"epochs": 1}, backend="sim", preset="n8192", refresh_mode="client")
+
+
+def test_batches_are_encrypted_no_higher_than_a_refresh_cycle_uses():
+    """n16384 (7 levels, 4 per step): one step per cycle, so X sits at 4 and X̃, Ym at 1."""
+    from hetrain import ckks
+
+    tr = MiniBatchMLR(epochs=1, batch_size=8)
+    assert tr.data_levels(7) == (4, 1) and tr.data_levels(19) == (16, 13) and tr.data_levels(9) == (8, 5)
+    eng = ckks.create_engine("sim", "n16384")
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(8, 5)), np.eye(3)[rng.integers(0, 3, 8)]
+    (batch,) = tr.encrypt_batches(eng, X, Y)
+    assert {c.level for c in batch.X} == {4} and {c.level for c in batch.Xt + batch.Ym} == {1}

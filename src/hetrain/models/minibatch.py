@@ -137,12 +137,22 @@ class MiniBatchMLR(Trainer):
                              [y * m for y, m in zip(labels, fmasks)]))
         return out
 
+    def data_levels(self, max_level: int) -> tuple[int, int]:
+        """Levels at which the client encrypts a batch: (X, X̃ and Ym).
+
+        A refresh cycle runs ⌊L/per⌋ steps from the top, so the state never uses more than the
+        top per·⌊L/per⌋ levels: X starts there, and X̃ and Ym where the cycle's first step first
+        needs them (after the forward product and the sigmoid). Lower ciphertexts are smaller
+        (≈2.3x less memory at n16384, where a cycle is one step) and cost the same refreshes.
+        """
+        per = self.levels_per_step
+        top = per * (max_level // per)
+        return top, max(top - 1 - self.approx.depth, 0)
+
     def encrypt_batches(self, engine, X, Y) -> list[Batch]:
-        # X̃ is first used by the gradient, depth(σ̃)+1 levels below the top: encrypting it there
-        # makes it smaller and cheaper to multiply (it is aligned down further when needed).
-        lx = max(engine.max_level - 1 - self.approx.depth, 0)
-        return [Batch([engine.encrypt(v) for v in b.X], [engine.encrypt(v, level=lx) for v in b.Xt],
-                      [engine.encrypt(v) for v in b.Ym]) for b in self.plain_batches(X, Y, engine.slots)]
+        lx, lt = self.data_levels(engine.max_level)
+        return [Batch([engine.encrypt(v, level=lx) for v in b.X], [engine.encrypt(v, level=lt) for v in b.Xt],
+                      [engine.encrypt(v, level=lt) for v in b.Ym]) for b in self.plain_batches(X, Y, engine.slots)]
 
     def initial_weights(self, n_features: int, n_classes: int, slots: int) -> list[np.ndarray]:
         return self.packing(n_features, n_classes, slots).pack_weights(np.zeros((n_classes, n_features + 1)))
