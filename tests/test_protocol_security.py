@@ -44,7 +44,7 @@ def test_server_engine_cannot_decrypt_and_its_own_key_gives_garbage(job):
     _, public, inputs, _ = files.read_job_files(d)
     server = ckks.load_engine(public)
     assert not server.has_secret_key
-    ct = files.unpack_ciphertexts(server, inputs, "inputs")["x"][0]
+    ct = files.read_ciphertext_map(inputs, server, "inputs")["x"][0]
     with pytest.raises(ckks.SecretKeyUnavailable):
         server.decrypt(ct)
     with pytest.raises(ckks.SecretKeyUnavailable):

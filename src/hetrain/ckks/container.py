@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import struct
-from typing import BinaryIO
+from typing import BinaryIO, Iterable, Iterator
 
 from .errors import SerializationError
 
@@ -32,7 +33,7 @@ def pack(meta: dict, parts: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def read_container(src: BinaryIO, expect_kind: str | None = None) -> tuple[dict, dict[str, bytes]]:
+def _read_header(src: BinaryIO, expect_kind: str | None) -> dict:
     head = src.read(len(MAGIC) + 4)
     if len(head) < len(MAGIC) + 4 or head[: len(MAGIC)] != MAGIC:
         raise SerializationError("not a hetrain object (bad magic bytes): the file is corrupted or of another format")
@@ -43,18 +44,83 @@ def read_container(src: BinaryIO, expect_kind: str | None = None) -> tuple[dict,
         raise SerializationError(f"corrupted header: {exc}") from None
     if expect_kind is not None and header.get("kind") != expect_kind:
         raise SerializationError(f"expected a {expect_kind!r} object, got {header.get('kind')!r}")
-    parts: dict[str, bytes] = {}
-    for p in header.get("parts", []):
-        b = src.read(p["size"])
-        if len(b) != p["size"]:
-            raise SerializationError(f"part {p['name']!r} is truncated ({len(b)} of {p['size']} bytes)")
-        if hashlib.sha256(b).hexdigest() != p["sha256"]:
-            raise SerializationError(f"part {p['name']!r} is corrupted (checksum mismatch)")
-        parts[p["name"]] = b
-    return header, parts
+    return header
+
+
+def _read_part(src: BinaryIO, p: dict) -> bytes:
+    b = src.read(p["size"])
+    if len(b) != p["size"]:
+        raise SerializationError(f"part {p['name']!r} is truncated ({len(b)} of {p['size']} bytes)")
+    if hashlib.sha256(b).hexdigest() != p["sha256"]:
+        raise SerializationError(f"part {p['name']!r} is corrupted (checksum mismatch)")
+    return b
+
+
+def read_container(src: BinaryIO, expect_kind: str | None = None) -> tuple[dict, dict[str, bytes]]:
+    header = _read_header(src, expect_kind)
+    return header, {p["name"]: _read_part(src, p) for p in header.get("parts", [])}
 
 
 def unpack(data: bytes, expect_kind: str | None = None) -> tuple[dict, dict[str, bytes]]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"expected bytes, got {type(data).__name__}")
     return read_container(io.BytesIO(bytes(data)), expect_kind)
+
+
+def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tuple[str, bytes]]) -> tuple[int, str]:
+    """``write_container`` to a file, holding one part in memory at a time.
+
+    The header (which lists every part's size and checksum) must come first, so the parts are
+    spooled to a temporary file, then copied behind the header. Returns (file size, SHA-256 of the
+    file). The file appears under ``path`` only once complete.
+    """
+    path = os.fspath(path)
+    spool, tmp = f"{path}.parts.tmp{os.getpid()}", f"{path}.tmp{os.getpid()}"
+    try:
+        index = []
+        with open(spool, "wb") as f:
+            for name, b in parts:
+                f.write(b)
+                index.append({"name": name, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()})
+        hb = json.dumps({**meta, "parts": index}, sort_keys=True).encode()
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as out, open(spool, "rb") as src:
+            head = MAGIC + struct.pack("<I", len(hb)) + hb
+            out.write(head)
+            digest.update(head)
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+            size = out.tell()
+        os.replace(tmp, path)
+        return size, digest.hexdigest()
+    finally:
+        for leftover in (spool, tmp):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+def iter_container_file(path: str | os.PathLike, expect_kind: str | None = None) -> tuple[dict, Iterator[tuple[str, bytes]]]:
+    """(header, iterator of (name, bytes)) reading one part at a time, each checked as it comes."""
+    src = open(path, "rb")
+    try:
+        header = _read_header(src, expect_kind)
+    except BaseException:
+        src.close()
+        raise
+
+    def parts() -> Iterator[tuple[str, bytes]]:
+        with src:
+            for p in header.get("parts", []):
+                yield p["name"], _read_part(src, p)
+
+    return header, parts()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 
 from hetrain.ckks import CKKSError, Ciphertext, Engine
-from hetrain.ckks.container import pack, unpack
+from hetrain.ckks.container import file_sha256, iter_container_file, pack, unpack, write_container_file
 
 from .errors import BundleError, ModelFileError
 
@@ -69,25 +69,64 @@ def _read_json(path: pathlib.Path, what: str) -> dict:
 
 
 # ---------------------------------------------------------------------- ciphertext maps
+def _map_meta(engine: Engine, named: dict[str, list[Ciphertext]]) -> dict:
+    return {"kind": "ciphertext_map", "key_id": engine.key_id, "counts": {n: len(cts) for n, cts in named.items()}}
+
+
+def _map_parts(engine: Engine, named: dict[str, list[Ciphertext]]):
+    for name, cts in named.items():
+        for i, ct in enumerate(cts):
+            yield f"{name}/{i}", engine.serialize(ct)
+
+
 def pack_ciphertexts(engine: Engine, named: dict[str, list[Ciphertext]]) -> bytes:
-    counts = {name: len(cts) for name, cts in named.items()}
-    parts = {f"{name}/{i}": engine.serialize(ct) for name, cts in named.items() for i, ct in enumerate(cts)}
-    return pack({"kind": "ciphertext_map", "key_id": engine.key_id, "counts": counts}, parts)
+    return pack(_map_meta(engine, named), dict(_map_parts(engine, named)))
 
 
-def unpack_ciphertexts(engine: Engine, data: bytes, what: str) -> dict[str, list[Ciphertext]]:
-    """Inverse of pack_ciphertexts; KeyMismatch/SerializationError become a BundleError naming ``what``."""
+def write_ciphertext_map(path: str | os.PathLike, engine: Engine, named: dict[str, list[Ciphertext]]) -> tuple[int, str]:
+    """pack_ciphertexts straight to a file, one serialised ciphertext in memory at a time
+    (inputs of thousands of rows weigh gigabytes). Returns (bytes, SHA-256 of the file)."""
+    return write_container_file(path, _map_meta(engine, named), _map_parts(engine, named))
+
+
+def _ciphertext_map(engine: Engine, meta: dict, parts, what: str) -> dict[str, list[Ciphertext]]:
+    """Deserialise (name/i, bytes) parts in order; KeyMismatch/SerializationError become a BundleError."""
     try:
-        meta, parts = unpack(data, expect_kind="ciphertext_map")
         if meta.get("key_id") != engine.key_id:
             raise BundleError(f"{what} were encrypted under key {meta.get('key_id')}, not this engine's key "
                               f"{engine.key_id}: they belong to another job")
-        return {name: [engine.deserialize(parts[f"{name}/{i}"]) for i in range(n)]
-                for name, n in meta["counts"].items()}
+        counts = meta["counts"]
+        out: dict[str, list[Ciphertext]] = {name: [] for name in counts}
+        for part_name, blob in parts:
+            name, _, _ = part_name.rpartition("/")
+            out[name].append(engine.deserialize(blob))
+        if any(len(out[n]) != k for n, k in counts.items()):
+            raise KeyError("ciphertext counts differ from the header")
+        return out
     except CKKSError as exc:
         raise BundleError(f"{what}: {exc}") from None
     except (KeyError, TypeError) as exc:
         raise BundleError(f"{what}: malformed ciphertext map ({exc})") from None
+
+
+def unpack_ciphertexts(engine: Engine, data: bytes, what: str) -> dict[str, list[Ciphertext]]:
+    """Inverse of pack_ciphertexts."""
+    try:
+        meta, parts = unpack(data, expect_kind="ciphertext_map")
+    except CKKSError as exc:
+        raise BundleError(f"{what}: {exc}") from None
+    return _ciphertext_map(engine, meta, parts.items(), what)
+
+
+def read_ciphertext_map(path: str | os.PathLike, engine: Engine, what: str) -> dict[str, list[Ciphertext]]:
+    """Inverse of write_ciphertext_map, reading one ciphertext at a time."""
+    try:
+        meta, parts = iter_container_file(path, expect_kind="ciphertext_map")
+    except FileNotFoundError:
+        raise BundleError(f"{what} not found: {path}") from None
+    except CKKSError as exc:
+        raise BundleError(f"{what}: {exc}") from None
+    return _ciphertext_map(engine, meta, parts, what)
 
 
 # ---------------------------------------------------------------------- job bundle
@@ -107,11 +146,8 @@ def write_job(jobdir: str | os.PathLike, engine: Engine, inputs: dict[str, list[
     sha = {PUBLIC_CONTEXT: _sha(public)}
     atomic_write(d / PUBLIC_CONTEXT, public)
     del public
-    data = pack_ciphertexts(engine, inputs)
-    sizes.update({INPUTS: len(data), JOB: len(job_text)})
-    sha.update({INPUTS: _sha(data), JOB: _sha(job_text.encode())})
-    atomic_write(d / INPUTS, data)
-    del data
+    sizes[INPUTS], sha[INPUTS] = write_ciphertext_map(d / INPUTS, engine, inputs)
+    sizes[JOB], sha[JOB] = len(job_text), _sha(job_text.encode())
     atomic_write(d / JOB, job_text)
     manifest = {"format": "hetrain-job", "version": BUNDLE_VERSION, "backend": engine.backend_name,
                 "key_id": engine.key_id, "params": engine.params.fingerprint(), "model": job.get("model"),
@@ -131,17 +167,20 @@ def read_manifest(jobdir: str | os.PathLike) -> dict:
     return m
 
 
-def read_job_files(jobdir: str | os.PathLike) -> tuple[dict, bytes, bytes, dict]:
-    """(manifest, public context bytes, inputs bytes, job) with every checksum verified."""
+def read_job_files(jobdir: str | os.PathLike) -> tuple[dict, bytes, pathlib.Path, dict]:
+    """(manifest, public context bytes, path of the inputs, job) with every checksum verified.
+
+    The inputs stay on disk (they can weigh gigabytes): read them with ``read_ciphertext_map``."""
     d = pathlib.Path(jobdir)
     manifest = read_manifest(d)
     public = read_bytes(d / PUBLIC_CONTEXT, "public context")
-    inputs = read_bytes(d / INPUTS, "encrypted inputs")
     job_bytes = read_bytes(d / JOB, "job description")
-    for name, blob in ((PUBLIC_CONTEXT, public), (INPUTS, inputs), (JOB, job_bytes)):
-        if manifest["sha256"].get(name) != _sha(blob):
+    if not (d / INPUTS).is_file():
+        raise BundleError(f"encrypted inputs not found: {d / INPUTS}")
+    for name, digest in ((PUBLIC_CONTEXT, _sha(public)), (INPUTS, file_sha256(d / INPUTS)), (JOB, _sha(job_bytes))):
+        if manifest["sha256"].get(name) != digest:
             raise BundleError(f"{d / name} does not match the manifest (corrupted or from another job)")
-    return manifest, public, inputs, json.loads(job_bytes)
+    return manifest, public, d / INPUTS, json.loads(job_bytes)
 
 
 def _sha(b: bytes) -> str:

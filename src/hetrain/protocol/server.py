@@ -67,7 +67,7 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     """Train the job in ``jobdir``; writes outputs.bin and server_stats.json, returns the stats."""
     jobdir = pathlib.Path(jobdir)
     t0 = time.perf_counter()
-    manifest, public, inputs_bytes, job = files.read_job_files(jobdir)
+    manifest, public, inputs_path, job = files.read_job_files(jobdir)
     engine = ckks.load_engine(public)
     if engine.has_secret_key:  # cannot happen through load_engine(public): keep the invariant explicit
         raise BundleError("refusing to run: the server engine holds a secret key")
@@ -77,8 +77,7 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     hooks = _refresh_hooks(trainer, mode, engine, jobdir, channel_path, channel_timeout)
     with refresh_available(mode != "none"):
         _check_plan(trainer, job, engine)
-    inputs = files.unpack_ciphertexts(engine, inputs_bytes, "encrypted inputs")
-    del inputs_bytes
+    inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs")
     load_s = time.perf_counter() - t0
     engine.counters.reset()  # count training operations only
 
