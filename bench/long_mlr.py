@@ -3,7 +3,7 @@
     python bench/long_mlr.py                                  # client refresh on SEAL n16384
     python bench/long_mlr.py --refresh bootstrap --backend desilo --preset desilo-boot --epochs 8
     python bench/long_mlr.py --dataset digits --batch-size 256 --epochs 4 --learning-rate 0.5
-    python bench/long_mlr.py --dataset mnist --rows 2048 --batch-size 256 --epochs 2
+    python bench/long_mlr.py --dataset mnist --rows 2048 --batch-size 256 --epochs 2 --learning-rate 1
 
 Seed workload: RegNet_X_400MF features of MNIST rows 0–127 (train) and 128–255 (validation),
 from ../shared/data. The client (this process, secret key) and the server (a separate
