@@ -158,6 +158,21 @@ class Trainer(abc.ABC):
     def predict_scores(self, weights: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray: ...
 
 
+def check_training_arrays(X, Y) -> tuple[np.ndarray, np.ndarray]:
+    """X (n x d, finite) and one-hot Y (n x c in {0, 1}) as float64, or a DataError."""
+    from hetrain.errors import DataError
+
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0:
+        raise DataError(f"X must be n × d and Y n × c with the same n ≥ 1, got {X.shape} and {Y.shape}")
+    if not np.all(np.isfinite(X)):
+        raise DataError("X contains NaN or infinite values")
+    if not np.all((Y == 0) | (Y == 1)):
+        raise DataError("Y must be one-hot in {0, 1}")
+    return X, Y
+
+
 registry: dict[str, type[Trainer]] = {}
 
 

@@ -42,7 +42,7 @@ from hetrain.circuits.packing import BlockedPacking
 from hetrain.ckks import PlainVector, get_params
 from hetrain.errors import DataError, HetrainUserError
 
-from .base import DepthPlanError, Plan, Trainer, register
+from .base import check_training_arrays, DepthPlanError, Plan, Trainer, register
 from .mlr_twin import add_bias, quadratic_gradient_diag
 
 DEFAULTS = {"epochs": 10, "batch_size": 128, "learning_rate": 4.0, "sigmoid": "published", "patience": 3,
@@ -113,15 +113,7 @@ class MiniBatchMLR(Trainer):
 
     # ------------------------------------------------------------------ client side (plaintext)
     def check_data(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
-        X = np.asarray(X, dtype=np.float64)
-        Y = np.asarray(Y, dtype=np.float64)
-        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0:
-            raise DataError(f"X must be n × d and Y n × c with the same n ≥ 1, got {X.shape} and {Y.shape}")
-        if not np.all(np.isfinite(X)):
-            raise DataError("X contains NaN or infinite values")
-        if not np.all((Y == 0) | (Y == 1)):
-            raise DataError("Y must be one-hot in {0, 1}")
-        return X, Y
+        return check_training_arrays(X, Y)
 
     def plain_batches(self, X, Y, slots: int) -> list[Batch]:
         """The vectors the client encrypts, per mini-batch (also the twin's input)."""

@@ -35,7 +35,7 @@ from hetrain.ckks import PlainVector, get_params
 from hetrain.ckks.params import PRESETS
 from hetrain.errors import DataError, HetrainUserError
 
-from .base import DepthPlanError, Plan, Trainer, register
+from .base import check_training_arrays, DepthPlanError, Plan, Trainer, register
 from .mlr_twin import Schedule, add_bias, quadratic_gradient_diag, twin
 
 CIRCUITS = {"blocked": blocked_matmul, "volley-revolver": volley_revolver}
@@ -106,15 +106,7 @@ class MLRTrainer(Trainer):
 
     # ------------------------------------------------------------------ client
     def _check_data(self, X, Y):
-        X = np.asarray(X, dtype=np.float64)
-        Y = np.asarray(Y, dtype=np.float64)
-        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0:
-            raise DataError(f"X must be n × d and Y n × c with the same n ≥ 1, got {X.shape} and {Y.shape}")
-        if not np.all(np.isfinite(X)):
-            raise DataError("X contains NaN or infinite values")
-        if not np.all((Y == 0) | (Y == 1)):
-            raise DataError("Y must be one-hot in {0, 1}")
-        return X, Y
+        return check_training_arrays(X, Y)
 
     def client_encrypt(self, engine, X, Y):
         X, Y = self._check_data(X, Y)
