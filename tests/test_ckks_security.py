@@ -153,3 +153,13 @@ def test_sim_noise_has_ckks_size(rng):
     assert 0 < np.std(err) < 1e-6
     exact = ckks.create_engine("sim", "n8192")
     assert np.array_equal(exact.decrypt(exact.encrypt(x)), x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_secret_key_of_other_parameters_is_refused(backend):
+    """The ownership check is shared by every backend: key id AND parameters must match."""
+    a = ckks.create_engine(backend, "n8192")
+    b = ckks.create_engine(backend, "n16384")
+    forged = a.secret_key_bytes().replace(a.key_id.encode(), b.key_id.encode())
+    with pytest.raises(ckks.KeyMismatch, match="does not belong"):
+        ckks.load_engine(b.public_bytes(), forged)

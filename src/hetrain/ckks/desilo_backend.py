@@ -28,8 +28,8 @@ import secrets
 import numpy as np
 
 from .container import pack, unpack
-from .engine import Engine
-from .errors import CKKSError, KeyMismatch, SecretKeyUnavailable, SerializationError
+from .engine import Engine, unpack_secret_key
+from .errors import CKKSError, SerializationError
 from .params import CKKSParams
 
 try:  # optional: the licence forbids making it a requirement
@@ -237,23 +237,14 @@ class DesiloEngine(Engine):
         return {"bk": bytes(e.serialize_bootstrap_key(self._bk))}
 
     def secret_key_bytes(self) -> bytes:
-        if self._sk is None:
-            raise SecretKeyUnavailable("this engine holds public material only")
-        meta = {"kind": "secret_key", "backend": self.backend_name, "params": self.params.fingerprint(),
-                "key_id": self.key_id}
-        return pack(meta, {"sk": bytes(self._native.serialize_secret_key(self._sk))})
+        return self._pack_secret_key(None if self._sk is None else bytes(self._native.serialize_secret_key(self._sk)))
 
     @classmethod
     def from_bytes(cls, public: bytes, secret: bytes | None = None, *, force_insecure: bool = False,
                    threads: int | None = None, mode: str = "cpu") -> "DesiloEngine":
         meta, parts = unpack(public, expect_kind="public_context")
         params = CKKSParams.from_dict(meta["params"])
-        sk = None
-        if secret is not None:
-            smeta, sparts = unpack(secret, expect_kind="secret_key")
-            if smeta.get("key_id") != meta["key_id"] or smeta.get("params") != params.fingerprint():
-                raise KeyMismatch("secret key does not belong to this public context")
-            sk = sparts["sk"]
+        sk = None if secret is None else unpack_secret_key(meta, params, secret)
         return cls(params.name, (), threads=threads, mode=mode,
                    _public={"key_id": meta["key_id"], "steps": meta["steps"],
                             "bootstrap_key_size": meta.get("bootstrap_key_size"), **parts}, _secret=sk)

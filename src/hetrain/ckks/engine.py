@@ -377,6 +377,15 @@ class Engine(abc.ABC):
     def secret_key_bytes(self) -> bytes:
         """The secret key on its own (raises SecretKeyUnavailable on a public engine)."""
 
+    def _pack_secret_key(self, raw: bytes | None) -> bytes:
+        """The secret-key container every backend writes (``raw``: the backend's key bytes)."""
+        from .container import pack
+        if not self.has_secret_key:
+            raise SecretKeyUnavailable("this engine holds public material only")
+        meta = {"kind": "secret_key", "backend": self.backend_name, "params": self.params.fingerprint(),
+                "key_id": self.key_id}
+        return pack(meta, {} if raw is None else {"sk": raw})
+
     def ciphertext_nbytes(self, ct: Ciphertext) -> int:
         return len(self._ct_to_bytes(ct))
 
@@ -457,6 +466,17 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def _ct_from_bytes(self, b: bytes, level: int): ...
+
+
+def unpack_secret_key(public_meta: dict, params: CKKSParams, secret: bytes) -> bytes | None:
+    """The raw key bytes of a secret-key container, after checking it belongs to the public
+    context (same key id and parameters); None for a backend with no key material (sim)."""
+    from .container import unpack
+    smeta, sparts = unpack(secret, expect_kind="secret_key")
+    if smeta.get("key_id") != public_meta["key_id"] or smeta.get("params") != params.fingerprint():
+        raise KeyMismatch("secret key does not belong to this public context "
+                          f"(secret key {smeta.get('key_id')}, context {public_meta['key_id']})")
+    return sparts.get("sk")
 
 
 class _TaggedLogger(logging.LoggerAdapter):

@@ -20,8 +20,8 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from .container import pack, unpack
-from .engine import Engine
-from .errors import InsecureParameters, KeyMismatch, SecretKeyUnavailable, SerializationError
+from .engine import Engine, unpack_secret_key
+from .errors import InsecureParameters, SerializationError
 from .params import CKKSParams
 
 
@@ -252,23 +252,13 @@ class SealEngine(Engine):
         return pack(meta, parts)
 
     def secret_key_bytes(self) -> bytes:
-        if self._sk is None:
-            raise SecretKeyUnavailable("this engine holds public material only")
-        meta = {"kind": "secret_key", "backend": self.backend_name, "params": self.params.fingerprint(),
-                "key_id": self.key_id}
-        return pack(meta, {"sk": _seal_to_bytes(self._sk)})
+        return self._pack_secret_key(None if self._sk is None else _seal_to_bytes(self._sk))
 
     @classmethod
     def from_bytes(cls, public: bytes, secret: bytes | None = None, *, force_insecure: bool = False) -> "SealEngine":
         meta, parts = unpack(public, expect_kind="public_context")
         params = CKKSParams.from_dict(meta["params"])
-        sk = None
-        if secret is not None:
-            smeta, sparts = unpack(secret, expect_kind="secret_key")
-            if smeta.get("key_id") != meta["key_id"] or smeta.get("params") != params.fingerprint():
-                raise KeyMismatch("secret key does not belong to this public context "
-                                  f"(secret key {smeta.get('key_id')}, context {meta['key_id']})")
-            sk = sparts["sk"]
+        sk = None if secret is None else unpack_secret_key(meta, params, secret)
         return cls(params, (), force_insecure=force_insecure,
                    _public={"key_id": meta["key_id"], "steps": meta["steps"], **parts}, _secret=sk)
 

@@ -13,8 +13,8 @@ import secrets
 import numpy as np
 
 from .container import pack, unpack
-from .engine import Engine
-from .errors import KeyMismatch, SecretKeyUnavailable, SerializationError
+from .engine import Engine, unpack_secret_key
+from .errors import SerializationError
 from .params import CKKSParams
 
 # Standard deviation of the error CKKS adds per fresh encryption, rescale and rotation at scale
@@ -130,19 +130,14 @@ class SimEngine(Engine):
         return pack(meta, {})
 
     def secret_key_bytes(self) -> bytes:
-        if not self.has_secret_key:
-            raise SecretKeyUnavailable("this engine holds public material only")
-        return pack({"kind": "secret_key", "backend": self.backend_name, "params": self.params.fingerprint(),
-                     "key_id": self.key_id}, {})
+        return self._pack_secret_key(None)
 
     @classmethod
     def from_bytes(cls, public: bytes, secret: bytes | None = None, *, force_insecure: bool = False) -> "SimEngine":
         meta, _ = unpack(public, expect_kind="public_context")
         params = CKKSParams.from_dict(meta["params"])
         if secret is not None:
-            smeta, _ = unpack(secret, expect_kind="secret_key")
-            if smeta.get("key_id") != meta["key_id"]:
-                raise KeyMismatch("secret key does not belong to this public context")
+            unpack_secret_key(meta, params, secret)  # checks it belongs here; the sim has no key bytes
         return cls(params, meta["steps"], noise=meta.get("noise", 0.0), force_insecure=force_insecure,
                    bootstrap_level=meta.get("bootstrap_level"),
                    _key_id=meta["key_id"], _has_secret=secret is not None)
