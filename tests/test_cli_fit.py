@@ -29,6 +29,17 @@ def test_datasets_export_and_list(capsys, tmp_path):
     assert rc == 0 and any(line.startswith("digits: 1797 samples, 64 features") for line in out)
 
 
+def test_datasets_export_writes_a_stratified_split(capsys, tmp_path):
+    rc, out, _ = run(capsys, "datasets", "export", "iris", "--out", tmp_path / "tr.csv", "--test-out", tmp_path / "te.csv")
+    assert rc == 0 and "120 rows x 4 features" in out[-2]
+    test_labels = [line.split(",")[0] for line in (tmp_path / "te.csv").read_text().splitlines()]
+    assert len(test_labels) == 30 and sorted(set(test_labels)) == ["0.0", "1.0", "2.0"]
+    assert all(test_labels.count(c) == 10 for c in ("0.0", "1.0", "2.0"))  # stratified
+    rc, _, err = run(capsys, "datasets", "export", "iris", "--out", tmp_path / "a.csv", "--test-out",
+                     tmp_path / "b.csv", "--test-fraction", 1.5)
+    assert rc == 1 and "strictly between 0 and 1" in err
+
+
 def test_fit_then_evaluate(capsys, tmp_path, iris_csv):
     model = tmp_path / "m.json"
     rc, out, err = run(capsys, "fit", "--data", iris_csv, "--model", "toy-centroid", "--iterations", 1,

@@ -35,8 +35,20 @@ def write_csv(path: str | os.PathLike, X: np.ndarray, y: np.ndarray) -> None:
             os.remove(tmp)
 
 
-def export_csv(name: str, path: str | os.PathLike) -> tuple[int, int]:
-    """Write a bundled dataset to ``path``; returns (rows, features)."""
+def export_csv(name: str, path: str | os.PathLike, test_path: str | os.PathLike | None = None,
+               test_fraction: float = 0.2, seed: int = 0) -> tuple[int, int]:
+    """Write a bundled dataset to ``path``; returns (rows, features) of that file.
+
+    With ``test_path``, a stratified split (scikit-learn's train_test_split, ``seed``) writes
+    ``test_fraction`` of the rows there and the rest to ``path``.
+    """
     X, y = load_builtin(name)
+    if test_path is not None:
+        if not 0.0 < test_fraction < 1.0:
+            raise DataError(f"test fraction must lie strictly between 0 and 1, got {test_fraction}")
+        from sklearn.model_selection import train_test_split
+
+        X, X_test, y, y_test = train_test_split(X, y, test_size=test_fraction, stratify=y, random_state=seed)
+        write_csv(test_path, X_test, y_test)
     write_csv(path, X, y)
     return X.shape
