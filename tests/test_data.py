@@ -95,3 +95,64 @@ def test_export_roundtrips_exactly(tmp_path, name, shape, n_classes):
 def test_unknown_builtin():
     with pytest.raises(DataError, match="unknown dataset"):
         load_builtin("mnist")
+
+
+# -- issue 10 item 6: byte-order mark, CRLF, trailing newline (every user text file) ------------------
+@pytest.mark.parametrize("raw", [
+    b"\xef\xbb\xbf5.0,1,2\n0.0,3.5,-4\n",            # UTF-8 BOM (Excel "CSV UTF-8", Notepad)
+    b"5.0,1,2\r\n0.0,3.5,-4\r\n",                    # CRLF
+    b"\xef\xbb\xbf5.0,1,2\r\n0.0,3.5,-4\r\n\r\n",    # both, and a trailing blank line
+    b"5.0,1,2\n0.0,3.5,-4",                          # no trailing newline
+])
+def test_csv_bom_crlf_and_trailing_newline_load(tmp_path, raw):
+    p = tmp_path / "d.csv"
+    p.write_bytes(raw)
+    X, y = load_dataset(p)
+    np.testing.assert_array_equal(y, [5, 0])
+    np.testing.assert_array_equal(X, [[1, 2], [3.5, -4]])
+
+
+def test_csv_bom_then_header_is_still_a_header(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_bytes(b"\xef\xbb\xbflabel,f1,f2\r\n1,2,3\r\n")
+    with pytest.raises(DataError, match=r"line 1 .*'label'.*header row") as e:
+        load_dataset(p)
+    assert "\ufeff" not in str(e.value)
+
+
+def test_model_file_with_bom_loads(tmp_path):
+    from hetrain.protocol.files import load_model, save_model
+
+    p = tmp_path / "m.json"
+    save_model(p, {"weights": {"w": np.arange(3.0)}})
+    p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes().replace(b"\n", b"\r\n"))
+    np.testing.assert_array_equal(load_model(p)["weights"]["w"], [0, 1, 2])
+
+
+# -- issue 10 item 7: text labels are not a header row -----------------------------------------------
+@pytest.mark.parametrize("text, message", [
+    ("malignant,17.99,3\nbenign,1,2\nmalignant,3,4\n",
+     r"labels must be integers; column 0 holds text labels such as 'malignant' and 'benign' \(on every line\); "
+     r"map them to integers \(e\.g\. 0, 1\)"),
+    ("malignant,17.99,3\n", r"labels must be integers; column 0 holds text labels such as 'malignant'"),
+    ("1,17.99,3\n0,1,2\nbenign,3,4\n1,5,6\n",
+     r"line 3, column 0 \(label\) is not a number: 'benign'; it is the only line with a text label"),
+    ("label,0,1\n1,1,2\n0,3,4\n", r"line 1, column 0 .*'label'; it is the only line .*header row"),
+    ("label,f1\n1.0,2\n", r"line 1 is not numeric \('label', 'f1'\); it looks like a header row"),
+    ("\n\nlabel,f1\n1.0,2\n", r"line 3 is not numeric .*header row"),
+    ("1.0,2,abc\n", r"line 1, column 2 \(feature 1\) is not a number: 'abc'$"),
+])
+def test_csv_text_labels_are_not_called_a_header(tmp_path, text, message):
+    with pytest.raises(DataError, match=message) as e:
+        load_dataset(write(tmp_path, text))
+    assert "must have no header" not in str(e.value) or "header row" in message
+
+
+def test_npz_and_array_text_labels_say_map_to_integers(tmp_path):
+    from hetrain.data import check_labels
+
+    np.savez(tmp_path / "s.npz", X=np.ones((3, 2)), y=np.array(["malignant", "benign", "benign"]))
+    with pytest.raises(DataError, match=r"text labels such as 'benign' and 'malignant'; map them to integers"):
+        load_dataset(tmp_path / "s.npz")
+    with pytest.raises(DataError, match=r"row 0 has label 1\.5$"):  # a plain number, not np.float64(1.5)
+        check_labels(np.array([1.5, 0.0]))

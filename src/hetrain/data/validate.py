@@ -26,9 +26,15 @@ def check_features(X, what: str = "features") -> np.ndarray:
 
 def check_labels(y, n_rows: int | None = None) -> np.ndarray:
     """Integer class labels (floats such as 5.0 are accepted when they are whole numbers)."""
+    raw = np.asarray(y)
     try:
-        y = np.asarray(y, dtype=np.float64)
+        y = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError) as exc:
+        text = [v for v in np.unique(raw.ravel().astype(str)) if not _is_number(v)] if raw.dtype.kind in "USO" else []
+        if text:
+            shown = " and ".join(repr(str(v)) for v in text[:2])
+            raise DataError(f"labels must be integers; they hold text labels such as {shown}; map them to integers "
+                            "(e.g. 0, 1)") from None
         raise DataError(f"labels are not numeric: {exc}") from None
     if y.ndim != 1:
         raise DataError(f"labels must be a 1-D array, got shape {y.shape}")
@@ -39,7 +45,7 @@ def check_labels(y, n_rows: int | None = None) -> np.ndarray:
     frac = y != np.round(y)
     if frac.any():
         i = int(np.argmax(frac))
-        raise DataError(f"labels must be integers (class ids); row {i} has label {y[i]!r}")
+        raise DataError(f"labels must be integers (class ids); row {i} has label {float(y[i])!r}")
     return y.astype(np.int64)
 
 
@@ -54,3 +60,11 @@ def check_known_labels(y: np.ndarray, classes) -> None:
 def check_feature_count(X: np.ndarray, n_features: int, what: str = "the model") -> None:
     if X.shape[1] != n_features:
         raise DataError(f"data has {X.shape[1]} features but {what} expects {n_features}")
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False

@@ -201,7 +201,9 @@ def load_model(path: str | os.PathLike) -> dict:
     """Inverse of save_model: the record with weights as arrays; ModelFileError if anything is off."""
     p = pathlib.Path(path)
     try:
-        body = json.loads(p.read_text())
+        # bytes, not read_text(): json detects UTF-8 (with or without a BOM, as editors save it) and
+        # UTF-16/32 itself, whatever the locale's encoding
+        body = json.loads(p.read_bytes())
     except FileNotFoundError:
         raise ModelFileError(f"model file {str(p)!r} does not exist") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
