@@ -125,3 +125,23 @@ def test_demo_default_model_is_mlr(capsys):
     assert out[0].startswith("dataset wine:") and any("model=mlr" in line for line in out)
     enc = float(out[-1].split("encrypted_accuracy=")[1])
     assert enc == float(out[-2].split("plaintext_accuracy=")[1]) and enc > 0.93  # sim: identical arithmetic
+
+
+def test_fit_warns_about_constant_features_in_one_line(capsys, tmp_path, iris_csv):
+    """Issue 10 item 11: constant columns are named on one `warning:` line; all-constant data is refused."""
+    rows = [line.split(",") for line in iris_csv.read_text().splitlines()]
+    data = tmp_path / "const.csv"
+    data.write_text("".join(",".join(r[:2] + ["7.0"] + r[2:] + ["0.0"]) + "\n" for r in rows))
+    rc, out, err = run(capsys, "fit", "--data", data, "--model", "toy-centroid", "--backend", "sim",
+                       "--out", tmp_path / "m.json", "--quiet")
+    assert rc == 0, err
+    warned = [line for line in err.splitlines() if "constant" in line]
+    assert warned == ["hetrain fit: warning: 2 of 6 features are constant in the training rows (features 1, 5): "
+                      "centred to 0, they carry no information"], err
+    assert "UserWarning" not in err and "warnings.warn" not in err
+    flat = tmp_path / "flat.csv"
+    flat.write_text("".join(f"{r[0]},1.0,2.0\n" for r in rows))
+    rc, _, err = run(capsys, "fit", "--data", flat, "--model", "toy-centroid", "--backend", "sim",
+                     "--out", tmp_path / "m2.json", "--quiet")
+    assert rc == 1 and err.strip() == ("hetrain fit: error: every feature is constant in the training rows "
+                                       "(2 of 2): there is nothing to learn from")

@@ -7,3 +7,11 @@ class HetrainUserError(Exception):
 
 class DataError(HetrainUserError, ValueError):
     """A data file or array is malformed: wrong shape, NaN/inf, unknown labels, empty..."""
+
+
+class HetrainWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI prints it as one line."""
+
+
+class DataWarning(HetrainWarning):
+    """The data is usable but part of it is degenerate (e.g. constant features)."""

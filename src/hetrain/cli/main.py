@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 # sub-command name -> (module inside hetrain.cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():  # hetrain's own warnings: one line each, like the errors
+            warnings.simplefilter("always", HetrainWarning)
+            warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -52,7 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-from hetrain.errors import HetrainUserError  # noqa: E402  (kept at the bottom: no import cycles)
+def _one_line_warnings(command: str, fallback):
+    """showwarning for HetrainWarning: `hetrain CMD: warning: message` on stderr, no file:line or source."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, HetrainWarning):
+            print(f"hetrain {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+    return show
+
+
+from hetrain.errors import HetrainUserError, HetrainWarning  # noqa: E402  (kept at the bottom: no import cycles)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,15 +8,48 @@ shrinking the inputs keeps the pre-activations inside it (circuits.approx.check_
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
 from hetrain.data.validate import check_feature_count, check_features, check_known_labels, check_labels
-from hetrain.errors import DataError
+from hetrain.errors import DataError, DataWarning
 
-# A feature whose training standard deviation is below this is treated as constant: it is
-# centred (becomes 0) instead of being divided by ~0, which would blow up unseen test values.
+# A feature whose training standard deviation is at most this fraction of its largest magnitude
+# is treated as constant: it is centred (becomes 0) instead of being divided by ~0 (rounding noise),
+# which would blow up unseen test values. Relative, so that features x 1e-300 or x 1e300 standardise
+# exactly as the unscaled ones do.
 CONSTANT_STD = 1e-12
+
+# Smallest positive normal float64: a column whose largest magnitude is below it holds only subnormal
+# values, with too few significant bits to standardise.
+_TINY = float(np.finfo(np.float64).tiny)
+
+
+def _columns(idx, limit: int = 5) -> str:
+    """'features 0, 3, 7' or 'features 0, 3, 7, 8, 9 and 12 more' (0-based, as in the CSV errors)."""
+    idx = [int(i) for i in idx]
+    shown = ", ".join(str(i) for i in idx[:limit])
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return f"feature{'s' if len(idx) > 1 else ''} {shown}{more}"
+
+
+def standardisation_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, std, constant mask) per column, computed on the column divided by its largest magnitude.
+
+    The rescaling keeps the arithmetic in range whatever the magnitude (squares of 1e-300 underflow
+    to 0 and of 1e300 overflow to inf otherwise); DataError for columns of subnormal values only.
+    """
+    peak = np.abs(X).max(axis=0)
+    subnormal = (peak > 0) & (peak < _TINY)
+    if subnormal.any():
+        raise DataError(f"{_columns(np.flatnonzero(subnormal))} hold only values smaller than {_TINY!r} in magnitude "
+                        "(subnormal numbers, too imprecise to standardise): rescale the data (e.g. multiply by 1e300)")
+    unit = np.where(peak > 0, peak, 1.0)
+    Xs = X / unit
+    mean_s, std_s = Xs.mean(axis=0), Xs.std(axis=0)
+    constant = std_s <= CONSTANT_STD
+    return mean_s * unit, np.where(constant, 1.0, std_s * unit), constant
 
 
 @dataclasses.dataclass
@@ -35,9 +68,15 @@ class Preprocessor:
         classes = sorted(int(c) for c in np.unique(y))
         if len(classes) < 2:
             raise DataError(f"training labels hold a single class ({classes}); a classifier needs at least two")
-        std = X.std(axis=0)
-        std = np.where(std < CONSTANT_STD, 1.0, std)
-        return cls(X.mean(axis=0), std, float(scale), classes)
+        mean, std, constant = standardisation_stats(X)
+        if constant.all():
+            raise DataError(f"every feature is constant in the training rows ({X.shape[1]} of {X.shape[1]}): "
+                            "there is nothing to learn from")
+        if constant.any():
+            warnings.warn(DataWarning(
+                f"{int(constant.sum())} of {X.shape[1]} features are constant in the training rows "
+                f"({_columns(np.flatnonzero(constant))}): centred to 0, they carry no information"), stacklevel=2)
+        return cls(mean, std, float(scale), classes)
 
     @property
     def n_features(self) -> int:
