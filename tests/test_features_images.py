@@ -167,6 +167,11 @@ def test_folder_label_map_rules():
     assert folder_label_map(["0", "1", "9"]) == {"0": 0, "1": 1, "9": 9}
     assert folder_label_map(["b", "a", "3"]) == {"3": 0, "a": 1, "b": 2}
     assert folder_label_map(["1", "01"]) == {"01": 0, "1": 1}  # integer collision -> sorted index
+    # issue 10: only ASCII digit names are integers; int() would read '1_0' as 10, ' 2' as 2, '\u0663' as 3
+    assert folder_label_map(["1_0", "2"]) == {"1_0": 0, "2": 1}
+    assert folder_label_map([" 2", "3"]) == {" 2": 0, "3": 1}
+    assert folder_label_map(["\u0663", "4"]) == {"4": 0, "\u0663": 1}
+    assert folder_label_map(["-1", "1"]) == {"-1": -1, "1": 1}
 
 
 def test_empty_folder_and_loose_images(tmp_path):

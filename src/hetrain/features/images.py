@@ -8,6 +8,7 @@ uint8 arrays (or float32 in [0, 1] from an .npz that holds floats), (H, W) for g
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +73,14 @@ def open_images(path: str | Path, labels_path: str | Path | None = None) -> Imag
 
 
 def folder_label_map(names: Sequence[str]) -> dict[str, int]:
-    """Integer folder names are their own labels ('0'..'9' for digits); otherwise sorted index."""
-    try:
-        as_int = {name: int(name) for name in names}
-    except ValueError:
+    """Integer folder names are their own labels ('0'..'9' for digits); otherwise sorted index.
+
+    Integer means ASCII digits with an optional minus sign: int() alone would also read '1_0' as 10,
+    ' 2' as 2 and non-ASCII digits, labels the user never wrote.
+    """
+    if not all(re.fullmatch(r"-?[0-9]+", name) for name in names):
         return {name: i for i, name in enumerate(sorted(names))}
+    as_int = {name: int(name) for name in names}
     if len(set(as_int.values())) != len(as_int):  # '1' and '01' would collide
         return {name: i for i, name in enumerate(sorted(names))}
     return as_int
