@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # sub-command name -> (module inside hetrain.cli, one-line help)
@@ -43,13 +44,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        rc = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit ("Exception ignored")
+        return rc
+    except BrokenPipeError:  # `hetrain ... | head -1`: the reader is gone; stop quietly like other tools
+        _stdout_to_devnull()
+        return 128 + 13  # as if killed by SIGPIPE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except HetrainUserError as exc:  # clear, expected errors: no traceback
         print(f"hetrain {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe, stdout's buffer would fail again at exit: point it at /dev/null (the
+    Python docs' advice for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 from hetrain.errors import HetrainUserError  # noqa: E402  (kept at the bottom: no import cycles)
