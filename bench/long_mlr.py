@@ -7,7 +7,7 @@
 
 Seed workload: RegNet_X_400MF features of MNIST rows 0–127 (train) and 128–255 (validation),
 from ../shared/data. The client (this process, secret key) and the server (a separate
-``python -m hetrain.protocol.server`` process, public material only) talk over the refresh
+``python -m hetrain.protocol.server_main`` process, public material only) talk over the refresh
 channel, exactly as ``hetrain fit --refresh client`` does. Prints per iteration: server step time,
 refresh time (as the server waits for it), the client's validation accuracy; then totals, round
 trips / bootstraps, bytes both ways, the client's share, and the plaintext baseline (scikit-learn

@@ -21,6 +21,7 @@ from hetrain.protocol.errors import ServerError
 from hetrain.protocol.pipeline import fit
 from hetrain.protocol.refresh import LongJob, fit_long
 from hetrain.protocol.refresh_channel import (ChannelError, decode_state, encode_state, recv_frame, send_frame)
+from hetrain.protocol.server import server_argv
 
 CFG = {"epochs": 3, "batch_size": 64, "learning_rate": 0.5, "patience": 0}
 PUBLIC_FILES = {files.MANIFEST, files.PUBLIC_CONTEXT, files.INPUTS, files.JOB, "state.ckpt"}
@@ -180,7 +181,7 @@ def test_server_notices_the_client_going_away(tmp_path):
     lst.bind(str(path))
     lst.listen(1)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.Popen([sys.executable, "-m", "hetrain.protocol.server", str(tmp_path), "--channel", str(path)],
+    proc = subprocess.Popen(server_argv(tmp_path, progress=False, channel=path),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     conn, _ = lst.accept()
     hello, _, _ = recv_frame(conn)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import warnings
 
@@ -44,10 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+<<<<<<< HEAD
         with warnings.catch_warnings():  # hetrain's own warnings: one line each, like the errors
             warnings.simplefilter("always", HetrainWarning)
             warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
             return int(args._run(args) or 0)
+=======
+        rc = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit ("Exception ignored")
+        return rc
+    except BrokenPipeError:  # `hetrain ... | head -1`: the reader is gone; stop quietly like other tools
+        _stdout_to_devnull()
+        return 128 + 13  # as if killed by SIGPIPE
+>>>>>>> fix10-d
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -64,6 +74,17 @@ def _one_line_warnings(command: str, fallback):
         else:
             fallback(message, category, filename, lineno, file, line)
     return show
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe, stdout's buffer would fail again at exit: point it at /dev/null (the
+    Python docs' advice for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 from hetrain.errors import HetrainUserError, HetrainWarning  # noqa: E402  (kept at the bottom: no import cycles)

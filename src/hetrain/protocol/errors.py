@@ -12,3 +12,7 @@ class ModelFileError(HetrainUserError):
 
 class ServerError(HetrainUserError):
     """The server process failed; the message carries the server's own explanation."""
+
+
+class ReaderGoneError(HetrainUserError):
+    """The process reading the server's output (its parent: the client or the service) went away."""

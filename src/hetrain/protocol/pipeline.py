@@ -3,7 +3,7 @@
     result = fit(X, y, model="mlr", config={"iterations": 2}, preset="n16384", backend="seal")
     result.model.save("model.json")
 
-The server is ``python -m hetrain.protocol.server JOBDIR`` in a subprocess that receives only
+The server is ``python -m hetrain.protocol.server_main JOBDIR`` in a subprocess that receives only
 the job bundle (public context, ciphertexts, job json): no secret key ever crosses. Progress
 bars (tqdm) follow encryption, the server's training iterations and decryption.
 """
@@ -36,7 +36,7 @@ from .monitor import PeakRSS
 from .refresh import ClientRefresher
 from .preprocess import Preprocessor
 from .refresh_channel import ChannelError, ClientEndpoint
-from .server import PROGRESS_PREFIX, REFRESH_MODES
+from .server import PROGRESS_PREFIX, REFRESH_MODES, server_argv
 from .transport import LocalTransport, make_transport
 
 
@@ -185,13 +185,9 @@ def refresh_summary(sstats: dict) -> dict:
 
 
 def server_command(jobdir, trainer, channel_path=None) -> list[str]:
-    cmd = [sys.executable, "-m", "hetrain.protocol.server", os.fspath(jobdir), "--progress"]
     module = type(trainer).__module__
-    if not module.startswith("hetrain.models."):  # a trainer outside the catalog (tests, plugins)
-        cmd += ["--trainer-module", module]
-    if channel_path is not None:
-        cmd += ["--channel", os.fspath(channel_path)]
-    return cmd
+    extra = [] if module.startswith("hetrain.models.") else [module]  # a trainer outside the catalog (tests, plugins)
+    return server_argv(jobdir, trainer_modules=extra, channel=channel_path)
 
 
 def run_server(jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None, *,
@@ -252,6 +248,10 @@ def run_server(jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | Non
 
 
 def _follow_progress(stream, bar, on_progress) -> None:
+    """Read the server's progress lines to the end. The bar draws on our stderr; if that is a pipe
+    whose reader is gone, stop drawing but keep reading: a server blocked on a full stdout pipe
+    would never exit."""
+    draw = True
     for line in stream:
         if line.startswith(PROGRESS_PREFIX):
             done, total, *msg = line[len(PROGRESS_PREFIX):].split(" ", 2)
@@ -259,7 +259,11 @@ def _follow_progress(stream, bar, on_progress) -> None:
             bar.n = int(done)
             if msg:
                 bar.set_postfix_str(msg[0].strip(), refresh=False)
-            bar.refresh()
+            if draw:
+                try:
+                    bar.refresh()
+                except OSError:  # BrokenPipeError and the like: our own output is gone
+                    draw = False
             if on_progress is not None:
                 on_progress(int(done), int(total))
 

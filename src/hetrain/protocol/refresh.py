@@ -2,7 +2,7 @@
 
 Refresh modes (``--refresh``):
 * ``none``: the job must fit in one modulus chain (a clear DepthPlanError otherwise);
-* ``client``: the server process (``python -m hetrain.protocol.server``, public material only)
+* ``client``: the server process (``python -m hetrain.protocol.server_main``, public material only)
   sends its state over the refresh channel (refresh_channel.py) when the next iteration would not
   fit; this process (the client, with the secret key) decrypts every ciphertext, lets the trainer
   check the values (optional hook), re-encrypts them at the top level and sends them back;

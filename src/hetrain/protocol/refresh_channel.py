@@ -290,7 +290,7 @@ class ClientEndpoint:
                     self.stats.evaluations += 1
                     self.stats.refreshes += fresh is not None
             except Exception as exc:
-                send_frame(self.conn, {"op": "error", "message": str(exc)})
+                self._tell_error(str(exc))  # the server may be gone already: our own error is the one to raise
                 raise
             layout, out = encode_state(self.engine, fresh) if fresh is not None else (None, [])
             dt = time.perf_counter() - t0
@@ -300,8 +300,16 @@ class ClientEndpoint:
             self.stats.round_trips += 1
 
     def _refuse(self, message: str):
-        send_frame(self.conn, {"op": "error", "message": message})
+        self._tell_error(message)
         raise ChannelError(message)
+
+    def _tell_error(self, message: str) -> None:
+        """Tell the server why we stop, if it still listens (a write to a gone reader must not
+        replace the reason with "the other side is gone")."""
+        try:
+            send_frame(self.conn, {"op": "error", "message": message})
+        except ChannelError:
+            pass
 
     def close(self) -> None:
         for s in (self.conn, self.listener):

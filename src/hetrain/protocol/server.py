@@ -1,6 +1,11 @@
 """The server: trains on ciphertexts with public material only.
 
-    python -m hetrain.protocol.server JOBDIR [--progress] [--channel SOCKET]
+    python -m hetrain.protocol.server_main JOBDIR [--progress] [--channel SOCKET]
+
+(server_main.py is the entry module: this one is imported by the package, so it is not run with
+``python -m``; ``server_argv`` builds the command for every caller.) Exit status: 0 done, 2 a
+refused job or a clear error (one line on stderr, JOBDIR/server_error.json), 3 a bug (traceback),
+4 the process reading its output went away (one line; e.g. the parent died mid-training).
 
 It reads a job bundle (public context, ciphertexts, job json), refuses jobs whose depth plan
 does not fit before doing any work, runs ``trainer.server_train`` and writes the encrypted
@@ -12,6 +17,9 @@ Past one modulus chain (job["refresh"]): "client" connects to the client's refre
 ``monitor``); "bootstrap" refreshes with engine.bootstrap (and still uses the channel, if given,
 as ``monitor``). Trainers that accept a ``checkpoint`` hook get JOBDIR/state.ckpt: a killed job
 started again resumes after its last completed step.
+
+Every write to a pipe or socket whose reader may be gone (progress lines on stdout, the refresh
+channel, log lines) ends in one handler in ``main``: one line, no traceback, exit 4.
 
 Test hook: with HETRAIN_SERVER_AUDIT=FILE the process appends every path it opens to FILE
 (a Python audit hook), so tests can prove what the server reads.
@@ -35,13 +43,27 @@ from hetrain.models.base import DepthPlanError, get_trainer, refresh_available, 
 
 from . import files
 from .checkpoint import StateCheckpoint
-from .errors import BundleError
+from .errors import BundleError, ReaderGoneError
 from .refresh_channel import DEFAULT_TIMEOUT_S, ChannelStats, ServerChannel
 
 log = logging.getLogger("hetrain.server")
 PROGRESS_PREFIX = "@progress "
 CHECKPOINT = "state.ckpt"
 REFRESH_MODES = ("none", "client", "bootstrap")
+ENTRY_MODULE = "hetrain.protocol.server_main"  # what ``python -m`` runs (never imported by the package)
+EXIT_READER_GONE = 4
+
+
+def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=None) -> list[str]:
+    """The server process's command line; the one place that names its entry module."""
+    cmd = [sys.executable, "-m", ENTRY_MODULE, os.fspath(jobdir)]
+    if progress:
+        cmd.append("--progress")
+    for mod in trainer_modules:
+        cmd += ["--trainer-module", mod]
+    if channel is not None:
+        cmd += ["--channel", os.fspath(channel)]
+    return cmd
 
 
 class BootstrapRefresh:
@@ -169,7 +191,7 @@ def _progress_printer():
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hetrain.protocol.server", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"python -m {ENTRY_MODULE}", description=__doc__.splitlines()[0])
     p.add_argument("jobdir")
     p.add_argument("--progress", action="store_true", help=f"print '{PROGRESS_PREFIX.strip()} DONE TOTAL MSG' lines")
     p.add_argument("--trainer-module", action="append", default=[],
@@ -182,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("HETRAIN_SERVER_AUDIT"):
         _audit_opens(os.environ["HETRAIN_SERVER_AUDIT"])
     jobdir = pathlib.Path(args.jobdir)
+    try:  # a previous run's error (e.g. a killed job started again) must not be read as this one's
+        (jobdir / files.SERVER_ERROR).unlink(missing_ok=True)
+    except OSError:
+        pass
     try:
         for mod in args.trainer_module:
             importlib.import_module(mod)
@@ -191,12 +217,58 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except HetrainUserError as exc:
         _write_error(jobdir, exc)
-        print(f"server error: {exc}", file=sys.stderr)
+        _say(f"server error: {exc}")
         return 2
-    except Exception as exc:  # a bug: keep the traceback for the client to show
+    except Exception as exc:
+        gone = _reader_gone(exc)
+        if gone is not None:  # the parent (or whoever read our output) died: nothing to report to
+            _quiet_stdout()
+            err = ReaderGoneError(f"stopped: the process reading the server's output is gone ({gone})")
+            _write_error(jobdir, err)
+            _say(f"server error: {err}")
+            return EXIT_READER_GONE
+        # a bug: keep the traceback for the client to show
         _write_error(jobdir, exc, traceback.format_exc())
-        traceback.print_exc()
+        try:
+            traceback.print_exc()
+        except OSError:
+            pass
         return 3
+
+
+def _reader_gone(exc: BaseException) -> str | None:
+    """Why, if ``exc`` (or what caused it) is a write to a pipe or socket whose reader is gone."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            return exc.strerror or type(exc).__name__
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, stdout's buffer would fail again at exit ("Exception ignored ...");
+    point it at /dev/null (the Python docs' advice for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _say(line: str) -> None:
+    """One line on stderr, which may itself be a pipe whose reader is gone."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
 
 
 def _audit_opens(log_path: str) -> None:
@@ -215,6 +287,3 @@ def _write_error(jobdir: pathlib.Path, exc: BaseException, tb: str | None = None
             {"type": type(exc).__name__, "message": str(exc), "user_error": isinstance(exc, HetrainUserError),
              "traceback": tb}))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """How a job bundle reaches a server and its outputs come back.
 
-    LocalTransport()                        python -m hetrain.protocol.server JOBDIR, a subprocess here
+    LocalTransport()                        python -m hetrain.protocol.server_main JOBDIR, a subprocess here
     HttpTransport("http://127.0.0.1:8750")  the `hetrain serve` service (needs hetrain[service]: httpx)
 
 Both take a job directory written by ``files.write_job`` (public material only), leave the

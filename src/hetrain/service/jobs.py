@@ -3,7 +3,7 @@
 Each job is a directory ``WORKDIR/jobs/<id>/`` holding the bundle as uploaded, what the server
 process writes (outputs.bin, server_stats.json, server_error.json, server.log) and the service's
 own ``state.json``. Worker threads (``workers``, default 1: the machine has 2 cores and SEAL is
-single-threaded per process) take jobs in order and run ``python -m hetrain.protocol.server JOBDIR
+single-threaded per process) take jobs in order and run ``python -m hetrain.protocol.server_main JOBDIR
 --progress`` — the same server as a local fit, in its own process, with public material only —
 following its progress lines. On restart, jobs that were queued or running are queued again.
 """
@@ -23,7 +23,7 @@ import threading
 import time
 
 from hetrain.protocol import files
-from hetrain.protocol.server import PROGRESS_PREFIX
+from hetrain.protocol.server import PROGRESS_PREFIX, server_argv
 
 log = logging.getLogger("hetrain.service")
 STATE = "state.json"
@@ -183,9 +183,7 @@ class JobQueue:
         env = dict(os.environ)
         # the server process imports what this one can (editable installs, operator's trainer modules)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-        cmd = [sys.executable, "-m", "hetrain.protocol.server", os.fspath(job.dir), "--progress"]
-        for mod in self.trainer_modules:
-            cmd += ["--trainer-module", mod]
+        cmd = server_argv(job.dir, trainer_modules=self.trainer_modules)
         with self._lock:
             if job.deleted:
                 return
