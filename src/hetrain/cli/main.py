@@ -45,19 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-<<<<<<< HEAD
         with warnings.catch_warnings():  # hetrain's own warnings: one line each, like the errors
             warnings.simplefilter("always", HetrainWarning)
             warnings.showwarning = _one_line_warnings(args.command, warnings.showwarning)
-            return int(args._run(args) or 0)
-=======
-        rc = int(args._run(args) or 0)
+            rc = int(args._run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit ("Exception ignored")
         return rc
     except BrokenPipeError:  # `hetrain ... | head -1`: the reader is gone; stop quietly like other tools
         _stdout_to_devnull()
         return 128 + 13  # as if killed by SIGPIPE
->>>>>>> fix10-d
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
