@@ -8,13 +8,21 @@ The level rules are the same for every backend, and implemented here once:
 * ciphertext x ciphertext, ciphertext x plaintext and ciphertext x scalar each consume one level;
 * addition, subtraction, negation and rotation consume none;
 * operands at different levels are aligned by lowering the higher one (exactly, see backends);
-* an operation that needs a level a ciphertext at level 0 no longer has raises ``DepthExhausted``.
+* an operation that needs a level a ciphertext at level 0 no longer has raises ``DepthExhausted``;
+* an operation whose exact result is a *transparent* ciphertext (its mask polynomial c1 is zero: a
+  key-independent encryption of 0, which SEAL refuses to produce) returns a fresh encryption of 0 at
+  the result's level and scale instead: a product by a plaintext or scalar that encodes to the zero
+  polynomial at its scale (``encodes_to_zero``: all zeros, or values so small they round to 0), and a
+  sum or difference that cancels exactly (``x - x``, ``x + (-x)``, ``mul_sum`` terms that cancel).
+  Every backend goes through the same rule here; backends signal a transparent result by raising
+  (SEAL's own error, the sim's ``TransparentResult`` for a sum of nonzero operands that is exactly 0).
 
 Backends implement the small set of ``_primitive`` methods; counting, checks and alignment live here.
 """
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 import os
 from typing import Iterable, Sequence, Union
@@ -22,7 +30,8 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 
 from .counters import OpCounters
-from .errors import CKKSError, DepthExhausted, KeyMismatch, MissingRotationKey, SecretKeyUnavailable
+from .errors import (CKKSError, DepthExhausted, KeyMismatch, MissingRotationKey, SecretKeyUnavailable,
+                     TransparentResult)
 from .params import CKKSParams
 
 log = logging.getLogger("hetrain.ckks")
@@ -85,6 +94,40 @@ def rotate_sum_steps(width: int, stride: int = 1) -> list[int]:
         steps.append(k * stride)
         k *= 2
     return steps
+
+
+def encodes_to_zero(values, scale: float) -> bool:
+    """Whether CKKS encodes these slot values (real, ``slots`` of them) at ``scale`` to the zero
+    polynomial: every coefficient rounds to 0. A scalar encodes to the constant round(c·scale).
+
+    The coefficients are m_k = (2/N)·Σ_i v_i·cos(π·g_i·k/N), g_i = 3^i mod 2N (N = 2·slots), times
+    the scale. max|m_k| <= max|v| and max|m_k| >= √2·‖v‖₂/N bound the answer; the exact transform
+    (one FFT) is needed only between the two. Slot i sits at the root ζ^(3^i), SEAL 4's layout (a
+    Galois automorphism of it only permutes the coefficients' magnitudes); checked against SEAL's
+    encoder in tests/test_ckks_zero.py.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    top = float(np.max(np.abs(v), initial=0.0)) * scale
+    if v.ndim == 0 or top < 0.5:
+        return top < 0.5
+    v = v.ravel()
+    n = 2 * v.size
+    if np.sqrt(2.0) * float(np.linalg.norm(v)) * scale / n >= 0.5 or v.size & (v.size - 1):
+        return False
+    w = np.zeros(2 * n)
+    np.add.at(w, _rotation_group(v.size), v)
+    coeffs = (2.0 / n) * np.fft.fft(w).real[:n] * scale
+    return float(np.max(np.abs(coeffs))) < 0.5  # SEAL rounds half away from zero
+
+
+@functools.lru_cache(maxsize=8)
+def _rotation_group(slots: int) -> np.ndarray:
+    """3^i mod 4·slots for i < slots: the power of the root of unity slot i is evaluated at (SEAL 4)."""
+    g = np.empty(slots, dtype=np.int64)
+    g[0] = 1
+    for i in range(1, slots):
+        g[i] = g[i - 1] * 3 % (4 * slots)
+    return g
 
 
 def _check_pow2(width: int) -> None:
@@ -158,6 +201,31 @@ class Engine(abc.ABC):
             b = self.drop_to_level(b, a.level)
         return a, b
 
+    def _zero(self, level: int) -> Ciphertext:
+        """A fresh encryption of 0 at ``level`` (its scale is the level's): what an operation whose
+        exact result would be a transparent ciphertext returns instead (see module docstring)."""
+        self.counters.add("zero_result")
+        with self.counters.time("encrypt"):
+            return Ciphertext(self, level, self._encrypt(np.zeros(self.slots), level))
+
+    def _result(self, level: int, op, *args) -> Ciphertext:
+        """Run backend primitive ``op``; a transparent result becomes ``_zero(level)``."""
+        try:
+            return Ciphertext(self, level, op(*args))
+        except Exception as exc:
+            if not self._transparent_error(exc):
+                raise
+        return self._zero(level)
+
+    def _transparent_error(self, exc: Exception) -> bool:
+        """Whether ``exc`` is the backend refusing to produce a transparent ciphertext (backends
+        raise ``TransparentResult``, or their library's own error: see seal_backend)."""
+        return isinstance(exc, TransparentResult)
+
+    def _mul_scale(self, level: int) -> float:
+        """Scale a plaintext multiplier of a ciphertext at ``level`` is encoded at."""
+        return float(self.params.scale)
+
     # ------------------------------------------------------------------ public API
     def encrypt(self, values, level: int | None = None) -> Ciphertext:
         """Encrypt up to ``slots`` real values (zero-padded) at ``level`` (default: the top)."""
@@ -182,7 +250,7 @@ class Engine(abc.ABC):
         if isinstance(b, Ciphertext):
             a, b = self._align(a, b)
             with self.counters.time("add"):
-                return Ciphertext(self, a.level, self._add(a, b))
+                return self._result(a.level, self._add, a, b)
         with self.counters.time("add_plain"):
             return Ciphertext(self, a.level, self._add_plain(a, self._plain_for_add(b, a.level)))
 
@@ -190,8 +258,11 @@ class Engine(abc.ABC):
         self._own(a)
         if isinstance(b, Ciphertext):
             a, b = self._align(a, b)
+            if a.data is b.data:  # x - x: exactly 0 on every backend (transparent under SEAL)
+                with self.counters.time("sub"):
+                    return self._zero(a.level)
             with self.counters.time("sub"):
-                return Ciphertext(self, a.level, self._sub(a, b))
+                return self._result(a.level, self._sub, a, b)
         return self.add(a, -np.asarray(b, dtype=np.float64) if not isinstance(b, PlainVector) else PlainVector(-b.values))
 
     def neg(self, a: Ciphertext) -> Ciphertext:
@@ -240,8 +311,19 @@ class Engine(abc.ABC):
                 acc = t
             else:
                 with self.counters.time("add"):
-                    acc = self._add_tensor(acc, t)
+                    acc = self._add_tensor_or_none(acc, t)
+        if acc is None:  # the products cancelled exactly (transparent)
+            return self._zero(level - 1)
         return self._relin_rescale(acc, level)
+
+    def _add_tensor_or_none(self, t1, t2):
+        """t1 + t2, or None where the sum is transparent (then the next term starts afresh)."""
+        try:
+            return self._add_tensor(t1, t2)
+        except Exception as exc:
+            if not self._transparent_error(exc):
+                raise
+        return None
 
     def _relin_rescale(self, tensor, level: int) -> Ciphertext:
         with self.counters.time("relinearize"):
@@ -256,8 +338,13 @@ class Engine(abc.ABC):
         self._need_level(a, "plaintext multiply")
         pv = values if isinstance(values, PlainVector) else PlainVector(self._vector(values))
         with self.counters.time("multiply_plain"):
+            zero_key = ("mul_zero", a.level)
+            if zero_key not in pv._cache:
+                pv._cache[zero_key] = encodes_to_zero(pv.values, self._mul_scale(a.level))
+            if pv._cache[zero_key]:
+                return self._zero(a.level - 1)
             pt = self._plain_for_mul(pv, a.level)
-            return Ciphertext(self, a.level - 1, self._mul_plain(a, pt))
+            return self._result(a.level - 1, self._mul_plain, a, pt)
 
     def mul_scalar(self, a: Ciphertext, c: Scalar) -> Ciphertext:
         """a x c for a real constant c. One level (exact scale management needs the rescale)."""
@@ -266,7 +353,9 @@ class Engine(abc.ABC):
         if not np.isfinite(c):
             raise ValueError(f"cannot multiply by {c}")
         with self.counters.time("multiply_scalar"):
-            return Ciphertext(self, a.level - 1, self._mul_scalar(a, float(c)))
+            if encodes_to_zero(float(c), self._mul_scale(a.level)):
+                return self._zero(a.level - 1)
+            return self._result(a.level - 1, self._mul_scalar, a, float(c))
 
     def rotate(self, a: Ciphertext, step: int) -> Ciphertext:
         """Rotate left by ``step`` slots (negative: right), cyclically over all slots."""

@@ -28,3 +28,8 @@ class InsecureParameters(CKKSError):
 
 class SerializationError(CKKSError):
     """Bytes or a file could not be read back: corrupted, truncated, or of the wrong kind."""
+
+
+class TransparentResult(CKKSError):
+    """A backend's exact result would be a transparent ciphertext (a key-independent encryption of
+    0: SEAL refuses to make one). Internal: the engine catches it and returns a fresh encryption of 0."""

@@ -9,6 +9,8 @@ import dataclasses
 import hashlib
 import json
 
+from hetrain._format import plain
+
 from .errors import InsecureParameters
 
 # poly_modulus_degree -> max total modulus bits at 128-bit security (HE standard, ternary secret)
@@ -61,7 +63,7 @@ class CKKSParams:
         )
 
     def describe(self) -> str:
-        return f"N={self.poly_modulus_degree} chain={list(self.coeff_bits)} scale=2^{self.scale_bits}"
+        return f"N={self.poly_modulus_degree} chain={plain(list(self.coeff_bits))} scale=2^{self.scale_bits}"
 
     def to_dict(self) -> dict:
         return {"poly_modulus_degree": self.poly_modulus_degree, "coeff_bits": list(self.coeff_bits),

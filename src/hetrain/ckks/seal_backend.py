@@ -127,6 +127,11 @@ class SealEngine(Engine):
         """Scale of a plaintext multiplier at ``level`` so the product rescales onto s_{level-1}."""
         return self._scale[level - 1] * self._q[level] / self._scale[level]
 
+    def _transparent_error(self, exc: Exception) -> bool:
+        # SEAL (built with SEAL_THROW_ON_TRANSPARENT_CIPHERTEXT) throws std::logic_error, which
+        # pybind11 turns into RuntimeError("result ciphertext is transparent")
+        return super()._transparent_error(exc) or (isinstance(exc, RuntimeError) and "transparent" in str(exc))
+
     def _fix_scale(self, ct: seal.Ciphertext, level: int) -> seal.Ciphertext:
         # Values are exact; this only removes last-bit float differences in the scale bookkeeping.
         ct.scale = self._scale[level]

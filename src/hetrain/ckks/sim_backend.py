@@ -14,7 +14,7 @@ import numpy as np
 
 from .container import pack, unpack
 from .engine import Engine, unpack_secret_key
-from .errors import SerializationError
+from .errors import SerializationError, TransparentResult
 from .params import CKKSParams
 
 # Standard deviation of the error CKKS adds per fresh encryption, rescale and rotation at scale
@@ -62,14 +62,22 @@ class SimEngine(Engine):
     def _encode_mul(self, v, level):
         return v
 
+    @staticmethod
+    def _opaque(out: np.ndarray, *operands: np.ndarray) -> np.ndarray:
+        """Flag what SEAL refuses as transparent: nonzero operands whose sum is exactly 0 (x - x,
+        x + (-x), cancelling products). Zero plaintext multipliers are caught by the engine's rule."""
+        if not np.any(out) and all(np.any(o) for o in operands):
+            raise TransparentResult("result ciphertext is transparent (exact cancellation)")
+        return out
+
     def _add(self, a, b):
-        return a.data + b.data
+        return self._opaque(a.data + b.data, a.data, b.data)
 
     def _add_plain(self, a, pt):
         return a.data + pt
 
     def _sub(self, a, b):
-        return a.data - b.data
+        return self._opaque(a.data - b.data, a.data, b.data)
 
     def _neg(self, a):
         return -a.data
@@ -81,7 +89,7 @@ class SimEngine(Engine):
         return a.data * a.data
 
     def _add_tensor(self, t1, t2):
-        return t1 + t2
+        return self._opaque(t1 + t2, t1, t2)
 
     def _relinearize(self, t):
         return t

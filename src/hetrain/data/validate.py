@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hetrain._format import plain
 from hetrain.errors import DataError
 
 
@@ -45,7 +46,7 @@ def check_labels(y, n_rows: int | None = None) -> np.ndarray:
     frac = y != np.round(y)
     if frac.any():
         i = int(np.argmax(frac))
-        raise DataError(f"labels must be integers (class ids); row {i} has label {float(y[i])!r}")
+        raise DataError(f"labels must be integers (class ids); row {i} has label {plain(y[i])}")
     return y.astype(np.int64)
 
 
@@ -54,7 +55,7 @@ def check_known_labels(y: np.ndarray, classes) -> None:
     unknown = np.setdiff1d(np.unique(y), np.asarray(classes))
     if unknown.size:
         raise DataError(f"labels {unknown.tolist()} were not seen in training (the model knows classes "
-                        f"{list(classes)})")
+                        f"{plain(list(classes))})")
 
 
 def check_feature_count(X: np.ndarray, n_features: int, what: str = "the model") -> None:

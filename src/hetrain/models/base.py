@@ -42,6 +42,7 @@ from typing import Callable
 import numpy as np
 
 from hetrain.ckks import CKKSParams, Ciphertext, Engine, smallest_preset_with_levels
+from hetrain._format import plain
 from hetrain.errors import HetrainUserError
 
 # progress(done, total, message) — the protocol turns it into a progress bar
@@ -86,7 +87,7 @@ class Plan:
                 return
             raise DepthPlanError(
                 f"not even one iteration fits in {params.name} ({self.levels_available} levels) between two "
-                f"refreshes; levels per iteration: {self.levels_per_iteration}. Use a preset with more levels.")
+                f"refreshes; levels per iteration: {plain(self.levels_per_iteration)}. Use a preset with more levels.")
         if self.fits:
             return
         better = smallest_preset_with_levels(self.levels_needed)
@@ -94,7 +95,7 @@ class Plan:
         raise DepthPlanError(
             f"{self.iterations} iterations need {self.levels_needed} levels but {params.name} offers "
             f"{self.levels_available}; {self.iterations_that_fit} iteration(s) fit. {hint}. "
-            f"Levels per iteration: {self.levels_per_iteration}.")
+            f"Levels per iteration: {plain(self.levels_per_iteration)}.")
 
 
 _REFRESH: contextvars.ContextVar[bool] = contextvars.ContextVar("hetrain_refresh_available", default=False)

@@ -46,6 +46,7 @@ from hetrain.circuits.approx import PolyApprox, get_sigmoid
 from hetrain.circuits.masked_poly import eval_poly_masked
 from hetrain.circuits.poly import poly_depth
 from hetrain.ckks import PlainVector, get_params
+from hetrain._format import plain
 from hetrain.errors import DataError, HetrainUserError
 
 from . import mlp_twin
@@ -80,7 +81,7 @@ class MLPTrainer(Trainer):
             hidden = [int(h) for h in str(hidden).split(",")]
         cfg["hidden"] = [int(h) for h in hidden]
         if not cfg["hidden"] or min(cfg["hidden"]) < 1:
-            raise MLPConfigError(f"hidden must list at least one positive width, got {hidden!r}")
+            raise MLPConfigError(f"hidden must list at least one positive width, got {plain(hidden)!r}")
         cfg["iterations"] = int(cfg["iterations"])
         if cfg["iterations"] < 1:
             raise MLPConfigError("iterations must be >= 1")

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from hetrain.data.validate import check_feature_count, check_features, check_known_labels, check_labels
+from hetrain._format import plain
 from hetrain.errors import DataError, DataWarning
 
 # A feature whose training standard deviation is at most this fraction of its largest magnitude
@@ -64,7 +65,7 @@ class Preprocessor:
         X = check_features(X)
         y = check_labels(y, n_rows=X.shape[0])
         if not (np.isfinite(scale) and scale > 0):
-            raise DataError(f"scale must be a positive number, got {scale!r}")
+            raise DataError(f"scale must be a positive number, got {plain(scale)!r}")
         classes = sorted(int(c) for c in np.unique(y))
         if len(classes) < 2:
             raise DataError(f"training labels hold a single class ({classes}); a classifier needs at least two")

@@ -1,6 +1,8 @@
 """Human-readable summary of a fit (shared by `hetrain fit`, `hetrain demo` and benchmarks)."""
 from __future__ import annotations
 
+from hetrain._format import plain
+
 MB = 1024 * 1024
 
 
@@ -14,7 +16,7 @@ def format_summary(stats: dict) -> list[str]:
     lines = [
         f"backend={stats['backend']} params={stats['params']} model={stats['model']}",
         f"depth: {stats['levels_needed']} of {stats['levels_available']} levels; per iteration "
-        f"{stats['levels_per_iteration']}; rotation keys: {len(stats['rotation_steps'])} steps",
+        f"{plain(stats['levels_per_iteration'])}; rotation keys: {len(stats['rotation_steps'])} steps",
         f"times: keygen {stats['keygen_s']:.2f} s, encrypt {stats['encrypt_s']:.2f} s, server train "
         f"{stats['server_train_s']:.2f} s (server process {stats['server_wall_s']:.2f} s in all), "
         f"decrypt {stats['decrypt_s']:.2f} s",

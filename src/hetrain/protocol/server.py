@@ -38,6 +38,7 @@ import time
 import traceback
 
 from hetrain import ckks
+from hetrain._format import plain
 from hetrain.errors import HetrainUserError
 from hetrain.models.base import DepthPlanError, get_trainer, refresh_available, server_hooks
 
@@ -181,7 +182,7 @@ def _check_plan(trainer, job: dict, engine) -> None:
     plan.check(engine.params)
     missing = {engine.normalize_step(s) for s in plan.rotation_steps} - engine.rotation_steps - {0}
     if missing:
-        raise BundleError(f"the public context lacks Galois keys for rotation steps {sorted(missing)} that the plan needs")
+        raise BundleError(f"the public context lacks Galois keys for rotation steps {plain(sorted(missing))} that the plan needs")
 
 
 def _progress_printer():
