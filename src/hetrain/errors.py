@@ -7,3 +7,7 @@ class HetrainUserError(Exception):
 
 class DataError(HetrainUserError, ValueError):
     """A data file or array is malformed: wrong shape, NaN/inf, unknown labels, empty..."""
+
+
+class OutputError(HetrainUserError):
+    """An output file cannot be written where asked (checked before the work), or had to go elsewhere."""
