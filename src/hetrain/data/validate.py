@@ -39,7 +39,7 @@ def check_labels(y, n_rows: int | None = None) -> np.ndarray:
     frac = y != np.round(y)
     if frac.any():
         i = int(np.argmax(frac))
-        raise DataError(f"labels must be integers (class ids); row {i} has label {y[i]!r}")
+        raise DataError(f"labels must be integers (class ids); row {i} has label {float(y[i])}")
     return y.astype(np.int64)
 
 
@@ -48,7 +48,7 @@ def check_known_labels(y: np.ndarray, classes) -> None:
     unknown = np.setdiff1d(np.unique(y), np.asarray(classes))
     if unknown.size:
         raise DataError(f"labels {unknown.tolist()} were not seen in training (the model knows classes "
-                        f"{list(classes)})")
+                        f"{np.asarray(classes).tolist()})")
 
 
 def check_feature_count(X: np.ndarray, n_features: int, what: str = "the model") -> None:
