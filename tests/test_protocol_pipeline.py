@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid
 
 from hetrain import ckks
 from hetrain.data import load_builtin
+from hetrain.errors import OutputError
 from hetrain.models.base import DepthPlanError
 from hetrain.protocol import BundleError, ModelFileError, ServerError, TrainedModel, fit, files
 from hetrain.protocol.client import Client
@@ -116,18 +118,22 @@ def test_outputs_of_another_job_are_refused(tmp_path):
         client.read_outputs(tmp_path / "a")
 
 
-def test_model_file_is_written_atomically(iris, tmp_path, monkeypatch):
+def test_model_file_is_written_atomically(iris, tmp_path, tmp_path_factory, monkeypatch):
     X, y = iris
     r = fit(X, y, "toy-centroid", {}, preset="n8192", backend="sim", progress=False)
     path = tmp_path / "model.json"
+    fallback = tmp_path_factory.mktemp("fallback")
+    monkeypatch.setattr(tempfile, "tempdir", str(fallback))
 
     def disk_full(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="saved to"):  # the model is kept elsewhere (hetrain.outputs)
         r.model.save(path)
     assert list(tmp_path.iterdir()) == []  # neither the model nor a temporary file
+    (saved,) = fallback.iterdir()
+    assert TrainedModel.load(saved).key_id == r.model.key_id
 
 
 @pytest.fixture(scope="module")

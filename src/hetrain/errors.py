@@ -15,3 +15,7 @@ class HetrainWarning(UserWarning):
 
 class DataWarning(HetrainWarning):
     """The data is usable but part of it is degenerate (e.g. constant features)."""
+
+
+class OutputError(HetrainUserError):
+    """An output file cannot be written where asked (checked before the work), or had to go elsewhere."""

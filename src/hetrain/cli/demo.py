@@ -33,9 +33,12 @@ def run(args) -> int:
     from sklearn.model_selection import train_test_split
 
     from hetrain.data import load_builtin
+    from hetrain.outputs import check_writable
     from hetrain.protocol import fit
     from hetrain.protocol.report import format_summary
 
+    if args.out:
+        check_writable(args.out, "model file")  # before any work; model.save falls back if it fails later
     X, y = load_builtin(args.dataset)
     seed = 0 if args.seed is None else args.seed
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=args.test_size, stratify=y, random_state=seed)

@@ -14,9 +14,9 @@ def run(args) -> int:
     from hetrain.protocol import TrainedModel
 
     model = TrainedModel.load(args.model)
-    X, y = load_dataset(args.data)
+    X, y = load_dataset(args.data, n_features=model.n_features)
     acc = model.accuracy(X, y)
-    print(f"model: {model.model} ({model.info.get('backend', '?')}, {model.info.get('params', {}).get('name', '?')}), "
+    print(f"model: {model.model} ({model.info.get('backend', '?')}, {model.params_name}), "
           f"classes {model.classes}")
     print(f"data: {X.shape[0]} samples from {args.data}")
     print(f"accuracy={acc:.4f}")

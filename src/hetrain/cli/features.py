@@ -42,9 +42,11 @@ def run(args: argparse.Namespace) -> int:
     from hetrain.features.extract import extract_to_csv
     from hetrain.features.images import open_images
     from hetrain.features.regnet import regnet_x_400mf
+    from hetrain.outputs import check_writable
 
     if args.limit is not None and args.limit < 1:
         raise FeatureError("--limit must be at least 1")
+    check_writable(args.out, "feature CSV")  # before any work; extract_to_csv falls back if it fails later
     if args.threads:
         torch.set_num_threads(args.threads)
     _check_device(torch, args.device)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import pathlib
 
 from hetrain import ckks
 from hetrain.data import load_dataset
 from hetrain.errors import HetrainUserError
+from hetrain.outputs import check_writable
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,9 +68,7 @@ def run(args) -> int:
     from hetrain.protocol import fit
     from hetrain.protocol.report import format_summary
 
-    out = pathlib.Path(args.out)
-    if not out.parent.is_dir():
-        raise HetrainUserError(f"cannot write {out}: directory {out.parent} does not exist")
+    out = check_writable(args.out, "model file")  # before any key is made; save falls back if it fails later
     X, y = load_dataset(args.data)
     print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
     if args.refresh != "none" and args.server:

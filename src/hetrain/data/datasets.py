@@ -21,18 +21,14 @@ def load_builtin(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_csv(path: str | os.PathLike, X: np.ndarray, y: np.ndarray) -> None:
-    """CSV without header, label first written as a float (``5.0``) like ../shared/data; atomic."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            for label, row in zip(y, X):
-                # repr-precision floats: the file round-trips exactly
-                f.write(f"{float(label)!r}," + ",".join(repr(float(v)) for v in row) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """CSV without header, label first written as a float (``5.0``) like ../shared/data; atomic, and
+    kept elsewhere (OutputError says where) if ``path`` refuses the bytes (hetrain.outputs)."""
+    from hetrain.outputs import open_output
+
+    with open_output(path, "CSV file") as f:
+        for label, row in zip(y, X):
+            # repr-precision floats: the file round-trips exactly
+            f.write(f"{float(label)!r}," + ",".join(repr(float(v)) for v in row) + "\n")
 
 
 def export_csv(name: str, path: str | os.PathLike, test_path: str | os.PathLike | None = None,
@@ -42,6 +38,11 @@ def export_csv(name: str, path: str | os.PathLike, test_path: str | os.PathLike 
     With ``test_path``, a stratified split (scikit-learn's train_test_split, ``seed``) writes
     ``test_fraction`` of the rows there and the rest to ``path``.
     """
+    from hetrain.outputs import check_writable
+
+    for p in (path, test_path):
+        if p is not None:
+            check_writable(p, "CSV file")
     X, y = load_builtin(name)
     if test_path is not None:
         if not 0.0 < test_fraction < 1.0:

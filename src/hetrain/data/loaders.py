@@ -13,20 +13,25 @@ from hetrain.errors import DataError
 from .validate import check_features, check_labels
 
 
-def load_dataset(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(X float64 n x d, y int64 n) from a .csv or .npz file, validated."""
+def load_dataset(path: str | os.PathLike, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(X float64 n x d, y int64 n) from a .csv or .npz file, validated.
+
+    ``n_features``: the feature count a model expects (evaluation); a CSV with exactly that many
+    columns then gets a DataError saying it seems to lack its label column, before column 0 is
+    misread as labels."""
     p = pathlib.Path(path)
     if not p.is_file():
         raise DataError(f"data file {str(p)!r} does not exist")
     if p.suffix.lower() == ".npz":
         return load_npz(p)
-    return load_csv(p)
+    return load_csv(p, n_features)
 
 
-def load_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def load_csv(path: str | os.PathLike, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CSV without header: column 0 is the label (e.g. ``5.0``), the other columns are features.
 
     UTF-8, with or without a byte-order mark (Excel and Notepad write one); LF or CRLF line ends.
+    ``n_features``: see load_dataset.
     """
     rows: list[list[float]] = []
     text_labels: list[tuple[int, str]] = []  # (line, label) of rows whose label is text
@@ -41,6 +46,10 @@ def load_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                 first = width is None
                 if first:
                     width, first_line = len(row), lineno
+                    if n_features is not None and width == n_features:
+                        raise DataError(f"{path} has {width} columns, exactly the {n_features} features the model "
+                                        "expects: it seems to have no label column (column 0 must be the label, "
+                                        "then the features)")
                     if width < 2:
                         raise DataError(f"{path}: line {lineno} has {width} column; need a label and at least one feature")
                 elif len(row) != width:

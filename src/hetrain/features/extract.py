@@ -6,7 +6,6 @@ same float32. Batches are written as they are computed, so memory stays at one b
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,17 +65,13 @@ def extract_to_csv(
     size: int = INPUT_SIZE,
     progress: bool = True,
 ) -> ExtractStats:
-    """Write the feature CSV to `out` (via a temporary file, so a failed run leaves no half file)."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".part")
+    """Write the feature CSV to `out` (atomically, so a failed run leaves no half file; if `out`
+    refuses the bytes, e.g. a full disk, the rows go on to a fallback file and OutputError says where)."""
+    from hetrain.outputs import open_output
+
     n, dim, t0 = 0, 0, time.perf_counter()
-    try:
-        with open(tmp, "w", newline="") as fh:
-            for labels, feats in iter_features(images, backbone, batch_size, limit, size, progress):
-                fh.write(format_rows(labels, feats))
-                n, dim = n + len(labels), feats.shape[1]
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with open_output(out, "feature CSV") as fh:
+        for labels, feats in iter_features(images, backbone, batch_size, limit, size, progress):
+            fh.write(format_rows(labels, feats))
+            n, dim = n + len(labels), feats.shape[1]
     return ExtractStats(n, dim, time.perf_counter() - t0)

@@ -158,6 +158,11 @@ class Trainer(abc.ABC):
     @abc.abstractmethod
     def predict_scores(self, weights: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray: ...
 
+    def weight_shapes(self, n_features: int, n_classes: int) -> dict[str, tuple[int, ...]] | None:
+        """Name -> shape of every released weight array for this config, or None (not declared: a
+        model file's weights are then only checked for finiteness). Model files are checked against it."""
+        return None
+
 
 def check_training_arrays(X, Y) -> tuple[np.ndarray, np.ndarray]:
     """X (n x d, finite) and one-hot Y (n x c in {0, 1}) as float64, or a DataError."""

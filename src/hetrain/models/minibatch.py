@@ -181,6 +181,9 @@ class MiniBatchMLR(Trainer):
             W = self.twin_step(W, X, Y, batches[step % len(batches)])
         return {"W": W}
 
+    def weight_shapes(self, n_features, n_classes):
+        return {"W": (int(n_classes), int(n_features) + 1)}
+
     def predict_scores(self, weights, X):
         return add_bias(np.asarray(X, dtype=np.float64)) @ np.asarray(weights["W"]).T
 

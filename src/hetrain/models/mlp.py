@@ -254,6 +254,13 @@ class MLPTrainer(Trainer):
         X, Y = self._check_data(X, Y)
         return self._run_twin(X, Y)
 
+    def weight_shapes(self, n_features, n_classes):
+        sizes = mlp_twin.layer_sizes(n_features, self.config["hidden"], n_classes)
+        shapes = {}
+        for l in range(1, len(sizes)):
+            shapes[f"W{l}"], shapes[f"b{l}"] = (sizes[l], sizes[l - 1]), (sizes[l],)
+        return shapes
+
     def predict_scores(self, weights, X):
         return mlp_twin.predict_scores(weights, np.asarray(X, dtype=np.float64), self.acts)
 

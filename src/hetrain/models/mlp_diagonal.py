@@ -270,6 +270,10 @@ class DiagonalMLPTrainer(Trainer):
         it = iterations if iterations is not None else (self.iterations or 1)
         return twin_train(X, Y, W1, int(it), self.hidden_sig, self.out_sig, self.lr1, self.lr2, self.hb, history)
 
+    def weight_shapes(self, n_features, n_classes):
+        # W1: hidden x (features + bias); W2: classes x (hidden + the hidden bias unit)
+        return {"W1": (self.H, int(n_features) + 1), "W2": (int(n_classes), self.H + 1)}
+
     def predict_scores(self, weights, X: np.ndarray) -> np.ndarray:
         return predict_scores(weights["W1"], weights["W2"], np.asarray(X, dtype=np.float64), self.hidden_sig,
                               self.out_sig, self.hb)

@@ -167,6 +167,9 @@ class MLRTrainer(Trainer):
         X, Y = self._check_data(X, Y)
         return twin(X, Y, self.approx, self.schedule(X.shape[0]))
 
+    def weight_shapes(self, n_features, n_classes):
+        return {"W": (int(n_classes), int(n_features) + 1)}
+
     def predict_scores(self, weights, X):
         W = np.asarray(weights["W"])
         X = np.asarray(X, dtype=np.float64)

@@ -19,6 +19,7 @@ import numpy as np
 
 from hetrain.ckks import CKKSError, Ciphertext, Engine
 from hetrain.ckks.container import file_sha256, iter_container_file, pack, unpack, write_container_file
+from hetrain.outputs import write_output
 
 from .errors import BundleError, ModelFileError
 
@@ -194,7 +195,8 @@ def save_model(path: str | os.PathLike, record: dict) -> None:
     body["weights"] = {k: {"shape": list(np.shape(v)), "values": np.asarray(v, dtype=np.float64).ravel().tolist()}
                        for k, v in record["weights"].items()}
     body["checksum"] = _model_checksum(body)
-    atomic_write(path, json.dumps(body, indent=1), durable=True)
+    # the user's output after the whole training: kept elsewhere (and said where) if `path` refuses it
+    write_output(path, json.dumps(body, indent=1), "model file", durable=True)
 
 
 def load_model(path: str | os.PathLike) -> dict:

@@ -6,12 +6,24 @@ import os
 
 import numpy as np
 
+import hetrain
 from hetrain.data.validate import check_features, check_labels
+from hetrain.errors import HetrainUserError
 from hetrain.models.base import get_trainer
 
 from . import files
 from .errors import ModelFileError
 from .preprocess import Preprocessor
+
+
+def model_info(backend: str, params, **extra) -> dict:
+    """The ``info`` record of a model file, for every writer (one schema: ``params`` is always the
+    parameters' dict, with its ``name``). ``params``: a CKKSParams, its dict, or a preset name."""
+    if hasattr(params, "to_dict"):
+        params = params.to_dict()
+    elif isinstance(params, str):
+        params = {"name": params}
+    return {"backend": backend, "params": dict(params), "hetrain_version": hetrain.__version__, **extra}
 
 
 @dataclasses.dataclass
@@ -27,6 +39,43 @@ class TrainedModel:
     def classes(self) -> list[int]:
         return self.preprocessing.classes
 
+    @property
+    def n_features(self) -> int:
+        return self.preprocessing.n_features
+
+    @property
+    def params_name(self) -> str:
+        """Name of the CKKS parameters it was trained under ('?' if the file does not say)."""
+        p = self.info.get("params")
+        return str(p.get("name", "?")) if isinstance(p, dict) else str(p) if p is not None else "?"
+
+    def validate(self, where: str = "model") -> None:
+        """ModelFileError unless the weights are finite and have the shapes the model's own config,
+        class count and feature count give (and the trainer accepts the config)."""
+        try:
+            trainer = get_trainer(self.model)(**self.config)
+        except HetrainUserError as exc:
+            raise ModelFileError(f"{where}: {exc}") from None
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelFileError(f"{where}: model {self.model!r} does not accept its recorded config: {exc}") from None
+        if not isinstance(self.weights, dict) or not self.weights:
+            raise ModelFileError(f"{where}: the model holds no weights")
+        for name, w in self.weights.items():
+            w = np.asarray(w, dtype=np.float64)
+            bad = ~np.isfinite(w)
+            if bad.any():
+                raise ModelFileError(f"{where}: weights {name!r} hold {int(bad.sum())} NaN or infinite value(s): "
+                                     "the model is unusable (retrain it)")
+        expected = trainer.weight_shapes(self.n_features, len(self.classes))
+        if expected is None:
+            return
+        got = {k: tuple(int(n) for n in np.shape(v)) for k, v in self.weights.items()}
+        want = {k: tuple(int(n) for n in v) for k, v in expected.items()}
+        if got != want:
+            raise ModelFileError(
+                f"{where}: weight shapes {_shapes(got)} do not match model {self.model} with {self.n_features} "
+                f"features and {len(self.classes)} classes, which needs {_shapes(want)}")
+
     def predict_scores(self, X) -> np.ndarray:
         """Per-class scores (n x c) from raw features: the recorded preprocessing is applied first."""
         Xp = self.preprocessing.transform(check_features(X))
@@ -41,6 +90,8 @@ class TrainedModel:
         return np.asarray(self.classes)[np.argmax(self.predict_scores(X), axis=1)]
 
     def accuracy(self, X, y) -> float:
+        X = check_features(X)
+        self.preprocessing.transform(X)  # a wrong feature count first: it explains odd labels too
         y = check_labels(y, n_rows=np.shape(X)[0])
         self.preprocessing.label_index(y)  # DataError for labels not seen in training
         return float(np.mean(self.predict(X) == y))
@@ -55,11 +106,30 @@ class TrainedModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainedModel":
+        """The model in ``path``, checked: ModelFileError if any part is missing, malformed, non-finite
+        or inconsistent (weights against config, classes and feature count)."""
         r = files.load_model(path)
         try:
-            pre = Preprocessor.from_dict(r["preprocessing"])
+            try:
+                pre = Preprocessor.from_dict(r["preprocessing"])
+            except HetrainUserError as exc:
+                raise ModelFileError(f"{path}: {exc}") from None
             if pre.classes != [int(c) for c in r["classes"]]:
                 raise ModelFileError(f"{path}: class labels and preprocessing disagree")
-            return cls(r["model"], dict(r["config"]), r["weights"], pre, str(r["key_id"]), r.get("info", {}))
+            info = r.get("info", {})
+            config = r["config"]
+            if not isinstance(info, dict) or not isinstance(config, dict):
+                raise ModelFileError(f"{path}: malformed model record (config and info must be objects)")
+            if isinstance(info.get("params"), str):  # files written before model_info: the preset's name only
+                info = {**info, "params": {"name": info["params"]}}
+            model = cls(str(r["model"]), dict(config), r["weights"], pre, str(r["key_id"]), info)
         except KeyError as exc:
             raise ModelFileError(f"{path}: missing field {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: malformed model record ({exc})") from None
+        model.validate(str(path))
+        return model
+
+
+def _shapes(shapes: dict) -> str:
+    return ", ".join(f"{k} {'x'.join(map(str, v)) or 'scalar'}" for k, v in sorted(shapes.items()))

@@ -23,7 +23,6 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-import hetrain
 from hetrain.ckks import CKKSParams
 from hetrain.errors import HetrainUserError
 from hetrain.models.base import DepthPlanError, Plan, get_trainer, refresh_available, resolve_model, server_hooks
@@ -31,7 +30,7 @@ from hetrain.models.base import DepthPlanError, Plan, get_trainer, refresh_avail
 from . import files
 from .client import DEFAULT_RELEASE_DECIMALS, Client, release
 from .errors import ServerError
-from .model import TrainedModel
+from .model import TrainedModel, model_info
 from .monitor import PeakRSS
 from .refresh import ClientRefresher
 from .preprocess import Preprocessor
@@ -147,9 +146,8 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
         "twin_max_abs_diff": diff, "released_max_abs_diff": twin_max_abs_diff(weights, twin),
         "refresh": refresh_summary(sstats),
     }
-    info = {"backend": backend, "params": client.params.to_dict(), "hetrain_version": hetrain.__version__,
-            "release": {"decimals": release_decimals, "noise_std": noise_std},
-            "n_train": int(Xp.shape[0]), "twin_max_abs_diff": diff}
+    info = model_info(backend, client.params, release={"decimals": release_decimals, "noise_std": noise_std},
+                      refresh=refresh, n_train=int(Xp.shape[0]), twin_max_abs_diff=diff)
     trained = TrainedModel(trainer.name, dict(trainer.config), weights, pre, engine.key_id, info)
     return FitResult(trained, twin, diff, plan, stats)
 

@@ -64,7 +64,8 @@ class Preprocessor:
     def fit(cls, X, y, scale: float = 1.0) -> "Preprocessor":
         X = check_features(X)
         y = check_labels(y, n_rows=X.shape[0])
-        if not (np.isfinite(scale) and scale > 0):
+        scale = float(scale) if isinstance(scale, (int, float, np.number)) else scale
+        if not (isinstance(scale, float) and np.isfinite(scale) and scale > 0):
             raise DataError(f"scale must be a positive number, got {plain(scale)!r}")
         classes = sorted(int(c) for c in np.unique(y))
         if len(classes) < 2:
@@ -110,4 +111,12 @@ class Preprocessor:
             raise DataError(f"preprocessing record is malformed: {exc}") from None
         if p.mean.ndim != 1 or p.mean.shape != p.std.shape or not np.all(p.std > 0):
             raise DataError("preprocessing record is malformed: mean/std shapes differ or std is not positive")
+        bad = [name for name, v in (("mean", p.mean), ("std", p.std), ("scale", p.scale)) if not np.all(np.isfinite(v))]
+        if bad:
+            raise DataError(f"preprocessing record is malformed: {' and '.join(bad)} hold NaN or infinite values")
+        if not p.scale > 0:
+            raise DataError(f"preprocessing record is malformed: scale must be positive, got {p.scale}")
+        if len(p.classes) < 2 or p.classes != sorted(set(p.classes)):
+            raise DataError(f"preprocessing record is malformed: classes must be at least two distinct labels in "
+                            f"increasing order, got {p.classes}")
         return p

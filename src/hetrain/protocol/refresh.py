@@ -239,7 +239,8 @@ class LongJob:
         weights = v.final_weights(last)
         tw = twin_long(self.trainer, self.Xp, self.Y, run["steps"])
         ch = s["refresh"]
-        stats = {"backend": self.backend, "params": self.engine.params.name, "refresh": self.refresh_mode,
+        stats = {"backend": self.backend, "params": self.engine.params.name,
+                 "params_record": self.engine.params.to_dict(), "refresh": self.refresh_mode,
                  "key_id": self.engine.key_id, "steps": run["steps"], "resumed_from": run["resumed_from"],
                  "stopped_early": run["stopped_early"], "keygen_s": self.keygen_s, "encrypt_s": self.encrypt_s,
                  "train_s": s["server_train_s"], "step_s": run["step_s"], "refresh_s": run["refresh_s"],
@@ -289,7 +290,7 @@ def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "sea
     from hetrain.errors import DataError
 
     from .client import DEFAULT_RELEASE_DECIMALS, release
-    from .model import TrainedModel
+    from .model import TrainedModel, model_info
 
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
@@ -304,8 +305,8 @@ def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "sea
                  preset=preset, refresh_mode=refresh_mode, workdir=workdir, on_step=on_step)
     decimals = DEFAULT_RELEASE_DECIMALS if release_decimals is None else release_decimals
     weights = release({"W": r.weights}, decimals, 0.0, np.random.default_rng(seed))
-    info = {"backend": backend, "params": r.stats["params"], "refresh": refresh_mode,
-            "training": {"trainer": "mlr-minibatch", **config}, "history": r.history,
-            "n_train": int(len(tr)), "n_validation": int(n_val), "twin_max_abs_diff": r.stats["twin_max_abs_diff"]}
+    info = model_info(backend, r.stats["params_record"], release={"decimals": decimals, "noise_std": 0.0},
+                      refresh=refresh_mode, training={"trainer": "mlr-minibatch", **config}, history=r.history,
+                      n_train=int(len(tr)), n_validation=int(n_val), twin_max_abs_diff=r.stats["twin_max_abs_diff"])
     # the released weights are a plain logistic-regression model: "mlr" predicts with them
     return TrainedModel("mlr", {}, weights, r.preprocessor, r.stats["key_id"], info), r.stats
