@@ -16,6 +16,10 @@ Default (degree-7 hidden sigmoid): 8 levels per full iteration, so n16384-deep (
 first step plus one full iteration, n32768 three iterations; longer training refreshes the weights
 (``server_train(refresh=...)``) before every full iteration that would not fit.
 
+Defaults for ``--model mlp`` on narrow inputs: ``plan_defaults`` (bottom of this module) keeps the
+sigmoid and H = 4 and chooses the learning-rate pair and the iterations on the plaintext twin, so that
+every hidden pre-activation stays within 90 % of the interval (Iris: 17 iterations, 0.967; wine: 35, 0.972).
+
 Config keys: iterations (default: as many as fit), learning_rate (output layer η2, default 16),
 hidden_learning_rate (η1, default 8), sigmoid (hidden, default "deg7:24"),
 output_sigmoid (degree-1 approximation "deg1:<B>", default "deg1:16"), hidden ([H], default [4]),
