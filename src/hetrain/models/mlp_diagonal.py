@@ -16,6 +16,10 @@ Default (degree-7 hidden sigmoid): 8 levels per full iteration, so n16384-deep (
 first step plus one full iteration, n32768 three iterations; longer training refreshes the weights
 (``server_train(refresh=...)``) before every full iteration that would not fit.
 
+Defaults for ``--model mlp`` on narrow inputs: ``plan_defaults`` (bottom of this module) keeps the
+sigmoid and H = 4 and chooses the learning-rate pair and the iterations on the plaintext twin, so that
+every hidden pre-activation stays within 90 % of the interval (Iris: 17 iterations, 0.967; wine: 35, 0.972).
+
 Config keys: iterations (default: as many as fit), learning_rate (output layer η2, default 16),
 hidden_learning_rate (η1, default 8), sigmoid (hidden, default "deg7:24"),
 output_sigmoid (degree-1 approximation "deg1:<B>", default "deg1:16"), hidden ([H], default [4]),
@@ -277,3 +281,59 @@ class DiagonalMLPTrainer(Trainer):
     def predict_scores(self, weights, X: np.ndarray) -> np.ndarray:
         return predict_scores(weights["W1"], weights["W2"], np.asarray(X, dtype=np.float64), self.hidden_sig,
                               self.out_sig, self.hb)
+
+
+# ---------------------------------------------------------------------- defaults chosen on the client
+# The sigmoid (degree 7 on [-24, 24]) and the hidden size 4 stay as studied for Iris (DEFAULTS above);
+# ``plan_defaults`` picks the learning-rate pair and the number of iterations on the plaintext twin.
+LEARNING_RATE_PAIRS = [(16.0, 8.0), (8.0, 4.0), (32.0, 16.0)]   # (output η2, hidden η1)
+HOLD_OUT_MIN_ROWS = 400      # fewer rows: rank candidates on the training loss (mlp_defaults.choose)
+MAX_DEFAULT_ITERATIONS = 40   # one refresh round trip per full iteration at n16384-deep (~2-4 s each on SEAL)
+
+
+def _trace(cfg: dict, X, Y, Xv, Yv, T: int):
+    from . import mlp_defaults
+
+    tr = DiagonalMLPTrainer(**{**cfg, "iterations": T})
+    hist: list = []
+    tr.twin(X, Y, iterations=T, history=hist)
+    out = mlp_defaults.Trace([], [], [])
+    worst = 0.0
+    for h in hist:
+        z = h["max_abs_z1"]
+        worst = max(worst, z / tr._bound() if np.isfinite(z) else np.inf)
+        s = tr.predict_scores(h, Xv)
+        out.val_acc.append(float(np.mean(s.argmax(1) == Yv.argmax(1))))
+        out.val_loss.append(mlp_defaults.bce(s, Yv))
+        out.reach.append(worst)
+    return out
+
+
+def plan_defaults(X, Y, config: dict | None = None, *, refresh: bool = True, params=None) -> tuple[dict, dict]:
+    """The complete mlp-diagonal config for this data: the user's keys kept; learning rates and
+    iterations chosen on the plaintext twin (models/mlp_defaults.py) so that every hidden
+    pre-activation of the planned run stays inside 90 % of the sigmoid's interval. Returns (config, report)."""
+    from hetrain.ckks import get_params
+
+    from . import mlp_defaults
+
+    X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    given = dict(config or {})
+    base = {k: v for k, v in given.items() if k != "iterations"}
+    pairs = [(given.get("learning_rate", DEFAULTS["learning_rate"]),
+              given.get("hidden_learning_rate", DEFAULTS["hidden_learning_rate"]))] \
+        if ("learning_rate" in given or "hidden_learning_rate" in given) else LEARNING_RATE_PAIRS
+    cands = [{**base, "learning_rate": a, "hidden_learning_rate": b} for a, b in pairs]
+    if refresh:
+        T_max = MAX_DEFAULT_ITERATIONS
+    else:
+        p = get_params(params or "n16384-deep")
+        T_max = max(1, DiagonalMLPTrainer(**cands[0]).plan(X.shape[0], X.shape[1], Y.shape[1], p).iterations_that_fit)
+    fixed = int(given["iterations"]) if given.get("iterations") is not None else None
+
+    def final_reach(cand, T):
+        return _trace(cand, X, Y, X[:1], Y[:1], T).reach[-1]
+
+    cfg, report = mlp_defaults.choose(cands, _trace, final_reach, X, Y, T_max, fixed, hold_out=len(X) >= HOLD_OUT_MIN_ROWS)
+    report["max_iterations"] = T_max
+    return cfg, report

@@ -48,11 +48,23 @@ class FitResult:
     stats: dict
 
 
-def make_trainer(model: str, config: dict | None, n_features: int):
-    """The trainer for ``--model`` (``mlp`` resolves through its ``layout`` to mlp-dvr/mlp-diagonal)."""
+def make_trainer(model: str, config: dict | None, n_features: int, data=None, refresh: bool = False,
+                 preset=None, report: dict | None = None):
+    """The trainer for ``--model`` (``mlp`` resolves through its ``layout`` to mlp-dvr/mlp-diagonal).
+
+    ``data`` (preprocessed X, one-hot Y): for ``--model mlp``, the options the user did not give are
+    chosen on this plaintext data by the trainer's module ``plan_defaults`` (before any key is made);
+    what it found goes into ``report`` under "defaults"."""
     config = dict(config or {})
     if model == "mlp":
         name = resolve_model(model, config.pop("layout", "auto"), n_features)
+        if data is not None:
+            import importlib
+            module = importlib.import_module(get_trainer(name).__module__)
+            params = None if preset in (None, "auto") else preset
+            config, found = module.plan_defaults(*data, config, refresh=refresh, params=params)
+            if report is not None:
+                report["defaults"] = found
     else:
         name = model
     return get_trainer(name)(**config)
@@ -82,8 +94,9 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
     transport.preflight()  # a wrong --server URL fails now, not after keygen and encryption
     pre = Preprocessor.fit(X, y, scale=scale)
     Xp, Y = pre.transform(X), pre.one_hot(y)
-    trainer = make_trainer(model, config, Xp.shape[1])
     refreshing = refresh != "none"
+    chosen: dict = {}
+    trainer = make_trainer(model, config, Xp.shape[1], data=(Xp, Y), refresh=refreshing, preset=preset, report=chosen)
     if refreshing and "refresh" not in server_hooks(trainer):
         raise DepthPlanError(f"model {trainer.name} cannot refresh its state between iterations (--refresh {refresh})")
     client = Client(trainer, backend, preset, force_insecure=force_insecure, seed=seed)
@@ -145,6 +158,7 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
         "server_operations": sstats["operations"], "client_operations": client_ops,
         "twin_max_abs_diff": diff, "released_max_abs_diff": twin_max_abs_diff(weights, twin),
         "refresh": refresh_summary(sstats),
+        "defaults": chosen.get("defaults"),
     }
     info = model_info(backend, client.params, release={"decimals": release_decimals, "noise_std": noise_std},
                       refresh=refresh, n_train=int(Xp.shape[0]), twin_max_abs_diff=diff)
