@@ -74,7 +74,7 @@ def test_early_stop_ends_training_loop():
 def test_bad_inputs_are_refused_clearly():
     with pytest.raises(HetrainUserError, match="unknown mlr-minibatch option"):
         MiniBatchMLR(iterations=3)
-    with pytest.raises(HetrainUserError, match="momentum 'none' only"):
+    with pytest.raises(HetrainUserError, match="momentum must be 'none' or a number"):
         MiniBatchMLR(momentum="nesterov")
     with pytest.raises(HetrainUserError, match="batch_size"):
         MiniBatchMLR(batch_size=0)

@@ -31,6 +31,21 @@ class PolyApprox:
     def depth(self) -> int:
         return poly_depth(self.degree)
 
+    @property
+    def bound(self) -> float:
+        """max |x| over the interval: the unit variable is t = x / bound, in [-1, 1]."""
+        return float(max(abs(v) for v in self.interval))
+
+    def unit_coeffs(self) -> tuple[float, ...]:
+        """Coefficients of t ↦ p(bound·t) (t = x / bound in [-1, 1]).
+
+        Evaluating on t keeps every coefficient of order one: in x, the degree-k coefficient of a
+        wide interval is ~bound^-k (1e-23 for degree 15 on [-32, 32]), below what a CKKS scale of
+        2^40 can encode. Trainers fold 1/bound into their data, so t costs nothing.
+        """
+        b = self.bound
+        return tuple(float(c * b**k) for k, c in enumerate(self.coeffs))
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return eval_poly_plain(x, self.coeffs)
 
@@ -54,18 +69,30 @@ def sigmoid(x):
 SIGMOID3_PUBLISHED = PolyApprox("sigmoid", (0.5, 0.10679534503216294, 0.0, -0.00038503259805075), (-8.0, 8.0))
 
 
+MAX_DEGREE = 31
+
+
 def fit_sigmoid(degree: int, bound: float, n: int = 4001) -> PolyApprox:
-    """Least-squares fit of the sigmoid on [-bound, bound] (odd part only: σ(x) - 1/2 is odd)."""
-    if degree < 1 or bound <= 0:
-        raise ValueError("degree must be >= 1 and bound > 0")
-    x = np.linspace(-bound, bound, n)
+    """Least-squares fit of the sigmoid on [-bound, bound] (odd part only: σ(x) - 1/2 is odd).
+
+    The fit is solved in the unit variable t = x / bound with a Chebyshev basis (well conditioned
+    up to high degree; the least-squares solution does not depend on the basis), then converted
+    to the power basis in x. Degree 1..31; depth ceil(log2(degree + 1)) (circuits/poly.py).
+    """
+    if not (1 <= degree <= MAX_DEGREE) or not (bound > 0 and np.isfinite(bound)):
+        raise ValueError(f"degree must be in 1..{MAX_DEGREE} and bound a positive number")
+    t = np.linspace(-1.0, 1.0, n)
     odd = list(range(1, degree + 1, 2))
-    A = np.stack([x**k for k in odd], axis=1)
-    sol, *_ = np.linalg.lstsq(A, sigmoid(x) - 0.5, rcond=None)
+    cheb = np.polynomial.chebyshev
+    A = np.stack([cheb.chebval(t, np.eye(k + 1)[k]) for k in odd], axis=1)
+    sol, *_ = np.linalg.lstsq(A, sigmoid(bound * t) - 0.5, rcond=None)
+    c = np.zeros(degree + 1)
+    c[odd] = sol
+    unit = cheb.cheb2poly(c)  # power basis in t
     coeffs = [0.5] + [0.0] * degree
-    for k, c in zip(odd, sol):
-        coeffs[k] = float(c)
-    return PolyApprox("sigmoid", tuple(coeffs), (-bound, bound))
+    for k in odd:
+        coeffs[k] = float(unit[k] / bound**k)
+    return PolyApprox("sigmoid", tuple(coeffs), (-float(bound), float(bound)))
 
 
 def get_sigmoid(spec: str) -> PolyApprox:
@@ -75,7 +102,7 @@ def get_sigmoid(spec: str) -> PolyApprox:
     try:
         d, b = spec.removeprefix("deg").split(":")
         return fit_sigmoid(int(d), float(b))
-    except ValueError:
+    except (ValueError, AttributeError):
         raise ValueError(f"unknown sigmoid approximation {spec!r}: use 'published' or 'deg<D>:<B>' (e.g. deg3:8)") from None
 
 

@@ -21,6 +21,8 @@ from .errors import (CKKSError, DepthExhausted, InsecureParameters, KeyMismatch,
 from .params import PRESETS, CKKSParams, get_params, smallest_preset_with_levels
 
 BACKENDS = ("seal", "sim", "desilo")
+# backends that can bootstrap (sim: only with parameters that give it a bootstrap level)
+BOOTSTRAP_BACKENDS = ("sim", "desilo")
 
 
 def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", rotations: Iterable[int] = (),

@@ -6,7 +6,10 @@ import argparse
 from hetrain import ckks
 from hetrain.data import load_dataset
 from hetrain.errors import HetrainUserError
+from hetrain.models.minibatch_plan import DEFAULT_BATCH_SIZE, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE
 from hetrain.outputs import check_writable
+
+PARTIAL_EXIT = 3  # a model was written, but training stopped before it was done (time limit, failure)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,15 +21,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                    "instead of a local server process; decryption stays here")
     # training past the depth limit (hetrain.protocol.refresh): the server process asks this
     # process (the client) over a local socket to re-encrypt its state, or bootstraps
-    p.add_argument("--refresh", default="none", choices=("none", "client", "bootstrap"),
-                   help="none: one modulus chain; client: the client re-encrypts the state between iterations; "
-                        "bootstrap: the server bootstraps (desilo backend). mlr: mini-batches and epochs; "
-                        "mlp: --iterations beyond one chain")
-    p.add_argument("--epochs", type=int, default=10, help="mlr with --refresh: passes over the training rows")
-    p.add_argument("--batch-size", type=int, default=128, help="mlr with --refresh: rows per mini-batch")
-    p.add_argument("--patience", type=int, default=3, help="mlr with --refresh: early stopping (0: off)")
+    p.add_argument("--refresh", default="auto", choices=("auto", "none", "client", "bootstrap"),
+                   help="auto (default): client, or bootstrap on a backend that can, or none with --server; "
+                        "none: one modulus chain, no interaction; client: the client re-encrypts the state between "
+                        "iterations; bootstrap: the server bootstraps (desilo backend). mlr: mini-batches and epochs "
+                        "until validation stops improving; mlp: --iterations beyond one chain")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"mlr with refresh: the most passes over the training rows (default {DEFAULT_MAX_EPOCHS}); "
+                        "the planner and early stopping usually end sooner")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="mlr with refresh: stop at the first epoch end past this wall time and release the best "
+                        "model so far (exit status 3: partial)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"mlr with refresh: rows per mini-batch (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--patience", type=int, default=None,
+                   help=f"mlr with refresh: epochs without validation progress before stopping (default "
+                        f"{DEFAULT_PATIENCE}; 0: off)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="mlr with refresh: per-step shrink of the non-bias weights (default: planned)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
-                   help="mlr with --refresh: rows the client holds out for its validation accuracy")
+                   help="mlr with refresh: rows the client holds out (stratified) for validation (default 0.2)")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +52,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigmoid", help="sigmoid approximation: 'published' or 'deg<D>:<B>' such as deg5:12")
     p.add_argument("--hidden", help="hidden layer sizes for mlp, comma separated, e.g. 32,16")
     p.add_argument("--layout", help="packing: for mlp auto|dvr|diagonal (selects the implementation); for mlr the trainer's layouts")
-    p.add_argument("--momentum", choices=("nesterov", "none"), help="momentum schedule (default: the trainer's)")
+    p.add_argument("--momentum", help="momentum: none | nesterov (--refresh none), or a heavy-ball β such as 0.9 "
+                                      "(mlr with refresh; default: planned)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply standardised features by this (keeps polynomial inputs in range)")
     p.add_argument("--seed", type=int, help="seed for the simulation backend and release noise")
     p.add_argument("--keep-job", metavar="DIR", help="write the job bundle (public keys, ciphertexts) to DIR and keep it")
@@ -71,11 +86,19 @@ def run(args) -> int:
     out = check_writable(args.out, "model file")  # before any key is made; save falls back if it fails later
     X, y = load_dataset(args.data)
     print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
+    if args.refresh == "auto":
+        args.refresh = "none" if args.server else "bootstrap" if args.backend == "desilo" else "client"
+        if args.server:
+            print("refresh: none (--server cannot refresh yet: training stays within one modulus chain)")
     if args.refresh != "none" and args.server:
         raise HetrainUserError("--server cannot be combined with --refresh yet (the refresh channel is a local "
                                "socket between the client and its server process)")
     if args.refresh != "none" and args.model == "mlr":
         return _run_mlr_with_refresh(args, X, y, out)
+    for flag in ("epochs", "time_limit", "batch_size", "patience", "weight_decay"):
+        if getattr(args, flag) is not None:
+            raise HetrainUserError(f"--{flag.replace('_', '-')} applies to --model mlr with refresh (mini-batches); "
+                                   f"this run is {args.model} with --refresh {args.refresh}")
     result = fit(X, y, args.model, config_from_args(args), preset=args.preset, backend=args.backend,
                  scale=args.scale, seed=args.seed, progress=not args.quiet, workdir=args.keep_job, log=print,
                  server=args.server, refresh=args.refresh)
@@ -95,25 +118,40 @@ def run(args) -> int:
 
 
 def _run_mlr_with_refresh(args, X, y, out) -> int:
-    """--model mlr --refresh client|bootstrap: the mini-batch trainer in the server process, its state
-    refreshed over the channel (hetrain.protocol.refresh)."""
+    """--model mlr with refresh: the client plans the run on its plaintext (models/minibatch_plan.py),
+    then the mini-batch trainer runs in the server process, its state refreshed over the channel
+    (hetrain.protocol.refresh) until validation stops improving, the epochs or the time run out."""
+    from tqdm import tqdm
+
     from hetrain.protocol.refresh import fit_long_model
 
-    config = {k: v for k, v in config_from_args(args).items() if k != "iterations"}
-    config.update({"epochs": args.epochs, "batch_size": args.batch_size, "patience": args.patience})
-    model, stats = fit_long_model(X, y, args.refresh, config, backend=args.backend, preset=args.preset,
-                                  validation_fraction=args.validation_fraction, seed=args.seed, workdir=args.keep_job,
-                                  on_step=None if args.quiet else lambda d, t: print(f"step {d}/{t}", flush=True))
+    if args.iterations is not None:
+        raise HetrainUserError("--iterations counts full-batch iterations of --refresh none; with refresh, mlr "
+                               "trains in mini-batch epochs: use --epochs N (or --refresh none --iterations N)")
+    config = config_from_args(args)
+    for key in ("batch_size", "patience", "weight_decay"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    with tqdm(desc="train", unit="step", disable=args.quiet) as bar:
+        def on_step(done, total):
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        model, stats = fit_long_model(X, y, args.refresh, config, backend=args.backend, preset=args.preset,
+                                      validation_fraction=args.validation_fraction, seed=args.seed,
+                                      workdir=args.keep_job, on_step=on_step, max_epochs=args.epochs,
+                                      time_limit=args.time_limit, log=tqdm.write)
     model.save(out)
-    for h in model.info["history"]:
-        if h["kind"] == "epoch":
-            print(f"epoch {h['epoch']}: validation accuracy {h.get('val_accuracy', float('nan')):.4f}")
-    print(f"steps {stats['steps']} (early stop: {stats['stopped_early']}); round trips {stats['round_trips']} "
-          f"(refreshes {stats['refreshes']}, evaluations {stats['evaluations']}), bytes to client "
-          f"{stats['bytes_to_client'] / 2**20:.2f} MiB, to server {stats['bytes_to_server'] / 2**20:.2f} MiB, "
-          f"client share {stats['client_refresh_s']:.2f} s; bootstrapped ciphertexts {stats['bootstraps']}; "
-          f"server training {stats['train_s']:.1f} s")
+    if "steps" in stats:
+        print(f"steps {stats['steps']} ({stats['stop_reason']}); round trips {stats['round_trips']} "
+              f"(refreshes {stats['refreshes']}, evaluations {stats['evaluations']}), bytes to client "
+              f"{stats['bytes_to_client'] / 2**20:.2f} MiB, to server {stats['bytes_to_server'] / 2**20:.2f} MiB, "
+              f"client share {stats['client_refresh_s']:.2f} s; bootstrapped ciphertexts {stats['bootstraps']}; "
+              f"server training {stats['train_s']:.1f} s")
     print(f"train accuracy (decrypted model): {model.accuracy(X, y):.4f}")
     print(f"model written to {out}")
+    if stats["partial"]:
+        print(f"PARTIAL: {stats['stop_reason']}; the model written is the best on validation so far "
+              f"(exit status {PARTIAL_EXIT})")
     print(f"twin_max_abs_diff={stats['twin_max_abs_diff']:.3e}")
-    return 0
+    return PARTIAL_EXIT if stats["partial"] else 0

@@ -20,11 +20,19 @@ Config keys:
     batch_size     int, default 128: rows per mini-batch (the last batch may be smaller; its
                    missing rows are zeros, which add exactly nothing to the gradient)
     learning_rate  float, default 4.0: multiplier on the quadratic-gradient step B̄_b ⊙ G
-    sigmoid        str, default "published" (get_sigmoid spec)
-    patience       int, default 3: stop after this many epochs without a better validation
-                   accuracy (0: never stop early)
-    layout         "blocked" only ("auto" accepted); momentum "none" only (a Nesterov look-ahead
-                   needs the previous W too, doubling the refreshed state; not implemented).
+    sigmoid        str, default "published" (get_sigmoid spec), evaluated on t = z / bound
+                   (1/bound is folded into the forward copy of X, so it costs nothing)
+    patience       int, default 3: stop after this many epochs in which neither the validation
+                   accuracy nor the validation loss improved (0: never stop early)
+    momentum       "none" (default) or β in [0, 1): heavy-ball momentum, D ← β·D + step,
+                   W ← W + D (the state then holds D as well; β·D is taken at the top level,
+                   off the critical path, so a step costs no extra level)
+    weight_decay   float in [0, 1), default 0: W's non-bias weights shrink by this fraction per
+                   step (an L2 penalty; the mask is public, the product sits at the top level)
+    layout         "blocked" only ("auto" accepted).
+
+The defaults above are the trainer's; ``hetrain fit`` and the estimators choose their values
+per data set with the client's planner (models/minibatch_plan.py) before any key is made.
 
 B̄_b is Chiang's fixed Hessian bound (DESIGN §1a) computed by the client from batch b's own rows.
 """
@@ -45,8 +53,10 @@ from hetrain.errors import DataError, HetrainUserError
 from .base import check_training_arrays, DepthPlanError, Plan, Trainer, register
 from .mlr_twin import add_bias, quadratic_gradient_diag
 
+RETRACT = 0.9  # the client keeps every sigmoid input of the next step within 90% of the interval
+
 DEFAULTS = {"epochs": 10, "batch_size": 128, "learning_rate": 4.0, "sigmoid": "published", "patience": 3,
-            "layout": "blocked", "momentum": "none"}
+            "layout": "blocked", "momentum": "none", "weight_decay": 0.0}
 
 
 @dataclasses.dataclass
@@ -75,8 +85,10 @@ class MiniBatchMLR(Trainer):
             raise HetrainUserError("learning_rate must be a positive number")
         if cfg["layout"] not in ("blocked", "auto"):
             raise HetrainUserError(f"{self.name} supports layout 'blocked' only, got {cfg['layout']!r}")
-        if cfg["momentum"] != "none":
-            raise HetrainUserError(f"{self.name} supports momentum 'none' only, got {cfg['momentum']!r}")
+        self.beta = _momentum_beta(cfg["momentum"], self.name)
+        cfg["weight_decay"] = float(cfg["weight_decay"])
+        if not 0.0 <= cfg["weight_decay"] < 1.0:
+            raise HetrainUserError(f"weight_decay must be in [0, 1), got {cfg['weight_decay']:g}")
         try:
             self.approx = get_sigmoid(cfg["sigmoid"])
         except ValueError as e:
@@ -125,7 +137,7 @@ class MiniBatchMLR(Trainer):
             Xb = add_bias(X[rows])
             Xt = self.config["learning_rate"] * Xb * quadratic_gradient_diag(Xb)
             labels = pk.pack_labels(Y[rows])
-            out.append(Batch(pk.pack_forward_data(Xb), pk.pack_gradient_data(Xt),
+            out.append(Batch(pk.pack_forward_data(Xb / self.approx.bound), pk.pack_gradient_data(Xt),
                              [y * m for y, m in zip(labels, fmasks)]))
         return out
 
@@ -149,6 +161,17 @@ class MiniBatchMLR(Trainer):
     def initial_weights(self, n_features: int, n_classes: int, slots: int) -> list[np.ndarray]:
         return self.packing(n_features, n_classes, slots).pack_weights(np.zeros((n_classes, n_features + 1)))
 
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """The encrypted state between steps: W, and the momentum D when β > 0."""
+        return ("W", "D") if self.beta > 0 else ("W",)
+
+    def decay_vectors(self, pk: BlockedPacking) -> list[np.ndarray]:
+        """weight_decay on every real non-bias weight slot, 0 on the bias and unused slots (public)."""
+        M = np.full((pk.c, pk.d), self.config["weight_decay"])
+        M[:, 0] = 0.0
+        return pk.pack_weights(M)
+
     def unpack(self, vectors, n_features: int, n_classes: int, slots: int) -> np.ndarray:
         return self.packing(n_features, n_classes, slots).unpack_weights(vectors)
 
@@ -156,12 +179,19 @@ class MiniBatchMLR(Trainer):
         """Client-side guard: the next sigmoid inputs X·Wᵀ must lie in the approximation's interval."""
         check_interval(add_bias(X) @ W.T, self.approx, what="sigmoid inputs for the next step")
 
+    def weights_fit(self, W: np.ndarray, X: np.ndarray) -> bool:
+        """Whether every sigmoid input X·Wᵀ lies in the approximation's interval (finite too)."""
+        z = add_bias(X) @ W.T
+        lo, hi = self.approx.interval
+        return bool(np.all(np.isfinite(z)) and (z.size == 0 or (z.min() >= lo and z.max() <= hi)))
+
     # ------------------------------------------------------------------ Trainer contract (client)
     def client_encrypt(self, engine, X, Y):
         """Inputs: W (initial weights, zeros) and per batch b: X{b}, Xt{b}, Ym{b}."""
         X, Y = self.check_data(X, Y)
         d, c = X.shape[1], Y.shape[1]
-        inputs = {"W": [engine.encrypt(v) for v in self.initial_weights(d, c, engine.slots)]}
+        inputs = {name: [engine.encrypt(v) for v in self.initial_weights(d, c, engine.slots)]
+                  for name in self.state_names}
         for b, batch in enumerate(self.encrypt_batches(engine, X, Y)):
             inputs.update({f"X{b}": batch.X, f"Xt{b}": batch.Xt, f"Ym{b}": batch.Ym})
         job = {"model": self.name, "config": dict(self.config), "d": d, "c": c,
@@ -171,15 +201,40 @@ class MiniBatchMLR(Trainer):
     def client_decrypt(self, engine, outputs, job):
         return {"W": self.unpack([engine.decrypt(ct) for ct in outputs["W"]], job["d"], job["c"], engine.slots)}
 
-    def twin(self, X, Y, steps: int | None = None):
-        """The plaintext twin after ``steps`` steps (default: every epoch, no early stop)."""
+    def twin(self, X, Y, steps: int | None = None, steps_per_refresh: int | None = None):
+        """The plaintext twin after ``steps`` steps (default: every epoch, no early stop).
+
+        ``steps_per_refresh``: with client refreshes every that many steps, the client's
+        retraction (``retract``) is replayed at the same points; None: no retraction (bootstrap)."""
         X, Y = self.check_data(X, Y)
         total = self.config["epochs"] * len(self.batches_of(X.shape[0])) if steps is None else steps
-        W = np.zeros((Y.shape[1], X.shape[1] + 1))
-        batches = self.batches_of(X.shape[0])
+        state = self.initial_state(X.shape[1], Y.shape[1])
+        batches = [self.twin_batch(X, Y, rows) for rows in self.batches_of(X.shape[0])]
         for step in range(total):
-            W = self.twin_step(W, X, Y, batches[step % len(batches)])
-        return {"W": W}
+            if steps_per_refresh and step and step % steps_per_refresh == 0:
+                state = self.retract(state, X)
+            state = self.twin_update(state, batches[step % len(batches)])
+        return dict(state)
+
+    def initial_state(self, d: int, c: int) -> dict:
+        W = np.zeros((c, d + 1))
+        return {"W": W, "D": np.zeros_like(W)} if self.beta > 0 else {"W": W}
+
+    def retraction(self, W: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Per-class factors s_c = min(1, RETRACT·bound / max_i |x_i·w_c|) over the training rows X.
+
+        The client applies them at every refresh (``retract``): a projection-like step that keeps
+        every sigmoid input of the next step within RETRACT of the interval, so a run cannot leave
+        it however the weights grow (max-norm regularisation, chosen by the interval)."""
+        z = np.abs(add_bias(X) @ W.T).max(axis=0) if X.shape[0] else np.zeros(W.shape[0])
+        limit = RETRACT * self.approx.bound
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(np.isfinite(z) & (z > limit), limit / z, np.where(np.isfinite(z), 1.0, 0.0))
+
+    def retract(self, state: dict, X: np.ndarray, factors: np.ndarray | None = None) -> dict:
+        """Scale each class's W (and its momentum D) by ``retraction(W, X)`` (weight matrices)."""
+        s = self.retraction(state["W"], X) if factors is None else factors
+        return {k: v * s[:, None] for k, v in state.items()}
 
     def weight_shapes(self, n_features, n_classes):
         return {"W": (int(n_classes), int(n_features) + 1)}
@@ -197,7 +252,7 @@ class MiniBatchMLR(Trainer):
         nb, d, c = int(job["n_batches"]), int(job["d"]), int(job["c"])
         try:
             batches = [Batch(inputs[f"X{b}"], inputs[f"Xt{b}"], inputs[f"Ym{b}"]) for b in range(nb)]
-            state = {"W": list(inputs["W"])}
+            state = {name: list(inputs[name]) for name in self.state_names}
         except KeyError as exc:
             raise DataError(f"encrypted inputs lack {exc}") from None
         pk = self.packing(d, c, engine.slots)
@@ -225,7 +280,7 @@ class MiniBatchMLR(Trainer):
             before.append(pending)
             pending = 0.0
             t0 = time.perf_counter()
-            state = {"W": self.step(engine, pk, state["W"], batches[b])}
+            state = self.step(engine, pk, state, batches[b])
             step_s.append(time.perf_counter() - t0)
             if checkpoint is not None:
                 checkpoint.save(state, {"step": step + 1})
@@ -249,19 +304,64 @@ class MiniBatchMLR(Trainer):
         return state
 
     # ------------------------------------------------------------------ server side (encrypted)
-    def step(self, engine, pk: BlockedPacking, W: list, batch: Batch) -> list:
-        """One encrypted gradient step on one batch: returns the new W (levels_per_step lower)."""
+    def step(self, engine, pk: BlockedPacking, state: dict, batch: Batch) -> dict:
+        """One encrypted step on one batch (see ``twin_update``): the new state, levels_per_step lower.
+
+        The decay product W ⊙ decay and β·D are taken at the state's (top) level, so they are
+        done long before the gradient arrives and cost no level on the critical path."""
+        W = state["W"]
         fmasks = [PlainVector(m) for m in pk.forward_masks()]
-        z = blocked_matmul.forward(engine, pk, batch.X, W)
-        q = [engine.sub(y, eval_poly_masked(engine, zg, self.approx.coeffs, m)) for y, zg, m in zip(batch.Ym, z, fmasks)]
-        G = blocked_matmul.gradient(engine, pk, blocked_matmul.spread(engine, pk, q), batch.Xt)
-        return [engine.add(w, g) for w, g in zip(W, G)]
+        t = blocked_matmul.forward(engine, pk, batch.X, W)
+        coeffs = self.approx.unit_coeffs()
+        q = [engine.sub(y, eval_poly_masked(engine, tg, coeffs, m)) for y, tg, m in zip(batch.Ym, t, fmasks)]
+        step = blocked_matmul.gradient(engine, pk, blocked_matmul.spread(engine, pk, q), batch.Xt)
+        if self.config["weight_decay"] > 0:
+            step = [engine.sub(g, engine.mul_plain(w, PlainVector(m)))
+                    for g, w, m in zip(step, W, self.decay_vectors(pk))]
+        if self.beta > 0:
+            D = [engine.add(g, engine.mul_scalar(dd, self.beta)) for g, dd in zip(step, state["D"])]
+            return {"W": [engine.add(w, dd) for w, dd in zip(W, D)], "D": D}
+        return {"W": [engine.add(w, g) for w, g in zip(W, step)]}
 
     # ------------------------------------------------------------------ plaintext twin
-    def twin_step(self, W: np.ndarray, X: np.ndarray, Y: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The same step in NumPy on the weight matrix (classes × (1 + features))."""
+    def twin_batch(self, X: np.ndarray, Y: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(X_b / bound, X̃_b, Y_b): what batch ``rows`` holds, as the client encrypts it."""
         Xb = add_bias(X[rows])
-        Xt = self.config["learning_rate"] * Xb * quadratic_gradient_diag(Xb)
-        z = Xb @ W.T
-        check_interval(z, self.approx, what="sigmoid inputs (twin)")
-        return W + (Y[rows] - self.approx(z)).T @ Xt
+        return Xb / self.approx.bound, self.config["learning_rate"] * Xb * quadratic_gradient_diag(Xb), Y[rows]
+
+    def twin_update(self, state: dict, batch: tuple[np.ndarray, ...], check: bool = True) -> dict:
+        """The encrypted step in NumPy: t = (X_b/bound)·Wᵀ, step = (Y_b − σ̃(t))ᵀ·X̃_b − decay ⊙ W,
+        D ← β·D + step, W ← W + D (β = 0: W ← W + step). Raises DataError when a sigmoid input
+        leaves the approximation's interval (``check``)."""
+        Xf, Xt, Yb = batch
+        W = state["W"]
+        t = Xf @ W.T
+        if check:
+            check_interval(t * self.approx.bound, self.approx, what="sigmoid inputs (twin)")
+        step = (Yb - np.polynomial.polynomial.polyval(t, self.approx.unit_coeffs())).T @ Xt
+        if self.config["weight_decay"] > 0:
+            decay = np.full(W.shape[1], self.config["weight_decay"])
+            decay[0] = 0.0
+            step = step - decay * W
+        if self.beta > 0:
+            D = step + self.beta * state["D"]
+            return {"W": W + D, "D": D}
+        return {"W": W + step}
+
+    def twin_step(self, W: np.ndarray, X: np.ndarray, Y: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """One step without momentum on the weight matrix (classes × (1 + features))."""
+        return self.twin_update({"W": W, "D": np.zeros_like(W)}, self.twin_batch(X, Y, rows))["W"]
+
+
+def _momentum_beta(value, name: str) -> float:
+    """'none' -> 0; a number in [0, 1) -> β (heavy-ball momentum)."""
+    if value in ("none", None):
+        return 0.0
+    try:
+        beta = float(value)
+    except (TypeError, ValueError):
+        beta = float("nan")
+    if not 0.0 <= beta < 1.0:
+        raise HetrainUserError(f"{name}: momentum must be 'none' or a number β in [0, 1) (heavy ball), got {value!r}")
+    return beta
+

@@ -33,8 +33,10 @@ import numpy as np
 
 from hetrain.ckks import CKKSError
 from hetrain.models.base import DepthPlanError
+from hetrain.models.early_stopping import EarlyStopping, validation_metrics
 
 from . import files
+
 from .server import CHECKPOINT, REFRESH_MODES
 
 # hook signatures on decrypted vectors: name -> list of slot vectors
@@ -67,7 +69,7 @@ class ClientRefresher:
     def refresh(self, state: dict, step: int | None) -> dict:
         vectors = self._decrypt(state)
         if self.check is not None:
-            self.check(vectors, step)
+            vectors = self.check(vectors, step) or vectors
         return self._encrypt(state, vectors)
 
     def evaluate(self, state: dict, step: int, epoch: int, refresh: bool = False) -> tuple[dict | None, bool]:
@@ -76,32 +78,38 @@ class ClientRefresher:
         if not refresh or stop:
             return None, stop
         if self.check is not None:
-            self.check(vectors, step)
+            vectors = self.check(vectors, step) or vectors
         return self._encrypt(state, vectors), stop
 
 
-def validation_metrics(trainer, W: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict:
-    """Accuracy and mean binary cross-entropy (true sigmoid) of W on labelled rows."""
-    scores = np.concatenate([np.ones((X.shape[0], 1)), X], axis=1) @ W.T
-    acc = float(np.mean(np.argmax(scores, axis=1) == y))
-    p = np.clip(1.0 / (1.0 + np.exp(-scores)), 1e-12, 1 - 1e-12)
-    Y = np.eye(W.shape[0])[y]
-    loss = float(-np.mean(np.sum(Y * np.log(p) + (1 - Y) * np.log(1 - p), axis=1)))
-    return {"val_accuracy": acc, "val_loss": loss}
-
-
 class MLRValidation:
-    """Mini-batch MLR on the client: interval check of each refreshed state, validation per epoch,
-    the best model so far, early stopping (the trainer's ``patience``)."""
+    """Mini-batch MLR on the client: the checks at each refresh, validation per epoch, the best
+    model so far, early stopping (models/early_stopping.py) and the wall-time budget.
 
-    def __init__(self, trainer, X_val, y_val, n_features: int, n_classes: int, slots: int, X_train=None) -> None:
+    At each refresh (``check``) the client *retracts* the weights when the next step's sigmoid
+    inputs would come within 10% of the interval's end (MiniBatchMLR.retraction: each class's W
+    and D scaled so that max |x·w_c| = 0.9·bound over the training rows): the run adapts instead
+    of dying, says so in ``log`` and the history, and the twin replays the same retraction. The
+    server only ever receives fresh encryptions: no decrypted-derived number crosses to it, and
+    the continue/stop bit of ``evaluate`` is the only answer it reads.
+    """
+
+    def __init__(self, trainer, X_val, y_val, n_features: int, n_classes: int, slots: int, X_train=None, *,
+                 retract: bool = True, time_limit: float | None = None, log=None) -> None:
         self.trainer, self.d, self.c, self.slots = trainer, n_features, n_classes, slots
         self.X_val = None if X_val is None else np.asarray(X_val, dtype=np.float64)
         self.y_val = None if y_val is None else np.asarray(y_val)
         self.X_train = None if X_train is None else np.asarray(X_train, dtype=np.float64)
+        self.retract, self.time_limit, self.log = retract, time_limit, log or (lambda msg: None)
         self.history: list[dict] = []  # one entry per decryption: step, kind, epoch, val accuracy/loss
         self.best: tuple[float, np.ndarray] | None = None
-        self.epochs_without_improvement = 0
+        self.stopper = EarlyStopping(trainer.config["patience"])
+        self.started = time.monotonic()
+        self.stop_reason: str | None = None  # why training ended before its planned epochs
+
+    @property
+    def epochs_without_improvement(self) -> int:
+        return self.stopper.epochs_without_progress
 
     def weights(self, vectors: dict) -> np.ndarray:
         return self.trainer.unpack(vectors["W"], self.d, self.c, self.slots)
@@ -109,28 +117,49 @@ class MLRValidation:
     def _record(self, W: np.ndarray, step: int, kind: str) -> dict:
         entry = {"step": step, "kind": kind}
         if self.X_val is not None:
-            entry.update(validation_metrics(self.trainer, W, self.X_val, self.y_val))
+            entry.update(validation_metrics(W, self.X_val, self.y_val))
         self.history.append(entry)
         return entry
 
-    def check(self, vectors: dict, step: int) -> None:
+    def check(self, vectors: dict, step: int) -> dict:
+        """The refresh hook: record, retract if the next step would come near the interval's end
+        (or refuse when retraction is off), return the vectors to re-encrypt."""
         W = self.weights(vectors)
         if not self.history or self.history[-1]["step"] != step:
             self._record(W, step, "refresh")
-        if self.X_train is not None:  # garbage (unseen by anyone) if the next sigmoid inputs leave the interval
-            self.trainer.check_weights(W, self.X_train)
+        if self.X_train is None:
+            return vectors
+        if self.retract:
+            s = self.trainer.retraction(W, self.X_train)
+            if np.any(s < 1.0):
+                pk = self.trainer.packing(self.d, self.c, self.slots)
+                factors = pk.pack_weights(np.repeat(s[:, None], self.d + 1, axis=1))
+                vectors = {k: [v * f for v, f in zip(vs, factors)] for k, vs in vectors.items()}
+                W = self.weights(vectors)
+                self.history.append({"step": step, "kind": "retract", "classes": int(np.sum(s < 1.0)),
+                                     "min_factor": round(float(s.min()), 4)})
+                self.log(f"step {step}: weights of {int(np.sum(s < 1.0))} class(es) scaled by down to "
+                         f"{float(s.min()):.3f} to keep the next sigmoid inputs inside the interval")
+        # garbage (unseen by anyone) if the next sigmoid inputs leave the interval
+        self.trainer.check_weights(W, self.X_train)
+        return vectors
 
     def evaluate(self, vectors: dict, step: int, epoch: int) -> bool:
         W = self.weights(vectors)
         entry = self._record(W, step, "epoch")
         entry["epoch"] = epoch
-        score = entry.get("val_accuracy", 0.0)
-        if self.best is None or score > self.best[0]:
-            self.best, self.epochs_without_improvement = (score, W), 0
-        else:
-            self.epochs_without_improvement += 1
-        patience = self.trainer.config["patience"]
-        return patience > 0 and self.epochs_without_improvement >= patience
+        best, stop = self.stopper.update(entry.get("val_accuracy", 0.0), entry.get("val_loss", 0.0), epoch)
+        if best or self.best is None:
+            self.best = (entry.get("val_accuracy", 0.0), W)
+        self.log(f"epoch {epoch}: validation accuracy {entry.get('val_accuracy', float('nan')):.4f}, loss "
+                 f"{entry.get('val_loss', float('nan')):.4f}{' (best so far)' if best else ''}; "
+                 f"{time.monotonic() - self.started:.0f} s")
+        if stop:
+            self.stop_reason = "early stopping"
+        elif self.time_limit is not None and time.monotonic() - self.started > self.time_limit:
+            self.stop_reason = f"time limit of {self.time_limit:g} s reached"
+            stop = True
+        return stop
 
     def final_weights(self, W_last: np.ndarray) -> np.ndarray:
         """The released model: the best validation epoch (the last state if there is no validation)."""
@@ -159,15 +188,20 @@ class LongJob:
     """
 
     def __init__(self, X, y, X_val=None, y_val=None, config: dict | None = None, *, backend: str = "seal",
-                 preset="n16384", refresh_mode: str = "client", engine_options: dict | None = None) -> None:
+                 preset="n16384", refresh_mode: str = "client", engine_options: dict | None = None,
+                 plan: bool = False, max_epochs: int | None = None, time_limit: float | None = None,
+                 log=None) -> None:
         from hetrain import ckks
         from hetrain.models.minibatch import MiniBatchMLR
+        from hetrain.models.minibatch_plan import DEFAULT_MAX_EPOCHS, plan_minibatch
 
         from .preprocess import Preprocessor
 
         if refresh_mode not in REFRESH_MODES:
             raise DepthPlanError(f"--refresh must be one of {', '.join(REFRESH_MODES)}, got {refresh_mode!r}")
-        self.trainer = t = MiniBatchMLR(**(config or {}))
+        say = log or (lambda msg: None)
+        if refresh_mode == "bootstrap" and backend not in ckks.BOOTSTRAP_BACKENDS:
+            raise DepthPlanError(f"backend {backend} cannot bootstrap: use --refresh client (or the desilo backend)")
         self.refresh_mode, self.backend = refresh_mode, backend
         self.pre = pre = Preprocessor.fit(X, y)
         self.Xp, self.Y = pre.transform(X), pre.one_hot(y)
@@ -175,32 +209,48 @@ class LongJob:
         self.yv = None if y_val is None else pre.label_index(y_val)
         n, d = self.Xp.shape
         c = self.Y.shape[1]
-        params = preset if backend == "desilo" else ckks.get_params(preset)
-        t0 = time.perf_counter()
+        probe = None
         if backend != "desilo":
-            rotations = t.packing(d, c, params.slots).rotation_steps()
-        else:  # desilo picks its ring: build once to learn the slot count
+            params = ckks.get_params(preset)
+            levels, slots = params.levels, params.slots
+        else:  # desilo picks its ring: build once to learn the slot count and levels
+            params = preset
             probe = ckks.create_engine(backend, params, (), **(engine_options or {}))
-            rotations = t.packing(d, c, probe.slots).rotation_steps()
+            levels, slots = probe.max_level, probe.slots
             del probe
+        self.plan = None
+        if plan:  # before any key: the planner rehearses the run on the plaintext (models/minibatch_plan.py)
+            self.plan = plan_minibatch(self.Xp, self.Y, self.Xv, self.yv, fixed=config,
+                                       max_epochs=max_epochs or DEFAULT_MAX_EPOCHS, levels=levels,
+                                       retract=refresh_mode == "client", slots=slots, time_budget=time_limit)
+            config = self.plan.config
+            for line in self.plan.lines():
+                say(line)
+        self.trainer = t = MiniBatchMLR(**(config or {}))
+        per = t.levels_per_step
+        if levels < per:
+            raise DepthPlanError(f"one step needs {per} levels, parameters {getattr(params, 'name', params)} have "
+                                 f"{levels}")
+        steps = t.config["epochs"] * len(t.batches_of(n))
+        if refresh_mode == "none" and steps > levels // per:
+            raise DepthPlanError(f"{steps} steps need {steps * per} levels without refresh; "
+                                 f"{getattr(params, 'name', params)} fits {levels // per}: "
+                                 "use --refresh client or --refresh bootstrap")
+        # the client retracts the weights at each of its refreshes; a bootstrapping server cannot
+        self.steps_per_refresh = levels // per if refresh_mode == "client" else None
+        if refresh_mode != "client":
+            # nobody sees the weights before the end: the client runs the twin first, which raises
+            # DataError if a sigmoid input would leave the approximation's interval (garbage, unseen)
+            twin_long(t, self.Xp, self.Y, steps)
+        t0 = time.perf_counter()
+        rotations = t.packing(d, c, slots).rotation_steps()
         self.engine = eng = ckks.create_engine(backend, params, rotations, **(engine_options or {}))
         self.keygen_s = time.perf_counter() - t0
         if refresh_mode == "bootstrap" and not eng.can_bootstrap:
             raise DepthPlanError(f"backend {eng.backend_name} cannot bootstrap: use --refresh client "
                                  "(or the desilo backend)")
-        per = t.levels_per_step
-        if eng.max_level < per:
-            raise DepthPlanError(f"one step needs {per} levels, parameters {eng.params.name} have {eng.max_level}")
-        plan = t.plan(n, d, c, eng.params)
-        if refresh_mode == "none" and plan.iterations > plan.iterations_that_fit:
-            raise DepthPlanError(f"{plan.iterations} steps need {plan.iterations * per} levels without refresh; "
-                                 f"{eng.params.name} fits {plan.iterations_that_fit}: "
-                                 "use --refresh client or --refresh bootstrap")
-        if refresh_mode != "client":
-            # nobody sees the weights before the end: the client runs the twin first, which raises
-            # DataError if a sigmoid input would leave the approximation's interval (garbage, unseen)
-            twin_long(t, self.Xp, self.Y, plan.iterations)
-        self.validation = MLRValidation(t, self.Xv, self.yv, d, c, eng.slots, X_train=self.Xp)
+        self.validation = MLRValidation(t, self.Xv, self.yv, d, c, eng.slots, X_train=self.Xp,
+                                        retract=refresh_mode == "client", time_limit=time_limit, log=say)
         self.jobdir: pathlib.Path | None = None
         self.sizes: dict = {}
 
@@ -237,7 +287,7 @@ class LongJob:
         if self.Xv is not None and not run["stopped_early"]:  # the final epoch's evaluation, on download
             v.evaluate({"W": [self.engine.decrypt(ct) for ct in outputs["W"]]}, run["steps"], -(-run["steps"] // nb))
         weights = v.final_weights(last)
-        tw = twin_long(self.trainer, self.Xp, self.Y, run["steps"])
+        tw = twin_long(self.trainer, self.Xp, self.Y, run["steps"], self.steps_per_refresh)
         ch = s["refresh"]
         stats = {"backend": self.backend, "params": self.engine.params.name,
                  "params_record": self.engine.params.to_dict(), "refresh": self.refresh_mode,
@@ -260,13 +310,14 @@ class LongJob:
 
 def fit_long(X, y, X_val=None, y_val=None, config: dict | None = None, *, backend: str = "seal",
              preset="n16384", refresh_mode: str = "client", workdir=None, engine_options: dict | None = None,
-             on_step=None) -> LongFitResult:
-    """Mini-batch MLR past the depth limit: client here, server in its own process (see LongJob).
+             on_step=None, **job_options) -> LongFitResult:
+    """Mini-batch MLR past the depth limit: client here, server in its own process (see LongJob;
+    ``job_options``: its plan, max_epochs, time_limit, log).
 
     ``workdir``: the job directory (kept, with the server's checkpoint state.ckpt); default a
     temporary one, removed afterwards. ``on_step(done, total)`` follows the server's steps."""
     job = LongJob(X, y, X_val, y_val, config, backend=backend, preset=preset, refresh_mode=refresh_mode,
-                  engine_options=engine_options)
+                  engine_options=engine_options, **job_options)
     tmp = None if workdir is not None else tempfile.mkdtemp(prefix="hetrain-long-")
     try:
         job.write(workdir if workdir is not None else tmp)
@@ -276,37 +327,81 @@ def fit_long(X, y, X_val=None, y_val=None, config: dict | None = None, *, backen
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def twin_long(trainer, X: np.ndarray, Y: np.ndarray, steps: int) -> np.ndarray:
-    """The plaintext twin: the same steps over the same batches, in the same order."""
-    return trainer.twin(X, Y, steps)["W"]
+def twin_long(trainer, X: np.ndarray, Y: np.ndarray, steps: int, steps_per_refresh: int | None = None) -> np.ndarray:
+    """The plaintext twin: the same steps over the same batches, in the same order (and the
+    client's retraction every ``steps_per_refresh`` steps, as under client refresh)."""
+    return trainer.twin(X, Y, steps, steps_per_refresh)["W"]
 
 
 def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "seal", preset: str = "auto",
                    validation_fraction: float = 0.2, seed: int | None = None, workdir=None,
-                   release_decimals: int | None = None, on_step=None):
-    """`hetrain fit --model mlr --refresh client|bootstrap`: hold out validation rows (client side),
-    train the mini-batch trainer through the server process, release the best epoch's model as a
-    TrainedModel ("mlr" weights). Returns (model, stats)."""
+                   release_decimals: int | None = None, on_step=None, plan: bool = True,
+                   max_epochs: int | None = None, time_limit: float | None = None, log=None):
+    """`hetrain fit --model mlr` (refresh client|bootstrap): hold out a stratified validation split
+    (client side), plan the run on the plaintext (``plan``: the options not in ``config``, before
+    any key; models/minibatch_plan.py), train the mini-batch trainer through the server process,
+    release the best epoch's model as a TrainedModel ("mlr" weights). Returns (model, stats).
+
+    ``max_epochs``: the budget in passes over the data (default 100); ``time_limit``: seconds,
+    checked at every epoch end. When the budget stops the run, or the server or the channel fails
+    after at least one epoch was evaluated, the best model so far is returned with
+    ``stats["partial"] = True`` and the reason in ``stats["stop_reason"]`` (the caller says so and
+    exits non-zero); a failure before any evaluation raises."""
+    from sklearn.model_selection import train_test_split
+
     from hetrain.errors import DataError
 
     from .client import DEFAULT_RELEASE_DECIMALS, release
+    from .errors import ServerError
     from .model import TrainedModel, model_info
 
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
     if not 0.0 <= validation_fraction < 1.0:
         raise DataError(f"validation fraction must be in [0, 1), got {validation_fraction}")
-    idx = np.random.default_rng(seed).permutation(len(y))
+    if time_limit is not None and not time_limit > 0:
+        raise DataError(f"--time-limit must be a positive number of seconds, got {time_limit}")
+    idx = np.arange(len(y))
     n_val = int(round(validation_fraction * len(y)))
-    tr, va = idx[n_val:], idx[:n_val]
+    tr, va = idx, idx[:0]
+    if n_val:
+        _, counts = np.unique(y, return_counts=True)
+        strat = y if counts.min() >= 2 and n_val >= len(counts) else None
+        tr, va = train_test_split(idx, test_size=n_val, stratify=strat, random_state=0 if seed is None else seed)
     if preset == "auto":
         preset = "desilo-boot" if refresh_mode == "bootstrap" and backend == "desilo" else "n16384"
-    r = fit_long(X[tr], y[tr], X[va] if n_val else None, y[va] if n_val else None, config, backend=backend,
-                 preset=preset, refresh_mode=refresh_mode, workdir=workdir, on_step=on_step)
+    job = LongJob(X[tr], y[tr], X[va] if n_val else None, y[va] if n_val else None, config, backend=backend,
+                  preset=preset, refresh_mode=refresh_mode, plan=plan, max_epochs=max_epochs, time_limit=time_limit,
+                  log=log)
+    tmp = None if workdir is not None else tempfile.mkdtemp(prefix="hetrain-long-")
+    failure = None
+    try:
+        job.write(workdir if workdir is not None else tmp)
+        r = job.train(on_step=on_step)
+    except (ServerError, CKKSError) as exc:  # the server or the channel died: keep what the client has
+        if job.validation.best is None or job.validation.X_val is None:
+            raise
+        failure = f"training failed after {len(job.validation.history)} decryption(s): {exc}"
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    v = job.validation
     decimals = DEFAULT_RELEASE_DECIMALS if release_decimals is None else release_decimals
-    weights = release({"W": r.weights}, decimals, 0.0, np.random.default_rng(seed))
-    info = model_info(backend, r.stats["params_record"], release={"decimals": decimals, "noise_std": 0.0},
-                      refresh=refresh_mode, training={"trainer": "mlr-minibatch", **config}, history=r.history,
-                      n_train=int(len(tr)), n_validation=int(n_val), twin_max_abs_diff=r.stats["twin_max_abs_diff"])
+    if failure is not None:
+        stats = {"partial": True, "stop_reason": failure.splitlines()[0], "params_record": job.engine.params.to_dict(),
+                 "key_id": job.engine.key_id, "twin_max_abs_diff": float("nan")}
+        best = v.best[1]
+    else:
+        stats = dict(r.stats)
+        stats["partial"] = bool(v.stop_reason and v.stop_reason != "early stopping")
+        stats["stop_reason"] = v.stop_reason or "planned epochs done"
+        best = r.weights
+    stats["plan"] = job.plan.lines() if job.plan is not None else []
+    weights = release({"W": best}, decimals, 0.0, np.random.default_rng(seed))
+    info = model_info(backend, stats["params_record"], release={"decimals": decimals, "noise_std": 0.0},
+                      refresh=refresh_mode, training={"trainer": "mlr-minibatch", **job.trainer.config},
+                      history=v.history, n_train=int(len(tr)), n_validation=int(n_val),
+                      twin_max_abs_diff=stats["twin_max_abs_diff"], partial=stats["partial"],
+                      stop_reason=stats["stop_reason"])
     # the released weights are a plain logistic-regression model: "mlr" predicts with them
-    return TrainedModel("mlr", {}, weights, r.preprocessor, r.stats["key_id"], info), r.stats
+    return TrainedModel("mlr", {}, weights, job.pre, stats["key_id"], info), stats
