@@ -65,7 +65,7 @@ def test_depth_is_refused_before_any_key(iris, monkeypatch):
         raise AssertionError("keys were generated for a job that cannot fit")
 
     monkeypatch.setattr(ckks, "create_engine", no_keys)
-    with pytest.raises(DepthPlanError, match=r"1 iteration\(s\) fit.*'n16384' has enough levels"):
+    with pytest.raises(DepthPlanError, match=r"1 iteration\(s\) fit.*`--preset n16384`"):
         fit(X, y, "toy-centroid", {"iterations": 3}, preset="n8192", backend="seal", progress=False)
 
 

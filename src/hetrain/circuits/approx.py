@@ -1,8 +1,8 @@
 """Polynomial approximations of activation functions on a bounded interval.
 
 Outside its interval a polynomial diverges quickly, and under encryption nobody can see it
-happen: the client must scale inputs so the interval holds (``check_interval``), and the
-interval is part of every approximation.
+happen: the client checks on its plaintext twin that every input stays inside (``check_interval``),
+and the interval is part of every approximation.
 """
 from __future__ import annotations
 
@@ -106,13 +106,29 @@ def get_sigmoid(spec: str) -> PolyApprox:
         raise ValueError(f"unknown sigmoid approximation {spec!r}: use 'published' or 'deg<D>:<B>' (e.g. deg3:8)") from None
 
 
+class IntervalError(DataError):
+    """Plaintext values left a polynomial's interval: the encrypted run would compute garbage there.
+
+    ``span`` (min, max) and ``interval`` (lo, hi) are plain floats. Callers that know the job's options
+    append the options that would fit (hetrain.models.advice.interval_advice)."""
+
+    def __init__(self, message: str, span: tuple[float, float] | None = None,
+                 interval: tuple[float, float] | None = None) -> None:
+        super().__init__(message)
+        self.span, self.interval = span, interval
+
+
 def check_interval(values: np.ndarray, approx: PolyApprox, what: str = "inputs") -> None:
-    """Raise DataError if plaintext ``values`` leave the approximation's interval (or are not finite)."""
+    """Raise DataError if plaintext ``values`` are not finite, IntervalError if they leave the
+    approximation's interval."""
     v = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(v)):
         raise DataError(f"{what} contain NaN or infinite values")
     lo, hi = approx.interval
     if v.size and (v.min() < lo or v.max() > hi):
-        raise DataError(f"{what} span [{v.min():.3g}, {v.max():.3g}], outside the {approx.name} approximation's "
-                        f"interval [{lo:g}, {hi:g}]: the polynomial would return garbage there. Scale the inputs "
-                        f"down or choose a wider interval.")
+        span = (float(v.min()), float(v.max()))
+        raise IntervalError(f"{what} span [{span[0]:.3g}, {span[1]:.3g}], outside the {approx.name} approximation's "
+                            f"interval [{lo:g}, {hi:g}]: the polynomial would return garbage there. What moves the "
+                            f"span depends on the trainer (the sigmoid's interval, the learning rate, the number of "
+                            f"iterations; for logistic regression NOT the input scale).",
+                            span=span, interval=(float(lo), float(hi)))

@@ -50,7 +50,12 @@ Progress = Callable[[int, int, str], None]
 
 
 class DepthPlanError(HetrainUserError):
-    """The requested training does not fit in the parameters' levels (raised before any work)."""
+    """The requested training does not fit in the parameters' levels (raised before any work).
+
+    ``facts``: the message without its generic hint, for callers that append checked advice
+    (hetrain.models.advice.depth_advice); None when the whole message is facts."""
+
+    facts: str | None = None
 
 
 @dataclasses.dataclass
@@ -92,10 +97,12 @@ class Plan:
             return
         better = smallest_preset_with_levels(self.levels_needed)
         hint = f"preset {better!r} has enough levels" if better else "no preset has that many levels: refresh between iterations"
-        raise DepthPlanError(
-            f"{self.iterations} iterations need {self.levels_needed} levels but {params.name} offers "
-            f"{self.levels_available}; {self.iterations_that_fit} iteration(s) fit. {hint}. "
-            f"Levels per iteration: {plain(self.levels_per_iteration)}.")
+        facts = (f"{self.iterations} iterations need {self.levels_needed} levels but {params.name} offers "
+                 f"{self.levels_available}; {self.iterations_that_fit} iteration(s) fit. "
+                 f"Levels per iteration: {plain(self.levels_per_iteration)}.")
+        exc = DepthPlanError(f"{facts} Hint: {hint}.")
+        exc.facts = facts
+        raise exc
 
 
 _REFRESH: contextvars.ContextVar[bool] = contextvars.ContextVar("hetrain_refresh_available", default=False)
@@ -154,6 +161,10 @@ class Trainer(abc.ABC):
 
     @abc.abstractmethod
     def twin(self, X: np.ndarray, Y: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def client_check(self, X: np.ndarray, Y: np.ndarray) -> None:
+        """The plaintext checks of ``client_encrypt`` that need no keys (e.g. the twin's interval check,
+        circuits.approx.IntervalError), so the client can refuse before keygen. Default: none."""
 
     @abc.abstractmethod
     def predict_scores(self, weights: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray: ...

@@ -235,6 +235,11 @@ class MLPTrainer(Trainer):
     def initial_weights(self, d: int, c: int) -> dict[str, np.ndarray]:
         return mlp_twin.init_weights(self.sizes(d, c), self.config["seed"], self.config["init_scale"])
 
+    def client_check(self, X, Y):
+        """With ``check_interval``: the twin's pre-activations stay inside their intervals (IntervalError)."""
+        if self.config["check_interval"]:
+            self._run_twin(*self._check_data(X, Y), check=True)
+
     def client_encrypt(self, engine, X, Y):
         X, Y = self._check_data(X, Y)
         n, d = X.shape

@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from hetrain.errors import DataError
+from hetrain.circuits.approx import IntervalError
 
 MARGIN = 0.9          # pre-activations of the planned run stay within 90 % of each interval
 VALIDATION_FRACTION = 0.2
@@ -95,8 +95,8 @@ def choose(candidates: Sequence[dict], run: Callable[[dict, np.ndarray, np.ndarr
             cfg = {**candidates[order], "iterations": t}
             return cfg, {"validation_accuracy": -neg_acc, "validation_loss": loss, "iterations": t,
                          "reach": reach, "candidates": len(candidates), "validation_rows": int(len(vi))}
-    raise DataError("no default mlp setting keeps every pre-activation inside its sigmoid's interval on this data; "
-                    "give --sigmoid with a wider interval, a smaller --learning-rate or --iterations")
+    raise IntervalError("no default mlp setting keeps every pre-activation inside its sigmoid's interval on this data; "
+                    "give --sigmoid with a wider interval, a smaller --learning-rate or fewer --iterations.")
 
 
 def grid(fixed: dict, **axes: Iterable) -> list[dict]:

@@ -180,6 +180,10 @@ class DiagonalMLPTrainer(Trainer):
         check_interval(np.hstack([X, np.ones((len(X), 1))]) @ W1.T, self.hidden_sig, "initial hidden pre-activations")
         return X, Y, W1
 
+    def client_check(self, X, Y):
+        """The initial hidden pre-activations stay inside the hidden sigmoid's interval (IntervalError)."""
+        self._check_inputs(X, Y)
+
     def client_encrypt(self, engine: Engine, X: np.ndarray, Y: np.ndarray):
         X, Y, W1 = self._check_inputs(X, Y)
         n, d = X.shape

@@ -20,8 +20,9 @@ polynomial, older gradients' factors into scalar multiplications of ciphertexts 
 and the final step size into ``out_scale``, applied by the client after decryption.
 
 What is checked on the client (``client_encrypt``): the twin is run first and every sigmoid input
-κ_t·z must lie inside the approximation's interval (DataError otherwise: lower learning_rate, scale
-the features, or pick a wider sigmoid such as "deg3:16").
+κ_t·z must lie inside the approximation's interval (IntervalError otherwise; protocol.fit names the
+options that fit: a wider sigmoid, a lower learning_rate or fewer iterations. Scaling the features does
+NOT help: B̄ scales as 1/s², so the step B̄⊙G and every κ_t·z are invariant to the input scale).
 """
 from __future__ import annotations
 
@@ -107,6 +108,10 @@ class MLRTrainer(Trainer):
     # ------------------------------------------------------------------ client
     def _check_data(self, X, Y):
         return check_training_arrays(X, Y)
+
+    def client_check(self, X, Y):
+        """The twin's interval check (IntervalError: a sigmoid input leaves the approximation's interval)."""
+        self.twin(X, Y)
 
     def client_encrypt(self, engine, X, Y):
         X, Y = self._check_data(X, Y)

@@ -96,14 +96,11 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
     Xp, Y = pre.transform(X), pre.one_hot(y)
     refreshing = refresh != "none"
     chosen: dict = {}
-    trainer = make_trainer(model, config, Xp.shape[1], data=(Xp, Y), refresh=refreshing, preset=preset, report=chosen)
-    if refreshing and "refresh" not in server_hooks(trainer):
-        raise DepthPlanError(f"model {trainer.name} cannot refresh its state between iterations (--refresh {refresh})")
-    client = Client(trainer, backend, preset, force_insecure=force_insecure, seed=seed)
-    if refreshing and preset == "auto":
-        client.params = preset_for_refresh(trainer, *Xp.shape, Y.shape[1])
+    # every refusal of the plaintext checks comes before any key is made, with checked advice
+    trainer, params = prepare(model, config, Xp, Y, preset=preset, refresh=refresh, scale=scale, report=chosen)
+    client = Client(trainer, backend, params, force_insecure=force_insecure, seed=seed)
     with refresh_available(refreshing):
-        plan = client.plan(*Xp.shape, Y.shape[1])  # refuses before any key is made
+        plan = client.plan(*Xp.shape, Y.shape[1])
     if backend == "sim":
         say("WARNING: backend 'sim' is an INSECURE simulation: nothing is encrypted (tests/planning only)")
 
@@ -164,6 +161,95 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
                       refresh=refresh, n_train=int(Xp.shape[0]), twin_max_abs_diff=diff)
     trained = TrainedModel(trainer.name, dict(trainer.config), weights, pre, engine.key_id, info)
     return FitResult(trained, twin, diff, plan, stats)
+
+
+def check_job(model: str, config: dict | None, X, Y, *, preset="auto", refresh: str = "none",
+              report: dict | None = None):
+    """Every check the client makes before keygen, on preprocessed X and one-hot Y: the trainer (mlp
+    defaults chosen on the data), the preset ("auto": the smallest that fits), the depth plan and the
+    trainer's plaintext checks (``client_check``: the twin's interval check). Returns (trainer, params);
+    raises DepthPlanError / IntervalError / HetrainUserError, without advice (see ``prepare``)."""
+    from hetrain import ckks
+
+    from .client import _params, choose_preset
+
+    refreshing = refresh != "none"
+    n, d = X.shape
+    c = Y.shape[1]
+    trainer = make_trainer(model, config, d, data=(X, Y), refresh=refreshing, preset=preset, report=report)
+    if refreshing and "refresh" not in server_hooks(trainer):
+        raise DepthPlanError(f"model {trainer.name} cannot refresh its state between iterations (--refresh {refresh})")
+    if preset == "auto":
+        params = preset_for_refresh(trainer, n, d, c) if refreshing else choose_preset(trainer, n, d, c)
+    else:
+        params = preset if isinstance(preset, ckks.CKKSParams) else _params(preset)
+    trainer.plan(n, d, c, params).check(params, refresh=refreshing)
+    trainer.client_check(X, Y)
+    return trainer, params
+
+
+def prepare(model: str, config: dict | None, X, Y, *, preset="auto", refresh: str = "none", scale: float = 1.0,
+            report: dict | None = None):
+    """``check_job``, and when it refuses for depth or for a polynomial interval, the same error with the
+    options that WOULD fit appended (models/advice.py: each one re-checked with ``check_job``)."""
+    from hetrain import ckks
+    from hetrain.circuits.approx import IntervalError
+    from hetrain.models import advice
+
+    config = dict(config or {})
+    preset_name = preset.name if isinstance(preset, CKKSParams) else preset
+
+    def build(cfg, Xc, p, refresh_mode=refresh):
+        return check_job(model, cfg, Xc, Y, preset=p, refresh=refresh_mode)
+
+    try:
+        return check_job(model, config, X, Y, preset=preset, refresh=refresh, report=report)
+    except IntervalError as exc:
+        used = _used_config(model, config, X, Y, refresh, preset)
+        text = advice.interval_advice(build, X, config, preset=preset_name, learning_rate=used.get("learning_rate"),
+                                      iterations=used.get("iterations"), scale=scale,
+                                      scale_invariant=(model == "mlr"))
+        raise advice.refusal_with_advice(exc, text) from None
+    except DepthPlanError as exc:
+        used = _used_config(model, config, X, Y, refresh, preset)
+        # with "auto" every preset was tried already; else only those with more levels than the refused one
+        levels = None if preset_name == "auto" else ckks.get_params(preset).levels
+        presets = [p.name for p in sorted(ckks.PRESETS.values(), key=lambda p: (p.poly_modulus_degree, p.levels))
+                   if levels is not None and p.levels > levels]
+        refresh_build = None
+        if refresh == "none" and model != "mlr":  # mlr --refresh client is the mini-batch trainer (cli/fit.py)
+            try:
+                can = "refresh" in server_hooks(get_trainer(resolve_model(model, config.get("layout", "auto"),
+                                                                          X.shape[1])))
+            except HetrainUserError:
+                can = False
+            if can:
+                refresh_build = lambda cfg, Xc, p: build(cfg, Xc, p, "client")  # noqa: E731
+        text = advice.depth_advice(build, X, config, preset=preset_name, iterations=used.get("iterations"),
+                                   iterations_that_fit=used.get("iterations_that_fit"), presets=presets,
+                                   refresh_build=refresh_build)
+        raise advice.refusal_with_advice(exc, text) from None
+
+
+def _used_config(model, config, X, Y, refresh, preset) -> dict:
+    """learning_rate, iterations (and iterations_that_fit) of the refused job, as far as they can be known."""
+    out = {k: config[k] for k in ("learning_rate", "iterations") if k in config}
+    try:
+        t = make_trainer(model, config, X.shape[1], data=(X, Y), refresh=refresh != "none", preset=preset)
+    except HetrainUserError:
+        return out
+    cfg = t.config
+    for k in ("learning_rate", "iterations"):
+        if cfg.get(k) is not None:
+            out.setdefault(k, cfg[k])
+    try:
+        from hetrain import ckks
+
+        p = ckks.get_params(preset if preset != "auto" else "n32768")
+        out["iterations_that_fit"] = t.plan(X.shape[0], X.shape[1], Y.shape[1], p).iterations_that_fit
+    except (HetrainUserError, ValueError):
+        pass
+    return out
 
 
 def twin_max_abs_diff(weights: dict[str, np.ndarray], twin: dict[str, np.ndarray]) -> float:
