@@ -198,12 +198,75 @@ def test_server_notices_the_client_going_away(tmp_path):
     proc.stderr.close()
 
 
-def test_client_check_failure_stops_the_server(tmp_path):
+def _record_client_frames(monkeypatch) -> list[dict]:
+    """Every header the client sends on the refresh channel (the ciphertext blobs are fresh encryptions)."""
+    from hetrain.protocol import refresh_channel
+
+    sent, real = [], refresh_channel.send_frame
+
+    def spy(sock, header, blobs=()):
+        sent.append(json.loads(json.dumps(header)))
+        return real(sock, header, blobs)
+
+    monkeypatch.setattr(refresh_channel, "send_frame", spy)
+    return sent
+
+
+def _numbers(x) -> list:
+    if isinstance(x, dict):
+        return [n for k, v in x.items() if k not in ("blobs", "state") for n in _numbers(v)]
+    if isinstance(x, list):
+        return [n for v in x for n in _numbers(v)]
+    return [x] if isinstance(x, (int, float)) and not isinstance(x, bool) else []
+
+
+def test_client_check_failure_stops_the_server_with_a_fixed_code(tmp_path, monkeypatch):
+    sent = _record_client_frames(monkeypatch)
     Xtr, ytr, Xv, yv = _iris()
-    # a huge step pushes the next sigmoid inputs far outside [-8, 8]: the client refuses to go on
+    # a huge step pushes the next sigmoid inputs far outside [-8, 8]; with retraction off (as under
+    # bootstrapping) the client refuses to go on
+    job = LongJob(Xtr, ytr, Xv, yv, {**CFG, "learning_rate": 500.0}, backend="sim", preset="n16384",
+                  refresh_mode="client")
+    job.validation.retract = False
+    job.write(tmp_path)
+    with pytest.raises(Exception, match="outside") as info:
+        job.train()
+    assert not psutil.Process().children()  # the server process was stopped, not left behind
+    # the server heard only the fixed code: no span, min or max of decrypted values
+    assert sent[-1] == {"op": "error", "code": "client_refused"}
+    assert "span [" in str(info.value)  # the client keeps its reason
+
+
+def test_no_decrypted_derived_number_crosses_to_the_server(tmp_path, monkeypatch):
+    """A whole default-planned run (retraction, validation, early stopping): every header the client
+    sends holds only its op, key id, the state's layout (names and counts) and the stop bit."""
+    sent = _record_client_frames(monkeypatch)
+    Xtr, ytr, Xv, yv = _iris()
+    job = LongJob(Xtr, ytr, Xv, yv, {"epochs": 6, "learning_rate": 64.0}, backend="sim", preset="n16384",
+                  refresh_mode="client")
+    job.write(tmp_path)
+    r = job.train()
+    assert any(h["kind"] == "retract" for h in r.history)  # the run did adapt on decrypted values
+    assert sent and {k for h in sent for k in h} <= {"op", "key_id", "state", "stop", "blobs"}
+    assert {h["op"] for h in sent} <= {"ok", "refreshed", "verdict", "bye"}
+    assert _numbers(sent) == []
+    for h in sent:  # the layout: names and ciphertext counts, the same at every round trip
+        assert h.get("state") in (None, sent[1].get("state"))
+
+
+def test_a_run_built_to_leave_the_interval_adapts_and_finishes(tmp_path):
+    """The same huge step with retraction (client refresh, the default): the client scales the weights
+    back at every refresh, says so, and the twin replays it."""
+    Xtr, ytr, Xv, yv = _iris()
     job = LongJob(Xtr, ytr, Xv, yv, {**CFG, "learning_rate": 500.0}, backend="sim", preset="n16384",
                   refresh_mode="client")
     job.write(tmp_path)
-    with pytest.raises(Exception, match="outside"):
-        job.train()
-    assert not psutil.Process().children()  # the server process was stopped, not left behind
+    r = job.train()
+    retracts = [h for h in r.history if h["kind"] == "retract"]
+    assert retracts and all(0 < h["min_factor"] < 1 for h in retracts)
+    assert r.stats["steps"] == 3 * 2 and r.stats["twin_max_abs_diff"] < 1e-9
+    t = job.trainer
+    z = np.c_[np.ones(len(job.Xp)), job.Xp] @ r.last_weights.T  # the final step is not retracted,
+    assert np.abs(z).max() > 8  # so it shows how far the unretracted steps would have gone
+
+

@@ -21,9 +21,11 @@ def test_fit_with_client_refresh_writes_a_usable_model(capsys, tmp_path, iris_cs
     out = tmp_path / "m.json"
     rc = main(["fit", "--data", str(iris_csv), "--out", str(out), "--backend", "sim", "--refresh", "client",
                "--epochs", "4", "--batch-size", "64", "--learning-rate", "0.5", "--patience", "0", "--seed", "1",
-               "--quiet"])
+               "--sigmoid", "published", "--momentum", "none", "--weight-decay", "0", "--quiet"])
     text = capsys.readouterr().out
     assert rc == 0, text
+    # every option given: the planner chooses nothing and runs the 4 epochs (patience 0: no early stop)
+    assert "plan: chose" not in text and "plan: sigmoid published" in text
     assert "epoch 4: validation accuracy" in text and "steps 8 " in text  # 120 rows: 2 batches x 4 epochs
     assert "round trips 7 (refreshes 7, evaluations 3)" in text  # a refresh before steps 2..8, 3 merged
     assert float(text.strip().splitlines()[-1].split("=")[1]) < 1e-9  # sim: decrypted == twin

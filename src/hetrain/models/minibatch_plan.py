@@ -30,7 +30,9 @@ from hetrain.circuits.approx import sigmoid as true_sigmoid
 from hetrain.errors import HetrainUserError
 
 from .early_stopping import EarlyStopping, validation_metrics
-from .minibatch import MiniBatchMLR
+from .base import DepthPlanError
+from .minibatch import RETRACT, MiniBatchMLR
+from .mlr_twin import add_bias, quadratic_gradient_diag
 
 # depth 3 and 4: 5 and 6 levels per step, one step per refresh at n16384 (7 levels)
 SIGMOIDS = ("deg7:16", "deg15:16", "deg15:24", "deg15:32")
@@ -42,6 +44,7 @@ DEFAULT_MAX_EPOCHS = 100
 DEFAULT_TIME_BUDGET_S = 480.0  # planned training time under SEAL on 2 cores (estimate_step_seconds)
 DEFAULT_PATIENCE = 5
 DEFAULT_BATCH_SIZE = 128
+BATCH_SIZES = (128, 256, 512)  # larger batches: fewer rotations per row (cheaper epochs), fewer steps
 
 
 @dataclasses.dataclass
@@ -88,30 +91,90 @@ class MiniBatchPlan:
         return lines
 
 
-def rehearse(trainer: MiniBatchMLR, X: np.ndarray, Y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
-             max_epochs: int, stop_above: float = np.inf, steps_per_refresh: int | None = 1) -> Candidate:
-    """Run the twin with early stopping (and the client's retraction every ``steps_per_refresh``
-    steps; None: never, as under bootstrapping); stop (fits=False) once |t| exceeds ``stop_above``."""
-    batches = [trainer.twin_batch(X, Y, rows) for rows in trainer.batches_of(X.shape[0])]
-    state = trainer.initial_state(X.shape[1], Y.shape[1])
-    stopper = EarlyStopping(trainer.config["patience"])
-    peak, steps, epoch = 0.0, 0, 0
+def rehearse(trainers: list[MiniBatchMLR], X: np.ndarray, Y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
+             max_epochs: int, stop_above: float = np.inf, retract: bool = True, levels: int = 7) -> list[Candidate]:
+    """Run the twin of every candidate at once, with early stopping, and (``retract``) the client's
+    retraction at each refresh (every levels // levels_per_step steps); a candidate stops
+    (fits=False) once a sigmoid input exceeds ``stop_above`` × its bound.
+
+    The candidates share the batches (same batch_size and patience), so their weights are stacked
+    and every product is one matrix multiplication: the arithmetic of MiniBatchMLR.twin_update and
+    .retract, in the same order per candidate, ~20x faster than one candidate at a time."""
+    K, (n, d), c = len(trainers), X.shape, Y.shape[1]
+    first = trainers[0]
+    Xall, Xv = add_bias(X), add_bias(X_val)
+    bound = np.array([t.approx.bound for t in trainers])
+    lr = np.array([t.config["learning_rate"] for t in trainers])
+    wd = np.array([t.config["weight_decay"] for t in trainers])
+    beta = np.array([t.beta for t in trainers])
+    every = np.array([max(1, levels // t.levels_per_step) for t in trainers])
+    sigmoids = {}
+    for k, t in enumerate(trainers):
+        sigmoids.setdefault(t.config["sigmoid"], (np.asarray(t.approx.unit_coeffs()), []))[1].append(k)
+    batches = []
+    for rows in first.batches_of(n):
+        Xb = add_bias(X[rows])
+        batches.append((Xb, Xb * quadratic_gradient_diag(Xb), Y[rows]))
+    decay_mask = np.ones(d + 1)
+    decay_mask[0] = 0.0
+    W, D = np.zeros((K, c, d + 1)), np.zeros((K, c, d + 1))
+    active, fits = np.ones(K, bool), np.ones(K, bool)
+    peak, steps, ran = np.zeros(K), np.zeros(K, int), np.zeros(K, int)
+    stoppers = [EarlyStopping(t.config["patience"]) for t in trainers]
+    Yv = np.eye(c)[y_val]
+    step = 0
     for epoch in range(1, max_epochs + 1):
-        for batch in batches:
-            if steps_per_refresh and steps and steps % steps_per_refresh == 0:
-                state = trainer.retract(state, X)
-            t = batch[0] @ state["W"].T
-            peak = max(peak, float(np.max(np.abs(t))) if t.size else 0.0)
-            if not peak <= stop_above:  # NaN too
-                return Candidate(dict(trainer.config), False, peak, -1.0, np.inf, 0, epoch, steps)
-            state = trainer.twin_update(state, batch, check=False)
-            steps += 1
-        m = validation_metrics(state["W"], X_val, y_val)
-        _, stop = stopper.update(m["val_accuracy"], m["val_loss"], epoch)
-        if stop:
+        for Xb, XbB, Yb in batches:
+            if retract and step:
+                idx = np.flatnonzero(active & (step % every == 0))
+                if idx.size:
+                    z = np.abs(Xall @ W[idx].reshape(-1, d + 1).T).max(axis=0).reshape(idx.size, c)
+                    limit = RETRACT * bound[idx, None]
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        f = np.where(z > limit, limit / z, 1.0)
+                    W[idx] *= f[:, :, None]
+                    D[idx] *= f[:, :, None]
+            idx = np.flatnonzero(active)
+            T = (Xb @ W[idx].reshape(-1, d + 1).T).reshape(len(Xb), idx.size, c) / bound[idx][None, :, None]
+            with np.errstate(invalid="ignore"):
+                pk = np.abs(T).max(axis=(0, 2))
+            peak[idx] = np.maximum(peak[idx], pk)
+            out = ~(pk <= stop_above)
+            fits[idx[out]], active[idx[out]], ran[idx[out]] = False, False, epoch
+            S = np.empty_like(T)
+            pos = {k: i for i, k in enumerate(idx)}
+            for coeffs, members in sigmoids.values():
+                cols = [pos[k] for k in members if k in pos]
+                if cols:
+                    S[:, cols, :] = np.polynomial.polynomial.polyval(T[:, cols, :], coeffs)
+            R = (Yb[:, None, :] - S).reshape(len(Xb), -1)
+            G = (R.T @ XbB).reshape(idx.size, c, d + 1) * lr[idx, None, None]
+            G -= wd[idx, None, None] * decay_mask * W[idx]
+            D[idx] = G + beta[idx, None, None] * D[idx]
+            keep = idx[~out]
+            W[keep] += D[keep]
+            steps[keep] += 1
+            step += 1
+            if not active.any():
+                break
+        idx = np.flatnonzero(active)
+        if not idx.size:
             break
-    return Candidate(dict(trainer.config), peak <= min(stop_above, 1.0), peak, stopper.best_accuracy, stopper.best_loss,
-                     stopper.best_epoch, epoch, steps)
+        scores = (Xv @ W[idx].reshape(-1, d + 1).T).reshape(len(Xv), idx.size, c)
+        acc = np.mean(np.argmax(scores, axis=2) == y_val[:, None], axis=0)
+        p = np.clip(1.0 / (1.0 + np.exp(-np.clip(scores, -700, 700))), 1e-12, 1 - 1e-12)
+        loss = -np.mean(np.sum(Yv[:, None, :] * np.log(p) + (1 - Yv[:, None, :]) * np.log(1 - p), axis=2), axis=0)
+        for i, k in enumerate(idx):
+            _, stop = stoppers[k].update(float(acc[i]), float(loss[i]), epoch)
+            if stop or epoch == max_epochs:
+                active[k], ran[k] = False, epoch
+    out = []
+    for k, t in enumerate(trainers):
+        st = stoppers[k]
+        ok = fits[k] and np.isfinite(st.best_loss)
+        out.append(Candidate(dict(t.config), bool(ok), float(peak[k]), st.best_accuracy if ok else -1.0,
+                             st.best_loss if ok else np.inf, st.best_epoch, int(ran[k] or max_epochs), int(steps[k])))
+    return out
 
 
 def estimate_step_seconds(trainer: MiniBatchMLR, d: int, c: int, slots: int) -> float:
@@ -140,27 +203,36 @@ def plan_minibatch(X, Y, X_val=None, y_val=None, *, fixed: dict | None = None,
     fixed = dict(fixed or {})
     if max_epochs < 1:
         raise HetrainUserError(f"--epochs must be at least 1, got {max_epochs}")
-    base = {"batch_size": DEFAULT_BATCH_SIZE, "patience": DEFAULT_PATIENCE}
-    base.update({k: v for k, v in fixed.items() if k in ("batch_size", "patience")})
+    base = {"patience": fixed.get("patience", DEFAULT_PATIENCE)}
     grid = {"sigmoid": SIGMOIDS, "learning_rate": LEARNING_RATES, "C": L2_C, "momentum": MOMENTA}
     for k in grid:
         if k in fixed:
             grid[k] = (fixed[k],)
-    searched = [k.replace("_", " ") for k, v in grid.items() if len(v) > 1]
+    if "weight_decay" in fixed:  # the user's decay replaces the searched L2 strength
+        grid["C"] = (np.inf,)
+    n, d = X.shape
+    sizes = (fixed["batch_size"],) if "batch_size" in fixed else \
+        tuple(sorted({min(b, n) for b in BATCH_SIZES if b <= max(n, BATCH_SIZES[0])}))
+    searched = [k.replace("_", " ") for k, v in grid.items() if len(v) > 1] + (["batch size"] if len(sizes) > 1 else [])
     t0 = time.perf_counter()
     candidates = []
-    n, d = X.shape
-    for sig, lr, C, mom in itertools.product(*grid.values()):
-        wd = fixed.get("weight_decay", weight_decay_for(C, lr, n, d))
-        trainer = MiniBatchMLR(**base, sigmoid=sig, learning_rate=lr, weight_decay=wd, momentum=mom, epochs=max_epochs)
-        if trainer.levels_per_step > levels:
-            continue
-        budget = time_budget or DEFAULT_TIME_BUDGET_S
-        steps_allowed = budget / estimate_step_seconds(trainer, d, Y.shape[1], slots)
-        epochs = int(max(1, min(max_epochs, steps_allowed // len(trainer.batches_of(n)))))
-        per_refresh = levels // trainer.levels_per_step if retract else None
-        candidates.append(rehearse(trainer, X, Y, X_val, y_val, epochs, MARGIN if not retract or per_refresh > 1
-                                   else 1.0, per_refresh))
+    for batch_size in sizes:  # one rehearsal per batch size: the candidates of a group share its batches
+        trainers = []
+        for sig, lr, C, mom in itertools.product(*grid.values()):
+            wd = fixed.get("weight_decay", weight_decay_for(C, lr, n, d))
+            trainer = MiniBatchMLR(**base, batch_size=batch_size, sigmoid=sig, learning_rate=lr, weight_decay=wd,
+                                   momentum=mom, epochs=max_epochs)
+            if trainer.levels_per_step <= levels:
+                trainers.append(trainer)
+        if not trainers:
+            raise DepthPlanError(f"no sigmoid of the plan fits one step in {levels} levels: choose a preset with "
+                                 "more levels (--preset n16384 or larger)")
+        # the budget: the epochs that the slowest candidate (momentum: two refreshed states) runs in time
+        epoch_s = max(estimate_step_seconds(t, d, Y.shape[1], slots) for t in trainers) * len(trainers[0].batches_of(n))
+        epochs = int(max(1, min(max_epochs, (time_budget or DEFAULT_TIME_BUDGET_S) // epoch_s)))
+        # with retraction at every refresh a step starts inside MARGIN and a cycle of several steps must
+        # stay inside the interval (1.0); without retraction the whole run must stay within MARGIN
+        candidates += rehearse(trainers, X, Y, X_val, y_val, epochs, 1.0 if retract else MARGIN, retract, levels)
     fitting = [c for c in candidates if c.fits]
     if fitting:
         chosen = max(fitting, key=lambda c: (c.val_accuracy, -c.val_loss, -_levels(c), -c.steps))

@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 
+from hetrain.circuits.approx import IntervalError
 from hetrain.ckks import CKKSError
 from hetrain.models.base import DepthPlanError
 from hetrain.models.early_stopping import EarlyStopping, validation_metrics
@@ -240,8 +241,20 @@ class LongJob:
         self.steps_per_refresh = levels // per if refresh_mode == "client" else None
         if refresh_mode != "client":
             # nobody sees the weights before the end: the client runs the twin first, which raises
-            # DataError if a sigmoid input would leave the approximation's interval (garbage, unseen)
-            twin_long(t, self.Xp, self.Y, steps)
+            # IntervalError if a sigmoid input would leave the approximation's interval (garbage,
+            # unseen), with options checked to fit (models/advice.py)
+            try:
+                twin_long(t, self.Xp, self.Y, steps)
+            except IntervalError as exc:
+                from hetrain.models import advice
+
+                def build(cfg, Xc, _preset):
+                    tr = MiniBatchMLR(**cfg)
+                    twin_long(tr, Xc, self.Y, tr.config["epochs"] * len(tr.batches_of(len(Xc))))
+
+                text = advice.interval_advice(build, self.Xp, dict(t.config), kinds=("sigmoid", "learning_rate"),
+                                              scale_invariant=True)
+                raise advice.refusal_with_advice(exc, text) from None
         t0 = time.perf_counter()
         rotations = t.packing(d, c, slots).rotation_steps()
         self.engine = eng = ckks.create_engine(backend, params, rotations, **(engine_options or {}))

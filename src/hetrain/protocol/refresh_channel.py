@@ -14,7 +14,7 @@ both ends. Messages (server -> client, each answered):
     evaluate state, step, epoch    -> verdict stop=bool (the one bit the server learns), with the
              [refresh=true]           re-encrypted state too when it asked for a refresh
     done                           -> bye
-The client answers ``error`` with a message if its side fails; the server raises it. Either side
+The client answers ``error`` with a fixed code (ERROR_CODES) if its side fails; the server raises it. Either side
 notices the other going away: the client polls the server process while it waits, the server sees
 the socket close (and gives up after ``timeout`` seconds without an answer).
 """
@@ -59,6 +59,13 @@ class ChannelStats:
 
 
 # ---------------------------------------------------------------------- frames
+# What the client may tell the server when it stops: fixed codes, never a message of its own
+# (nothing derived from decrypted values crosses to the server).
+ERROR_CODES = {"key_mismatch": "the ciphertexts are under another key",
+               "unknown_request": "the request is not one the client answers",
+               "client_refused": "the client stopped the job (its reason stays with the client)"}
+
+
 def send_frame(sock: socket.socket, header: dict, blobs: list[bytes] = ()) -> int:
     """Send one frame; returns its size in bytes."""
     head = json.dumps({**header, "blobs": [len(b) for b in blobs]}).encode()
@@ -162,7 +169,7 @@ class ServerChannel:
     def _answer(self, expect: str) -> tuple[dict, list[bytes], int]:
         header, blobs, n = recv_frame(self.sock, timeout=self.timeout)
         if header.get("op") == "error":
-            raise ChannelError(f"the client refused: {header.get('message')}")
+            raise ChannelError(f"the client refused: {ERROR_CODES.get(header.get('code'), 'no reason given')}")
         if header.get("op") != expect:
             raise ChannelError(f"unexpected {header.get('op')!r} on the refresh channel (expected {expect!r})")
         if "key_id" in header and header["key_id"] != self.engine.key_id:
@@ -178,7 +185,6 @@ class ServerChannel:
         self.stats.wait_seconds += time.perf_counter() - t0
         self.stats.bytes_to_server += n
         self.stats.round_trips += 1
-        self.stats.client_seconds += float(reply.get("client_s", 0.0))
         fresh = decode_state(self.engine, reply["state"], back) if reply.get("state") is not None else None
         return reply, fresh
 
@@ -269,13 +275,13 @@ class ClientEndpoint:
                 send_frame(self.conn, {"op": "bye"})
                 return self.stats
             if header.get("key_id") != self.engine.key_id:
-                self._refuse(f"the server sent ciphertexts under key {header.get('key_id')}, "
+                self._refuse("key_mismatch", f"the server sent ciphertexts under key {header.get('key_id')}, "
                              f"the client's key is {self.engine.key_id}")
             if op == "hello":
                 send_frame(self.conn, {"op": "ok", "key_id": self.engine.key_id})
                 continue
             if op not in ("refresh", "evaluate"):
-                self._refuse(f"unknown request {op!r}")
+                self._refuse("unknown_request", f"unknown request {op!r}")
             self.stats.bytes_to_client += n
             t0 = time.perf_counter()
             try:
@@ -289,25 +295,27 @@ class ClientEndpoint:
                     reply = {"op": "verdict", "stop": bool(stop)}
                     self.stats.evaluations += 1
                     self.stats.refreshes += fresh is not None
-            except Exception as exc:
-                self._tell_error(str(exc))  # the server may be gone already: our own error is the one to raise
+            except Exception:
+                # a fixed code only: the client's reason may hold numbers computed from decrypted values
+                # (a span, a min, a max), and a malicious server chooses the state it sends
+                self._tell_error("client_refused")  # the server may be gone already: our own error is raised
                 raise
             layout, out = encode_state(self.engine, fresh) if fresh is not None else (None, [])
             dt = time.perf_counter() - t0
             self.stats.client_seconds += dt
             self.stats.bytes_to_server += send_frame(
-                self.conn, {**reply, "key_id": self.engine.key_id, "state": layout, "client_s": dt}, out)
+                self.conn, {**reply, "key_id": self.engine.key_id, "state": layout}, out)
             self.stats.round_trips += 1
 
-    def _refuse(self, message: str):
-        self._tell_error(message)
+    def _refuse(self, code: str, message: str):
+        self._tell_error(code)
         raise ChannelError(message)
 
-    def _tell_error(self, message: str) -> None:
-        """Tell the server why we stop, if it still listens (a write to a gone reader must not
-        replace the reason with "the other side is gone")."""
+    def _tell_error(self, code: str) -> None:
+        """Tell the server that we stop, by a fixed code (ERROR_CODES), if it still listens (a write
+        to a gone reader must not replace the reason with "the other side is gone")."""
         try:
-            send_frame(self.conn, {"op": "error", "message": message})
+            send_frame(self.conn, {"op": "error", "code": code})
         except ChannelError:
             pass
 
