@@ -70,7 +70,7 @@ from .base import DepthPlanError, Plan, Trainer, register
 DEFAULTS = {"hidden": [32, 16], "iterations": 1, "learning_rate": 2.0, "sigmoid": "published",
             "sigmoid_layers": None, "momentum": "nesterov", "seed": 0, "init_scale": 1.0,
             "check_interval": True, "layout": "dvr", "input_clip": None,
-            "centred_hidden": False}
+            "centred_hidden": False, "batch_size": None, "label_smoothing": 0.0}
 
 
 class MLPConfigError(HetrainUserError, ValueError):
@@ -113,6 +113,13 @@ class MLPTrainer(Trainer):
             cfg["input_clip"] = float(cfg["input_clip"])
             if not cfg["input_clip"] > 0:
                 raise MLPConfigError("input_clip must be a positive number (or None)")
+        if cfg["batch_size"] is not None:
+            cfg["batch_size"] = int(cfg["batch_size"])
+            if cfg["batch_size"] < 1:
+                raise MLPConfigError("batch_size must be a positive number of rows (or None: full batch)")
+        cfg["label_smoothing"] = float(cfg["label_smoothing"])
+        if not 0.0 <= cfg["label_smoothing"] < 0.5:
+            raise MLPConfigError("label_smoothing must be in [0, 0.5)")
         K = len(cfg["hidden"]) + 1
         specs = cfg["sigmoid_layers"] or [cfg["sigmoid"]] * K
         if len(specs) != K:
@@ -184,6 +191,7 @@ class MLPTrainer(Trainer):
     def plan(self, n_samples: int, n_features: int, n_classes: int, params) -> Plan:
         p = get_params(params)
         lay = self.layout(n_samples, n_features, n_classes, p.slots)
+        batches = self.batches(lay)  # refuses a batch_size that is not a whole number of data ciphertexts
         top, T, mus = p.levels, self.config["iterations"], self._mus()
         fit, L, lv = 0, top, []
         while fit < max(T, 64):  # how many iterations one modulus chain holds (μ_t as scheduled)
@@ -194,20 +202,40 @@ class MLPTrainer(Trainer):
             lv.append(L - nxt)
             fit, L = fit + 1, nxt
         first = top - self.iteration_levels(top, top, False)
-        per_it = top - self.iteration_levels(top, top, self.config["momentum"] == "nesterov")
+        later_momentum = self.config["momentum"] == "nesterov" and T > 1
+        per_it = top - self.iteration_levels(top, top, later_momentum)
+        # with refreshes every iteration must fit from a refreshed (top-level) state; with Nesterov the
+        # second and later ones carry the momentum level, so checking the first one (μ_0 = 0) is not enough
+        refreshed_fits = T <= fit or self.iteration_levels(top, top, later_momentum) >= 0
         needed = sum(lv[:T]) if fit >= T else sum(lv) + (T - fit) * per_it
         n_in = lay.groups * (lay.feature_blocks + 1) + lay.feature_blocks + 1 + 2 * (self.K - 1)
         notes = [f"dvr grid P={lay.P}, {lay.S} samples per ciphertext, {lay.groups} data ciphertext group(s), "
                  f"{lay.feature_blocks} input-feature block(s)",
                  f"first iteration {first} levels, later ones {per_it} (momentum costs 1 from the second)",
                  f"~{self.rotations_per_iteration(lay)} rotations per iteration"]
+        if len(batches) > 1:
+            notes.append(f"mini-batches of {len(batches[0])} data ciphertext group(s) ({len(batches[0]) * lay.S} rows), "
+                         f"{len(batches)} per epoch")
         return Plan(levels_needed=needed, levels_available=p.levels, rotation_steps=sorted(lay.rotation_steps()),
                     iterations=T, iterations_that_fit=fit,
-                    levels_per_iteration=self.levels_per_part(), n_input_ciphertexts=n_in, notes=notes)
+                    levels_per_iteration=self.levels_per_part(), n_input_ciphertexts=n_in, notes=notes,
+                    refreshed_iteration_fits=refreshed_fits)
+
+    def batches(self, lay: dvr.GridLayout) -> list[list[int]]:
+        """Data-ciphertext groups of each mini-batch (one list: full batch). A mini-batch is a run of
+        whole groups, so ``batch_size`` must be a multiple of the S samples per ciphertext."""
+        B = self.config["batch_size"]
+        if B is None or B >= lay.n:
+            return [list(range(lay.groups))]
+        if B % lay.S:
+            raise MLPConfigError(f"batch_size {B} is not a multiple of the {lay.S} samples per ciphertext of this "
+                                 f"layout (mini-batches are whole data ciphertexts): use {max(1, round(B / lay.S)) * lay.S}")
+        k = B // lay.S
+        return [list(range(s, min(s + k, lay.groups))) for s in range(0, lay.groups, k)]
 
     def rotations_per_iteration(self, lay: dvr.GridLayout) -> int:
         lp, ls = int(np.log2(lay.P)), int(np.log2(lay.S))
-        K, G = self.K, lay.groups
+        K, G = self.K, len(self.batches(lay)[0])
         fwd = lp + (K - 1) * (2 * lp + 1)        # reduce layer 1; replicate + reduce above
         bwd = (K - 1) * (2 * lp + 1) + (lp + 1)  # replicate + reduce per layer, replicate δ1
         grads = (lay.feature_blocks + 2 * K - 1) * ls
@@ -225,6 +253,27 @@ class MLPTrainer(Trainer):
             raise DataError("Y must be one-hot in {0, 1}")
         return self.clip(X), Y
 
+    def order(self, n: int) -> np.ndarray:
+        """Row order of the training data: as given for full batches; a fixed permutation (``seed``) with
+        mini-batches, so that a class-sorted file still gives mixed batches (the client permutes before
+        encrypting; the server never sees the order)."""
+        if self.config["batch_size"] is None or self.config["batch_size"] >= n:
+            return np.arange(n)
+        return np.random.default_rng(self.config["seed"]).permutation(n)
+
+    def targets(self, Y: np.ndarray) -> np.ndarray:
+        """Training targets: one-hot Y, smoothed to s / 1 − s with ``label_smoothing`` s. BCE's optimum
+        logit is then log((1 − s)/s), finite, so the output pre-activations stop growing inside the
+        output sigmoid's interval instead of running out of it on separable data."""
+        s = self.config["label_smoothing"]
+        return Y if s == 0 else Y * (1.0 - 2.0 * s) + s
+
+    def prepare(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
+        """Checked, clipped, ordered inputs and smoothed targets: exactly what is encrypted and what the twin trains on."""
+        X, Y = self._check_data(X, Y)
+        p = self.order(len(X))
+        return X[p], self.targets(Y)[p]
+
     def clip(self, X: np.ndarray) -> np.ndarray:
         """The standardised inputs clipped to [-input_clip, input_clip] (no-op without input_clip): rare
         extreme values (|x| of 10-40 in breast_cancer, digits) otherwise drive the hidden pre-activations
@@ -236,7 +285,7 @@ class MLPTrainer(Trainer):
         return mlp_twin.init_weights(self.sizes(d, c), self.config["seed"], self.config["init_scale"])
 
     def client_encrypt(self, engine, X, Y):
-        X, Y = self._check_data(X, Y)
+        X, Y = self.prepare(X, Y)
         n, d = X.shape
         c = Y.shape[1]
         plan = self.plan(n, d, c, engine.params)
@@ -277,13 +326,14 @@ class MLPTrainer(Trainer):
         return self._unpack_params(lay, vecs, sizes)
 
     def _run_twin(self, X, Y, check=False):
+        """The twin on prepared arrays (``prepare``)."""
         return mlp_twin.train(X, Y, self.config["hidden"], self.acts, iterations=self.config["iterations"],
                               learning_rate=self.config["learning_rate"], momentum=self.config["momentum"],
-                              seed=self.config["seed"], init_scale=self.config["init_scale"], check=check)
+                              seed=self.config["seed"], init_scale=self.config["init_scale"], check=check,
+                              batch_size=self.config["batch_size"])
 
     def twin(self, X, Y):
-        X, Y = self._check_data(X, Y)
-        return self._run_twin(X, Y)
+        return self._run_twin(*self.prepare(X, Y))
 
     def weight_shapes(self, n_features, n_classes):
         sizes = mlp_twin.layer_sizes(n_features, self.config["hidden"], n_classes)
@@ -312,8 +362,10 @@ class MLPTrainer(Trainer):
             raise DataError("number of data ciphertexts does not match the job's layout")
         W = {k: list(inputs[k]) for k in names}
         V = W
-        mus, lr_step = self._mus(), self.config["learning_rate"] / lay.n
-        masks = self._masks(lay, sizes, lr_step)
+        mus, lr = self._mus(), self.config["learning_rate"]
+        batches = self.batches(lay)
+        steps = [lr / sum(lay.valid_samples(g) for g in b) for b in batches]  # lr / rows of the batch
+        masks = self._masks(lay, sizes, {g: s for b, s in zip(batches, steps) for g in b})
         top = engine.max_level
         T = self.config["iterations"]
         for t in range(T):
@@ -329,7 +381,8 @@ class MLPTrainer(Trainer):
                 if self.iteration_levels(level, top, mus[t] != 0.0) < 0:
                     raise DepthPlanError(f"iteration {t + 1} does not fit even in refreshed ciphertexts (level "
                                          f"{level} of {top}): use a preset with more levels or a cheaper sigmoid")
-            G = self._gradients(engine, lay, X, Y, V, masks, lr_step)
+            b = t % len(batches)
+            G = self._gradients(engine, lay, X, Y, V, masks, steps[b], batches[b])
             W_new = {k: [engine.sub(v, g) for v, g in zip(V[k], G[k])] for k in names}
             mu = mus[t]
             if mu:
@@ -342,21 +395,23 @@ class MLPTrainer(Trainer):
                 progress(t + 1, T, f"iteration {t + 1}/{T}")
         return W
 
-    def _masks(self, lay, sizes, step):
+    def _masks(self, lay, sizes, steps: dict):
+        """Hidden-layer masks and, per data group g, the output mask with value ``steps[g]`` (its batch's lr / n_b)."""
         K = self.K
         hidden = {l: PlainVector(lay.mask(out_axis(l), sizes[l])) for l in range(1, K)}
-        output = [PlainVector(lay.mask(out_axis(K), sizes[K], lay.valid_samples(g), value=step))
-                  for g in range(lay.groups)]
+        output = {g: PlainVector(lay.mask(out_axis(K), sizes[K], lay.valid_samples(g), value=steps[g]))
+                  for g in range(lay.groups)}
         return hidden, output
 
-    def _gradients(self, eng, lay, X, Y, V, masks, step):
-        """One forward + backward pass at the look-ahead V; returns step-scaled gradients."""
+    def _gradients(self, eng, lay, X, Y, V, masks, step, groups):
+        """One forward + backward pass at the look-ahead V over the data ``groups`` (a mini-batch);
+        returns step-scaled gradients."""
         K, T = self.K, lay.feature_blocks
         hidden_masks, out_masks = masks
         zrep = {l: [] for l in range(2, K + 1)}   # input of layer l replicated over its output axis
         drep = {l: [] for l in range(1, K + 1)}   # δ_l replicated over layer l's input axis
         deltas = {l: [] for l in range(1, K + 1)}
-        for g in range(lay.groups):
+        for g in groups:
             dact, z = {}, None
             for l in range(1, K + 1):
                 if l == 1:
@@ -384,7 +439,7 @@ class MLPTrainer(Trainer):
         G = {}
         for l in range(1, K + 1):
             if l == 1:
-                G["W1"] = [dvr.reduce_axis(eng, eng.mul_sum([(drep[1][g], X[g * T + t]) for g in range(lay.groups)]),
+                G["W1"] = [dvr.reduce_axis(eng, eng.mul_sum([(drep[1][i], X[g * T + t]) for i, g in enumerate(groups)]),
                                            lay, "s") for t in range(T)]
             else:
                 G[f"W{l}"] = [dvr.reduce_axis(eng, eng.mul_sum(list(zip(drep[l], zrep[l]))), lay, "s")]
