@@ -461,13 +461,15 @@ LEARNING_RATES = [2.0, 4.0, 8.0, 16.0, 32.0]
 SEAL_SECONDS_PER_ROTATION = 0.018   # n16384-deep on 2 shared cores, measured (breast_cancer: 430 rot -> 7.5 s)
 SEAL_SECONDS_PER_PRODUCT = 0.010    # one ct x ct product at n16384-deep (a W1 block x data block)
 TIME_BUDGET_S = 420.0               # server training time a default run may plan for (<= 10 min in all)
-MAX_DEFAULT_ITERATIONS = 60
+MAX_DEFAULT_ITERATIONS = 160       # mini-batch steps (digits: ~130 steps of 128 rows fit the budget)
+BATCH_ROWS = 128                    # mini-batch candidate (rounded to whole data ciphertexts) when n >= 2 batches
+LABEL_SMOOTHING = [0.0, 0.1]
 
 
 def estimated_seconds_per_iteration(trainer: "MLPTrainer", n: int, d: int, c: int, slots: int) -> float:
     """Rough SEAL server time of one iteration at n16384-deep (rotations and products dominate)."""
     lay = trainer.layout(n, d, c, slots)
-    products = 2 * lay.groups * (lay.feature_blocks + 2 * trainer.K)
+    products = 2 * len(trainer.batches(lay)[0]) * (lay.feature_blocks + 2 * trainer.K)
     return trainer.rotations_per_iteration(lay) * SEAL_SECONDS_PER_ROTATION + products * SEAL_SECONDS_PER_PRODUCT
 
 
@@ -485,7 +487,7 @@ def _trace(cfg: dict, X, Y, Xv, Yv, T: int) -> mlp_defaults.Trace:
     look-ahead state V_t each iteration's forward pass runs on (what ``check_interval`` checks)."""
     tr = MLPTrainer(**{**cfg, "iterations": T})
     acts, mus = tr.acts, tr._mus()
-    X, Xv = tr.clip(X), tr.clip(Xv)
+    (X, Y), Xv = tr.prepare(X, Y), tr.clip(Xv)
     W0 = mlp_twin.init_weights(tr.sizes(X.shape[1], Y.shape[1]), tr.config["seed"], tr.config["init_scale"])
     out = mlp_defaults.Trace([], [], [])
     hist = [W0]
@@ -509,7 +511,7 @@ def _trace(cfg: dict, X, Y, Xv, Yv, T: int) -> mlp_defaults.Trace:
 
     mlp_twin.train(X, Y, tr.config["hidden"], acts, iterations=T, learning_rate=tr.config["learning_rate"],
                    momentum=tr.config["momentum"], seed=tr.config["seed"], init_scale=tr.config["init_scale"],
-                   weights=W0, callback=callback)
+                   weights=W0, callback=callback, batch_size=tr.config["batch_size"])
     return out
 
 
@@ -532,28 +534,31 @@ def plan_defaults(X, Y, config: dict | None = None, *, refresh: bool = True, par
     probe = MLPTrainer(**{**base, "iterations": 1})
     K = probe.K
     pairs = [None] if ("sigmoid_layers" in given or "sigmoid" in given) else SIGMOID_PAIRS
-    cands = []
-    for cand in mlp_defaults.grid(given, learning_rate=LEARNING_RATES):
-        for pair in pairs:
-            c = {**base, **cand}
-            if pair is not None:
-                c["sigmoid_layers"] = [pair[0]] * (K - 1) + [pair[1]]
-            cands.append(c)
     p = get_params(params or "n16384-deep")
     n, d, c = X.shape[0], X.shape[1], Y.shape[1]
-    if refresh:
-        per_it = estimated_seconds_per_iteration(probe, n, d, c, p.slots)
-        T_max = int(min(MAX_DEFAULT_ITERATIONS, max(4, TIME_BUDGET_S // per_it)))
-    else:
-        T_max = max(1, MLPTrainer(**{**cands[0], "iterations": 64}).plan(n, d, c, p).iterations_that_fit)
+    S = probe.layout(n, d, c, p.slots).S
+    batch = S * max(1, round(BATCH_ROWS / S))  # whole data ciphertexts
+    batches = [None, batch] if (refresh and n >= 2 * batch) else [None]
+    cands = []
+    for cand in mlp_defaults.grid(given, batch_size=batches, label_smoothing=LABEL_SMOOTHING,
+                                  learning_rate=LEARNING_RATES):
+        for pair in pairs:
+            cc = {**base, **cand}
+            if pair is not None:
+                cc["sigmoid_layers"] = [pair[0]] * (K - 1) + [pair[1]]
+            cands.append(cc)
     fixed = int(given["iterations"]) if "iterations" in given else None
 
-    def final_reach(cand, T):
-        return _trace(cand, X, Y, X[:1], Y[:1], T).reach[-1]
+    def T_max(cand) -> int:
+        if refresh:
+            per_it = estimated_seconds_per_iteration(MLPTrainer(**{**cand, "iterations": 1}), n, d, c, p.slots)
+            return int(min(MAX_DEFAULT_ITERATIONS, max(4, TIME_BUDGET_S // per_it)))
+        return max(1, MLPTrainer(**{**cand, "iterations": 64}).plan(n, d, c, p).iterations_that_fit)
 
-    cfg, report = mlp_defaults.choose(cands, _trace, final_reach, X, Y, T_max, fixed)
-    report["max_iterations"] = T_max
-    return cfg, report
+    def final_reach(cand, T):
+        return _trace(cand, X, Y, X[:1], Y[:1], T).reach
+
+    return mlp_defaults.choose(cands, _trace, final_reach, X, Y, T_max, fixed)
 
 
 def lay_n(job: dict) -> int:
