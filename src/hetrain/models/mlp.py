@@ -2,7 +2,7 @@
 
 input (d) -> h1 -> [h2 ...] -> c outputs; polynomial sigmoids (configurable degree and interval,
 per layer if wanted); binary cross-entropy on every output (one-vs-rest), so the output error is
-σ(A_K) − Y with no division; full-batch gradient descent with optional Nesterov momentum;
+σ(A_K) − Y with no division; full-batch or mini-batch gradient descent with optional Nesterov momentum;
 forward pass, back-propagation and update all on ciphertexts, no interaction within an iteration.
 The arithmetic is exactly that of the plaintext twin (models/mlp_twin.py, formulas there).
 
@@ -15,6 +15,13 @@ T = ceil(d / P) ciphertexts of P input features each. Biases lie along the outpu
 Garbage left by rotate-and-sum is removed by masks folded into the activation polynomials
 (no extra level), and the step size lr/n is folded into the output layer's polynomial, so the
 whole backward pass is already scaled.
+
+Mini-batches (``batch_size``): a batch is a run of whole data ciphertexts (batch_size a multiple of
+S), so iteration t simply loops over the groups of batch t mod B instead of all G: same circuit,
+same levels, cost proportional to the batch; its step lr / n_b is folded into that batch's output
+masks (plaintexts, no level). The client permutes the rows (``seed``) before encrypting, so a
+class-sorted file still gives mixed batches; the twin trains on the same permuted rows.
+``label_smoothing`` s: the client encrypts targets s / 1 − s instead of 0 / 1 (no server change).
 
 Levels per iteration with sigmoid depth D (2 for degree 3), K weight layers:
 forward K·(1 + D), output error 0, backward 2 per layer above the first (product + σ'),
@@ -29,11 +36,18 @@ Defaults for ``--model mlp`` / ``protocol.fit(X, y, "mlp", {})``: the client cal
 keeps every key the user gave and chooses the rest: one hidden layer of 16 (9 levels per iteration:
 fits n16384-deep, where two hidden layers need n32768 and ~200 MB per rotation key), momentum "none"
 (Nesterov's 10th level does not fit n16384-deep), input_clip 3, centred_hidden (σ − 1/2 in the hidden
-layer: on digits 0.63 -> 0.86 test accuracy in 14 iterations), and from a grid of sigmoid pairs and
-learning rates the (setting, iterations) with the lowest validation loss whose run keeps every
+layer: on digits 0.63 -> 0.86 test accuracy in 14 iterations), and from a grid of sigmoid pairs,
+learning rates, label smoothing {0, 0.1} and batch size {full, 128 rows when n >= 256} the (setting,
+iterations) that ranks best on the validation part (mlp_defaults.choose) whose run keeps every
 pre-activation within 90 % of its interval (re-checked on all rows); iterations are capped by a
-wall-time budget (~7 min of estimated SEAL server time) with refresh, by one chain without.
-Measured (80/20 splits): breast_cancer 0.956, RegNet features 0.828, digits 0.839 (budget-bound: 14 iterations).
+wall-time budget (~7 min of estimated SEAL server time per candidate: a 128-row step costs ~2.4 s at
+n16384-deep on 2 cores, a full digits iteration ~30 s) with refresh, by one chain without.
+Why mini-batches: full-batch GD fits only 14 digits iterations in the budget (0.839); 113 steps of 128
+rows (~9 epochs) reach 0.933. Why label smoothing: with 0/1 targets the output pre-activations keep
+growing and leave the output sigmoid's interval before digits converges (best in-margin ~0.91); with
+0.1 / 0.9 they settle at ~0.65 of it. Heavy-ball momentum and learning-rate decay were tried on the twin:
+faster early, same plateau (~0.94), so not used.
+Measured (80/20 splits, twin): breast_cancer 0.956, RegNet features 0.828, digits 0.933, wine (dvr) 1.0.
 
 The trainer's own defaults (below) are unchanged, for direct use:
 
@@ -43,7 +57,11 @@ Config keys (all optional):
     learning_rate   float, default 2.0 (the step on the mean gradient)
     sigmoid         get_sigmoid spec for every layer, default "published" (degree 3 on [-8, 8])
     sigmoid_layers  list of specs, one per weight layer (overrides ``sigmoid``)
-    momentum        "nesterov" (default) | "none"
+    momentum        "nesterov" (default) | "none"; Nesterov costs one level from the second iteration on,
+                    which the plan counts for refreshed iterations too (n16384-deep: refused before keygen)
+    batch_size      int or None (default: full batch): rows per mini-batch, a multiple of the layout's
+                    samples per ciphertext; ``iterations`` then counts mini-batch steps
+    label_smoothing float in [0, 0.5), default 0: targets s / 1 − s
     seed            int, default 0 (deterministic Glorot-uniform init, drawn and encrypted by the client)
     init_scale      float, default 1.0 (multiplies the Glorot bound)
     check_interval  bool, default True: the client runs the twin first and refuses the job if any
@@ -452,8 +470,9 @@ class MLPTrainer(Trainer):
 # need 14-15 levels, i.e. n32768, whose rotation keys are ~200 MB each and whose operations are ~4x
 # slower); 16 units keep the dvr grid at P = 16 for up to 16 classes, and reached sklearn's accuracy on
 # every benchmark set. momentum "none": Nesterov costs a 10th level from the second iteration, which
-# n16384-deep does not have. The sigmoid pairs (hidden layer, output layer) and learning rates are the
-# grid ``plan_defaults`` searches with the twin; degree 3 only (degree 5/7 cost a level per layer).
+# n16384-deep does not have. The sigmoid pairs (hidden layer, output layer), learning rates, label smoothing
+# and batch sizes are the grid ``plan_defaults`` searches with the twin; degree 3 only (degree 5/7 cost a
+# level per layer).
 DEFAULT_HIDDEN = [16]
 DEFAULT_INPUT_CLIP = 3.0
 SIGMOID_PAIRS = [("deg3:32", "deg3:16"), ("deg3:64", "deg3:16")]
@@ -517,7 +536,8 @@ def _trace(cfg: dict, X, Y, Xv, Yv, T: int) -> mlp_defaults.Trace:
 
 def plan_defaults(X, Y, config: dict | None = None, *, refresh: bool = True, params=None) -> tuple[dict, dict]:
     """The complete mlp-dvr config for this data: the user's keys kept, the rest chosen on the plaintext
-    twin (models/mlp_defaults.py): hidden, sigmoid_layers, learning_rate, momentum and iterations.
+    twin (models/mlp_defaults.py): hidden, sigmoid_layers, learning_rate, momentum, batch_size,
+    label_smoothing and iterations (report: what was chosen, its validation scores and ``max_iterations``).
 
     ``refresh``: the state is refreshed between iterations, so the iteration count is bounded by a
     wall-time budget (``TIME_BUDGET_S`` at the estimated SEAL cost per iteration); without refresh, by
