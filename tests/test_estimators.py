@@ -83,3 +83,21 @@ def test_logistic_regression_estimator_with_mlr():
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
     clf = EncryptedLogisticRegression(iterations=3, sigmoid="deg3:16", backend="sim").fit(Xtr, ytr)
     assert clf.score(Xte, yte) > 0.93 and clf.fit_stats_["model"] == "mlr"
+
+
+def test_mlp_defaults_follow_the_planner():
+    # hidden=None (the default) means "planned": nothing fixed in the config, clone keeps that
+    est = EncryptedMLPClassifier(backend="sim", refresh="client")
+    assert est.hidden is None and est._config() == {"layout": "auto"}
+    twin = clone(est)
+    assert twin.get_params() == est.get_params() and twin.get_params()["refresh"] == "client"
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+    X, y = load_breast_cancer(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
+    # a short planned run (iterations given, the rest chosen) keeps the test quick on the sim backend
+    clf = clone(est).set_params(iterations=4).fit(Xtr[:160], ytr[:160])
+    cfg = clf.model_.config
+    assert clf.fit_stats_["model"] == "mlp-dvr" and clf.fit_stats_["defaults"] is not None
+    assert cfg["hidden"] == [16] and cfg["iterations"] == 4 and cfg["momentum"] == "none"
+    assert clf.score(Xte, yte) > 0.85

@@ -190,3 +190,62 @@ def test_pre_activations_outside_interval_are_refused():
     eng = ckks.create_engine("sim", "n16384-deep", rotations=tr.plan(20, 8, 3, ckks.get_params("n16384-deep")).rotation_steps)
     with pytest.raises(DataError, match="interval"):
         tr.client_encrypt(eng, X * 50.0, Y)
+
+
+def test_minibatches_and_label_smoothing_match_twin():
+    # n16384-deep, hidden 9 -> P = 16: 32 samples per ciphertext, 100 rows -> 4 groups; batches of 64 rows = 2 groups,
+    # the second batch 36 rows (its own step lr / 36); 3 iterations: batch 0, batch 1, batch 0 again
+    X, Y = data(n=100, d=8, c=3)
+    tr = MLPTrainer(hidden=[9], iterations=3, momentum="none", batch_size=64, label_smoothing=0.1, learning_rate=4.0)
+    p = ckks.get_params("n16384-deep")
+    plan = tr.plan(100, 8, 3, p)
+    assert any("mini-batches of 2" in n for n in plan.notes)
+    from hetrain.models.base import refresh_available
+    with refresh_available(True):
+        eng, out, W, _ = run_sim(tr, X, Y, "n16384-deep", refresh=client_refresh)
+    twin = tr.twin(X, Y)
+    assert max_diff(W, twin) < EXACT
+    # the batches, their order and the smoothing all matter (else this test would not test them)
+    for other in ({"batch_size": None}, {"label_smoothing": 0.0}, {"seed": 1}):
+        cfg = {**tr.config, **other}
+        assert max_diff(W, MLPTrainer(**cfg).twin(X, Y)) > 1e-3
+    # the twin's mini-batches are the documented consecutive slices of the permuted rows
+    Xp, Yp = tr.prepare(X, Y)
+    assert np.allclose(Yp.max(1), 0.9) and np.allclose(Yp.min(1), 0.1)
+    assert sorted(map(tuple, Xp)) == sorted(map(tuple, X))
+    with pytest.raises(MLPConfigError, match="multiple of the 32 samples"):
+        MLPTrainer(hidden=[9], batch_size=48).plan(100, 8, 3, p)
+    with pytest.raises(MLPConfigError, match="label_smoothing"):
+        MLPTrainer(label_smoothing=0.5)
+
+
+def test_nesterov_refused_before_keys_when_a_refreshed_iteration_does_not_fit():
+    # n16384-deep holds the first iteration (9 levels, μ_0 = 0) but not a later one (10): the plan must say so
+    # before any key is made, and preset_for_refresh must pick a preset where every iteration fits
+    from hetrain.models.base import refresh_available
+    from hetrain.protocol import fit
+    from hetrain.protocol.pipeline import preset_for_refresh
+
+    X, Y = data()
+    tr = MLPTrainer(hidden=[4], iterations=3, momentum="nesterov")
+    p = ckks.get_params("n16384-deep")
+    plan = tr.plan(20, 8, 3, p)
+    assert plan.iterations_that_fit == 1 and not plan.fits_with_refresh()
+    with pytest.raises(DepthPlanError, match="later one does not fit even in freshly refreshed"):
+        plan.check(p, refresh=True)
+    assert MLPTrainer(hidden=[4], iterations=1, momentum="nesterov").plan(20, 8, 3, p).fits_with_refresh()
+    assert MLPTrainer(hidden=[4], iterations=3, momentum="none").plan(20, 8, 3, p).fits_with_refresh()
+    chosen = preset_for_refresh(tr, 20, 8, 3)
+    assert chosen.levels > p.levels and tr.plan(20, 8, 3, chosen).fits_with_refresh()
+    # end to end: refused by the client (no keygen, no server) with the explicit preset
+    import hetrain.protocol.client as client_mod
+    made = []
+    orig = client_mod.Client.keygen
+    try:
+        client_mod.Client.keygen = lambda self, plan: made.append(1) or orig(self, plan)
+        with pytest.raises(DepthPlanError, match="freshly refreshed"):
+            fit(X, Y.argmax(1), "mlp", {"layout": "dvr", "hidden": [4], "iterations": 3, "momentum": "nesterov"},
+                preset="n16384-deep", backend="sim", refresh="client", progress=False)
+    finally:
+        client_mod.Client.keygen = orig
+    assert not made

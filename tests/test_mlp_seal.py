@@ -63,3 +63,14 @@ def test_two_hidden_layers_n32768():
     X, Y = data(n=16, d=8, c=3)
     tr = MLPTrainer(hidden=[4, 4], iterations=1, learning_rate=2.0)
     check(tr, train_seal(tr, X, Y, "n32768", via_bytes=False), X, Y, 1e-4)
+
+
+def test_minibatch_step_with_label_smoothing_n16384_deep():
+    # hidden 9 -> P = 16, 32 samples per ciphertext: 64 rows are 2 groups, batch_size 32 trains on the first
+    # (permuted) group only, with step lr / 32 in its output mask and targets 0.1 / 0.9
+    X, Y = data(n=64)
+    tr = MLPTrainer(hidden=[9], iterations=1, momentum="none", learning_rate=2.0, batch_size=32, label_smoothing=0.1)
+    W = train_seal(tr, X, Y, "n16384-deep")
+    check(tr, W, X, Y, 1e-4)
+    full = MLPTrainer(**{**tr.config, "batch_size": None}).twin(X, Y)
+    assert max(float(np.max(np.abs(W[k] - full[k]))) for k in full) > 1e-2  # the batch is not the full data

@@ -35,7 +35,7 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
             raise DataError(f"y must be 1-D with one label per row of X ({X.shape[0]}), got shape {y.shape}")
         self.classes_, y_index = np.unique(y, return_inverse=True)
         result = fit(X, y_index, self._model_name, self._config(), preset=self.preset, backend=self.backend,
-                     scale=self.scale, seed=self.seed, progress=self.verbose)
+                     scale=self.scale, seed=self.seed, progress=self.verbose, refresh=getattr(self, "refresh", "none"))
         self.model_ = result.model
         self.fit_stats_ = result.stats
         self.twin_max_abs_diff_ = result.twin_max_abs_diff
@@ -81,6 +81,16 @@ class EncryptedLogisticRegression(_EncryptedClassifier):
 class EncryptedMLPClassifier(_EncryptedClassifier):
     """A network with one or two hidden sigmoid layers trained on CKKS-encrypted data.
 
+    Every hyperparameter left at ``None`` (``hidden`` included) is chosen by the client's planner on the
+    plaintext training data before any key is made, exactly as ``hetrain fit --model mlp`` does
+    (``plan_defaults`` in hetrain.models.mlp / mlp_diagonal): one hidden layer (16 units for the dvr
+    layout, 4 for the diagonal one), learning rate(s), sigmoid intervals, mini-batches and label smoothing
+    (dvr), and the number of iterations; what it chose is in ``fit_stats_["defaults"]`` and
+    ``model_.config``. Given values are kept. ``refresh="client"`` lets the server have its state
+    re-encrypted between iterations, so the planner may run as many iterations as its time budget allows
+    (~7 min of SEAL server time); with ``"none"`` (the CLI's default) training stops where one modulus
+    chain ends (1-2 iterations), which is fast but under-trained.
+
     ``layout``: "auto" (diagonal packing up to 16 features, double Volley Revolver above), "dvr" or
     "diagonal" (see hetrain.models.base.resolve_model).
     """
@@ -88,8 +98,9 @@ class EncryptedMLPClassifier(_EncryptedClassifier):
     _model_name = "mlp"
     _config_keys = _EncryptedClassifier._config_keys + ("hidden",)
 
-    def __init__(self, hidden=(32, 16), iterations=None, learning_rate=None, sigmoid=None, momentum=None,
-                 layout="auto", preset="auto", backend="seal", scale=1.0, seed=None, verbose=False):
+    def __init__(self, hidden=None, iterations=None, learning_rate=None, sigmoid=None, momentum=None,
+                 layout="auto", preset="auto", backend="seal", scale=1.0, seed=None, verbose=False,
+                 refresh="none"):
         self.hidden = hidden
         self.iterations = iterations
         self.learning_rate = learning_rate
@@ -101,6 +112,7 @@ class EncryptedMLPClassifier(_EncryptedClassifier):
         self.scale = scale
         self.seed = seed
         self.verbose = verbose
+        self.refresh = refresh
 
     def _config(self) -> dict:
         config = super()._config()

@@ -70,14 +70,17 @@ class Plan:
     levels_per_iteration: dict[str, int]  # part name -> levels, e.g. {"forward": 3, "sigmoid": 2, ...}
     n_input_ciphertexts: int
     notes: list[str] = dataclasses.field(default_factory=list)
+    # False when the first iteration fits one chain but a later one does not fit even from a refreshed,
+    # top-level state (mlp-dvr with Nesterov: its momentum level is spent from the second iteration on)
+    refreshed_iteration_fits: bool = True
 
     @property
     def fits(self) -> bool:
         return self.levels_needed <= self.levels_available
 
     def fits_with_refresh(self) -> bool:
-        """At least one iteration fits between two refreshes (so any number of iterations can run)."""
-        return self.iterations_that_fit >= 1
+        """Every iteration fits between two refreshes (so any number of iterations can run)."""
+        return self.iterations_that_fit >= 1 and self.refreshed_iteration_fits
 
     def check(self, params: CKKSParams, refresh: bool | None = None) -> None:
         """Raise DepthPlanError with how many iterations fit and which preset would fit.
@@ -90,6 +93,11 @@ class Plan:
         if refresh:
             if self.fits_with_refresh():
                 return
+            if self.iterations_that_fit >= 1:
+                raise DepthPlanError(
+                    f"the first iteration fits in {params.name} ({self.levels_available} levels), but a later one "
+                    f"does not fit even in freshly refreshed ciphertexts; levels per iteration: "
+                    f"{plain(self.levels_per_iteration)}. Use a preset with more levels (or momentum 'none').")
             raise DepthPlanError(
                 f"not even one iteration fits in {params.name} ({self.levels_available} levels) between two "
                 f"refreshes; levels per iteration: {plain(self.levels_per_iteration)}. Use a preset with more levels.")

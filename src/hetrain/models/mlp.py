@@ -2,7 +2,7 @@
 
 input (d) -> h1 -> [h2 ...] -> c outputs; polynomial sigmoids (configurable degree and interval,
 per layer if wanted); binary cross-entropy on every output (one-vs-rest), so the output error is
-σ(A_K) − Y with no division; full-batch gradient descent with optional Nesterov momentum;
+σ(A_K) − Y with no division; full-batch or mini-batch gradient descent with optional Nesterov momentum;
 forward pass, back-propagation and update all on ciphertexts, no interaction within an iteration.
 The arithmetic is exactly that of the plaintext twin (models/mlp_twin.py, formulas there).
 
@@ -15,6 +15,13 @@ T = ceil(d / P) ciphertexts of P input features each. Biases lie along the outpu
 Garbage left by rotate-and-sum is removed by masks folded into the activation polynomials
 (no extra level), and the step size lr/n is folded into the output layer's polynomial, so the
 whole backward pass is already scaled.
+
+Mini-batches (``batch_size``): a batch is a run of whole data ciphertexts (batch_size a multiple of
+S), so iteration t simply loops over the groups of batch t mod B instead of all G: same circuit,
+same levels, cost proportional to the batch; its step lr / n_b is folded into that batch's output
+masks (plaintexts, no level). The client permutes the rows (``seed``) before encrypting, so a
+class-sorted file still gives mixed batches; the twin trains on the same permuted rows.
+``label_smoothing`` s: the client encrypts targets s / 1 − s instead of 0 / 1 (no server change).
 
 Levels per iteration with sigmoid depth D (2 for degree 3), K weight layers:
 forward K·(1 + D), output error 0, backward 2 per layer above the first (product + σ'),
@@ -29,11 +36,18 @@ Defaults for ``--model mlp`` / ``protocol.fit(X, y, "mlp", {})``: the client cal
 keeps every key the user gave and chooses the rest: one hidden layer of 16 (9 levels per iteration:
 fits n16384-deep, where two hidden layers need n32768 and ~200 MB per rotation key), momentum "none"
 (Nesterov's 10th level does not fit n16384-deep), input_clip 3, centred_hidden (σ − 1/2 in the hidden
-layer: on digits 0.63 -> 0.86 test accuracy in 14 iterations), and from a grid of sigmoid pairs and
-learning rates the (setting, iterations) with the lowest validation loss whose run keeps every
+layer: on digits 0.63 -> 0.86 test accuracy in 14 iterations), and from a grid of sigmoid pairs,
+learning rates, label smoothing {0, 0.1} and batch size {full, 128 rows when n >= 256} the (setting,
+iterations) that ranks best on the validation part (mlp_defaults.choose) whose run keeps every
 pre-activation within 90 % of its interval (re-checked on all rows); iterations are capped by a
-wall-time budget (~7 min of estimated SEAL server time) with refresh, by one chain without.
-Measured (80/20 splits): breast_cancer 0.956, RegNet features 0.828, digits 0.839 (budget-bound: 14 iterations).
+wall-time budget (~7 min of estimated SEAL server time per candidate: a 128-row step costs ~2.4 s at
+n16384-deep on 2 cores, a full digits iteration ~30 s) with refresh, by one chain without.
+Why mini-batches: full-batch GD fits only 14 digits iterations in the budget (0.839); 113 steps of 128
+rows (~9 epochs) reach 0.933. Why label smoothing: with 0/1 targets the output pre-activations keep
+growing and leave the output sigmoid's interval before digits converges (best in-margin ~0.91); with
+0.1 / 0.9 they settle at ~0.65 of it. Heavy-ball momentum and learning-rate decay were tried on the twin:
+faster early, same plateau (~0.94), so not used.
+Measured (80/20 splits, twin): breast_cancer 0.956, RegNet features 0.828, digits 0.933, wine (dvr) 1.0.
 
 The trainer's own defaults (below) are unchanged, for direct use:
 
@@ -43,7 +57,11 @@ Config keys (all optional):
     learning_rate   float, default 2.0 (the step on the mean gradient)
     sigmoid         get_sigmoid spec for every layer, default "published" (degree 3 on [-8, 8])
     sigmoid_layers  list of specs, one per weight layer (overrides ``sigmoid``)
-    momentum        "nesterov" (default) | "none"
+    momentum        "nesterov" (default) | "none"; Nesterov costs one level from the second iteration on,
+                    which the plan counts for refreshed iterations too (n16384-deep: refused before keygen)
+    batch_size      int or None (default: full batch): rows per mini-batch, a multiple of the layout's
+                    samples per ciphertext; ``iterations`` then counts mini-batch steps
+    label_smoothing float in [0, 0.5), default 0: targets s / 1 − s
     seed            int, default 0 (deterministic Glorot-uniform init, drawn and encrypted by the client)
     init_scale      float, default 1.0 (multiplies the Glorot bound)
     check_interval  bool, default True: the client runs the twin first and refuses the job if any
@@ -70,7 +88,7 @@ from .base import DepthPlanError, Plan, Trainer, register
 DEFAULTS = {"hidden": [32, 16], "iterations": 1, "learning_rate": 2.0, "sigmoid": "published",
             "sigmoid_layers": None, "momentum": "nesterov", "seed": 0, "init_scale": 1.0,
             "check_interval": True, "layout": "dvr", "input_clip": None,
-            "centred_hidden": False}
+            "centred_hidden": False, "batch_size": None, "label_smoothing": 0.0}
 
 
 class MLPConfigError(HetrainUserError, ValueError):
@@ -113,6 +131,13 @@ class MLPTrainer(Trainer):
             cfg["input_clip"] = float(cfg["input_clip"])
             if not cfg["input_clip"] > 0:
                 raise MLPConfigError("input_clip must be a positive number (or None)")
+        if cfg["batch_size"] is not None:
+            cfg["batch_size"] = int(cfg["batch_size"])
+            if cfg["batch_size"] < 1:
+                raise MLPConfigError("batch_size must be a positive number of rows (or None: full batch)")
+        cfg["label_smoothing"] = float(cfg["label_smoothing"])
+        if not 0.0 <= cfg["label_smoothing"] < 0.5:
+            raise MLPConfigError("label_smoothing must be in [0, 0.5)")
         K = len(cfg["hidden"]) + 1
         specs = cfg["sigmoid_layers"] or [cfg["sigmoid"]] * K
         if len(specs) != K:
@@ -184,6 +209,7 @@ class MLPTrainer(Trainer):
     def plan(self, n_samples: int, n_features: int, n_classes: int, params) -> Plan:
         p = get_params(params)
         lay = self.layout(n_samples, n_features, n_classes, p.slots)
+        batches = self.batches(lay)  # refuses a batch_size that is not a whole number of data ciphertexts
         top, T, mus = p.levels, self.config["iterations"], self._mus()
         fit, L, lv = 0, top, []
         while fit < max(T, 64):  # how many iterations one modulus chain holds (μ_t as scheduled)
@@ -194,20 +220,40 @@ class MLPTrainer(Trainer):
             lv.append(L - nxt)
             fit, L = fit + 1, nxt
         first = top - self.iteration_levels(top, top, False)
-        per_it = top - self.iteration_levels(top, top, self.config["momentum"] == "nesterov")
+        later_momentum = self.config["momentum"] == "nesterov" and T > 1
+        per_it = top - self.iteration_levels(top, top, later_momentum)
+        # with refreshes every iteration must fit from a refreshed (top-level) state; with Nesterov the
+        # second and later ones carry the momentum level, so checking the first one (μ_0 = 0) is not enough
+        refreshed_fits = T <= fit or self.iteration_levels(top, top, later_momentum) >= 0
         needed = sum(lv[:T]) if fit >= T else sum(lv) + (T - fit) * per_it
         n_in = lay.groups * (lay.feature_blocks + 1) + lay.feature_blocks + 1 + 2 * (self.K - 1)
         notes = [f"dvr grid P={lay.P}, {lay.S} samples per ciphertext, {lay.groups} data ciphertext group(s), "
                  f"{lay.feature_blocks} input-feature block(s)",
                  f"first iteration {first} levels, later ones {per_it} (momentum costs 1 from the second)",
                  f"~{self.rotations_per_iteration(lay)} rotations per iteration"]
+        if len(batches) > 1:
+            notes.append(f"mini-batches of {len(batches[0])} data ciphertext group(s) ({len(batches[0]) * lay.S} rows), "
+                         f"{len(batches)} per epoch")
         return Plan(levels_needed=needed, levels_available=p.levels, rotation_steps=sorted(lay.rotation_steps()),
                     iterations=T, iterations_that_fit=fit,
-                    levels_per_iteration=self.levels_per_part(), n_input_ciphertexts=n_in, notes=notes)
+                    levels_per_iteration=self.levels_per_part(), n_input_ciphertexts=n_in, notes=notes,
+                    refreshed_iteration_fits=refreshed_fits)
+
+    def batches(self, lay: dvr.GridLayout) -> list[list[int]]:
+        """Data-ciphertext groups of each mini-batch (one list: full batch). A mini-batch is a run of
+        whole groups, so ``batch_size`` must be a multiple of the S samples per ciphertext."""
+        B = self.config["batch_size"]
+        if B is None or B >= lay.n:
+            return [list(range(lay.groups))]
+        if B % lay.S:
+            raise MLPConfigError(f"batch_size {B} is not a multiple of the {lay.S} samples per ciphertext of this "
+                                 f"layout (mini-batches are whole data ciphertexts): use {max(1, round(B / lay.S)) * lay.S}")
+        k = B // lay.S
+        return [list(range(s, min(s + k, lay.groups))) for s in range(0, lay.groups, k)]
 
     def rotations_per_iteration(self, lay: dvr.GridLayout) -> int:
         lp, ls = int(np.log2(lay.P)), int(np.log2(lay.S))
-        K, G = self.K, lay.groups
+        K, G = self.K, len(self.batches(lay)[0])
         fwd = lp + (K - 1) * (2 * lp + 1)        # reduce layer 1; replicate + reduce above
         bwd = (K - 1) * (2 * lp + 1) + (lp + 1)  # replicate + reduce per layer, replicate δ1
         grads = (lay.feature_blocks + 2 * K - 1) * ls
@@ -225,6 +271,27 @@ class MLPTrainer(Trainer):
             raise DataError("Y must be one-hot in {0, 1}")
         return self.clip(X), Y
 
+    def order(self, n: int) -> np.ndarray:
+        """Row order of the training data: as given for full batches; a fixed permutation (``seed``) with
+        mini-batches, so that a class-sorted file still gives mixed batches (the client permutes before
+        encrypting; the server never sees the order)."""
+        if self.config["batch_size"] is None or self.config["batch_size"] >= n:
+            return np.arange(n)
+        return np.random.default_rng(self.config["seed"]).permutation(n)
+
+    def targets(self, Y: np.ndarray) -> np.ndarray:
+        """Training targets: one-hot Y, smoothed to s / 1 − s with ``label_smoothing`` s. BCE's optimum
+        logit is then log((1 − s)/s), finite, so the output pre-activations stop growing inside the
+        output sigmoid's interval instead of running out of it on separable data."""
+        s = self.config["label_smoothing"]
+        return Y if s == 0 else Y * (1.0 - 2.0 * s) + s
+
+    def prepare(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
+        """Checked, clipped, ordered inputs and smoothed targets: exactly what is encrypted and what the twin trains on."""
+        X, Y = self._check_data(X, Y)
+        p = self.order(len(X))
+        return X[p], self.targets(Y)[p]
+
     def clip(self, X: np.ndarray) -> np.ndarray:
         """The standardised inputs clipped to [-input_clip, input_clip] (no-op without input_clip): rare
         extreme values (|x| of 10-40 in breast_cancer, digits) otherwise drive the hidden pre-activations
@@ -241,7 +308,7 @@ class MLPTrainer(Trainer):
             self._run_twin(*self._check_data(X, Y), check=True)
 
     def client_encrypt(self, engine, X, Y):
-        X, Y = self._check_data(X, Y)
+        X, Y = self.prepare(X, Y)
         n, d = X.shape
         c = Y.shape[1]
         plan = self.plan(n, d, c, engine.params)
@@ -282,13 +349,14 @@ class MLPTrainer(Trainer):
         return self._unpack_params(lay, vecs, sizes)
 
     def _run_twin(self, X, Y, check=False):
+        """The twin on prepared arrays (``prepare``)."""
         return mlp_twin.train(X, Y, self.config["hidden"], self.acts, iterations=self.config["iterations"],
                               learning_rate=self.config["learning_rate"], momentum=self.config["momentum"],
-                              seed=self.config["seed"], init_scale=self.config["init_scale"], check=check)
+                              seed=self.config["seed"], init_scale=self.config["init_scale"], check=check,
+                              batch_size=self.config["batch_size"])
 
     def twin(self, X, Y):
-        X, Y = self._check_data(X, Y)
-        return self._run_twin(X, Y)
+        return self._run_twin(*self.prepare(X, Y))
 
     def weight_shapes(self, n_features, n_classes):
         sizes = mlp_twin.layer_sizes(n_features, self.config["hidden"], n_classes)
@@ -317,8 +385,10 @@ class MLPTrainer(Trainer):
             raise DataError("number of data ciphertexts does not match the job's layout")
         W = {k: list(inputs[k]) for k in names}
         V = W
-        mus, lr_step = self._mus(), self.config["learning_rate"] / lay.n
-        masks = self._masks(lay, sizes, lr_step)
+        mus, lr = self._mus(), self.config["learning_rate"]
+        batches = self.batches(lay)
+        steps = [lr / sum(lay.valid_samples(g) for g in b) for b in batches]  # lr / rows of the batch
+        masks = self._masks(lay, sizes, {g: s for b, s in zip(batches, steps) for g in b})
         top = engine.max_level
         T = self.config["iterations"]
         for t in range(T):
@@ -334,7 +404,8 @@ class MLPTrainer(Trainer):
                 if self.iteration_levels(level, top, mus[t] != 0.0) < 0:
                     raise DepthPlanError(f"iteration {t + 1} does not fit even in refreshed ciphertexts (level "
                                          f"{level} of {top}): use a preset with more levels or a cheaper sigmoid")
-            G = self._gradients(engine, lay, X, Y, V, masks, lr_step)
+            b = t % len(batches)
+            G = self._gradients(engine, lay, X, Y, V, masks, steps[b], batches[b])
             W_new = {k: [engine.sub(v, g) for v, g in zip(V[k], G[k])] for k in names}
             mu = mus[t]
             if mu:
@@ -347,21 +418,23 @@ class MLPTrainer(Trainer):
                 progress(t + 1, T, f"iteration {t + 1}/{T}")
         return W
 
-    def _masks(self, lay, sizes, step):
+    def _masks(self, lay, sizes, steps: dict):
+        """Hidden-layer masks and, per data group g, the output mask with value ``steps[g]`` (its batch's lr / n_b)."""
         K = self.K
         hidden = {l: PlainVector(lay.mask(out_axis(l), sizes[l])) for l in range(1, K)}
-        output = [PlainVector(lay.mask(out_axis(K), sizes[K], lay.valid_samples(g), value=step))
-                  for g in range(lay.groups)]
+        output = {g: PlainVector(lay.mask(out_axis(K), sizes[K], lay.valid_samples(g), value=steps[g]))
+                  for g in range(lay.groups)}
         return hidden, output
 
-    def _gradients(self, eng, lay, X, Y, V, masks, step):
-        """One forward + backward pass at the look-ahead V; returns step-scaled gradients."""
+    def _gradients(self, eng, lay, X, Y, V, masks, step, groups):
+        """One forward + backward pass at the look-ahead V over the data ``groups`` (a mini-batch);
+        returns step-scaled gradients."""
         K, T = self.K, lay.feature_blocks
         hidden_masks, out_masks = masks
         zrep = {l: [] for l in range(2, K + 1)}   # input of layer l replicated over its output axis
         drep = {l: [] for l in range(1, K + 1)}   # δ_l replicated over layer l's input axis
         deltas = {l: [] for l in range(1, K + 1)}
-        for g in range(lay.groups):
+        for g in groups:
             dact, z = {}, None
             for l in range(1, K + 1):
                 if l == 1:
@@ -389,7 +462,7 @@ class MLPTrainer(Trainer):
         G = {}
         for l in range(1, K + 1):
             if l == 1:
-                G["W1"] = [dvr.reduce_axis(eng, eng.mul_sum([(drep[1][g], X[g * T + t]) for g in range(lay.groups)]),
+                G["W1"] = [dvr.reduce_axis(eng, eng.mul_sum([(drep[1][i], X[g * T + t]) for i, g in enumerate(groups)]),
                                            lay, "s") for t in range(T)]
             else:
                 G[f"W{l}"] = [dvr.reduce_axis(eng, eng.mul_sum(list(zip(drep[l], zrep[l]))), lay, "s")]
@@ -402,8 +475,9 @@ class MLPTrainer(Trainer):
 # need 14-15 levels, i.e. n32768, whose rotation keys are ~200 MB each and whose operations are ~4x
 # slower); 16 units keep the dvr grid at P = 16 for up to 16 classes, and reached sklearn's accuracy on
 # every benchmark set. momentum "none": Nesterov costs a 10th level from the second iteration, which
-# n16384-deep does not have. The sigmoid pairs (hidden layer, output layer) and learning rates are the
-# grid ``plan_defaults`` searches with the twin; degree 3 only (degree 5/7 cost a level per layer).
+# n16384-deep does not have. The sigmoid pairs (hidden layer, output layer), learning rates, label smoothing
+# and batch sizes are the grid ``plan_defaults`` searches with the twin; degree 3 only (degree 5/7 cost a
+# level per layer).
 DEFAULT_HIDDEN = [16]
 DEFAULT_INPUT_CLIP = 3.0
 SIGMOID_PAIRS = [("deg3:32", "deg3:16"), ("deg3:64", "deg3:16")]
@@ -411,13 +485,15 @@ LEARNING_RATES = [2.0, 4.0, 8.0, 16.0, 32.0]
 SEAL_SECONDS_PER_ROTATION = 0.018   # n16384-deep on 2 shared cores, measured (breast_cancer: 430 rot -> 7.5 s)
 SEAL_SECONDS_PER_PRODUCT = 0.010    # one ct x ct product at n16384-deep (a W1 block x data block)
 TIME_BUDGET_S = 420.0               # server training time a default run may plan for (<= 10 min in all)
-MAX_DEFAULT_ITERATIONS = 60
+MAX_DEFAULT_ITERATIONS = 160       # mini-batch steps (digits: ~130 steps of 128 rows fit the budget)
+BATCH_ROWS = 128                    # mini-batch candidate (rounded to whole data ciphertexts) when n >= 2 batches
+LABEL_SMOOTHING = [0.0, 0.1]
 
 
 def estimated_seconds_per_iteration(trainer: "MLPTrainer", n: int, d: int, c: int, slots: int) -> float:
     """Rough SEAL server time of one iteration at n16384-deep (rotations and products dominate)."""
     lay = trainer.layout(n, d, c, slots)
-    products = 2 * lay.groups * (lay.feature_blocks + 2 * trainer.K)
+    products = 2 * len(trainer.batches(lay)[0]) * (lay.feature_blocks + 2 * trainer.K)
     return trainer.rotations_per_iteration(lay) * SEAL_SECONDS_PER_ROTATION + products * SEAL_SECONDS_PER_PRODUCT
 
 
@@ -435,7 +511,7 @@ def _trace(cfg: dict, X, Y, Xv, Yv, T: int) -> mlp_defaults.Trace:
     look-ahead state V_t each iteration's forward pass runs on (what ``check_interval`` checks)."""
     tr = MLPTrainer(**{**cfg, "iterations": T})
     acts, mus = tr.acts, tr._mus()
-    X, Xv = tr.clip(X), tr.clip(Xv)
+    (X, Y), Xv = tr.prepare(X, Y), tr.clip(Xv)
     W0 = mlp_twin.init_weights(tr.sizes(X.shape[1], Y.shape[1]), tr.config["seed"], tr.config["init_scale"])
     out = mlp_defaults.Trace([], [], [])
     hist = [W0]
@@ -459,13 +535,14 @@ def _trace(cfg: dict, X, Y, Xv, Yv, T: int) -> mlp_defaults.Trace:
 
     mlp_twin.train(X, Y, tr.config["hidden"], acts, iterations=T, learning_rate=tr.config["learning_rate"],
                    momentum=tr.config["momentum"], seed=tr.config["seed"], init_scale=tr.config["init_scale"],
-                   weights=W0, callback=callback)
+                   weights=W0, callback=callback, batch_size=tr.config["batch_size"])
     return out
 
 
 def plan_defaults(X, Y, config: dict | None = None, *, refresh: bool = True, params=None) -> tuple[dict, dict]:
     """The complete mlp-dvr config for this data: the user's keys kept, the rest chosen on the plaintext
-    twin (models/mlp_defaults.py): hidden, sigmoid_layers, learning_rate, momentum and iterations.
+    twin (models/mlp_defaults.py): hidden, sigmoid_layers, learning_rate, momentum, batch_size,
+    label_smoothing and iterations (report: what was chosen, its validation scores and ``max_iterations``).
 
     ``refresh``: the state is refreshed between iterations, so the iteration count is bounded by a
     wall-time budget (``TIME_BUDGET_S`` at the estimated SEAL cost per iteration); without refresh, by
@@ -482,28 +559,31 @@ def plan_defaults(X, Y, config: dict | None = None, *, refresh: bool = True, par
     probe = MLPTrainer(**{**base, "iterations": 1})
     K = probe.K
     pairs = [None] if ("sigmoid_layers" in given or "sigmoid" in given) else SIGMOID_PAIRS
-    cands = []
-    for cand in mlp_defaults.grid(given, learning_rate=LEARNING_RATES):
-        for pair in pairs:
-            c = {**base, **cand}
-            if pair is not None:
-                c["sigmoid_layers"] = [pair[0]] * (K - 1) + [pair[1]]
-            cands.append(c)
     p = get_params(params or "n16384-deep")
     n, d, c = X.shape[0], X.shape[1], Y.shape[1]
-    if refresh:
-        per_it = estimated_seconds_per_iteration(probe, n, d, c, p.slots)
-        T_max = int(min(MAX_DEFAULT_ITERATIONS, max(4, TIME_BUDGET_S // per_it)))
-    else:
-        T_max = max(1, MLPTrainer(**{**cands[0], "iterations": 64}).plan(n, d, c, p).iterations_that_fit)
+    S = probe.layout(n, d, c, p.slots).S
+    batch = S * max(1, round(BATCH_ROWS / S))  # whole data ciphertexts
+    batches = [None, batch] if (refresh and n >= 2 * batch) else [None]
+    cands = []
+    for cand in mlp_defaults.grid(given, batch_size=batches, label_smoothing=LABEL_SMOOTHING,
+                                  learning_rate=LEARNING_RATES):
+        for pair in pairs:
+            cc = {**base, **cand}
+            if pair is not None:
+                cc["sigmoid_layers"] = [pair[0]] * (K - 1) + [pair[1]]
+            cands.append(cc)
     fixed = int(given["iterations"]) if "iterations" in given else None
 
-    def final_reach(cand, T):
-        return _trace(cand, X, Y, X[:1], Y[:1], T).reach[-1]
+    def T_max(cand) -> int:
+        if refresh:
+            per_it = estimated_seconds_per_iteration(MLPTrainer(**{**cand, "iterations": 1}), n, d, c, p.slots)
+            return int(min(MAX_DEFAULT_ITERATIONS, max(4, TIME_BUDGET_S // per_it)))
+        return max(1, MLPTrainer(**{**cand, "iterations": 64}).plan(n, d, c, p).iterations_that_fit)
 
-    cfg, report = mlp_defaults.choose(cands, _trace, final_reach, X, Y, T_max, fixed)
-    report["max_iterations"] = T_max
-    return cfg, report
+    def final_reach(cand, T):
+        return _trace(cand, X, Y, X[:1], Y[:1], T).reach
+
+    return mlp_defaults.choose(cands, _trace, final_reach, X, Y, T_max, fixed)
 
 
 def lay_n(job: dict) -> int:

@@ -336,7 +336,7 @@ def plan_defaults(X, Y, config: dict | None = None, *, refresh: bool = True, par
     fixed = int(given["iterations"]) if given.get("iterations") is not None else None
 
     def final_reach(cand, T):
-        return _trace(cand, X, Y, X[:1], Y[:1], T).reach[-1]
+        return _trace(cand, X, Y, X[:1], Y[:1], T).reach
 
     cfg, report = mlp_defaults.choose(cands, _trace, final_reach, X, Y, T_max, fixed, hold_out=len(X) >= HOLD_OUT_MIN_ROWS)
     report["max_iterations"] = T_max

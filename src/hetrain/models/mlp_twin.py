@@ -1,11 +1,12 @@
 """Plaintext twin of the encrypted MLP trainer (``mlp-dvr``): the same arithmetic in NumPy.
 
 Network: input -> h1 -> [h2 ...] -> c outputs, sigmoid (or its polynomial) everywhere, one-vs-rest
-binary cross-entropy on every output, full-batch gradient descent, optional Nesterov momentum.
+binary cross-entropy on every output, full-batch or mini-batch gradient descent (``batch_size``:
+iteration t uses batch t mod B of consecutive rows), optional Nesterov momentum.
 The encrypted trainer computes exactly these formulas, in this order (see models/mlp.py):
 
     A_l = Z_{l-1} W_lᵀ + b_l,   Z_l = σ_l(A_l),   Z_0 = X
-    E   = (lr / n) · (σ_K(A_K) − Y)              BCE output error, step size folded in
+    E   = (lr / n_b) · (σ_K(A_K) − Y)            BCE output error, step size folded in (n_b: rows of the batch)
     δ_K = E,   δ_l = (δ_{l+1} W_{l+1}) ⊙ σ_l'(A_l)
     G_l = δ_lᵀ Z_{l-1},   g_l = Σ_samples δ_l     (already scaled by lr / n)
     W ← V − G,   V ← (1 + μ_t) W − μ_t W_old     (gradient taken at the look-ahead V)
@@ -117,10 +118,14 @@ def sigmoid_safe(p: np.ndarray) -> np.ndarray:
 def train(X: np.ndarray, Y: np.ndarray, hidden: Sequence[int], acts: Sequence, *, iterations: int,
           learning_rate: float, momentum: str = "nesterov", seed: int = 0, init_scale: float = 1.0,
           loss: str = "bce", check: bool = False, weights: dict | None = None,
-          callback: Callable[[int, dict, dict], None] | None = None) -> dict[str, np.ndarray]:
-    """Full-batch training; returns W (the weights) and, with momentum, V as ``V1``, ``vb1``...
+          callback: Callable[[int, dict, dict], None] | None = None,
+          batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Gradient descent; returns W (the weights).
 
-    ``callback(t, weights, info)`` is called after each iteration (loss study curves).
+    ``batch_size``: None (full batch) or the rows of one mini-batch: iteration t trains on the rows
+    of batch t mod B, batches being consecutive slices of ``batch_size`` rows (the last may be
+    shorter), with step ``learning_rate / rows in that batch``. ``callback(t, weights, info)`` is
+    called after each iteration (loss study curves).
     """
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
@@ -131,9 +136,9 @@ def train(X: np.ndarray, Y: np.ndarray, hidden: Sequence[int], acts: Sequence, *
     W = {k: v.copy() for k, v in (weights or init_weights(sizes, seed, init_scale)).items()}
     V = {k: v.copy() for k, v in W.items()}
     mus = nesterov_mu(iterations) if momentum == "nesterov" else [0.0] * iterations
-    step = learning_rate / n
     for t in range(iterations):
-        grads, info = gradients(V, X, Y, acts, step, loss, check)
+        rows = batch_rows(n, batch_size, t)
+        grads, info = gradients(V, X[rows], Y[rows], acts, learning_rate / len(X[rows]), loss, check)
         W_new = {k: V[k] - grads[k] for k in V}
         mu = mus[t]
         V = {k: (1.0 + mu) * W_new[k] - mu * W[k] for k in W} if mu else {k: v.copy() for k, v in W_new.items()}
@@ -141,6 +146,14 @@ def train(X: np.ndarray, Y: np.ndarray, hidden: Sequence[int], acts: Sequence, *
         if callback is not None:
             callback(t, W, info)
     return W
+
+
+def batch_rows(n: int, batch_size: int | None, t: int) -> slice:
+    """The rows iteration t trains on: all (full batch) or batch t mod ceil(n / batch_size)."""
+    if not batch_size or batch_size >= n:
+        return slice(0, n)
+    b = t % -(-n // batch_size)
+    return slice(b * batch_size, min(n, (b + 1) * batch_size))
 
 
 def predict_scores(weights: dict, X: np.ndarray, acts: Sequence) -> np.ndarray:
