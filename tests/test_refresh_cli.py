@@ -21,7 +21,8 @@ def test_fit_with_client_refresh_writes_a_usable_model(capsys, tmp_path, iris_cs
     out = tmp_path / "m.json"
     rc = main(["fit", "--data", str(iris_csv), "--out", str(out), "--backend", "sim", "--refresh", "client",
                "--epochs", "4", "--batch-size", "64", "--learning-rate", "0.5", "--patience", "0", "--seed", "1",
-               "--sigmoid", "published", "--momentum", "none", "--weight-decay", "0", "--quiet"])
+               "--sigmoid", "published", "--momentum", "none", "--weight-decay", "0", "--whitening", "none",
+               "--quiet"])
     text = capsys.readouterr().out
     assert rc == 0, text
     # every option given: the planner chooses nothing and runs the 4 epochs (patience 0: no early stop)

@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_PATIENCE}; 0: off)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="mlr with refresh: per-step shrink of the non-bias weights (default: planned)")
+    p.add_argument("--whitening", default="auto",
+                   help="mlr with refresh: auto (planned), none (standardised features as they are) or a shrinkage "
+                        "such as 1.0 (features whitened by the client, (XᵀX/n + shrinkage·I)^-1/2)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="mlr with refresh: rows the client holds out (stratified) for validation (default 0.2)")
 
@@ -87,14 +90,15 @@ def run(args) -> int:
     X, y = load_dataset(args.data)
     print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
     if args.refresh == "auto":
-        args.refresh = "none" if args.server else "bootstrap" if args.backend == "desilo" else "client"
-        if args.server:
-            print("refresh: none (--server cannot refresh yet: training stays within one modulus chain)")
+        args.refresh = _auto_refresh(args, X.shape[1])
     if args.refresh != "none" and args.server:
         raise HetrainUserError("--server cannot be combined with --refresh yet (the refresh channel is a local "
                                "socket between the client and its server process)")
     if args.refresh != "none" and args.model == "mlr":
         return _run_mlr_with_refresh(args, X, y, out)
+    if args.whitening != "auto":
+        raise HetrainUserError(f"--whitening applies to --model mlr with refresh; this run is {args.model} with "
+                               f"--refresh {args.refresh}")
     for flag in ("epochs", "time_limit", "batch_size", "patience", "weight_decay"):
         if getattr(args, flag) is not None:
             raise HetrainUserError(f"--{flag.replace('_', '-')} applies to --model mlr with refresh (mini-batches); "
@@ -117,6 +121,25 @@ def run(args) -> int:
     return 0
 
 
+def _auto_refresh(args, n_features: int) -> str:
+    """--refresh auto: bootstrap on a backend that bootstraps, else client refresh for trainers that
+    can refresh (mlr, mlp); none with --server (no channel yet) or for trainers that cannot."""
+    from hetrain.models.base import server_hooks
+    from hetrain.protocol.pipeline import make_trainer
+
+    if args.server:
+        print("refresh: none (--server cannot refresh yet: training stays within one modulus chain)")
+        return "none"
+    if args.model == "mlr" and args.iterations is not None:
+        print(f"refresh: none (--iterations {args.iterations}: full-batch iterations in one modulus chain; "
+              "without it, mlr trains in refreshed mini-batch epochs)")
+        return "none"
+    if args.model != "mlr" and "refresh" not in server_hooks(make_trainer(args.model, config_from_args(args),
+                                                                           n_features)):
+        return "none"
+    return "bootstrap" if args.backend == "desilo" else "client"
+
+
 def _run_mlr_with_refresh(args, X, y, out) -> int:
     """--model mlr with refresh: the client plans the run on its plaintext (models/minibatch_plan.py),
     then the mini-batch trainer runs in the server process, its state refreshed over the channel
@@ -132,6 +155,14 @@ def _run_mlr_with_refresh(args, X, y, out) -> int:
     for key in ("batch_size", "patience", "weight_decay"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
+    if args.whitening != "auto":
+        try:
+            config["whitening"] = None if args.whitening == "none" else float(args.whitening)
+        except ValueError:
+            raise HetrainUserError(f"--whitening must be auto, none or a positive shrinkage such as 1.0, "
+                                   f"got {args.whitening!r}") from None
+        if config["whitening"] is not None and not config["whitening"] > 0:
+            raise HetrainUserError(f"--whitening shrinkage must be positive, got {args.whitening}")
     with tqdm(desc="train", unit="step", disable=args.quiet) as bar:
         def on_step(done, total):
             bar.total, bar.n = total, done

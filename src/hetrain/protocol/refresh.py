@@ -35,6 +35,7 @@ from hetrain.circuits.approx import IntervalError
 from hetrain.ckks import CKKSError
 from hetrain.models.base import DepthPlanError
 from hetrain.models.early_stopping import EarlyStopping, validation_metrics
+from hetrain.models.minibatch_plan import unwhiten
 
 from . import files
 
@@ -227,6 +228,9 @@ class LongJob:
             config = self.plan.config
             for line in self.plan.lines():
                 say(line)
+            if self.plan.transform is not None:  # whitened features: the client encrypts X·P
+                self.Xp = self.Xp @ self.plan.transform
+                self.Xv = None if self.Xv is None else self.Xv @ self.plan.transform
         self.trainer = t = MiniBatchMLR(**(config or {}))
         per = t.levels_per_step
         if levels < per:
@@ -410,9 +414,12 @@ def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "sea
         stats["stop_reason"] = v.stop_reason or "planned epochs done"
         best = r.weights
     stats["plan"] = job.plan.lines() if job.plan is not None else []
+    if job.plan is not None:  # trained on whitened features: the released weights act on the standardised ones
+        best = unwhiten(best, job.plan.transform)
     weights = release({"W": best}, decimals, 0.0, np.random.default_rng(seed))
     info = model_info(backend, stats["params_record"], release={"decimals": decimals, "noise_std": 0.0},
-                      refresh=refresh_mode, training={"trainer": "mlr-minibatch", **job.trainer.config},
+                      refresh=refresh_mode, training={"trainer": "mlr-minibatch", **job.trainer.config,
+                                                      "whitening": job.plan.whitening if job.plan else None},
                       history=v.history, n_train=int(len(tr)), n_validation=int(n_val),
                       twin_max_abs_diff=stats["twin_max_abs_diff"], partial=stats["partial"],
                       stop_reason=stats["stop_reason"])
