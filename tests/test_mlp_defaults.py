@@ -104,3 +104,54 @@ def test_iris_defaults_on_seal():
     r = fit(Xtr, ytr, "mlp", {}, preset="auto", backend="seal", refresh="client", progress=False)
     assert r.twin_max_abs_diff < 1e-3  # CKKS at 2^35 over 17 iterations: measured 7e-5
     assert r.model.accuracy(Xte, yte) >= 0.967 - 0.03
+
+
+def test_client_check_runs_the_prepared_twin(monkeypatch):
+    """check_job's twin (client_check) trains on exactly what is encrypted and what the planner rehearsed:
+    clipped inputs permuted into the mini-batch order and smoothed targets (it once used raw 0/1 targets
+    in file order, so a planned label-smoothing / mini-batch setting could be refused after planning)."""
+    from hetrain.models import mlp_twin
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(64, 5)) * 4, np.eye(3)[rng.integers(0, 3, 64)]
+    T = mlp.MLPTrainer(hidden=[4], momentum="none", batch_size=16, label_smoothing=0.1, input_clip=3.0)
+    seen = {}
+    real = mlp_twin.train
+
+    def spy(Xs, Ys, *a, **k):
+        seen["X"], seen["Y"] = Xs, Ys
+        return real(Xs, Ys, *a, **k)
+
+    monkeypatch.setattr(mlp_twin, "train", spy)
+    T.client_check(X, Y)
+    Xp, Yp = T.prepare(X, Y)
+    assert np.array_equal(seen["X"], Xp) and np.array_equal(seen["Y"], Yp)
+    assert not np.array_equal(Xp, T.clip(X)) and set(np.unique(Yp)) == {0.1, 0.9}
+
+
+def test_planned_dvr_setting_passes_check_job():
+    """Whatever the planner chooses passes the pipeline's own pre-keygen check (same twin, rows, config)."""
+    from hetrain.protocol.pipeline import check_job
+    Xtr, _, ytr, _ = split(load_breast_cancer)
+    pre = Preprocessor.fit(Xtr[:160], ytr[:160])
+    X, Y = pre.transform(Xtr[:160]), pre.one_hot(ytr[:160])
+    report = {}
+    trainer, _ = check_job("mlp", {"iterations": 4}, X, Y, preset="auto", refresh="client", report=report)
+    assert trainer.config["iterations"] == 4 and report["defaults"]["reach"] <= 0.9
+
+
+def test_user_options_fall_back_to_the_trainer_defaults_inside_the_interval():
+    """Options the user fixed so that no planned candidate keeps the 90 % margin: the run the trainer itself
+    makes (its own default learning rate 16) stays inside the interval, so it is kept, not refused."""
+    X, y = load_iris(return_X_y=True)
+    idx = np.random.default_rng(0).permutation(len(y))
+    pre = Preprocessor.fit(X[idx[30:]], y[idx[30:]])
+    X, Y = pre.transform(X[idx[30:]]), pre.one_hot(y[idx[30:]])
+    given = {"hidden": [4], "iterations": 4, "sigmoid": "deg3:8", "output_sigmoid": "deg1:8",
+             "hidden_learning_rate": 2.0, "init_gain": 2.0}
+    cfg, rep = mlp_diagonal.plan_defaults(X, Y, given, refresh=True)
+    assert cfg == given and "learning_rate" not in cfg  # the trainer's default (16) applies, as without planning
+    assert rep["fallback"] == "trainer defaults" and 0.9 < rep["reach"] <= 1.0
+    # a genuine failure (the run leaves the interval) is still refused
+    from hetrain.circuits.approx import IntervalError
+    with pytest.raises(IntervalError, match="no default mlp setting"):
+        mlp_diagonal.plan_defaults(X, Y, {**given, "learning_rate": 32.0, "iterations": 6}, refresh=True)

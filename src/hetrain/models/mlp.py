@@ -303,9 +303,11 @@ class MLPTrainer(Trainer):
         return mlp_twin.init_weights(self.sizes(d, c), self.config["seed"], self.config["init_scale"])
 
     def client_check(self, X, Y):
-        """With ``check_interval``: the twin's pre-activations stay inside their intervals (IntervalError)."""
+        """With ``check_interval``: the twin's pre-activations stay inside their intervals (IntervalError).
+        The twin runs on ``prepare``'s arrays (clipped, permuted into the mini-batch order, smoothed targets):
+        exactly the run that is encrypted, that ``twin`` reproduces and that ``plan_defaults`` verified."""
         if self.config["check_interval"]:
-            self._run_twin(*self._check_data(X, Y), check=True)
+            self._run_twin(*self.prepare(X, Y), check=True)
 
     def client_encrypt(self, engine, X, Y):
         X, Y = self.prepare(X, Y)
@@ -583,7 +585,11 @@ def plan_defaults(X, Y, config: dict | None = None, *, refresh: bool = True, par
     def final_reach(cand, T):
         return _trace(cand, X, Y, X[:1], Y[:1], T).reach
 
-    return mlp_defaults.choose(cands, _trace, final_reach, X, Y, T_max, fixed)
+    # the job as the trainer alone runs it (the user's options, the trainer's DEFAULTS for the rest): kept
+    # when no candidate fits the margin but this run stays inside every interval (never worse than unplanned)
+    own = {k: v for k, v in given.items() if k != "iterations"}
+    fallback = (own, fixed or MLPTrainer(**own).config["iterations"])
+    return mlp_defaults.choose(cands, _trace, final_reach, X, Y, T_max, fixed, fallback=fallback)
 
 
 def lay_n(job: dict) -> int:

@@ -338,6 +338,18 @@ def plan_defaults(X, Y, config: dict | None = None, *, refresh: bool = True, par
     def final_reach(cand, T):
         return _trace(cand, X, Y, X[:1], Y[:1], T).reach
 
-    cfg, report = mlp_defaults.choose(cands, _trace, final_reach, X, Y, T_max, fixed, hold_out=len(X) >= HOLD_OUT_MIN_ROWS)
+    # the job as the trainer alone runs it (the user's options, DEFAULTS for the rest, iterations: given or
+    # as many as one chain holds): kept when no candidate fits the margin but it stays inside the interval
+    own = {k: v for k, v in given.items() if k != "iterations"}
+    try:
+        p_own = get_params(params or "n16384-deep")
+        fallback = (own, fixed or DiagonalMLPTrainer(**own).plan(X.shape[0], X.shape[1], Y.shape[1],
+                                                                  p_own).iterations_that_fit)
+    except HetrainUserError:  # not even one iteration fits: the pipeline's depth check says so
+        fallback = None
+    if fallback is not None and fallback[1] < 1:
+        fallback = None
+    cfg, report = mlp_defaults.choose(cands, _trace, final_reach, X, Y, T_max, fixed, hold_out=len(X) >= HOLD_OUT_MIN_ROWS,
+                                      fallback=fallback)
     report["max_iterations"] = T_max
     return cfg, report
