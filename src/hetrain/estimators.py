@@ -1,8 +1,9 @@
 """scikit-learn-style estimators over the encrypted pipeline.
 
     from hetrain.estimators import EncryptedLogisticRegression
-    clf = EncryptedLogisticRegression(iterations=2, preset="auto").fit(X_train, y_train)
+    clf = EncryptedLogisticRegression().fit(X_train, y_train)     # planned, refreshed, early-stopped
     clf.score(X_test, y_test)
+    cross_val_score(make_pipeline(StandardScaler(), EncryptedLogisticRegression()), X, y, cv=3)
 
 ``fit`` runs the same pipeline as ``hetrain fit``: standardisation on the client, keys, encryption,
 training in a separate server process that gets public material only, decryption and release.
@@ -26,6 +27,9 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
     def _config(self) -> dict:
         return {k: getattr(self, k) for k in self._config_keys if getattr(self, k) is not None}
 
+    def _refresh_mode(self) -> str:
+        return getattr(self, "refresh", "none")
+
     def fit(self, X, y):
         from hetrain.protocol import fit
 
@@ -35,7 +39,7 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
             raise DataError(f"y must be 1-D with one label per row of X ({X.shape[0]}), got shape {y.shape}")
         self.classes_, y_index = np.unique(y, return_inverse=True)
         result = fit(X, y_index, self._model_name, self._config(), preset=self.preset, backend=self.backend,
-                     scale=self.scale, seed=self.seed, progress=self.verbose, refresh=getattr(self, "refresh", "none"))
+                     scale=self.scale, seed=self.seed, progress=self.verbose, refresh=self._refresh_mode())
         self.model_ = result.model
         self.fit_stats_ = result.stats
         self.twin_max_abs_diff_ = result.twin_max_abs_diff
@@ -60,22 +64,81 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
 
 
 class EncryptedLogisticRegression(_EncryptedClassifier):
-    """Multiclass logistic regression (one sigmoid per class) trained on CKKS-encrypted data."""
+    """Multiclass logistic regression (one sigmoid per class) trained on CKKS-encrypted data.
+
+    Default (``refresh="auto"``, no ``iterations``): what ``hetrain fit`` does — the client plans the
+    run on its plaintext (models/minibatch_plan.py: sigmoid approximation, step, L2, momentum, batch
+    size, whitening, by 3-fold rehearsal), then mini-batch epochs run under encryption with client
+    refresh (bootstrapping on the desilo backend) until the validation split stops improving, within
+    ``epochs`` (default 100) and ``time_limit`` (seconds). ``iterations=N`` or ``refresh="none"``:
+    the published full-batch trainer in one modulus chain (no interaction). After ``fit``:
+    ``partial_`` is True when the time limit (or a failure after the first epoch) stopped training
+    early; the model is then the best on validation so far (a HetrainWarning says so).
+    """
 
     _model_name = "mlr"
+    _long_keys = ("learning_rate", "sigmoid", "momentum", "batch_size", "weight_decay")
 
     def __init__(self, iterations=None, learning_rate=None, sigmoid=None, momentum=None, layout=None,
-                 preset="auto", backend="seal", scale=1.0, seed=None, verbose=False):
+                 epochs=None, batch_size=None, weight_decay=None, time_limit=None, refresh="auto",
+                 validation_fraction=0.2, preset="auto", backend="seal", scale=1.0, seed=None, verbose=False):
         self.iterations = iterations
         self.learning_rate = learning_rate
         self.sigmoid = sigmoid
         self.momentum = momentum
         self.layout = layout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.time_limit = time_limit
+        self.refresh = refresh
+        self.validation_fraction = validation_fraction
         self.preset = preset
         self.backend = backend
         self.scale = scale
         self.seed = seed
         self.verbose = verbose
+
+    def _refresh_mode(self) -> str:
+        if self.refresh != "auto":
+            return self.refresh
+        if self.iterations is not None or self._model_name != "mlr":  # subclasses over other trainers
+            return "none"
+        return "bootstrap" if self.backend == "desilo" else "client"
+
+    def fit(self, X, y):
+        mode = self._refresh_mode()
+        if mode == "none":
+            return super().fit(X, y)
+        import warnings
+
+        from hetrain.errors import HetrainUserError, HetrainWarning
+        from hetrain.protocol.refresh import fit_long_model
+
+        if self.iterations is not None:
+            raise HetrainUserError("iterations counts full-batch iterations of refresh='none'; with refresh, "
+                                   "training runs in mini-batch epochs: set epochs (or refresh='none')")
+        if self.scale != 1.0:
+            raise HetrainUserError("scale applies to refresh='none' only (the mini-batch step is invariant to "
+                                   "the feature scale)")
+        X = check_features(X)
+        y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != X.shape[0]:
+            raise DataError(f"y must be 1-D with one label per row of X ({X.shape[0]}), got shape {y.shape}")
+        self.classes_, y_index = np.unique(y, return_inverse=True)
+        config = {k: getattr(self, k) for k in self._long_keys if getattr(self, k) is not None}
+        model, stats = fit_long_model(X, y_index, mode, config, backend=self.backend, preset=self.preset,
+                                      validation_fraction=self.validation_fraction, seed=self.seed,
+                                      max_epochs=self.epochs, time_limit=self.time_limit,
+                                      log=print if self.verbose else None)
+        self.model_, self.fit_stats_ = model, stats
+        self.twin_max_abs_diff_ = stats["twin_max_abs_diff"]
+        self.partial_ = bool(stats["partial"])
+        self.n_features_in_ = X.shape[1]
+        if self.partial_:
+            warnings.warn(f"training stopped early ({stats['stop_reason']}): the model is the best on validation "
+                          "so far", HetrainWarning, stacklevel=2)
+        return self
 
 
 class EncryptedMLPClassifier(_EncryptedClassifier):
