@@ -23,6 +23,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from hetrain._format import plain
 from hetrain.ckks import CKKSParams
 from hetrain.errors import HetrainUserError
 from hetrain.models.base import DepthPlanError, Plan, get_trainer, refresh_available, resolve_model, server_hooks
@@ -101,6 +102,8 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
     client = Client(trainer, backend, params, force_insecure=force_insecure, seed=seed)
     with refresh_available(refreshing):
         plan = client.plan(*Xp.shape, Y.shape[1])
+    for line in plan_lines(trainer, plan, params, chosen.get("defaults")):  # before any key is made
+        say(line)
     if backend == "sim":
         say("WARNING: backend 'sim' is an INSECURE simulation: nothing is encrypted (tests/planning only)")
 
@@ -250,6 +253,25 @@ def _used_config(model, config, X, Y, refresh, preset) -> dict:
     except (HetrainUserError, ValueError):
         pass
     return out
+
+
+def plan_lines(trainer, plan, params, defaults: dict | None) -> list[str]:
+    """What `fit` prints before keygen: the trainer's options (those the planner chose marked as
+    such), its approximations, the levels per iteration and the refreshes the run will need."""
+    cfg = trainer.config
+    keys = ("hidden", "iterations", "learning_rate", "hidden_learning_rate", "sigmoid", "output_sigmoid",
+            "momentum", "batch_size", "label_smoothing", "input_clip")
+    shown = ", ".join(f"{k.replace('_', ' ')} {plain(cfg[k])}" for k in keys if cfg.get(k) is not None)
+    per = sum(plan.levels_per_iteration.values())
+    fit_per_chain = max(plan.iterations_that_fit, 1)
+    refreshes = max(0, -(-plan.iterations // fit_per_chain) - 1)
+    lines = [f"plan: {trainer.name} on {getattr(params, 'name', params)}: {shown}",
+             f"plan: {per} levels per iteration, {plan.iterations_that_fit} iteration(s) per modulus chain, "
+             f"{plan.iterations} iteration(s): about {refreshes} refresh(es)"]
+    if defaults:
+        lines.append("plan: options not given were chosen by rehearsing candidates on the plaintext twin "
+                     f"(validation accuracy {plain(round(float(defaults.get('validation_accuracy', float('nan'))), 4))})")
+    return lines
 
 
 def twin_max_abs_diff(weights: dict[str, np.ndarray], twin: dict[str, np.ndarray]) -> float:
