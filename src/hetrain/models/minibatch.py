@@ -179,12 +179,6 @@ class MiniBatchMLR(Trainer):
         """Client-side guard: the next sigmoid inputs X·Wᵀ must lie in the approximation's interval."""
         check_interval(add_bias(X) @ W.T, self.approx, what="sigmoid inputs for the next step")
 
-    def weights_fit(self, W: np.ndarray, X: np.ndarray) -> bool:
-        """Whether every sigmoid input X·Wᵀ lies in the approximation's interval (finite too)."""
-        z = add_bias(X) @ W.T
-        lo, hi = self.approx.interval
-        return bool(np.all(np.isfinite(z)) and (z.size == 0 or (z.min() >= lo and z.max() <= hi)))
-
     # ------------------------------------------------------------------ Trainer contract (client)
     def client_encrypt(self, engine, X, Y):
         """Inputs: W (initial weights, zeros) and per batch b: X{b}, Xt{b}, Ym{b}."""
@@ -231,9 +225,9 @@ class MiniBatchMLR(Trainer):
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(np.isfinite(z) & (z > limit), limit / z, np.where(np.isfinite(z), 1.0, 0.0))
 
-    def retract(self, state: dict, X: np.ndarray, factors: np.ndarray | None = None) -> dict:
+    def retract(self, state: dict, X: np.ndarray) -> dict:
         """Scale each class's W (and its momentum D) by ``retraction(W, X)`` (weight matrices)."""
-        s = self.retraction(state["W"], X) if factors is None else factors
+        s = self.retraction(state["W"], X)
         return {k: v * s[:, None] for k, v in state.items()}
 
     def weight_shapes(self, n_features, n_classes):
