@@ -171,3 +171,25 @@ def test_model_refuses_mismatched_data(model_file, iris):
         m.accuracy(X[:3], np.array([0, 1, 5]))
     with pytest.raises(DataError, match="NaN"):
         m.predict(np.where(X == X[0, 0], np.nan, X))
+
+
+def test_a_model_that_disagrees_with_its_twin_is_not_released(monkeypatch, tmp_path):
+    """Anyone with the public key can return well-formed encryptions of wrong values: the client
+    compares with the twin and refuses (no model file) instead of releasing them."""
+    from sklearn.datasets import load_iris
+
+    from hetrain.cli.main import main
+    from hetrain.protocol.client import Client
+
+    real = Client.decrypt
+
+    def tampered(self, outputs, job, on_ciphertext=None):
+        return {k: v + 0.5 for k, v in real(self, outputs, job, on_ciphertext).items()}
+
+    monkeypatch.setattr(Client, "decrypt", tampered)
+    X, y = load_iris(return_X_y=True)
+    data, out = tmp_path / "iris.csv", tmp_path / "m.json"
+    np.savetxt(data, np.c_[y, X], delimiter=",")
+    assert main(["fit", "--data", str(data), "--out", str(out), "--backend", "sim", "--refresh", "none",
+                 "--iterations", "2", "--sigmoid", "deg3:16", "--quiet"]) == 1
+    assert not out.exists()

@@ -105,6 +105,24 @@ def choose_preset(trainer: Trainer, n_samples: int, n_features: int, n_classes: 
     return ordered[-1]
 
 
+# Honest runs stay within ~1e-3 of the twin (CKKS noise through tens of refreshed steps, measured
+# by bench/fidelity.py); anything past 1e-2 of the weights' scale is a wrong computation, e.g. a
+# server that returned well-formed encryptions of other values.
+TWIN_TOLERANCE = 1e-2
+
+
+def check_twin(diff: float, twin: dict[str, np.ndarray] | np.ndarray, tolerance: float = TWIN_TOLERANCE) -> None:
+    """Refuse to release (TwinMismatch) when max |decrypted − twin| = ``diff`` exceeds ``tolerance``
+    × max(1, max |twin|), or is not finite. The numbers stay with the client."""
+    arrays = twin.values() if isinstance(twin, dict) else [twin]
+    scale = max([1.0] + [float(np.max(np.abs(a))) for a in arrays if np.size(a)])
+    if not (np.isfinite(diff) and diff <= tolerance * scale):
+        from .errors import TwinMismatch
+        raise TwinMismatch(f"the decrypted model differs from its plaintext twin by {diff:.3g} (tolerance "
+                           f"{tolerance * scale:.3g}): the server's result is not the computation that was asked "
+                           "for, so no model is released")
+
+
 def release(weights: dict[str, np.ndarray], decimals: int = DEFAULT_RELEASE_DECIMALS, noise_std: float = 0.0,
             rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """Noise-flood (optional) then round decrypted values before they leave the client (see module doc)."""

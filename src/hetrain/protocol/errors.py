@@ -16,3 +16,7 @@ class ServerError(HetrainUserError):
 
 class ReaderGoneError(HetrainUserError):
     """The process reading the server's output (its parent: the client or the service) went away."""
+
+
+class TwinMismatch(HetrainUserError):
+    """The decrypted model disagrees with its plaintext twin beyond CKKS noise: not released."""

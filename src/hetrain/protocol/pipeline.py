@@ -29,7 +29,7 @@ from hetrain.errors import HetrainUserError
 from hetrain.models.base import DepthPlanError, Plan, get_trainer, refresh_available, resolve_model, server_hooks
 
 from . import files
-from .client import DEFAULT_RELEASE_DECIMALS, Client, release
+from .client import DEFAULT_RELEASE_DECIMALS, Client, check_twin, release
 from .errors import ServerError
 from .model import TrainedModel, model_info
 from .monitor import PeakRSS
@@ -144,6 +144,7 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, preset: str | C
 
     # the headline measures encryption fidelity (raw decryption); release rounding adds <= 0.5e-{decimals}
     diff = twin_max_abs_diff(raw, twin)
+    check_twin(diff, twin)  # before anything is released
     stats = {
         "backend": backend, "params": client.params.name, "model": trainer.name,
         "keygen_s": client.timings["keygen_s"], "encrypt_s": client.timings["encrypt_s"], "write_job_s": write_s,
