@@ -7,6 +7,7 @@ and the interval is part of every approximation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -72,6 +73,7 @@ SIGMOID3_PUBLISHED = PolyApprox("sigmoid", (0.5, 0.10679534503216294, 0.0, -0.00
 MAX_DEGREE = 31
 
 
+@functools.lru_cache(maxsize=256)  # PolyApprox is immutable; planners build the same fits many times
 def fit_sigmoid(degree: int, bound: float, n: int = 4001) -> PolyApprox:
     """Least-squares fit of the sigmoid on [-bound, bound] (odd part only: σ(x) - 1/2 is odd).
 

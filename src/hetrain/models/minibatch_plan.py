@@ -25,6 +25,7 @@ import itertools
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from hetrain.circuits.approx import sigmoid as true_sigmoid
 from hetrain.errors import HetrainUserError
@@ -219,9 +220,16 @@ def _folds(y: np.ndarray, k: int = CV_FOLDS) -> list[tuple[np.ndarray, np.ndarra
     return list(splitter.split(np.zeros(len(y)), y))
 
 
-def plan_minibatch(X, Y, X_val=None, y_val=None, *, fixed: dict | None = None,
-                   max_epochs: int = DEFAULT_MAX_EPOCHS, levels: int = 7, retract: bool = True,
-                   slots: int = 8192, time_budget: float | None = None) -> MiniBatchPlan:
+def plan_minibatch(*args, **kwargs) -> MiniBatchPlan:
+    """See ``_plan_minibatch``; runs with one BLAS thread: its matrices are small, and OpenBLAS threads
+    that wait for a core the server process holds made a 8 s plan take 90 s on 2 busy cores."""
+    with threadpool_limits(1):
+        return _plan_minibatch(*args, **kwargs)
+
+
+def _plan_minibatch(X, Y, X_val=None, y_val=None, *, fixed: dict | None = None,
+                    max_epochs: int = DEFAULT_MAX_EPOCHS, levels: int = 7, retract: bool = True,
+                    slots: int = 8192, time_budget: float | None = None) -> MiniBatchPlan:
     """Choose the MiniBatchMLR config and the feature whitening for preprocessed X (n × d), one-hot Y
     (n × c) and the run's validation split (X_val, y_val class indices; None: the training rows).
 
@@ -287,7 +295,7 @@ def plan_minibatch(X, Y, X_val=None, y_val=None, *, fixed: dict | None = None,
         for tr, va in folds:
             P = None if shrink is None else whitening(X_all[tr], shrink)
             Xtr, Xva = (X_all[tr], X_all[va]) if P is None else (X_all[tr] @ P, X_all[va] @ P)
-            for size in sizes:
+            for size in sorted({min(b, len(tr)) for b in sizes}):  # sizes past the rows are the same run
                 trainers = trainers_for(size, len(tr))
                 for i, cand in enumerate(rehearse(trainers, Xtr, np.eye(c)[y_all[tr]], Xva, y_all[va],
                                                   budget_epochs(trainers, len(tr)), stop_above, retract, levels)):
