@@ -295,29 +295,33 @@ def _plan_minibatch(X, Y, X_val=None, y_val=None, *, fixed: dict | None = None,
         for tr, va in folds:
             P = None if shrink is None else whitening(X_all[tr], shrink)
             Xtr, Xva = (X_all[tr], X_all[va]) if P is None else (X_all[tr] @ P, X_all[va] @ P)
-            for size in sorted({min(b, len(tr)) for b in sizes}):  # sizes past the rows are the same run
-                trainers = trainers_for(size, len(tr))
+            # a batch size past the rows is one full batch (key 0): the same run, rehearsed once
+            for size in sorted({b if b < len(tr) else 0 for b in sizes}):
+                trainers = trainers_for(size or len(tr), len(tr))
                 for i, cand in enumerate(rehearse(trainers, Xtr, np.eye(c)[y_all[tr]], Xva, y_all[va],
                                                   budget_epochs(trainers, len(tr)), stop_above, retract, levels)):
-                    acc = scores.setdefault((shrink, size, i), [0.0, 0.0, cand, True])
+                    acc = scores.setdefault((shrink, size, i), [0.0, 0.0, cand, True, 0])
                     acc[0] += cand.val_accuracy
                     acc[1] += cand.val_loss
                     acc[3] &= cand.fits
-    ranked = sorted(scores.items(), key=lambda kv: (not kv[1][3], -round(kv[1][0] / len(folds), 4),
-                                                     kv[1][1] / len(folds), _levels(kv[1][2])))
-    (shrink, size, _), (acc_sum, _, best, _) = ranked[0]
+                    acc[4] += 1
+    # ranked on the means over the folds; a key missing from a fold (fold sizes on both sides of a
+    # batch size) is ranked after the complete ones
+    ranked = sorted(scores.items(), key=lambda kv: (not kv[1][3], kv[1][4] < len(folds), -round(kv[1][0] / kv[1][4], 4),
+                                                     kv[1][1] / kv[1][4], _levels(kv[1][2])))
+    (shrink, size, _), (acc_sum, _, best, _, counted) = ranked[0]
     # the winner on the run's own split: its planned epochs and what the client will see
     P = None if shrink is None else whitening(X, shrink)
     Xr, Xv = (X, X_val) if P is None else (X @ P, X_val @ P)
     config = {k: best.config[k] for k in ("sigmoid", "learning_rate", "momentum", "weight_decay")}
-    final_trainers = trainers_for(size, n, config)
+    final_trainers = trainers_for(size or n, n, config)
     chosen = rehearse(final_trainers, Xr, Y, Xv, y_val, budget_epochs(final_trainers, n), stop_above, retract,
                       levels)[0]
     config = {**chosen.config, "epochs": chosen.epochs if chosen.fits else max_epochs}
     t = MiniBatchMLR(**config)
     return MiniBatchPlan(config, chosen, [v[2] for v in scores.values()], len(t.batches_of(n)), t.levels_per_step,
                          searched, time.perf_counter() - t0, estimate_step_seconds(t, d, c, slots),
-                         whitening=shrink, transform=P, cv_accuracy=acc_sum / len(folds), folds=len(folds))
+                         whitening=shrink, transform=P, cv_accuracy=acc_sum / counted, folds=len(folds))
 
 
 def weight_decay_for(C: float, learning_rate: float, n: int, d: int) -> float:
