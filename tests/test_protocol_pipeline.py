@@ -193,3 +193,16 @@ def test_a_model_that_disagrees_with_its_twin_is_not_released(monkeypatch, tmp_p
     assert main(["fit", "--data", str(data), "--out", str(out), "--backend", "sim", "--refresh", "none",
                  "--iterations", "2", "--sigmoid", "deg3:16", "--quiet"]) == 1
     assert not out.exists()
+
+
+def test_mlp_auto_layout_takes_dvr_when_the_diagonal_packing_cannot_hold_the_rows():
+    """Wine's 142 training rows (13 features) do not fit the diagonal packing's one sample per slot
+    block in any preset: `--model mlp` used to refuse them; auto now picks the dvr network."""
+    from hetrain.data import load_builtin
+    from hetrain.protocol.pipeline import _diagonal_holds
+
+    X, y = load_builtin("wine")
+    Xtr, ytr = X[:142], y[:142]
+    assert not _diagonal_holds(Xtr, np.eye(3)[ytr]) and _diagonal_holds(Xtr[:100], np.eye(3)[ytr[:100]])
+    r = fit(Xtr, ytr, "mlp", {"iterations": 2}, backend="sim", preset="auto", progress=False, refresh="client")
+    assert r.stats["model"] == "mlp-dvr"

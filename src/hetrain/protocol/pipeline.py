@@ -58,7 +58,10 @@ def make_trainer(model: str, config: dict | None, n_features: int, data=None, re
     what it found goes into ``report`` under "defaults"."""
     config = dict(config or {})
     if model == "mlp":
-        name = resolve_model(model, config.pop("layout", "auto"), n_features)
+        layout = config.pop("layout", "auto")
+        name = resolve_model(model, layout, n_features)
+        if layout == "auto" and name == "mlp-diagonal" and data is not None and not _diagonal_holds(*data):
+            name = "mlp-dvr"  # the diagonal packing holds one sample per slot block: too many rows for it
         if data is not None:
             import importlib
             module = importlib.import_module(get_trainer(name).__module__)
@@ -254,6 +257,20 @@ def _used_config(model, config, X, Y, refresh, preset) -> dict:
     except (HetrainUserError, ValueError):
         pass
     return out
+
+
+def _diagonal_holds(X, Y) -> bool:
+    """Whether the mlp-diagonal packing (one sample per slot block) holds these rows in some preset."""
+    from hetrain import ckks
+
+    trainer = get_trainer("mlp-diagonal")()
+    for p in ckks.PRESETS.values():
+        try:
+            trainer.plan(X.shape[0], X.shape[1], Y.shape[1], p)
+            return True
+        except HetrainUserError:
+            continue
+    return False
 
 
 def plan_lines(trainer, plan, params, defaults: dict | None) -> list[str]:
