@@ -39,7 +39,7 @@ from .mlr_twin import add_bias, quadratic_gradient_diag
 # variable t = z / bound keeps its coefficients below ~5e3 (see PolyApprox.unit_coeffs)
 SIGMOIDS = ("deg15:16", "deg15:48")
 LEARNING_RATES = (1.0, 4.0, 16.0, 64.0)
-L2_C = (np.inf, 0.1)   # inverse L2 strength, as scikit-learn's C
+L2_C = (np.inf, 0.1, 0.01, 0.001)   # inverse L2 strength, as scikit-learn's C
 MOMENTA = (0.9, 0.95)
 MARGIN = 0.9          # without retraction: every planned sigmoid input within 90% of the interval's bound
 DEFAULT_MAX_EPOCHS = 100
