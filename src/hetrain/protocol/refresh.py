@@ -105,6 +105,7 @@ class MLRValidation:
         self.retract, self.time_limit, self.log = retract, time_limit, log or (lambda msg: None)
         self.history: list[dict] = []  # one entry per decryption: step, kind, epoch, val accuracy/loss
         self.best: tuple[float, np.ndarray] | None = None
+        self.best_step: int | None = None  # the step count of ``best`` (its twin: twin_long(..., best_step))
         self.stopper = EarlyStopping(trainer.config["patience"])
         self.started = time.monotonic()
         self.stop_reason: str | None = None  # why training ended before its planned epochs
@@ -153,6 +154,7 @@ class MLRValidation:
         best, stop = self.stopper.update(entry.get("val_accuracy", 0.0), entry.get("val_loss", 0.0), epoch)
         if best or self.best is None:
             self.best = (entry.get("val_accuracy", 0.0), W)
+            self.best_step = step
         self.log(f"epoch {epoch}: validation accuracy {entry.get('val_accuracy', float('nan')):.4f}, loss "
                  f"{entry.get('val_loss', float('nan')):.4f}{' (best so far)' if best else ''}; "
                  f"{time.monotonic() - self.started:.0f} s")
@@ -413,9 +415,21 @@ def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "sea
         stats["partial"] = bool(v.stop_reason and v.stop_reason != "early stopping")
         stats["stop_reason"] = v.stop_reason or "planned epochs done"
         best = r.weights
+        # the plaintext twins, for fidelity measurements (bench/fidelity.py): of the final state
+        # (what twin_max_abs_diff compares) and of the released epoch (the best on validation: the
+        # twin replayed for its step count, retractions included; the final state's twin when
+        # there is no validation). Both are unwhitened below, like the released weights.
+        twin_final, twin_best = r.twin_weights, r.twin_weights
+        if v.best is not None and v.X_val is not None and v.best_step is not None:
+            twin_best = twin_long(job.trainer, job.Xp, job.Y, v.best_step, job.steps_per_refresh)
+        stats["released_step"] = v.best_step if v.X_val is not None else stats["steps"]
+        stats["twin_best_max_abs_diff"] = float(np.max(np.abs(best - twin_best)))
     stats["plan"] = job.plan.lines() if job.plan is not None else []
     if job.plan is not None:  # trained on whitened features: the released weights act on the standardised ones
         best = unwhiten(best, job.plan.transform)
+    if failure is None:  # classes × (1 + features), on the standardised features like the released model
+        P = job.plan.transform if job.plan is not None else None
+        stats["twin_weights"], stats["twin_best_weights"] = unwhiten(twin_final, P), unwhiten(twin_best, P)
     weights = release({"W": best}, decimals, 0.0, np.random.default_rng(seed))
     info = model_info(backend, stats["params_record"], release={"decimals": decimals, "noise_std": 0.0},
                       refresh=refresh_mode, training={"trainer": "mlr-minibatch", **job.trainer.config,
