@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 import warnings
 
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit ("Exception ignored")
         return rc
     except BrokenPipeError:  # `hetrain ... | head -1`: the reader is gone; stop quietly like other tools
-        _stdout_to_devnull()
+        to_devnull(sys.stdout)
         return 128 + 13  # as if killed by SIGPIPE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -72,18 +71,8 @@ def _one_line_warnings(command: str, fallback):
     return show
 
 
-def _stdout_to_devnull() -> None:
-    """After a broken pipe, stdout's buffer would fail again at exit: point it at /dev/null (the
-    Python docs' advice for SIGPIPE)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-
-
-from hetrain.errors import HetrainUserError, HetrainWarning  # noqa: E402  (kept at the bottom: no import cycles)
+from hetrain._streams import to_devnull  # noqa: E402  (kept at the bottom: no import cycles)
+from hetrain.errors import HetrainUserError, HetrainWarning  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,6 +38,7 @@ import time
 import traceback
 
 from hetrain import ckks
+from hetrain._streams import to_devnull
 from hetrain._format import plain
 from hetrain.errors import HetrainUserError
 from hetrain.models.base import DepthPlanError, get_trainer, refresh_available, server_hooks
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         gone = _reader_gone(exc)
         if gone is not None:  # the parent (or whoever read our output) died: nothing to report to
-            _quiet_stdout()
+            to_devnull(sys.stdout)
             err = ReaderGoneError(f"stopped: the process reading the server's output is gone ({gone})")
             _write_error(jobdir, err)
             _say(f"server error: {err}")
@@ -248,28 +249,12 @@ def _reader_gone(exc: BaseException) -> str | None:
     return None
 
 
-def _quiet_stdout() -> None:
-    """After a broken pipe, stdout's buffer would fail again at exit ("Exception ignored ...");
-    point it at /dev/null (the Python docs' advice for SIGPIPE)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-
-
 def _say(line: str) -> None:
     """One line on stderr, which may itself be a pipe whose reader is gone."""
     try:
         print(line, file=sys.stderr, flush=True)
     except OSError:
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stderr.fileno())
-            os.close(devnull)
-        except (OSError, ValueError):
-            pass
+        to_devnull(sys.stderr)
 
 
 def _audit_opens(log_path: str) -> None:
