@@ -64,3 +64,29 @@ def test_check_interval_rejects_values_outside_and_nan():
         check_interval(np.array([0.0, 8.5]), SIGMOID3_PUBLISHED)
     with pytest.raises(DataError, match="NaN"):
         check_interval(np.array([np.nan]), SIGMOID3_PUBLISHED)
+
+
+@pytest.mark.parametrize("backend", ["sim", "seal"])
+@pytest.mark.parametrize("spec", ["deg15:16", "deg15:48", "deg7:16", "deg3:8", "deg1:4"])
+def test_chebyshev_evaluation_is_the_same_polynomial_at_minimal_depth_and_precise(backend, spec):
+    """eval_cheb(unit_cheb) = eval_poly(unit_coeffs) at the same depth; under SEAL degree 15 keeps
+    ~1e-7 where the power basis (coefficients up to 5e3) loses two digits."""
+    from hetrain import ckks
+    from hetrain.circuits.approx import get_sigmoid
+    from hetrain.circuits.poly import eval_cheb, poly_depth
+
+    eng = ckks.create_engine(backend, "n16384")
+    a = get_sigmoid(spec)
+    x = np.random.default_rng(1).uniform(-1, 1, eng.slots)
+    mask = (np.arange(eng.slots) % 3 == 0).astype(float)
+    ct = eng.encrypt(x, level=eng.max_level - 1)
+    ref = np.polynomial.polynomial.polyval(x, a.unit_coeffs())
+    out = eval_cheb(eng, ct, a.unit_cheb())
+    masked = eval_cheb(eng, ct, a.unit_cheb(), mask=mask)
+    assert ct.level - out.level == poly_depth(a.degree) == ct.level - masked.level
+    tol = 1e-6 if eng.secure else 1e-11
+    assert np.max(np.abs(eng.decrypt(out) - ref)) < tol
+    assert np.max(np.abs(eng.decrypt(masked) - mask * ref)) < tol
+    if eng.secure and a.degree == 15:
+        power = eval_poly(eng, ct, a.unit_coeffs())
+        assert np.max(np.abs(eng.decrypt(power) - ref)) > 10 * np.max(np.abs(eng.decrypt(out) - ref))

@@ -21,7 +21,8 @@ Config keys:
                    missing rows are zeros, which add exactly nothing to the gradient)
     learning_rate  float, default 4.0: multiplier on the quadratic-gradient step B̄_b ⊙ G
     sigmoid        str, default "published" (get_sigmoid spec), evaluated on t = z / bound
-                   (1/bound is folded into the forward copy of X, so it costs nothing)
+                   (1/bound is folded into the forward copy of X, so it costs nothing) in the
+                   Chebyshev basis (circuits.poly.eval_cheb: same depth, O(1) coefficients)
     patience       int, default 3: stop after this many epochs in which neither the validation
                    accuracy nor the validation loss improved (0: never stop early)
     momentum       "none" (default) or β in [0, 1): heavy-ball momentum, D ← β·D + step,
@@ -45,7 +46,7 @@ import numpy as np
 
 from hetrain.circuits import blocked_matmul
 from hetrain.circuits.approx import check_interval, get_sigmoid
-from hetrain.circuits.masked_poly import eval_poly_masked
+from hetrain.circuits.poly import eval_cheb
 from hetrain.circuits.packing import BlockedPacking
 from hetrain.ckks import PlainVector, get_params
 from hetrain.errors import DataError, HetrainUserError
@@ -306,8 +307,8 @@ class MiniBatchMLR(Trainer):
         W = state["W"]
         fmasks = [PlainVector(m) for m in pk.forward_masks()]
         t = blocked_matmul.forward(engine, pk, batch.X, W)
-        coeffs = self.approx.unit_coeffs()
-        q = [engine.sub(y, eval_poly_masked(engine, tg, coeffs, m)) for y, tg, m in zip(batch.Ym, t, fmasks)]
+        cheb = self.approx.unit_cheb()  # the twin's polynomial, in the basis that keeps CKKS precision
+        q = [engine.sub(y, eval_cheb(engine, tg, cheb, m)) for y, tg, m in zip(batch.Ym, t, fmasks)]
         step = blocked_matmul.gradient(engine, pk, blocked_matmul.spread(engine, pk, q), batch.Xt)
         if self.config["weight_decay"] > 0:
             step = [engine.sub(g, engine.mul_plain(w, PlainVector(m)))
