@@ -228,15 +228,42 @@ def _tree_rss(proc) -> dict[str, int]:
         return {"client": 0, "server": 0}
 
 
+def _stop_tree(proc) -> None:
+    """Stop a run process and the server process it started (by their ids)."""
+    import psutil
+
+    try:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        kids = []
+    for p in [proc, *kids]:
+        try:
+            p.terminate()
+        except (psutil.Error, ProcessLookupError):
+            pass
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs(kids, timeout=30)
+    for k in alive:
+        k.kill()
+
+
 def run_child(ds: str, model: str, backend: str, env: dict, timeout: float, max_gb: float | None) -> dict:
     """One run in its own process, stopped past ``timeout`` seconds or ``max_gb`` GiB of client +
-    server RSS (sampled every 0.5 s); its row, or a row that says why it has none."""
-    with tempfile.NamedTemporaryFile(prefix="fidelity-", suffix=".json", delete=False) as f:
-        res = pathlib.Path(f.name)
+    server RSS (sampled every 0.5 s); its row, or a row that says why it has none. The run's
+    temporary files (the job bundle included) go to a folder of its own, removed afterwards even
+    when the run was stopped."""
+    import shutil
+
+    rundir = pathlib.Path(tempfile.mkdtemp(prefix="fidelity-run-"))
+    res = rundir / "row.json"
     err = tempfile.TemporaryFile(mode="w+")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", ds, model, backend, str(res)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=err, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, "--child", ds, model, backend, str(res)],
+                            env={**env, "TMPDIR": str(rundir)}, stdout=subprocess.DEVNULL, stderr=err, text=True)
     stopped, peak = None, {"client": 0, "server": 0}
     try:
         while proc.poll() is None:
@@ -250,12 +277,7 @@ def run_child(ds: str, model: str, backend: str, env: dict, timeout: float, max_
                            f"{rss['client'] / 2**30:.1f} GiB, server {rss['server'] / 2**30:.1f} GiB after "
                            f"{time.perf_counter() - t0:.0f} s)")
             if stopped:
-                proc.terminate()  # its server process stops when it sees its parent gone
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                _stop_tree(proc)
                 break
         text = res.read_text() if res.exists() else ""
         if text and not stopped:
@@ -268,7 +290,7 @@ def run_child(ds: str, model: str, backend: str, env: dict, timeout: float, max_
                 "server_peak_mib": peak["server"] / 2**20}
     finally:
         err.close()
-        res.unlink(missing_ok=True)
+        shutil.rmtree(rundir, ignore_errors=True)
 
 
 def main(argv=None) -> int:
