@@ -20,7 +20,8 @@ from hetrain.cli.main import main
 from hetrain.data import load_builtin
 from hetrain.estimators import EncryptedLogisticRegression
 from hetrain.models.minibatch import MiniBatchMLR
-from hetrain.models.minibatch_plan import DEFAULT_TIME_BUDGET_S, estimate_step_seconds, plan_minibatch, unwhiten
+from hetrain.models.minibatch_plan import (DEFAULT_TIME_BUDGET_S, SENSITIVITY_LIMIT, estimate_step_seconds,
+                                           noise_sensitivity, plan_minibatch, unwhiten)
 from hetrain.protocol.model import TrainedModel
 from hetrain.protocol.preprocess import Preprocessor
 from hetrain.protocol.refresh import MLRValidation, fit_long_model
@@ -52,6 +53,7 @@ def test_planner_choices_stay_inside_and_within_budget(name):
     # the planned run fits the time budget by the same estimate the plan prints
     assert c.steps * estimate_step_seconds(t, X.shape[1], Y.shape[1], 8192) <= DEFAULT_TIME_BUDGET_S * 1.05
     assert c.val_accuracy >= 0.9 and plan.cv_accuracy >= 0.85
+    assert plan.noise_growth <= SENSITIVITY_LIMIT  # the decrypted model will stay near its twin
     assert plan_minibatch(X, Y).config == plan.config  # deterministic: the same data gives the same plan
     lines = plan.lines()
     assert lines[0].startswith("plan: sigmoid deg") and "max error" in lines[0] and "levels per step" in lines[1]
@@ -147,3 +149,28 @@ def test_defaults_under_seal_end_to_end(tmp_path, capsys):
     m = TrainedModel.load(out)
     assert m.info["backend"] == "seal" and m.info["params"]["name"] == "n16384"
     assert m.accuracy(Xte, yte) >= _sklearn(Xtr, Xte, ytr, yte) - 0.04  # 30 test rows: one row is 0.033
+
+
+def test_a_decryption_that_disagrees_with_the_twin_is_not_released(tmp_path, wine_csv, capsys, monkeypatch):
+    real = MiniBatchMLR.client_decrypt
+
+    def tampered(self, engine, outputs, job):
+        return {"W": real(self, engine, outputs, job)["W"] + 0.5}
+
+    monkeypatch.setattr(MiniBatchMLR, "client_decrypt", tampered)
+    out = tmp_path / "m.json"
+    assert main(["fit", "--data", str(wine_csv), "--out", str(out), "--backend", "sim", "--quiet"]) == 1
+    assert "differs from its plaintext twin" in capsys.readouterr().err and not out.exists()
+
+
+def test_noise_sensitivity_grows_with_momentum():
+    """Why the planner measures it: heavy momentum turns CKKS noise (1e-7 per step) into a drift of the
+    decrypted model from its twin far past 1e-3 (digits under SEAL: 1.1e-2 at β = 0.95)."""
+    Xtr, _, ytr, _ = _split("digits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pre = Preprocessor.fit(Xtr, ytr)
+    X, Y = pre.transform(Xtr), pre.one_hot(ytr)
+    growth = {b: noise_sensitivity(MiniBatchMLR(sigmoid="deg15:16", learning_rate=4.0, momentum=b, batch_size=256),
+                                   X, Y, 150, 7) for b in (0.5, 0.95)}
+    assert growth[0.5] < SENSITIVITY_LIMIT < growth[0.95]

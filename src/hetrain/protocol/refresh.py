@@ -370,7 +370,7 @@ def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "sea
 
     from hetrain.errors import DataError
 
-    from .client import DEFAULT_RELEASE_DECIMALS, release
+    from .client import DEFAULT_RELEASE_DECIMALS, check_twin, release
     from .errors import ServerError
     from .model import TrainedModel, model_info
 
@@ -424,6 +424,9 @@ def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "sea
             twin_best = twin_long(job.trainer, job.Xp, job.Y, v.best_step, job.steps_per_refresh)
         stats["released_step"] = v.best_step if v.X_val is not None else stats["steps"]
         stats["twin_best_max_abs_diff"] = float(np.max(np.abs(best - twin_best)))
+        # nothing is released that disagrees with the plaintext twin (a wrong server computation)
+        check_twin(stats["twin_max_abs_diff"], twin_final)
+        check_twin(stats["twin_best_max_abs_diff"], twin_best)
     stats["plan"] = job.plan.lines() if job.plan is not None else []
     if job.plan is not None:  # trained on whitened features: the released weights act on the standardised ones
         best = unwhiten(best, job.plan.transform)
