@@ -340,8 +340,7 @@ def main(argv=None) -> int:
                 row["note"] = "skipped (--skip): see the footnotes"
                 row["skipped"] = True
             else:
-                with tempfile.NamedTemporaryFile(prefix="fidelity-", suffix=".json", delete=False) as f:
-                    res = pathlib.Path(f.name)
+                row["code"] = code_version()  # the run's own record replaces it; kept when it has none
                 row.update(run_child(ds, model, a.backend, env, a.run_timeout, a.max_gb))
             rows.append(row)
             print(fmt(row), flush=True)
