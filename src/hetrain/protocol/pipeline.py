@@ -286,9 +286,12 @@ def plan_lines(trainer, plan, params, defaults: dict | None) -> list[str]:
     lines = [f"plan: {trainer.name} on {getattr(params, 'name', params)}: {shown}",
              f"plan: {per} levels per iteration, {plan.iterations_that_fit} iteration(s) per modulus chain, "
              f"{plan.iterations} iteration(s): about {refreshes} refresh(es)"]
-    if defaults:
+    if defaults and defaults.get("validation_accuracy") is not None:
         lines.append("plan: options not given were chosen by rehearsing candidates on the plaintext twin "
-                     f"(validation accuracy {plain(round(float(defaults.get('validation_accuracy', float('nan'))), 4))})")
+                     f"(validation accuracy {float(defaults['validation_accuracy']):.4f})")
+    elif defaults:
+        lines.append("plan: options not given keep the trainer's own defaults (no planned candidate kept its "
+                     "margin; the twin checks the run stays inside every interval)")
     return lines
 
 
