@@ -25,12 +25,10 @@ def _trim(coeffs: Sequence[float]) -> list[float]:
     return c
 
 
-def eval_poly(engine, ct, coeffs: Sequence[float], mask=None):
-    """Σ coeffs[k]·ct^k on a ciphertext (coeffs in increasing degree). Depth: ``poly_depth(deg)``.
-
-    ``mask`` (array or PlainVector, optional): return mask ⊙ p(ct) at the same depth.
-    """
-    from hetrain.ckks import PlainVector
+def _checked(ct, coeffs: Sequence[float], mask) -> tuple[list[float], np.ndarray | None]:
+    """(trimmed coefficients, mask values or None) for eval_poly / eval_cheb; ValueError for a
+    constant, DepthExhausted when the ciphertext has fewer levels than the degree's depth."""
+    from hetrain.ckks import DepthExhausted, PlainVector
 
     m = None if mask is None else (mask.values if isinstance(mask, PlainVector) else np.asarray(mask, dtype=np.float64))
     c = _trim(coeffs)
@@ -38,8 +36,18 @@ def eval_poly(engine, ct, coeffs: Sequence[float], mask=None):
     if deg == 0:
         raise ValueError("a constant polynomial needs no ciphertext")
     if ct.level < poly_depth(deg):
-        from hetrain.ckks import DepthExhausted
         raise DepthExhausted(f"a degree-{deg} polynomial needs {poly_depth(deg)} levels, ciphertext has {ct.level}")
+    return c, m
+
+
+def eval_poly(engine, ct, coeffs: Sequence[float], mask=None):
+    """Σ coeffs[k]·ct^k on a ciphertext (coeffs in increasing degree). Depth: ``poly_depth(deg)``.
+
+    ``mask`` (array or PlainVector, optional): return mask ⊙ p(ct) at the same depth.
+    """
+    from hetrain.ckks import PlainVector
+
+    c, m = _checked(ct, coeffs, mask)
     powers = {1: ct}  # x^(2^j)
 
     def pow2(k: int):
@@ -79,15 +87,9 @@ def eval_cheb(engine, ct, cheb: Sequence[float], mask=None):
     Chebyshev Polynomials, 2003); its use in CKKS: Lee et al., "High-precision bootstrapping of
     RNS-CKKS", 2020.
     """
-    from hetrain.ckks import DepthExhausted, PlainVector
+    from hetrain.ckks import PlainVector
 
-    m = None if mask is None else (mask.values if isinstance(mask, PlainVector) else np.asarray(mask, dtype=np.float64))
-    c = _trim(cheb)
-    deg = len(c) - 1
-    if deg == 0:
-        raise ValueError("a constant polynomial needs no ciphertext")
-    if ct.level < poly_depth(deg):
-        raise DepthExhausted(f"a degree-{deg} polynomial needs {poly_depth(deg)} levels, ciphertext has {ct.level}")
+    c, m = _checked(ct, cheb, mask)
     T = {1: ct}
 
     def split(j: int) -> tuple[int, int]:
