@@ -52,6 +52,7 @@ CV_FOLDS = 3
 NOISE = 1e-7                # CKKS noise per step in the rehearsal of noise_sensitivity
 SENSITIVITY_LIMIT = 1e-4    # the planned run keeps the decrypted model within this of its twin (x10 margin)
 MAX_SENSITIVITY_TRIES = 8
+KEEP_AFTER_FIRST_FOLD = 0.25  # the share of candidates rehearsed on the other folds
 
 
 @dataclasses.dataclass
@@ -239,9 +240,10 @@ def _plan_minibatch(X, Y, X_val=None, y_val=None, *, fixed: dict | None = None,
     (n × c) and the run's validation split (X_val, y_val class indices; None: the training rows).
 
     Selection: every candidate of the grid (SIGMOIDS × LEARNING_RATES × L2_C × MOMENTA × BATCH_SIZES,
-    on the raw and on the whitened features, WHITENINGS) is rehearsed on CV_FOLDS folds of all the
-    client's rows (X and X_val), and the best mean validation accuracy wins (ties: lower mean loss);
-    folds make the choice stable where one split of 24 Iris rows is not. Then the winner is
+    on the raw and on the whitened features, WHITENINGS) is rehearsed on the first of CV_FOLDS folds
+    of all the client's rows (X and X_val); the best KEEP_AFTER_FIRST_FOLD go on to the other folds
+    (successive halving), and the best mean validation accuracy wins (ties: lower mean loss); folds
+    make the choice stable where one split of 24 Iris rows is not. Then the winner is
     rehearsed on the run's own split, which gives the planned epochs (early stopping included).
 
     ``fixed``: options the user set (sigmoid, learning_rate, weight_decay, momentum, batch_size,
@@ -296,15 +298,24 @@ def _plan_minibatch(X, Y, X_val=None, y_val=None, *, fixed: dict | None = None,
     y_all = np.argmax(Y, axis=1) if no_val else np.concatenate([np.argmax(Y, axis=1), y_val])
     scores: dict = {}  # (whitening, batch size, index) -> [sum of accuracies, sum of losses, candidate, fits]
     folds = _folds(y_all)
+    survivors: dict = {}  # (whitening, batch size) -> indices still rehearsed after the first fold
     for shrink in whitenings:
-        for tr, va in folds:
+        for f, (tr, va) in enumerate(folds):
             P = None if shrink is None else whitening(X_all[tr], shrink)
             Xtr, Xva = (X_all[tr], X_all[va]) if P is None else (X_all[tr] @ P, X_all[va] @ P)
             # a batch size past the rows is one full batch (key 0): the same run, rehearsed once
             for size in sorted({b if b < len(tr) else 0 for b in sizes}):
-                trainers = trainers_for(size or len(tr), len(tr))
-                for i, cand in enumerate(rehearse(trainers, Xtr, np.eye(c)[y_all[tr]], Xva, y_all[va],
-                                                  budget_epochs(trainers, len(tr)), stop_above, retract, levels)):
+                every = trainers_for(size or len(tr), len(tr))
+                keep = survivors.get((shrink, size), range(len(every)))
+                trainers = [every[i] for i in keep]
+                results = rehearse(trainers, Xtr, np.eye(c)[y_all[tr]], Xva, y_all[va],
+                                   budget_epochs(trainers, len(tr)), stop_above, retract, levels)
+                if f == 0:  # successive halving: only the best KEEP_AFTER_FIRST_FOLD go on to the other folds
+                    order = sorted(range(len(results)), key=lambda j: (not results[j].fits, -results[j].val_accuracy,
+                                                                       results[j].val_loss))
+                    survivors[(shrink, size)] = sorted(keep[j] for j in
+                                                       order[:max(1, int(KEEP_AFTER_FIRST_FOLD * len(order)))])
+                for i, cand in zip(keep, results):
                     acc = scores.setdefault((shrink, size, i), [0.0, 0.0, cand, True, 0])
                     acc[0] += cand.val_accuracy
                     acc[1] += cand.val_loss
