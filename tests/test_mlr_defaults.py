@@ -174,3 +174,21 @@ def test_noise_sensitivity_grows_with_momentum():
     growth = {b: noise_sensitivity(MiniBatchMLR(sigmoid="deg15:16", learning_rate=4.0, momentum=b, batch_size=256),
                                    X, Y, 150, 7) for b in (0.5, 0.95)}
     assert growth[0.5] < SENSITIVITY_LIMIT < growth[0.95]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--whitening", "strong"], "--whitening must be auto, none or a positive shrinkage"),
+    (["--whitening", "-1"], "--whitening shrinkage must be positive"),
+    (["--time-limit", "-5"], "--time-limit must be a positive number of seconds"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--refresh", "client", "--iterations", "3"], "use --epochs N"),
+    (["--model", "mlp", "--epochs", "3"], "--epochs applies to --model mlr with refresh"),
+    (["--refresh", "none", "--whitening", "none"], "--whitening applies to --model mlr with refresh"),
+    (["--momentum", "1.5"], "momentum must be 'none' or a number"),
+])
+def test_bad_training_options_are_refused_in_one_line(tmp_path, wine_csv, capsys, args, message):
+    out = tmp_path / "m.json"
+    assert main(["fit", "--data", str(wine_csv), "--out", str(out), "--backend", "sim", "--quiet", *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

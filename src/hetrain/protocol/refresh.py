@@ -225,7 +225,7 @@ class LongJob:
         self.plan = None
         if plan:  # before any key: the planner rehearses the run on the plaintext (models/minibatch_plan.py)
             self.plan = plan_minibatch(self.Xp, self.Y, self.Xv, self.yv, fixed=config,
-                                       max_epochs=max_epochs or DEFAULT_MAX_EPOCHS, levels=levels,
+                                       max_epochs=DEFAULT_MAX_EPOCHS if max_epochs is None else max_epochs, levels=levels,
                                        retract=refresh_mode == "client", slots=slots, time_budget=time_limit)
             config = self.plan.config
             for line in self.plan.lines():
