@@ -30,20 +30,25 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
     def _refresh_mode(self) -> str:
         return getattr(self, "refresh", "none")
 
-    def fit(self, X, y):
-        from hetrain.protocol import fit
-
+    def _labelled(self, X, y) -> tuple[np.ndarray, np.ndarray]:
+        """Checked (X, class index of each row); sets ``classes_`` and ``n_features_in_``."""
         X = check_features(X)
         y = np.asarray(y)
         if y.ndim != 1 or y.shape[0] != X.shape[0]:
             raise DataError(f"y must be 1-D with one label per row of X ({X.shape[0]}), got shape {y.shape}")
         self.classes_, y_index = np.unique(y, return_inverse=True)
+        self.n_features_in_ = X.shape[1]
+        return X, y_index
+
+    def fit(self, X, y):
+        from hetrain.protocol import fit
+
+        X, y_index = self._labelled(X, y)
         result = fit(X, y_index, self._model_name, self._config(), preset=self.preset, backend=self.backend,
                      scale=self.scale, seed=self.seed, progress=self.verbose, refresh=self._refresh_mode())
         self.model_ = result.model
         self.fit_stats_ = result.stats
         self.twin_max_abs_diff_ = result.twin_max_abs_diff
-        self.n_features_in_ = X.shape[1]
         return self
 
     def decision_function(self, X) -> np.ndarray:
@@ -121,11 +126,7 @@ class EncryptedLogisticRegression(_EncryptedClassifier):
         if self.scale != 1.0:
             raise HetrainUserError("scale applies to refresh='none' only (the mini-batch step is invariant to "
                                    "the feature scale)")
-        X = check_features(X)
-        y = np.asarray(y)
-        if y.ndim != 1 or y.shape[0] != X.shape[0]:
-            raise DataError(f"y must be 1-D with one label per row of X ({X.shape[0]}), got shape {y.shape}")
-        self.classes_, y_index = np.unique(y, return_inverse=True)
+        X, y_index = self._labelled(X, y)
         config = {k: getattr(self, k) for k in self._long_keys if getattr(self, k) is not None}
         model, stats = fit_long_model(X, y_index, mode, config, backend=self.backend, preset=self.preset,
                                       validation_fraction=self.validation_fraction, seed=self.seed,
@@ -134,7 +135,6 @@ class EncryptedLogisticRegression(_EncryptedClassifier):
         self.model_, self.fit_stats_ = model, stats
         self.twin_max_abs_diff_ = stats["twin_max_abs_diff"]
         self.partial_ = bool(stats["partial"])
-        self.n_features_in_ = X.shape[1]
         if self.partial_:
             warnings.warn(f"training stopped early ({stats['stop_reason']}): the model is the best on validation "
                           "so far", HetrainWarning, stacklevel=2)

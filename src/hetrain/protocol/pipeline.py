@@ -274,8 +274,9 @@ def _diagonal_holds(X, Y) -> bool:
 
 
 def plan_lines(trainer, plan, params, defaults: dict | None) -> list[str]:
-    """What `fit` prints before keygen: the trainer's options (those the planner chose marked as
-    such), its approximations, the levels per iteration and the refreshes the run will need."""
+    """What `fit` prints before keygen: the trainer's options and approximations, the levels per
+    iteration, the iterations per chain and the refreshes the run will need, and whether the
+    planner chose the options that were not given."""
     cfg = trainer.config
     keys = ("hidden", "iterations", "learning_rate", "hidden_learning_rate", "sigmoid", "output_sigmoid",
             "momentum", "batch_size", "label_smoothing", "input_clip")

@@ -110,10 +110,6 @@ class MLRValidation:
         self.started = time.monotonic()
         self.stop_reason: str | None = None  # why training ended before its planned epochs
 
-    @property
-    def epochs_without_improvement(self) -> int:
-        return self.stopper.epochs_without_progress
-
     def weights(self, vectors: dict) -> np.ndarray:
         return self.trainer.unpack(vectors["W"], self.d, self.c, self.slots)
 
@@ -337,6 +333,11 @@ def fit_long(X, y, X_val=None, y_val=None, config: dict | None = None, *, backen
     temporary one, removed afterwards. ``on_step(done, total)`` follows the server's steps."""
     job = LongJob(X, y, X_val, y_val, config, backend=backend, preset=preset, refresh_mode=refresh_mode,
                   engine_options=engine_options, **job_options)
+    return _write_and_train(job, workdir, on_step)
+
+
+def _write_and_train(job: LongJob, workdir, on_step) -> LongFitResult:
+    """``job.write`` into ``workdir`` (default a temporary directory, removed afterwards), then train."""
     tmp = None if workdir is not None else tempfile.mkdtemp(prefix="hetrain-long-")
     try:
         job.write(workdir if workdir is not None else tmp)
@@ -392,18 +393,13 @@ def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "sea
     job = LongJob(X[tr], y[tr], X[va] if n_val else None, y[va] if n_val else None, config, backend=backend,
                   preset=preset, refresh_mode=refresh_mode, plan=plan, max_epochs=max_epochs, time_limit=time_limit,
                   log=log)
-    tmp = None if workdir is not None else tempfile.mkdtemp(prefix="hetrain-long-")
     failure = None
     try:
-        job.write(workdir if workdir is not None else tmp)
-        r = job.train(on_step=on_step)
+        r = _write_and_train(job, workdir, on_step)
     except (ServerError, CKKSError) as exc:  # the server or the channel died: keep what the client has
         if job.validation.best is None or job.validation.X_val is None:
             raise
         failure = f"training failed after {len(job.validation.history)} decryption(s): {exc}"
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     v = job.validation
     decimals = DEFAULT_RELEASE_DECIMALS if release_decimals is None else release_decimals
     if failure is not None:
