@@ -6,7 +6,7 @@ import argparse
 from hetrain import ckks
 from hetrain.data import load_dataset
 from hetrain.errors import HetrainUserError
-from hetrain.models.minibatch_plan import DEFAULT_BATCH_SIZE, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE
+from hetrain.models.minibatch_plan import BATCH_SIZES, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE
 from hetrain.outputs import check_writable
 
 PARTIAL_EXIT = 3  # a model was written, but training stopped before it was done (time limit, failure)
@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mlr with refresh: stop at the first epoch end past this wall time and release the best "
                         "model so far (exit status 3: partial)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"mlr with refresh: rows per mini-batch (default {DEFAULT_BATCH_SIZE})")
+                   help="mlr with refresh: rows per mini-batch (default: planned among "
+                        f"{', '.join(map(str, BATCH_SIZES))})")
     p.add_argument("--patience", type=int, default=None,
                    help=f"mlr with refresh: epochs without validation progress before stopping (default "
                         f"{DEFAULT_PATIENCE}; 0: off)")

@@ -37,12 +37,19 @@ class EarlyStopping:
         return best, self.patience > 0 and self.epochs_without_progress >= self.patience
 
 
+def score_metrics(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and mean binary cross-entropy (true sigmoid, one-vs-rest) of class scores
+    (n × ... × c: any number of models stacked in the middle axes) against y (n class indices);
+    arrays of the middle axes' shape."""
+    acc = np.mean(np.argmax(scores, axis=-1) == y.reshape((-1,) + (1,) * (scores.ndim - 2)), axis=0)
+    p = np.clip(1.0 / (1.0 + np.exp(-np.clip(scores, -700, 700))), 1e-12, 1 - 1e-12)
+    Y = np.eye(scores.shape[-1])[y].reshape((len(y),) + (1,) * (scores.ndim - 2) + (scores.shape[-1],))
+    loss = -np.mean(np.sum(Y * np.log(p) + (1 - Y) * np.log(1 - p), axis=-1), axis=0)
+    return acc, loss
+
+
 def validation_metrics(W: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict:
     """Accuracy and mean binary cross-entropy (true sigmoid, one-vs-rest) of W (c × (1 + d)) on
     labelled rows X (n × d, preprocessed), y (n, class indices)."""
-    scores = np.concatenate([np.ones((X.shape[0], 1)), X], axis=1) @ W.T
-    acc = float(np.mean(np.argmax(scores, axis=1) == y))
-    p = np.clip(1.0 / (1.0 + np.exp(-np.clip(scores, -700, 700))), 1e-12, 1 - 1e-12)
-    Y = np.eye(W.shape[0])[y]
-    loss = float(-np.mean(np.sum(Y * np.log(p) + (1 - Y) * np.log(1 - p), axis=1)))
-    return {"val_accuracy": acc, "val_loss": loss}
+    acc, loss = score_metrics(np.concatenate([np.ones((X.shape[0], 1)), X], axis=1) @ W.T, np.asarray(y))
+    return {"val_accuracy": float(acc), "val_loss": float(loss)}

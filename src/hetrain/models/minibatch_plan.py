@@ -1,22 +1,25 @@
 """The client's planner for mini-batch logistic regression: hyperparameters chosen before any key.
 
 The client holds the plaintext data, and the plaintext twin (MiniBatchMLR.twin_update) runs the
-encrypted arithmetic exactly. So before keys are made, the planner runs the twin for each
-candidate of a small fixed grid — sigmoid approximation (degree and interval), step size, weight
-decay; heavy-ball momentum β = 0.9 — with the same early stopping the encrypted run uses
-(early_stopping.py), on the same batches, and keeps the candidate with the best validation
-accuracy (ties: lower validation loss, then fewer levels per step, then fewer steps) among those
-whose every sigmoid input, over the whole planned run, stays within ``MARGIN`` of the interval.
-The encrypted run is then given exactly the planned number of epochs, so it cannot leave the
-interval late (CKKS noise moves the inputs by ~1e-5, the margin is 10%).
+encrypted arithmetic exactly. So before keys are made, the planner *rehearses* every candidate of
+a fixed grid — sigmoid approximation (SIGMOIDS), step (LEARNING_RATES), L2 strength (L2_C),
+heavy-ball momentum (MOMENTA), batch size (BATCH_SIZES), raw or whitened features (WHITENINGS) —
+with the twin, the client's retraction at each refresh and the early stopping the encrypted run
+uses (early_stopping.py), on CV_FOLDS folds of its rows (the best KEEP_AFTER_FIRST_FOLD of the
+first fold go on to the others), and keeps the best mean validation accuracy (ties: lower loss).
+The winner is rehearsed once more on the run's own split, which fixes its number of epochs, and
+its amplification of CKKS noise is measured (``noise_sensitivity``; past SENSITIVITY_LIMIT the
+next candidate is taken). The encrypted run gets exactly that plan, so it cannot leave the
+interval late.
 
 Options the user fixed (``fixed``) are not searched. What the server learns of the choice is the
-job's config: one of at most ``len(grid)`` candidates, i.e. at most log2(24) < 5 bits about the
-data, chosen on the client's plaintext — never a value decrypted during training.
+job's config: one of the grid's few hundred candidates, i.e. a few bits about the data, chosen on
+the client's plaintext — never a value decrypted during training.
 
     plan = plan_minibatch(X, Y, X_val, y_val, fixed={}, max_epochs=100)
-    plan.config   # {"sigmoid": "deg7:16", "learning_rate": 1.0, ...} for MiniBatchMLR
-    plan.lines()  # what `hetrain fit` prints before keygen
+    plan.config     # {"sigmoid": "deg15:16", "learning_rate": 4.0, ...} for MiniBatchMLR
+    plan.transform  # the whitening P (the client encrypts X·P), or None
+    plan.lines()    # what `hetrain fit` prints before keygen
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from threadpoolctl import threadpool_limits
 from hetrain.circuits.approx import sigmoid as true_sigmoid
 from hetrain.errors import HetrainUserError
 
-from .early_stopping import EarlyStopping, validation_metrics
+from .early_stopping import EarlyStopping, score_metrics
 from .base import DepthPlanError
 from .minibatch import RETRACT, MiniBatchMLR
 from .mlr_twin import add_bias, quadratic_gradient_diag
@@ -45,7 +48,6 @@ MARGIN = 0.9          # without retraction: every planned sigmoid input within 9
 DEFAULT_MAX_EPOCHS = 100
 DEFAULT_TIME_BUDGET_S = 480.0  # planned training time under SEAL on 2 cores (estimate_step_seconds)
 DEFAULT_PATIENCE = 5
-DEFAULT_BATCH_SIZE = 128
 BATCH_SIZES = (128, 256, 512)  # larger batches: fewer rotations per row (cheaper epochs), fewer steps
 WHITENINGS = (None, 1.0)       # raw standardised features, or whitened with this shrinkage
 CV_FOLDS = 3
@@ -136,7 +138,6 @@ def rehearse(trainers: list[MiniBatchMLR], X: np.ndarray, Y: np.ndarray, X_val: 
     active, fits = np.ones(K, bool), np.ones(K, bool)
     peak, steps, ran = np.zeros(K), np.zeros(K, int), np.zeros(K, int)
     stoppers = [EarlyStopping(t.config["patience"]) for t in trainers]
-    Yv = np.eye(c)[y_val]
     step = 0
     for epoch in range(1, max_epochs + 1):
         for Xb, XbB, Yb in batches:
@@ -176,9 +177,7 @@ def rehearse(trainers: list[MiniBatchMLR], X: np.ndarray, Y: np.ndarray, X_val: 
         if not idx.size:
             break
         scores = (Xv @ W[idx].reshape(-1, d + 1).T).reshape(len(Xv), idx.size, c)
-        acc = np.mean(np.argmax(scores, axis=2) == y_val[:, None], axis=0)
-        p = np.clip(1.0 / (1.0 + np.exp(-np.clip(scores, -700, 700))), 1e-12, 1 - 1e-12)
-        loss = -np.mean(np.sum(Yv[:, None, :] * np.log(p) + (1 - Yv[:, None, :]) * np.log(1 - p), axis=2), axis=0)
+        acc, loss = score_metrics(scores, y_val)
         for i, k in enumerate(idx):
             _, stop = stoppers[k].update(float(acc[i]), float(loss[i]), epoch)
             if stop or epoch == max_epochs:
