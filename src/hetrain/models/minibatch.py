@@ -155,9 +155,11 @@ class MiniBatchMLR(Trainer):
         return top, max(top - 1 - self.approx.depth, 0)
 
     def encrypt_batches(self, engine, X, Y) -> list[Batch]:
+        """Per batch, its ciphertexts at ``data_levels``, each list encrypted when iterated
+        (LazyEncryption: the client never holds all of them; ``list()`` one to keep it)."""
         lx, lt = self.data_levels(engine.max_level)
-        return [Batch([engine.encrypt(v, level=lx) for v in b.X], [engine.encrypt(v, level=lt) for v in b.Xt],
-                      [engine.encrypt(v, level=lt) for v in b.Ym]) for b in self.plain_batches(X, Y, engine.slots)]
+        return [Batch(LazyEncryption(engine, b.X, lx), LazyEncryption(engine, b.Xt, lt), LazyEncryption(engine, b.Ym, lt))
+                for b in self.plain_batches(X, Y, engine.slots)]
 
     def initial_weights(self, n_features: int, n_classes: int, slots: int) -> list[np.ndarray]:
         return self.packing(n_features, n_classes, slots).pack_weights(np.zeros((n_classes, n_features + 1)))
@@ -189,10 +191,8 @@ class MiniBatchMLR(Trainer):
                   for name in self.state_names}
         # encrypted as the bundle is written, one ciphertext in memory at a time: 1,600 MNIST rows
         # weigh ~4.5 GB of ciphertexts at n16384
-        lx, lt = self.data_levels(engine.max_level)
-        for b, batch in enumerate(self.plain_batches(X, Y, engine.slots)):
-            inputs.update({f"X{b}": LazyEncryption(engine, batch.X, lx), f"Xt{b}": LazyEncryption(engine, batch.Xt, lt),
-                           f"Ym{b}": LazyEncryption(engine, batch.Ym, lt)})
+        for b, batch in enumerate(self.encrypt_batches(engine, X, Y)):
+            inputs.update({f"X{b}": batch.X, f"Xt{b}": batch.Xt, f"Ym{b}": batch.Ym})
         job = {"model": self.name, "config": dict(self.config), "d": d, "c": c,
                "n_batches": len(self.batches_of(X.shape[0]))}
         return inputs, job
