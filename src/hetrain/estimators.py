@@ -109,7 +109,9 @@ class EncryptedLogisticRegression(_EncryptedClassifier):
             return self.refresh
         if self.iterations is not None or self._model_name != "mlr":  # subclasses over other trainers
             return "none"
-        return "bootstrap" if self.backend == "desilo" else "client"
+        from hetrain.protocol.refresh import default_refresh
+
+        return default_refresh(self.backend)
 
     def fit(self, X, y):
         mode = self._refresh_mode()

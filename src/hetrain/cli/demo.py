@@ -48,9 +48,9 @@ def run(args) -> int:
           f"{len(np.unique(y))} classes")
     pre_config = config_from_args(args)
     if args.model == "mlr" and args.iterations is None:  # the default path of `hetrain fit`
-        from hetrain.protocol.refresh import fit_long_model
+        from hetrain.protocol.refresh import default_refresh, fit_long_model
 
-        model, stats = fit_long_model(Xtr, ytr, "bootstrap" if args.backend == "desilo" else "client", pre_config,
+        model, stats = fit_long_model(Xtr, ytr, default_refresh(args.backend), pre_config,
                                       backend=args.backend, preset=args.preset, seed=args.seed,
                                       workdir=args.keep_job, log=print)
         twin = stats.get("twin_best_weights")

@@ -127,6 +127,7 @@ def _auto_refresh(args, n_features: int) -> str:
     can refresh (mlr, mlp); none with --server (no channel yet) or for trainers that cannot."""
     from hetrain.models.base import server_hooks
     from hetrain.protocol.pipeline import make_trainer
+    from hetrain.protocol.refresh import default_refresh
 
     if args.server:
         print("refresh: none (--server cannot refresh yet: training stays within one modulus chain)")
@@ -138,7 +139,7 @@ def _auto_refresh(args, n_features: int) -> str:
     if args.model != "mlr" and "refresh" not in server_hooks(make_trainer(args.model, config_from_args(args),
                                                                            n_features)):
         return "none"
-    return "bootstrap" if args.backend == "desilo" else "client"
+    return default_refresh(args.backend)
 
 
 def _run_mlr_with_refresh(args, X, y, out) -> int:

@@ -353,6 +353,12 @@ def twin_long(trainer, X: np.ndarray, Y: np.ndarray, steps: int, steps_per_refre
     return trainer.twin(X, Y, steps, steps_per_refresh)["W"]
 
 
+def default_refresh(backend: str) -> str:
+    """What ``--refresh auto`` means for a trainer that can refresh: the server bootstraps on a backend
+    that can (desilo; the sim only with parameters made for it), else the client re-encrypts."""
+    return "bootstrap" if backend == "desilo" else "client"
+
+
 def fit_long_model(X, y, refresh_mode: str, config: dict, *, backend: str = "seal", preset: str = "auto",
                    validation_fraction: float = 0.2, seed: int | None = None, workdir=None,
                    release_decimals: int | None = None, on_step=None, plan: bool = True,
