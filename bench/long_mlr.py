@@ -70,7 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="desilo thread count")
     args = p.parse_args(argv)
 
-    from hetrain.protocol.refresh import fit_long
+    import numpy as np
+
+    from hetrain.protocol import fit
 
     Xtr, ytr, Xv, yv = load(args.dataset, args.rows)
     cfg = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
@@ -86,10 +88,19 @@ def main(argv=None) -> int:
         print(f"  step {done}/{total} done ({now - marks[-1]:.1f} s since previous)", flush=True)
         marks.append(now)
 
-    r = fit_long(Xtr, ytr, Xv, yv, cfg, backend=args.backend, preset=args.preset, refresh_mode=args.refresh,
-                 engine_options=opts, on_step=on_step)
+    if opts:
+        print("note: desilo engine options are not passed through hetrain.protocol.fit; using its defaults")
+    # the validation rows are the client's own hold-out: fit splits them off (stratified) again
+    r = fit(np.vstack([Xtr, Xv]), np.concatenate([ytr, yv]), "mlr", cfg, refresh=args.refresh, backend=args.backend,
+            preset=args.preset, progress=False, on_step=on_step, plan=False,
+            validation_fraction=len(yv) / (len(yv) + len(ytr)))
     wall = time.perf_counter() - t0
     s = r.stats
+    s.update({k: s["run"].get(k) for k in ("step_s", "refresh_before_step_s", "resumed_from", "stopped_early",
+                                            "refresh_s", "levels_per_step")})
+    s["server_wait_s"] = s["refresh"].get("wait_seconds", 0.0)
+    s["upload_bytes"] = (s["upload_key_bytes"] or 0) + (s["upload_data_bytes"] or 0)
+    r.history = s["history"]
     print("\niteration  step_s  refresh_s  val_acc  val_loss   (val figures: the client's, at each decryption)")
     refresh = s["refresh_before_step_s"]
     evals = {h["step"]: h for h in r.history}

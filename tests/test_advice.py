@@ -79,7 +79,7 @@ def test_scale_does_not_help_mlr():
 @pytest.mark.parametrize("kind", ["learning_rate", "iterations"])
 def test_each_kind_of_interval_advice_works(kind):
     """Advice restricted to one kind (learning rate, iterations) is also true."""
-    from hetrain.protocol.pipeline import check_job
+    from hetrain.protocol.planning import check_job
     from hetrain.protocol.preprocess import Preprocessor
 
     X, y = load_builtin("breast_cancer")

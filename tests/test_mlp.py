@@ -221,10 +221,10 @@ def test_minibatches_and_label_smoothing_match_twin():
 
 def test_nesterov_refused_before_keys_when_a_refreshed_iteration_does_not_fit():
     # n16384-deep holds the first iteration (9 levels, μ_0 = 0) but not a later one (10): the plan must say so
-    # before any key is made, and preset_for_refresh must pick a preset where every iteration fits
+    # before any key is made, and choose_preset(refresh=True) must pick a preset where every iteration fits
     from hetrain.models.base import refresh_available
     from hetrain.protocol import fit
-    from hetrain.protocol.pipeline import preset_for_refresh
+    from hetrain.protocol.planning import choose_preset
 
     X, Y = data()
     tr = MLPTrainer(hidden=[4], iterations=3, momentum="nesterov")
@@ -235,7 +235,7 @@ def test_nesterov_refused_before_keys_when_a_refreshed_iteration_does_not_fit():
         plan.check(p, refresh=True)
     assert MLPTrainer(hidden=[4], iterations=1, momentum="nesterov").plan(20, 8, 3, p).fits_with_refresh()
     assert MLPTrainer(hidden=[4], iterations=3, momentum="none").plan(20, 8, 3, p).fits_with_refresh()
-    chosen = preset_for_refresh(tr, 20, 8, 3)
+    chosen = choose_preset(tr, 20, 8, 3, refresh=True)
     assert chosen.levels > p.levels and tr.plan(20, 8, 3, chosen).fits_with_refresh()
     # end to end: refused by the client (no keygen, no server) with the explicit preset
     import hetrain.protocol.client as client_mod

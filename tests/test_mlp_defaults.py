@@ -130,7 +130,7 @@ def test_client_check_runs_the_prepared_twin(monkeypatch):
 
 def test_planned_dvr_setting_passes_check_job():
     """Whatever the planner chooses passes the pipeline's own pre-keygen check (same twin, rows, config)."""
-    from hetrain.protocol.pipeline import check_job
+    from hetrain.protocol.planning import check_job
     Xtr, _, ytr, _ = split(load_breast_cancer)
     pre = Preprocessor.fit(Xtr[:160], ytr[:160])
     X, Y = pre.transform(Xtr[:160]), pre.one_hot(ytr[:160])

@@ -129,18 +129,17 @@ def test_fit_keeps_the_model_when_the_disk_fills_at_the_end(capsys, tmp_path, da
 
 
 def test_fit_keeps_the_model_when_its_directory_goes_during_training(capsys, tmp_path, data, fallback, monkeypatch):
-    from hetrain.protocol import pipeline
+    from hetrain.protocol import steps
 
     outdir = tmp_path / "out"
     outdir.mkdir()
-    real_fit = pipeline.fit
+    real_fit = steps.fit
 
     def fit_then_remove(*a, **kw):
         result = real_fit(*a, **kw)
         outdir.rmdir()  # e.g. an unmounted or deleted directory: the check before training passed
         return result
-    monkeypatch.setattr(pipeline, "fit", fit_then_remove)
-    monkeypatch.setattr("hetrain.protocol.fit", fit_then_remove)
+    monkeypatch.setattr(steps, "fit", fit_then_remove)
     assert main(["fit", "--data", str(data), "--out", str(outdir / "m.json"), *FAST_FIT]) == 1
     err = _one_line_error(capsys, "fit")
     (saved,) = fallback.glob("m-*.json")

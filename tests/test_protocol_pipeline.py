@@ -14,8 +14,8 @@ from hetrain.data import load_builtin
 from hetrain.errors import OutputError
 from hetrain.models.base import DepthPlanError
 from hetrain.protocol import BundleError, ModelFileError, ServerError, TrainedModel, fit, files
-from hetrain.protocol.client import Client
-from hetrain.protocol.pipeline import run_server
+from hetrain.protocol.planning import choose_preset
+from hetrain.protocol.runner import run_server
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +70,9 @@ def test_depth_is_refused_before_any_key(iris, monkeypatch):
 
 
 def test_auto_preset_picks_the_smallest_that_fits():
-    small = Client(ToyTrainer(iterations=1), "sim", "auto")
-    small.plan(150, 4, 3)
-    deep = Client(ToyTrainer(iterations=8), "sim", "auto")
-    deep.plan(150, 4, 3)
-    assert small.params.name == "n8192" and deep.params.name == "n16384-deep"
+    small = choose_preset(ToyTrainer(iterations=1), 150, 4, 3)
+    deep = choose_preset(ToyTrainer(iterations=8), 150, 4, 3)
+    assert small.name == "n8192" and deep.name == "n16384-deep"
 
 
 def _bundle(tmp_path, iterations=1, preset="n8192", backend="seal"):
@@ -83,19 +81,18 @@ def _bundle(tmp_path, iterations=1, preset="n8192", backend="seal"):
     Xs = (X - X.mean(0)) / X.std(0)
     Y = np.eye(3)[y]
     trainer = ToyTrainer(iterations=iterations)
-    client = Client(trainer, backend, preset)
-    steps = trainer.plan(150, 4, 3, client.params).rotation_steps
+    steps = trainer.plan(150, 4, 3, ckks.get_params(preset)).rotation_steps
     engine = ckks.create_engine(backend, preset, rotations=steps)
-    client.engine = engine
-    inputs, job = client.encrypt(Xs, Y)
+    inputs, job = trainer.client_encrypt(engine, Xs, Y)
+    job = {**job, "model": trainer.name, "config": trainer.config, "data_shape": [150, 4, 3]}
     files.write_job(tmp_path, engine, inputs, job)
-    return client, job, trainer
+    return engine, job, trainer
 
 
 def test_server_refuses_a_job_that_cannot_fit(tmp_path):
     _, _, trainer = _bundle(tmp_path, iterations=4)  # needs 5 levels, n8192 has 2
     with pytest.raises(ServerError, match="4 iterations need 5 levels"):
-        run_server(tmp_path, trainer, progress=False)
+        run_server(tmp_path, progress=False, trainer_modules=("test_protocol_toy",))
     assert not (tmp_path / files.OUTPUTS).exists()
 
 
@@ -105,17 +102,17 @@ def test_server_reports_corrupted_bundle(tmp_path):
     data[-10] ^= 0xFF
     (tmp_path / files.INPUTS).write_bytes(bytes(data))
     with pytest.raises(ServerError, match="does not match the manifest"):
-        run_server(tmp_path, trainer, progress=False)
+        run_server(tmp_path, progress=False, trainer_modules=("test_protocol_toy",))
 
 
 def test_outputs_of_another_job_are_refused(tmp_path):
-    client, job, trainer = _bundle(tmp_path / "a", backend="sim")
-    other, _, _ = _bundle(tmp_path / "b", backend="sim")
-    run_server(tmp_path / "b", trainer, progress=False)
+    engine, job, trainer = _bundle(tmp_path / "a", backend="sim")
+    _bundle(tmp_path / "b", backend="sim")
+    run_server(tmp_path / "b", progress=False, trainer_modules=("test_protocol_toy",))
     with pytest.raises(BundleError, match="another job"):
-        client.read_outputs(tmp_path / "b")
+        files.read_ciphertext_map(tmp_path / "b" / files.OUTPUTS, engine, "server outputs")
     with pytest.raises(BundleError, match="server outputs not found"):
-        client.read_outputs(tmp_path / "a")
+        files.read_ciphertext_map(tmp_path / "a" / files.OUTPUTS, engine, "server outputs")
 
 
 def test_model_file_is_written_atomically(iris, tmp_path, tmp_path_factory, monkeypatch):
@@ -179,14 +176,14 @@ def test_a_model_that_disagrees_with_its_twin_is_not_released(monkeypatch, tmp_p
     from sklearn.datasets import load_iris
 
     from hetrain.cli.main import main
-    from hetrain.protocol.client import Client
+    from hetrain.models.mlr import MLRTrainer
 
-    real = Client.decrypt
+    real = MLRTrainer.client_decrypt
 
-    def tampered(self, outputs, job, on_ciphertext=None):
-        return {k: v + 0.5 for k, v in real(self, outputs, job, on_ciphertext).items()}
+    def tampered(self, engine, outputs, job):  # what a server returning encryptions of wrong values gives
+        return {k: np.asarray(v) + 0.5 for k, v in real(self, engine, outputs, job).items()}
 
-    monkeypatch.setattr(Client, "decrypt", tampered)
+    monkeypatch.setattr(MLRTrainer, "client_decrypt", tampered)
     X, y = load_iris(return_X_y=True)
     data, out = tmp_path / "iris.csv", tmp_path / "m.json"
     np.savetxt(data, np.c_[y, X], delimiter=",")
@@ -199,7 +196,7 @@ def test_mlp_auto_layout_takes_dvr_when_the_diagonal_packing_cannot_hold_the_row
     """Wine's 142 training rows (13 features) do not fit the diagonal packing's one sample per slot
     block in any preset: `--model mlp` used to refuse them; auto now picks the dvr network."""
     from hetrain.data import load_builtin
-    from hetrain.protocol.pipeline import _diagonal_holds
+    from hetrain.protocol.planning import _diagonal_holds
 
     X, y = load_builtin("wine")
     Xtr, ytr = X[:142], y[:142]

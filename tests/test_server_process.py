@@ -18,8 +18,7 @@ from test_protocol_toy import ToyTrainer
 from hetrain.data import load_builtin
 from hetrain.models.base import register
 from hetrain.protocol import files, fit
-from hetrain.protocol.pipeline import server_command
-from hetrain.protocol.server import PROGRESS_PREFIX
+from hetrain.protocol.server import PROGRESS_PREFIX, server_argv
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
 REPO = SRC.parent
@@ -81,7 +80,7 @@ def test_server_log_has_no_runpy_warning(slow_job, tmp_path):
     log = (slow_job / "server.log").read_text()
     assert "RuntimeWarning" not in log and "sys.modules" not in log, log
     # and the command every caller builds runs cleanly with runtime warnings as errors
-    cmd = server_command(slow_job, SlowToyTrainer())
+    cmd = server_argv(slow_job, trainer_modules=['test_server_process'])
     cmd[1:1] = ["-W", "error::RuntimeWarning"]
     out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -91,7 +90,7 @@ def test_server_log_has_no_runpy_warning(slow_job, tmp_path):
 # ------------------------------------------------------------------ item 10: the reader goes away
 def _start_slow_server(job: pathlib.Path, stderr):
     (job / files.SERVER_ERROR).unlink(missing_ok=True)
-    cmd = server_command(job, SlowToyTrainer())
+    cmd = server_argv(job, trainer_modules=['test_server_process'])
     proc = subprocess.Popen(cmd, env={**_env(), "HETRAIN_TEST_SLOW_STEPS": "100000"}, stdout=subprocess.PIPE,
                             stderr=stderr, stdin=subprocess.DEVNULL, text=True)
     assert proc.stdout.readline().startswith(PROGRESS_PREFIX)  # it is training and reporting

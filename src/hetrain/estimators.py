@@ -30,6 +30,10 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
     def _refresh_mode(self) -> str:
         return getattr(self, "refresh", "none")
 
+    def _options(self) -> dict:
+        """Job options beyond the trainer's config (mini-batch mlr adds its own)."""
+        return {"scale": self.scale, "seed": self.seed}
+
     def _labelled(self, X, y) -> tuple[np.ndarray, np.ndarray]:
         """Checked (X, class index of each row); sets ``classes_`` and ``n_features_in_``."""
         X = check_features(X)
@@ -41,14 +45,25 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
         return X, y_index
 
     def fit(self, X, y):
+        """Train through the same steps as `hetrain fit` (hetrain.protocol.fit). After fitting:
+        ``model_``, ``fit_stats_``, ``twin_max_abs_diff_`` and ``partial_`` (True when the time limit,
+        or a failure after the first validated epoch, stopped mini-batch training early: the model is
+        then the best on validation so far, and a HetrainWarning says so)."""
+        import warnings
+
+        from hetrain.errors import HetrainWarning
         from hetrain.protocol import fit
 
         X, y_index = self._labelled(X, y)
-        result = fit(X, y_index, self._model_name, self._config(), preset=self.preset, backend=self.backend,
-                     scale=self.scale, seed=self.seed, progress=self.verbose, refresh=self._refresh_mode())
-        self.model_ = result.model
-        self.fit_stats_ = result.stats
+        result = fit(X, y_index, self._model_name, self._config(), refresh=self._refresh_mode(), preset=self.preset,
+                     backend=self.backend, progress=self.verbose, log=print if self.verbose else None,
+                     **self._options())
+        self.model_, self.fit_stats_ = result.model, result.stats
         self.twin_max_abs_diff_ = result.twin_max_abs_diff
+        self.partial_ = result.partial
+        if self.partial_:
+            warnings.warn(f"training stopped early ({result.stats['stop_reason']}): the model is the best on "
+                          "validation so far", HetrainWarning, stacklevel=2)
         return self
 
     def decision_function(self, X) -> np.ndarray:
@@ -104,43 +119,27 @@ class EncryptedLogisticRegression(_EncryptedClassifier):
         self.seed = seed
         self.verbose = verbose
 
+    def _config(self) -> dict:
+        keys = self._config_keys if self._refresh_mode() == "none" else self._long_keys
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
     def _refresh_mode(self) -> str:
-        if self.refresh != "auto":
-            return self.refresh
-        if self.iterations is not None or self._model_name != "mlr":  # subclasses over other trainers
+        from hetrain.protocol.client_jobs import resolve_refresh
+
+        if self._model_name != "mlr" and self.refresh == "auto":  # subclasses over other trainers
             return "none"
-        from hetrain.protocol.refresh import default_refresh
+        return resolve_refresh(self.refresh, self._model_name, {"iterations": self.iterations}, self.backend, 0)
 
-        return default_refresh(self.backend)
-
-    def fit(self, X, y):
-        mode = self._refresh_mode()
-        if mode == "none":
-            return super().fit(X, y)
-        import warnings
-
-        from hetrain.errors import HetrainUserError, HetrainWarning
-        from hetrain.protocol.refresh import fit_long_model
-
+    def _options(self) -> dict:
+        if self._refresh_mode() == "none":
+            return super()._options()
         if self.iterations is not None:
+            from hetrain.errors import HetrainUserError
+
             raise HetrainUserError("iterations counts full-batch iterations of refresh='none'; with refresh, "
                                    "training runs in mini-batch epochs: set epochs (or refresh='none')")
-        if self.scale != 1.0:
-            raise HetrainUserError("scale applies to refresh='none' only (the mini-batch step is invariant to "
-                                   "the feature scale)")
-        X, y_index = self._labelled(X, y)
-        config = {k: getattr(self, k) for k in self._long_keys if getattr(self, k) is not None}
-        model, stats = fit_long_model(X, y_index, mode, config, backend=self.backend, preset=self.preset,
-                                      validation_fraction=self.validation_fraction, seed=self.seed,
-                                      max_epochs=self.epochs, time_limit=self.time_limit,
-                                      log=print if self.verbose else None)
-        self.model_, self.fit_stats_ = model, stats
-        self.twin_max_abs_diff_ = stats["twin_max_abs_diff"]
-        self.partial_ = bool(stats["partial"])
-        if self.partial_:
-            warnings.warn(f"training stopped early ({stats['stop_reason']}): the model is the best on validation "
-                          "so far", HetrainWarning, stacklevel=2)
-        return self
+        return {**super()._options(), "validation_fraction": self.validation_fraction, "max_epochs": self.epochs,
+                "time_limit": self.time_limit}
 
 
 class EncryptedMLPClassifier(_EncryptedClassifier):

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from .container import unpack
 from .counters import OpCounters
-from .engine import Ciphertext, Engine, PlainVector, rotate_sum_steps
+from .engine import Ciphertext, Engine, PlainVector, read_secret_key, rotate_sum_steps
 from .errors import (CKKSError, DepthExhausted, InsecureParameters, KeyMismatch, MissingRotationKey,
                      SecretKeyUnavailable, SerializationError)
 from .params import PRESETS, CKKSParams, get_params, smallest_preset_with_levels
@@ -32,6 +32,9 @@ def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", ro
     ``backend="sim"`` is an INSECURE NumPy simulation (options: ``noise``, ``seed``, ``bootstrap_level``).
     ``backend="desilo"`` takes "desilo-boot" (bootstrapping), "desilo-l<L>", or a SEAL preset (same
     level count, desilofhe's ring); options ``threads``, ``mode`` ("cpu"/"gpu"), ``bootstrap_key_size``.
+    Every backend takes ``secret_key=`` (``secret_key_bytes()`` of an earlier engine of the same backend
+    and parameters, else KeyMismatch): the engine keeps that secret key and its key id and makes fresh
+    public, relinearisation and Galois keys (a job's evaluation keys under the data owner's key).
     """
     if backend == "desilo":  # imported only when asked for (optional, non-redistributable dependency)
         from .desilo_backend import DesiloEngine
@@ -65,6 +68,6 @@ def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: b
 __all__ = [
     "BACKENDS", "PRESETS", "CKKSParams", "Ciphertext", "CKKSError", "DepthExhausted", "Engine",
     "InsecureParameters", "KeyMismatch", "MissingRotationKey", "OpCounters", "PlainVector",
-    "SecretKeyUnavailable", "SerializationError", "create_engine", "get_params", "load_engine",
+    "SecretKeyUnavailable", "SerializationError", "create_engine", "get_params", "load_engine", "read_secret_key",
     "rotate_sum_steps", "smallest_preset_with_levels",
 ]

@@ -28,7 +28,7 @@ import secrets
 import numpy as np
 
 from .container import pack, unpack
-from .engine import Engine, unpack_secret_key
+from .engine import Engine, read_secret_key, unpack_secret_key
 from .errors import CKKSError, SerializationError
 from .params import CKKSParams
 
@@ -87,15 +87,20 @@ class DesiloEngine(Engine):
 
     def __init__(self, preset: str = BOOT_PRESET, rotation_steps=(), *, threads: int | None = None,
                  mode: str = "cpu", bootstrap_key_size: str = "medium", force_insecure: bool = False,
-                 _public: dict | None = None, _secret: bytes | None = None) -> None:
+                 secret_key: bytes | None = None, _public: dict | None = None, _secret: bytes | None = None) -> None:
         preset = _resolve(preset)
         self._native, self._bootable = _make_native(preset, threads, mode)
         e = self._native
         params = _params_for(e, preset)
         self._mode, self._threads = mode, threads
         if _public is None:
-            super().__init__(params, rotation_steps, secrets.token_hex(8), True, False)
-            self._sk = e.create_secret_key()
+            if secret_key is None:
+                super().__init__(params, rotation_steps, secrets.token_hex(8), True, False)
+                self._sk = e.create_secret_key()
+            else:  # keep a stored secret key, fresh evaluation keys (see SealEngine)
+                key_id, raw = read_secret_key(secret_key, self.backend_name, params)
+                super().__init__(params, rotation_steps, key_id, True, False)
+                self._sk = _load(e.deserialize_secret_key, raw, "secret key")
             self._pk = e.create_public_key(self._sk)
             self._rlk = e.create_relinearization_key(self._sk)
             with self.counters.time("keygen_galois", len(self.rotation_steps)):

@@ -557,6 +557,18 @@ class Engine(abc.ABC):
     def _ct_from_bytes(self, b: bytes, level: int): ...
 
 
+def read_secret_key(secret: bytes, backend: str, params: CKKSParams) -> tuple[str, bytes | None]:
+    """(key id, raw key bytes) of a secret-key container (``Engine.secret_key_bytes``), checked to be
+    of ``backend`` and ``params``: KeyMismatch otherwise. Raw bytes are None for the sim backend.
+    Used to make a job's evaluation keys (public, relinearisation, Galois) under a stored secret key."""
+    from .container import unpack
+    smeta, sparts = unpack(secret, expect_kind="secret_key")
+    if smeta.get("backend") != backend or smeta.get("params") != params.fingerprint():
+        raise KeyMismatch(f"the secret key is a {smeta.get('backend')} key for other parameters than "
+                          f"{backend} {params.name}")
+    return str(smeta["key_id"]), sparts.get("sk")
+
+
 def unpack_secret_key(public_meta: dict, params: CKKSParams, secret: bytes) -> bytes | None:
     """The raw key bytes of a secret-key container, after checking it belongs to the public
     context (same key id and parameters); None for a backend with no key material (sim)."""

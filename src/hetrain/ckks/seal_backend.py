@@ -20,7 +20,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from .container import pack, unpack
-from .engine import Engine, unpack_secret_key
+from .engine import Engine, read_secret_key, unpack_secret_key
 from .errors import InsecureParameters, SerializationError
 from .params import CKKSParams
 
@@ -67,14 +67,20 @@ class SealEngine(Engine):
     secure = True
 
     def __init__(self, params: CKKSParams, rotation_steps=(), *, force_insecure: bool = False,
-                 _public: dict | None = None, _secret: bytes | None = None) -> None:
-        """Generate fresh keys (the client), or rebuild from ``public_bytes`` (``load_engine``)."""
+                 secret_key: bytes | None = None, _public: dict | None = None, _secret: bytes | None = None) -> None:
+        """Generate fresh keys (the client), or rebuild from ``public_bytes`` (``load_engine``).
+
+        ``secret_key`` (``secret_key_bytes()`` of an earlier engine): keep that secret key (and its
+        key id) and make fresh public, relinearisation and Galois keys for ``rotation_steps``."""
         forced = not params.is_128_bit_secure()
         params.check_security(force_insecure)
         self.ctx = _make_context(params, forced)
         if _public is None:
-            keygen = seal.KeyGenerator(self.ctx)
-            key_id = secrets.token_hex(8)
+            if secret_key is None:
+                keygen, key_id = seal.KeyGenerator(self.ctx), secrets.token_hex(8)
+            else:
+                key_id, raw = read_secret_key(secret_key, self.backend_name, params)
+                keygen = seal.KeyGenerator(self.ctx, _seal_from_bytes(seal.SecretKey(), self.ctx, raw, "secret key"))
             super().__init__(params, rotation_steps, key_id, True, forced)
             self._sk = keygen.secret_key()
             self._pk = seal.PublicKey()

@@ -13,7 +13,7 @@ import secrets
 import numpy as np
 
 from .container import pack, unpack
-from .engine import Engine, unpack_secret_key
+from .engine import Engine, read_secret_key, unpack_secret_key
 from .errors import SerializationError, TransparentResult
 from .params import CKKSParams
 
@@ -33,9 +33,11 @@ class SimEngine(Engine):
 
     def __init__(self, params: CKKSParams, rotation_steps=(), *, noise: float | str = 0.0,
                  seed: int | None = None, force_insecure: bool = False, bootstrap_level: int | None = None,
-                 _key_id: str | None = None, _has_secret: bool = True) -> None:
+                 secret_key: bytes | None = None, _key_id: str | None = None, _has_secret: bool = True) -> None:
         forced = not params.is_128_bit_secure()
         params.check_security(force_insecure)
+        if secret_key is not None:  # the key id of a stored (empty) sim secret key: see SealEngine
+            _key_id = read_secret_key(secret_key, self.backend_name, params)[0]
         super().__init__(params, rotation_steps, _key_id or secrets.token_hex(8), _has_secret, forced)
         self.noise = CKKS_NOISE_STD if noise == "ckks" else float(noise)
         self._rng = np.random.default_rng(seed)

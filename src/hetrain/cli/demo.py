@@ -13,7 +13,7 @@ import dataclasses
 
 from hetrain.data.datasets import BUILTIN_DATASETS
 
-from .fit import add_training_arguments, config_from_args
+from .fit import StepBar, add_training_arguments, job_options
 
 DEFAULT_DATASET = "wine"  # 178 x 13, 3 classes: a real encrypted fit in well under a minute on 2 cores
 # Per-model defaults under the user's options for the one-chain trainer (--iterations): on wine,
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="mlr", help="mlr, mlp, or a registered trainer name")
     p.add_argument("--test-size", type=float, default=0.25, help="fraction held out for testing (stratified)")
     p.add_argument("--out", help="also write the trained model file here")
+    p.add_argument("--keep-job", metavar="DIR", help="write the job bundle (public keys, ciphertexts) to DIR and keep it")
     add_training_arguments(p)
 
 
@@ -46,27 +47,22 @@ def run(args) -> int:
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=args.test_size, stratify=y, random_state=seed)
     print(f"dataset {args.dataset}: {len(ytr)} training and {len(yte)} test samples, {X.shape[1]} features, "
           f"{len(np.unique(y))} classes")
-    pre_config = config_from_args(args)
-    if args.model == "mlr" and args.iterations is None:  # the default path of `hetrain fit`
-        from hetrain.protocol.refresh import default_refresh, fit_long_model
-
-        model, stats = fit_long_model(Xtr, ytr, default_refresh(args.backend), pre_config,
-                                      backend=args.backend, preset=args.preset, seed=args.seed,
-                                      workdir=args.keep_job, log=print)
-        twin = stats.get("twin_best_weights")
-        print(f"backend={args.backend} params={stats['params']} model=mlr (mini-batch epochs, client refresh): "
-              f"{stats['steps']} steps ({stats['stop_reason']}), {stats['round_trips']} round trips, server "
-              f"training {stats['train_s']:.1f} s")
-        server_s, diff = stats["train_s"], stats["twin_max_abs_diff"]
-        twin_model = dataclasses.replace(model, weights={"W": twin}) if twin is not None else model
-    else:
-        config = {**DEMO_CONFIG.get(args.model, {}), **pre_config}
-        result = fit(Xtr, ytr, args.model, config, preset=args.preset, backend=args.backend,
-                     scale=args.scale, seed=args.seed, progress=not args.quiet, workdir=args.keep_job, log=print)
-        model, server_s, diff = result.model, result.stats["server_train_s"], result.twin_max_abs_diff
-        twin_model = dataclasses.replace(result.model, weights=result.twin)
-        for line in format_summary(result.stats):
-            print(line)
+    refresh, config, options = job_options(args, X.shape[1], args.backend)
+    if refresh == "none":
+        config = {**DEMO_CONFIG.get(args.model, {}), **config}
+    with StepBar(args.quiet) as bar:
+        result = fit(Xtr, ytr, args.model, config, refresh=refresh, preset=args.preset, backend=args.backend,
+                     progress=not args.quiet, workdir=args.keep_job, log=bar.write, on_step=bar.on_step, **options)
+    model, stats = result.model, result.stats
+    for line in format_summary(stats):
+        print(line)
+    if stats.get("steps") is not None:
+        print(f"model=mlr (mini-batch epochs, refresh {refresh}): {stats['steps']} steps ({stats['stop_reason']}), "
+              f"{stats['round_trips']} round trips")
+    server_s, diff = stats["server_train_s"] or 0.0, result.twin_max_abs_diff
+    # the twin of the released model (mini-batch mlr: of the released epoch)
+    twin = {"W": stats["twin_best_weights"]} if stats.get("twin_best_weights") is not None else result.twin
+    twin_model = dataclasses.replace(model, weights=twin)
     if args.out:
         model.save(args.out)
     enc_acc, plain_acc = model.accuracy(Xte, yte), twin_model.accuracy(Xte, yte)

@@ -16,7 +16,12 @@ import warnings
 COMMANDS: dict[str, tuple[str, str]] = {
     "roundtrip": ("roundtrip", "encrypt -> compute -> decrypt round trip with error and timings"),
     "features": ("features", "images -> frozen pretrained CNN -> feature CSV (needs hetrain[features])"),
-    "fit": ("fit", "train a classifier on encrypted data (client + separate server process)"),
+    "fit": ("fit", "train a classifier on encrypted data: keygen, encrypt, train, decrypt in one command"),
+    "keygen": ("keygen", "data owner: make a secret key in a key directory of its own"),
+    "encrypt": ("encrypt", "data owner: preprocess, plan and encrypt training data into a job bundle"),
+    "train": ("train", "training server: train a job bundle on ciphertexts (never holds a secret key)"),
+    "refresh": ("refresh", "data owner: answer a running job's refresh requests (may come and go)"),
+    "decrypt": ("decrypt", "data owner: decrypt a trained job, check it against the plaintext twin, write the model"),
     "evaluate": ("evaluate", "accuracy of a trained model on labelled data"),
     "demo": ("demo", "encrypted training on a scikit-learn dataset, encrypted vs plaintext accuracy"),
     "datasets": ("datasets", "export scikit-learn's bundled datasets as CSV"),

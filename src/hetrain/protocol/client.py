@@ -1,7 +1,5 @@
-"""The client: the only side that holds the secret key.
-
-It checks the depth plan before making keys, generates keys with exactly the plan's rotation
-steps, encrypts through the trainer, and decrypts and *releases* the trained weights.
+"""What the client checks and releases: the twin comparison and release rounding (the client's job
+halves, client_jobs.py, use them before any weight leaves the data owner).
 
 Release (DESIGN §5): CKKS decryptions carry noise that depends on the secret key, and handing
 raw decryptions back to whoever computed the ciphertexts leaks information about the key
@@ -12,97 +10,10 @@ changes a prediction) and can additionally be noise-flooded with Gaussian noise 
 from __future__ import annotations
 
 import contextlib
-import pathlib
-import time
-from typing import Callable
 
 import numpy as np
 
-from hetrain import ckks
-from hetrain.errors import HetrainUserError
-from hetrain.models.base import Plan, Trainer
-
-from . import files
-
 DEFAULT_RELEASE_DECIMALS = 6
-
-
-class Client:
-    def __init__(self, trainer: Trainer, backend: str = "seal", preset: str | ckks.CKKSParams = "n16384", *,
-                 force_insecure: bool = False, seed: int | None = None) -> None:
-        if backend not in ckks.BACKENDS:
-            raise ckks.CKKSError(f"unknown backend {backend!r}; choose one of {', '.join(ckks.BACKENDS)}")
-        self.preset = preset
-        self.params = None if preset == "auto" else _params(preset)
-        self.trainer = trainer
-        self.backend = backend
-        self.force_insecure = force_insecure
-        self.seed = seed
-        self.engine: ckks.Engine | None = None
-        self.timings: dict[str, float] = {}
-
-    def plan(self, n_samples: int, n_features: int, n_classes: int) -> Plan:
-        """The trainer's plan, checked against the parameters: DepthPlanError before any key exists.
-
-        With preset "auto", the smallest preset (ring degree, then levels) whose plan fits is chosen.
-        """
-        if self.params is None:
-            self.params = choose_preset(self.trainer, n_samples, n_features, n_classes)
-        plan = self.trainer.plan(n_samples, n_features, n_classes, self.params)
-        plan.check(self.params)
-        return plan
-
-    def keygen(self, plan: Plan) -> ckks.Engine:
-        """Keys with Galois keys for exactly ``plan.rotation_steps`` (each one costs ~200 MB at N=32768)."""
-        opts = {"seed": self.seed} if self.backend == "sim" else {}
-        t0 = time.perf_counter()
-        self.engine = ckks.create_engine(self.backend, self.params, rotations=plan.rotation_steps,
-                                         force_insecure=self.force_insecure, **opts)
-        self.timings["keygen_s"] = time.perf_counter() - t0
-        return self.engine
-
-    def encrypt(self, X: np.ndarray, Y: np.ndarray, on_ciphertext: Callable[[], None] | None = None):
-        """(inputs, job) from the trainer; the job also names the model, its config and the data shape."""
-        t0 = time.perf_counter()
-        with _count_calls(self.engine, "encrypt", on_ciphertext):
-            inputs, job = self.trainer.client_encrypt(self.engine, X, Y)
-        self.timings["encrypt_s"] = time.perf_counter() - t0
-        job = dict(job)
-        job.setdefault("model", self.trainer.name)
-        job.setdefault("config", self.trainer.config)
-        job["data_shape"] = [int(X.shape[0]), int(X.shape[1]), int(Y.shape[1])]
-        return inputs, job
-
-    def read_outputs(self, jobdir) -> dict[str, list[ckks.Ciphertext]]:
-        data = files.read_bytes(pathlib.Path(jobdir) / files.OUTPUTS, "server outputs")
-        return files.unpack_ciphertexts(self.engine, data, "server outputs")
-
-    def decrypt(self, outputs, job: dict, on_ciphertext: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
-        """Raw decrypted weights (release them with ``release`` before they leave the client)."""
-        t0 = time.perf_counter()
-        with _count_calls(self.engine, "decrypt", on_ciphertext):
-            weights = self.trainer.client_decrypt(self.engine, outputs, job)
-        self.timings["decrypt_s"] = time.perf_counter() - t0
-        return {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
-
-
-def _params(preset) -> ckks.CKKSParams:
-    try:
-        return ckks.get_params(preset)
-    except ValueError as exc:
-        raise ckks.CKKSError(str(exc)) from None
-
-
-def choose_preset(trainer: Trainer, n_samples: int, n_features: int, n_classes: int) -> ckks.CKKSParams:
-    """Smallest preset on which the trainer's plan fits; the largest one if none does (its check explains)."""
-    ordered = sorted(ckks.PRESETS.values(), key=lambda p: (p.poly_modulus_degree, p.levels))
-    for p in ordered:
-        try:
-            if trainer.plan(n_samples, n_features, n_classes, p).fits:
-                return p
-        except HetrainUserError:  # e.g. the data does not fit this ring's slots
-            continue
-    return ordered[-1]
 
 
 # Honest runs stay within ~1e-3 of the twin (CKKS noise through tens of refreshed steps, measured

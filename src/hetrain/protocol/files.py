@@ -33,24 +33,34 @@ SERVER_ERROR = "server_error.json"
 BUNDLE_VERSION = 1
 MODEL_FORMAT = "hetrain-model"
 MODEL_VERSION = 1
+_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str, durable: bool = False) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes | str, durable: bool = False, mode: int | None = None) -> None:
     """Write to a temporary sibling, then rename: readers see the old file or the whole new one.
 
     ``durable`` also fsyncs (survives a power cut): for model files, not for transient job bundles
-    whose keys can weigh gigabytes.
+    whose keys can weigh gigabytes. ``mode``: the file's permissions (e.g. 0o600 for a secret key:
+    the file never exists with wider ones); default what the umask gives a new file. The temporary
+    name is unique per call (threads of one process do not collide).
     """
+    import tempfile
+
     path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
-        with open(tmp, "wb") as f:
+        os.fchmod(fd, 0o666 & ~_UMASK if mode is None else mode)
+        with os.fdopen(fd, "wb") as f:
+            fd = None
             f.write(data.encode() if isinstance(data, str) else data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
+        if fd is not None:
+            os.close(fd)
         if os.path.exists(tmp):
             os.remove(tmp)
 

@@ -1,4 +1,4 @@
-"""Human-readable summary of a fit (shared by `hetrain fit`, `hetrain demo` and benchmarks)."""
+"""Human-readable summary of a fit (shared by `hetrain fit`, `decrypt`, `demo` and benchmarks)."""
 from __future__ import annotations
 
 from hetrain._format import plain
@@ -6,25 +6,35 @@ from hetrain._format import plain
 MB = 1024 * 1024
 
 
+def _s(v) -> str:
+    return "?" if v is None else f"{v:.2f} s"
+
+
+def _mb(v) -> str:
+    return "?" if v is None else f"{v / MB:.0f} MB"
+
+
 def format_summary(stats: dict) -> list[str]:
-    """Lines describing times, memory, operations and bytes; the caller prints the final key=value lines."""
-    ops = stats["server_operations"]
+    """Lines describing times, memory, operations and bytes; the caller prints the final key=value lines.
+    Figures a path does not have (e.g. `hetrain decrypt` never saw the client's peak memory) show as ?."""
+    ops = stats.get("server_operations") or {}
     heavy = ("rotate", "multiply", "relinearize", "multiply_plain", "multiply_scalar", "square", "rescale")
     op_text = " ".join(f"{k}={ops[k]['count']}" for k in heavy if k in ops) or "none"
     parts = stats.get("upload_key_parts") or {}
     part_text = (" (" + ", ".join(f"{k.replace('_', ' ')} {v / MB:.1f} MB" for k, v in parts.items()) + ")") if parts else ""
-    lines = [
-        f"backend={stats['backend']} params={stats['params']} model={stats['model']}",
-        f"depth: {stats['levels_needed']} of {stats['levels_available']} levels; per iteration "
-        f"{plain(stats['levels_per_iteration'])}; rotation keys: {len(stats['rotation_steps'])} steps",
-        f"times: keygen {stats['keygen_s']:.2f} s, encrypt {stats['encrypt_s']:.2f} s, server train "
-        f"{stats['server_train_s']:.2f} s (server process {stats['server_wall_s']:.2f} s in all), "
-        f"decrypt {stats['decrypt_s']:.2f} s",
-        f"peak memory (RSS): client {stats['client_peak_rss_bytes'] / MB:.0f} MB, server "
-        f"{stats['server_peak_rss_bytes'] / MB:.0f} MB",
+    lines = [f"backend={stats['backend']} params={stats['params']} model={stats['model']}"]
+    if stats.get("levels_needed") is not None:
+        lines.append(f"depth: {stats['levels_needed']} of {stats['levels_available']} levels; per iteration "
+                     f"{plain(stats['levels_per_iteration'])}; rotation keys: {len(stats['rotation_steps'])} steps")
+    wall = f" (server process {stats['server_wall_s']:.2f} s in all)" if stats.get("server_wall_s") is not None else ""
+    lines += [
+        f"times: keygen {_s(stats.get('keygen_s'))}, encrypt {_s(stats.get('encrypt_s'))}, server train "
+        f"{_s(stats.get('server_train_s'))}{wall}, decrypt {_s(stats.get('decrypt_s'))}",
+        f"peak memory (RSS): client {_mb(stats.get('client_peak_rss_bytes'))}, server "
+        f"{_mb(stats.get('server_peak_rss_bytes'))}",
         f"server operations: {op_text}",
-        f"upload: keys {stats['upload_key_bytes'] / MB:.1f} MB{part_text}, data {stats['upload_data_bytes'] / MB:.1f} MB; "
-        f"download {stats['download_bytes'] / MB:.1f} MB",
+        f"upload: keys {_mb(stats.get('upload_key_bytes'))}{part_text}, data {_mb(stats.get('upload_data_bytes'))}; "
+        f"download {_mb(stats.get('download_bytes'))}",
     ]
     if stats["backend"] == "sim":
         lines.insert(0, "WARNING: INSECURE simulation backend: nothing was encrypted")

@@ -1,0 +1,20 @@
+"""`hetrain refresh`: the data owner answers a running job's refresh requests (and may come and go)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", required=True, metavar="KEYS", help="the data owner's key directory")
+    p.add_argument("--job", required=True, metavar="JOB", help="the job bundle directory the server trains "
+                                                               "(`hetrain train --job JOB` on this machine)")
+
+
+def run(args) -> int:
+    from hetrain.protocol.keys import KeyDir
+    from hetrain.protocol.steps import attach
+
+    stats = attach(KeyDir.open(args.keys), args.job, log=print)
+    print(f"the server is done: {stats.round_trips} round trips ({stats.refreshes} refreshes, {stats.evaluations} "
+          f"evaluations), client share {stats.client_seconds:.2f} s")
+    return 0

@@ -1,0 +1,259 @@
+"""The steps of a training job, each usable on its own machine, and ``fit``: all of them in sequence.
+
+    data owner                                   training server
+    ----------                                   ---------------
+    keygen(KEYS)                 (once)
+    encrypt(KEYS, X, y, JOB)     -> JOB/ ------>  train(JOB)            the server process; public keys only
+    attach(KEYS, JOB)            <-- refresh -->  (refresh "client": the owner may come and go)
+    decrypt(KEYS, JOB)           <- JOB/outputs.bin
+
+The CLI commands ``hetrain keygen|encrypt|train|refresh|decrypt`` call these functions, and
+``fit`` (``hetrain fit``, ``hetrain.protocol.fit``, the estimators) is exactly ``keygen`` (into a
+private temporary directory unless ``keys=`` is given) → ``encrypt`` → ``train`` (a server
+process here, or the ``hetrain serve`` service at ``server=URL``) with ``attach`` answering its
+refresh requests in this process → ``decrypt``. The client's private half of each job (the
+preprocessing, the rows for the plaintext twin, the validation state) lives in KEYS/jobs/<job id>/,
+never in JOB/.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import tempfile
+import time
+
+from tqdm import tqdm
+
+from hetrain.errors import HetrainUserError
+from hetrain.models.base import DepthPlanError
+
+from . import files
+from .client_jobs import ClientJob, FitResult, prepare_job
+from .errors import ServerError
+from .keys import KeyDir
+from .monitor import PeakRSS
+
+
+# ---------------------------------------------------------------------------- keygen
+def keygen(out, *, backend: str = "seal", preset: str = "n16384", force_insecure: bool = False,
+           seed: int | None = None) -> KeyDir:
+    """A new key directory (protocol/keys.py): the secret key for ``preset`` and its public record."""
+    return KeyDir.create(out, backend, preset, force_insecure=force_insecure, seed=seed)
+
+
+# ---------------------------------------------------------------------------- encrypt
+def encrypt(keys: KeyDir, X, y, jobdir, *, model: str = "mlr", config: dict | None = None, refresh: str = "auto",
+            progress: bool = True, log=None, job: ClientJob | None = None, **options) -> tuple[ClientJob, object]:
+    """Preprocess and plan on the plaintext, make this job's evaluation keys under ``keys``, encrypt and
+    write the job bundle to ``jobdir`` (public material only) and the client's record to
+    KEYS/jobs/<job id>/. Returns (the client's job half, the engine with the secret key).
+
+    ``job``: an already prepared job (``fit`` prepares before it makes keys). The job's CKKS
+    parameters are the keys' parameters: a job that does not fit them is refused with the preset
+    that would fit (make keys for it with ``hetrain keygen --preset P``)."""
+    say = log or (lambda msg: None)
+    if job is None:
+        job = _prepare_for_keys(keys, X, y, model, config, refresh, say, options)
+    job.job_id = secrets.token_hex(8)
+    record_dir = keys.job_dir(job.job_id, create=True)
+    t0 = time.perf_counter()
+    engine = keys.job_engine(job.rotations)
+    job.timings["keygen_s"] = time.perf_counter() - t0
+    if job.refresh == "bootstrap" and not engine.can_bootstrap:
+        raise DepthPlanError(f"backend {engine.backend_name} cannot bootstrap: use refresh client")
+    from .client import _count_calls
+
+    with tqdm(total=getattr(job, "n_input_ciphertexts", None), desc="encrypt", unit="ct", disable=not progress) as bar, \
+            _count_calls(engine, "encrypt", lambda: bar.update(1)):
+        inputs, bundle = job.encrypt(engine)
+        bundle["refresh"] = job.refresh
+        bundle["job_id"] = job.job_id
+        # the server opens the refresh channel when the data owner answers something: refreshes, or
+        # (mini-batch mlr) the validation of each epoch
+        bundle["channel"] = job.wants_channel
+        t0 = time.perf_counter()
+        job.upload = files.write_job(jobdir, engine, inputs, bundle)  # lazily encrypted inputs: encrypted here
+        job.timings["write_job_s"] = time.perf_counter() - t0
+    del inputs
+    job.save(record_dir)
+    return job, engine
+
+
+def _prepare_for_keys(keys: KeyDir, X, y, model, config, refresh, say, options) -> ClientJob:
+    """prepare_job on the keys' parameters; a job that needs others is refused with the ones it needs."""
+    try:
+        return prepare_job(X, y, model, config, refresh=refresh, backend=keys.backend, preset=keys.params, log=say,
+                           force_insecure=keys.force_insecure, **options)
+    except DepthPlanError as exc:
+        try:
+            fits = prepare_job(X, y, model, config, refresh=refresh, backend=keys.backend, preset="auto",
+                               force_insecure=keys.force_insecure, **options).params.name
+        except HetrainUserError:
+            raise exc from None
+        raise DepthPlanError(f"{exc}\nThe keys in {keys.path} are for preset {keys.params.name}; this job needs "
+                             f"{fits}: make keys for it with `hetrain keygen --out NEWKEYS --preset {fits}` and "
+                             "encrypt with --keys NEWKEYS") from None
+
+
+# ---------------------------------------------------------------------------- train (the server side)
+def train(jobdir, *, resume: bool = False, progress: bool = True, channel_timeout: float | None = None,
+          trainer_modules=(), on_progress=None, during=None, mem: PeakRSS | None = None, env=None) -> dict:
+    """Run the server process on the job bundle in ``jobdir`` (public material only; it never reads a
+    key directory). With refresh "client" it listens on the job's channel (refresh_channel.py) for
+    the data owner's ``attach``. ``resume``: continue from JOB/state.ckpt after a kill. ``during(proc)``:
+    runs here while the process runs (``fit`` answers the channel there). Returns the server's stats;
+    ServerError with the server's own message if it fails."""
+    from .refresh_channel import channel_location
+    from .runner import run_server
+
+    jobdir = pathlib.Path(jobdir)
+    manifest = files.read_manifest(jobdir)
+    job = json.loads(files.read_bytes(jobdir / files.JOB, "job description"))
+    channel = channel_location(jobdir) if job.get("channel", job.get("refresh") == "client") else None
+    extra = {} if channel_timeout is None else {"channel_timeout": channel_timeout}
+    del manifest
+    return run_server(jobdir, progress=progress, mem=mem, on_progress=on_progress, env=env,
+                      trainer_modules=tuple(trainer_modules), channel=channel, resume=resume, during=during, **extra)
+
+
+# ---------------------------------------------------------------------------- attach (refresh)
+def attach(keys: KeyDir, jobdir, *, alive=lambda: True, log=None, engine=None, job: ClientJob | None = None,
+           connect_timeout: float | None = None):
+    """The data owner's refresh session for the running job in ``jobdir``: connect to its server's
+    channel, decrypt, check, re-encrypt and evaluate until the server says done. May be stopped and
+    started again: the server waits for the next session and resends an unanswered request."""
+    from .refresh_channel import DEFAULT_TIMEOUT_S, channel_location, serve_socket
+
+    jobdir = pathlib.Path(jobdir)
+    job, engine, record_dir = _client_half(keys, jobdir, engine, job)
+    handler = job.handler(engine, record_dir, log)
+    if handler is None:
+        raise HetrainUserError(f"job {job.job_id} (refresh {job.refresh}) asks the data owner nothing while it "
+                               "trains: there is nothing to attach to")
+    return serve_socket(channel_location(jobdir), engine, handler, job.job_id, alive=alive,
+                        connect_timeout=DEFAULT_TIMEOUT_S if connect_timeout is None else connect_timeout)
+
+
+def _client_half(keys: KeyDir, jobdir: pathlib.Path, engine=None, job: ClientJob | None = None):
+    """(the client's job half, an engine with the secret key, its record directory) for ``jobdir``."""
+    manifest = files.read_manifest(jobdir)
+    job_id = manifest.get("job_id")
+    if job_id is None:
+        raise HetrainUserError(f"{jobdir} was written by an older hetrain (no job id): it cannot be decrypted "
+                               "with a key directory")
+    if manifest.get("key_id") != keys.key_id:
+        raise HetrainUserError(f"{jobdir} was encrypted under key {manifest.get('key_id')}; {keys.path} holds key "
+                               f"{keys.key_id}: use the key directory that encrypted it")
+    record_dir = keys.job_dir(job_id)
+    if job is None:
+        job = ClientJob.load(record_dir)
+        job.after_load()
+    if engine is None:
+        engine = keys.job_engine(())  # the secret key decrypts; this job's Galois keys are not needed here
+    return job, engine, record_dir
+
+
+# ---------------------------------------------------------------------------- decrypt
+def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, failure: str | None = None,
+            progress: bool = False) -> FitResult:
+    """Decrypt the server's result in ``jobdir``, compare it with the plaintext twin (TwinMismatch: no
+    model) and release it (rounded). Mini-batch mlr releases its best validated epoch; when the
+    server did not finish (``failure``, or no outputs.bin) but epochs were validated, the best of
+    them is released with ``stats["partial"] = True``."""
+    jobdir = pathlib.Path(jobdir)
+    job, engine, record_dir = _client_half(keys, jobdir, engine, job)
+    outputs = None
+    if (jobdir / files.OUTPUTS).is_file():
+        outputs = files.read_ciphertext_map(jobdir / files.OUTPUTS, engine, "server outputs")
+    server_stats = None
+    if (jobdir / files.SERVER_STATS).is_file():
+        server_stats = json.loads(files.read_bytes(jobdir / files.SERVER_STATS, "server statistics"))
+    if outputs is None and failure is None and (jobdir / files.SERVER_ERROR).is_file():
+        err = json.loads(files.read_bytes(jobdir / files.SERVER_ERROR, "server error"))
+        failure = f"the server failed: {err.get('message')}"
+    return job.finish(engine, outputs, server_stats, record_dir, **({"failure": failure} if failure else {}))
+
+
+# ---------------------------------------------------------------------------- fit
+def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = "auto", backend: str = "seal",
+        preset="auto", keys=None, workdir=None, server=None, progress: bool = True, log=None, on_step=None,
+        trainer_modules=(), **options) -> FitResult:
+    """The one-command path: keygen → encrypt → train → (attach) → decrypt, client here, server in a
+    separate process (or the service at ``server``, an http(s) URL).
+
+    ``keys``: a key directory to use (made when absent; its parameters must fit the job) and keep —
+    default a private temporary one, removed at the end. ``workdir``: where the job bundle goes
+    (kept); default a temporary directory. ``options``: scale, seed, release_decimals, noise_std,
+    force_insecure, and for mini-batch mlr validation_fraction, max_epochs, time_limit, plan.
+    ``on_step(done, total)`` follows the server's iterations. Returns a FitResult whose
+    ``stats["partial"]`` says when a mini-batch run released its best epoch before it was done."""
+    say = log or (lambda msg: None)
+    from .transport import make_transport
+
+    transport = make_transport(server) if server is not None else None
+    if transport is not None:
+        transport.preflight()  # a wrong --server URL fails now, not after keygen and encryption
+    keydir = KeyDir.open(keys) if keys is not None and (pathlib.Path(keys) / "key.json").exists() else None
+    # every refusal of the plaintext checks comes before any key is made, with checked advice
+    if keydir is not None:
+        job = _prepare_for_keys(keydir, X, y, model, config, refresh, say, options)
+    else:
+        job = prepare_job(X, y, model, config, refresh=refresh, backend=backend, preset=preset, log=say, **options)
+    if backend == "sim":
+        say("WARNING: backend 'sim' is an INSECURE simulation: nothing is encrypted (tests/planning only)")
+    with contextlib.ExitStack() as stack:
+        if keydir is None:
+            kdir = keys if keys is not None else stack.enter_context(_private_tempdir("hetrain-keys-"))
+            keydir = keygen(kdir, backend=backend, preset=job.params, force_insecure=options.get("force_insecure", False),
+                            seed=options.get("seed"))
+        jobdir = pathlib.Path(workdir) if workdir is not None else stack.enter_context(_private_tempdir("hetrain-job-"))
+        mem = stack.enter_context(PeakRSS())
+        job, engine = encrypt(keydir, None, None, jobdir, job=job, progress=progress)
+        handler = job.handler(engine, keydir.job_dir(job.job_id), say)
+        failure = None
+        t0 = time.perf_counter()
+        try:
+            if transport is not None:
+                sstats = transport.run(jobdir, None, progress, mem, refresh_handler=handler, client_engine=engine,
+                                       job_id=job.job_id)
+            else:
+                during = None
+                if handler is not None:
+                    def during(proc):
+                        attach(keydir, jobdir, alive=lambda: proc.poll() is None, engine=engine, job=job)
+                sstats = train(jobdir, progress=progress and on_step is None, mem=mem, during=during,
+                               on_progress=(lambda d, t, m="": on_step(d, t)) if on_step else None,
+                               trainer_modules=trainer_modules or _extra_modules(job))
+        except (ServerError, HetrainUserError) as exc:
+            # mini-batch mlr keeps its best validated epoch; everything else has nothing to release
+            if getattr(job, "kind", None) != "minibatch" or isinstance(exc, DepthPlanError):
+                raise
+            failure = f"training failed: {exc}"
+            sstats = None
+        server_wall_s = time.perf_counter() - t0
+        result = decrypt(keydir, jobdir, engine=engine, job=job, failure=failure)
+        result.stats["server_wall_s"] = server_wall_s
+        result.stats["client_peak_rss_bytes"] = mem.peaks.get("client")
+        if sstats is not None:
+            result.stats["server_peak_rss_bytes"] = max(mem.peaks.get("server", 0),
+                                                        sstats.get("server_peak_rss_bytes") or 0)
+        return result
+
+
+def _extra_modules(job: ClientJob) -> tuple[str, ...]:
+    """A trainer defined outside hetrain.models (tests, plugins): the server process must import it."""
+    module = type(job.trainer).__module__
+    return () if module.startswith("hetrain.models.") else (module,)
+
+
+@contextlib.contextmanager
+def _private_tempdir(prefix: str):
+    d = tempfile.mkdtemp(prefix=prefix)  # mode 0700
+    try:
+        yield pathlib.Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

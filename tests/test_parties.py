@@ -1,0 +1,213 @@
+"""Issue 12: the two parties' commands, each in its own process and directory.
+
+The data owner works in OWNER/ (KEYS/, the data, the model), the training server in SERVER/ (the
+job bundle). The server's directory never holds a file of the secret-key kind, and the server
+process never opens anything under OWNER/ (HETRAIN_SERVER_AUDIT: every path it opens)."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from hetrain.data import load_builtin
+from hetrain.protocol import TrainedModel
+
+SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
+
+
+def hetrain(*args, cwd, env=None, check=True, **kw):
+    """`hetrain ARGS` in its own process (what a user on that machine types)."""
+    e = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
+    r = subprocess.run([sys.executable, "-m", "hetrain.cli.main", *map(str, args)], cwd=cwd, env=e,
+                       capture_output=True, text=True, timeout=600, **kw)
+    if check:
+        assert r.returncode == 0, f"hetrain {args[0]} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def spawn(*args, cwd, env=None):
+    e = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "hetrain.cli.main", *map(str, args)], cwd=cwd, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def parties(tmp_path):
+    owner, server = tmp_path / "owner", tmp_path / "server"
+    owner.mkdir()
+    server.mkdir()
+    X, y = load_builtin("iris")
+    np.savetxt(owner / "iris.csv", np.column_stack([y, X]), delimiter=",")
+    return owner, server
+
+
+def holds_secret_key(path: pathlib.Path) -> bool:
+    """Any file under ``path`` that is a secret-key container (whatever its name)."""
+    from hetrain.ckks.container import unpack
+
+    for f in path.rglob("*"):
+        if not f.is_file():
+            continue
+        data = f.read_bytes()
+        try:
+            meta, _ = unpack(data)
+        except Exception:
+            meta = {}
+        if isinstance(meta, dict) and meta.get("kind") == "secret_key":
+            return True
+        if b'"kind": "secret_key"' in data or b'"kind":"secret_key"' in data:
+            return True
+    return False
+
+
+def assert_server_never_opened(audit: pathlib.Path, owner: pathlib.Path) -> None:
+    opened = audit.read_text().splitlines()
+    assert opened, "the audit hook recorded nothing"
+    inside = [p for p in opened if os.path.realpath(p).startswith(os.path.realpath(owner))]
+    assert not inside, f"the server process opened the data owner's files: {inside[:5]}"
+
+
+@pytest.mark.parametrize("backend, preset, model_args", [
+    ("sim", "n16384", ["--model", "mlr", "--iterations", "2", "--sigmoid", "deg3:16"]),
+    ("seal", "n16384", ["--model", "mlr", "--iterations", "1", "--sigmoid", "deg3:16"]),
+])
+def test_four_steps_in_separate_processes_and_directories(parties, backend, preset, model_args):
+    owner, server = parties
+    r = hetrain("keygen", "--out", "KEYS", "--backend", backend, "--preset", preset, cwd=owner)
+    assert "secret key" in r.stdout
+    keys = owner / "KEYS"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    assert stat.S_IMODE((keys / "secret.key").stat().st_mode) == 0o600
+    r = hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", server / "JOB", *model_args, "--quiet",
+                cwd=owner)
+    assert "no secret key" in r.stdout
+    assert not holds_secret_key(server)
+    audit = server / "audit.txt"
+    r = hetrain("train", "--job", "JOB", "--quiet", cwd=server, env={"HETRAIN_SERVER_AUDIT": str(audit)})
+    assert (server / "JOB" / "outputs.bin").is_file()
+    assert_server_never_opened(audit, owner)
+    assert not holds_secret_key(server)
+    stats = json.loads((server / "JOB" / "server_stats.json").read_text())
+    assert stats["engine_has_secret_key"] is False
+    r = hetrain("decrypt", "--keys", "KEYS", "--job", server / "JOB", "--out", "model.json", cwd=owner)
+    assert "twin_max_abs_diff=" in r.stdout
+    model = TrainedModel.load(owner / "model.json")
+    X, y = load_builtin("iris")
+    assert model.accuracy(X, y) > 0.8
+    assert model.key_id == json.loads((keys / "key.json").read_text())["key_id"]
+
+
+def test_refresh_client_data_owner_comes_and_goes(parties):
+    """Mini-batch mlr with client refresh: the server waits for the data owner, who attaches, leaves
+    (killed mid-run) and comes back; the job finishes and decrypts within the twin's tolerance."""
+    owner, server = parties
+    hetrain("keygen", "--out", "KEYS", "--backend", "sim", cwd=owner)
+    hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", server / "JOB", "--epochs", "6",
+            "--batch-size", "32", "--patience", "0", "--quiet", cwd=owner)
+    audit = server / "audit.txt"
+    train = spawn("train", "--job", "JOB", "--quiet", "--channel-timeout", "60", cwd=server,
+                  env={"HETRAIN_SERVER_AUDIT": str(audit)})
+    try:
+        first = spawn("refresh", "--keys", "KEYS", "--job", server / "JOB", cwd=owner)
+        # let the first session answer a few requests, then take it away without a goodbye
+        deadline = time.monotonic() + 60
+        record = next((owner / "KEYS" / "jobs").iterdir())
+        while time.monotonic() < deadline and not (record / "validation.json").exists():
+            time.sleep(0.05)
+        assert (record / "validation.json").exists(), first.communicate(timeout=5)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        time.sleep(0.5)
+        assert train.poll() is None, "the server must wait for the data owner, not fail"
+        second = hetrain("refresh", "--keys", "KEYS", "--job", server / "JOB", cwd=owner)
+        assert "the server is done" in second.stdout
+        out, err = train.communicate(timeout=300)
+        assert train.returncode == 0, err
+    finally:
+        if train.poll() is None:
+            train.kill()
+    stats = json.loads((server / "JOB" / "server_stats.json").read_text())
+    assert stats["refresh"]["attaches"] >= 2
+    assert_server_never_opened(audit, owner)
+    r = hetrain("decrypt", "--keys", "KEYS", "--job", server / "JOB", "--out", "model.json", cwd=owner)
+    assert TrainedModel.load(owner / "model.json").accuracy(*load_builtin("iris")) > 0.8
+    assert not holds_secret_key(server)
+
+
+def test_resume_after_kill_through_the_commands(parties):
+    owner, server = parties
+    hetrain("keygen", "--out", "KEYS", "--backend", "sim", cwd=owner)
+    hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", server / "JOB", "--model", "mlp",
+            "--refresh", "bootstrap", "--hidden", "4", "--iterations", "6", "--quiet", cwd=owner, check=False)
+    # the sim engine of a key directory cannot bootstrap: refresh none on a deep preset instead
+    r = hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", server / "JOB2", "--model", "mlr",
+                "--iterations", "3", "--sigmoid", "deg3:16", "--quiet", cwd=owner)
+    proc = spawn("train", "--job", "JOB2", cwd=server, env={"HETRAIN_TEST_KILL_AFTER_CHECKPOINT": "1"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (server / "JOB2" / "state.ckpt").exists():
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert (server / "JOB2" / "state.ckpt").exists()
+    if (server / "JOB2" / "outputs.bin").exists():
+        pytest.skip("the job finished before it could be killed")
+    r = hetrain("train", "--job", "JOB2", "--quiet", cwd=server, check=False)
+    assert r.returncode == 1 and "--resume" in r.stderr
+    hetrain("train", "--job", "JOB2", "--resume", "--quiet", cwd=server)
+    r = hetrain("decrypt", "--keys", "KEYS", "--job", server / "JOB2", "--out", "model.json", cwd=owner)
+    assert TrainedModel.load(owner / "model.json").accuracy(*load_builtin("iris")) > 0.8
+
+
+def test_refusals_name_their_fix(parties):
+    owner, server = parties
+    hetrain("keygen", "--out", "KEYS", "--backend", "sim", "--preset", "n8192", cwd=owner)
+    r = hetrain("keygen", "--out", "KEYS", "--backend", "sim", cwd=owner, check=False)
+    assert r.returncode == 1 and "already holds keys" in r.stderr and "Traceback" not in r.stderr
+    # a job that needs more levels than the keys' parameters: the error names the keygen that fits ...
+    r = hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", server / "JOB", "--model", "mlr",
+                "--iterations", "3", "--quiet", cwd=owner, check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    import re
+
+    m = re.search(r"hetrain keygen --out NEWKEYS --preset (\S+)`", r.stderr)
+    assert m, r.stderr
+    # ... and following it works
+    hetrain("keygen", "--out", "NEWKEYS", "--backend", "sim", "--preset", m.group(1), cwd=owner)
+    hetrain("encrypt", "--keys", "NEWKEYS", "--data", "iris.csv", "--out", server / "JOB", "--model", "mlr",
+            "--iterations", "3", "--quiet", cwd=owner)
+    # decrypting before training, or with another key directory
+    r = hetrain("decrypt", "--keys", "NEWKEYS", "--job", server / "JOB", "--out", "m.json", cwd=owner, check=False)
+    assert r.returncode == 1 and "train it first" in r.stderr
+    r = hetrain("decrypt", "--keys", "KEYS", "--job", server / "JOB", "--out", "m.json", cwd=owner, check=False)
+    assert r.returncode == 1 and "use the key directory that encrypted it" in r.stderr
+    r = hetrain("encrypt", "--keys", server, "--data", "iris.csv", "--out", server / "J3", cwd=owner, check=False)
+    assert r.returncode == 1 and "not a hetrain key directory" in r.stderr
+    r = hetrain("refresh", "--keys", "NEWKEYS", "--job", server / "JOB", cwd=owner, check=False)
+    assert r.returncode == 1 and "nothing to attach to" in r.stderr
+
+
+def test_cli_api_and_estimator_give_the_same_model(tmp_path):
+    """Every path is the same pipeline: same options and seed on the sim backend, same weights."""
+    from hetrain.estimators import EncryptedLogisticRegression
+    from hetrain.protocol import fit
+
+    X, y = load_builtin("wine")
+    np.savetxt(tmp_path / "wine.csv", np.column_stack([y, X]), delimiter=",")
+    hetrain("fit", "--data", "wine.csv", "--backend", "sim", "--seed", "3", "--epochs", "4", "--out", "cli.json",
+            "--quiet", cwd=tmp_path)
+    cli = TrainedModel.load(tmp_path / "cli.json")
+    api = fit(X, y, backend="sim", seed=3, max_epochs=4, progress=False).model
+    est = EncryptedLogisticRegression(backend="sim", seed=3, epochs=4).fit(X, y).model_
+    for other in (api, est):
+        assert other.weights.keys() == cli.weights.keys()
+        for k in cli.weights:
+            np.testing.assert_allclose(other.weights[k], cli.weights[k], atol=1e-6)
+    assert api.info["stop_reason"] == cli.info["stop_reason"]
