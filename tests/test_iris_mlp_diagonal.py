@@ -6,7 +6,7 @@ from sklearn.model_selection import train_test_split
 
 from hetrain import ckks
 from hetrain.errors import HetrainUserError
-from hetrain.models.base import DepthPlanError, get_trainer, refresh_available, resolve_model
+from hetrain.models.base import DepthPlanError, get_trainer, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def _run(backend, preset, Xtr, Y, refresh=None, **config):
     T = get_trainer("mlp-diagonal")(**config)
     plan = T.plan(len(Xtr), Xtr.shape[1], Y.shape[1], ckks.get_params(preset))
     eng = ckks.create_engine(backend, preset, rotations=plan.rotation_steps)
-    with refresh_available(refresh is not None):  # with refresh, one iteration per chain is enough
-        inputs, job = T.client_encrypt(eng, Xtr, Y)
+    # with refresh, one iteration per chain is enough
+    inputs, job = T.client_encrypt(eng, Xtr, Y, refresh=refresh is not None)
     out = T.server_train(eng, inputs, job, refresh=refresh(eng) if refresh else None)
     return T, eng, T.client_decrypt(eng, out, job), T.twin(Xtr, Y, iterations=job["iterations"]), job
 
@@ -139,8 +139,7 @@ def test_packed_plan_needs_few_rotation_keys_and_52_rotations(iris):
     plan = T.plan(len(Xtr), 4, 3, ckks.get_params("n16384-deep"))
     assert plan.rotation_steps == [-7, -1, 1, 7, 64, 128, 256, 512, 1024, 2048, 4096]
     eng = ckks.create_engine("sim", "n16384-deep", rotations=plan.rotation_steps)
-    with refresh_available():
-        inputs, job = T.client_encrypt(eng, Xtr, Y)
+    inputs, job = T.client_encrypt(eng, Xtr, Y, refresh=True)
     marks = []
     T.server_train(eng, inputs, job, progress=lambda *a: marks.append(eng.counters.snapshot()),
                    refresh=lambda cts: {k: eng.encrypt(eng.decrypt(c)) for k, c in cts.items()})

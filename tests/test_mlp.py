@@ -30,7 +30,7 @@ def run_sim(trainer, X, Y, preset, refresh=None, noise=0.0):
     n, d = X.shape
     plan = trainer.plan(n, d, Y.shape[1], ckks.get_params(preset))
     eng = ckks.create_engine("sim", preset, rotations=plan.rotation_steps, noise=noise, seed=0)
-    inputs, job = trainer.client_encrypt(eng, X, Y)
+    inputs, job = trainer.client_encrypt(eng, X, Y, refresh=refresh is not None)
     job["data_shape"] = [n, d, Y.shape[1]]
     out = trainer.server_train(eng, inputs, job, refresh=refresh(eng) if refresh else None)
     return eng, out, trainer.client_decrypt(eng, out, job), plan
@@ -200,9 +200,7 @@ def test_minibatches_and_label_smoothing_match_twin():
     p = ckks.get_params("n16384-deep")
     plan = tr.plan(100, 8, 3, p)
     assert any("mini-batches of 2" in n for n in plan.notes)
-    from hetrain.models.base import refresh_available
-    with refresh_available(True):
-        eng, out, W, _ = run_sim(tr, X, Y, "n16384-deep", refresh=client_refresh)
+    eng, out, W, _ = run_sim(tr, X, Y, "n16384-deep", refresh=client_refresh)
     twin = tr.twin(X, Y)
     assert max_diff(W, twin) < EXACT
     # the batches, their order and the smoothing all matter (else this test would not test them)
@@ -222,7 +220,6 @@ def test_minibatches_and_label_smoothing_match_twin():
 def test_nesterov_refused_before_keys_when_a_refreshed_iteration_does_not_fit():
     # n16384-deep holds the first iteration (9 levels, μ_0 = 0) but not a later one (10): the plan must say so
     # before any key is made, and choose_preset(refresh=True) must pick a preset where every iteration fits
-    from hetrain.models.base import refresh_available
     from hetrain.protocol import fit
     from hetrain.protocol.planning import choose_preset
 
@@ -238,14 +235,14 @@ def test_nesterov_refused_before_keys_when_a_refreshed_iteration_does_not_fit():
     chosen = choose_preset(tr, 20, 8, 3, refresh=True)
     assert chosen.levels > p.levels and tr.plan(20, 8, 3, chosen).fits_with_refresh()
     # end to end: refused by the client (no keygen, no server) with the explicit preset
-    import hetrain.protocol.client as client_mod
+    import hetrain.ckks as ckks_mod
     made = []
-    orig = client_mod.Client.keygen
+    orig = ckks_mod.create_engine
     try:
-        client_mod.Client.keygen = lambda self, plan: made.append(1) or orig(self, plan)
+        ckks_mod.create_engine = lambda *a, **k: made.append(1) or orig(*a, **k)
         with pytest.raises(DepthPlanError, match="freshly refreshed"):
             fit(X, Y.argmax(1), "mlp", {"layout": "dvr", "hidden": [4], "iterations": 3, "momentum": "nesterov"},
                 preset="n16384-deep", backend="sim", refresh="client", progress=False)
     finally:
-        client_mod.Client.keygen = orig
+        ckks_mod.create_engine = orig
     assert not made

@@ -44,7 +44,7 @@ class ToyTrainer(Trainer):
                     iterations_that_fit=max(0, params.levels - 1),
                     levels_per_iteration={"gradient": 2, "decay": 1}, n_input_ciphertexts=1 + n_classes)
 
-    def client_encrypt(self, engine, X, Y):
+    def client_encrypt(self, engine, X, Y, *, refresh=False):
         n, d = X.shape
         npow, dp = self._layout(n, d)
         rows = np.zeros((n, dp))

@@ -4,7 +4,7 @@ A trainer is configured by JSON-able hyperparameters. The protocol drives it in 
 two machines:
 
 client:  plan = trainer.plan(n, d, c, params)            # depth + rotation keys, before any work
-         inputs, job = trainer.client_encrypt(engine, X, Y)
+         inputs, job = trainer.client_encrypt(engine, X, Y, refresh=False)
 server:  trainer = get_trainer(job["model"]).from_job(job)   # no secret key in this process
          outputs = trainer.server_train(engine, inputs, job, progress)
 client:  weights = trainer.client_decrypt(engine, outputs, job)
@@ -15,8 +15,9 @@ X is already preprocessed by the client (standardised, scaled); Y is one-hot (n 
 ``inputs``/``outputs`` map names to lists of ciphertexts; ``job`` is a JSON-able dict that the
 server may read (shapes, layout, schedule) and must contain nothing secret.
 
-Training past one modulus chain (optional, keyword-only hooks of ``server_train``; the server
-passes only those the method's signature names, so trainers without them keep working):
+Capabilities: every trainer class declares ``capabilities``, a frozenset of the optional
+keyword-only hooks its ``server_train`` accepts (a subset of ``SERVER_HOOKS``); the server passes
+exactly those (``server_hooks(trainer)``), nothing is inferred from signatures:
     refresh(state, step=None)    state: dict name -> ciphertext or list of ciphertexts; returns the
       -> state                   same names/shapes at a high level (client re-encryption or bootstrap).
                                  Called when the next iteration would not fit the state's levels;
@@ -25,18 +26,17 @@ passes only those the method's signature names, so trainers without them keep wo
                                  the client reads its validation metrics and answers continue/stop
                                  (and, with refresh=True, also re-encrypts the state in the same trip).
     checkpoint                   .load() -> (state, meta) | None and .save(state, meta): the server's
-                                 encrypted state after every step, so a killed job resumes.
-When a refresh is available, a plan only needs one iteration to fit between refreshes:
-``plan.check(params, refresh=True)``, or ``with refresh_available(): ...`` around code that calls
-``plan.check(params)`` (e.g. a trainer's own check in client_encrypt).
+                                 encrypted state (dict name -> list of ciphertexts) after every completed
+                                 iteration, so a killed job resumes after the last saved one with the
+                                 same arithmetic; ``meta`` is JSON-able and public (counters only).
+When a refresh is available, a plan only needs one iteration to fit between refreshes: the flag is
+explicit, ``plan.check(params, refresh=True)`` and ``client_encrypt(engine, X, Y, refresh=True)``
+(which passes it on to its own plan check).
 """
 from __future__ import annotations
 
 import abc
-import contextlib
-import contextvars
 import dataclasses
-import inspect
 from typing import Callable
 
 import numpy as np
@@ -82,14 +82,12 @@ class Plan:
         """Every iteration fits between two refreshes (so any number of iterations can run)."""
         return self.iterations_that_fit >= 1 and self.refreshed_iteration_fits
 
-    def check(self, params: CKKSParams, refresh: bool | None = None) -> None:
+    def check(self, params: CKKSParams, refresh: bool = False) -> None:
         """Raise DepthPlanError with how many iterations fit and which preset would fit.
 
         ``refresh``: True when the job's state is refreshed between iterations (then one iteration
-        must fit, not all); None reads the ambient ``refresh_available()`` setting (default False).
+        must fit, not all); False: every iteration must fit one modulus chain.
         """
-        if refresh is None:
-            refresh = _REFRESH.get()
         if refresh:
             if self.fits_with_refresh():
                 return
@@ -113,32 +111,27 @@ class Plan:
         raise exc
 
 
-_REFRESH: contextvars.ContextVar[bool] = contextvars.ContextVar("hetrain_refresh_available", default=False)
+SERVER_HOOKS = frozenset({"refresh", "monitor", "checkpoint"})
 
 
-@contextlib.contextmanager
-def refresh_available(on: bool = True):
-    """Within this block, ``Plan.check(params)`` accepts plans that need refreshes (see module doc)."""
-    token = _REFRESH.set(bool(on))
-    try:
-        yield
-    finally:
-        _REFRESH.reset(token)
-
-
-SERVER_HOOKS = ("refresh", "monitor", "checkpoint")
-
-
-def server_hooks(trainer) -> set[str]:
-    """Which optional ``server_train`` hooks (refresh, monitor, checkpoint) this trainer accepts."""
-    params = inspect.signature(trainer.server_train).parameters
-    return {h for h in SERVER_HOOKS if h in params}
+def server_hooks(trainer) -> frozenset[str]:
+    """The optional ``server_train`` hooks (refresh, monitor, checkpoint) that this trainer (class or
+    instance) declares in its ``capabilities``."""
+    return frozenset(trainer.capabilities)
 
 
 class Trainer(abc.ABC):
     """Base class of encrypted trainers (see module docstring for the protocol)."""
 
     name: str = "abstract"
+    # the optional server_train hooks this class accepts (module docstring); each trainer declares its own
+    capabilities: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        caps = cls.__dict__.get("capabilities", cls.capabilities)
+        if not isinstance(caps, frozenset) or not caps <= SERVER_HOOKS:
+            raise TypeError(f"{cls.__name__}.capabilities must be a frozenset of {sorted(SERVER_HOOKS)}, got {caps!r}")
 
     def __init__(self, **config) -> None:
         self.config = config
@@ -158,7 +151,10 @@ class Trainer(abc.ABC):
     def plan(self, n_samples: int, n_features: int, n_classes: int, params: CKKSParams) -> Plan: ...
 
     @abc.abstractmethod
-    def client_encrypt(self, engine: Engine, X: np.ndarray, Y: np.ndarray) -> tuple[dict[str, list[Ciphertext]], dict]: ...
+    def client_encrypt(self, engine: Engine, X: np.ndarray, Y: np.ndarray, *,
+                       refresh: bool = False) -> tuple[dict[str, list[Ciphertext]], dict]:
+        """(inputs, job). ``refresh``: the job's state will be refreshed between iterations, so a
+        plan check here needs one iteration between refreshes to fit, not all of them."""
 
     @abc.abstractmethod
     def server_train(self, engine: Engine, inputs: dict[str, list[Ciphertext]], job: dict,

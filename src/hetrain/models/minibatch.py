@@ -74,6 +74,7 @@ class MiniBatchMLR(Trainer):
     """The refreshed mini-batch trainer (see module docstring)."""
 
     name = "mlr-minibatch"
+    capabilities = frozenset({"refresh", "monitor", "checkpoint"})
 
     def __init__(self, **config) -> None:
         cfg = self.merge_config(DEFAULTS, config)
@@ -183,8 +184,9 @@ class MiniBatchMLR(Trainer):
         check_interval(add_bias(X) @ W.T, self.approx, what="sigmoid inputs for the next step")
 
     # ------------------------------------------------------------------ Trainer contract (client)
-    def client_encrypt(self, engine, X, Y):
-        """Inputs: W (initial weights, zeros) and per batch b: X{b}, Xt{b}, Ym{b}."""
+    def client_encrypt(self, engine, X, Y, *, refresh: bool = False):
+        """Inputs: W (initial weights, zeros) and per batch b: X{b}, Xt{b}, Ym{b}. (``refresh``: no
+        plan check here; the protocol checks this trainer's plan itself.)"""
         X, Y = self.check_data(X, Y)
         d, c = X.shape[1], Y.shape[1]
         inputs = {name: [engine.encrypt(v) for v in self.initial_weights(d, c, engine.slots)]

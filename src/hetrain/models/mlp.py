@@ -107,6 +107,7 @@ def in_axis(layer: int) -> str:
 @register
 class MLPTrainer(Trainer):
     name = "mlp-dvr"
+    capabilities = frozenset({"refresh", "checkpoint"})
 
     def __init__(self, **config) -> None:
         cfg = self.merge_config(DEFAULTS, config, MLPConfigError)
@@ -309,12 +310,12 @@ class MLPTrainer(Trainer):
         if self.config["check_interval"]:
             self._run_twin(*self.prepare(X, Y), check=True)
 
-    def client_encrypt(self, engine, X, Y):
+    def client_encrypt(self, engine, X, Y, *, refresh: bool = False):
         X, Y = self.prepare(X, Y)
         n, d = X.shape
         c = Y.shape[1]
         plan = self.plan(n, d, c, engine.params)
-        plan.check(engine.params)
+        plan.check(engine.params, refresh=refresh)
         if self.config["check_interval"]:
             self._run_twin(X, Y, check=True)  # raises DataError if a pre-activation leaves its interval
         lay = self.layout(n, d, c, engine.slots)
@@ -371,10 +372,13 @@ class MLPTrainer(Trainer):
         return mlp_twin.predict_scores(weights, self.clip(np.asarray(X, dtype=np.float64)), self.acts)
 
     # ------------------------------------------------------------------ server
-    def server_train(self, engine, inputs, job, progress=None, refresh=None):
+    def server_train(self, engine, inputs, job, progress=None, *, refresh=None, checkpoint=None):
         """Train on ciphertexts. ``refresh(state) -> state`` (names -> ciphertext lists, weights
         ``W1``.. ``bK`` and look-ahead ``v_W1``..) is called before an iteration that would not fit
-        the state's remaining levels; without it such a job is refused (DepthPlanError)."""
+        the state's remaining levels; without it such a job is refused (DepthPlanError).
+        ``checkpoint`` (base.py): after every iteration the weights W, the look-ahead V (when it is
+        not W itself) and the iteration count are saved; a saved state resumes after its iteration
+        (the ciphertexts keep their levels, so refreshes fall where they would have)."""
         sizes = job["sizes"]
         lay = dvr.GridLayout(engine.slots, int(job["layout"]["P"]), int(job["layout"]["S"]),
                              int(job["data_shape"][0]) if "data_shape" in job else lay_n(job), sizes[0])
@@ -387,13 +391,19 @@ class MLPTrainer(Trainer):
             raise DataError("number of data ciphertexts does not match the job's layout")
         W = {k: list(inputs[k]) for k in names}
         V = W
+        start = 0
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            W, V, start = self._restore(saved, names)
         mus, lr = self._mus(), self.config["learning_rate"]
         batches = self.batches(lay)
         steps = [lr / sum(lay.valid_samples(g) for g in b) for b in batches]  # lr / rows of the batch
         masks = self._masks(lay, sizes, {g: s for b, s in zip(batches, steps) for g in b})
         top = engine.max_level
         T = self.config["iterations"]
-        for t in range(T):
+        if start > T:
+            raise DataError(f"the checkpoint holds {start} iterations, this job has {T}")
+        for t in range(start, T):
             level = min(ct.level for v in V.values() for ct in v)
             if self.iteration_levels(level, top, mus[t] != 0.0) < 0:
                 if refresh is None:
@@ -416,9 +426,25 @@ class MLPTrainer(Trainer):
             else:
                 V = W_new
             W = W_new
+            if checkpoint is not None:
+                lookahead = {} if V is W else {f"v_{k}": v for k, v in V.items()}
+                checkpoint.save({**W, **lookahead}, {"iteration": t + 1, "lookahead": bool(lookahead)})
             if progress:
                 progress(t + 1, T, f"iteration {t + 1}/{T}")
+        self.run_stats = {"iterations": T, "resumed_from": start}
         return W
+
+    @staticmethod
+    def _restore(saved, names: list[str]) -> tuple[dict, dict, int]:
+        """(W, V, iterations done) from a checkpoint written by ``server_train``."""
+        state, meta = saved
+        lookahead = bool(meta.get("lookahead"))
+        need = names + ([f"v_{k}" for k in names] if lookahead else [])
+        if "iteration" not in meta or any(k not in state for k in need):
+            raise DataError("the checkpoint does not hold this job's network state")
+        W = {k: list(state[k]) for k in names}
+        V = {k: list(state[f"v_{k}"]) for k in names} if lookahead else W
+        return W, V, int(meta["iteration"])
 
     def _masks(self, lay, sizes, steps: dict):
         """Hidden-layer masks and, per data group g, the output mask with value ``steps[g]`` (its batch's lr / n_b)."""

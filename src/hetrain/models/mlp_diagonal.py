@@ -88,6 +88,7 @@ class DiagonalMLPTrainer(Trainer):
     """One hidden layer, diagonal-packed weights, samples batched in slots (see module docstring)."""
 
     name = "mlp-diagonal"
+    capabilities = frozenset({"refresh", "checkpoint"})
 
     def __init__(self, **config) -> None:
         unknown = set(config) - _KEYS
@@ -184,13 +185,13 @@ class DiagonalMLPTrainer(Trainer):
         """The initial hidden pre-activations stay inside the hidden sigmoid's interval (IntervalError)."""
         self._check_inputs(X, Y)
 
-    def client_encrypt(self, engine: Engine, X: np.ndarray, Y: np.ndarray):
+    def client_encrypt(self, engine: Engine, X: np.ndarray, Y: np.ndarray, *, refresh: bool = False):
         X, Y, W1 = self._check_inputs(X, Y)
         n, d = X.shape
         c = Y.shape[1]
         layout, b1, b2, p1, p2 = self._geometry(n, d, c, engine.slots)
         plan = self.plan(n, d, c, engine.params)
-        plan.check(engine.params)
+        plan.check(engine.params, refresh=refresh)
         s = Scales.of(self.lr1, self.lr2, n, self.out_sig)
         xh = s.x * np.hstack([X, np.ones((n, 1))])
         xrot = b1.rotated_inputs(xh)
@@ -217,11 +218,13 @@ class DiagonalMLPTrainer(Trainer):
         return {"W1": b1.matrix(v1) * s.x, "W2": b2.matrix(v2) / s.w2}
 
     # ------------------------------------------------------------------ server
-    def server_train(self, engine: Engine, inputs, job, progress: Progress | None = None,
-                     refresh: Refresh | None = None):
+    def server_train(self, engine: Engine, inputs, job, progress: Progress | None = None, *,
+                     refresh: Refresh | None = None, checkpoint=None):
         """Train on ciphertexts. ``refresh(dict_of_cts) -> dict_of_cts`` (optional) is called when the
         weights have too few levels left for the next iteration (client-aided re-encryption or
-        bootstrapping); without it the job must fit in one modulus chain."""
+        bootstrapping); without it the job must fit in one modulus chain. ``checkpoint`` (base.py):
+        the weight diagonals (at their levels) and the iteration count after every iteration; a saved
+        state resumes after its iteration."""
         n, d, c, iters = job["n"], job["d"], job["c"], int(job["iterations"])
         layout, b1, b2, p1, p2 = self._geometry(n, d, c, engine.slots)
         sc = job["scales"]
@@ -238,8 +241,16 @@ class DiagonalMLPTrainer(Trainer):
         dsig = list(powers(self.hidden_sig.derivative().coeffs) * sc["dsig"])
         const = PlainVector(layout.replicate_real(np.r_[np.full(self.H, sig[0]), sc["a"] * self.hb]))
         masks = dg.transpose_masks(b2, layout) if self.transpose == "repacked" else None
-        D2 = None
-        for it in range(iters):
+        D2, start = None, 0
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            state, meta = saved
+            start = int(meta.get("iteration", 0))
+            if not (1 <= start <= iters and len(state.get("w1", [])) == len(b1.offsets)
+                    and len(state.get("w2", [])) == len(b2.offsets)):
+                raise DataError("the checkpoint does not hold this job's weights")
+            D1, D2 = dict(zip(b1.offsets, state["w1"])), dict(zip(b2.offsets, state["w2"]))
+        for it in range(start, iters):
             if it > 0 and refresh is not None:
                 l1 = min(x.level for x in D1.values())
                 l2 = min(x.level for x in D2.values())
@@ -268,8 +279,12 @@ class DiagonalMLPTrainer(Trainer):
             q2 = dg.pack_sum(engine, {t: engine.mul(delta2, ra[t]) for t in b2.offsets}, p2, layout)
             upd = dg.unpack_all(engine, q2, p2)
             D2 = {t: -upd[t] for t in b2.offsets} if D2 is None else {t: engine.sub(D2[t], upd[t]) for t in b2.offsets}
+            if checkpoint is not None:
+                checkpoint.save({"w1": [D1[t] for t in b1.offsets], "w2": [D2[t] for t in b2.offsets]},
+                                {"iteration": it + 1})
             if progress:
                 progress(it + 1, iters, f"iteration {it + 1}/{iters}")
+        self.run_stats = {"iterations": iters, "resumed_from": start}
         return {"w1": [D1[t] for t in b1.offsets], "w2": [D2[t] for t in b2.offsets]}
 
     # ------------------------------------------------------------------ plaintext

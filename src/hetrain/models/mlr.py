@@ -51,6 +51,8 @@ def levels_needed(iterations: int, sigmoid_depth: int) -> int:
 @register
 class MLRTrainer(Trainer):
     name = "mlr"
+    # one modulus chain, no refresh (``--refresh`` trains mlr with the mini-batch trainer, minibatch.py)
+    capabilities = frozenset({"checkpoint"})
 
     def __init__(self, **config) -> None:
         cfg = self.merge_config(DEFAULTS, config)
@@ -113,11 +115,13 @@ class MLRTrainer(Trainer):
         """The twin's interval check (IntervalError: a sigmoid input leaves the approximation's interval)."""
         self.twin(X, Y)
 
-    def client_encrypt(self, engine, X, Y):
+    def client_encrypt(self, engine, X, Y, *, refresh: bool = False):
+        """``refresh`` is accepted for the contract but cannot apply: this trainer never refreshes
+        (its schedule is one circuit), so the whole plan must fit one chain."""
         X, Y = self._check_data(X, Y)
         n, d = X.shape
         c = Y.shape[1]
-        self.plan(n, d, c, engine.params).check(engine.params)
+        self.plan(n, d, c, engine.params).check(engine.params, refresh=False)
         self.twin(X, Y)  # raises DataError if a sigmoid input would leave the approximation's interval
         Xb = add_bias(X)
         Xt = Xb * quadratic_gradient_diag(Xb)
@@ -140,7 +144,10 @@ class MLRTrainer(Trainer):
         return {"W": self.schedule(n).out_scale * U}
 
     # ------------------------------------------------------------------ server
-    def server_train(self, engine, inputs, job, progress=None):
+    def server_train(self, engine, inputs, job, progress=None, *, checkpoint=None):
+        """The whole schedule on ciphertexts. ``checkpoint`` (base.py): after every iteration the
+        gradients so far (H_0..H_t, all that the later look-ahead combinations read) are saved, and a
+        saved state is resumed after its last iteration with the same arithmetic."""
         n, d, c = job["n_samples"], job["n_features"], job["n_classes"]
         plan = self.plan(n, d, c, engine.params)
         plan.check(engine.params)
@@ -153,18 +160,30 @@ class MLRTrainer(Trainer):
         c0 = self.approx.coeffs[0]
         report = progress or (lambda done, total, msg: None)
 
-        report(0, T, "iteration 1 (gradient at W = 0)")
-        E0 = [engine.add(y, PlainVector(-c0 * m)) for y, m in zip(Yr, pk.label_masks())]
-        H = [circ.gradient(engine, pk, E0, Xt)]
-        Ym = [engine.mul_plain(y, m) for y, m in zip(Yr, fmasks)] if T > 1 else []
-        for t in range(1, T):
+        H, start = [], 0
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            state, meta = saved
+            start = int(meta["iteration"])
+            if not 1 <= start <= T or any(f"H{j}" not in state for j in range(start)):
+                raise DataError(f"the checkpoint does not hold {start} iteration(s) of this job's {T}")
+            H = [list(state[f"H{j}"]) for j in range(start)]
+        else:
+            report(0, T, "iteration 1 (gradient at W = 0)")
+            E0 = [engine.add(y, PlainVector(-c0 * m)) for y, m in zip(Yr, pk.label_masks())]
+            H = [circ.gradient(engine, pk, E0, Xt)]
+            _save(checkpoint, H)
+        Ym = [engine.mul_plain(y, m) for y, m in zip(Yr, fmasks)] if T > len(H) else []
+        for t in range(len(H), T):
             report(t, T, f"iteration {t + 1}")
             U = _combine(engine, H, sched.u[t - 1])
             z = circ.forward(engine, pk, X, U)
             coeffs = sched.sigmoid_coeffs(self.approx, t)
             q = [engine.sub(y, eval_poly_masked(engine, zg, coeffs, m)) for y, zg, m in zip(Ym, z, fmasks)]
             H.append(circ.gradient(engine, pk, circ.spread(engine, pk, q), Xt))
+            _save(checkpoint, H)
         report(T, T, "done")
+        self.run_stats = {"iterations": T, "resumed_from": start}
         return {"W": _combine(engine, H, sched.out)}
 
     # ------------------------------------------------------------------ plaintext
@@ -181,6 +200,12 @@ class MLRTrainer(Trainer):
         if X.ndim != 2 or X.shape[1] + 1 != W.shape[1]:
             raise DataError(f"model expects {W.shape[1] - 1} features, got data of shape {X.shape}")
         return add_bias(X) @ W.T
+
+
+def _save(checkpoint, H: list[list]) -> None:
+    """The state after len(H) iterations: every gradient so far (none is dropped by later iterations)."""
+    if checkpoint is not None:
+        checkpoint.save({f"H{j}": h for j, h in enumerate(H)}, {"iteration": len(H)})
 
 
 def _combine(engine, H: list[list], coeffs) -> list:

@@ -8,6 +8,7 @@ public counters only: nothing in it is secret from the server.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -47,32 +48,59 @@ def load(path, engine) -> tuple[list, dict] | None:
     header, parts = unpack(path.read_bytes(), expect_kind=KIND)
     if header.get("key_id") != engine.key_id:
         raise CheckpointError(f"checkpoint {path} was written under key {header.get('key_id')}, "
-                              f"this job's key is {engine.key_id}: remove it or use the job's keys")
+                              f"this job's key is {engine.key_id}: delete it to start this job from the beginning "
+                              "(or use the job's keys)")
     state = [engine.deserialize(parts[str(i)]) for i in range(int(header["n"]))]
     return state, json.loads(header["meta"])
 
 
+def job_fingerprint(manifest: dict) -> str:
+    """What identifies a job bundle: the checksums of its inputs and job description (from its
+    manifest). Two jobs under the same keys (one key pair, several jobs) differ here."""
+    sha = manifest.get("sha256", {})
+    return hashlib.sha256(json.dumps([sha.get("inputs.bin"), sha.get("job.json")]).encode()).hexdigest()[:32]
+
+
 class StateCheckpoint:
-    """A trainer's ``checkpoint`` hook (models/base.py): one state file bound to a job's engine.
+    """A trainer's ``checkpoint`` hook (models/base.py): one state file bound to a job's engine
+    (its key) and, with ``job``, to one job bundle (``job_fingerprint``).
 
     The state is a dict name -> list of ciphertexts; stored flat with the names in the header.
+    ``check()`` reads and verifies the file before any work (the server calls it); ``load()`` then
+    hands the trainer that same state.
     """
 
-    def __init__(self, path, engine) -> None:
-        self.path, self.engine = pathlib.Path(path), engine
+    def __init__(self, path, engine, job: str | None = None) -> None:
+        self.path, self.engine, self.job = pathlib.Path(path), engine, job
+        self._loaded: tuple[dict, dict] | None = None
 
     def save(self, state: dict, meta: dict) -> None:
         names = {k: len(v) for k, v in state.items()}
-        save(self.path, self.engine, [ct for v in state.values() for ct in v], {**meta, "_names": names})
+        extra = {"_names": names} if self.job is None else {"_names": names, "_job": self.job}
+        save(self.path, self.engine, [ct for v in state.values() for ct in v], {**meta, **extra})
+
+    def check(self) -> dict | None:
+        """The saved state's meta (counters), or None without a checkpoint; CheckpointError if the
+        file belongs to other keys or another job. The state is kept for the next ``load()``."""
+        self._loaded = self._read()
+        return None if self._loaded is None else dict(self._loaded[1])
 
     def load(self) -> tuple[dict, dict] | None:
+        saved, self._loaded = (self._loaded or self._read()), None
+        return saved
+
+    def _read(self) -> tuple[dict, dict] | None:
         saved = load(self.path, self.engine)
         if saved is None:
             return None
         flat, meta = saved
         names = meta.pop("_names", None)
+        job = meta.pop("_job", None)
         if names is None or sum(names.values()) != len(flat):
             raise CheckpointError(f"checkpoint {self.path} does not hold a named training state")
+        if self.job is not None and job != self.job:
+            raise CheckpointError(f"checkpoint {self.path} was written for another job bundle (same keys, other "
+                                  f"inputs or job description): delete it to start this job from the beginning")
         out, pos = {}, 0
         for k, n in names.items():
             out[k], pos = flat[pos:pos + n], pos + n

@@ -1,6 +1,6 @@
 """The server: trains on ciphertexts with public material only.
 
-    python -m hetrain.protocol.server_main JOBDIR [--progress] [--channel SOCKET]
+    python -m hetrain.protocol.server_main JOBDIR [--progress] [--channel SOCKET] [--resume]
 
 (server_main.py is the entry module: this one is imported by the package, so it is not run with
 ``python -m``; ``server_argv`` builds the command for every caller.) Exit status: 0 done, 2 a
@@ -15,8 +15,11 @@ key (the client never writes one), and the engine it builds cannot decrypt.
 Past one modulus chain (job["refresh"]): "client" connects to the client's refresh channel
 (``--channel``, refresh_channel.py) and passes it to server_train as the ``refresh`` hook (and
 ``monitor``); "bootstrap" refreshes with engine.bootstrap (and still uses the channel, if given,
-as ``monitor``). Trainers that accept a ``checkpoint`` hook get JOBDIR/state.ckpt: a killed job
-started again resumes after its last completed step.
+as ``monitor``). Trainers whose ``capabilities`` include "checkpoint" (every built-in one) save
+their state in JOBDIR/state.ckpt after every completed iteration, whatever the refresh mode; a
+killed job started again with ``--resume`` continues after the last saved iteration. Without
+``--resume`` a job directory that already holds state.ckpt is refused before any work (exit 2), so
+an unfinished job is never restarted (or a finished one retrained) by accident.
 
 Every write to a pipe or socket whose reader may be gone (progress lines on stdout, the refresh
 channel, log lines) ends in one handler in ``main``: one line, no traceback, exit 4.
@@ -41,10 +44,10 @@ from hetrain import ckks
 from hetrain._streams import to_devnull
 from hetrain._format import plain
 from hetrain.errors import HetrainUserError
-from hetrain.models.base import DepthPlanError, get_trainer, refresh_available, server_hooks
+from hetrain.models.base import DepthPlanError, get_trainer, server_hooks
 
 from . import files
-from .checkpoint import StateCheckpoint
+from .checkpoint import StateCheckpoint, job_fingerprint
 from .errors import BundleError, ReaderGoneError
 from .refresh_channel import DEFAULT_TIMEOUT_S, ChannelStats, ServerChannel
 
@@ -56,11 +59,15 @@ ENTRY_MODULE = "hetrain.protocol.server_main"  # what ``python -m`` runs (never 
 EXIT_READER_GONE = 4
 
 
-def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=None) -> list[str]:
-    """The server process's command line; the one place that names its entry module."""
+def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=None,
+                resume: bool = False) -> list[str]:
+    """The server process's command line; the one place that names its entry module.
+    ``resume``: continue from JOBDIR/state.ckpt (a job killed before it finished)."""
     cmd = [sys.executable, "-m", ENTRY_MODULE, os.fspath(jobdir)]
     if progress:
         cmd.append("--progress")
+    if resume:
+        cmd.append("--resume")
     for mod in trainer_modules:
         cmd += ["--trainer-module", mod]
     if channel is not None:
@@ -87,10 +94,18 @@ class BootstrapRefresh:
 
 
 def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: str | None = None,
-            channel_timeout: float = DEFAULT_TIMEOUT_S) -> dict:
-    """Train the job in ``jobdir``; writes outputs.bin and server_stats.json, returns the stats."""
+            channel_timeout: float = DEFAULT_TIMEOUT_S, resume: bool = False) -> dict:
+    """Train the job in ``jobdir``; writes outputs.bin and server_stats.json, returns the stats.
+
+    ``resume``: continue from JOBDIR/state.ckpt if there is one (else start, saying so on stderr);
+    without it a JOBDIR that holds state.ckpt is refused (BundleError) before any work."""
     jobdir = pathlib.Path(jobdir)
     t0 = time.perf_counter()
+    ckpt_path = jobdir / CHECKPOINT
+    if not resume and ckpt_path.exists():
+        raise BundleError(f"{jobdir} already holds a training checkpoint ({CHECKPOINT}) from an earlier run of "
+                          f"this job: start the server with --resume to continue it, or delete {ckpt_path} to "
+                          "start over")
     manifest, public, inputs_path, job = files.read_job_files(jobdir)
     engine = ckks.load_engine(public)
     if engine.has_secret_key:  # cannot happen through load_engine(public): keep the invariant explicit
@@ -98,9 +113,15 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     del public
     trainer = get_trainer(job["model"]).from_job(job)
     mode = job.get("refresh", "none")
+    refresh = mode != "none"
     hooks = _refresh_hooks(trainer, mode, engine, jobdir, channel_path, channel_timeout)
-    with refresh_available(mode != "none"):
-        _check_plan(trainer, job, engine)
+    _check_plan(trainer, job, engine, refresh)
+    if "checkpoint" in server_hooks(trainer):  # whatever the refresh mode
+        hooks["checkpoint"] = StateCheckpoint(ckpt_path, engine, job_fingerprint(manifest))
+        if resume and hooks["checkpoint"].check() is None:  # other keys or another job: refused here
+            log.warning("--resume: no checkpoint %s yet, starting from the beginning", ckpt_path)
+    elif resume:
+        log.warning("--resume: model %s does not checkpoint, starting from the beginning", trainer.name)
     inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs")
     load_s = time.perf_counter() - t0
     engine.counters.reset()  # count training operations only
@@ -110,8 +131,7 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     rstats = hooks.pop("_stats")
     t1 = time.perf_counter()
     try:
-        with refresh_available(mode != "none"):
-            outputs = trainer.server_train(engine, inputs, job, report, **hooks)
+        outputs = trainer.server_train(engine, inputs, job, report, **hooks)
     except BaseException:
         if channel is not None:
             channel.sock.close()  # the client sees the channel close, then reads our server_error.json
@@ -129,7 +149,7 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
              "download_bytes": len(out_bytes), "operations": counters,
              "engine": engine.describe(), "engine_has_secret_key": engine.has_secret_key,
              "refresh": {"mode": mode, **rstats.as_dict()},
-             "trainer": getattr(trainer, "run_stats", {})}
+             "trainer": {"resumed_from": 0, **getattr(trainer, "run_stats", {})}}
     files.atomic_write(jobdir / files.SERVER_STATS, json.dumps(stats, indent=1))
     return stats
 
@@ -156,8 +176,6 @@ def _refresh_hooks(trainer, mode: str, engine, jobdir: pathlib.Path, channel_pat
     hooks["refresh"] = channel if mode == "client" else BootstrapRefresh(engine, hooks["_stats"])
     if "monitor" in accepts and channel is not None:
         hooks["monitor"] = channel
-    if "checkpoint" in accepts:
-        hooks["checkpoint"] = StateCheckpoint(jobdir / CHECKPOINT, engine)
     return hooks
 
 
@@ -174,13 +192,14 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # non-Linux fallback (KiB on Linux)
 
 
-def _check_plan(trainer, job: dict, engine) -> None:
-    """Refuse, before any work, a job whose depth or rotation keys do not fit this context."""
+def _check_plan(trainer, job: dict, engine, refresh: bool) -> None:
+    """Refuse, before any work, a job whose depth or rotation keys do not fit this context
+    (``refresh``: the state is refreshed between iterations, so one iteration must fit)."""
     shape = job.get("data_shape")
     if not shape or len(shape) != 3:
         raise BundleError("job has no data_shape [n_samples, n_features, n_classes]")
     plan = trainer.plan(*[int(s) for s in shape], engine.params)
-    plan.check(engine.params)
+    plan.check(engine.params, refresh=refresh)
     missing = {engine.normalize_step(s) for s in plan.rotation_steps} - engine.rotation_steps - {0}
     if missing:
         raise BundleError(f"the public context lacks Galois keys for rotation steps {plain(sorted(missing))} that the plan needs")
@@ -201,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channel", metavar="SOCKET", help="the client's refresh channel (Unix socket) for --refresh client")
     p.add_argument("--channel-timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help="seconds to wait for the client's answer before giving up")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue a killed job from JOBDIR/{CHECKPOINT} (without it, a JOBDIR holding one is refused)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="server %(levelname)s: %(message)s")
     if os.environ.get("HETRAIN_SERVER_AUDIT"):
@@ -214,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         for mod in args.trainer_module:
             importlib.import_module(mod)
         stats = run_job(jobdir, progress=args.progress, channel_path=args.channel,
-                        channel_timeout=args.channel_timeout)
+                        channel_timeout=args.channel_timeout, resume=args.resume)
         log.info("trained in %.2f s", stats["server_train_s"])
         return 0
     except HetrainUserError as exc:
