@@ -30,6 +30,8 @@ MANIFEST = "manifest.json"
 OUTPUTS = "outputs.bin"
 SERVER_STATS = "server_stats.json"
 SERVER_ERROR = "server_error.json"
+CHECKPOINT = "state.ckpt"           # the server's training state (protocol/checkpoint.py)
+SERVER_FILES = (OUTPUTS, SERVER_STATS, SERVER_ERROR, CHECKPOINT)  # what a run of the server leaves in JOBDIR
 BUNDLE_VERSION = 1
 MODEL_FORMAT = "hetrain-model"
 MODEL_VERSION = 1
@@ -148,6 +150,8 @@ def write_job(jobdir: str | os.PathLike, engine: Engine, inputs: dict[str, list[
     """
     d = pathlib.Path(jobdir)
     d.mkdir(parents=True, exist_ok=True)
+    for name in (MANIFEST,) + SERVER_FILES:  # a new bundle is a new job: nothing of an earlier one may be read as its
+        (d / name).unlink(missing_ok=True)
     job_text = json.dumps(job, sort_keys=True)  # fails early (before big writes) if the job is not JSON
     # the public context can weigh gigabytes: write it and let it go before packing the data
     public = engine.public_bytes()

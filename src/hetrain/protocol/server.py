@@ -53,7 +53,7 @@ from .refresh_channel import DEFAULT_TIMEOUT_S, ChannelStats, ServerChannel
 
 log = logging.getLogger("hetrain.server")
 PROGRESS_PREFIX = "@progress "
-CHECKPOINT = "state.ckpt"
+CHECKPOINT = files.CHECKPOINT
 REFRESH_MODES = ("none", "client", "bootstrap")
 ENTRY_MODULE = "hetrain.protocol.server_main"  # what ``python -m`` runs (never imported by the package)
 EXIT_READER_GONE = 4
