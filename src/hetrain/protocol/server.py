@@ -1,6 +1,6 @@
 """The server: trains on ciphertexts with public material only.
 
-    python -m hetrain.protocol.server_main JOBDIR [--progress] [--channel SOCKET] [--resume]
+    python -m hetrain.protocol.server_main JOBDIR [--progress] [--channel SOCKET [--channel-timeout S]] [--resume]
 
 (server_main.py is the entry module: this one is imported by the package, so it is not run with
 ``python -m``; ``server_argv`` builds the command for every caller.) Exit status: 0 done, 2 a
@@ -12,10 +12,12 @@ does not fit before doing any work, runs ``trainer.server_train`` and writes the
 outputs, its timings and its peak memory back into JOBDIR. Nothing it reads can hold a secret
 key (the client never writes one), and the engine it builds cannot decrypt.
 
-Past one modulus chain (job["refresh"]): "client" connects to the client's refresh channel
-(``--channel``, refresh_channel.py) and passes it to server_train as the ``refresh`` hook (and
-``monitor``); "bootstrap" refreshes with engine.bootstrap (and still uses the channel, if given,
-as ``monitor``). Trainers whose ``capabilities`` include "checkpoint" (every built-in one) save
+Past one modulus chain (job["refresh"]): "client" listens on the refresh channel (``--channel
+SOCKET``, from refresh_channel.channel_location(JOBDIR); refresh_channel.py), where data-owner
+sessions attach one after another, and passes it to server_train as the ``refresh`` hook (and
+``monitor``); while no session is attached it waits ``--channel-timeout`` seconds, then fails.
+"bootstrap" refreshes with engine.bootstrap (and still uses the channel, if given, as
+``monitor``). Trainers whose ``capabilities`` include "checkpoint" (every built-in one) save
 their state in JOBDIR/state.ckpt after every completed iteration, whatever the refresh mode; a
 killed job started again with ``--resume`` continues after the last saved iteration. Without
 ``--resume`` a job directory that already holds state.ckpt is refused before any work (exit 2), so
@@ -60,9 +62,10 @@ EXIT_READER_GONE = 4
 
 
 def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=None,
-                resume: bool = False) -> list[str]:
-    """The server process's command line; the one place that names its entry module.
-    ``resume``: continue from JOBDIR/state.ckpt (a job killed before it finished)."""
+                channel_timeout: float | None = None, resume: bool = False) -> list[str]:
+    """The server process's command line; the one place that names its entry module. ``channel``:
+    the Unix socket to LISTEN on for the data owner (channel_location(jobdir)); ``resume``: continue
+    from JOBDIR/state.ckpt (a job killed before it finished)."""
     cmd = [sys.executable, "-m", ENTRY_MODULE, os.fspath(jobdir)]
     if progress:
         cmd.append("--progress")
@@ -72,6 +75,8 @@ def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=No
         cmd += ["--trainer-module", mod]
     if channel is not None:
         cmd += ["--channel", os.fspath(channel)]
+    if channel_timeout is not None:
+        cmd += ["--channel-timeout", repr(float(channel_timeout))]
     return cmd
 
 
@@ -114,7 +119,8 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     trainer = get_trainer(job["model"]).from_job(job)
     mode = job.get("refresh", "none")
     refresh = mode != "none"
-    hooks = _refresh_hooks(trainer, mode, engine, jobdir, channel_path, channel_timeout)
+    hooks = _refresh_hooks(trainer, mode, engine, jobdir, channel_path, channel_timeout,
+                           job_id=str(job.get("job_id") or manifest["key_id"]))
     _check_plan(trainer, job, engine, refresh)
     if "checkpoint" in server_hooks(trainer):  # whatever the refresh mode
         hooks["checkpoint"] = StateCheckpoint(ckpt_path, engine, job_fingerprint(manifest))
@@ -134,10 +140,10 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
         outputs = trainer.server_train(engine, inputs, job, report, **hooks)
     except BaseException:
         if channel is not None:
-            channel.sock.close()  # the client sees the channel close, then reads our server_error.json
+            channel.abort()  # an attached data owner sees the channel end, then reads our server_error.json
         raise
     if channel is not None:
-        channel.close()  # "done": the client stops serving
+        channel.close()  # "done": the data owner's session ends; the socket is removed
     train_s = time.perf_counter() - t1
     counters = engine.counters.as_dict()
 
@@ -154,7 +160,8 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     return stats
 
 
-def _refresh_hooks(trainer, mode: str, engine, jobdir: pathlib.Path, channel_path, timeout: float) -> dict:
+def _refresh_hooks(trainer, mode: str, engine, jobdir: pathlib.Path, channel_path, timeout: float,
+                   job_id: str = "") -> dict:
     """server_train keyword hooks for the job's refresh mode (checked before any work)."""
     if mode not in REFRESH_MODES:
         raise BundleError(f"job refresh mode must be one of {', '.join(REFRESH_MODES)}, got {mode!r}")
@@ -169,8 +176,10 @@ def _refresh_hooks(trainer, mode: str, engine, jobdir: pathlib.Path, channel_pat
         raise DepthPlanError(f"backend {engine.backend_name} cannot bootstrap: use --refresh client "
                              "(or the desilo backend)")
     if mode == "client" and channel_path is None:
-        raise BundleError("--refresh client needs the client's refresh channel (server option --channel)")
-    channel = ServerChannel(channel_path, engine, timeout) if channel_path is not None else None
+        raise BundleError("--refresh client needs the refresh channel to listen on (server option --channel)")
+    channel = None
+    if channel_path is not None:  # listens now; the socket goes away with the channel (or this process)
+        channel = ServerChannel.listen(channel_path, engine, job_id or engine.key_id, timeout, jobdir=jobdir)
     if channel is not None:
         hooks["_channel"], hooks["_stats"] = channel, channel.stats
     hooks["refresh"] = channel if mode == "client" else BootstrapRefresh(engine, hooks["_stats"])
@@ -217,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true", help=f"print '{PROGRESS_PREFIX.strip()} DONE TOTAL MSG' lines")
     p.add_argument("--trainer-module", action="append", default=[],
                    help="extra module to import so its trainer registers (set by the operator, never by the job)")
-    p.add_argument("--channel", metavar="SOCKET", help="the client's refresh channel (Unix socket) for --refresh client")
-    p.add_argument("--channel-timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help="seconds to wait for the client's answer before giving up")
+    p.add_argument("--channel", metavar="SOCKET",
+                   help="listen on this Unix socket for the data owner's refresh sessions (--refresh client)")
+    p.add_argument("--channel-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help="seconds to wait for a data owner to attach, or for its answer, before giving up "
+                        f"(default {DEFAULT_TIMEOUT_S:.0f})")
     p.add_argument("--resume", action="store_true",
                    help=f"continue a killed job from JOBDIR/{CHECKPOINT} (without it, a JOBDIR holding one is refused)")
     args = p.parse_args(argv)
