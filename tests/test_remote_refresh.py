@@ -122,10 +122,14 @@ def fake(monkeypatch, tmp_path):
     script = tmp_path / "fake_server.py"
     script.write_text(FAKE_SERVER)
 
-    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None):
+    starts = []
+
+    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None, resume=False):
+        starts.append({"jobdir": str(jobdir), "channel": channel, "resume": resume})
         return [sys.executable, str(script), str(jobdir)] + (["--channel", str(channel)] if channel else [])
 
     monkeypatch.setattr(runner_mod, "server_argv", argv)
+    return starts
 
 
 @pytest.fixture(scope="module")
@@ -351,3 +355,39 @@ def test_http_transport_stops_the_job_when_its_answers_fail(service, fake, clien
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert np.isfinite(0.0)
+
+
+def test_a_job_stopped_with_the_service_resumes_with_its_channel_on_restart(fake, client_bundle, tmp_path):
+    from hetrain.service.jobs import STATE, JobQueue
+
+    starts = fake
+    job_dir = write_bundle(tmp_path / "jobs" / "AAAAAAAAAAAAAAAAAAAAAA", client_bundle, requests=2)
+    (job_dir / STATE).write_text(json.dumps({"id": job_dir.name, "status": "queued"}))
+    jobs = JobQueue(tmp_path)
+    try:
+        job = jobs.get(job_dir.name)
+        assert job.refresh == "client" and job.relay is not None  # read from job.json (an old state has no field)
+        got = job.relay.wait_request(DEADLINE_S)  # the server waits for its data owner at hello
+        assert got is not None and decode_frame(bytes(got[1]))[0]["op"] == "hello"
+    finally:
+        jobs.close()
+    state = json.loads((job_dir / STATE).read_text())
+    assert state["status"] == "running" and state["channel"]["requests"] == 1  # killed by close: not failed
+    jobs = JobQueue(tmp_path)
+    try:
+        job = jobs.get(job_dir.name)
+        ans = FakeAnswerer()
+        deadline = time.monotonic() + DEADLINE_S
+        while job.status != "done":
+            assert time.monotonic() < deadline and job.status in ("queued", "running"), job.error
+            got = job.relay.wait_request(1.0)
+            if got is not None:
+                reply, out = ans.answer(*decode_frame(bytes(got[1])))
+                assert job.relay.answer(got[0], encode_frame(reply, out))
+        assert ans.answered == [0, 1] and starts[-1]["resume"] is True and starts[0]["resume"] is False
+        while json.loads((job_dir / STATE).read_text())["status"] != "done":  # saved after the status is set
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert json.loads((job_dir / STATE).read_text())["resume"] is False
+    finally:
+        jobs.close()
