@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import psutil
@@ -173,28 +174,33 @@ def test_server_killed_mid_refresh_gives_a_clear_error_and_the_job_resumes(tmp_p
 
 
 def test_server_notices_the_client_going_away(tmp_path):
+    """The data owner vanishes in the middle of a refresh and nobody attaches again: the server waits
+    for --channel-timeout seconds, then fails with a clear error (the job can be resumed)."""
     Xtr, ytr, _, _ = _iris()
     job = LongJob(Xtr, ytr, None, None, CFG, backend="sim", preset="n16384", refresh_mode="client")
     job.write(tmp_path)
     path = tmp_path / "c.sock"
-    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    lst.bind(str(path))
-    lst.listen(1)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.Popen(server_argv(tmp_path, progress=False, channel=path),
+    proc = subprocess.Popen(server_argv(tmp_path, progress=False, channel=path, channel_timeout=1),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    conn, _ = lst.accept()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    for _ in range(300):  # the server listens once it has read the job
+        try:
+            conn.connect(str(path))
+            break
+        except OSError:
+            time.sleep(0.1)
     hello, _, _ = recv_frame(conn)
     assert hello["op"] == "hello" and hello["key_id"] == job.engine.key_id
-    send_frame(conn, {"op": "ok", "key_id": job.engine.key_id})
+    send_frame(conn, {"op": "ok", "key_id": job.engine.key_id, "seq": hello.get("seq")})
     request, blobs, _ = recv_frame(conn)
     assert request["op"] == "refresh" and blobs
     conn.close()  # the client vanishes in the middle of a refresh
-    lst.close()
     assert proc.wait(timeout=60) == 2
     err = json.loads((tmp_path / files.SERVER_ERROR).read_text())
-    assert err["user_error"] and "closed the refresh channel" in err["message"]
-    assert not (tmp_path / files.OUTPUTS).exists()
+    assert err["user_error"] and "no data owner attached" in err["message"]
+    assert not (tmp_path / files.OUTPUTS).exists() and not path.exists()
+    assert "waiting for the data owner to attach" in proc.stderr.read()
     proc.stderr.close()
 
 
@@ -214,7 +220,8 @@ def _record_client_frames(monkeypatch) -> list[dict]:
 
 def _numbers(x) -> list:
     if isinstance(x, dict):
-        return [n for k, v in x.items() if k not in ("blobs", "state") for n in _numbers(v)]
+        # seq: the number of the request answered, echoed (tests/test_channel.py checks it is the echo)
+        return [n for k, v in x.items() if k not in ("blobs", "state", "seq") for n in _numbers(v)]
     if isinstance(x, list):
         return [n for v in x for n in _numbers(v)]
     return [x] if isinstance(x, (int, float)) and not isinstance(x, bool) else []
@@ -233,7 +240,7 @@ def test_client_check_failure_stops_the_server_with_a_fixed_code(tmp_path, monke
         job.train()
     assert not psutil.Process().children()  # the server process was stopped, not left behind
     # the server heard only the fixed code: no span, min or max of decrypted values
-    assert sent[-1] == {"op": "error", "code": "client_refused"}
+    assert {k: v for k, v in sent[-1].items() if k != "seq"} == {"op": "error", "code": "client_refused"}
     assert "span [" in str(info.value)  # the client keeps its reason
 
 
@@ -247,7 +254,7 @@ def test_no_decrypted_derived_number_crosses_to_the_server(tmp_path, monkeypatch
     job.write(tmp_path)
     r = job.train()
     assert any(h["kind"] == "retract" for h in r.history)  # the run did adapt on decrypted values
-    assert sent and {k for h in sent for k in h} <= {"op", "key_id", "state", "stop", "blobs"}
+    assert sent and {k for h in sent for k in h} <= {"op", "key_id", "state", "stop", "blobs", "seq"}
     assert {h["op"] for h in sent} <= {"ok", "refreshed", "verdict", "bye"}
     assert _numbers(sent) == []
     for h in sent:  # the layout: names and ciphertext counts, the same at every round trip

@@ -1,33 +1,44 @@
-"""The refresh channel between the server process and the client (who holds the secret key).
+"""The refresh channel between the training server and the data owner (who holds the secret key).
 
-The client (parent process) listens on a Unix domain socket (mode 0600, in the job directory
-when the path is short enough) and accepts exactly one connection, from the server process it
-started (checked with SO_PEERCRED): nobody else gets a decryption service. The server connects
-with ``--channel PATH``. Frames are length-prefixed:
+The SERVER process listens on a Unix domain socket (mode 0600; ``channel_location(JOBDIR)`` says
+where) and data-owner sessions attach to it one after another: the data owner may come and go
+while the job trains. The server accepts connections from its own uid only (SO_PEERCRED), and a
+session answers only a server of its own uid. Frames are length-prefixed:
 
     b"HTRF" | u32 header length | u64 body length | header (JSON) | body (ciphertext blobs)
 
 Blobs are ``engine.serialize`` bytes; the header names them and carries the key id, checked on
-both ends. Messages (server -> client, each answered):
-    hello                          -> ok (key ids match)
-    refresh  state, step           -> refreshed state (decrypted, re-encrypted at the top level)
-    evaluate state, step, epoch    -> verdict stop=bool (the one bit the server learns), with the
-             [refresh=true]           re-encrypted state too when it asked for a refresh
-    done                           -> bye
-The client answers ``error`` with a fixed code (ERROR_CODES) if its side fails; the server raises it. Either side
-notices the other going away: the client polls the server process while it waits, the server sees
-the socket close (and gives up after ``timeout`` seconds without an answer).
+both ends. Messages (server -> data owner, each answered by exactly one frame):
+    hello    key_id, job_id                  -> ok (refused with a fixed code under another key or job)
+    refresh  seq, state, step                -> refreshed (decrypted, re-encrypted at the top level)
+    evaluate seq, state, step, epoch         -> verdict stop=bool (the one bit the server learns), with
+             [refresh=true]                     the re-encrypted state too when it asked for a refresh
+    done                                     -> bye
+Every request carries a ``seq`` (increasing) and its answer the same seq. When the connection
+breaks before the answer arrives, the server waits for the next session (``timeout`` seconds from
+the moment it starts waiting, announced in one line on stderr), says hello again and resends the
+SAME request (same seq; ``stats.resent``). No session within the timeout, or a session silent for
+the timeout, ends the job with ChannelError (a job that checkpoints can be resumed).
+
+The data owner answers ``error`` with a fixed code (ERROR_CODES) when it refuses; the server raises
+it. ``ChannelAnswerer`` is the transport-free data-owner side (one frame in, one frame out);
+``serve_socket`` drives it over the Unix socket.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
+import select
 import socket
+import stat
 import struct
+import sys
 import tempfile
 import time
+import weakref
 from typing import Callable
 
 from hetrain.errors import HetrainUserError
@@ -35,12 +46,20 @@ from hetrain.errors import HetrainUserError
 MAGIC = b"HTRF"
 _PREFIX = struct.Struct(">4sIQ")
 SOCKET_NAME = "refresh.sock"
+CHANNEL_RECORD = "channel.json"  # JOBDIR/channel.json: where the server listens, when not JOBDIR/refresh.sock
 DEFAULT_TIMEOUT_S = 3600.0  # a client refresh of a large state at N=32768 takes seconds, never an hour
 _POLL_S = 0.2
+_MAX_SOCKET_PATH = 100  # bytes; sun_path holds 108 on Linux (104 on BSDs)
+_TMP_PREFIX = "hetrain-ch-"
+_BYE_WAIT_S = 5.0
 
 
 class ChannelError(HetrainUserError):
-    """The refresh channel broke: the other side died, closed, timed out or sent something malformed."""
+    """The refresh channel broke: the other side died, closed, timed out, refused or sent something malformed."""
+
+
+class ChannelClosed(ChannelError):
+    """The connection is gone (end of stream, reset, broken pipe): the server waits for the next session."""
 
 
 @dataclasses.dataclass
@@ -52,30 +71,46 @@ class ChannelStats:
     evaluations: int = 0
     bootstraps: int = 0
     client_seconds: float = 0.0   # the client's share: decrypt, check, evaluate, re-encrypt
-    wait_seconds: float = 0.0     # the server's wait for answers (client share + transfer)
+    wait_seconds: float = 0.0     # the server's wait in the hooks (client share + transfer + waits for a session)
+    attaches: int = 0             # data-owner sessions that said ok to hello
+    resent: int = 0               # requests sent again after a session went away before answering
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------------- frames
-# What the client may tell the server when it stops: fixed codes, never a message of its own
+# What the data owner may tell the server when it refuses: fixed codes, never a message of its own
 # (nothing derived from decrypted values crosses to the server).
 ERROR_CODES = {"key_mismatch": "the ciphertexts are under another key",
+               "job_mismatch": "the data owner's session is for another job",
                "unknown_request": "the request is not one the client answers",
                "client_refused": "the client stopped the job (its reason stays with the client)"}
 
 
-def send_frame(sock: socket.socket, header: dict, blobs: list[bytes] = ()) -> int:
-    """Send one frame; returns its size in bytes."""
-    head = json.dumps({**header, "blobs": [len(b) for b in blobs]}).encode()
+def _head(header: dict, blobs) -> bytes:
+    return json.dumps({**header, "blobs": [len(b) for b in blobs]}).encode()
+
+
+def frame_size(header: dict, blobs=()) -> int:
+    """The bytes ``send_frame(sock, header, blobs)`` puts on the wire."""
+    return _PREFIX.size + len(_head(header, blobs)) + sum(len(b) for b in blobs)
+
+
+def send_frame(sock: socket.socket, header: dict, blobs: list[bytes] = (), timeout: float | None = None) -> int:
+    """Send one frame; returns its size in bytes. ChannelClosed if the other side is gone;
+    ChannelError if it reads nothing for ``timeout`` seconds (None: no bound)."""
+    head = _head(header, blobs)
     body_len = sum(len(b) for b in blobs)
     try:
+        sock.settimeout(timeout)
         sock.sendall(_PREFIX.pack(MAGIC, len(head), body_len) + head)
         for b in blobs:
             sock.sendall(b)
+    except socket.timeout:
+        raise ChannelError(f"the other side of the refresh channel read nothing for {timeout:.0f} s") from None
     except OSError as exc:
-        raise ChannelError(f"the other side of the refresh channel is gone ({exc})") from None
+        raise ChannelClosed(f"the other side of the refresh channel is gone ({exc})") from None
     return _PREFIX.size + len(head) + body_len
 
 
@@ -89,9 +124,9 @@ def recv_frame(sock: socket.socket, alive: Callable[[], bool] = lambda: True,
     try:
         header = json.loads(_recv_exact(sock, hlen, alive, timeout))
         sizes = [int(s) for s in header.pop("blobs")]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ChannelError(f"malformed frame header on the refresh channel ({exc})") from None
-    if sum(sizes) != blen:
+    if sum(sizes) != blen or any(s < 0 for s in sizes):
         raise ChannelError("malformed frame on the refresh channel (blob sizes do not add up)")
     body = _recv_exact(sock, blen, alive, timeout)
     blobs, pos = [], 0
@@ -116,12 +151,16 @@ def _recv_exact(sock: socket.socket, n: int, alive, timeout: float | None) -> by
                 raise ChannelError(f"no answer on the refresh channel for {timeout:.0f} s") from None
             continue
         except OSError as exc:
-            raise ChannelError(f"the refresh channel broke ({exc})") from None
+            raise ChannelClosed(f"the refresh channel broke ({exc})") from None
         if not chunk:
-            raise ChannelError("the other side closed the refresh channel")
+            raise ChannelClosed("the other side closed the refresh channel")
         buf += chunk
         waited = 0.0
     return bytes(buf)
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
 
 
 # ---------------------------------------------------------------------- state <-> blobs
@@ -149,45 +188,279 @@ def decode_state(engine, layout: dict, blobs: list[bytes]) -> dict:
         raise ChannelError(f"malformed state on the refresh channel ({exc})") from None
 
 
+# ---------------------------------------------------------------------- where the server listens
+def channel_location(jobdir: str | os.PathLike) -> pathlib.Path:
+    """Where the server of JOBDIR listens: the path recorded in JOBDIR/channel.json when there is a
+    valid one (a server started with another ``--channel``, or an earlier call), else
+    JOBDIR/refresh.sock when that path is short enough for a Unix socket (< 100 bytes), else a
+    short private temporary directory (mode 0700) that this call creates and records in
+    JOBDIR/channel.json (mode 0600). Both parties call it: whoever comes first creates the
+    location, the other reads it; the data owner then waits for the socket to appear."""
+    jobdir = pathlib.Path(jobdir).resolve()
+    recorded = _recorded(jobdir)
+    if recorded is not None:
+        return recorded
+    default = jobdir / SOCKET_NAME
+    if len(os.fsencode(default)) < _MAX_SOCKET_PATH:
+        return default
+    (jobdir / CHANNEL_RECORD).unlink(missing_ok=True)  # a stale record (its directory is gone)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=_TMP_PREFIX))
+    path = tmp / SOCKET_NAME
+    if _write_record(jobdir, path, exclusive=True):
+        return path
+    tmp.rmdir()  # another process recorded its location first: use that one
+    recorded = _recorded(jobdir)
+    if recorded is None:
+        raise ChannelError(f"cannot agree on the refresh channel's location ({jobdir / CHANNEL_RECORD})")
+    return recorded
+
+
+def job_id_of(jobdir: str | os.PathLike) -> str:
+    """The job id a server of JOBDIR says in its hello: job.json's job_id, else the manifest's key id."""
+    from . import files
+    jobdir = pathlib.Path(jobdir)
+    try:
+        job = json.loads((jobdir / files.JOB).read_text())
+    except (OSError, ValueError):
+        job = {}
+    return str(job.get("job_id") or files.read_manifest(jobdir)["key_id"])
+
+
+def _recorded(jobdir: pathlib.Path) -> pathlib.Path | None:
+    """The socket path in JOBDIR/channel.json if its directory still exists and is ours."""
+    try:
+        path = pathlib.Path(json.loads((jobdir / CHANNEL_RECORD).read_text())["socket"])
+        st = os.stat(path.parent)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not path.is_absolute() or st.st_uid != os.getuid() or len(os.fsencode(path)) >= _MAX_SOCKET_PATH:
+        return None
+    return path
+
+
+def _write_record(jobdir: pathlib.Path, path: pathlib.Path, exclusive: bool) -> bool:
+    """Write JOBDIR/channel.json (0600) naming ``path``; with ``exclusive``, only if there is none."""
+    fd, tmp = tempfile.mkstemp(prefix=".channel-", dir=jobdir)  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"socket": os.fspath(path)}, f)
+        if not exclusive:
+            os.replace(tmp, jobdir / CHANNEL_RECORD)
+            return True
+        try:
+            os.link(tmp, jobdir / CHANNEL_RECORD)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+
+
+def _publish(jobdir: pathlib.Path, path: pathlib.Path) -> pathlib.Path | None:
+    """Make channel_location(JOBDIR) name ``path``; returns the record written (None: none needed)."""
+    jobdir = pathlib.Path(jobdir).resolve()
+    if path == jobdir / SOCKET_NAME and len(os.fsencode(path)) < _MAX_SOCKET_PATH:
+        (jobdir / CHANNEL_RECORD).unlink(missing_ok=True)  # a stale record would send the data owner elsewhere
+        return None
+    if _recorded(jobdir) != path:
+        _write_record(jobdir, path, exclusive=False)
+    return jobdir / CHANNEL_RECORD
+
+
+def _remove_channel(listener: socket.socket, path: pathlib.Path, inode: int, record: pathlib.Path | None) -> None:
+    """Close the listener; remove our socket (not one a later server bound at the same path), the
+    record naming it, and the private temporary directory holding it."""
+    listener.close()
+    try:
+        st = os.lstat(path)
+        if stat.S_ISSOCK(st.st_mode) and st.st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+    if record is not None:
+        try:
+            if pathlib.Path(json.loads(record.read_text())["socket"]) == path:
+                record.unlink()
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    if path.parent.name.startswith(_TMP_PREFIX):
+        try:
+            path.parent.rmdir()
+        except OSError:
+            pass
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 # ---------------------------------------------------------------------- server side
 class ServerChannel:
-    """The server's handle on the client. Callable as a trainer's ``refresh`` hook, and a ``monitor``."""
+    """The server's listening end. Callable as a trainer's ``refresh`` hook, and a ``monitor``.
 
-    def __init__(self, path: str | os.PathLike, engine, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        self.engine, self.timeout = engine, timeout
+    Build it with ``ServerChannel.listen``. A data-owner session is accepted when a request needs
+    one (sessions that connect meanwhile wait in the listen queue); the same session then answers
+    the following requests until it goes away."""
+
+    def __init__(self, listener: socket.socket, path: pathlib.Path, engine, job_id: str, timeout: float,
+                 jobdir: pathlib.Path | None, record: pathlib.Path | None) -> None:
+        self.listener, self.path, self.engine, self.job_id, self.timeout = listener, path, engine, str(job_id), timeout
+        self.jobdir = jobdir
         self.stats = ChannelStats()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.connect(os.fspath(path))
-        except OSError as exc:
-            raise ChannelError(f"cannot connect to the client's refresh channel {path}: {exc}") from None
-        send_frame(self.sock, {"op": "hello", "key_id": engine.key_id})
-        reply = self._answer("ok")[0]
-        if reply.get("key_id") != engine.key_id:
-            raise ChannelError(f"the client holds key {reply.get('key_id')}, this job's key is {engine.key_id}")
+        self.conn: socket.socket | None = None
+        self._seq = 0
+        inode = os.lstat(path).st_ino
+        # the socket and its record go away even when the job fails before run_job's close (e.g. a plan check)
+        self._cleanup = weakref.finalize(self, _remove_channel, listener, path, inode, record)
 
-    def _answer(self, expect: str) -> tuple[dict, list[bytes], int]:
-        header, blobs, n = recv_frame(self.sock, timeout=self.timeout)
-        if header.get("op") == "error":
-            raise ChannelError(f"the client refused: {ERROR_CODES.get(header.get('code'), 'no reason given')}")
-        if header.get("op") != expect:
-            raise ChannelError(f"unexpected {header.get('op')!r} on the refresh channel (expected {expect!r})")
-        if "key_id" in header and header["key_id"] != self.engine.key_id:
-            raise ChannelError("the client answered under another key")
-        return header, blobs, n
+    @classmethod
+    def listen(cls, path: str | os.PathLike, engine, job_id: str, timeout: float = DEFAULT_TIMEOUT_S, *,
+               jobdir: str | os.PathLike | None = None) -> "ServerChannel":
+        """Bind a Unix socket at ``path`` (mode 0600; its directory must exist) and listen, without
+        blocking. A stale socket there (a killed run's) is replaced; a live one is refused. With
+        ``jobdir``, the location is recorded for channel_location(jobdir) when it is not the
+        default one (otherwise nothing else is written)."""
+        path = pathlib.Path(path).absolute()
+        if len(os.fsencode(path)) >= 104:
+            raise ChannelError(f"refresh channel path too long for a Unix socket ({path}): "
+                               "use channel_location(JOBDIR)")
+        if not path.parent.is_dir():
+            raise ChannelError(f"cannot listen on {path}: its directory does not exist")
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ChannelError(f"{path} exists and is not a socket: refusing to replace it")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(os.fspath(path))
+                live = True
+            except OSError:
+                live = False
+            finally:
+                probe.close()
+            if live:
+                raise ChannelError(f"another server already listens on {path}")
+            os.unlink(path)  # a stale socket of a killed run
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket is created 0600: only this user can even try to connect
+        try:
+            sock.bind(os.fspath(path))
+        except OSError as exc:
+            sock.close()
+            raise ChannelError(f"cannot listen on {path}: {exc}") from None
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(8)
+        sock.setblocking(False)
+        record = _publish(pathlib.Path(jobdir), path) if jobdir is not None else None
+        return cls(sock, path, engine, job_id, timeout, None if jobdir is None else pathlib.Path(jobdir), record)
+
+    # ------------------------------------------------------------ sessions
+    def _attach(self) -> None:
+        """Accept the next data-owner session (hello/ok); ChannelError after ``timeout`` s without one."""
+        start = time.monotonic()
+        announced = False
+        while True:
+            left = self.timeout - (time.monotonic() - start)
+            ready, _, _ = select.select([self.listener], [], [], max(0.0, left) if announced else 0)
+            if not ready:
+                if not announced:
+                    announced = True
+                    where = self.jobdir if self.jobdir is not None else "JOBDIR"
+                    _say(f"waiting for the data owner to attach (hetrain refresh --job {where}); "
+                         f"giving up in {self.timeout:.0f} s")
+                    continue
+                if time.monotonic() - start >= self.timeout:
+                    raise ChannelError(f"no data owner attached to the refresh channel within {self.timeout:.0f} s "
+                                       f"({self.path}); giving up")
+                continue
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                raise ChannelError(f"the refresh channel's socket failed ({exc})") from None
+            if self._handshake(conn):
+                return
+
+    def _handshake(self, conn: socket.socket) -> bool:
+        if _peer_uid(conn) != os.getuid():  # only this user may answer (and so learn what we send)
+            conn.close()
+            _say("refresh channel: refused a connection from another user")
+            return False
+        try:
+            send_frame(conn, {"op": "hello", "key_id": self.engine.key_id, "job_id": self.job_id}, timeout=self.timeout)
+            reply, _, _ = recv_frame(conn, timeout=self.timeout)
+        except ChannelClosed:  # the session left before saying ok: wait for the next one
+            conn.close()
+            return False
+        except ChannelError:
+            conn.close()
+            raise
+        if reply.get("op") == "error":
+            conn.close()
+            _say(f"refresh channel: a data owner session refused this job: "
+                 f"{ERROR_CODES.get(reply.get('code'), 'no reason given')}")
+            return False
+        if reply.get("op") != "ok" or reply.get("key_id") != self.engine.key_id:
+            conn.close()
+            _say("refresh channel: a session answered hello with something else than ok under this job's key")
+            return False
+        self.conn = conn
+        self.stats.attaches += 1
+        return True
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _request(self, header: dict, blobs: list[bytes], expect: str) -> tuple[dict, list[bytes]]:
+        """Send one request and return its answer, resending it to the next session after a drop."""
+        self._seq += 1
+        frame = {**header, "seq": self._seq, "key_id": self.engine.key_id}
+        sent_before = False
+        while True:
+            if self.conn is None:
+                self._attach()
+            if sent_before:
+                self.stats.resent += 1
+            sent_before = True
+            try:
+                self.stats.bytes_to_client += send_frame(self.conn, frame, blobs, timeout=self.timeout)
+                reply, back, n = recv_frame(self.conn, timeout=self.timeout)
+            except ChannelClosed:  # the session went away before answering: the next one gets the same request
+                self._drop()
+                continue
+            break
+        if reply.get("op") == "error":
+            raise ChannelError(f"the data owner refused: {ERROR_CODES.get(reply.get('code'), 'no reason given')}")
+        if reply.get("seq") != self._seq:
+            raise ChannelError(f"the data owner answered request {reply.get('seq')!r}, not {self._seq}")
+        if reply.get("op") != expect:
+            raise ChannelError(f"unexpected {reply.get('op')!r} on the refresh channel (expected {expect!r})")
+        if reply.get("key_id") != self.engine.key_id:
+            raise ChannelError("the data owner answered under another key")
+        self.stats.bytes_to_server += n
+        return reply, back
 
     def _trip(self, header: dict, state: dict, expect: str) -> tuple[dict, dict | None]:
         layout, blobs = encode_state(self.engine, state)
         t0 = time.perf_counter()
-        self.stats.bytes_to_client += send_frame(self.sock, {**header, "key_id": self.engine.key_id,
-                                                             "state": layout}, blobs)
-        reply, back, n = self._answer(expect)
+        reply, back = self._request({**header, "state": layout}, blobs, expect)
         self.stats.wait_seconds += time.perf_counter() - t0
-        self.stats.bytes_to_server += n
         self.stats.round_trips += 1
         fresh = decode_state(self.engine, reply["state"], back) if reply.get("state") is not None else None
         return reply, fresh
 
+    # ------------------------------------------------------------ hooks
     def __call__(self, state: dict, step: int | None = None) -> dict:
         """refresh hook: the state comes back re-encrypted at the top level."""
         _, fresh = self._trip({"op": "refresh", "step": step}, state, "refreshed")
@@ -204,85 +477,83 @@ class ServerChannel:
             self.stats.refreshes += 1
         return fresh, bool(reply.get("stop"))
 
+    # ------------------------------------------------------------ end
     def close(self) -> None:
+        """The job is done: 'done' to the attached session and to any waiting to attach (each may
+        say 'bye' within a few seconds), then remove the socket."""
         try:
-            send_frame(self.sock, {"op": "done"})
-            self._answer("bye")
+            if self.conn is not None:
+                self._done(self.conn)
+            while True:  # sessions queued meanwhile learn that the job ended, rather than see a reset
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError:
+                    break
+                if _peer_uid(conn) == os.getuid():
+                    self._done(conn)
+                conn.close()
         finally:
-            self.sock.close()
+            self.abort()
+
+    def _done(self, conn: socket.socket) -> None:
+        try:
+            send_frame(conn, {"op": "done", "seq": self._seq + 1}, timeout=_BYE_WAIT_S)
+            recv_frame(conn, timeout=_BYE_WAIT_S)
+        except ChannelError:
+            pass
+
+    def abort(self) -> None:
+        """Close without 'done' (the job failed): an attached session sees the channel end."""
+        self._drop()
+        self._cleanup()
 
 
-# ---------------------------------------------------------------------- client side
-def socket_path(jobdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path | None]:
-    """(socket path, temporary directory to remove or None). Unix socket paths are limited to ~107
-    bytes: a long job directory gets a short private temporary one instead."""
-    path = pathlib.Path(jobdir).resolve() / SOCKET_NAME
-    if len(os.fsencode(path)) < 100:
-        return path, None
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="hetrain-ch-"))
-    return tmp / SOCKET_NAME, tmp
-
-
-class ClientEndpoint:
-    """The client's listening socket; ``serve`` answers the server until it says done.
+# ---------------------------------------------------------------------- data owner side
+class ChannelAnswerer:
+    """The data owner's answers, transport-free: ``answer(header, blobs)`` takes one frame from the
+    server and returns the one frame to send back.
 
     ``handler`` has ``refresh(state, step) -> state`` and ``evaluate(state, step, epoch, refresh)
     -> (state | None, stop)`` on deserialised ciphertexts of ``engine`` (the secret-key engine).
+    A refusal is an ``error`` frame with a fixed code (ERROR_CODES); the local reason is then in
+    ``failure`` (the exception to raise after sending the frame: a ChannelError, or the handler's
+    own). The last answer is kept: the same request resent to this answerer (same seq, same
+    bytes: its first answer was lost) gets the same answer without asking the handler twice.
     """
 
-    def __init__(self, jobdir: str | os.PathLike, engine, handler) -> None:
+    def __init__(self, engine, handler, job_id: str) -> None:
         if not engine.has_secret_key:
-            raise ChannelError("the client end of the refresh channel needs the engine with the secret key")
-        self.engine, self.handler = engine, handler
+            raise ChannelError("the data owner's end of the refresh channel needs the engine with the secret key")
+        self.engine, self.handler, self.job_id = engine, handler, str(job_id)
         self.stats = ChannelStats()
-        self.path, self._tmp = socket_path(pathlib.Path(jobdir))
-        if self.path.exists():
-            self.path.unlink()  # a stale socket of a killed run
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # the socket is created 0600: only this user can even try to connect
-        try:
-            self.listener.bind(os.fspath(self.path))
-        finally:
-            os.umask(old)
-        self.listener.listen(1)
-        self.conn: socket.socket | None = None
+        self.done = False
+        self.failure: BaseException | None = None
+        self._last: tuple[str, dict, list[bytes]] | None = None  # (request digest, reply, blobs)
+        self.frames = 0  # frames answered (hello and done included)
 
-    def _accept(self, proc) -> bool:
-        self.listener.settimeout(_POLL_S)
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                if proc.poll() is not None:
-                    return False  # the server ended without connecting (e.g. it refused the job)
-                continue
-            pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-            if pid != proc.pid:  # only the server process we started may ask for decryptions
-                conn.close()
-                continue
-            self.conn = conn
-            return True
-
-    def serve(self, proc) -> ChannelStats:
-        """Answer the server process ``proc`` until ``done``; ChannelError if it dies meanwhile."""
-        if not self._accept(proc):
-            return self.stats
-        alive = lambda: proc.poll() is None  # noqa: E731
-        while True:
-            header, blobs, n = recv_frame(self.conn, alive)
-            op = header.get("op")
-            if op == "done":
-                send_frame(self.conn, {"op": "bye"})
-                return self.stats
-            if header.get("key_id") != self.engine.key_id:
-                self._refuse("key_mismatch", f"the server sent ciphertexts under key {header.get('key_id')}, "
-                             f"the client's key is {self.engine.key_id}")
-            if op == "hello":
-                send_frame(self.conn, {"op": "ok", "key_id": self.engine.key_id})
-                continue
-            if op not in ("refresh", "evaluate"):
-                self._refuse("unknown_request", f"unknown request {op!r}")
-            self.stats.bytes_to_client += n
+    def answer(self, header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
+        self.failure = None
+        self.frames += 1
+        op, seq = header.get("op"), header.get("seq")
+        if op == "done":
+            self.done = True
+            return {"op": "bye", "seq": seq}, []
+        key = self.engine.key_id
+        if header.get("key_id") != key:
+            return self._refuse(seq, "key_mismatch", f"the server sent {op!r} under key {header.get('key_id')}, "
+                                f"the data owner's key is {key}")
+        if op == "hello":
+            if header.get("job_id") != self.job_id:
+                return self._refuse(seq, "job_mismatch", f"the server runs job {header.get('job_id')}, "
+                                    f"this session answers job {self.job_id}")
+            return {"op": "ok", "key_id": key, "seq": seq}, []
+        if op not in ("refresh", "evaluate"):
+            return self._refuse(seq, "unknown_request", f"unknown request {op!r}")
+        self.stats.bytes_to_client += frame_size(header, blobs)
+        digest = _digest(header, blobs)  # seq alone would match another server run's request of that seq
+        if self._last is not None and self._last[0] == digest:
+            reply, out = self._last[1], self._last[2]
+        else:
             t0 = time.perf_counter()
             try:
                 state = decode_state(self.engine, header["state"], blobs)
@@ -295,35 +566,116 @@ class ClientEndpoint:
                     reply = {"op": "verdict", "stop": bool(stop)}
                     self.stats.evaluations += 1
                     self.stats.refreshes += fresh is not None
-            except Exception:
+                layout, out = encode_state(self.engine, fresh) if fresh is not None else (None, [])
+            except Exception as exc:
                 # a fixed code only: the client's reason may hold numbers computed from decrypted values
                 # (a span, a min, a max), and a malicious server chooses the state it sends
-                self._tell_error("client_refused")  # the server may be gone already: our own error is raised
-                raise
-            layout, out = encode_state(self.engine, fresh) if fresh is not None else (None, [])
-            dt = time.perf_counter() - t0
-            self.stats.client_seconds += dt
-            self.stats.bytes_to_server += send_frame(
-                self.conn, {**reply, "key_id": self.engine.key_id, "state": layout}, out)
-            self.stats.round_trips += 1
+                self.failure = exc
+                return {"op": "error", "code": "client_refused", "seq": seq}, []
+            reply = {**reply, "key_id": key, "state": layout, "seq": seq}
+            self.stats.client_seconds += time.perf_counter() - t0
+            self._last = (digest, reply, out)
+        self.stats.bytes_to_server += frame_size(reply, out)
+        self.stats.round_trips += 1
+        return reply, out
 
-    def _refuse(self, code: str, message: str):
-        self._tell_error(code)
-        raise ChannelError(message)
+    def _refuse(self, seq, code: str, message: str) -> tuple[dict, list[bytes]]:
+        self.failure = ChannelError(message)
+        return {"op": "error", "code": code, "seq": seq}, []
 
-    def _tell_error(self, code: str) -> None:
-        """Tell the server that we stop, by a fixed code (ERROR_CODES), if it still listens (a write
-        to a gone reader must not replace the reason with "the other side is gone")."""
+
+def _digest(header: dict, blobs: list[bytes]) -> str:
+    h = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    for b in blobs:
+        h.update(len(b).to_bytes(8, "big"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def serve_socket(path: str | os.PathLike, engine, handler, job_id: str, *, alive: Callable[[], bool] = lambda: True,
+                 connect_timeout: float = DEFAULT_TIMEOUT_S, answerer: ChannelAnswerer | None = None) -> ChannelStats:
+    """One data-owner session: connect to the server listening at ``path`` (retrying every 0.2 s
+    while the socket is not there yet, or refuses, and ``alive()`` holds, up to
+    ``connect_timeout``), answer its frames until 'done', return this session's stats.
+
+    ChannelError if the server goes away (or ``alive()`` turns false) before 'done', or if this
+    session refuses the server (another key or job); a handler's exception is raised after the
+    server has been told ``client_refused``. ``answerer``: one to reuse across sessions (its cache
+    answers a request resent after a drop without asking the handler twice)."""
+    sock = _connect(pathlib.Path(path), alive, connect_timeout)
+    ans = answerer if answerer is not None else ChannelAnswerer(engine, handler, job_id)
+    ans.done = False
+    try:
+        while True:
+            try:
+                header, blobs, _ = recv_frame(sock, alive)
+            except ChannelError as exc:
+                raise ChannelError(f"the training server went away before the end of the job ({exc})") from None
+            reply, out = ans.answer(header, blobs)
+            try:
+                send_frame(sock, reply, out)
+            except ChannelError as exc:
+                if ans.failure is None:
+                    raise ChannelError(f"the training server went away before the end of the job ({exc})") from None
+            if ans.failure is not None:
+                raise ans.failure
+            if ans.done:
+                return ans.stats
+    finally:
+        sock.close()
+
+
+def _connect(path: pathlib.Path, alive: Callable[[], bool], timeout: float) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            send_frame(self.conn, {"op": "error", "code": code})
+            sock.connect(os.fspath(path))
+            break
+        except (FileNotFoundError, ConnectionRefusedError):  # not listening yet (or a killed run's socket)
+            sock.close()
+            if not alive():
+                raise ChannelError("the training server exited before it listened on its refresh channel") from None
+            if time.monotonic() >= deadline:
+                raise ChannelError(f"no server listens on the refresh channel {path} after {timeout:.0f} s") from None
+            time.sleep(_POLL_S)
+        except OSError as exc:
+            sock.close()
+            raise ChannelError(f"cannot connect to the refresh channel {path}: {exc}") from None
+    if _peer_uid(sock) != os.getuid():  # never answer (decrypt for) another user's process
+        sock.close()
+        raise ChannelError(f"the refresh channel {path} belongs to another user: refusing to answer it")
+    return sock
+
+
+# ---------------------------------------------------------------------- transitional
+class ClientEndpoint:
+    """TRANSITIONAL, for ``pipeline.run_server`` only until it is rewritten on serve_socket (then
+    delete this class): the old constructor and ``serve(proc)``, now one data-owner session that
+    connects to the server it started (which listens at ``self.path``, passed as ``--channel``)."""
+
+    def __init__(self, jobdir: str | os.PathLike, engine, handler) -> None:
+        if not engine.has_secret_key:
+            raise ChannelError("the client end of the refresh channel needs the engine with the secret key")
+        self.engine, self.handler = engine, handler
+        self.path = channel_location(jobdir)
+        self.answerer = ChannelAnswerer(engine, handler, job_id_of(jobdir))
+        self.stats = self.answerer.stats
+
+    def serve(self, proc) -> ChannelStats:
+        """Answer the server process ``proc`` until 'done'; ChannelError if it dies meanwhile (not
+        when it ends without ever saying hello: e.g. it refused the job, or needed no refresh)."""
+        try:
+            return serve_socket(self.path, self.engine, self.handler, self.answerer.job_id, answerer=self.answerer,
+                                alive=lambda: proc.poll() is None)
         except ChannelError:
-            pass
+            if self.answerer.frames == 0 and proc.poll() is not None:
+                return self.stats
+            raise
 
     def close(self) -> None:
-        for s in (self.conn, self.listener):
-            if s is not None:
-                s.close()
-        if self.path.exists():
-            self.path.unlink()
-        if self._tmp is not None:
-            self._tmp.rmdir()
+        if self.path.parent.name.startswith(_TMP_PREFIX):  # the server removes it; not if it never started
+            try:
+                self.path.parent.rmdir()
+            except OSError:
+                pass

@@ -1,6 +1,6 @@
 """The server: trains on ciphertexts with public material only.
 
-    python -m hetrain.protocol.server_main JOBDIR [--progress] [--channel SOCKET]
+    python -m hetrain.protocol.server_main JOBDIR [--progress] [--channel SOCKET [--channel-timeout S]]
 
 (server_main.py is the entry module: this one is imported by the package, so it is not run with
 ``python -m``; ``server_argv`` builds the command for every caller.) Exit status: 0 done, 2 a
@@ -12,9 +12,11 @@ does not fit before doing any work, runs ``trainer.server_train`` and writes the
 outputs, its timings and its peak memory back into JOBDIR. Nothing it reads can hold a secret
 key (the client never writes one), and the engine it builds cannot decrypt.
 
-Past one modulus chain (job["refresh"]): "client" connects to the client's refresh channel
-(``--channel``, refresh_channel.py) and passes it to server_train as the ``refresh`` hook (and
-``monitor``); "bootstrap" refreshes with engine.bootstrap (and still uses the channel, if given,
+Past one modulus chain (job["refresh"]): "client" listens on the refresh channel (``--channel
+SOCKET``, from refresh_channel.channel_location(JOBDIR); refresh_channel.py), where data-owner
+sessions attach one after another, and passes it to server_train as the ``refresh`` hook (and
+``monitor``); while no session is attached it waits ``--channel-timeout`` seconds, then fails.
+"bootstrap" refreshes with engine.bootstrap (and still uses the channel, if given,
 as ``monitor``). Trainers that accept a ``checkpoint`` hook get JOBDIR/state.ckpt: a killed job
 started again resumes after its last completed step.
 
@@ -56,8 +58,10 @@ ENTRY_MODULE = "hetrain.protocol.server_main"  # what ``python -m`` runs (never 
 EXIT_READER_GONE = 4
 
 
-def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=None) -> list[str]:
-    """The server process's command line; the one place that names its entry module."""
+def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=None,
+                channel_timeout: float | None = None) -> list[str]:
+    """The server process's command line; the one place that names its entry module. ``channel``:
+    the Unix socket to LISTEN on for the data owner (channel_location(jobdir))."""
     cmd = [sys.executable, "-m", ENTRY_MODULE, os.fspath(jobdir)]
     if progress:
         cmd.append("--progress")
@@ -65,6 +69,8 @@ def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=No
         cmd += ["--trainer-module", mod]
     if channel is not None:
         cmd += ["--channel", os.fspath(channel)]
+    if channel_timeout is not None:
+        cmd += ["--channel-timeout", repr(float(channel_timeout))]
     return cmd
 
 
@@ -98,7 +104,8 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     del public
     trainer = get_trainer(job["model"]).from_job(job)
     mode = job.get("refresh", "none")
-    hooks = _refresh_hooks(trainer, mode, engine, jobdir, channel_path, channel_timeout)
+    hooks = _refresh_hooks(trainer, mode, engine, jobdir, channel_path, channel_timeout,
+                           job_id=str(job.get("job_id") or manifest["key_id"]))
     with refresh_available(mode != "none"):
         _check_plan(trainer, job, engine)
     inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs")
@@ -114,10 +121,10 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
             outputs = trainer.server_train(engine, inputs, job, report, **hooks)
     except BaseException:
         if channel is not None:
-            channel.sock.close()  # the client sees the channel close, then reads our server_error.json
+            channel.abort()  # an attached data owner sees the channel end, then reads our server_error.json
         raise
     if channel is not None:
-        channel.close()  # "done": the client stops serving
+        channel.close()  # "done": the data owner's session ends; the socket is removed
     train_s = time.perf_counter() - t1
     counters = engine.counters.as_dict()
 
@@ -134,7 +141,8 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     return stats
 
 
-def _refresh_hooks(trainer, mode: str, engine, jobdir: pathlib.Path, channel_path, timeout: float) -> dict:
+def _refresh_hooks(trainer, mode: str, engine, jobdir: pathlib.Path, channel_path, timeout: float,
+                   job_id: str = "") -> dict:
     """server_train keyword hooks for the job's refresh mode (checked before any work)."""
     if mode not in REFRESH_MODES:
         raise BundleError(f"job refresh mode must be one of {', '.join(REFRESH_MODES)}, got {mode!r}")
@@ -149,8 +157,10 @@ def _refresh_hooks(trainer, mode: str, engine, jobdir: pathlib.Path, channel_pat
         raise DepthPlanError(f"backend {engine.backend_name} cannot bootstrap: use --refresh client "
                              "(or the desilo backend)")
     if mode == "client" and channel_path is None:
-        raise BundleError("--refresh client needs the client's refresh channel (server option --channel)")
-    channel = ServerChannel(channel_path, engine, timeout) if channel_path is not None else None
+        raise BundleError("--refresh client needs the refresh channel to listen on (server option --channel)")
+    channel = None
+    if channel_path is not None:  # listens now; the socket goes away with the channel (or this process)
+        channel = ServerChannel.listen(channel_path, engine, job_id or engine.key_id, timeout, jobdir=jobdir)
     if channel is not None:
         hooks["_channel"], hooks["_stats"] = channel, channel.stats
     hooks["refresh"] = channel if mode == "client" else BootstrapRefresh(engine, hooks["_stats"])
@@ -198,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true", help=f"print '{PROGRESS_PREFIX.strip()} DONE TOTAL MSG' lines")
     p.add_argument("--trainer-module", action="append", default=[],
                    help="extra module to import so its trainer registers (set by the operator, never by the job)")
-    p.add_argument("--channel", metavar="SOCKET", help="the client's refresh channel (Unix socket) for --refresh client")
-    p.add_argument("--channel-timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help="seconds to wait for the client's answer before giving up")
+    p.add_argument("--channel", metavar="SOCKET",
+                   help="listen on this Unix socket for the data owner's refresh sessions (--refresh client)")
+    p.add_argument("--channel-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help="seconds to wait for a data owner to attach, or for its answer, before giving up "
+                        f"(default {DEFAULT_TIMEOUT_S:.0f})")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="server %(levelname)s: %(message)s")
     if os.environ.get("HETRAIN_SERVER_AUDIT"):
