@@ -391,3 +391,112 @@ def test_a_job_stopped_with_the_service_resumes_with_its_channel_on_restart(fake
         assert json.loads((job_dir / STATE).read_text())["resume"] is False
     finally:
         jobs.close()
+
+
+# ---------------------------------------------------------------------- end to end: the real server
+def _iris_split(n_val=30):
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    idx = np.random.default_rng(0).permutation(len(y))
+    return X[idx[n_val:]], y[idx[n_val:]], X[idx[:n_val]], y[idx[:n_val]]
+
+
+class _LeavesAfter:
+    """The data owner's answerer that ends its HTTP session (``stop``) after ``k`` answers."""
+
+    def __init__(self, answerer, k: int, stop: threading.Event) -> None:
+        self.inner, self.k, self.stop = answerer, k, stop
+
+    def answer(self, header, blobs):
+        out = self.inner.answer(header, blobs)
+        self.k -= 1
+        if self.k <= 0:
+            self.stop.set()
+        return out
+
+    def __getattr__(self, name):  # failure, stats, done
+        return getattr(self.inner, name)
+
+
+def test_minibatch_mlr_through_the_service_with_the_data_owner_dropping_mid_run(service, tmp_path):
+    from hetrain.protocol.refresh import ClientRefresher, LongJob
+    from hetrain.protocol.refresh_channel import ChannelAnswerer, job_id_of
+
+    Xtr, ytr, Xv, yv = _iris_split()
+    cfg = {"epochs": 3, "batch_size": 64, "learning_rate": 0.5, "patience": 0}  # 6 steps, a refresh before 5
+
+    def new_job(name):
+        job = LongJob(Xtr, ytr, Xv, yv, cfg, backend="sim", preset="n16384", refresh_mode="client")
+        job.write(tmp_path / name)
+        v = job.validation
+        return job, ClientRefresher(job.engine, check=v.check, evaluate=v.evaluate)
+
+    def weights(job, jobdir):
+        outputs = files.unpack_ciphertexts(job.engine, files.read_bytes(jobdir / files.OUTPUTS, "outputs"), "outputs")
+        return job.trainer.client_decrypt(job.engine, outputs, job.job)["W"]
+
+    # without a drop: HttpTransport.run answers in a thread while it follows the job
+    ref, ref_handler = new_job("ref")
+    stats = HttpTransport(service.url, poll_wait=5).run(tmp_path / "ref", ref.trainer, False,
+                                                        refresh_handler=ref_handler, client_engine=ref.engine)
+    W_ref = weights(ref, tmp_path / "ref")
+    ch = stats["client_channel"]
+    assert stats["refresh"]["round_trips"] == 5 and ch["round_trips"] == 7  # hello + 5 + done
+    assert ch["refreshes"] == 5 and ch["evaluations"] == 2 and ch["bytes_to_client"] > 0
+
+    # with drops: session 1 answers hello and two requests, then leaves; session 2 takes the next
+    # request and vanishes without answering; session 3 (the same data owner, same answerer) finishes
+    job, handler = new_job("drop")
+    job_id = upload(service, tmp_path / "drop")
+    answerer = ChannelAnswerer(job.engine, handler, job_id_of(tmp_path / "drop"))
+    stop = threading.Event()
+    first = serve_http(service.url, job_id, job.engine, handler, answerer=_LeavesAfter(answerer, 3, stop),
+                       poll_wait=2, stop=stop)
+    assert first.round_trips == 3 and service.http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+    r = poll(service, job_id)
+    assert r.status_code == 200 and decode_frame(r.content)[0]["op"] in ("refresh", "evaluate")
+    time.sleep(0.5)
+    assert service.http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"  # the job waits for its data owner
+    third = serve_http(service.url, job_id, job.engine, handler, answerer=answerer, poll_wait=2)
+    st = service.wait(job_id)
+    assert st["status"] == "done", st
+    assert first.round_trips + third.round_trips == 7 and st["stats"]["refresh"]["round_trips"] == 5
+    # HTTP sessions came and went; the relay kept its one connection: the server saw one session
+    assert st["channel"]["connections"] == 1 and st["channel"]["answers"] == 7
+    assert st["stats"]["refresh"]["attaches"] == 1 and st["stats"]["refresh"]["resent"] == 0
+    r = service.http.get(f"/v1/jobs/{job_id}/result")
+    (tmp_path / "drop" / files.OUTPUTS).write_bytes(r.content)
+    service.http.delete(f"/v1/jobs/{job_id}")
+    W = weights(job, tmp_path / "drop")
+    # the same run: sim arithmetic without noise, the same steps, refreshes and evaluations
+    np.testing.assert_allclose(W, W_ref, rtol=0, atol=1e-9)
+    accuracies = [h.get("val_accuracy") for h in job.validation.history]
+    assert len(accuracies) >= 5 and accuracies == [h.get("val_accuracy") for h in ref.validation.history]
+    assert np.abs(W).max() > 0.05
+
+
+def test_a_long_job_directory_gets_a_short_socket_path_that_is_removed(fake, client_bundle, tmp_path):
+    import glob
+    import tempfile
+
+    from hetrain.service.jobs import STATE, JobQueue
+
+    starts = fake
+    work = tmp_path / ("w" * 90)  # JOBDIR/refresh.sock would be too long for a Unix socket
+    job_dir = write_bundle(work / "jobs" / "AAAAAAAAAAAAAAAAAAAAAA", client_bundle, requests=1)
+    (job_dir / STATE).write_text(json.dumps({"id": job_dir.name, "status": "queued"}))
+    before = set(glob.glob(f"{tempfile.gettempdir()}/hetrain-ch-*"))
+    jobs = JobQueue(work)
+    try:
+        job, ans = jobs.get(job_dir.name), FakeAnswerer()
+        deadline = time.monotonic() + DEADLINE_S
+        while job.status != "done":
+            assert time.monotonic() < deadline and job.status in ("queued", "running"), job.error
+            got = job.relay.wait_request(1.0)
+            if got is not None:
+                assert job.relay.answer(got[0], encode_frame(*ans.answer(*decode_frame(bytes(got[1])))))
+        assert len(str(starts[0]["channel"])) < 100 and not str(starts[0]["channel"]).startswith(str(work))
+    finally:
+        jobs.close()
+    assert set(glob.glob(f"{tempfile.gettempdir()}/hetrain-ch-*")) == before

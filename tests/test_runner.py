@@ -188,3 +188,30 @@ def test_unreadable_stats_after_a_clean_exit_are_an_error(monkeypatch, tmp_path)
     with pytest.raises(ServerFailed, match="stats are unreadable"):
         run_server(tmp_path, progress=False)
     assert json.loads("{}") == {}
+
+
+def test_run_server_with_the_listening_channel_answered_during_the_run(tmp_path):
+    """What the local pipeline does with client refresh: the server listens at channel_location,
+    this process answers in ``during`` (serve_socket) while the runner follows the progress."""
+    import numpy as np
+
+    from hetrain.protocol.refresh import ClientRefresher, LongJob
+    from hetrain.protocol.refresh_channel import channel_location, job_id_of, serve_socket
+
+    X, y = load_builtin("iris")
+    job = LongJob(X[::1], y, None, None, {"epochs": 2, "batch_size": 64, "learning_rate": 0.5, "patience": 0},
+                  backend="sim", preset="n16384", refresh_mode="client")
+    job.write(tmp_path / "job")
+    path = channel_location(tmp_path / "job")
+    handler = ClientRefresher(job.engine, check=job.validation.check)
+    seen, answered = [], []
+
+    def during(proc):
+        answered.append(serve_socket(path, job.engine, handler, job_id_of(tmp_path / "job"), alive=proc.alive))
+
+    stats = run_server(tmp_path / "job", progress=False, channel=path, during=during,
+                       on_progress=lambda d, t, m: seen.append(d))
+    steps = stats["trainer"]["steps"]
+    assert steps == 6 and stats["refresh"]["round_trips"] == steps - 1 == answered[0].refreshes
+    assert seen[-1] == steps and not path.exists()
+    assert np.isfinite(stats["server_train_s"])

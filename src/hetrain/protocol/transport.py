@@ -102,8 +102,8 @@ class HttpTransport:
         """Upload, follow, download. ``refresh_handler`` (with ``client_engine``, the engine with
         the secret key): answer the job's refresh requests over HTTP while it trains (serve_http
         in a thread); the stats then carry this side's view of the channel under
-        "client_channel". ``job_id``: the job identity the answerer checks (default: the
-        service's id of the uploaded job)."""
+        "client_channel". ``job_id``: the job id the answerer expects in the server's hello
+        (default refresh_channel.job_id_of(jobdir))."""
         httpx = _httpx()
         jobdir = pathlib.Path(jobdir)
         if refresh_handler is None and _job_refresh_mode(jobdir) == "client":
@@ -116,8 +116,10 @@ class HttpTransport:
             remote_id = self._upload(http, jobdir, progress)
             try:
                 if refresh_handler is not None:
+                    from .refresh_channel import job_id_of
+
                     answering = _Answering(self.url, remote_id, client_engine, refresh_handler,
-                                           answerer_job_id=job_id, poll_wait=self.poll_wait)
+                                           answerer_job_id=job_id or job_id_of(jobdir), poll_wait=self.poll_wait)
                 stats = self._wait(http, remote_id, progress, deadline, answering)
                 if answering is not None:
                     stats = {**stats, "client_channel": answering.finish().as_dict()}
@@ -265,16 +267,19 @@ def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False
 
     Long-polls ``GET /v1/jobs/{id}/channel?wait=poll_wait`` and posts each answer to
     ``/v1/jobs/{id}/channel/{seq}``. ``answerer`` (default ``ChannelAnswerer(engine, handler,
-    answerer_job_id or job_id)``) computes the answer frame of each request frame. Connection
+    answerer_job_id)``; ``answerer_job_id``: the bundle's job id, refresh_channel.job_id_of(JOBDIR),
+    by default the key id as there) computes the answer frame of each request frame; pass the
+    same answerer to a later session so that a request resent after a drop is not computed twice. Connection
     errors and 5xx are retried with backoff (the job waits on the service meanwhile); after
     ``give_up_s`` consecutive seconds of them, ServerError. A 409 on an answer means the service
     sends that request again (its connection to the server was re-established): it is answered
     again. ``stop`` (an Event): return at the next chance, leaving the job to another session.
-    If the answerer raises, the server is told "client_refused" (a fixed code) and the error is raised.
+    When the answerer refuses (an "error" frame with a fixed code, its reason in ``failure``), the
+    frame is delivered and the reason raised.
     """
     httpx = _httpx()
     if answerer is None:
-        answerer = make_answerer(engine, handler, answerer_job_id or job_id)
+        answerer = make_answerer(engine, handler, answerer_job_id or engine.key_id)
     stats, ops = ChannelStats(), ChannelStats()
     path = f"/v1/jobs/{job_id}/channel"
     stopped = (lambda: stop.is_set()) if stop is not None else (lambda: False)  # noqa: E731
@@ -303,7 +308,7 @@ def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False
             t0 = time.perf_counter()
             try:
                 reply, out = answerer.answer(header, blobs)
-            except BaseException:
+            except BaseException:  # an answerer that raises instead of answering "error"
                 # a fixed code only (refresh_channel.ERROR_CODES): our reason may hold decrypted-derived numbers
                 try:  # once, no retries
                     http.post(f"{path}/{seq}", content=encode_frame({"op": "error", "code": "client_refused"}))
@@ -324,6 +329,9 @@ def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False
             elif status == 410:
                 break
             # 409: the relay lost its connection to the server, which sends the request again
+            failure = getattr(answerer, "failure", None)
+            if failure is not None:  # we refused (the server was told a fixed code): our own reason
+                raise failure
     counted = getattr(answerer, "stats", None)
     stats.refreshes = getattr(counted, "refreshes", ops.refreshes)
     stats.evaluations = getattr(counted, "evaluations", ops.evaluations)
@@ -388,7 +396,7 @@ class _Answering:
         self._stop = threading.Event()
         self.stats: ChannelStats | None = None
         self.error: BaseException | None = None
-        answerer = make_answerer(engine, handler, answerer_job_id or job_id)  # fails here, before any wait
+        answerer = make_answerer(engine, handler, answerer_job_id)  # fails here, before any wait
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"hetrain-answer-{job_id[:8]}",
                                         args=(url, job_id, engine, handler, answerer, poll_wait))
         self._thread.start()

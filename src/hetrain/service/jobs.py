@@ -23,7 +23,6 @@ import pathlib
 import queue
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 
@@ -213,7 +212,7 @@ class JobQueue:
                 log.error("job %s: cannot save its state: %s", job_id, exc)
 
     def _run(self, job: Job) -> None:
-        channel, tmp = (_channel_location(job.dir) if job.relay is not None else (None, None))
+        channel = refresh_channel.channel_location(job.dir) if job.relay is not None else None
         try:
             with self._lock:
                 if job.deleted:
@@ -255,8 +254,8 @@ class JobQueue:
             if job.proc is not None:
                 job.proc.close()
             job.proc = None
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+            if channel is not None:
+                _remove_channel(job.dir, channel)
         if job.finished_at is not None:
             log.info("job %s %s in %.1f s", job.id, job.status, job.finished_at - job.started_at)
 
@@ -271,13 +270,13 @@ def _refresh_mode(jobdir: pathlib.Path) -> str:
     return mode if isinstance(mode, str) else "none"
 
 
-def _channel_location(jobdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path | None]:
-    """(where the server process listens, temporary directory to remove afterwards or None)."""
-    locate = getattr(refresh_channel, "channel_location", None)
-    if locate is not None:  # the channel's own rule (JOBDIR/refresh.sock, or a short path it records)
-        return pathlib.Path(locate(jobdir)), None
-    path = pathlib.Path(jobdir).resolve() / refresh_channel.SOCKET_NAME
-    if len(os.fsencode(path)) < 100:  # Unix socket paths are limited to ~107 bytes
-        return path, None
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="hetrain-relay-"))
-    return tmp / refresh_channel.SOCKET_NAME, tmp
+def _remove_channel(jobdir: pathlib.Path, path: pathlib.Path) -> None:
+    """After the server process ended: what a killed one could not remove (its socket, and the
+    private temporary directory that channel_location made for a long job directory)."""
+    try:
+        path.unlink(missing_ok=True)
+        if path.parent != jobdir.resolve():
+            (jobdir / refresh_channel.CHANNEL_RECORD).unlink(missing_ok=True)
+            path.parent.rmdir()
+    except OSError:
+        pass
