@@ -49,7 +49,8 @@ SOCKET_NAME = "refresh.sock"
 CHANNEL_RECORD = "channel.json"  # JOBDIR/channel.json: where the server listens, when not JOBDIR/refresh.sock
 DEFAULT_TIMEOUT_S = 3600.0  # a client refresh of a large state at N=32768 takes seconds, never an hour
 _POLL_S = 0.2
-_MAX_SOCKET_PATH = 100  # bytes; sun_path holds 108 on Linux (104 on BSDs)
+_MAX_SOCKET_PATH = 100  # bytes, for JOBDIR/refresh.sock (a margin below sun_path's size)
+_SUN_PATH = 108 if sys.platform.startswith("linux") else 104  # what bind() takes, terminating NUL included
 _TMP_PREFIX = "hetrain-ch-"
 _BYE_WAIT_S = 5.0
 
@@ -204,7 +205,7 @@ def channel_location(jobdir: str | os.PathLike) -> pathlib.Path:
     if len(os.fsencode(default)) < _MAX_SOCKET_PATH:
         return default
     (jobdir / CHANNEL_RECORD).unlink(missing_ok=True)  # a stale record (its directory is gone)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=_TMP_PREFIX))
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=_short_tmp()))
     path = tmp / SOCKET_NAME
     if _write_record(jobdir, path, exclusive=True):
         return path
@@ -213,6 +214,15 @@ def channel_location(jobdir: str | os.PathLike) -> pathlib.Path:
     if recorded is None:
         raise ChannelError(f"cannot agree on the refresh channel's location ({jobdir / CHANNEL_RECORD})")
     return recorded
+
+
+def _short_tmp() -> str:
+    """The temporary directory, or a shorter system one when its socket paths would be too long."""
+    room = len(os.fsencode(os.path.join(_TMP_PREFIX + "x" * 8, SOCKET_NAME))) + 1
+    for base in (tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"):
+        if len(os.fsencode(base)) + room < _MAX_SOCKET_PATH and os.path.isdir(base) and os.access(base, os.W_OK):
+            return base
+    raise ChannelError("no temporary directory with a path short enough for the refresh channel's socket")
 
 
 def job_id_of(jobdir: str | os.PathLike) -> str:
@@ -233,7 +243,7 @@ def _recorded(jobdir: pathlib.Path) -> pathlib.Path | None:
         st = os.stat(path.parent)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not path.is_absolute() or st.st_uid != os.getuid() or len(os.fsencode(path)) >= _MAX_SOCKET_PATH:
+    if not path.is_absolute() or st.st_uid != os.getuid() or len(os.fsencode(path)) >= _SUN_PATH:
         return None
     return path
 
@@ -324,7 +334,7 @@ class ServerChannel:
         ``jobdir``, the location is recorded for channel_location(jobdir) when it is not the
         default one (otherwise nothing else is written)."""
         path = pathlib.Path(path).absolute()
-        if len(os.fsencode(path)) >= 104:
+        if len(os.fsencode(path)) >= _SUN_PATH:
             raise ChannelError(f"refresh channel path too long for a Unix socket ({path}): "
                                "use channel_location(JOBDIR)")
         if not path.parent.is_dir():
