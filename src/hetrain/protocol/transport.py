@@ -6,6 +6,12 @@
 Both take a job directory written by ``files.write_job`` (public material only), leave the
 encrypted outputs in ``JOBDIR/outputs.bin`` and return the server's stats (server_stats.json).
 The secret key never takes part: decryption stays with the caller.
+
+A job with ``"refresh": "client"`` asks the data owner to refresh its state while it trains. Over
+HTTP the data owner answers with ``serve_http`` (long polls on ``/v1/jobs/{id}/channel``, one
+answer per request, computed by refresh_channel.ChannelAnswerer): it may stop and start again
+while the job waits, and survives dropped connections. ``HttpTransport.run(...,
+refresh_handler=...)`` runs it in a thread while it follows the job.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import logging
 import os
 import pathlib
 import tarfile
+import threading
 import time
 from typing import Iterator, Protocol
 
@@ -22,9 +29,17 @@ from tqdm import tqdm
 from . import files
 from .errors import ServerError
 from .monitor import PeakRSS
+from .refresh_channel import ChannelError, ChannelStats, recv_frame, send_frame
+
+log = logging.getLogger("hetrain.transport")
 
 BUNDLE_ORDER = (files.MANIFEST, files.JOB, files.PUBLIC_CONTEXT, files.INPUTS)  # small files first
 _CHUNK = 1 << 20
+SEQ_HEADER = "X-Hetrain-Seq"      # the relay's number of the pending request (service/app.py)
+DEFAULT_POLL_WAIT_S = 25.0        # long-poll wait (the service caps it at 30 s)
+DEFAULT_GIVE_UP_S = 600.0         # serve_http: consecutive seconds without reaching the service
+DEFAULT_STATUS_RETRY_S = 120.0    # HttpTransport: consecutive seconds of failed status requests
+_RETRY_PAUSE_S = (0.2, 5.0)       # first and longest pause between retries
 
 
 class Transport(Protocol):
@@ -66,11 +81,14 @@ class HttpTransport:
     """
 
     def __init__(self, url: str, *, poll_s: float = 2.0, timeout_s: float | None = None,
-                 keep_remote: bool = False) -> None:
+                 keep_remote: bool = False, poll_wait: float = DEFAULT_POLL_WAIT_S,
+                 retry_s: float = DEFAULT_STATUS_RETRY_S) -> None:
         self.url = url.rstrip("/")
         self.poll_s = poll_s
         self.timeout_s = timeout_s
         self.keep_remote = keep_remote
+        self.poll_wait = poll_wait  # the refresh channel's long-poll wait
+        self.retry_s = retry_s      # how long status requests may keep failing (service restarting, network)
         quiet = logging.getLogger("httpx")
         if quiet.level == logging.NOTSET:  # httpx logs every request at INFO: polling would flood the CLI
             quiet.setLevel(logging.WARNING)
@@ -79,21 +97,40 @@ class HttpTransport:
         """The service answers /v1/health (keygen and encryption can take minutes: check first)."""
         self._health()
 
-    def run(self, jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None) -> dict:
+    def run(self, jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None, *,
+            refresh_handler=None, client_engine=None, job_id: str | None = None) -> dict:
+        """Upload, follow, download. ``refresh_handler`` (with ``client_engine``, the engine with
+        the secret key): answer the job's refresh requests over HTTP while it trains (serve_http
+        in a thread); the stats then carry this side's view of the channel under
+        "client_channel". ``job_id``: the job id the answerer expects in the server's hello
+        (default refresh_channel.job_id_of(jobdir))."""
         httpx = _httpx()
         jobdir = pathlib.Path(jobdir)
+        if refresh_handler is None and _job_refresh_mode(jobdir) == "client":
+            raise ServerError("this job's state is refreshed by the client (--refresh client): "
+                              "HttpTransport.run needs refresh_handler and client_engine to answer it")
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         timeout = httpx.Timeout(30.0, read=600.0)  # the service checks a big upload before it answers
+        answering = None
         with httpx.Client(base_url=self.url, timeout=timeout) as http:
-            job_id = self._upload(http, jobdir, progress)
+            remote_id = self._upload(http, jobdir, progress)
             try:
-                stats = self._wait(http, job_id, progress, deadline)
-                self._download(http, job_id, jobdir / files.OUTPUTS, stats.get("download_bytes"), progress)
+                if refresh_handler is not None:
+                    from .refresh_channel import job_id_of
+
+                    answering = _Answering(self.url, remote_id, client_engine, refresh_handler,
+                                           answerer_job_id=job_id or job_id_of(jobdir), poll_wait=self.poll_wait)
+                stats = self._wait(http, remote_id, progress, deadline, answering)
+                if answering is not None:
+                    stats = {**stats, "client_channel": answering.finish().as_dict()}
+                self._download(http, remote_id, jobdir / files.OUTPUTS, stats.get("download_bytes"), progress)
             except BaseException:
-                self._delete(http, job_id)  # interrupted or failed: free the service
+                if answering is not None:
+                    answering.stop()
+                self._delete(http, remote_id)  # interrupted or failed: free the service
                 raise
             if not self.keep_remote:
-                self._delete(http, job_id)
+                self._delete(http, remote_id)
         files.atomic_write(jobdir / files.SERVER_STATS, json.dumps(stats, indent=1))
         return stats
 
@@ -123,11 +160,13 @@ class HttpTransport:
             raise ServerError(f"the service refused the job (HTTP {r.status_code}): {body.get('error', r.text)}")
         return body["id"]
 
-    def _wait(self, http, job_id: str, progress: bool, deadline: float | None) -> dict:
+    def _wait(self, http, job_id: str, progress: bool, deadline: float | None, answering=None) -> dict:
         delay = 0.1  # short first waits (small jobs finish in seconds), growing to poll_s
         with tqdm(desc="server train", unit="it", disable=not progress) as bar:
             while True:
-                st = self._json(http, "GET", f"/v1/jobs/{job_id}")
+                if answering is not None:
+                    answering.check()  # our answers failed (e.g. a client check refused the state): stop
+                st = self._status(http, job_id)
                 p = st.get("progress") or {}
                 if p.get("total"):
                     bar.total, bar.n = p["total"], p["done"]
@@ -142,6 +181,33 @@ class HttpTransport:
                     raise ServerError(f"job {job_id} did not finish within {self.timeout_s} s (status {st['status']})")
                 time.sleep(delay)
                 delay = min(self.poll_s, delay * 1.5)
+
+    def _status(self, http, job_id: str) -> dict:
+        """The job's status; connection errors and 5xx are retried for up to ``retry_s`` seconds
+        (the job goes on without us meanwhile)."""
+        import httpx
+
+        path, failing_since, pause = f"/v1/jobs/{job_id}", None, _RETRY_PAUSE_S[0]
+        while True:
+            try:
+                r = http.get(path)
+                if r.status_code < 500:
+                    break
+                why = f"HTTP {r.status_code}: {_body(r).get('error', r.text)}"
+            except httpx.TransportError as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            now = time.monotonic()
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since > self.retry_s:
+                raise ServerError(f"cannot reach the training service at {self.url} for {self.retry_s:g} s "
+                                  f"({why}); job {job_id} may still be running there")
+            log.info("status of job %s: %s; retrying in %.1f s", job_id, why, pause)
+            time.sleep(pause)
+            pause = min(_RETRY_PAUSE_S[1], pause * 2)
+        body = _body(r)
+        if r.status_code != 200:
+            raise ServerError(f"GET {path} failed (HTTP {r.status_code}): {body.get('error', r.text)}")
+        return body
 
     def _download(self, http, job_id: str, path: pathlib.Path, size: int | None, progress: bool) -> None:
         tmp = path.with_name(path.name + ".part")
@@ -178,6 +244,234 @@ class HttpTransport:
         if r.status_code != 200:
             raise ServerError(f"{method} {path} failed (HTTP {r.status_code}): {body.get('error', r.text)}")
         return body
+
+
+# ---------------------------------------------------------------------- the refresh channel over HTTP
+def make_answerer(engine, handler, job_id):
+    """The data owner's answers, one frame in, one out (refresh_channel.ChannelAnswerer)."""
+    from . import refresh_channel
+
+    answerer = getattr(refresh_channel, "ChannelAnswerer", None)
+    if answerer is None:
+        raise ServerError("this hetrain has no refresh_channel.ChannelAnswerer: it cannot answer a remote "
+                          "job's refresh requests")
+    return answerer(engine, handler, job_id)
+
+
+def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False,
+               poll_wait: float = DEFAULT_POLL_WAIT_S, answerer=None, answerer_job_id: str | None = None,
+               stop: threading.Event | None = None, give_up_s: float | None = DEFAULT_GIVE_UP_S) -> ChannelStats:
+    """Answer the refresh requests of job ``job_id`` on the service at ``url`` until it is done or
+    failed (the service answers 410); returns this side's counts (round trips, bytes both ways,
+    the time spent answering).
+
+    Long-polls ``GET /v1/jobs/{id}/channel?wait=poll_wait`` and posts each answer to
+    ``/v1/jobs/{id}/channel/{seq}``. ``answerer`` (default ``ChannelAnswerer(engine, handler,
+    answerer_job_id)``; ``answerer_job_id``: the bundle's job id, refresh_channel.job_id_of(JOBDIR),
+    by default the key id as there) computes the answer frame of each request frame; pass the
+    same answerer to a later session so that a request resent after a drop is not computed twice. Connection
+    errors and 5xx are retried with backoff (the job waits on the service meanwhile); after
+    ``give_up_s`` consecutive seconds of them, ServerError. A 409 on an answer means the service
+    sends that request again (its connection to the server was re-established): it is answered
+    again. ``stop`` (an Event): return at the next chance, leaving the job to another session.
+    When the answerer refuses (an "error" frame with a fixed code, its reason in ``failure``), the
+    frame is delivered and the reason raised.
+    """
+    httpx = _httpx()
+    if answerer is None:
+        answerer = make_answerer(engine, handler, answerer_job_id or engine.key_id)
+    stats, ops = ChannelStats(), ChannelStats()
+    path = f"/v1/jobs/{job_id}/channel"
+    stopped = (lambda: stop.is_set()) if stop is not None else (lambda: False)  # noqa: E731
+    retry = _Backoff(url, give_up_s, stop)
+    timeout = httpx.Timeout(30.0, read=poll_wait + 30.0)
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as http, \
+            tqdm(desc="refresh", unit="rt", disable=not progress) as bar:
+        while not stopped():
+            try:
+                r = http.get(path, params={"wait": poll_wait})
+            except httpx.TransportError as exc:
+                retry.failed(f"{type(exc).__name__}: {exc}")
+                continue
+            if r.status_code >= 500:
+                retry.failed(f"HTTP {r.status_code}: {_body(r).get('error', r.text)}")
+                continue
+            retry.ok()
+            if r.status_code == 410:  # done or failed: nothing more to answer
+                break
+            if r.status_code == 204:
+                continue
+            if r.status_code != 200 or SEQ_HEADER.lower() not in r.headers:
+                raise ServerError(f"GET {path} failed (HTTP {r.status_code}): {_body(r).get('error', r.text)}")
+            seq, request = int(r.headers[SEQ_HEADER]), r.content
+            header, blobs = decode_frame(request)
+            t0 = time.perf_counter()
+            try:
+                reply, out = answerer.answer(header, blobs)
+            except BaseException:  # an answerer that raises instead of answering "error"
+                # a fixed code only (refresh_channel.ERROR_CODES): our reason may hold decrypted-derived numbers
+                try:  # once, no retries
+                    http.post(f"{path}/{seq}", content=encode_frame({"op": "error", "code": "client_refused"}))
+                except Exception:  # the service may be unreachable: our own error is the one to raise
+                    pass
+                raise
+            stats.client_seconds += time.perf_counter() - t0
+            stats.bytes_to_client += len(request)
+            body = encode_frame(reply, out)
+            status = _post_answer(http, path, seq, body, retry, stopped)
+            if status == 200:
+                stats.round_trips += 1
+                stats.bytes_to_server += len(body)
+                ops.refreshes += reply.get("op") == "refreshed" or (reply.get("op") == "verdict"
+                                                                     and reply.get("state") is not None)
+                ops.evaluations += reply.get("op") == "verdict"
+                bar.update(1)
+            elif status == 410:
+                break
+            # 409: the relay lost its connection to the server, which sends the request again
+            failure = getattr(answerer, "failure", None)
+            if failure is not None:  # we refused (the server was told a fixed code): our own reason
+                raise failure
+    counted = getattr(answerer, "stats", None)
+    stats.refreshes = getattr(counted, "refreshes", ops.refreshes)
+    stats.evaluations = getattr(counted, "evaluations", ops.evaluations)
+    return stats
+
+
+def _post_answer(http, path: str, seq: int, body: bytes, retry: "_Backoff", stopped) -> int | None:
+    """POST the answer, retrying connection errors and 5xx (until ``stopped()``); its final status
+    (None: stopped before it was delivered)."""
+    import httpx
+
+    first = True
+    while first or not stopped():
+        first = False
+        try:
+            r = http.post(f"{path}/{seq}", content=body, headers={"content-type": "application/octet-stream"})
+        except httpx.TransportError as exc:
+            retry.failed(f"{type(exc).__name__}: {exc}")
+            continue
+        if r.status_code >= 500:
+            retry.failed(f"HTTP {r.status_code}: {_body(r).get('error', r.text)}")
+            continue
+        retry.ok()
+        if r.status_code in (200, 409, 410):
+            if r.status_code == 409:
+                log.info("answer to request %d not taken (%s): asking again", seq, _body(r).get("error"))
+            return r.status_code
+        raise ServerError(f"the service refused the answer to request {seq} (HTTP {r.status_code}): "
+                          f"{_body(r).get('error', r.text)}")
+    return None
+
+
+class _Backoff:
+    """Pauses between retries (growing to a cap); ServerError after ``give_up_s`` of failures in a row."""
+
+    def __init__(self, url: str, give_up_s: float | None, stop: threading.Event | None) -> None:
+        self.url, self.give_up_s, self.stop = url, give_up_s, stop
+        self.since: float | None = None
+        self.pause = _RETRY_PAUSE_S[0]
+
+    def failed(self, why: str) -> None:
+        now = time.monotonic()
+        self.since = now if self.since is None else self.since
+        if self.give_up_s is not None and now - self.since > self.give_up_s:
+            raise ServerError(f"cannot reach the training service at {self.url} for {self.give_up_s:g} s ({why})")
+        log.info("refresh channel: %s; retrying in %.1f s", why, self.pause)
+        if self.stop is not None:
+            self.stop.wait(self.pause)
+        else:
+            time.sleep(self.pause)
+        self.pause = min(_RETRY_PAUSE_S[1], self.pause * 2)
+
+    def ok(self) -> None:
+        self.since, self.pause = None, _RETRY_PAUSE_S[0]
+
+
+class _Answering:
+    """serve_http in a daemon thread for HttpTransport.run: ``check`` raises its error while the
+    job runs, ``finish`` waits for it after the job ended, ``stop`` abandons it."""
+
+    def __init__(self, url, job_id, engine, handler, *, answerer_job_id, poll_wait) -> None:
+        self._stop = threading.Event()
+        self.stats: ChannelStats | None = None
+        self.error: BaseException | None = None
+        answerer = make_answerer(engine, handler, answerer_job_id)  # fails here, before any wait
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"hetrain-answer-{job_id[:8]}",
+                                        args=(url, job_id, engine, handler, answerer, poll_wait))
+        self._thread.start()
+
+    def _run(self, url, job_id, engine, handler, answerer, poll_wait) -> None:
+        try:
+            self.stats = serve_http(url, job_id, engine, handler, answerer=answerer, poll_wait=poll_wait,
+                                    stop=self._stop)
+        except BaseException as exc:  # raised in the caller's thread by check/finish
+            self.error = exc
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def finish(self, timeout: float = DEFAULT_POLL_WAIT_S + 60.0) -> ChannelStats:
+        """After the job is done: the answering thread sees 410 on its next poll and returns."""
+        self._thread.join(timeout)
+        self.check()
+        if self._thread.is_alive():
+            self._stop.set()
+            raise ServerError("the job finished but answering its refresh channel did not stop")
+        return self.stats
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class _Bytes:
+    """Just enough of a socket for refresh_channel's send_frame/recv_frame on bytes in memory
+    (one definition of the frame format: theirs)."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._view, self._pos, self.out = memoryview(data), 0, []
+
+    def settimeout(self, _t) -> None:
+        pass
+
+    def recv(self, n: int) -> bytes:
+        chunk = bytes(self._view[self._pos:self._pos + n])
+        self._pos += len(chunk)
+        return chunk
+
+    def sendall(self, data) -> None:
+        self.out.append(bytes(data))
+
+    @property
+    def left(self) -> int:
+        return len(self._view) - self._pos
+
+
+def decode_frame(data: bytes) -> tuple[dict, list[bytes]]:
+    """(header, blobs) of one whole channel frame; ChannelError if it is not exactly one frame."""
+    buf = _Bytes(data)
+    try:
+        header, blobs, _ = recv_frame(buf)
+    except ChannelError as exc:
+        raise ChannelError(f"malformed request frame from the service ({exc})") from None
+    if buf.left:
+        raise ChannelError(f"{buf.left} bytes after the frame on the refresh channel")
+    return header, blobs
+
+
+def encode_frame(header: dict, blobs=()) -> bytes:
+    """One channel frame as bytes."""
+    buf = _Bytes()
+    send_frame(buf, header, list(blobs))
+    return b"".join(buf.out)
+
+
+def _job_refresh_mode(jobdir: pathlib.Path) -> str:
+    try:
+        return str(json.loads((jobdir / files.JOB).read_text()).get("refresh", "none"))
+    except (OSError, ValueError, AttributeError):
+        return "none"
 
 
 def _httpx():

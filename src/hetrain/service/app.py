@@ -12,6 +12,17 @@ proxy.
     DELETE /v1/jobs/{id}         cancel (kills a running job) and remove
     GET    /v1/health            liveness, queue counts, upload limit
 
+A job with ``"refresh": "client"`` asks its data owner to refresh its state; the data owner
+answers over HTTP and may come and go (service/relay.py):
+
+    GET    /v1/jobs/{id}/channel?wait=S  long poll (S <= 30): 200, the pending request frame
+                                         (application/octet-stream, header X-Hetrain-Seq: N);
+                                         204 nothing within S; 410 job finished or no channel
+    POST   /v1/jobs/{id}/channel/{N}     body: the answer frame -> 200; 409 N is not the pending
+                                         request (answered, or stale: poll again); 413 larger than
+                                         max(32 x the request, 1 MiB) (relay.ANSWER_FACTOR: fresh
+                                         ciphertexts outweigh low-level ones); 400 not a frame
+
 Every error is JSON: {"error": "<message>"}.
 """
 from __future__ import annotations
@@ -22,7 +33,7 @@ import re
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -30,11 +41,15 @@ import hetrain
 from hetrain.errors import HetrainUserError
 from hetrain.protocol import files
 
-from .jobs import DONE, JobQueue
+from .jobs import DONE, FAILED, JobQueue
+from .relay import FRAME_PREFIX, FrameError, check_frame, frame_size
 from .upload import UploadError, UploadTooLarge, check_bundle, receive_bundle
 
 DEFAULT_MAX_UPLOAD_BYTES = 16 * 1024 ** 3  # a public context at N=32768 with ~30 rotation keys, plus data
 _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+MAX_CHANNEL_WAIT_S = 30.0
+SEQ_HEADER = "X-Hetrain-Seq"
+_CHANNEL_POLLS = 32  # long polls waiting at once (their own thread pool: uploads never wait behind them)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -44,11 +59,12 @@ def _error(status: int, message: str) -> JSONResponse:
 def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, workers: int = 1,
                trainer_modules: tuple[str, ...] = ()) -> FastAPI:
     """The app; its job queue (and worker threads) lives from startup to shutdown."""
-    state: dict[str, JobQueue] = {}
+    state: dict = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         state["queue"] = JobQueue(workdir, workers=workers, trainer_modules=trainer_modules)
+        state["polls"] = anyio.CapacityLimiter(_CHANNEL_POLLS)
         try:
             yield
         finally:
@@ -119,4 +135,90 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
         await anyio.to_thread.run_sync(state["queue"].delete, job_id)
         return {"id": job_id, "deleted": True, "was": job.status}
 
+    def channel_of(job_id: str):
+        """The job's relay, or the 410 that says why there is none to talk to."""
+        job = find(job_id)
+        if job.relay is None:
+            raise StarletteHTTPException(410, f"job {job_id} has no refresh channel (its refresh mode is "
+                                              f"{job.refresh!r}; only \"client\" jobs ask their data owner)")
+        if job.status in (DONE, FAILED):
+            raise StarletteHTTPException(410, f"job {job_id} is {job.status}: its refresh channel is closed")
+        return job, job.relay
+
+    @app.get("/v1/jobs/{job_id}/channel")
+    async def channel_request(job_id: str, request: Request):
+        job, relay = channel_of(job_id)
+        raw = request.query_params.get("wait", "0")
+        try:
+            wait = min(max(float(raw), 0.0), MAX_CHANNEL_WAIT_S)
+        except ValueError:
+            return _error(400, f"wait must be a number of seconds, got {raw!r}")
+        if wait != wait:  # NaN
+            return _error(400, f"wait must be a number of seconds, got {raw!r}")
+        got = await anyio.to_thread.run_sync(relay.wait_request, wait, limiter=state["polls"])
+        if got is None:
+            if job.deleted:
+                return _error(404, f"no job with id {job_id!r} (unknown, or deleted)")
+            if job.status in (DONE, FAILED):
+                return _error(410, f"job {job_id} is {job.status}: its refresh channel is closed")
+            if relay.finished:  # the relay ended but the job has no final status yet: it is being closed
+                return _error(503, f"job {job_id}'s refresh channel is closing; ask again")
+            return Response(status_code=204)
+        seq, frame = got
+        return Response(frame, media_type="application/octet-stream", headers={SEQ_HEADER: str(seq)})
+
+    @app.post("/v1/jobs/{job_id}/channel/{seq}")
+    async def channel_answer(job_id: str, seq: str, request: Request):
+        job, relay = channel_of(job_id)
+        if not seq.isdigit() or len(seq) > 18:
+            return _error(400, f"the request number must be a non-negative integer, got {seq!r}")
+        n = int(seq)
+        limit = relay.answer_limit(n)
+        if limit is None:
+            return _error(409, f"request {n} of job {job_id} is not pending (already answered, or sent again "
+                               "after a reconnection): ask for the pending request")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _error(413, f"answer of {int(declared)} bytes is larger than this request's limit of {limit} bytes")
+        try:
+            body = await _read_frame(request.stream(), limit, int(declared) if declared and declared.isdigit() else None)
+        except _TooLarge as exc:
+            return _error(413, str(exc))
+        except FrameError as exc:
+            return _error(400, f"the answer is not a refresh-channel frame: {exc}")
+        except ClientDisconnect:
+            return _error(400, "the client disconnected while sending its answer")
+        if not relay.answer(n, body):
+            if job.status in (DONE, FAILED) or relay.finished:
+                return _error(410, f"job {job_id} is {job.status}: its refresh channel is closed")
+            return _error(409, f"request {n} of job {job_id} is no longer pending (answered meanwhile, or sent "
+                               "again after a reconnection): ask for the pending request")
+        return {"id": job_id, "seq": n, "accepted": True}
+
     return app
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_frame(chunks, limit: int, declared: int | None) -> bytes:
+    """One answer frame from the request body, refused (FrameError, _TooLarge) from its prefix,
+    before the rest of the body is read: never more than ``limit`` bytes in memory."""
+    buf = bytearray()
+    size = None
+    async for chunk in chunks:
+        buf += chunk
+        if size is None and len(buf) >= FRAME_PREFIX.size:
+            size = frame_size(bytes(buf[:FRAME_PREFIX.size]))
+            if size > limit:
+                raise _TooLarge(f"the answer's frame announces {size} bytes, larger than this request's limit "
+                                f"of {limit} bytes")
+            if declared is not None and declared != size:
+                raise FrameError(f"the frame announces {size} bytes, the request body has {declared}")
+        if len(buf) > (size if size is not None else limit):
+            raise FrameError(f"the body is longer than the frame it starts with ({size} bytes)")
+    if size is None:
+        raise FrameError(f"the body ({len(buf)} bytes) is too short to be a frame")
+    check_frame(buf)  # the exact length, a JSON header whose blob sizes add up
+    return bytes(buf)

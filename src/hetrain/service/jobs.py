@@ -5,7 +5,13 @@ process writes (outputs.bin, server_stats.json, server_error.json, server.log) a
 own ``state.json``. Worker threads (``workers``, default 1: the machine has 2 cores and SEAL is
 single-threaded per process) take jobs in order and run ``python -m hetrain.protocol.server_main JOBDIR
 --progress`` — the same server as a local fit, in its own process, with public material only —
-following its progress lines. On restart, jobs that were queued or running are queued again.
+following its progress lines (protocol/runner.py starts, follows and stops it). On restart, jobs
+that were queued or running are queued again (a running one resumes from its checkpoint).
+
+A job whose job.json says ``"refresh": "client"`` needs the data owner to answer its refresh
+requests: its server process listens on a Unix socket (``--channel``, in or near the job
+directory) and a relay thread (relay.py) passes each request to the data owner's HTTP session
+and its answer back (app.py: ``/v1/jobs/{id}/channel``).
 """
 from __future__ import annotations
 
@@ -17,13 +23,14 @@ import pathlib
 import queue
 import secrets
 import shutil
-import subprocess
-import sys
 import threading
 import time
 
-from hetrain.protocol import files
-from hetrain.protocol.server import PROGRESS_PREFIX, server_argv
+from hetrain.protocol import files, refresh_channel
+from hetrain.protocol.errors import ServerError
+from hetrain.protocol.runner import ServerProcess, ServerFailed
+
+from .relay import ChannelRelay
 
 log = logging.getLogger("hetrain.service")
 STATE = "state.json"
@@ -45,8 +52,16 @@ class Job:
     message: str = ""
     error: str | None = None
     stats: dict | None = None
+    refresh: str = "none"          # the job's refresh mode (job.json); "client": it has a channel
+    resume: bool = False           # it was running when the service stopped: continue from its checkpoint
+    channel: dict | None = None    # the relay's counts (relay.RelayStats), once it ran
     deleted: bool = False
-    proc: subprocess.Popen | None = dataclasses.field(default=None, repr=False)
+    proc: ServerProcess | None = dataclasses.field(default=None, repr=False)
+    relay: ChannelRelay | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.refresh == "client" and self.relay is None:
+            self.relay = ChannelRelay()  # exists while queued: a data owner may attach before the run
 
     def public(self) -> dict:
         """What GET /v1/jobs/{id} returns."""
@@ -56,13 +71,17 @@ class Job:
             timings["run_s"] = (self.finished_at or now) - self.started_at
         if self.stats:
             timings.update({k: self.stats[k] for k in ("server_load_s", "server_train_s", "server_write_s") if k in self.stats})
+        channel = self.relay.stats.as_dict() if self.relay is not None else self.channel
         return {"id": self.id, "status": self.status, "backend": self.backend, "model": self.model,
                 "progress": {"done": self.done, "total": self.total, "message": self.message},
                 "timings": timings, "error": self.error, "stats": self.stats if self.status == DONE else None,
-                "created_at": self.created_at}
+                "created_at": self.created_at, "refresh": self.refresh, "channel": channel}
 
     def save(self) -> None:
-        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("dir", "proc", "deleted")}
+        if self.relay is not None:
+            self.channel = self.relay.stats.as_dict()
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name not in ("dir", "proc", "relay", "deleted")}
         files.atomic_write(self.dir / STATE, json.dumps(state))
 
 
@@ -81,6 +100,7 @@ class JobQueue:
         self.trainer_modules = tuple(trainer_modules)
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._threads = [threading.Thread(target=self._work, name=f"hetrain-worker-{i}", daemon=True)
                          for i in range(workers)]
@@ -103,7 +123,7 @@ class JobQueue:
         """Move a checked upload into place and queue it."""
         d = self.jobs_dir / job_id
         os.replace(upload_dir, d)
-        job = Job(job_id, d, backend=manifest.get("backend"), model=manifest.get("model"))
+        job = Job(job_id, d, backend=manifest.get("backend"), model=manifest.get("model"), refresh=_refresh_mode(d))
         job.save()
         with self._lock:
             self._jobs[job_id] = job
@@ -123,9 +143,11 @@ class JobQueue:
                 return None
             job.deleted = True
             proc = job.proc
-        if proc is not None and proc.poll() is None:
+        if job.relay is not None:
+            job.relay.finish()
+        if proc is not None and proc.alive():
             proc.kill()  # the worker removes the directory once the process is gone
-        else:
+        elif job.status != RUNNING:
             shutil.rmtree(job.dir, ignore_errors=True)
         log.info("job %s deleted (was %s)", job_id, job.status)
         return job
@@ -139,10 +161,14 @@ class JobQueue:
         """Stop the workers and kill running server processes (their jobs run again on restart)."""
         with self._lock:
             procs = [j.proc for j in self._jobs.values() if j.proc is not None]
+            relays = [j.relay for j in self._jobs.values() if j.relay is not None]
+        self._closing.set()
         for _ in self._threads:
             self._queue.put(None)
+        for r in relays:
+            r.finish()
         for p in procs:
-            if p.poll() is None:
+            if p.alive():
                 p.kill()
         for t in self._threads:
             t.join(timeout=10)
@@ -152,11 +178,14 @@ class JobQueue:
         for state_path in sorted(self.jobs_dir.glob(f"*/{STATE}")):
             try:
                 state = json.loads(state_path.read_text())
+                if "refresh" not in state:  # written before the service knew refresh modes
+                    state["refresh"] = _refresh_mode(state_path.parent)
                 job = Job(dir=state_path.parent, **state)
             except (OSError, ValueError, TypeError) as exc:
                 log.warning("ignoring job directory %s: unreadable state (%s)", state_path.parent, exc)
                 continue
             if job.status in (QUEUED, RUNNING):
+                job.resume = job.resume or job.status == RUNNING
                 job.status, job.started_at, job.done = QUEUED, None, 0
                 self._queue.put(job.id)
             self._jobs[job.id] = job
@@ -171,6 +200,9 @@ class JobQueue:
             except Exception as exc:  # keep the worker alive whatever happens to one job
                 log.exception("job %s: worker error", job_id)
                 job.status, job.error, job.finished_at = FAILED, f"service error: {exc}", time.time()
+            finally:
+                if job.relay is not None:
+                    job.relay.finish()  # pollers get 410 from now on
             if job.deleted:
                 shutil.rmtree(job.dir, ignore_errors=True)
                 continue
@@ -180,42 +212,71 @@ class JobQueue:
                 log.error("job %s: cannot save its state: %s", job_id, exc)
 
     def _run(self, job: Job) -> None:
-        env = dict(os.environ)
-        # the server process imports what this one can (editable installs, operator's trainer modules)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-        cmd = server_argv(job.dir, trainer_modules=self.trainer_modules)
-        with self._lock:
+        channel = refresh_channel.channel_location(job.dir) if job.relay is not None else None
+        try:
+            with self._lock:
+                if job.deleted:
+                    return
+                job.status, job.started_at = RUNNING, time.time()
+                job.proc = ServerProcess.start(job.dir, trainer_modules=self.trainer_modules, channel=channel,
+                                               resume=job.resume)
+            job.save()
+            log.info("job %s running (server pid %d%s)", job.id, job.proc.pid, ", refresh by the data owner" if channel else "")
+            relay_thread = None
+            if channel is not None:
+                relay_thread = threading.Thread(target=job.relay.run, args=(channel, job.proc.alive), daemon=True,
+                                                name=f"hetrain-relay-{job.id[:8]}")
+                relay_thread.start()
+
+            def progress(done: int, total: int, message: str) -> None:
+                job.done, job.total, job.message = done, total, message
+
+            job.proc.follow(progress)
+            rc = job.proc.wait()
+            if relay_thread is not None:  # it ends by itself with the process; finished (410) once the status is set
+                relay_thread.join(timeout=10)
             if job.deleted:
+                job.finished_at = time.time()
                 return
-            job.status, job.started_at = RUNNING, time.time()
-            with open(job.dir / "server.log", "wb") as log_file:
-                job.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
-                                            env=env, text=True, bufsize=1)
-        job.save()
-        log.info("job %s running (server pid %d)", job.id, job.proc.pid)
-        for line in job.proc.stdout:
-            if line.startswith(PROGRESS_PREFIX):
-                done, total, *msg = line[len(PROGRESS_PREFIX):].strip().split(" ", 2) + ["", ""]
-                if done.isdigit() and total.isdigit():
-                    job.done, job.total, job.message = int(done), int(total), msg[0].strip()
-        rc = job.proc.wait()
-        job.proc = None
-        job.finished_at = time.time()
-        if job.deleted:
-            return
-        if rc == 0:
-            job.stats = json.loads((job.dir / files.SERVER_STATS).read_text())
-            job.status = DONE
-        else:
-            job.status, job.error = FAILED, _server_error(job.dir, rc)
-        log.info("job %s %s in %.1f s", job.id, job.status, job.finished_at - job.started_at)
+            if rc != 0 and self._closing.is_set():  # killed by close(): saved as running, it runs again on restart
+                log.info("job %s stopped with the service; it resumes on restart", job.id)
+                return
+            job.finished_at = time.time()
+            try:
+                job.stats = job.proc.result(traceback=False)
+                job.status = DONE
+            except ServerFailed as exc:
+                job.status, job.error = FAILED, exc.detail
+            except ServerError as exc:
+                job.status, job.error = FAILED, str(exc)
+            job.resume = False
+        finally:
+            if job.proc is not None:
+                job.proc.close()
+            job.proc = None
+            if channel is not None:
+                _remove_channel(job.dir, channel)
+        if job.finished_at is not None:
+            log.info("job %s %s in %.1f s", job.id, job.status, job.finished_at - job.started_at)
 
 
-def _server_error(jobdir: pathlib.Path, rc: int) -> str:
-    """The server's own message (server_error.json), else the tail of its log."""
+def _refresh_mode(jobdir: pathlib.Path) -> str:
+    """The job's refresh mode from its job.json ("none" if it says nothing or is unreadable: the
+    server process refuses such a job with its own message)."""
     try:
-        err = json.loads((jobdir / files.SERVER_ERROR).read_text())
-        return err["message"] if err.get("user_error") else f"{err['type']}: {err['message']}"
-    except (OSError, ValueError, KeyError):
-        tail = (jobdir / "server.log").read_text(errors="replace")[-2000:] if (jobdir / "server.log").exists() else ""
-        return f"server process exited with status {rc}: {tail}".strip()
+        mode = json.loads((jobdir / files.JOB).read_text()).get("refresh", "none")
+    except (OSError, ValueError, AttributeError):
+        return "none"
+    return mode if isinstance(mode, str) else "none"
+
+
+def _remove_channel(jobdir: pathlib.Path, path: pathlib.Path) -> None:
+    """After the server process ended: what a killed one could not remove (its socket, and the
+    private temporary directory that channel_location made for a long job directory)."""
+    try:
+        path.unlink(missing_ok=True)
+        if path.parent != jobdir.resolve():
+            (jobdir / refresh_channel.CHANNEL_RECORD).unlink(missing_ok=True)
+            path.parent.rmdir()
+    except OSError:
+        pass

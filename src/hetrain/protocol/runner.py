@@ -1,0 +1,260 @@
+"""Starting, following and stopping the server process: the one place that does it.
+
+    proc = ServerProcess.start(jobdir, channel=sock_path)   # python -m hetrain.protocol.server_main JOBDIR ...
+    proc.follow(lambda done, total, message: ...)           # reads its '@progress' lines to the end
+    rc = proc.wait()
+    stats = proc.result()                                   # server_stats.json, or ServerFailed with its message
+
+    stats = run_server(jobdir, progress=True, during=answer_channel)   # all of the above, with a bar
+
+Used by the local pipeline (the client's own server process) and by the HTTP service (one per
+job). The process gets public material only (the job directory); its stderr goes to
+JOBDIR/server.log, its stdout carries the progress lines (``server.PROGRESS_PREFIX``), parsed
+here and nowhere else (``parse_progress``). Its own explanation of a failure is
+JOBDIR/server_error.json (else the log's tail): ``result()`` raises it as ``ServerFailed``.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+from typing import Callable
+
+from . import files
+from .errors import ServerError
+from .refresh_channel import ChannelError
+from .server import PROGRESS_PREFIX, server_argv
+
+log = logging.getLogger("hetrain.runner")
+LOG_NAME = "server.log"
+STOP_GRACE_S = 10.0      # SIGTERM, then this long before SIGKILL
+CHANNEL_GRACE_S = 10.0   # after the channel broke, how long the server gets to exit with its own error
+LOG_TAIL_CHARS = 2000
+
+OnProgress = Callable[[int, int, str], None]
+
+
+class ServerFailed(ServerError):
+    """The server process failed. ``detail``: its own message (server_error.json) or its log's tail,
+    without the "server failed: " prefix; ``rc``: its exit status."""
+
+    def __init__(self, message: str, detail: str, rc: int | None) -> None:
+        super().__init__(message)
+        self.detail, self.rc = detail, rc
+
+
+def parse_progress(line: str) -> tuple[int, int, str] | None:
+    """(done, total, message) of a '@progress DONE TOTAL [MESSAGE]' line; None for any other line."""
+    if not line.startswith(PROGRESS_PREFIX):
+        return None
+    parts = line[len(PROGRESS_PREFIX):].strip().split(" ", 2)
+    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None
+    return int(parts[0]), int(parts[1]), parts[2].strip() if len(parts) > 2 else ""
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """The server's environment: ours, with PYTHONPATH set so that it imports what this process can
+    (editable installs, test modules, an operator's trainer modules), plus ``extra``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    env.update(extra or {})
+    return env
+
+
+def _argv(jobdir, *, progress: bool, trainer_modules, channel, resume: bool) -> list[str]:
+    kw = {"progress": progress, "trainer_modules": tuple(trainer_modules), "channel": channel}
+    if resume and "resume" in inspect.signature(server_argv).parameters:
+        kw["resume"] = True  # a server_argv without ``resume`` resumes from its checkpoint on its own
+    return server_argv(jobdir, **kw)
+
+
+class ServerProcess:
+    """One server process on one job directory, started by ``ServerProcess.start``."""
+
+    def __init__(self, jobdir: pathlib.Path, popen: subprocess.Popen, log_path: pathlib.Path) -> None:
+        self.jobdir, self.popen, self.log_path = jobdir, popen, log_path
+        self.done, self.total, self.message = 0, None, ""  # the last progress line
+        self._reader: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, jobdir, *, trainer_modules=(), channel=None, resume: bool = False, progress: bool = True,
+              env: dict | None = None) -> "ServerProcess":
+        """Start ``python -m hetrain.protocol.server_main JOBDIR`` (command from server.server_argv).
+
+        ``channel``: the refresh channel's socket path; ``resume``: continue from the job's
+        checkpoint; ``progress``: ask for progress lines; ``env``: extra environment variables."""
+        jobdir = pathlib.Path(jobdir)
+        cmd = _argv(jobdir, progress=progress, trainer_modules=trainer_modules, channel=channel, resume=resume)
+        log_path = jobdir / LOG_NAME
+        for stale in (files.SERVER_ERROR, files.SERVER_STATS):  # a previous run's must not be read as this one's
+            (jobdir / stale).unlink(missing_ok=True)
+        with open(log_path, "wb") as log_file:
+            popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
+                                     env=child_env(env), text=True, bufsize=1)
+        return cls(jobdir, popen, log_path)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def follow(self, on_progress: OnProgress | None = None) -> None:
+        """Read the server's output to its end (the process exited or closed stdout), recording the
+        last progress line and calling ``on_progress(done, total, message)`` for each. If the
+        callback fails it is not called again, but reading goes on: a server blocked on a full
+        stdout pipe would never exit."""
+        for line in self.popen.stdout:
+            p = parse_progress(line)
+            if p is None:
+                continue
+            self.done, self.total, self.message = p
+            if on_progress is not None:
+                try:
+                    on_progress(*p)
+                except Exception as exc:  # e.g. a progress bar whose terminal is gone
+                    log.debug("progress callback failed (%s): no more progress calls", exc)
+                    on_progress = None
+
+    def follow_in_thread(self, on_progress: OnProgress | None = None) -> threading.Thread:
+        """``follow`` in a daemon thread (joined by ``wait``)."""
+        self._reader = threading.Thread(target=self.follow, args=(on_progress,), daemon=True,
+                                        name=f"hetrain-server-{self.pid}-progress")
+        self._reader.start()
+        return self._reader
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit status (subprocess.TimeoutExpired after ``timeout``); joins a follow thread."""
+        rc = self.popen.wait(timeout)
+        if self._reader is not None:
+            self._reader.join()
+        return rc
+
+    def stop(self, grace: float = STOP_GRACE_S) -> int:
+        """End the process politely (SIGTERM), then SIGKILL after ``grace`` seconds; its status."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                return self.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.kill()
+
+    def kill(self) -> int:
+        """SIGKILL now (e.g. a cancelled job); its status."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        return self.popen.wait()
+
+    def close(self) -> None:
+        """Stop the process if it still runs and release its pipe."""
+        self.stop()
+        if self._reader is not None:
+            self._reader.join(timeout=STOP_GRACE_S)
+        if self.popen.stdout is not None and (self._reader is None or not self._reader.is_alive()):
+            self.popen.stdout.close()
+
+    # ------------------------------------------------------------------ outcome
+    def error_detail(self, rc: int | None = None, *, traceback: bool = True) -> str:
+        """Why the process failed: its own message (server_error.json; with the traceback of an
+        unexpected error when ``traceback``), else its exit status and the tail of its log."""
+        rc = self.popen.returncode if rc is None else rc
+        try:
+            err = json.loads((self.jobdir / files.SERVER_ERROR).read_text())
+            if err.get("user_error"):
+                return str(err["message"])
+            tb = f"\n{err.get('traceback') or ''}" if traceback else ""
+            return f"{err['type']}: {err['message']}{tb}"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        try:
+            tail = self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        except OSError:
+            tail = ""
+        return f"server process exited with status {rc}:\n{tail}".rstrip()
+
+    def result(self, *, during: str = "", traceback: bool = True) -> dict:
+        """After ``wait``: the server's stats (JOBDIR/server_stats.json), or ``ServerFailed`` with
+        the server's own message. ``during``: what went wrong on our side meanwhile (e.g. "refresh
+        channel: ..."), named in the message when the server left no message of its own."""
+        rc = self.popen.returncode
+        if rc is None:
+            raise RuntimeError("ServerProcess.result() before the process exited: call wait() first")
+        if rc != 0:
+            detail = self.error_detail(rc, traceback=traceback)
+            if (self.jobdir / files.SERVER_ERROR).exists():
+                raise ServerFailed(f"server failed: {detail}", detail, rc)
+            if during:
+                detail = detail.replace(f"status {rc}:", f"status {rc} during training ({during}):", 1)
+            raise ServerFailed(detail, detail, rc)
+        try:
+            return json.loads((self.jobdir / files.SERVER_STATS).read_text())
+        except (OSError, ValueError) as exc:
+            detail = f"the server exited cleanly but its stats are unreadable ({exc})"
+            raise ServerFailed(f"server failed: {detail}", detail, rc) from None
+
+
+def run_server(jobdir, *, progress: bool, mem=None, on_progress: OnProgress | None = None, env: dict | None = None,
+               trainer_modules=(), channel=None, resume: bool = False,
+               during: Callable[[ServerProcess], object] | None = None) -> dict:
+    """Run the server process on ``jobdir`` to its end; returns its stats or raises ServerError
+    with its own message.
+
+    ``progress``: draw a "server train" bar (tqdm, stderr); ``mem``: a monitor.PeakRSS that
+    watches the process as "server"; ``on_progress(done, total, message)``: called on each
+    progress line; ``during(proc)``: runs in this thread while the process runs (e.g. answering
+    the refresh channel). If ``during`` raises ChannelError the server gets CHANNEL_GRACE_S to
+    exit with its own error, which is raised (naming the channel error when it has none);
+    any other exception stops the server and is raised as it is.
+    """
+    from tqdm import tqdm
+
+    jobdir = pathlib.Path(jobdir)
+    with tqdm(desc="server train", unit="it", disable=not progress) as bar:
+        drawing = [progress]
+
+        def show(done: int, total: int, message: str) -> None:
+            bar.total, bar.n = total, done
+            if message:
+                bar.set_postfix_str(message, refresh=False)
+            if drawing[0]:
+                try:
+                    bar.refresh()
+                except OSError:  # our own stderr is gone (a closed pipe): stop drawing, keep reading
+                    drawing[0] = False
+            if on_progress is not None:
+                on_progress(done, total, message)
+
+        proc = ServerProcess.start(jobdir, trainer_modules=trainer_modules, channel=channel, resume=resume,
+                                   env=env)
+        channel_error = None
+        try:
+            if mem is not None:
+                mem.watch("server", proc.pid)
+            proc.follow_in_thread(show)
+            if during is not None:
+                try:
+                    during(proc)
+                except ChannelError as exc:  # the server died or broke the channel: its own error says why
+                    channel_error = exc
+                    try:
+                        proc.wait(CHANNEL_GRACE_S)
+                    except subprocess.TimeoutExpired:
+                        proc.stop()
+            proc.wait()
+        except BaseException:  # our side failed (a client check, Ctrl-C): the server must not outlive us
+            proc.close()
+            raise
+        finally:
+            if proc.popen.stdout is not None and not proc.alive():
+                proc.close()
+    if channel_error is not None and proc.popen.returncode == 0:
+        raise ServerError(f"the refresh channel failed although the server exited cleanly: {channel_error}")
+    return proc.result(during=f"refresh channel: {channel_error}" if channel_error else "")

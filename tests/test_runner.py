@@ -1,0 +1,217 @@
+"""protocol/runner.py: the one module that starts, follows and stops a server process (used by the
+local pipeline and the HTTP service). A real sim job end to end, and fake server processes for
+failures, stopping and the progress-line protocol."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+import pytest
+
+from hetrain.data import load_builtin
+from hetrain.protocol import files
+from hetrain.protocol import runner as runner_mod
+from hetrain.protocol.client import Client
+from hetrain.protocol.errors import ServerError
+from hetrain.protocol.pipeline import make_trainer
+from hetrain.protocol.preprocess import Preprocessor
+from hetrain.protocol.refresh_channel import ChannelError
+from hetrain.protocol.runner import ServerFailed, ServerProcess, parse_progress, run_server
+from hetrain.protocol.server import PROGRESS_PREFIX
+
+
+@pytest.fixture(scope="module")
+def sim_job(tmp_path_factory):
+    """A one-iteration mlr bundle on the sim backend (public material only)."""
+    X, y = load_builtin("iris")
+    X, y = X[::3], y[::3]
+    pre = Preprocessor.fit(X, y)
+    Xp, Y = pre.transform(X), pre.one_hot(y)
+    client = Client(make_trainer("mlr", {"iterations": 1, "sigmoid": "deg3:16"}, Xp.shape[1]), "sim", "n16384", seed=0)
+    client.keygen(client.plan(*Xp.shape, Y.shape[1]))
+    inputs, job = client.encrypt(Xp, Y)
+    d = tmp_path_factory.mktemp("job")
+    files.write_job(d, client.engine, inputs, job)
+    return d
+
+
+def fake_server(monkeypatch, tmp_path, code: str) -> None:
+    """Make ServerProcess.start run ``code`` (argv[1] = JOBDIR) instead of the real server."""
+    script = tmp_path / "fake_server.py"
+    script.write_text(code)
+    seen = []
+
+    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None):
+        seen.append({"progress": progress, "trainer_modules": trainer_modules, "channel": channel})
+        return [sys.executable, str(script), str(jobdir)] + (["--channel", str(channel)] if channel else [])
+
+    monkeypatch.setattr(runner_mod, "server_argv", argv)
+    return seen
+
+
+def test_parse_progress_is_the_one_parser_of_the_line_protocol():
+    assert parse_progress(f"{PROGRESS_PREFIX}3 10 epoch 1 step 3\n") == (3, 10, "epoch 1 step 3")
+    assert parse_progress(f"{PROGRESS_PREFIX}0 4\n") == (0, 4, "")
+    for line in ("3 10 x\n", f"{PROGRESS_PREFIX}x 10\n", f"{PROGRESS_PREFIX}3\n", f"{PROGRESS_PREFIX}-1 4\n", ""):
+        assert parse_progress(line) is None, line
+
+
+def test_a_real_sim_job_runs_and_reports_progress(sim_job):
+    seen = []
+    stats = run_server(sim_job, progress=False, on_progress=lambda d, t, m: seen.append((d, t, m)))
+    assert stats["engine_has_secret_key"] is False and stats["download_bytes"] > 0
+    assert (sim_job / files.OUTPUTS).exists() and seen and seen[-1][0] == seen[-1][1]
+    assert (sim_job / runner_mod.LOG_NAME).exists()
+
+
+def test_the_process_api_step_by_step(sim_job):
+    proc = ServerProcess.start(sim_job)
+    lines = []
+    proc.follow(lambda d, t, m: lines.append((d, t)))
+    assert proc.wait() == 0 and not proc.alive()
+    assert (proc.done, proc.total) == lines[-1] and proc.result()["download_bytes"] > 0
+    proc.close()
+
+
+def test_resume_is_passed_only_where_the_server_knows_it(sim_job, monkeypatch):
+    import inspect
+
+    from hetrain.protocol import server
+
+    cmd = runner_mod._argv(sim_job, progress=True, trainer_modules=(), channel=None, resume=True)
+    if "resume" in inspect.signature(server.server_argv).parameters:
+        assert cmd == server.server_argv(sim_job, progress=True, trainer_modules=(), channel=None, resume=True)
+    else:  # before --resume exists the server resumes from its checkpoint by itself
+        assert cmd == server.server_argv(sim_job, progress=True, trainer_modules=(), channel=None)
+    assert runner_mod._argv(sim_job, progress=False, trainer_modules=("x.y",), channel="/s", resume=False) == \
+        server.server_argv(sim_job, progress=False, trainer_modules=("x.y",), channel="/s")
+
+
+def test_the_servers_own_error_is_raised(monkeypatch, tmp_path):
+    fake_server(monkeypatch, tmp_path, (
+        "import json, pathlib, sys\n"
+        "d = pathlib.Path(sys.argv[1])\n"
+        "(d / 'server_error.json').write_text(json.dumps({'type': 'DepthPlanError', 'message': 'needs 9 levels',"
+        " 'user_error': True, 'traceback': None}))\n"
+        "sys.exit(2)\n"))
+    with pytest.raises(ServerFailed, match="^server failed: needs 9 levels$") as info:
+        run_server(tmp_path, progress=False)
+    assert info.value.detail == "needs 9 levels" and info.value.rc == 2 and isinstance(info.value, ServerError)
+
+
+def test_a_crash_without_message_gives_the_log_tail(monkeypatch, tmp_path):
+    fake_server(monkeypatch, tmp_path, "import sys\nsys.stderr.write('boom: segfault-ish\\n')\nsys.exit(3)\n")
+    with pytest.raises(ServerFailed, match=r"exited with status 3:\nboom: segfault-ish"):
+        run_server(tmp_path, progress=False)
+
+
+def test_a_bug_report_carries_the_traceback_locally_not_in_the_service(monkeypatch, tmp_path):
+    fake_server(monkeypatch, tmp_path, (
+        "import json, pathlib, sys\n"
+        "(pathlib.Path(sys.argv[1]) / 'server_error.json').write_text(json.dumps({'type': 'KeyError', 'message': "
+        "\"'W'\", 'user_error': False, 'traceback': 'Traceback: line 1'}))\n"
+        "sys.exit(3)\n"))
+    proc = ServerProcess.start(tmp_path)
+    proc.follow()
+    assert proc.wait() == 3
+    assert proc.error_detail() == "KeyError: 'W'\nTraceback: line 1"
+    with pytest.raises(ServerFailed) as info:
+        proc.result(traceback=False)
+    assert info.value.detail == "KeyError: 'W'"
+
+
+def test_a_progress_callback_that_fails_does_not_block_the_server(monkeypatch, tmp_path):
+    # 20,000 lines overflow any pipe buffer: a reader that stopped reading would hang the server
+    fake_server(monkeypatch, tmp_path, (
+        "import json, pathlib, sys\n"
+        f"for i in range(20000): print('{PROGRESS_PREFIX}%d 20000 step' % i)\n"
+        "(pathlib.Path(sys.argv[1]) / 'server_stats.json').write_text(json.dumps({'ok': 1}))\n"))
+    calls = []
+
+    def bad(done, total, message):
+        calls.append(done)
+        raise OSError("terminal gone")
+
+    assert run_server(tmp_path, progress=False, on_progress=bad) == {"ok": 1}
+    assert calls == [0]
+
+
+def test_stop_is_polite_then_kills(monkeypatch, tmp_path):
+    fake_server(monkeypatch, tmp_path, (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"))
+    proc = ServerProcess.start(tmp_path)
+    assert proc.popen.stdout.readline() == "ready\n"
+    t0 = time.monotonic()
+    assert proc.stop(grace=0.5) == -signal.SIGKILL and time.monotonic() - t0 < 10
+    proc.close()
+
+
+def test_during_runs_while_the_server_runs_and_its_failure_stops_it(monkeypatch, tmp_path):
+    seen = fake_server(monkeypatch, tmp_path, "import time\ntime.sleep(60)\n")
+
+    def during(proc):
+        assert proc.alive()
+        raise RuntimeError("the client refused the state")
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="client refused"):
+        run_server(tmp_path, progress=False, during=during, channel=tmp_path / "ch.sock")
+    assert time.monotonic() - t0 < 30 and seen[-1]["channel"] == tmp_path / "ch.sock"
+
+
+def test_a_broken_channel_reports_the_servers_error(monkeypatch, tmp_path):
+    fake_server(monkeypatch, tmp_path, (
+        "import json, pathlib, sys, time\n"
+        "time.sleep(0.5)\n"
+        "(pathlib.Path(sys.argv[1]) / 'server_error.json').write_text(json.dumps({'type': 'ChannelError', "
+        "'message': 'no data owner for 3600 s', 'user_error': True}))\n"
+        "sys.exit(2)\n"))
+
+    def during(proc):
+        raise ChannelError("the other side closed the refresh channel")
+
+    with pytest.raises(ServerFailed, match="no data owner for 3600 s"):
+        run_server(tmp_path, progress=False, during=during)
+    # without a message of its own, the channel's error is named
+    fake_server(monkeypatch, tmp_path, "import sys\nsys.exit(5)\n")
+    with pytest.raises(ServerFailed, match=r"status 5 during training \(refresh channel: the other side closed"):
+        run_server(tmp_path, progress=False, during=during)
+
+
+def test_unreadable_stats_after_a_clean_exit_are_an_error(monkeypatch, tmp_path):
+    fake_server(monkeypatch, tmp_path, "pass\n")
+    with pytest.raises(ServerFailed, match="stats are unreadable"):
+        run_server(tmp_path, progress=False)
+    assert json.loads("{}") == {}
+
+
+def test_run_server_with_the_listening_channel_answered_during_the_run(tmp_path):
+    """What the local pipeline does with client refresh: the server listens at channel_location,
+    this process answers in ``during`` (serve_socket) while the runner follows the progress."""
+    import numpy as np
+
+    from hetrain.protocol.refresh import ClientRefresher, LongJob
+    from hetrain.protocol.refresh_channel import channel_location, job_id_of, serve_socket
+
+    X, y = load_builtin("iris")
+    job = LongJob(X[::1], y, None, None, {"epochs": 2, "batch_size": 64, "learning_rate": 0.5, "patience": 0},
+                  backend="sim", preset="n16384", refresh_mode="client")
+    job.write(tmp_path / "job")
+    path = channel_location(tmp_path / "job")
+    handler = ClientRefresher(job.engine, check=job.validation.check)
+    seen, answered = [], []
+
+    def during(proc):
+        answered.append(serve_socket(path, job.engine, handler, job_id_of(tmp_path / "job"), alive=proc.alive))
+
+    stats = run_server(tmp_path / "job", progress=False, channel=path, during=during,
+                       on_progress=lambda d, t, m: seen.append(d))
+    steps = stats["trainer"]["steps"]
+    assert steps == 6 and stats["refresh"]["round_trips"] == steps - 1 == answered[0].refreshes
+    assert seen[-1] == steps and not path.exists()
+    assert np.isfinite(stats["server_train_s"])
