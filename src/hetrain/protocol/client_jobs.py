@@ -256,6 +256,7 @@ class TrainerJob(ClientJob):
         job.setdefault("model", self.trainer.name)
         job.setdefault("config", self.trainer.config)
         job["data_shape"] = [int(self.Xp.shape[0]), int(self.Xp.shape[1]), int(self.Y.shape[1])]
+        self.bundle = job  # what the trainer's client_decrypt reads back (shapes, layout: nothing secret)
         return inputs, job
 
     def handler(self, engine, record_dir, log=None):
@@ -269,10 +270,9 @@ class TrainerJob(ClientJob):
         if outputs is None:
             raise HetrainUserError("the server has not written this job's encrypted result (outputs.bin): "
                                    "train it first (`hetrain train --job JOB`)")
-        job = {"model": self.trainer.name, "config": self.trainer.config,
-               "data_shape": [int(self.Xp.shape[0]), int(self.Xp.shape[1]), int(self.Y.shape[1])]}
         t0 = time.perf_counter()
-        raw = {k: np.asarray(v, dtype=np.float64) for k, v in self.trainer.client_decrypt(engine, outputs, job).items()}
+        raw = {k: np.asarray(v, dtype=np.float64)
+               for k, v in self.trainer.client_decrypt(engine, outputs, self.bundle).items()}
         decrypt_s = time.perf_counter() - t0
         weights = self._release(raw)
         t0 = time.perf_counter()
@@ -295,8 +295,8 @@ class TrainerJob(ClientJob):
         return FitResult(model, stats, twin, diff, self.plan)
 
     def _record(self):
-        return ({"model": self.trainer.name, "config": self.trainer.config, "defaults": self.defaults},
-                {"Xp": self.Xp, "Y": self.Y})
+        return ({"model": self.trainer.name, "config": self.trainer.config, "defaults": self.defaults,
+                 "bundle": self.bundle}, {"Xp": self.Xp, "Y": self.Y})
 
     @classmethod
     def _from_record(cls, record, arrays):
@@ -304,7 +304,7 @@ class TrainerJob(ClientJob):
 
         self = cls()
         self.trainer = get_trainer(record["model"])(**record["config"])
-        self.defaults = record.get("defaults")
+        self.defaults, self.bundle = record.get("defaults"), record["bundle"]
         self.Xp, self.Y = arrays["Xp"], arrays["Y"]
         self.plan = None
         return self

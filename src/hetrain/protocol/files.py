@@ -166,6 +166,7 @@ def write_job(jobdir: str | os.PathLike, engine: Engine, inputs: dict[str, list[
     atomic_write(d / JOB, job_text)
     manifest = {"format": "hetrain-job", "version": BUNDLE_VERSION, "backend": engine.backend_name,
                 "key_id": engine.key_id, "params": engine.params.fingerprint(), "model": job.get("model"),
+                "job_id": job.get("job_id"),
                 "sha256": sha}
     atomic_write(d / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1))  # last: marks the bundle complete
     return sizes

@@ -15,7 +15,6 @@ JOBDIR/server_error.json (else the log's tail): ``result()`` raises it as ``Serv
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -67,13 +66,6 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
-def _argv(jobdir, *, progress: bool, trainer_modules, channel, resume: bool) -> list[str]:
-    kw = {"progress": progress, "trainer_modules": tuple(trainer_modules), "channel": channel}
-    if resume and "resume" in inspect.signature(server_argv).parameters:
-        kw["resume"] = True  # a server_argv without ``resume`` resumes from its checkpoint on its own
-    return server_argv(jobdir, **kw)
-
-
 class ServerProcess:
     """One server process on one job directory, started by ``ServerProcess.start``."""
 
@@ -83,14 +75,16 @@ class ServerProcess:
         self._reader: threading.Thread | None = None
 
     @classmethod
-    def start(cls, jobdir, *, trainer_modules=(), channel=None, resume: bool = False, progress: bool = True,
-              env: dict | None = None) -> "ServerProcess":
+    def start(cls, jobdir, *, trainer_modules=(), channel=None, channel_timeout: float | None = None,
+              resume: bool = False, progress: bool = True, env: dict | None = None) -> "ServerProcess":
         """Start ``python -m hetrain.protocol.server_main JOBDIR`` (command from server.server_argv).
 
-        ``channel``: the refresh channel's socket path; ``resume``: continue from the job's
-        checkpoint; ``progress``: ask for progress lines; ``env``: extra environment variables."""
+        ``channel``: the refresh channel's socket path (``channel_timeout``: how long the server waits
+        for the data owner); ``resume``: continue from the job's checkpoint; ``progress``: ask for
+        progress lines; ``env``: extra environment variables."""
         jobdir = pathlib.Path(jobdir)
-        cmd = _argv(jobdir, progress=progress, trainer_modules=trainer_modules, channel=channel, resume=resume)
+        cmd = server_argv(jobdir, progress=progress, trainer_modules=tuple(trainer_modules), channel=channel,
+                          channel_timeout=channel_timeout, resume=resume)
         log_path = jobdir / LOG_NAME
         for stale in (files.SERVER_ERROR, files.SERVER_STATS):  # a previous run's must not be read as this one's
             (jobdir / stale).unlink(missing_ok=True)
@@ -202,7 +196,7 @@ class ServerProcess:
 
 
 def run_server(jobdir, *, progress: bool, mem=None, on_progress: OnProgress | None = None, env: dict | None = None,
-               trainer_modules=(), channel=None, resume: bool = False,
+               trainer_modules=(), channel=None, channel_timeout: float | None = None, resume: bool = False,
                during: Callable[[ServerProcess], object] | None = None) -> dict:
     """Run the server process on ``jobdir`` to its end; returns its stats or raises ServerError
     with its own message.
@@ -232,8 +226,8 @@ def run_server(jobdir, *, progress: bool, mem=None, on_progress: OnProgress | No
             if on_progress is not None:
                 on_progress(done, total, message)
 
-        proc = ServerProcess.start(jobdir, trainer_modules=trainer_modules, channel=channel, resume=resume,
-                                   env=env)
+        proc = ServerProcess.start(jobdir, trainer_modules=trainer_modules, channel=channel,
+                                   channel_timeout=channel_timeout, resume=resume, env=env)
         channel_error = None
         try:
             if mem is not None:

@@ -36,6 +36,7 @@ from .client_jobs import ClientJob, FitResult, prepare_job
 from .errors import ServerError
 from .keys import KeyDir
 from .monitor import PeakRSS
+from .refresh_channel import ChannelError
 
 
 # ---------------------------------------------------------------------------- keygen
@@ -114,10 +115,10 @@ def train(jobdir, *, resume: bool = False, progress: bool = True, channel_timeou
     manifest = files.read_manifest(jobdir)
     job = json.loads(files.read_bytes(jobdir / files.JOB, "job description"))
     channel = channel_location(jobdir) if job.get("channel", job.get("refresh") == "client") else None
-    extra = {} if channel_timeout is None else {"channel_timeout": channel_timeout}
     del manifest
     return run_server(jobdir, progress=progress, mem=mem, on_progress=on_progress, env=env,
-                      trainer_modules=tuple(trainer_modules), channel=channel, resume=resume, during=during, **extra)
+                      trainer_modules=tuple(trainer_modules), channel=channel, channel_timeout=channel_timeout,
+                      resume=resume, during=during)
 
 
 # ---------------------------------------------------------------------------- attach (refresh)
@@ -224,7 +225,13 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
                 during = None
                 if handler is not None:
                     def during(proc):
-                        attach(keydir, jobdir, alive=lambda: proc.poll() is None, engine=engine, job=job)
+                        try:
+                            attach(keydir, jobdir, alive=proc.alive, engine=engine, job=job)
+                        except ChannelError:
+                            if proc.alive():
+                                raise
+                            # the server ended first (e.g. it never needed us): its exit status and its
+                            # own error decide, not the channel
                 sstats = train(jobdir, progress=progress and on_step is None, mem=mem, during=during,
                                on_progress=(lambda d, t, m="": on_step(d, t)) if on_step else None,
                                trainer_modules=trainer_modules or _extra_modules(job))
