@@ -143,26 +143,30 @@ def test_refresh_client_data_owner_comes_and_goes(parties):
 
 
 def test_resume_after_kill_through_the_commands(parties):
+    """`hetrain train` killed (with its server process) mid-run; `train` again is refused with the fix,
+    `train --resume` finishes, and the model decrypts within the twin's tolerance."""
     owner, server = parties
-    hetrain("keygen", "--out", "KEYS", "--backend", "sim", cwd=owner)
-    hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", server / "JOB", "--model", "mlp",
-            "--refresh", "bootstrap", "--hidden", "4", "--iterations", "6", "--quiet", cwd=owner, check=False)
-    # the sim engine of a key directory cannot bootstrap: refresh none on a deep preset instead
-    r = hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", server / "JOB2", "--model", "mlr",
-                "--iterations", "3", "--sigmoid", "deg3:16", "--quiet", cwd=owner)
-    proc = spawn("train", "--job", "JOB2", cwd=server, env={"HETRAIN_TEST_KILL_AFTER_CHECKPOINT": "1"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (server / "JOB2" / "state.ckpt").exists():
-        time.sleep(0.01)
-    proc.kill()
+    hetrain("keygen", "--out", "KEYS", "--backend", "sim", "--preset", "n16384-deep", cwd=owner)
+    hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", server / "JOB", "--model", "mlr",
+            "--iterations", "3", "--sigmoid", "deg3:16", "--quiet", cwd=owner)
+    tests = str(pathlib.Path(__file__).parent)
+    env = {"PYTHONPATH": f"{SRC}{os.pathsep}{tests}", "HETRAIN_TEST_PAUSE_AFTER": "2"}
+    e = {**os.environ, **env}
+    proc = subprocess.Popen([sys.executable, "-m", "hetrain.cli.main", "train", "--job", "JOB", "--quiet",
+                             "--trainer-module", "resume_pause_hook"], cwd=server, env=e, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (server / "JOB" / "state.ckpt").exists():
+        time.sleep(0.02)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the machine goes down: the command and its server process
     proc.wait()
-    assert (server / "JOB2" / "state.ckpt").exists()
-    if (server / "JOB2" / "outputs.bin").exists():
-        pytest.skip("the job finished before it could be killed")
-    r = hetrain("train", "--job", "JOB2", "--quiet", cwd=server, check=False)
-    assert r.returncode == 1 and "--resume" in r.stderr
-    hetrain("train", "--job", "JOB2", "--resume", "--quiet", cwd=server)
-    r = hetrain("decrypt", "--keys", "KEYS", "--job", server / "JOB2", "--out", "model.json", cwd=owner)
+    assert (server / "JOB" / "state.ckpt").exists() and not (server / "JOB" / "outputs.bin").exists()
+    r = hetrain("train", "--job", "JOB", "--quiet", cwd=server, check=False)
+    assert r.returncode == 1 and "--resume" in r.stderr and "Traceback" not in r.stderr
+    r = hetrain("train", "--job", "JOB", "--resume", "--quiet", cwd=server)
+    assert "resumed from" in r.stdout
+    r = hetrain("decrypt", "--keys", "KEYS", "--job", server / "JOB", "--out", "model.json", cwd=owner)
     assert TrainedModel.load(owner / "model.json").accuracy(*load_builtin("iris")) > 0.8
 
 
@@ -173,7 +177,7 @@ def test_refusals_name_their_fix(parties):
     assert r.returncode == 1 and "already holds keys" in r.stderr and "Traceback" not in r.stderr
     # a job that needs more levels than the keys' parameters: the error names the keygen that fits ...
     r = hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", server / "JOB", "--model", "mlr",
-                "--iterations", "3", "--quiet", cwd=owner, check=False)
+                "--iterations", "3", "--sigmoid", "deg3:16", "--quiet", cwd=owner, check=False)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     import re
 
@@ -182,7 +186,7 @@ def test_refusals_name_their_fix(parties):
     # ... and following it works
     hetrain("keygen", "--out", "NEWKEYS", "--backend", "sim", "--preset", m.group(1), cwd=owner)
     hetrain("encrypt", "--keys", "NEWKEYS", "--data", "iris.csv", "--out", server / "JOB", "--model", "mlr",
-            "--iterations", "3", "--quiet", cwd=owner)
+            "--iterations", "3", "--sigmoid", "deg3:16", "--quiet", cwd=owner)
     # decrypting before training, or with another key directory
     r = hetrain("decrypt", "--keys", "NEWKEYS", "--job", server / "JOB", "--out", "m.json", cwd=owner, check=False)
     assert r.returncode == 1 and "train it first" in r.stderr

@@ -152,8 +152,9 @@ def report(result, X, y, out) -> int:
     if r.get("mode", "none") != "none" or r.get("round_trips"):
         print(f"refresh {r.get('mode')}: round trips {r.get('round_trips', 0)} (refreshes {r.get('refreshes', 0)}, "
               f"evaluations {r.get('evaluations', 0)}), bytes to client {r.get('bytes_to_client', 0) / 2**20:.2f} MiB, "
-              f"to server {r.get('bytes_to_server', 0) / 2**20:.2f} MiB, client share {r.get('client_seconds', 0.0):.2f} s; "
-              f"bootstrapped ciphertexts {r.get('bootstraps', 0)}")
+              f"to server {r.get('bytes_to_server', 0) / 2**20:.2f} MiB"
+              + (f", client share {r['client_seconds']:.2f} s" if r.get("client_seconds") is not None else "")
+              + f"; bootstrapped ciphertexts {r.get('bootstraps', 0)}")
     if stats.get("steps") is not None:
         print(f"steps {stats['steps']} ({stats['stop_reason']})")
     if X is not None:

@@ -14,6 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="refresh client: how long the server waits for the data owner (`hetrain refresh`) to "
                         f"attach or answer before it gives up (default {DEFAULT_TIMEOUT_S:g}); the job can then "
                         "be resumed with --resume")
+    p.add_argument("--trainer-module", action="append", default=[], metavar="MODULE",
+                   help="extra module the server imports so that its trainer registers (a trainer outside hetrain; "
+                        "chosen by the server's operator, never by the job)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -24,6 +27,7 @@ def run(args) -> int:
 
     with StepBar(args.quiet) as bar:
         stats = train(args.job, resume=args.resume, progress=False, channel_timeout=args.channel_timeout,
+                      trainer_modules=args.trainer_module,
                       on_progress=lambda done, total, message="": bar.on_step(done, total))
     run_stats = stats.get("trainer") or {}
     resumed = f", resumed from {run_stats['resumed_from']}" if run_stats.get("resumed_from") else ""

@@ -181,8 +181,8 @@ class ClientJob:
         s = server_stats or {}
         r = dict(s.get("refresh") or {"mode": self.refresh})
         client = s.get("client_channel")
-        if client:  # the client timed its own share; the server only saw the wait
-            r["client_seconds"] = client.get("client_seconds", 0.0)
+        # the client timed its own share when it answered in this process; the server only saw the wait
+        r["client_seconds"] = client.get("client_seconds", 0.0) if client else None
         return {"backend": self.backend, "params": self.params.name, "params_record": self.params.to_dict(),
                 "model": self.trainer.name, "job_id": self.job_id, "key_id": engine.key_id,
                 "keygen_s": self.timings.get("keygen_s"), "encrypt_s": self.timings.get("encrypt_s"),
@@ -206,7 +206,7 @@ class TrainerJob(ClientJob):
     @classmethod
     def prepare(cls, X, y, model, config, *, refresh, backend, preset, log, scale: float = 1.0, seed=None,
                 release_decimals: int = DEFAULT_RELEASE_DECIMALS, noise_std: float = 0.0,
-                force_insecure: bool = False, **unused) -> "TrainerJob":
+                force_insecure: bool = False, advise_presets: bool = True, **unused) -> "TrainerJob":
         from hetrain import ckks
 
         from .planning import plan_lines, prepare
@@ -224,7 +224,7 @@ class TrainerJob(ClientJob):
         self.Xp, self.Y = self.pre.transform(X), self.pre.one_hot(y)
         chosen: dict = {}
         self.trainer, self.params = prepare(model, config, self.Xp, self.Y, preset=preset, refresh=refresh,
-                                            scale=scale, report=chosen)
+                                            scale=scale, report=chosen, advise_presets=advise_presets)
         self.defaults = chosen.get("defaults")
         if refresh != "none" and "refresh" not in server_hooks(self.trainer):
             raise DepthPlanError(f"model {self.trainer.name} cannot refresh its state between iterations "
@@ -327,7 +327,8 @@ class MiniBatchJob(ClientJob):
     def prepare(cls, X, y, model, config, *, refresh, backend, preset, log, scale: float = 1.0, seed=None,
                 release_decimals: int = DEFAULT_RELEASE_DECIMALS, noise_std: float = 0.0,
                 force_insecure: bool = False, validation_fraction: float | None = None,
-                max_epochs: int | None = None, time_limit: float | None = None, plan: bool = True) -> "MiniBatchJob":
+                max_epochs: int | None = None, time_limit: float | None = None, plan: bool = True,
+                advise_presets: bool = True) -> "MiniBatchJob":
         from sklearn.model_selection import train_test_split
 
         from hetrain import ckks
@@ -511,7 +512,7 @@ class MiniBatchJob(ClientJob):
         r = stats["refresh"]
         for k in ("round_trips", "refreshes", "evaluations", "bootstraps", "bytes_to_client", "bytes_to_server"):
             stats[k] = r.get(k, 0)
-        stats["client_refresh_s"] = r.get("client_seconds", 0.0)
+        stats["client_refresh_s"] = r.get("client_seconds")
         stats["train_s"] = stats["server_train_s"]
         weights = release({"W": unwhiten(best, self.P)}, decimals, 0.0, np.random.default_rng(self.options.get("seed")))
         stats["released_max_abs_diff"] = float(np.max(np.abs(weights["W"] - twin["W"]))) if twin else float("nan")

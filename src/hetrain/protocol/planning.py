@@ -65,9 +65,10 @@ def check_job(model: str, config: dict | None, X, Y, *, preset="auto", refresh: 
 
 
 def prepare(model: str, config: dict | None, X, Y, *, preset="auto", refresh: str = "none", scale: float = 1.0,
-            report: dict | None = None):
+            report: dict | None = None, advise_presets: bool = True):
     """``check_job``, and when it refuses for depth or for a polynomial interval, the same error with the
-    options that WOULD fit appended (models/advice.py: each one re-checked with ``check_job``)."""
+    options that WOULD fit appended (models/advice.py: each one re-checked with ``check_job``).
+    ``advise_presets``: False where the parameters are fixed (a key directory's): no preset advice."""
     from hetrain import ckks
     from hetrain.circuits.approx import IntervalError
     from hetrain.models import advice
@@ -91,7 +92,7 @@ def prepare(model: str, config: dict | None, X, Y, *, preset="auto", refresh: st
         # with "auto" every preset was tried already; else only those with more levels than the refused one
         levels = None if preset_name == "auto" else ckks.get_params(preset).levels
         presets = [p.name for p in sorted(ckks.PRESETS.values(), key=lambda p: (p.poly_modulus_degree, p.levels))
-                   if levels is not None and p.levels > levels]
+                   if advise_presets and levels is not None and p.levels > levels]
         refresh_build = None
         if refresh == "none" and model != "mlr":  # mlr --refresh client is the mini-batch trainer (cli/fit.py)
             try:

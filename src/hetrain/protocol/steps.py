@@ -88,16 +88,40 @@ def _prepare_for_keys(keys: KeyDir, X, y, model, config, refresh, say, options) 
     """prepare_job on the keys' parameters; a job that needs others is refused with the ones it needs."""
     try:
         return prepare_job(X, y, model, config, refresh=refresh, backend=keys.backend, preset=keys.params, log=say,
-                           force_insecure=keys.force_insecure, **options)
+                           force_insecure=keys.force_insecure, advise_presets=False, **options)
     except DepthPlanError as exc:
-        try:
-            fits = prepare_job(X, y, model, config, refresh=refresh, backend=keys.backend, preset="auto",
-                               force_insecure=keys.force_insecure, **options).params.name
-        except HetrainUserError:
-            raise exc from None
+        fits = _preset_that_fits(X, y, model, config, refresh, keys.backend, options)
+        if fits is None:
+            raise
         raise DepthPlanError(f"{exc}\nThe keys in {keys.path} are for preset {keys.params.name}; this job needs "
                              f"{fits}: make keys for it with `hetrain keygen --out NEWKEYS --preset {fits}` and "
                              "encrypt with --keys NEWKEYS") from None
+
+
+def _preset_that_fits(X, y, model, config, refresh, backend, options) -> str | None:
+    """The smallest preset whose levels hold the job's depth plan (None if none does)."""
+    from hetrain import ckks
+
+    from .client_jobs import resolve_refresh
+    from .planning import choose_preset, make_trainer
+    from .preprocess import Preprocessor
+
+    pre = Preprocessor.fit(X, y, scale=options.get("scale") or 1.0)
+    Xp, Y = pre.transform(X), pre.one_hot(y)
+    refresh = resolve_refresh(refresh, model, config, backend, Xp.shape[1])
+    try:
+        if model == "mlr" and refresh != "none":
+            from hetrain.models.minibatch import MiniBatchMLR
+
+            p = ckks.smallest_preset_with_levels(MiniBatchMLR(**{k: v for k, v in (config or {}).items()
+                                                                  if k != "whitening"}).levels_per_step)
+            return p
+        trainer = make_trainer(model, config, Xp.shape[1], data=(Xp, Y), refresh=refresh != "none", preset="auto")
+        p = choose_preset(trainer, *Xp.shape, Y.shape[1], refresh=refresh != "none")
+        plan = trainer.plan(*Xp.shape, Y.shape[1], p)
+        return p.name if (plan.fits_with_refresh() if refresh != "none" else plan.fits) else None
+    except HetrainUserError:
+        return None
 
 
 # ---------------------------------------------------------------------------- train (the server side)
@@ -160,18 +184,18 @@ def _client_half(keys: KeyDir, jobdir: pathlib.Path, engine=None, job: ClientJob
 
 # ---------------------------------------------------------------------------- decrypt
 def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, failure: str | None = None,
-            progress: bool = False) -> FitResult:
+            server_stats: dict | None = None) -> FitResult:
     """Decrypt the server's result in ``jobdir``, compare it with the plaintext twin (TwinMismatch: no
     model) and release it (rounded). Mini-batch mlr releases its best validated epoch; when the
     server did not finish (``failure``, or no outputs.bin) but epochs were validated, the best of
-    them is released with ``stats["partial"] = True``."""
+    them is released with ``stats["partial"] = True``. ``server_stats``: the server's statistics
+    as the caller has them (with the client's view of the channel); default JOB/server_stats.json."""
     jobdir = pathlib.Path(jobdir)
     job, engine, record_dir = _client_half(keys, jobdir, engine, job)
     outputs = None
     if (jobdir / files.OUTPUTS).is_file():
         outputs = files.read_ciphertext_map(jobdir / files.OUTPUTS, engine, "server outputs")
-    server_stats = None
-    if (jobdir / files.SERVER_STATS).is_file():
+    if server_stats is None and (jobdir / files.SERVER_STATS).is_file():
         server_stats = json.loads(files.read_bytes(jobdir / files.SERVER_STATS, "server statistics"))
     if outputs is None and failure is None and (jobdir / files.SERVER_ERROR).is_file():
         err = json.loads(files.read_bytes(jobdir / files.SERVER_ERROR, "server error"))
@@ -222,11 +246,11 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
                 sstats = transport.run(jobdir, None, progress, mem, refresh_handler=handler, client_engine=engine,
                                        job_id=job.job_id)
             else:
-                during = None
+                during, answered = None, []
                 if handler is not None:
                     def during(proc):
                         try:
-                            attach(keydir, jobdir, alive=proc.alive, engine=engine, job=job)
+                            answered.append(attach(keydir, jobdir, alive=proc.alive, engine=engine, job=job, log=say))
                         except ChannelError:
                             if proc.alive():
                                 raise
@@ -235,6 +259,8 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
                 sstats = train(jobdir, progress=progress and on_step is None, mem=mem, during=during,
                                on_progress=(lambda d, t, m="": on_step(d, t)) if on_step else None,
                                trainer_modules=trainer_modules or _extra_modules(job))
+                if answered:
+                    sstats["client_channel"] = answered[0].as_dict()
         except (ServerError, HetrainUserError) as exc:
             # mini-batch mlr keeps its best validated epoch; everything else has nothing to release
             if getattr(job, "kind", None) != "minibatch" or isinstance(exc, DepthPlanError):
@@ -242,7 +268,7 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
             failure = f"training failed: {exc}"
             sstats = None
         server_wall_s = time.perf_counter() - t0
-        result = decrypt(keydir, jobdir, engine=engine, job=job, failure=failure)
+        result = decrypt(keydir, jobdir, engine=engine, job=job, failure=failure, server_stats=sstats)
         result.stats["server_wall_s"] = server_wall_s
         result.stats["client_peak_rss_bytes"] = mem.peaks.get("client")
         if sstats is not None:

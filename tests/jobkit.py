@@ -1,0 +1,49 @@
+"""Test helper: a job bundle written by the data owner's own steps (protocol/steps.py).
+
+    kit = make_job(tmp_path, X, y, "mlr", {"iterations": 1}, backend="sim", preset="n16384")
+    kit.jobdir        # the bundle (what the server gets)
+    kit.engine        # the data owner's engine (secret key): decrypt, answer the channel
+    kit.handler       # the job's refresh-channel handler (None when it asks nothing)
+    kit.job           # the client's half (client_jobs.ClientJob)
+    kit.keys          # the key directory (protocol/keys.KeyDir)
+    kit.decrypt()     # steps.decrypt on the bundle: a FitResult (twin-checked, released)
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from hetrain.protocol import steps
+from hetrain.protocol.keys import KeyDir
+
+
+@dataclasses.dataclass
+class JobKit:
+    keys: KeyDir
+    jobdir: pathlib.Path
+    job: object
+    engine: object
+
+    @property
+    def handler(self):
+        return self.job.handler(self.engine, self.keys.job_dir(self.job.job_id))
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    def decrypt(self, **kw):
+        return steps.decrypt(self.keys, self.jobdir, engine=self.engine, job=self.job, **kw)
+
+
+def make_job(root, X, y, model: str = "mlr", config: dict | None = None, *, backend: str = "sim",
+             preset: str = "n16384", refresh: str = "none", jobdir=None, seed: int | None = 0,
+             **options) -> JobKit:
+    """Keys under ROOT/keys (made once per ROOT and preset), the bundle in ``jobdir`` (default ROOT/job)."""
+    root = pathlib.Path(root)
+    kdir = root / f"keys-{backend}-{preset}"
+    keys = KeyDir.open(kdir) if (kdir / "key.json").exists() else KeyDir.create(kdir, backend, preset, seed=seed)
+    jobdir = pathlib.Path(jobdir) if jobdir is not None else root / "job"
+    job, engine = steps.encrypt(keys, X, y, jobdir, model=model, config=config, refresh=refresh, progress=False,
+                                seed=seed, **options)
+    return JobKit(keys, jobdir, job, engine)
