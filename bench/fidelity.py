@@ -5,11 +5,10 @@
     python bench/fidelity.py --datasets iris,wine --models mlr --out /tmp/fidelity.json
     python bench/fidelity.py --skip-mnist-mlp                  # see --skip
 
-No tuning option is given: ``mlr`` is ``fit_long_model(X, y, "client", {})`` (what ``hetrain fit
---model mlr`` runs: a stratified 20% of the training rows held out for validation, the planner,
-refreshed mini-batch epochs, early stopping, the best validation epoch released) and ``mlp`` is
-``fit(X, y, "mlp", {}, preset="auto", refresh="client")`` (the planner's hidden sizes, iterations
-and the rest). The client is the bench's child process, the server its own process, as in
+No tuning option is given: ``mlr`` is ``hetrain.protocol.fit(X, y)`` (what ``hetrain fit`` runs: a
+stratified 20% of the training rows held out for validation, the planner, refreshed mini-batch
+epochs, early stopping, the best validation epoch released) and ``mlp`` is ``fit(X, y, "mlp")``
+(the planner's hidden sizes, iterations and the rest, client refresh). The client is the bench's child process, the server its own process, as in
 ``hetrain fit``.
 
 Data: scikit-learn's bundled iris, wine, breast_cancer and digits (``hetrain.data.load_builtin``;
@@ -89,15 +88,14 @@ def sklearn_reference(model: str, hidden, Xtr, Xte, ytr, yte) -> float:
 
 # ------------------------------------------------------------------------------ one run (in the child)
 def run_mlr(backend, Xtr, Xte, ytr, yte) -> dict:
-    from hetrain.protocol.monitor import PeakRSS
-    from hetrain.protocol.refresh import fit_long_model
+    from hetrain.protocol import fit
 
     t0 = time.perf_counter()
-    with PeakRSS() as mem:  # the client is this process (fit_long_model does not measure it)
-        model, st = fit_long_model(Xtr, ytr, "client", {}, backend=backend)
+    r = fit(Xtr, ytr, backend=backend, progress=False)
+    model, st = r.model, r.stats
     wall = time.perf_counter() - t0
     row = dict(params=st.get("params_record", {}).get("name", "?"), enc_acc=model.accuracy(Xte, yte),
-               wall_s=wall, server_s=st.get("train_s", math.nan), client_peak_mib=mem.peaks["client"] / 2**20,
+               wall_s=wall, server_s=st.get("train_s", math.nan), client_peak_mib=st["client_peak_rss_bytes"] / 2**20,
                server_peak_mib=st.get("server_peak_rss_bytes", math.nan) / 2**20,
                twin_diff=st["twin_max_abs_diff"], iterations=st.get("steps"), round_trips=st.get("round_trips"),
                refreshes=st.get("refreshes"), hidden=None)
@@ -120,7 +118,7 @@ def run_mlp(backend, Xtr, Xte, ytr, yte) -> dict:
     from hetrain.protocol import fit
 
     t0 = time.perf_counter()
-    r = fit(Xtr, ytr, "mlp", {}, preset="auto", backend=backend, refresh="client", progress=False)
+    r = fit(Xtr, ytr, "mlp", backend=backend, progress=False)
     wall = time.perf_counter() - t0
     m, st = r.model, r.stats
     twin = dataclasses.replace(m, weights={k: np.reshape(np.asarray(r.twin[k], dtype=np.float64), np.shape(v))
