@@ -46,7 +46,10 @@ class Transport(Protocol):
     def preflight(self) -> None:
         """Fail fast (before keys are made) if the server cannot take the job."""
 
-    def run(self, jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None) -> dict: ...
+    def run(self, jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None, *,
+            refresh_handler=None, client_engine=None, job_id: str | None = None) -> dict:
+        """Train; with ``refresh_handler`` (and ``client_engine``) this process answers the job's
+        refresh requests, and the stats carry its view of the channel under "client_channel"."""
 
 
 class LocalTransport:
@@ -55,10 +58,11 @@ class LocalTransport:
     def preflight(self) -> None:
         pass
 
-    def run(self, jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None) -> dict:
+    def run(self, jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None, *,
+            refresh_handler=None, client_engine=None, job_id: str | None = None) -> dict:
         from .pipeline import run_server  # it lives (and is tested) there; imported late to avoid a cycle
 
-        return run_server(jobdir, trainer, progress, mem)
+        return run_server(jobdir, trainer, progress, mem, refresh_handler=refresh_handler, client_engine=client_engine)
 
 
 def make_transport(server: "str | Transport | None", **http_options) -> Transport:

@@ -75,7 +75,7 @@ class RelayStats:
     answers: int = 0           # answers written back to the server
     bytes_to_client: int = 0
     bytes_to_server: int = 0
-    connections: int = 0       # connections to the server's socket (more than one: it was re-established)
+    connections: int = 0       # connections the server spoke on (more than one: it was re-established)
     polls: int = 0             # HTTP requests for the pending frame
     last_poll_at: float | None = None  # when a data owner last asked (wall clock)
 
@@ -152,8 +152,6 @@ class ChannelRelay:
             sock = self._connect(os.fspath(path), alive)
             if sock is None:
                 break
-            with self._cond:
-                self.stats.connections += 1
             try:
                 self._serve(sock, alive)
             except _Broken as exc:
@@ -179,9 +177,12 @@ class ChannelRelay:
         return None
 
     def _serve(self, sock: socket.socket, alive) -> None:
+        first = True
         while True:
             frame = self._read_frame(sock, alive)
             with self._cond:
+                self.stats.connections += first  # counted when the server speaks on it (not a connect
+                first = False                    # that lands in its backlog while it shuts down)
                 self._seq += 1
                 self._pending, self._answer = (self._seq, frame), None
                 self.stats.requests += 1
