@@ -36,7 +36,6 @@ from .client_jobs import ClientJob, FitResult, prepare_job
 from .errors import ServerError
 from .keys import KeyDir
 from .monitor import PeakRSS
-from .refresh_channel import ChannelError
 
 
 # ---------------------------------------------------------------------------- keygen
@@ -219,9 +218,8 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
     say = log or (lambda msg: None)
     from .transport import make_transport
 
-    transport = make_transport(server) if server is not None else None
-    if transport is not None:
-        transport.preflight()  # a wrong --server URL fails now, not after keygen and encryption
+    transport = make_transport(server)
+    transport.preflight()  # a wrong --server URL fails now, not after keygen and encryption
     keydir = KeyDir.open(keys) if keys is not None and (pathlib.Path(keys) / "key.json").exists() else None
     # every refusal of the plaintext checks comes before any key is made, with checked advice
     if keydir is not None:
@@ -242,25 +240,10 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
         failure = None
         t0 = time.perf_counter()
         try:
-            if transport is not None:
-                sstats = transport.run(jobdir, None, progress, mem, refresh_handler=handler, client_engine=engine,
-                                       job_id=job.job_id)
-            else:
-                during, answered = None, []
-                if handler is not None:
-                    def during(proc):
-                        try:
-                            answered.append(attach(keydir, jobdir, alive=proc.alive, engine=engine, job=job, log=say))
-                        except ChannelError:
-                            if proc.alive():
-                                raise
-                            # the server ended first (e.g. it never needed us): its exit status and its
-                            # own error decide, not the channel
-                sstats = train(jobdir, progress=progress and on_step is None, mem=mem, during=during,
-                               on_progress=(lambda d, t, m="": on_step(d, t)) if on_step else None,
-                               trainer_modules=trainer_modules or _extra_modules(job))
-                if answered:
-                    sstats["client_channel"] = answered[0].as_dict()
+            sstats = transport.run(jobdir, progress and on_step is None, mem, refresh_handler=handler,
+                                   client_engine=engine, job_id=job.job_id,
+                                   on_progress=(lambda d, t, m="": on_step(d, t)) if on_step else None,
+                                   trainer_modules=trainer_modules or _extra_modules(job))
         except (ServerError, HetrainUserError) as exc:
             # mini-batch mlr keeps its best validated epoch; everything else has nothing to release
             if getattr(job, "kind", None) != "minibatch" or isinstance(exc, DepthPlanError):

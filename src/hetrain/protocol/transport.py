@@ -1,6 +1,6 @@
 """How a job bundle reaches a server and its outputs come back.
 
-    LocalTransport()                        python -m hetrain.protocol.server_main JOBDIR, a subprocess here
+    LocalTransport()                        the server process here (steps.train), the channel answered here
     HttpTransport("http://127.0.0.1:8750")  the `hetrain serve` service (needs hetrain[service]: httpx)
 
 Both take a job directory written by ``files.write_job`` (public material only), leave the
@@ -46,23 +46,44 @@ class Transport(Protocol):
     def preflight(self) -> None:
         """Fail fast (before keys are made) if the server cannot take the job."""
 
-    def run(self, jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None, *,
-            refresh_handler=None, client_engine=None, job_id: str | None = None) -> dict:
+    def run(self, jobdir: pathlib.Path, progress: bool = True, mem: PeakRSS | None = None, *,
+            refresh_handler=None, client_engine=None, job_id: str | None = None, on_progress=None,
+            trainer_modules=()) -> dict:
         """Train; with ``refresh_handler`` (and ``client_engine``) this process answers the job's
-        refresh requests, and the stats carry its view of the channel under "client_channel"."""
+        refresh requests, and the stats carry its view of the channel under "client_channel".
+        ``on_progress(done, total, message)`` follows the server's iterations; ``trainer_modules``:
+        modules a local server imports (trainers outside hetrain.models; a service has its own)."""
 
 
 class LocalTransport:
-    """The server as a child process on this machine (what `hetrain fit` does without --server)."""
+    """The server as a child process on this machine (what `hetrain fit` does without --server):
+    ``steps.train`` with this process attached to the job's refresh channel (``serve_socket``)."""
 
     def preflight(self) -> None:
         pass
 
-    def run(self, jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None, *,
-            refresh_handler=None, client_engine=None, job_id: str | None = None) -> dict:
-        from .pipeline import run_server  # it lives (and is tested) there; imported late to avoid a cycle
+    def run(self, jobdir: pathlib.Path, progress: bool = True, mem: PeakRSS | None = None, *,
+            refresh_handler=None, client_engine=None, job_id: str | None = None, on_progress=None,
+            trainer_modules=()) -> dict:
+        from .refresh_channel import channel_location, job_id_of, serve_socket
+        from .steps import train  # the server side's one entry; imported late (steps imports this module)
 
-        return run_server(jobdir, trainer, progress, mem, refresh_handler=refresh_handler, client_engine=client_engine)
+        answered: list[ChannelStats] = []
+
+        def during(proc) -> None:
+            try:
+                answered.append(serve_socket(channel_location(jobdir), client_engine, refresh_handler,
+                                             job_id or job_id_of(jobdir), alive=proc.alive))
+            except ChannelError:
+                if proc.alive():
+                    raise
+                # the server ended first (e.g. it never needed us): its exit status and error decide
+
+        stats = train(jobdir, progress=progress, mem=mem, on_progress=on_progress, trainer_modules=trainer_modules,
+                      during=during if refresh_handler is not None else None)
+        if answered:
+            stats["client_channel"] = answered[0].as_dict()
+        return stats
 
 
 def make_transport(server: "str | Transport | None", **http_options) -> Transport:
@@ -101,9 +122,11 @@ class HttpTransport:
         """The service answers /v1/health (keygen and encryption can take minutes: check first)."""
         self._health()
 
-    def run(self, jobdir: pathlib.Path, trainer, progress: bool, mem: PeakRSS | None = None, *,
-            refresh_handler=None, client_engine=None, job_id: str | None = None) -> dict:
-        """Upload, follow, download. ``refresh_handler`` (with ``client_engine``, the engine with
+    def run(self, jobdir: pathlib.Path, progress: bool = True, mem: PeakRSS | None = None, *,
+            refresh_handler=None, client_engine=None, job_id: str | None = None, on_progress=None,
+            trainer_modules=()) -> dict:
+        """Upload, follow, download (``on_progress`` and ``trainer_modules``: not used over HTTP; the
+        service's operator chooses its trainer modules). ``refresh_handler`` (with ``client_engine``, the engine with
         the secret key): answer the job's refresh requests over HTTP while it trains (serve_http
         in a thread); the stats then carry this side's view of the channel under
         "client_channel". ``job_id``: the job id the answerer expects in the server's hello
