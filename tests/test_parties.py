@@ -75,6 +75,7 @@ def assert_server_never_opened(audit: pathlib.Path, owner: pathlib.Path) -> None
     assert not inside, f"the server process opened the data owner's files: {inside[:5]}"
 
 
+
 @pytest.mark.parametrize("backend, preset, model_args", [
     ("sim", "n16384", ["--model", "mlr", "--iterations", "2", "--sigmoid", "deg3:16"]),
     ("seal", "n16384", ["--model", "mlr", "--iterations", "1", "--sigmoid", "deg3:16"]),
@@ -215,3 +216,25 @@ def test_cli_api_and_estimator_give_the_same_model(tmp_path):
         for k in cli.weights:
             np.testing.assert_allclose(other.weights[k], cli.weights[k], atol=1e-6)
     assert api.info["stop_reason"] == cli.info["stop_reason"]
+
+
+CLIENT_MODULES = ("hetrain.protocol.steps", "hetrain.protocol.client_jobs", "hetrain.protocol.keys",
+                  "hetrain.protocol.refresh", "hetrain.protocol.client", "hetrain.protocol.planning",
+                  "hetrain.protocol.transport", "hetrain.models.advice")
+
+
+def test_the_server_process_never_imports_the_data_owners_code(parties):
+    """The server's entry trains a job without loading the client's modules (keys, steps, the
+    client's job halves, refresh answers, planning, transports)."""
+    owner, server = parties
+    hetrain("keygen", "--out", "KEYS", "--backend", "sim", "--preset", "n16384-deep", cwd=owner)
+    hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", server / "JOB", "--model", "mlp",
+            "--layout", "dvr", "--hidden", "4", "--iterations", "1", "--refresh", "none", "--quiet", cwd=owner)
+    code = ("import sys\n"
+            "from hetrain.protocol.server import main\n"
+            "rc = main([sys.argv[1]])\n"
+            f"print(rc, [m for m in {CLIENT_MODULES!r} if m in sys.modules])\n")
+    r = subprocess.run([sys.executable, "-c", code, str(server / "JOB")], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=300)
+    assert r.stdout.strip() == "0 []", (r.stdout, r.stderr)
+    assert (server / "JOB" / "outputs.bin").is_file()

@@ -198,11 +198,12 @@ def interval_advice(build: Build, X: np.ndarray, config: dict, *, preset: str = 
 
 def depth_advice(build: Build, X: np.ndarray, config: dict, *, preset: str, iterations: int | None,
                  iterations_that_fit: int | None = None, presets: Sequence[str] = (),
-                 refresh_build: Build | None = None) -> str:
+                 refresh_build: Build | None = None, preset_fixed: bool = False) -> str:
     """A sentence naming the iterations that fit, the preset that would fit and ``--refresh client``,
     each checked with ``build`` (``refresh_build``: the same checks for a ``--refresh client`` job;
     None when the trainer cannot refresh). ``presets``: names to try, cheapest first (only those with
-    more levels than the refused one: a preset adds nothing that fewer iterations do not)."""
+    more levels than the refused one: a preset adds nothing that fewer iterations do not).
+    ``preset_fixed``: the parameters cannot change (a key directory's): no option names a preset."""
     budget = _Budget()
     found: list[Option] = []
     if iterations is not None:
@@ -230,7 +231,7 @@ def depth_advice(build: Build, X: np.ndarray, config: dict, *, preset: str, iter
         note = "the client re-encrypts the state between iterations"
         if _passes(refresh_build, config, X, preset, budget):
             found.append(Option({"refresh": "client"}, note))
-        elif preset != "auto" and _passes(refresh_build, config, X, "auto", budget):
+        elif preset != "auto" and not preset_fixed and _passes(refresh_build, config, X, "auto", budget):
             found.append(Option({"refresh": "client", "preset": "auto"}, note))
     if not found:
         return "No change of --iterations, --preset" + (" or --refresh" if refresh_build else "") + " tried by the client fits."

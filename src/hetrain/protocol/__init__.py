@@ -5,15 +5,19 @@
     result.model.save("model.json"); TrainedModel.load("model.json").predict(X_test)
 
 The same steps one by one, each on its own machine: hetrain.protocol.steps (keygen, encrypt,
-train, attach, decrypt).
+train, attach, decrypt). The names below are imported on first use, so that the server process
+(hetrain.protocol.server) never loads the data owner's modules (steps, client_jobs, keys, refresh).
 """
-from .client import release
-from .client_jobs import FitResult
-from .errors import BundleError, ModelFileError, ServerError
-from .model import TrainedModel
-from .planning import make_trainer
-from .preprocess import Preprocessor
-from .steps import fit
+import importlib
 
-__all__ = ["BundleError", "FitResult", "ModelFileError", "Preprocessor", "ServerError", "TrainedModel",
-           "fit", "make_trainer", "release"]
+_EXPORTS = {"BundleError": "errors", "ModelFileError": "errors", "ServerError": "errors",
+            "FitResult": "client_jobs", "TrainedModel": "model", "Preprocessor": "preprocess",
+            "fit": "steps", "make_trainer": "planning", "release": "client"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

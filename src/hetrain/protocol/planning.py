@@ -104,7 +104,7 @@ def prepare(model: str, config: dict | None, X, Y, *, preset="auto", refresh: st
                 refresh_build = lambda cfg, Xc, p: build(cfg, Xc, p, "client")  # noqa: E731
         text = advice.depth_advice(build, X, config, preset=preset_name, iterations=used.get("iterations"),
                                    iterations_that_fit=used.get("iterations_that_fit"), presets=presets,
-                                   refresh_build=refresh_build)
+                                   refresh_build=refresh_build, preset_fixed=not advise_presets)
         raise advice.refusal_with_advice(exc, text) from None
 
 
