@@ -26,12 +26,10 @@ from hetrain.data import load_builtin  # noqa: E402
 from hetrain.protocol import files  # noqa: E402
 from hetrain.protocol import runner as runner_mod  # noqa: E402
 from hetrain.protocol import transport  # noqa: E402
-from hetrain.protocol.client import Client  # noqa: E402
 from hetrain.protocol.errors import ServerError  # noqa: E402
-from hetrain.protocol.pipeline import make_trainer  # noqa: E402
-from hetrain.protocol.preprocess import Preprocessor  # noqa: E402
 from hetrain.protocol.transport import HttpTransport, decode_frame, encode_frame, serve_http  # noqa: E402
 
+from jobkit import make_job  # noqa: E402
 from test_service import DEADLINE_S, Service, assert_error  # noqa: E402
 
 FAKE_SERVER = r'''
@@ -124,8 +122,9 @@ def fake(monkeypatch, tmp_path):
 
     starts = []
 
-    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None, resume=False):
-        starts.append({"jobdir": str(jobdir), "channel": channel, "resume": resume})
+    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None, channel_timeout=None, resume=False):
+        starts.append({"jobdir": str(jobdir), "channel": channel, "channel_timeout": channel_timeout,
+                       "resume": resume})
         return [sys.executable, str(script), str(jobdir)] + (["--channel", str(channel)] if channel else [])
 
     monkeypatch.setattr(runner_mod, "server_argv", argv)
@@ -133,21 +132,23 @@ def fake(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def client_bundle():
-    """A real (sim) client's encryption, to write bundles with any job.json."""
+def client_bundle(tmp_path_factory):
+    """A real (sim) data owner's encryption (its engine, the ciphertexts and job.json of its bundle),
+    to write bundles with any job.json."""
     X, y = load_builtin("iris")
-    pre = Preprocessor.fit(X[::3], y[::3])
-    Xp, Y = pre.transform(X[::3]), pre.one_hot(y[::3])
-    client = Client(make_trainer("mlr", {"iterations": 1, "sigmoid": "deg3:16"}, Xp.shape[1]), "sim", "n16384", seed=0)
-    client.keygen(client.plan(*Xp.shape, Y.shape[1]))
-    inputs, job = client.encrypt(Xp, Y)
-    return client, inputs, job
+    kit = make_job(tmp_path_factory.mktemp("owner"), X[::3], y[::3], "mlr", {"iterations": 1, "sigmoid": "deg3:16"},
+                   backend="sim", preset="n16384")
+    inputs = files.read_ciphertext_map(kit.jobdir / files.INPUTS, kit.engine, "inputs")
+    job = json.loads((kit.jobdir / files.JOB).read_text())
+    assert job["refresh"] == "none" and job["channel"] is False
+    return kit.engine, inputs, job
 
 
 def write_bundle(d, client_bundle, **fake):
-    client, inputs, job = client_bundle
-    files.write_job(d, client.engine, inputs, {**job, "refresh": "client",
-                                               "fake": {"requests": 4, "blob": 3000, **fake}})
+    engine, inputs, job = client_bundle
+    # refresh "client": the data owner answers, so the server opens the channel
+    files.write_job(d, engine, inputs, {**job, "refresh": "client", "channel": True,
+                                        "fake": {"requests": 4, "blob": 3000, **fake}})
     return d
 
 
@@ -220,8 +221,8 @@ def test_frames_relayed_one_at_a_time_with_their_refusals(service, fake, client_
 
 
 def test_jobs_without_a_channel_and_unknown_jobs(service, fake, client_bundle, tmp_path):
-    client, inputs, job = client_bundle
-    files.write_job(tmp_path / "plain", client.engine, inputs, job)  # refresh "none": no channel
+    engine, inputs, job = client_bundle
+    files.write_job(tmp_path / "plain", engine, inputs, job)  # refresh "none": no channel
     job_id = upload(service, tmp_path / "plain")
     assert_error(poll(service, job_id, wait=0), 410, "no refresh channel", "'none'")
     assert service.wait(job_id)["channel"] is None
@@ -327,7 +328,7 @@ def test_a_lost_service_connection_is_retried_not_fatal(service, fake, client_bu
 def test_http_transport_answers_while_it_follows_the_job(service, fake, client_bundle, tmp_path, monkeypatch):
     d = write_bundle(tmp_path / "b", client_bundle, requests=3, drop_at=[1])
     with pytest.raises(ServerError, match="needs refresh_handler"):
-        HttpTransport(service.url).run(d, None, progress=False)
+        HttpTransport(service.url).run(d, progress=False)
     made = []
 
     def make(engine, handler, job_id):
@@ -335,7 +336,7 @@ def test_http_transport_answers_while_it_follows_the_job(service, fake, client_b
         return FakeAnswerer()
 
     monkeypatch.setattr(transport, "make_answerer", make)
-    stats = HttpTransport(service.url, poll_wait=2).run(d, None, False, refresh_handler="H", client_engine="E",
+    stats = HttpTransport(service.url, poll_wait=2).run(d, False, refresh_handler="H", client_engine="E",
                                                         job_id="J")
     assert made[0] == ("E", "H", "J")
     assert stats["fake"] is True and (d / files.OUTPUTS).read_bytes() == b"fake outputs"
@@ -349,7 +350,7 @@ def test_http_transport_stops_the_job_when_its_answers_fail(service, fake, clien
     d = write_bundle(tmp_path / "b", client_bundle, requests=3)
     monkeypatch.setattr(transport, "make_answerer", lambda *a: FakeAnswerer(fail_at=1))
     with pytest.raises(RuntimeError, match="check refused"):
-        HttpTransport(service.url, poll_wait=2).run(d, None, False, refresh_handler="H", client_engine="E")
+        HttpTransport(service.url, poll_wait=2).run(d, False, refresh_handler="H", client_engine="E")
     deadline = time.monotonic() + DEADLINE_S  # the job was deleted: nothing left running
     while service.http.get("/v1/health").json()["jobs"]["running"]:
         assert time.monotonic() < deadline
@@ -394,12 +395,10 @@ def test_a_job_stopped_with_the_service_resumes_with_its_channel_on_restart(fake
 
 
 # ---------------------------------------------------------------------- end to end: the real server
-def _iris_split(n_val=30):
+def _iris():
     from sklearn.datasets import load_iris
 
-    X, y = load_iris(return_X_y=True)
-    idx = np.random.default_rng(0).permutation(len(y))
-    return X[idx[n_val:]], y[idx[n_val:]], X[idx[:n_val]], y[idx[:n_val]]
+    return load_iris(return_X_y=True)  # 150 rows: the client keeps 30 (0.2) for validation, trains on 120
 
 
 class _LeavesAfter:
@@ -420,26 +419,29 @@ class _LeavesAfter:
 
 
 def test_minibatch_mlr_through_the_service_with_the_data_owner_dropping_mid_run(service, tmp_path):
-    from hetrain.protocol.refresh import ClientRefresher, LongJob
-    from hetrain.protocol.refresh_channel import ChannelAnswerer, job_id_of
+    from hetrain.protocol.refresh_channel import ChannelAnswerer
 
-    Xtr, ytr, Xv, yv = _iris_split()
+    X, y = _iris()
     cfg = {"epochs": 3, "batch_size": 64, "learning_rate": 0.5, "patience": 0}  # 6 steps, a refresh before 5
 
     def new_job(name):
-        job = LongJob(Xtr, ytr, Xv, yv, cfg, backend="sim", preset="n16384", refresh_mode="client")
-        job.write(tmp_path / name)
-        v = job.validation
-        return job, ClientRefresher(job.engine, check=v.check, evaluate=v.evaluate)
+        kit = make_job(tmp_path, X, y, "mlr", cfg, backend="sim", preset="n16384", refresh="client",
+                       jobdir=tmp_path / name, plan=False, validation_fraction=0.2)
+        assert kit.job.Xp.shape[0] == 120 and kit.job.Xv.shape[0] == 30
+        return kit, kit.handler
 
-    def weights(job, jobdir):
-        outputs = files.unpack_ciphertexts(job.engine, files.read_bytes(jobdir / files.OUTPUTS, "outputs"), "outputs")
-        return job.trainer.client_decrypt(job.engine, outputs, job.job)["W"]
+    def weights(kit, jobdir):
+        outputs = files.unpack_ciphertexts(kit.engine, files.read_bytes(jobdir / files.OUTPUTS, "outputs"), "outputs")
+        return kit.job.trainer.client_decrypt(kit.engine, outputs, {"d": kit.job.Xp.shape[1], "c": kit.job.Y.shape[1]})["W"]
+
+    def history(kit):  # the client's validation record of the job (kept in KEYS/jobs/<job id>/)
+        return kit.job.validation(kit.engine, kit.keys.job_dir(kit.job_id)).history
 
     # without a drop: HttpTransport.run answers in a thread while it follows the job
     ref, ref_handler = new_job("ref")
-    stats = HttpTransport(service.url, poll_wait=5).run(tmp_path / "ref", ref.trainer, False,
-                                                        refresh_handler=ref_handler, client_engine=ref.engine)
+    stats = HttpTransport(service.url, poll_wait=5).run(tmp_path / "ref", False,
+                                                        refresh_handler=ref_handler, client_engine=ref.engine,
+                                                        job_id=ref.job_id)
     W_ref = weights(ref, tmp_path / "ref")
     ch = stats["client_channel"]
     assert stats["refresh"]["round_trips"] == 5 and ch["round_trips"] == 7  # hello + 5 + done
@@ -449,7 +451,7 @@ def test_minibatch_mlr_through_the_service_with_the_data_owner_dropping_mid_run(
     # request and vanishes without answering; session 3 (the same data owner, same answerer) finishes
     job, handler = new_job("drop")
     job_id = upload(service, tmp_path / "drop")
-    answerer = ChannelAnswerer(job.engine, handler, job_id_of(tmp_path / "drop"))
+    answerer = ChannelAnswerer(job.engine, handler, job.job_id)
     stop = threading.Event()
     first = serve_http(service.url, job_id, job.engine, handler, answerer=_LeavesAfter(answerer, 3, stop),
                        poll_wait=2, stop=stop)
@@ -471,8 +473,8 @@ def test_minibatch_mlr_through_the_service_with_the_data_owner_dropping_mid_run(
     W = weights(job, tmp_path / "drop")
     # the same run: sim arithmetic without noise, the same steps, refreshes and evaluations
     np.testing.assert_allclose(W, W_ref, rtol=0, atol=1e-9)
-    accuracies = [h.get("val_accuracy") for h in job.validation.history]
-    assert len(accuracies) >= 5 and accuracies == [h.get("val_accuracy") for h in ref.validation.history]
+    accuracies = [h.get("val_accuracy") for h in history(job)]
+    assert len(accuracies) >= 5 and accuracies == [h.get("val_accuracy") for h in history(ref)]
     assert np.abs(W).max() > 0.05
 
 

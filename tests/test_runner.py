@@ -13,27 +13,33 @@ import pytest
 from hetrain.data import load_builtin
 from hetrain.protocol import files
 from hetrain.protocol import runner as runner_mod
-from hetrain.protocol.client import Client
 from hetrain.protocol.errors import ServerError
-from hetrain.protocol.pipeline import make_trainer
-from hetrain.protocol.preprocess import Preprocessor
 from hetrain.protocol.refresh_channel import ChannelError
 from hetrain.protocol.runner import ServerFailed, ServerProcess, parse_progress, run_server
 from hetrain.protocol.server import PROGRESS_PREFIX
 
+from jobkit import make_job
+
 
 @pytest.fixture(scope="module")
-def sim_job(tmp_path_factory):
+def sim_bundle(tmp_path_factory):
     """A one-iteration mlr bundle on the sim backend (public material only)."""
     X, y = load_builtin("iris")
     X, y = X[::3], y[::3]
-    pre = Preprocessor.fit(X, y)
-    Xp, Y = pre.transform(X), pre.one_hot(y)
-    client = Client(make_trainer("mlr", {"iterations": 1, "sigmoid": "deg3:16"}, Xp.shape[1]), "sim", "n16384", seed=0)
-    client.keygen(client.plan(*Xp.shape, Y.shape[1]))
-    inputs, job = client.encrypt(Xp, Y)
-    d = tmp_path_factory.mktemp("job")
-    files.write_job(d, client.engine, inputs, job)
+    root = tmp_path_factory.mktemp("owner")  # the keys stay in root/keys-*, beside the bundle
+    kit = make_job(root, X, y, "mlr", {"iterations": 1, "sigmoid": "deg3:16"}, backend="sim", preset="n16384",
+                   jobdir=tmp_path_factory.mktemp("job"))
+    return kit.jobdir
+
+
+@pytest.fixture
+def sim_job(sim_bundle, tmp_path):
+    """A fresh copy of the bundle: a trained job directory keeps its checkpoint (state.ckpt), and the
+    server refuses to train it again without --resume."""
+    d = tmp_path / "job"
+    d.mkdir()
+    for name in (files.MANIFEST, files.JOB, files.PUBLIC_CONTEXT, files.INPUTS):
+        (d / name).write_bytes((sim_bundle / name).read_bytes())
     return d
 
 
@@ -43,8 +49,9 @@ def fake_server(monkeypatch, tmp_path, code: str) -> None:
     script.write_text(code)
     seen = []
 
-    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None):
-        seen.append({"progress": progress, "trainer_modules": trainer_modules, "channel": channel})
+    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None, channel_timeout=None, resume=False):
+        seen.append({"progress": progress, "trainer_modules": trainer_modules, "channel": channel,
+                     "channel_timeout": channel_timeout, "resume": resume})
         return [sys.executable, str(script), str(jobdir)] + (["--channel", str(channel)] if channel else [])
 
     monkeypatch.setattr(runner_mod, "server_argv", argv)
@@ -75,18 +82,28 @@ def test_the_process_api_step_by_step(sim_job):
     proc.close()
 
 
-def test_resume_is_passed_only_where_the_server_knows_it(sim_job, monkeypatch):
-    import inspect
-
+def test_resume_is_passed_to_the_server(monkeypatch, tmp_path):
+    """ServerProcess.start builds the server's command with server.server_argv (the one place that
+    names its entry module), passing resume, channel and channel_timeout through."""
     from hetrain.protocol import server
 
-    cmd = runner_mod._argv(sim_job, progress=True, trainer_modules=(), channel=None, resume=True)
-    if "resume" in inspect.signature(server.server_argv).parameters:
-        assert cmd == server.server_argv(sim_job, progress=True, trainer_modules=(), channel=None, resume=True)
-    else:  # before --resume exists the server resumes from its checkpoint by itself
-        assert cmd == server.server_argv(sim_job, progress=True, trainer_modules=(), channel=None)
-    assert runner_mod._argv(sim_job, progress=False, trainer_modules=("x.y",), channel="/s", resume=False) == \
-        server.server_argv(sim_job, progress=False, trainer_modules=("x.y",), channel="/s")
+    built = []
+
+    def argv(jobdir, **kw):
+        built.append(server.server_argv(jobdir, **kw))
+        return [sys.executable, "-c", "pass"]  # the command is checked, not run
+
+    monkeypatch.setattr(runner_mod, "server_argv", argv)
+    for kw in ({"resume": True}, {"progress": False, "trainer_modules": ("x.y",), "channel": "/s", "resume": False},
+               {"channel": "/s", "channel_timeout": 5.0}):
+        proc = ServerProcess.start(tmp_path, **kw)
+        assert proc.wait(timeout=30) == 0
+        proc.close()
+    assert built[0] == server.server_argv(tmp_path, progress=True, trainer_modules=(), channel=None, resume=True)
+    assert "--resume" in built[0]
+    assert built[1] == server.server_argv(tmp_path, progress=False, trainer_modules=("x.y",), channel="/s")
+    assert "--resume" not in built[1]
+    assert built[2][-4:] == ["--channel", "/s", "--channel-timeout", "5.0"]
 
 
 def test_the_servers_own_error_is_raised(monkeypatch, tmp_path):
@@ -195,21 +212,21 @@ def test_run_server_with_the_listening_channel_answered_during_the_run(tmp_path)
     this process answers in ``during`` (serve_socket) while the runner follows the progress."""
     import numpy as np
 
-    from hetrain.protocol.refresh import ClientRefresher, LongJob
-    from hetrain.protocol.refresh_channel import channel_location, job_id_of, serve_socket
+    from hetrain.protocol.refresh_channel import channel_location, serve_socket
 
     X, y = load_builtin("iris")
-    job = LongJob(X[::1], y, None, None, {"epochs": 2, "batch_size": 64, "learning_rate": 0.5, "patience": 0},
-                  backend="sim", preset="n16384", refresh_mode="client")
-    job.write(tmp_path / "job")
-    path = channel_location(tmp_path / "job")
-    handler = ClientRefresher(job.engine, check=job.validation.check)
+    # mini-batch mlr, all 150 rows trained (no validation rows): 3 batches of 64, 2 epochs
+    kit = make_job(tmp_path, X, y, "mlr", {"epochs": 2, "batch_size": 64, "learning_rate": 0.5, "patience": 0},
+                   backend="sim", preset="n16384", refresh="client", plan=False, validation_fraction=0.0)
+    assert kit.job.Xp.shape[0] == 150 and kit.job.Xv is None
+    path = channel_location(kit.jobdir)
+    handler = kit.handler  # checks each refreshed state; nothing to evaluate
     seen, answered = [], []
 
     def during(proc):
-        answered.append(serve_socket(path, job.engine, handler, job_id_of(tmp_path / "job"), alive=proc.alive))
+        answered.append(serve_socket(path, kit.engine, handler, kit.job_id, alive=proc.alive))
 
-    stats = run_server(tmp_path / "job", progress=False, channel=path, during=during,
+    stats = run_server(kit.jobdir, progress=False, channel=path, during=during,
                        on_progress=lambda d, t, m: seen.append(d))
     steps = stats["trainer"]["steps"]
     assert steps == 6 and stats["refresh"]["round_trips"] == steps - 1 == answered[0].refreshes

@@ -25,11 +25,10 @@ from hetrain.ckks.container import pack, unpack  # noqa: E402
 from hetrain.cli.main import main  # noqa: E402
 from hetrain.data import load_builtin  # noqa: E402
 from hetrain.protocol import ServerError, files, fit  # noqa: E402
-from hetrain.protocol.client import Client  # noqa: E402
-from hetrain.protocol.pipeline import make_trainer  # noqa: E402
-from hetrain.protocol.preprocess import Preprocessor  # noqa: E402
 from hetrain.protocol.transport import HttpTransport, tar_size, tar_stream  # noqa: E402
 from hetrain.service.app import create_app  # noqa: E402
+
+from jobkit import make_job  # noqa: E402
 
 DEADLINE_S = 60.0
 CONFIG = {"iterations": 1, "sigmoid": "deg3:16"}  # one mlr iteration fits n8192's 2 levels
@@ -92,23 +91,18 @@ def iris():
     return X[::3], y[::3]  # 50 rows, 3 classes: a bundle of a few ciphertexts
 
 
-def make_bundle(jobdir, iris, backend="sim", preset="n16384", config=CONFIG):
-    """The client's half of a fit up to the bundle on disk; returns the client (it holds the secret key)."""
+def make_bundle(root, iris, backend="sim", preset="n16384", config=CONFIG):
+    """The data owner's steps up to the bundle on disk (ROOT/job; the keys in ROOT/keys-*, beside it,
+    never in it); returns the JobKit (its engine holds the secret key) and the bundle's job.json."""
     X, y = iris
-    pre = Preprocessor.fit(X, y)
-    Xp, Y = pre.transform(X), pre.one_hot(y)
-    client = Client(make_trainer("mlr", config, Xp.shape[1]), backend, preset, seed=0)
-    client.keygen(client.plan(*Xp.shape, Y.shape[1]))
-    inputs, job = client.encrypt(Xp, Y)
-    files.write_job(jobdir, client.engine, inputs, job)
-    return client, job, Xp, Y
+    kit = make_job(root, X, y, "mlr", config, backend=backend, preset=preset)
+    return kit, json.loads((kit.jobdir / files.JOB).read_text())
 
 
 @pytest.fixture(scope="module")
 def sim_bundle(tmp_path_factory, iris):
-    d = tmp_path_factory.mktemp("bundle")
-    client, job, Xp, Y = make_bundle(d, iris)
-    return d, client, job, Xp, Y
+    kit, job = make_bundle(tmp_path_factory.mktemp("bundle"), iris)
+    return kit.jobdir, kit, job
 
 
 def tar_of(members: dict[str, bytes]) -> bytes:
@@ -159,7 +153,7 @@ def test_fit_through_http_seal_matches_twin(service, iris):
 
 
 def test_raw_api_status_progress_result(service, sim_bundle):
-    jobdir, client, job, Xp, Y = sim_bundle
+    jobdir, kit, job = sim_bundle
     r = service.upload(jobdir)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
@@ -171,9 +165,10 @@ def test_raw_api_status_progress_result(service, sim_bundle):
     assert st["backend"] == "sim-INSECURE" and st["model"] == "mlr"
     res = service.http.get(f"/v1/jobs/{job_id}/result")
     assert res.status_code == 200
-    outputs = files.unpack_ciphertexts(client.engine, res.content, "outputs")
-    weights = client.decrypt(outputs, job)
-    twin = client.trainer.twin(Xp, Y)
+    outputs = files.unpack_ciphertexts(kit.engine, res.content, "outputs")
+    trainer = kit.job.trainer
+    weights = trainer.client_decrypt(kit.engine, outputs, job)
+    twin = trainer.twin(kit.job.Xp, kit.job.Y)
     assert max(float(np.max(np.abs(weights[k] - twin[k]))) for k in weights) < 1e-12
     assert service.http.delete(f"/v1/jobs/{job_id}").json() == {"id": job_id, "deleted": True, "was": "done"}
     assert_error(service.http.get(f"/v1/jobs/{job_id}"), 404, job_id)
@@ -184,9 +179,8 @@ def test_raw_api_status_progress_result(service, sim_bundle):
 @pytest.fixture(scope="module")
 def seal_secret(tmp_path_factory, iris):
     """A real SEAL (n8192) bundle and its secret key bytes."""
-    d = tmp_path_factory.mktemp("seal-bundle")
-    client, *_ = make_bundle(d, iris, backend="seal", preset="n8192")
-    return d, client.engine.secret_key_bytes()
+    kit, _ = make_bundle(tmp_path_factory.mktemp("seal-bundle"), iris, backend="seal", preset="n8192")
+    return kit.jobdir, kit.engine.secret_key_bytes()
 
 
 def _with_manifest_sha(members: dict[str, bytes]) -> dict[str, bytes]:
@@ -273,7 +267,7 @@ def test_oversized_upload_is_refused(tiny_service, sim_bundle):
                  413, "limit of 65536 bytes")
     # the client checks the limit itself before sending anything
     with pytest.raises(ServerError, match="accepts at most 0.1 MiB"):
-        HttpTransport(tiny_service.url).run(jobdir, None, progress=False)
+        HttpTransport(tiny_service.url).run(jobdir, progress=False)
     assert tiny_service.http.get("/v1/health").json()["jobs"]["queued"] == 0
 
 
@@ -302,9 +296,9 @@ def test_result_before_done_is_409_and_delete_cancels(service, sim_bundle):
 
 def test_failed_job_reports_the_server_message(service, tmp_path, iris):
     # a job asking for more iterations than n8192's levels hold: the server refuses it before any work
-    client, job, *_ = make_bundle(tmp_path, iris, preset="n8192")
+    kit, job = make_bundle(tmp_path, iris, preset="n8192")
     job = {**job, "config": {**job["config"], "iterations": 5}}
-    members = bundle_members(tmp_path)
+    members = bundle_members(kit.jobdir)
     members = _with_manifest_sha({**members, files.JOB: json.dumps(job, sort_keys=True).encode()})
     job_id = service.http.post("/v1/jobs", content=tar_of(members)).json()["id"]
     st = service.wait(job_id)

@@ -110,7 +110,7 @@ async def _copy_member(reader: _Reader, size: int, path: pathlib.Path) -> str:
         while left:
             piece = await reader.read(min(left, _FLUSH))
             if not piece:
-                raise UploadError(f"upload ends inside {path.name} ({size - left} of {size} bytes)")
+                raise UploadError(f"upload is truncated: it ends inside {path.name} ({size - left} of {size} bytes)")
             left -= len(piece)
             await anyio.to_thread.run_sync(_write_and_hash, f, sha, piece)
         pad = (-size) % _BLOCK
