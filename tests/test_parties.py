@@ -238,3 +238,57 @@ def test_the_server_process_never_imports_the_data_owners_code(parties):
                        env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=300)
     assert r.stdout.strip() == "0 []", (r.stdout, r.stderr)
     assert (server / "JOB" / "outputs.bin").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_through_the_service_submit_refresh_comes_and_goes_decrypt(parties, tmp_path):
+    """encrypt → submit to `hetrain serve` → the data owner's HTTP refresh session is killed mid-run and
+    started again → decrypt downloads the result; the service's directory never holds a secret key."""
+    pytest.importorskip("fastapi")
+    owner, _ = parties
+    service_dir = tmp_path / "service"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve = spawn("serve", "--host", "127.0.0.1", "--port", port, "--workdir", service_dir, cwd=tmp_path)
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        hetrain("keygen", "--out", "KEYS", "--backend", "sim", cwd=owner)
+        hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", "JOB", "--epochs", "6",
+                "--batch-size", "32", "--patience", "0", "--quiet", cwd=owner)
+        r = hetrain("submit", "--job", "JOB", "--server", url, "--quiet", cwd=owner)
+        remote = r.stdout.split("the service's job id is ")[1].split()[0]
+        first = spawn("refresh", "--keys", "KEYS", "--job", "JOB", "--server", url, "--remote-job", remote, cwd=owner)
+        record = next((owner / "KEYS" / "jobs").iterdir())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (record / "validation.json").exists():
+            time.sleep(0.05)
+        first.kill()
+        first.wait()
+        assert (record / "validation.json").exists()
+        status = httpx.get(f"{url}/v1/jobs/{remote}", timeout=5).json()
+        assert status["status"] in ("queued", "running"), status  # the job waits for the data owner
+        second = hetrain("refresh", "--keys", "KEYS", "--job", "JOB", "--server", url, "--remote-job", remote,
+                         cwd=owner)
+        assert "the server is done" in second.stdout
+        hetrain("decrypt", "--keys", "KEYS", "--job", "JOB", "--server", url, "--remote-job", remote,
+                "--out", "model.json", cwd=owner)
+        assert TrainedModel.load(owner / "model.json").accuracy(*load_builtin("iris")) > 0.8
+        assert not holds_secret_key(service_dir)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)

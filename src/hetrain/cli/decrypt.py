@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+from .refresh import add_remote_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", required=True, metavar="KEYS", help="the data owner's key directory")
     p.add_argument("--job", required=True, metavar="JOB", help="the trained job bundle (with the server's outputs.bin)")
     p.add_argument("--out", required=True, help="model file to write (JSON)")
+    add_remote_arguments(p)
 
 
 def run(args) -> int:
@@ -19,6 +22,6 @@ def run(args) -> int:
 
     out = check_writable(args.out, "model file")
     keys = KeyDir.open(args.keys)
-    result = decrypt(keys, args.job)
+    result = decrypt(keys, args.job, server=args.server, remote_job=args.remote_job, progress=True)
     result.model.save(out)
     return report(result, None, None, out)

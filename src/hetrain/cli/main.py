@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("keygen", "data owner: make a secret key in a key directory of its own"),
     "encrypt": ("encrypt", "data owner: preprocess, plan and encrypt training data into a job bundle"),
     "train": ("train", "training server: train a job bundle on ciphertexts (never holds a secret key)"),
+    "submit": ("submit", "data owner: hand a job bundle to a `hetrain serve` training service"),
     "refresh": ("refresh", "data owner: answer a running job's refresh requests (may come and go)"),
     "decrypt": ("decrypt", "data owner: decrypt a trained job, check it against the plaintext twin, write the model"),
     "evaluate": ("evaluate", "accuracy of a trained model on labelled data"),

@@ -7,14 +7,23 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", required=True, metavar="KEYS", help="the data owner's key directory")
     p.add_argument("--job", required=True, metavar="JOB", help="the job bundle directory the server trains "
-                                                               "(`hetrain train --job JOB` on this machine)")
+                                                               "(`hetrain train --job JOB` on this machine), or "
+                                                               "the one given to `hetrain submit`")
+    add_remote_arguments(p)
+
+
+def add_remote_arguments(p: argparse.ArgumentParser) -> None:
+    """--server/--remote-job: the job runs on a `hetrain serve` service (`hetrain submit`)."""
+    p.add_argument("--server", metavar="URL", help="the job runs on this `hetrain serve` service")
+    p.add_argument("--remote-job", metavar="ID", help="with --server: the service's id of the job (printed by "
+                                                      "`hetrain submit`)")
 
 
 def run(args) -> int:
     from hetrain.protocol.keys import KeyDir
     from hetrain.protocol.steps import attach
 
-    stats = attach(KeyDir.open(args.keys), args.job, log=print)
+    stats = attach(KeyDir.open(args.keys), args.job, log=print, server=args.server, remote_job=args.remote_job)
     print(f"the server is done: {stats.round_trips} round trips ({stats.refreshes} refreshes, {stats.evaluations} "
           f"evaluations), client share {stats.client_seconds:.2f} s")
     return 0

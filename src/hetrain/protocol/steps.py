@@ -7,6 +7,10 @@
     attach(KEYS, JOB)            <-- refresh -->  (refresh "client": the owner may come and go)
     decrypt(KEYS, JOB)           <- JOB/outputs.bin
 
+or through the training service (``hetrain serve``): ``submit(JOB, URL)`` uploads the bundle and
+returns the service's job id ID; ``attach(KEYS, JOB, server=URL, remote_job=ID)`` answers over
+HTTP; ``decrypt(KEYS, JOB, server=URL, remote_job=ID)`` downloads the result first.
+
 The CLI commands ``hetrain keygen|encrypt|train|refresh|decrypt`` call these functions, and
 ``fit`` (``hetrain fit``, ``hetrain.protocol.fit``, the estimators) is exactly ``keygen`` (into a
 private temporary directory unless ``keys=`` is given) → ``encrypt`` → ``train`` (a server
@@ -145,11 +149,24 @@ def train(jobdir, *, resume: bool = False, progress: bool = True, channel_timeou
 
 
 # ---------------------------------------------------------------------------- attach (refresh)
+def submit(jobdir, server: str, progress: bool = True) -> str:
+    """Upload the job bundle in ``jobdir`` to the training service at ``server``; returns the
+    service's id of the job (it trains there on its own; see ``attach`` and ``decrypt``)."""
+    from .transport import HttpTransport, make_transport
+
+    transport = make_transport(server)
+    if not isinstance(transport, HttpTransport):
+        raise HetrainUserError(f"--server must be the URL of a `hetrain serve` service, got {server!r}")
+    files.read_job_files(jobdir)  # a complete, intact bundle (checksums) before anything is sent
+    return transport.submit(jobdir, progress)
+
+
 def attach(keys: KeyDir, jobdir, *, alive=lambda: True, log=None, engine=None, job: ClientJob | None = None,
-           connect_timeout: float | None = None):
-    """The data owner's refresh session for the running job in ``jobdir``: connect to its server's
-    channel, decrypt, check, re-encrypt and evaluate until the server says done. May be stopped and
-    started again: the server waits for the next session and resends an unanswered request."""
+           connect_timeout: float | None = None, server: str | None = None, remote_job: str | None = None):
+    """The data owner's refresh session for the running job of ``jobdir``: connect to its server's
+    channel (or, with ``server`` and ``remote_job``, to the service's job over HTTP), decrypt, check,
+    re-encrypt and evaluate until the server says done. May be stopped and started again: the
+    server waits for the next session and resends an unanswered request."""
     from .refresh_channel import DEFAULT_TIMEOUT_S, channel_location, serve_socket
 
     jobdir = pathlib.Path(jobdir)
@@ -158,8 +175,22 @@ def attach(keys: KeyDir, jobdir, *, alive=lambda: True, log=None, engine=None, j
     if handler is None:
         raise HetrainUserError(f"job {job.job_id} (refresh {job.refresh}) asks the data owner nothing while it "
                                "trains: there is nothing to attach to")
+    if server is not None:
+        return _remote(server, remote_job).attach(remote_job, engine, handler, job.job_id)
     return serve_socket(channel_location(jobdir), engine, handler, job.job_id, alive=alive,
                         connect_timeout=DEFAULT_TIMEOUT_S if connect_timeout is None else connect_timeout)
+
+
+def _remote(server: str, remote_job: str | None):
+    from .transport import HttpTransport, make_transport
+
+    transport = make_transport(server)
+    if not isinstance(transport, HttpTransport):
+        raise HetrainUserError(f"--server must be the URL of a `hetrain serve` service, got {server!r}")
+    if not remote_job:
+        raise HetrainUserError("--server needs --remote-job ID: the service's id of the job (`hetrain submit` "
+                               "printed it)")
+    return transport
 
 
 def _client_half(keys: KeyDir, jobdir: pathlib.Path, engine=None, job: ClientJob | None = None):
@@ -183,14 +214,18 @@ def _client_half(keys: KeyDir, jobdir: pathlib.Path, engine=None, job: ClientJob
 
 # ---------------------------------------------------------------------------- decrypt
 def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, failure: str | None = None,
-            server_stats: dict | None = None) -> FitResult:
+            server_stats: dict | None = None, server: str | None = None, remote_job: str | None = None,
+            progress: bool = False) -> FitResult:
     """Decrypt the server's result in ``jobdir``, compare it with the plaintext twin (TwinMismatch: no
     model) and release it (rounded). Mini-batch mlr releases its best validated epoch; when the
     server did not finish (``failure``, or no outputs.bin) but epochs were validated, the best of
     them is released with ``stats["partial"] = True``. ``server_stats``: the server's statistics
-    as the caller has them (with the client's view of the channel); default JOB/server_stats.json."""
+    as the caller has them (with the client's view of the channel); default JOB/server_stats.json.
+    ``server`` and ``remote_job``: first wait for the service's job and download its result."""
     jobdir = pathlib.Path(jobdir)
     job, engine, record_dir = _client_half(keys, jobdir, engine, job)
+    if server is not None:
+        server_stats = _remote(server, remote_job).fetch(remote_job, jobdir, progress)
     outputs = None
     if (jobdir / files.OUTPUTS).is_file():
         outputs = files.read_ciphertext_map(jobdir / files.OUTPUTS, engine, "server outputs")
@@ -242,6 +277,7 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
         try:
             sstats = transport.run(jobdir, progress and on_step is None, mem, refresh_handler=handler,
                                    client_engine=engine, job_id=job.job_id,
+                                   on_submitted=lambda rid: say(f"service job id: {rid}"),
                                    on_progress=(lambda d, t, m="": on_step(d, t)) if on_step else None,
                                    trainer_modules=trainer_modules or _extra_modules(job))
         except (ServerError, HetrainUserError) as exc:

@@ -48,11 +48,12 @@ class Transport(Protocol):
 
     def run(self, jobdir: pathlib.Path, progress: bool = True, mem: PeakRSS | None = None, *,
             refresh_handler=None, client_engine=None, job_id: str | None = None, on_progress=None,
-            trainer_modules=()) -> dict:
+            trainer_modules=(), on_submitted=None) -> dict:
         """Train; with ``refresh_handler`` (and ``client_engine``) this process answers the job's
         refresh requests, and the stats carry its view of the channel under "client_channel".
         ``on_progress(done, total, message)`` follows the server's iterations; ``trainer_modules``:
-        modules a local server imports (trainers outside hetrain.models; a service has its own)."""
+        modules a local server imports (trainers outside hetrain.models; a service has its own);
+        ``on_submitted(remote_id)``: called when a service has accepted the job."""
 
 
 class LocalTransport:
@@ -64,7 +65,7 @@ class LocalTransport:
 
     def run(self, jobdir: pathlib.Path, progress: bool = True, mem: PeakRSS | None = None, *,
             refresh_handler=None, client_engine=None, job_id: str | None = None, on_progress=None,
-            trainer_modules=()) -> dict:
+            trainer_modules=(), on_submitted=None) -> dict:
         from .refresh_channel import channel_location, job_id_of, serve_socket
         from .steps import train  # the server side's one entry; imported late (steps imports this module)
 
@@ -122,11 +123,40 @@ class HttpTransport:
         """The service answers /v1/health (keygen and encryption can take minutes: check first)."""
         self._health()
 
+    def submit(self, jobdir, progress: bool = True) -> str:
+        """Upload the bundle in ``jobdir``; returns the service's id of the job, which then trains on
+        its own (``hetrain submit``). Follow it with ``attach`` (refresh requests) and ``fetch``."""
+        httpx = _httpx()
+        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, read=600.0)) as http:
+            return self._upload(http, pathlib.Path(jobdir), progress)
+
+    def attach(self, remote_id: str, engine, handler, job_id: str, progress: bool = False) -> ChannelStats:
+        """Answer the refresh requests of the service's job ``remote_id`` until it ends (serve_http);
+        ``job_id``: the job's own id (its manifest's), which the server's hello must carry."""
+        return serve_http(self.url, remote_id, engine, handler, progress=progress, poll_wait=self.poll_wait,
+                          answerer_job_id=job_id)
+
+    def fetch(self, remote_id: str, jobdir, progress: bool = True) -> dict:
+        """Wait for the service's job ``remote_id`` to end, download its encrypted outputs and its stats
+        into ``jobdir`` and remove the job from the service (unless ``keep_remote``); ServerError with
+        the service's message if it failed."""
+        httpx = _httpx()
+        jobdir = pathlib.Path(jobdir)
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, read=600.0)) as http:
+            stats = self._wait(http, remote_id, progress, deadline, None)
+            self._download(http, remote_id, jobdir / files.OUTPUTS, stats.get("download_bytes"), progress)
+            if not self.keep_remote:
+                self._delete(http, remote_id)
+        files.atomic_write(jobdir / files.SERVER_STATS, json.dumps(stats, indent=1))
+        return stats
+
     def run(self, jobdir: pathlib.Path, progress: bool = True, mem: PeakRSS | None = None, *,
             refresh_handler=None, client_engine=None, job_id: str | None = None, on_progress=None,
-            trainer_modules=()) -> dict:
+            trainer_modules=(), on_submitted=None) -> dict:
         """Upload, follow, download (``on_progress`` and ``trainer_modules``: not used over HTTP; the
-        service's operator chooses its trainer modules). ``refresh_handler`` (with ``client_engine``, the engine with
+        service's operator chooses its trainer modules; ``on_submitted(remote_id)``: called once the
+        service has accepted the job). ``refresh_handler`` (with ``client_engine``, the engine with
         the secret key): answer the job's refresh requests over HTTP while it trains (serve_http
         in a thread); the stats then carry this side's view of the channel under
         "client_channel". ``job_id``: the job id the answerer expects in the server's hello
@@ -141,6 +171,8 @@ class HttpTransport:
         answering = None
         with httpx.Client(base_url=self.url, timeout=timeout) as http:
             remote_id = self._upload(http, jobdir, progress)
+            if on_submitted is not None:
+                on_submitted(remote_id)
             try:
                 if refresh_handler is not None:
                     from .refresh_channel import job_id_of
