@@ -112,12 +112,13 @@ def test_depth_advice_is_true(bc_csv):
 
 def test_mlp_depth_advice_names_refresh_and_it_works():
     X, y = load_builtin("breast_cancer")
-    with pytest.raises(DepthPlanError) as e:
-        fit(X, y, "mlp", {"iterations": 3}, preset="auto", backend="sim", progress=False)
+    with pytest.raises(DepthPlanError) as e:  # refresh "auto" would refresh: the premise is refresh none
+        fit(X, y, "mlp", {"iterations": 3}, preset="auto", backend="sim", progress=False, refresh="none")
     alts = _alternatives(str(e.value))
     assert ["--refresh", "client"] in alts
     for alt in alts:
         cfg, kw = _config(alt)
+        kw.setdefault("refresh", "none")  # the advised --refresh client replaces it
         result = fit(X, y, "mlp", {"iterations": 3, **cfg}, preset="auto", backend="sim", progress=False, **kw)
         assert np.isfinite(result.twin_max_abs_diff)
 

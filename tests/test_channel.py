@@ -20,10 +20,12 @@ from sklearn.datasets import load_iris
 
 from hetrain import ckks
 from hetrain.protocol import files, refresh_channel
-from hetrain.protocol.refresh import ClientRefresher, LongJob
+from hetrain.protocol.refresh import ClientRefresher, MLRValidation
 from hetrain.protocol.refresh_channel import (ERROR_CODES, ChannelAnswerer, ChannelError, ServerChannel,
                                               channel_location, job_id_of, recv_frame, send_frame, serve_socket)
 from hetrain.protocol.server import server_argv
+
+from jobkit import make_job
 
 CFG = {"epochs": 3, "batch_size": 64, "learning_rate": 0.5, "patience": 0}  # 6 steps, a refresh before 5
 
@@ -35,9 +37,42 @@ def _iris(n_val=30):
 
 
 @pytest.fixture(scope="module")
-def job():
-    Xtr, ytr, _, _ = _iris()
-    return LongJob(Xtr, ytr, None, None, CFG, backend="sim", preset="n16384", refresh_mode="client")
+def keyroot(tmp_path_factory):
+    """Where the data owner's key directory goes (outside every job directory)."""
+    return tmp_path_factory.mktemp("keys")
+
+
+class _Job:
+    """The mini-batch job with CFG as given (no planner, no validation split) under one key directory:
+    ``write(jobdir)`` encrypts a bundle there (steps.encrypt) and makes it the current one."""
+
+    def __init__(self, keyroot):
+        self.keyroot, self.kit = keyroot, None
+
+    def write(self, jobdir):
+        Xtr, ytr, _, _ = _iris()
+        self.kit = make_job(self.keyroot, Xtr, ytr, "mlr", CFG, backend="sim", preset="n16384", refresh="client",
+                            jobdir=jobdir, plan=False, validation_fraction=0.0)
+        return self.kit
+
+    @property
+    def engine(self):
+        if self.kit is None:  # an engine with the keys' secret key before any bundle was written
+            self.write(self.keyroot / "first-job")
+        return self.kit.engine
+
+    @property
+    def trainer(self):
+        return self.kit.job.trainer
+
+    @property
+    def job(self) -> dict:  # what client_decrypt reads (the bundle's shapes)
+        return {"d": int(self.kit.job.Xp.shape[1]), "c": int(self.kit.job.Y.shape[1])}
+
+
+@pytest.fixture(scope="module")
+def job(keyroot):
+    return _Job(keyroot)
 
 
 def _start(jobdir: pathlib.Path, timeout: float = 60.0, channel=None):
@@ -259,14 +294,15 @@ def test_no_decrypted_derived_number_in_any_frame_the_data_owner_sends(tmp_path,
 
     monkeypatch.setattr(refresh_channel, "recv_frame", recv_spy)
     Xtr, ytr, Xv, yv = _iris()
-    long = LongJob(Xtr, ytr, Xv, yv, {"epochs": 6, "learning_rate": 64.0}, backend="sim", preset="n16384",
-                   refresh_mode="client")
-    long.write(tmp_path)
-    v = long.validation
-    proc, path = _start(tmp_path)
+    kit = make_job(tmp_path / "owner", Xtr, ytr, "mlr", {"epochs": 6, "learning_rate": 64.0}, backend="sim",
+                   preset="n16384", refresh="client", jobdir=tmp_path / "job", plan=False, validation_fraction=0.0)
+    long = kit.job  # the client's half, its validation rows given here (held out above, like the old X_val)
+    v = MLRValidation(long.trainer, long.pre.transform(Xv), long.pre.label_index(yv), long.Xp.shape[1],
+                      long.Y.shape[1], kit.engine.slots, X_train=long.Xp, retract=True)
+    proc, path = _start(tmp_path / "job")
     try:
-        serve_socket(path, long.engine, ClientRefresher(long.engine, check=v.check, evaluate=v.evaluate),
-                     job_id_of(tmp_path), alive=_alive(proc))
+        serve_socket(path, kit.engine, ClientRefresher(kit.engine, check=v.check, evaluate=v.evaluate),
+                     job_id_of(tmp_path / "job"), alive=_alive(proc))
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:

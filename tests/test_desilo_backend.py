@@ -97,13 +97,16 @@ def test_presets(eng):
     assert "galois_keys" in eng.key_sizes() and eng.secure
 
 
-def test_minibatch_training_with_client_refresh_matches_twin():
+def test_minibatch_training_with_client_refresh_matches_twin(tmp_path):
     from sklearn.datasets import load_iris
 
-    from hetrain.protocol.refresh import fit_long
+    from hetrain.protocol import fit
+    from hetrain.protocol.keys import KeyDir
     X, y = load_iris(return_X_y=True)
     cfg = {"epochs": 1, "batch_size": 64, "learning_rate": 0.5, "patience": 0}  # 3 steps, 2 refreshes
-    r = fit_long(X, y, config=cfg, backend="desilo", preset="desilo-l4", refresh_mode="client",
-                 engine_options={"threads": 1})
+    KeyDir.create(tmp_path / "keys", "desilo", "desilo-l4", threads=1)  # the engine options go with the keys
+    # all 150 rows train (no validation split), cfg as given (no planner)
+    r = fit(X, y, "mlr", cfg, backend="desilo", refresh="client", keys=tmp_path / "keys", progress=False,
+            plan=False, validation_fraction=0.0)
     assert r.stats["steps"] == 3 and r.stats["refreshes"] == 2
     assert r.stats["twin_max_abs_diff"] < 1e-4  # same tolerance argument as the SEAL test (test_minibatch)

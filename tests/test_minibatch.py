@@ -7,28 +7,41 @@ from sklearn.datasets import load_digits, load_iris
 from hetrain.errors import DataError, HetrainUserError
 from hetrain.models.base import DepthPlanError
 from hetrain.models.minibatch import MiniBatchMLR
-from hetrain.protocol.refresh import MLRValidation, fit_long, twin_long
+from hetrain.protocol import files, fit
+from hetrain.protocol.client_jobs import ClientJob
+from hetrain.protocol.keys import KeyDir
+from hetrain.protocol.refresh import MLRValidation, twin_long
 
 
-def _split(X, y, n_val, seed=0):
-    idx = np.random.default_rng(seed).permutation(len(y))
-    return X[idx[n_val:]], y[idx[n_val:]], X[idx[:n_val]], y[idx[:n_val]]
+def _fit_held_out(tmp_path, X, y, n_val, cfg, **kw):
+    """protocol.fit of mini-batch mlr with ``cfg`` as given (no planner), the client holding out
+    ``n_val`` rows (its stratified split) for validation; keys and bundle kept under ``tmp_path``."""
+    return fit(X, y, "mlr", cfg, backend="sim", preset="n16384", progress=False, plan=False,
+               validation_fraction=n_val / len(y), keys=tmp_path / "keys", workdir=tmp_path / "job", **kw)
 
 
-def test_digits_all_rows_in_batches_sim_matches_twin_and_learns():
-    X, y = load_digits(return_X_y=True)  # 1,797 rows: 6 batches of 256 (one packing holds 256)
-    Xtr, ytr, Xv, yv = _split(X, y, 300)
+def _last_weights(tmp_path, r) -> np.ndarray:
+    """The decrypted final state of the server's outputs (before the client picks its best epoch)."""
+    keys = KeyDir.open(tmp_path / "keys")
+    job = ClientJob.load(keys.job_dir(r.stats["job_id"]))
+    engine = keys.job_engine(())
+    outputs = files.read_ciphertext_map(tmp_path / "job" / files.OUTPUTS, engine, "server outputs")
+    return job.trainer.client_decrypt(engine, outputs, {"d": job.Xp.shape[1], "c": job.Y.shape[1]})["W"]
+
+
+def test_digits_all_rows_in_batches_sim_matches_twin_and_learns(tmp_path):
+    X, y = load_digits(return_X_y=True)  # 1,797 rows - 300 held out: 6 batches of 256 (one packing holds 256)
     cfg = {"epochs": 2, "batch_size": 256, "sigmoid": "deg3:16", "learning_rate": 0.5, "patience": 0}
-    r = fit_long(Xtr, ytr, Xv, yv, cfg, backend="sim", preset="n16384", refresh_mode="client")
+    r = _fit_held_out(tmp_path, X, y, 300, cfg, refresh="client")
     s = r.stats
-    assert s["steps"] == 2 * 6 and not s["stopped_early"]
+    assert s["steps"] == 2 * 6 and not s["run"]["stopped_early"]
     # sim without noise: the encrypted arithmetic is the twin's, up to float64 summation order
     assert s["twin_max_abs_diff"] < 1e-9
-    np.testing.assert_allclose(r.last_weights, r.twin_weights, atol=1e-9)
+    np.testing.assert_allclose(_last_weights(tmp_path, r), s["twin_weights"], atol=1e-9)
     # one step per refresh at n16384 (7 levels, 4 per step): 11 refreshes for 12 steps, one evaluation
     # (epoch 1, merged with a refresh) and the final one on download
     assert s["refreshes"] == 11 and s["round_trips"] == 11
-    epochs = [h for h in r.history if h["kind"] == "epoch"]
+    epochs = [h for h in s["history"] if h["kind"] == "epoch"]
     assert [h["epoch"] for h in epochs] == [1, 2]
     assert epochs[-1]["val_accuracy"] > 0.8  # twin: 0.853 after these 12 steps (sklearn to convergence ≈0.96)
 
@@ -62,13 +75,13 @@ def test_early_stopping_keeps_the_best_epoch():
     np.testing.assert_allclose(client.final_weights(bad), good, atol=1e-12)
 
 
-def test_early_stop_ends_training_loop():
+def test_early_stop_ends_training_loop(tmp_path):
     X, y = load_iris(return_X_y=True)
-    Xtr, ytr, Xv, yv = _split(X, y, 30)
     # a tiny step barely moves the accuracy: patience 1 stops after the 2nd or 3rd epoch, not the 20th
     cfg = {"epochs": 20, "batch_size": 128, "learning_rate": 1e-6, "patience": 1}
-    r = fit_long(Xtr, ytr, Xv, yv, cfg, backend="sim", preset="n16384", refresh_mode="client")
-    assert r.stats["stopped_early"] and r.stats["steps"] < 20
+    r = _fit_held_out(tmp_path, X, y, 30, cfg, refresh="client")
+    assert r.stats["run"]["stopped_early"] and r.stats["steps"] < 20
+    assert r.stats["stop_reason"] == "early stopping" and not r.partial
 
 
 def test_bad_inputs_are_refused_clearly():
@@ -87,14 +100,20 @@ def test_bad_inputs_are_refused_clearly():
         t.twin_step(np.full((2, 3), 10.0), np.ones((4, 2)), np.eye(2)[[0, 1, 0, 1]], np.arange(4))
 
 
-def test_depth_errors_before_any_work():
+def test_depth_errors_before_any_work(tmp_path):
     X, y = load_iris(return_X_y=True)
-    with pytest.raises(DepthPlanError, match="use --refresh client or --refresh bootstrap"):
-        fit_long(X, y, config={"epochs": 3}, backend="sim", preset="n16384", refresh_mode="none")
-    with pytest.raises(DepthPlanError, match="cannot bootstrap: use --refresh client"):
-        fit_long(X, y, config={"epochs": 3}, backend="seal", preset="n8192", refresh_mode="bootstrap")
+    keys = tmp_path / "keys"
+    # mini-batch epochs without refresh: "mlr" with refresh none is the full-batch trainer (no epochs)
+    with pytest.raises(HetrainUserError, match="epochs"):
+        fit(X, y, "mlr", {"epochs": 3}, backend="sim", preset="n16384", refresh="none", plan=False, keys=keys,
+            progress=False)
+    with pytest.raises(DepthPlanError, match="cannot bootstrap: use refresh client"):
+        fit(X, y, "mlr", {"epochs": 3}, backend="seal", preset="n8192", refresh="bootstrap", plan=False, keys=keys,
+            progress=False)
     with pytest.raises(DepthPlanError, match="one step needs 4 levels"):  # refused before keys are used
-        fit_long(X, y, config={"epochs": 1}, backend="sim", preset="n8192", refresh_mode="client")
+        fit(X, y, "mlr", {"epochs": 1}, backend="sim", preset="n8192", refresh="client", plan=False, keys=keys,
+            progress=False)
+    assert not keys.exists()  # every refusal came before any key was made
 
 
 def test_batches_are_encrypted_no_higher_than_a_refresh_cycle_uses():

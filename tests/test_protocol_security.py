@@ -3,31 +3,31 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_protocol_toy import ToyTrainer
+from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid")
 
 from hetrain import ckks
 from hetrain.ckks.container import unpack
 from hetrain.protocol import BundleError, files
-from hetrain.protocol.client import Client
 from hetrain.protocol.server import run_job
+
+from jobkit import make_job
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """A SEAL n8192 job bundle on disk, and the client that wrote it (holding the secret key)."""
+    """A SEAL n8192 job bundle on disk (written by the data owner's encrypt step, its key directory
+    elsewhere), the data owner's kit (holding the secret key) and the rows it encrypted."""
     d = tmp_path_factory.mktemp("job")
     rng = np.random.default_rng(7)
-    X, Y = rng.normal(size=(40, 4)), np.eye(3)[rng.integers(0, 3, 40)]
-    client = Client(ToyTrainer(), "seal", "n8192")
-    client.keygen(client.plan(40, 4, 3))
-    inputs, job = client.encrypt(X, Y)
-    files.write_job(d, client.engine, inputs, job)
-    return d, client, X
+    X, y = rng.normal(size=(40, 4)), rng.integers(0, 3, 40)
+    kit = make_job(tmp_path_factory.mktemp("owner"), X, y, "toy-centroid", {}, backend="seal", preset="n8192",
+                   jobdir=d)
+    return d, kit, kit.job.Xp  # the preprocessed rows are what was encrypted
 
 
 def test_bundle_holds_no_secret_key_bytes(job):
-    d, client, _ = job
-    _, parts = unpack(client.engine.secret_key_bytes(), expect_kind="secret_key")
+    d, kit, _ = job
+    _, parts = unpack(kit.engine.secret_key_bytes(), expect_kind="secret_key")
     sk = parts["sk"]
     assert len(sk) > 1000
     probes = [sk[i:i + 64] for i in range(100, len(sk) - 64, len(sk) // 8)]
@@ -40,7 +40,7 @@ def test_bundle_holds_no_secret_key_bytes(job):
 
 
 def test_server_engine_cannot_decrypt_and_its_own_key_gives_garbage(job):
-    d, client, X = job
+    d, kit, X = job
     _, public, inputs, _ = files.read_job_files(d)
     server = ckks.load_engine(public)
     assert not server.has_secret_key
@@ -53,7 +53,7 @@ def test_server_engine_cannot_decrypt_and_its_own_key_gives_garbage(job):
     # Bypass the key-id check on purpose to show the decryption itself is meaningless.
     rogue = ckks.create_engine("seal", "n8192")
     garbage = rogue._decrypt(ckks.Ciphertext(rogue, ct.level, ct.data))[:16]
-    truth = client.engine.decrypt(ct)[:16]
+    truth = kit.engine.decrypt(ct)[:16]
     np.testing.assert_allclose(truth[:4], X[0], atol=1e-6)  # the rightful key reads the first row
     assert np.max(np.abs(garbage - truth)) > 1e3
 
@@ -62,11 +62,11 @@ def test_server_trains_with_public_material_only(job, tmp_path):
     import shutil
     d = tmp_path / "copy"
     shutil.copytree(job[0], d)
-    client = job[1]
+    kit = job[1]
     stats = run_job(d)  # in-process: the same code the server process runs
     assert "secret key=no" in stats["engine"]
-    outputs = client.read_outputs(d)
-    w = client.decrypt(outputs, {"d": 4})["W"]
+    outputs = files.read_ciphertext_map(d / files.OUTPUTS, kit.engine, "server outputs")
+    w = kit.job.trainer.client_decrypt(kit.engine, outputs, {"d": 4})["W"]
     assert w.shape == (3, 4) and np.all(np.isfinite(w))
 
 

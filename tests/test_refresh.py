@@ -4,6 +4,7 @@ resume, and clear errors when either side dies."""
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -16,13 +17,17 @@ import pytest
 from sklearn.datasets import load_iris
 
 from hetrain import ckks
+from hetrain.errors import HetrainUserError
 from hetrain.models.base import DepthPlanError
-from hetrain.protocol import checkpoint, files
+from hetrain.protocol import checkpoint, files, fit, steps
 from hetrain.protocol.errors import ServerError
-from hetrain.protocol.pipeline import fit
-from hetrain.protocol.refresh import LongJob, fit_long
-from hetrain.protocol.refresh_channel import (ChannelError, decode_state, encode_state, recv_frame, send_frame)
+from hetrain.protocol.keys import KeyDir
+from hetrain.protocol.refresh import ClientRefresher
+from hetrain.protocol.refresh_channel import (ChannelError, channel_location, decode_state, encode_state, recv_frame,
+                                              send_frame, serve_socket)
 from hetrain.protocol.server import server_argv
+
+from jobkit import make_job
 
 CFG = {"epochs": 3, "batch_size": 64, "learning_rate": 0.5, "patience": 0}
 PUBLIC_FILES = {files.MANIFEST, files.PUBLIC_CONTEXT, files.INPUTS, files.JOB, "state.ckpt"}
@@ -32,6 +37,48 @@ def _iris(n_val=30):
     X, y = load_iris(return_X_y=True)
     idx = np.random.default_rng(0).permutation(len(y))
     return X[idx[n_val:]], y[idx[n_val:]], X[idx[:n_val]], y[idx[:n_val]]
+
+
+@pytest.fixture(scope="module")
+def keyroot(tmp_path_factory):
+    """The data owner's key directories (one per backend and preset), outside every job directory."""
+    return tmp_path_factory.mktemp("owner")
+
+
+def _long_job(keyroot, jobdir, cfg, *, validation: bool = True, backend: str = "sim", refresh: str = "client"):
+    """A mini-batch mlr job on iris with ``cfg`` as given (no planner), written to ``jobdir`` by the data
+    owner's steps: 120 training rows, and with ``validation`` 30 held-out rows (the client's
+    stratified split), else the 120 rows of _iris() without validation."""
+    if validation:
+        X, y = load_iris(return_X_y=True)
+        return make_job(keyroot, X, y, "mlr", cfg, backend=backend, preset="n16384", refresh=refresh, jobdir=jobdir,
+                        plan=False, validation_fraction=0.2)
+    Xtr, ytr, _, _ = _iris()
+    return make_job(keyroot, Xtr, ytr, "mlr", cfg, backend=backend, preset="n16384", refresh=refresh, jobdir=jobdir,
+                    plan=False, validation_fraction=0.0)
+
+
+def _train(kit, *, handler=None, handler_wrapper=None, env=None, resume=False):
+    """The server process on the kit's bundle (steps.train), this process answering its channel as the
+    data owner, then steps.decrypt: the FitResult. ``handler_wrapper(handler) -> handler``: wraps the
+    client's answers (e.g. to kill the server in the middle of a refresh)."""
+    if handler is None:
+        handler = kit.handler
+    if handler_wrapper is not None:
+        handler = handler_wrapper(handler)
+
+    def during(proc):
+        serve_socket(channel_location(kit.jobdir), kit.engine, handler, kit.job_id, alive=proc.alive)
+
+    steps.train(kit.jobdir, progress=False, env=env, resume=resume, during=during)
+    return kit.decrypt()
+
+
+def _last_weights(kit) -> np.ndarray:
+    """The decrypted final state of the server's outputs (before the client picks its best epoch)."""
+    outputs = files.read_ciphertext_map(kit.jobdir / files.OUTPUTS, kit.engine, "server outputs")
+    shapes = {"d": kit.job.Xp.shape[1], "c": kit.job.Y.shape[1]}
+    return kit.job.trainer.client_decrypt(kit.engine, outputs, shapes)["W"]
 
 
 def test_checkpoint_round_trip_is_atomic_and_keyed(tmp_path):
@@ -73,13 +120,11 @@ def test_frames_and_state_encoding():
         recv_frame(b)
 
 
-def test_mlr_client_refresh_on_seal_in_a_server_process_without_secret_key(tmp_path):
-    Xtr, ytr, Xv, yv = _iris()
+def test_mlr_client_refresh_on_seal_in_a_server_process_without_secret_key(tmp_path, keyroot):
     cfg = {"epochs": 2, "batch_size": 64, "learning_rate": 1.0, "patience": 0}  # 2 batches x 2 epochs
-    job = LongJob(Xtr, ytr, Xv, yv, cfg, backend="seal", preset="n16384", refresh_mode="client")
-    job.write(tmp_path / "job")
+    kit = _long_job(keyroot, tmp_path / "job", cfg, backend="seal")
     audit = tmp_path / "opened.txt"
-    r = job.train(env={"HETRAIN_SERVER_AUDIT": str(audit)})
+    r = _train(kit, env={"HETRAIN_SERVER_AUDIT": str(audit)})
     s = r.stats
     # n16384: 7 levels, 4 per step -> a refresh before every step but the first: 3, one of them
     # merged with the epoch-1 evaluation (epoch 2's is done by the client on download)
@@ -89,12 +134,14 @@ def test_mlr_client_refresh_on_seal_in_a_server_process_without_secret_key(tmp_p
     # everything the server process opened inside the job directory is public material
     opened = {pathlib.Path(p).name for p in audit.read_text().split() if str(tmp_path / "job") in p}
     assert {files.PUBLIC_CONTEXT, files.INPUTS} <= opened
-    assert all(name.split(".tmp")[0] in PUBLIC_FILES | {files.OUTPUTS, files.SERVER_STATS} for name in opened), opened
+    # temporary files: files.atomic_write's ".NAME.<random>.tmp", the checkpoint's "NAME.tmp<pid>"
+    written = {re.sub(r"^\.(.+)\.[^.]+\.tmp$", r"\1", name).split(".tmp")[0] for name in opened}
+    assert all(name in PUBLIC_FILES | {files.OUTPUTS, files.SERVER_STATS} for name in written), opened
     # CKKS at scale 2^40 adds ~1e-7 relative error per rescale/rotation; a step sums 64 rows times
     # weights of size ~1 through 4 levels, and each refresh re-encrypts (1e-7 more), so 1e-4 is
     # ~100x the expected error and far below the weights (~0.1-1), which a wrong slot would change.
-    assert s["twin_max_abs_diff"] < 1e-4 and np.abs(r.twin_weights).max() > 0.05
-    assert [h["epoch"] for h in r.history if h["kind"] == "epoch"] == [1, 2]
+    assert s["twin_max_abs_diff"] < 1e-4 and np.abs(s["twin_weights"]).max() > 0.05
+    assert [h["epoch"] for h in s["history"] if h["kind"] == "epoch"] == [1, 2]
 
 
 def test_mlp_diagonal_on_seal_past_one_chain_matches_twin():
@@ -115,23 +162,33 @@ def test_mlp_dvr_past_one_chain_on_sim_matches_twin():
     X, y = rng.normal(size=(20, 8)), rng.integers(0, 3, 20)
     cfg = {"hidden": [4], "iterations": 3, "momentum": "none", "learning_rate": 1.0}  # 9 levels each
     with pytest.raises(DepthPlanError, match="1 iteration"):
-        fit(X, y, "mlp", {**cfg, "layout": "dvr"}, preset="n16384-deep", backend="sim", progress=False)
+        fit(X, y, "mlp", {**cfg, "layout": "dvr"}, preset="n16384-deep", backend="sim", progress=False,
+            refresh="none")
     r = fit(X, y, "mlp", {**cfg, "layout": "dvr"}, preset="n16384-deep", backend="sim", progress=False,
             refresh="client")
     assert r.stats["refresh"]["round_trips"] == 2 and r.stats["model"] == "mlp-dvr"
     assert r.twin_max_abs_diff < 1e-9  # sim has no noise: decrypted == twin up to summation order
 
 
-def test_a_model_without_the_refresh_hook_is_refused_before_work():
+def test_a_model_without_the_refresh_hook_is_refused_before_work(tmp_path):
+    from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid": no refresh capability)
+
     X, y, _, _ = _iris()
     with pytest.raises(DepthPlanError, match="cannot refresh"):
-        fit(X, y, "mlr", {"iterations": 2}, preset="n8192", backend="sim", progress=False, refresh="client")
+        fit(X, y, "toy-centroid", {"iterations": 2}, preset="n8192", backend="sim", progress=False,
+            refresh="client", keys=tmp_path / "keys")
+    # full-batch mlr (iterations) has no refresh either: with refresh, mlr is the mini-batch trainer
+    with pytest.raises(HetrainUserError, match="iterations counts full-batch iterations of refresh none"):
+        fit(X, y, "mlr", {"iterations": 2}, preset="n8192", backend="sim", progress=False, refresh="client",
+            keys=tmp_path / "keys")
+    assert not (tmp_path / "keys").exists()  # refused before any key was made
 
 
-def test_bootstrap_refresh_on_sim_in_the_server_process():
-    Xtr, ytr, Xv, yv = _iris()
-    r = fit_long(Xtr, ytr, Xv, yv, CFG, backend="sim", preset="n16384", refresh_mode="bootstrap",
-                 engine_options={"bootstrap_level": 7})  # INSECURE: planning only
+def test_bootstrap_refresh_on_sim_in_the_server_process(tmp_path):
+    X, y = load_iris(return_X_y=True)
+    KeyDir.create(tmp_path / "keys", "sim", "n16384", seed=0, bootstrap_level=7)  # INSECURE: planning only
+    r = fit(X, y, "mlr", CFG, backend="sim", refresh="bootstrap", keys=tmp_path / "keys", progress=False,
+            plan=False, validation_fraction=0.2)  # 120 training rows, 30 held out
     s = r.stats
     # 6 steps, 4 levels each in 7: a bootstrap of every state ciphertext before steps 2..6
     assert s["steps"] == 6 and s["bootstraps"] > 0 and s["bootstraps"] % 5 == 0
@@ -160,25 +217,23 @@ class KillAt:
         return self.inner.evaluate(state, step, epoch, refresh)
 
 
-def test_server_killed_mid_refresh_gives_a_clear_error_and_the_job_resumes(tmp_path):
-    Xtr, ytr, Xv, yv = _iris()
-    job = LongJob(Xtr, ytr, Xv, yv, CFG, backend="sim", preset="n16384", refresh_mode="client")
-    job.write(tmp_path)
+def test_server_killed_mid_refresh_gives_a_clear_error_and_the_job_resumes(tmp_path, keyroot):
+    kit = _long_job(keyroot, tmp_path, CFG)
     with pytest.raises(ServerError, match="exited with status -9.*refresh channel"):
-        job.train(handler_wrapper=lambda h: KillAt(h, 4))  # epoch 2 ends at step 4: merged evaluate+refresh
-    _, meta = checkpoint.StateCheckpoint(tmp_path / "state.ckpt", job.engine).load()
+        _train(kit, handler_wrapper=lambda h: KillAt(h, 4))  # epoch 2 ends at step 4: merged evaluate+refresh
+    _, meta = checkpoint.StateCheckpoint(tmp_path / "state.ckpt", kit.engine).load()
     assert meta["step"] == 4  # the checkpoint of the last completed step survived the kill
-    r = job.train()
-    assert r.stats["resumed_from"] == 4 and r.stats["steps"] == 6 and len(r.stats["step_s"]) == 2
-    np.testing.assert_allclose(r.last_weights, r.twin_weights, atol=1e-9)  # same as an uninterrupted run
+    r = _train(kit, resume=True)
+    run = r.stats["run"]
+    assert run["resumed_from"] == 4 and r.stats["steps"] == 6 and len(run["step_s"]) == 2
+    # same as an uninterrupted run
+    np.testing.assert_allclose(_last_weights(kit), r.stats["twin_weights"], atol=1e-9)
 
 
-def test_server_notices_the_client_going_away(tmp_path):
+def test_server_notices_the_client_going_away(tmp_path, keyroot):
     """The data owner vanishes in the middle of a refresh and nobody attaches again: the server waits
     for --channel-timeout seconds, then fails with a clear error (the job can be resumed)."""
-    Xtr, ytr, _, _ = _iris()
-    job = LongJob(Xtr, ytr, None, None, CFG, backend="sim", preset="n16384", refresh_mode="client")
-    job.write(tmp_path)
+    job = _long_job(keyroot, tmp_path, CFG, validation=False)
     path = tmp_path / "c.sock"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.Popen(server_argv(tmp_path, progress=False, channel=path, channel_timeout=1),
@@ -227,33 +282,28 @@ def _numbers(x) -> list:
     return [x] if isinstance(x, (int, float)) and not isinstance(x, bool) else []
 
 
-def test_client_check_failure_stops_the_server_with_a_fixed_code(tmp_path, monkeypatch):
+def test_client_check_failure_stops_the_server_with_a_fixed_code(tmp_path, monkeypatch, keyroot):
     sent = _record_client_frames(monkeypatch)
-    Xtr, ytr, Xv, yv = _iris()
     # a huge step pushes the next sigmoid inputs far outside [-8, 8]; with retraction off (as under
     # bootstrapping) the client refuses to go on
-    job = LongJob(Xtr, ytr, Xv, yv, {**CFG, "learning_rate": 500.0}, backend="sim", preset="n16384",
-                  refresh_mode="client")
-    job.validation.retract = False
-    job.write(tmp_path)
+    kit = _long_job(keyroot, tmp_path, {**CFG, "learning_rate": 500.0})
+    v = kit.job.validation(kit.engine, None)
+    v.retract = False
     with pytest.raises(Exception, match="outside") as info:
-        job.train()
+        _train(kit, handler=ClientRefresher(kit.engine, check=v.check, evaluate=v.evaluate))
     assert not psutil.Process().children()  # the server process was stopped, not left behind
     # the server heard only the fixed code: no span, min or max of decrypted values
     assert {k: v for k, v in sent[-1].items() if k != "seq"} == {"op": "error", "code": "client_refused"}
     assert "span [" in str(info.value)  # the client keeps its reason
 
 
-def test_no_decrypted_derived_number_crosses_to_the_server(tmp_path, monkeypatch):
+def test_no_decrypted_derived_number_crosses_to_the_server(tmp_path, monkeypatch, keyroot):
     """A whole default-planned run (retraction, validation, early stopping): every header the client
     sends holds only its op, key id, the state's layout (names and counts) and the stop bit."""
     sent = _record_client_frames(monkeypatch)
-    Xtr, ytr, Xv, yv = _iris()
-    job = LongJob(Xtr, ytr, Xv, yv, {"epochs": 6, "learning_rate": 64.0}, backend="sim", preset="n16384",
-                  refresh_mode="client")
-    job.write(tmp_path)
-    r = job.train()
-    assert any(h["kind"] == "retract" for h in r.history)  # the run did adapt on decrypted values
+    kit = _long_job(keyroot, tmp_path, {"epochs": 6, "learning_rate": 64.0})
+    r = _train(kit)
+    assert any(h["kind"] == "retract" for h in r.stats["history"])  # the run did adapt on decrypted values
     assert sent and {k for h in sent for k in h} <= {"op", "key_id", "state", "stop", "blobs", "seq"}
     assert {h["op"] for h in sent} <= {"ok", "refreshed", "verdict", "bye"}
     assert _numbers(sent) == []
@@ -261,19 +311,16 @@ def test_no_decrypted_derived_number_crosses_to_the_server(tmp_path, monkeypatch
         assert h.get("state") in (None, sent[1].get("state"))
 
 
-def test_a_run_built_to_leave_the_interval_adapts_and_finishes(tmp_path):
+def test_a_run_built_to_leave_the_interval_adapts_and_finishes(tmp_path, keyroot):
     """The same huge step with retraction (client refresh, the default): the client scales the weights
     back at every refresh, says so, and the twin replays it."""
-    Xtr, ytr, Xv, yv = _iris()
-    job = LongJob(Xtr, ytr, Xv, yv, {**CFG, "learning_rate": 500.0}, backend="sim", preset="n16384",
-                  refresh_mode="client")
-    job.write(tmp_path)
-    r = job.train()
-    retracts = [h for h in r.history if h["kind"] == "retract"]
+    kit = _long_job(keyroot, tmp_path, {**CFG, "learning_rate": 500.0})
+    r = _train(kit)
+    retracts = [h for h in r.stats["history"] if h["kind"] == "retract"]
     assert retracts and all(0 < h["min_factor"] < 1 for h in retracts)
     assert r.stats["steps"] == 3 * 2 and r.stats["twin_max_abs_diff"] < 1e-9
-    t = job.trainer
-    z = np.c_[np.ones(len(job.Xp)), job.Xp] @ r.last_weights.T  # the final step is not retracted,
+    job = kit.job
+    z = np.c_[np.ones(len(job.Xp)), job.Xp] @ _last_weights(kit).T  # the final step is not retracted,
     assert np.abs(z).max() > 8  # so it shows how far the unretracted steps would have gone
 
 

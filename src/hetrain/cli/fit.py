@@ -106,6 +106,8 @@ def job_options(args, n_features: int, backend: str) -> tuple[str, dict, dict]:
         return refresh, config, {"scale": args.scale, "seed": args.seed}
     if args.epochs is not None and args.epochs < 1:
         raise HetrainUserError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise HetrainUserError(f"--time-limit must be a positive number of seconds, got {args.time_limit:g}")
     for key in ("batch_size", "patience", "weight_decay"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)

@@ -353,6 +353,7 @@ class MiniBatchJob(ClientJob):
             raise DepthPlanError(f"backend {backend} cannot bootstrap: use refresh client (or the desilo backend)")
         self = cls()
         self.refresh, self.backend = refresh, backend
+        self.log = log  # the client's log lines (finish: the final epoch's validation); not in the record
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y)
         idx = np.arange(len(y))
@@ -465,7 +466,7 @@ class MiniBatchJob(ClientJob):
 
         from .refresh import twin_long
 
-        v = self.validation(engine, record_dir)
+        v = self.validation(engine, record_dir, getattr(self, "log", None))
         stats = self._base_stats(engine, server_stats)
         decimals = self.options.get("release_decimals", DEFAULT_RELEASE_DECIMALS)
         twin: dict = {}
