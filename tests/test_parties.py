@@ -292,3 +292,17 @@ def test_through_the_service_submit_refresh_comes_and_goes_decrypt(parties, tmp_
     finally:
         serve.terminate()
         serve.wait(timeout=30)
+
+
+def test_a_mini_batch_option_on_full_batch_mlr_is_refused_alike_on_every_path(tmp_path):
+    from hetrain.errors import HetrainUserError
+    from hetrain.protocol import fit
+
+    X, y = load_builtin("iris")
+    np.savetxt(tmp_path / "iris.csv", np.column_stack([y, X]), delimiter=",")
+    r = hetrain("fit", "--data", "iris.csv", "--out", "m.json", "--backend", "sim", "--refresh", "none",
+                "--iterations", "2", "--epochs", "3", cwd=tmp_path, check=False)
+    assert r.returncode == 1 and "--epochs applies to --model mlr with refresh" in r.stderr
+    with pytest.raises(HetrainUserError, match="epochs applies to mlr with refresh"):
+        fit(X, y, "mlr", {"iterations": 2, "epochs": 3}, refresh="none", backend="sim", progress=False)
+    assert not (tmp_path / "m.json").exists()

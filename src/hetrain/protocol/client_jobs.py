@@ -212,6 +212,8 @@ class TrainerJob(ClientJob):
         from .planning import plan_lines, prepare
 
         extra = sorted(k for k, v in unused.items() if v is not None and k not in _MINIBATCH_DEFAULTS_OK)
+        if model == "mlr":  # the mini-batch trainer's own options, given to the full-batch one
+            extra += sorted(k for k in _MINIBATCH_CONFIG if k in config)
         if extra:
             raise HetrainUserError(f"{', '.join(o.replace('_', ' ') for o in extra)} appl"
                                    f"{'ies' if len(extra) == 1 else 'y'} to mlr with refresh (mini-batches); this "
@@ -315,6 +317,8 @@ class TrainerJob(ClientJob):
 
 # options of mini-batch mlr that other jobs accept only at their default (None)
 _MINIBATCH_DEFAULTS_OK = ("validation_fraction", "plan")
+# config keys of the mini-batch trainer that full-batch mlr does not have
+_MINIBATCH_CONFIG = ("epochs", "batch_size", "patience", "weight_decay", "whitening")
 
 
 # ====================================================================== mini-batch mlr
@@ -474,7 +478,9 @@ class MiniBatchJob(ClientJob):
             if v.best is None or self.Xv is None:
                 raise HetrainUserError(failure or "the server has not written this job's encrypted result "
                                        "(outputs.bin) and no epoch was validated: nothing to release")
-            stats.update({"partial": True, "stop_reason": (failure or "training did not finish").splitlines()[0],
+            epochs = sum(1 for h in v.history if h.get("kind") == "epoch")
+            reason = (failure or "training did not finish").splitlines()[0].rstrip(": ")
+            stats.update({"partial": True, "stop_reason": f"{reason} (after {epochs} validated epoch(s))",
                           "twin_max_abs_diff": float("nan")})
             best = v.best[1]
             diff = float("nan")
