@@ -306,3 +306,23 @@ def test_a_mini_batch_option_on_full_batch_mlr_is_refused_alike_on_every_path(tm
     with pytest.raises(HetrainUserError, match="epochs applies to mlr with refresh"):
         fit(X, y, "mlr", {"iterations": 2, "epochs": 3}, refresh="none", backend="sim", progress=False)
     assert not (tmp_path / "m.json").exists()
+
+
+def test_a_server_that_returns_other_values_is_stopped_at_the_next_refresh(tmp_path):
+    """Issue 13 item 4: every state the data owner decrypts mid-run is compared with the twin after
+    the same steps; a dishonest server is stopped there and no model is released (not even a
+    partial one), with a message that its result could not be verified."""
+    from hetrain.protocol import fit
+    from hetrain.protocol.errors import TwinMismatch
+
+    X, y = load_builtin("iris")
+    os.environ["HETRAIN_TEST_TAMPER_STEP"] = "3"
+    try:
+        with pytest.raises(TwinMismatch, match="could not be verified"):
+            fit(X, y, "mlr", {"epochs": 8, "batch_size": 32, "patience": 0}, backend="sim", progress=False, plan=False,
+                keys=tmp_path / "KEYS", trainer_modules=("tamper_hook",))
+    finally:
+        del os.environ["HETRAIN_TEST_TAMPER_STEP"]
+    record = next((tmp_path / "KEYS" / "jobs").iterdir())
+    history = json.loads((record / "validation.json").read_text())["history"]
+    assert history and max(h["step"] for h in history) < 3  # nothing decrypted after the tampering is recorded

@@ -447,10 +447,15 @@ class MiniBatchJob(ClientJob):
         ``record_dir`` so a data owner who comes back (or ``hetrain decrypt``) continues it."""
         from .refresh import MLRValidation
 
+        from .refresh import twin_long
+
+        def twin_at(step: int) -> np.ndarray:  # the twin after ``step`` steps, retractions replayed
+            return twin_long(self.trainer, self.Xp, self.Y, step, self.steps_per_refresh)
+
         return MLRValidation(self.trainer, self.Xv, self.yv, self.Xp.shape[1], self.Y.shape[1], engine.slots,
                              X_train=self.Xp, retract=self.refresh == "client",
                              time_limit=self.options.get("time_limit"), log=log,
-                             state_dir=record_dir)
+                             state_dir=record_dir, twin_at=twin_at)
 
     @property
     def wants_channel(self) -> bool:

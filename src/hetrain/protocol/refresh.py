@@ -95,7 +95,7 @@ class MLRValidation:
 
     def __init__(self, trainer, X_val, y_val, n_features: int, n_classes: int, slots: int, X_train=None, *,
                  retract: bool = True, time_limit: float | None = None, log=None,
-                 state_dir: pathlib.Path | None = None) -> None:
+                 state_dir: pathlib.Path | None = None, twin_at: Callable[[int], np.ndarray] | None = None) -> None:
         self.trainer, self.d, self.c, self.slots = trainer, n_features, n_classes, slots
         self.X_val = None if X_val is None else np.asarray(X_val, dtype=np.float64)
         self.y_val = None if y_val is None else np.asarray(y_val)
@@ -108,7 +108,18 @@ class MLRValidation:
         self.started = time.time()  # wall clock: a data owner who comes back keeps the job's time limit
         self.stop_reason: str | None = None  # why training ended before its planned epochs
         self.state_dir = None if state_dir is None else pathlib.Path(state_dir)
+        self.twin_at = twin_at  # step -> the plaintext twin's W after that many steps
         self._load()
+
+    def verify(self, W: np.ndarray, step: int) -> None:
+        """Every state the client decrypts is compared with the twin after the same steps: a server that
+        returns other values than the computation asked for is stopped at once (TwinMismatch; the
+        server hears the fixed code client_refused, never a number)."""
+        if self.twin_at is not None:
+            from .client import check_twin
+
+            twin = self.twin_at(step)
+            check_twin(float(np.max(np.abs(W - twin))), twin, what=f"the state after step {step}")
 
     # -------------------------------------------------------------- kept in the job's private record
     def _load(self) -> None:
@@ -150,6 +161,7 @@ class MLRValidation:
         """The refresh hook: record, retract if the next step would come near the interval's end
         (or refuse when retraction is off), return the vectors to re-encrypt."""
         W = self.weights(vectors)
+        self.verify(W, step)
         if not self.history or self.history[-1]["step"] != step:
             self._record(W, step, "refresh")
         if self.X_train is None:
@@ -178,6 +190,7 @@ class MLRValidation:
             if e.get("kind") == "epoch" and e.get("step") == step and e.get("epoch") == epoch:
                 return bool(e.get("stop", False))
         W = self.weights(vectors)
+        self.verify(W, step)
         entry = self._record(W, step, "epoch")
         entry["epoch"] = epoch
         best, stop = self.stopper.update(entry.get("val_accuracy", 0.0), entry.get("val_loss", 0.0), epoch)

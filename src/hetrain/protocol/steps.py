@@ -37,7 +37,7 @@ from hetrain.models.base import DepthPlanError
 
 from . import files
 from .client_jobs import ClientJob, FitResult, prepare_job
-from .errors import ServerError
+from .errors import ServerError, TwinMismatch
 from .keys import KeyDir
 from .monitor import PeakRSS
 
@@ -281,8 +281,9 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
                                    on_progress=(lambda d, t, m="": on_step(d, t)) if on_step else None,
                                    trainer_modules=trainer_modules or _extra_modules(job))
         except (ServerError, HetrainUserError) as exc:
-            # mini-batch mlr keeps its best validated epoch; everything else has nothing to release
-            if getattr(job, "kind", None) != "minibatch" or isinstance(exc, DepthPlanError):
+            # mini-batch mlr keeps its best validated epoch; everything else has nothing to release, and
+            # a server caught computing something else (TwinMismatch) gets nothing released at all
+            if getattr(job, "kind", None) != "minibatch" or isinstance(exc, (DepthPlanError, TwinMismatch)):
                 raise
             failure = f"training failed: {exc}"
             sstats = None
