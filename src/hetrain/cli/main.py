@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+
+import hetrain
 import logging
 import sys
 import warnings
@@ -26,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "accuracy of a trained model on labelled data"),
     "demo": ("demo", "encrypted training on a scikit-learn dataset, encrypted vs plaintext accuracy"),
     "datasets": ("datasets", "export scikit-learn's bundled datasets as CSV"),
+    "models": ("models", "list trainers, layouts, CKKS presets and backends, one line each"),
     "serve": ("serve", "HTTP training service: receives job bundles, trains, returns ciphertexts (needs hetrain[service])"),
 }
 
@@ -33,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hetrain", description="Train classifiers on CKKS-encrypted data.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"hetrain {hetrain.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(f"hetrain.cli.{module}")

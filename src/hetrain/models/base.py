@@ -124,6 +124,7 @@ class Trainer(abc.ABC):
     """Base class of encrypted trainers (see module docstring for the protocol)."""
 
     name: str = "abstract"
+    summary: str = ""  # one line for `hetrain models`
     # the optional server_train hooks this class accepts (module docstring); each trainer declares its own
     capabilities: frozenset[str] = frozenset()
 

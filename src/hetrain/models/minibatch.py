@@ -74,6 +74,8 @@ class MiniBatchMLR(Trainer):
     """The refreshed mini-batch trainer (see module docstring)."""
 
     name = "mlr-minibatch"
+    summary = ("mini-batch logistic regression, one sigmoid per class, refreshed between chains; what --model mlr "
+               "runs with refresh (planned, validated, early-stopped)")
     capabilities = frozenset({"refresh", "monitor", "checkpoint"})
 
     def __init__(self, **config) -> None:

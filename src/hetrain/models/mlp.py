@@ -107,6 +107,8 @@ def in_axis(layer: int) -> str:
 @register
 class MLPTrainer(Trainer):
     name = "mlp-dvr"
+    summary = ("network with one or two hidden sigmoid layers, double Volley Revolver packing (wide inputs such "
+               "as 400 CNN features); --model mlp --layout dvr")
     capabilities = frozenset({"refresh", "checkpoint"})
 
     def __init__(self, **config) -> None:

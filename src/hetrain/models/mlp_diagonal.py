@@ -88,6 +88,8 @@ class DiagonalMLPTrainer(Trainer):
     """One hidden layer, diagonal-packed weights, samples batched in slots (see module docstring)."""
 
     name = "mlp-diagonal"
+    summary = ("network with one hidden layer, diagonal-packed weights with a cheap transpose (narrow inputs such "
+               "as Iris); --model mlp --layout diagonal")
     capabilities = frozenset({"refresh", "checkpoint"})
 
     def __init__(self, **config) -> None:

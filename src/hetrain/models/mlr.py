@@ -51,6 +51,8 @@ def levels_needed(iterations: int, sigmoid_depth: int) -> int:
 @register
 class MLRTrainer(Trainer):
     name = "mlr"
+    summary = ("full-batch multiclass logistic regression with the quadratic-gradient preconditioner and Volley "
+               "Revolver packing, in one modulus chain (--model mlr --iterations N)")
     # one modulus chain, no refresh (``--refresh`` trains mlr with the mini-batch trainer, minibatch.py)
     capabilities = frozenset({"checkpoint"})
 

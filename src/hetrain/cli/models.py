@@ -1,0 +1,45 @@
+"""`hetrain models`: what can be asked for: trainers, layouts, CKKS presets and backends, one line each."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+BACKEND_LINES = {
+    "seal": "Microsoft SEAL through TenSEAL: real encryption (the default); refresh by the client",
+    "sim": "NumPy simulation, INSECURE: nothing is encrypted (tests and planning only)",
+    "desilo": "desilofhe: real encryption with bootstrapping; NON-COMMERCIAL licence, optional "
+              "(pip install 'hetrain[desilo]')",
+}
+_MODULES = {"seal": "tenseal", "desilo": "desilofhe"}
+LAYOUTS = {"auto": "diagonal up to 16 features, dvr above", "dvr": "mlp-dvr", "diagonal": "mlp-diagonal"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args) -> int:
+    from hetrain import ckks
+    from hetrain.models.base import get_trainer, registry
+
+    get_trainer("mlr")  # imports the catalog: every built-in trainer registers
+    print("trainers (--model; `mlr` is mlr-minibatch with refresh and mlr without, `mlp` resolves by --layout):")
+    for name in sorted(registry):
+        cls = registry[name]
+        caps = ", ".join(sorted(cls.capabilities)) or "none"
+        text = cls.summary or next(iter((cls.__doc__ or "").strip().splitlines()), "")
+        print(f"  {name:14s} {text} [capabilities: {caps}]")
+    print("layouts (--layout, for --model mlp):")
+    for name, text in LAYOUTS.items():
+        print(f"  {name:14s} {text}")
+    print("presets (--preset; `auto`: the smallest that fits):")
+    for name, p in ckks.PRESETS.items():
+        secure = "128-bit secure" if p.is_128_bit_secure() else "below 128-bit (refused unless forced)"
+        print(f"  {name:14s} N={p.poly_modulus_degree}, {p.levels} levels, scale 2^{p.scale_bits}, {p.slots} slots, "
+              f"{secure}")
+    print("backends (--backend):")
+    for name in ckks.BACKENDS:
+        module = _MODULES.get(name)
+        present = "" if module is None or importlib.util.find_spec(module) else " [not installed]"
+        print(f"  {name:14s} {BACKEND_LINES.get(name, '')}{present}")
+    return 0
