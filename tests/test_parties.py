@@ -326,3 +326,20 @@ def test_a_server_that_returns_other_values_is_stopped_at_the_next_refresh(tmp_p
     record = next((tmp_path / "KEYS" / "jobs").iterdir())
     history = json.loads((record / "validation.json").read_text())["history"]
     assert history and max(h["step"] for h in history) < 3  # nothing decrypted after the tampering is recorded
+
+
+def test_fit_with_a_key_directory_keeps_it_and_refuses_other_parameters(tmp_path):
+    from hetrain.errors import HetrainUserError
+    from hetrain.protocol import fit
+
+    X, y = load_builtin("iris")
+    r = fit(X, y, "mlr", {"iterations": 2, "sigmoid": "deg3:16"}, backend="sim", keys=tmp_path / "K",
+            workdir=tmp_path / "JOB", progress=False)
+    assert (tmp_path / "K" / "secret.key").is_file() and not holds_secret_key(tmp_path / "JOB")
+    again = fit(X, y, "mlr", {"iterations": 2, "sigmoid": "deg3:16"}, backend="sim", keys=tmp_path / "K",
+                progress=False)
+    assert again.model.key_id == r.model.key_id  # the same secret key, fresh evaluation keys
+    with pytest.raises(HetrainUserError, match="leave --preset at auto"):
+        fit(X, y, "mlr", {"iterations": 2}, backend="sim", preset="n32768", keys=tmp_path / "K", progress=False)
+    with pytest.raises(HetrainUserError, match="--backend at sim"):
+        fit(X, y, "mlr", {"iterations": 2}, backend="seal", keys=tmp_path / "K", progress=False)

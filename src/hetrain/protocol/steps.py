@@ -258,6 +258,11 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
     keydir = KeyDir.open(keys) if keys is not None and (pathlib.Path(keys) / "key.json").exists() else None
     # every refusal of the plaintext checks comes before any key is made, with checked advice
     if keydir is not None:
+        asked = getattr(preset, "name", preset)
+        if asked != "auto" and asked != keydir.params.name or backend != keydir.backend:
+            raise HetrainUserError(f"the keys in {keydir.path} are {keydir.backend} {keydir.params.name} keys; this run "
+                                   f"asks for {backend} {asked}: leave --preset at auto and --backend at "
+                                   f"{keydir.backend}, or use another --keys directory")
         job = _prepare_for_keys(keydir, X, y, model, config, refresh, say, options)
     else:
         job = prepare_job(X, y, model, config, refresh=refresh, backend=backend, preset=preset, log=say, **options)
