@@ -29,3 +29,21 @@ def test_models_lists_every_trainer_layout_preset_and_backend(capsys):
     for backend in ckks.BACKENDS:
         assert any(ln.split()[:1] == [backend] for ln in lines)
     assert "INSECURE" in next(ln for ln in lines if ln.split()[:1] == ["sim"])
+
+
+def test_fit_explains_its_figures_in_plain_words(capsys, tmp_path):
+    import numpy as np
+
+    from hetrain.data import load_builtin
+
+    X, y = load_builtin("iris")
+    data = tmp_path / "iris.csv"
+    np.savetxt(data, np.column_stack([y, X]), delimiter=",")
+    assert main(["fit", "--data", str(data), "--out", str(tmp_path / "m.json"), "--backend", "sim", "--iterations",
+                 "2", "--sigmoid", "deg3:16", "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    check = next(ln for ln in out if ln.startswith("check: "))
+    diff = float(out[-1].split("=")[1])
+    assert f"to {diff:.1e}:" in check and "did not change the result" in check
+    assert any(ln.startswith("depth: the training used") for ln in out)
+    assert any("INSECURE" in ln for ln in out if ln.startswith("note: "))

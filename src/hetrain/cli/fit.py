@@ -165,10 +165,32 @@ def report(result, X, y, out) -> int:
     if stats.get("partial"):
         print(f"PARTIAL: {stats['stop_reason']}; the model written is the best on validation so far "
               f"(exit status {PARTIAL_EXIT})")
+    for line in explain(stats):
+        print(line)
     if stats.get("server_train_s") is not None:
         print(f"server_train_s={stats['server_train_s']:.3f}")
     print(f"twin_max_abs_diff={stats['twin_max_abs_diff']:.3e}")
     return PARTIAL_EXIT if stats.get("partial") else 0
+
+
+def explain(stats: dict) -> list[str]:
+    """The run's key figures in plain words (issue 17): what the twin check, the depth and the backend mean."""
+    lines = []
+    diff = stats.get("twin_max_abs_diff")
+    if diff is not None and diff == diff:  # not NaN
+        lines.append(f"check: the decrypted model matches the same computation done in plaintext (the twin) to "
+                     f"{diff:.1e}: encryption did not change the result beyond CKKS noise")
+    elif stats.get("partial"):
+        lines.append("check: training stopped before the end; the released epoch was checked against the twin "
+                     "when it was decrypted")
+    if stats.get("levels_needed") is not None:
+        lines.append(f"depth: the training used {stats['levels_needed']} multiplicative levels; the parameters "
+                     f"{stats['params']} offer {stats['levels_available']} per modulus chain"
+                     + (" (the state was refreshed in between)" if stats["levels_needed"] > stats["levels_available"]
+                        else ""))
+    if stats.get("backend") == "sim":
+        lines.append("note: the sim backend encrypts nothing (INSECURE): use it for tests and planning only")
+    return lines
 
 
 class StepBar:
