@@ -355,6 +355,12 @@ def test_serve_refuses_beyond_loopback_without_tls(tmp_path, capsys, cert):
                  "--tls-key", str(tmp_path / "none.pem")]) == 1
     assert "cannot load the TLS certificate" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # refused before anything was made
+    # forced, or with TLS: past the bind check (to the next one: the API keys file that is not there)
+    for extra in (["--insecure-bind"], ["--tls-cert", str(cert[0]), "--tls-key", str(cert[1])]):
+        assert main(["serve", "--host", "0.0.0.0", "--workdir", str(tmp_path / "w"), "--api-keys",
+                     str(tmp_path / "no-keys"), *extra]) == 1
+        err = capsys.readouterr().err
+        assert "cannot read the API keys" in err and "refusing" not in err, err
 
 
 # ---------------------------------------------------------------------- errors: JSON, meaningful, clean

@@ -59,7 +59,7 @@ def run(args) -> int:
         raise HetrainUserError(f"refusing to listen on {args.host} without TLS: job tokens and API keys would cross "
                                "the network in clear. Give --tls-cert FILE --tls-key FILE, or --insecure-bind if a "
                                "TLS-terminating proxy stands in front of the service")
-    api_keys = load_api_keys(args.api_keys, os.environ.get(API_KEYS_ENV))
+    api_keys = load_api_keys(args.api_keys, os.environ.pop(API_KEYS_ENV, None))  # not in the server processes' env
     for mod in args.trainer_module:
         importlib.import_module(mod)  # registers the trainer here too, so uploads naming it are accepted
     workdir = pathlib.Path(args.workdir)
@@ -95,9 +95,11 @@ def check_tls(cert: str | None, key: str | None) -> bool:
     import ssl
 
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        # an encrypted key fails here instead of prompting on the terminal (uvicorn would prompt)
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=lambda: b"")
     except (OSError, ssl.SSLError) as exc:
-        raise HetrainUserError(f"cannot load the TLS certificate {cert} with its key {key}: {exc}") from None
+        raise HetrainUserError(f"cannot load the TLS certificate {cert} with its key {key} (PEM; the key "
+                               f"unencrypted): {exc}") from None
     return True
 
 
