@@ -272,6 +272,10 @@ def test_through_the_service_submit_refresh_comes_and_goes_decrypt(parties, tmp_
                 "--batch-size", "32", "--patience", "0", "--quiet", cwd=owner)
         r = hetrain("submit", "--job", "JOB", "--server", url, "--quiet", cwd=owner)
         remote = r.stdout.split("the service's job id is ")[1].split()[0]
+        saved = json.loads((owner / "JOB" / "remote.json").read_text())  # the job's id and token, 0600
+        assert saved["id"] == remote and saved["url"] == url and len(saved["token"]) >= 43
+        assert (owner / "JOB" / "remote.json").stat().st_mode & 0o777 == 0o600
+        assert saved["token"] not in r.stdout + r.stderr
         first = spawn("refresh", "--keys", "KEYS", "--job", "JOB", "--server", url, "--remote-job", remote, cwd=owner)
         record = next((owner / "KEYS" / "jobs").iterdir())
         deadline = time.monotonic() + 60
@@ -280,13 +284,13 @@ def test_through_the_service_submit_refresh_comes_and_goes_decrypt(parties, tmp_
         first.kill()
         first.wait()
         assert (record / "validation.json").exists()
-        status = httpx.get(f"{url}/v1/jobs/{remote}", timeout=5).json()
+        assert httpx.get(f"{url}/v1/jobs/{remote}", timeout=5).status_code == 401  # the token is the key
+        status = httpx.get(f"{url}/v1/jobs/{remote}", timeout=5,
+                           headers={"Authorization": f"Bearer {saved['token']}"}).json()
         assert status["status"] in ("queued", "running"), status  # the job waits for the data owner
-        second = hetrain("refresh", "--keys", "KEYS", "--job", "JOB", "--server", url, "--remote-job", remote,
-                         cwd=owner)
+        second = hetrain("refresh", "--keys", "KEYS", "--job", "JOB", "--server", url, cwd=owner)  # remote.json
         assert "the server is done" in second.stdout
-        hetrain("decrypt", "--keys", "KEYS", "--job", "JOB", "--server", url, "--remote-job", remote,
-                "--out", "model.json", cwd=owner)
+        hetrain("decrypt", "--keys", "KEYS", "--job", "JOB", "--server", url, "--out", "model.json", cwd=owner)
         assert TrainedModel.load(owner / "model.json").accuracy(*load_builtin("iris")) > 0.8
         assert not holds_secret_key(service_dir)
     finally:

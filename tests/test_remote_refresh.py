@@ -196,7 +196,8 @@ def test_frames_relayed_one_at_a_time_with_their_refusals(service, fake, client_
     # a declared Content-Length over the limit: answered at once, the body is never read
     host, port = service.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as raw:
-        raw.sendall(f"POST {path}/{seq} HTTP/1.1\r\nHost: x\r\nContent-Length: {3 << 20}\r\n\r\nHTRF".encode())
+        raw.sendall(f"POST {path}/{seq} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {service.token(job_id)}\r\n"
+                    f"Content-Length: {3 << 20}\r\n\r\nHTRF".encode())
         reply = b""
         while b"}" not in reply and (chunk := raw.recv(4096)):
             reply += chunk
@@ -227,7 +228,9 @@ def test_jobs_without_a_channel_and_unknown_jobs(service, fake, client_bundle, t
     assert_error(poll(service, job_id, wait=0), 410, "no refresh channel", "'none'")
     assert service.wait(job_id)["channel"] is None
     service.http.delete(f"/v1/jobs/{job_id}")
-    assert_error(poll(service, "AAAAAAAAAAAAAAAAAAAAAA"), 404, "no job with id")
+    assert_error(poll(service, "AAAAAAAAAAAAAAAAAAAAAA"), 401, "Bearer")
+    unknown = service.http.get("/v1/jobs/AAAAAAAAAAAAAAAAAAAAAA/channel", headers={"Authorization": "Bearer x" * 5})
+    assert_error(unknown, 404, "no job with id")
     job_id = upload(service, write_bundle(tmp_path / "b", client_bundle))
     assert_error(service.http.get(f"/v1/jobs/{job_id}/channel", params={"wait": "soon"}), 400, "number of seconds")
     assert poll(service, job_id).status_code == 200
@@ -239,7 +242,7 @@ def test_jobs_without_a_channel_and_unknown_jobs(service, fake, client_bundle, t
 def test_serve_http_answers_until_done(service, fake, client_bundle, tmp_path):
     job_id = upload(service, write_bundle(tmp_path / "b", client_bundle, requests=5))
     ans = FakeAnswerer()
-    stats = serve_http(service.url, job_id, None, None, answerer=ans, poll_wait=5)
+    stats = serve_http(service.url, job_id, None, None, token=service.token(job_id), answerer=ans, poll_wait=5)
     st = service.wait(job_id)
     assert st["status"] == "done" and ans.done and ans.answered == [0, 1, 2, 3, 4]
     assert stats.round_trips == 7 and stats.refreshes == 5  # hello + 5 + done
@@ -251,7 +254,7 @@ def test_serve_http_answers_until_done(service, fake, client_bundle, tmp_path):
 def test_the_server_side_connection_drops_and_the_relay_reconnects(service, fake, client_bundle, tmp_path):
     job_id = upload(service, write_bundle(tmp_path / "b", client_bundle, requests=5, drop_at=[1, 3]))
     ans = FakeAnswerer()
-    stats = serve_http(service.url, job_id, None, None, answerer=ans, poll_wait=5)
+    stats = serve_http(service.url, job_id, None, None, token=service.token(job_id), answerer=ans, poll_wait=5)
     st = service.wait(job_id)
     assert st["status"] == "done", st
     assert st["stats"]["connections"] == 3 and st["channel"]["connections"] == 3
@@ -273,7 +276,8 @@ def test_the_data_owner_comes_and_goes(service, fake, client_bundle, tmp_path):
                 stop.set()
             return out
 
-    first = serve_http(service.url, job_id, None, None, answerer=Leaving(), poll_wait=2, stop=stop)
+    first = serve_http(service.url, job_id, None, None, token=service.token(job_id), answerer=Leaving(), poll_wait=2,
+                       stop=stop)
     assert first.round_trips == 3 and service.http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
     # session 2: fetches the next request and vanishes without answering
     r = poll(service, job_id)
@@ -281,7 +285,7 @@ def test_the_data_owner_comes_and_goes(service, fake, client_bundle, tmp_path):
     time.sleep(0.5)  # nobody attached: the job waits
     assert service.http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
     # session 3: the same request again, then to the end
-    third = serve_http(service.url, job_id, None, None, answerer=ans, poll_wait=2)
+    third = serve_http(service.url, job_id, None, None, token=service.token(job_id), answerer=ans, poll_wait=2)
     st = service.wait(job_id)
     assert st["status"] == "done" and ans.answered == [0, 1, 2, 3, 4, 5] and ans.done
     assert first.round_trips + third.round_trips == st["channel"]["answers"] == 8
@@ -291,7 +295,8 @@ def test_the_data_owner_comes_and_goes(service, fake, client_bundle, tmp_path):
 def test_a_refusing_data_owner_stops_the_job_with_a_fixed_code(service, fake, client_bundle, tmp_path):
     job_id = upload(service, write_bundle(tmp_path / "b", client_bundle, requests=4))
     with pytest.raises(RuntimeError, match="check refused"):
-        serve_http(service.url, job_id, None, None, answerer=FakeAnswerer(fail_at=2), poll_wait=2)
+        serve_http(service.url, job_id, None, None, token=service.token(job_id), answerer=FakeAnswerer(fail_at=2),
+                   poll_wait=2)
     st = service.wait(job_id)
     assert st["status"] == "failed" and st["error"] == "the client refused: client_refused"
     service.http.delete(f"/v1/jobs/{job_id}")
@@ -318,7 +323,7 @@ def test_a_lost_service_connection_is_retried_not_fatal(service, fake, client_bu
 
     monkeypatch.setattr(httpx.Client, "send", flaky)
     ans = FakeAnswerer()
-    stats = serve_http(service.url, job_id, None, None, answerer=ans, poll_wait=2)
+    stats = serve_http(service.url, job_id, None, None, token=service.token(job_id), answerer=ans, poll_wait=2)
     assert service.wait(job_id)["status"] == "done" and ans.answered == [0, 1, 2, 3]
     assert failures == {"get": 0, "post": 0} and stats.round_trips == 6
     service.http.delete(f"/v1/jobs/{job_id}")
@@ -453,14 +458,15 @@ def test_minibatch_mlr_through_the_service_with_the_data_owner_dropping_mid_run(
     job_id = upload(service, tmp_path / "drop")
     answerer = ChannelAnswerer(job.engine, handler, job.job_id)
     stop = threading.Event()
-    first = serve_http(service.url, job_id, job.engine, handler, answerer=_LeavesAfter(answerer, 3, stop),
+    first = serve_http(service.url, job_id, job.engine, handler, token=service.token(job_id),
+                       answerer=_LeavesAfter(answerer, 3, stop),
                        poll_wait=2, stop=stop)
     assert first.round_trips == 3 and service.http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
     r = poll(service, job_id)
     assert r.status_code == 200 and decode_frame(r.content)[0]["op"] in ("refresh", "evaluate")
     time.sleep(0.5)
     assert service.http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"  # the job waits for its data owner
-    third = serve_http(service.url, job_id, job.engine, handler, answerer=answerer, poll_wait=2)
+    third = serve_http(service.url, job_id, job.engine, handler, token=service.token(job_id), answerer=answerer, poll_wait=2)
     st = service.wait(job_id)
     assert st["status"] == "done", st
     assert first.round_trips + third.round_trips == 7 and st["stats"]["refresh"]["round_trips"] == 5

@@ -27,6 +27,7 @@ from hetrain.data import load_builtin  # noqa: E402
 from hetrain.protocol import ServerError, files, fit  # noqa: E402
 from hetrain.protocol.transport import HttpTransport, tar_size, tar_stream  # noqa: E402
 from hetrain.service.app import create_app  # noqa: E402
+from hetrain.service.auth import dir_name  # noqa: E402
 
 from jobkit import make_job  # noqa: E402
 
@@ -34,12 +35,35 @@ DEADLINE_S = 60.0
 CONFIG = {"iterations": 1, "sigmoid": "deg3:16"}  # one mlr iteration fits n8192's 2 levels
 
 
-class Service:
-    """uvicorn in a daemon thread on 127.0.0.1:<ephemeral>; ``stop`` ends it and its job queue."""
+class JobTokens(httpx.Auth):
+    """The test client's own jobs: remembers the token of each job it submitted (POST /v1/jobs) and
+    sends it with every request on that job (unless the request carries its own Authorization)."""
 
-    def __init__(self, workdir: pathlib.Path, **options) -> None:
+    requires_response_body = True
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+
+    def auth_flow(self, request):
+        parts = request.url.path.split("/")
+        if len(parts) > 3 and parts[1:3] == ["v1", "jobs"] and parts[3] in self.tokens \
+                and "authorization" not in request.headers:
+            request.headers["Authorization"] = f"Bearer {self.tokens[parts[3]]}"
+        response = yield request
+        if request.method == "POST" and request.url.path == "/v1/jobs" and response.status_code == 201:
+            body = response.json()
+            self.tokens[body["id"]] = body["token"]
+
+
+class Service:
+    """uvicorn in a daemon thread on 127.0.0.1:<ephemeral>; ``stop`` ends it and its job queue.
+    ``http``: a client that holds the tokens of the jobs it submitted (JobTokens)."""
+
+    def __init__(self, workdir: pathlib.Path, *, scheme: str = "http", uvicorn_options: dict | None = None,
+                 client_options: dict | None = None, **options) -> None:
         self.workdir = workdir
-        config = uvicorn.Config(create_app(workdir, **options), host="127.0.0.1", port=0, log_level="warning")
+        config = uvicorn.Config(create_app(workdir, **options), **{"host": "127.0.0.1", "port": 0,
+                                                                   "log_level": "warning", **(uvicorn_options or {})})
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -48,11 +72,15 @@ class Service:
             assert self.thread.is_alive() and time.monotonic() < deadline, "service did not start"
             time.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.url = f"{scheme}://127.0.0.1:{port}"
+        self.auth = JobTokens()
+        self.http = httpx.Client(base_url=self.url, timeout=30, auth=self.auth, **(client_options or {}))
 
-    def upload(self, jobdir: pathlib.Path) -> httpx.Response:
-        return self.http.post("/v1/jobs", content=b"".join(tar_stream(jobdir)))
+    def upload(self, jobdir: pathlib.Path, **kw) -> httpx.Response:
+        return self.http.post("/v1/jobs", content=b"".join(tar_stream(jobdir)), **kw)
+
+    def token(self, job_id: str) -> str:
+        return self.auth.tokens[job_id]
 
     def wait(self, job_id: str, until=("done", "failed")) -> dict:
         deadline = time.monotonic() + DEADLINE_S
@@ -157,7 +185,7 @@ def test_raw_api_status_progress_result(service, sim_bundle):
     r = service.upload(jobdir)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
-    assert len(job_id) >= 16 and r.json()["status"] == "queued"
+    assert len(job_id) >= 16 and r.json()["status"] == "queued" and len(r.json()["token"]) >= 43
     st = service.wait(job_id)
     assert st["status"] == "done", st
     assert st["progress"]["done"] == st["progress"]["total"] == 1  # from the server's @progress lines
@@ -172,7 +200,7 @@ def test_raw_api_status_progress_result(service, sim_bundle):
     assert max(float(np.max(np.abs(weights[k] - twin[k]))) for k in weights) < 1e-12
     assert service.http.delete(f"/v1/jobs/{job_id}").json() == {"id": job_id, "deleted": True, "was": "done"}
     assert_error(service.http.get(f"/v1/jobs/{job_id}"), 404, job_id)
-    assert not (service.workdir / "jobs" / job_id).exists()
+    assert not (service.workdir / "jobs" / dir_name(job_id)).exists()
 
 
 # ---------------------------------------------------------------------- refusals
@@ -273,10 +301,12 @@ def test_oversized_upload_is_refused(tiny_service, sim_bundle):
 
 # ---------------------------------------------------------------------- ids and states
 def test_unknown_and_malformed_ids_are_404(service):
+    some_token = {"Authorization": "Bearer " + "t" * 43}
     for path in ("/v1/jobs/AAAAAAAAAAAAAAAAAAAAAA", "/v1/jobs/AAAAAAAAAAAAAAAAAAAAAA/result", "/v1/jobs/x.y"):
-        assert_error(service.http.get(path), 404, "no job with id")
+        assert_error(service.http.get(path, headers=some_token), 404, "no job with id")
+        assert_error(service.http.get(path), 401, "Authorization: Bearer")  # no token: 401 before any lookup
     assert_error(service.http.get("/v1/jobs/..%2F..%2Fetc"), 404)  # no route: ids never become paths
-    assert_error(service.http.delete("/v1/jobs/AAAAAAAAAAAAAAAAAAAAAA"), 404, "no job with id")
+    assert_error(service.http.delete("/v1/jobs/AAAAAAAAAAAAAAAAAAAAAA", headers=some_token), 404, "no job with id")
     assert service.http.get("/v1/nothing-here").json() == {"error": "Not Found"}
 
 
@@ -289,7 +319,7 @@ def test_result_before_done_is_409_and_delete_cancels(service, sim_bundle):
     assert r.status_code == 200 and r.json()["deleted"] is True
     assert_error(service.http.get(f"/v1/jobs/{job_id}"), 404)
     deadline = time.monotonic() + DEADLINE_S  # the worker removes the files once the killed process is gone
-    while (service.workdir / "jobs" / job_id).exists():
+    while (service.workdir / "jobs" / dir_name(job_id)).exists():
         assert time.monotonic() < deadline
         time.sleep(0.05)
 

@@ -22,6 +22,7 @@ def run(args) -> int:
 
     out = check_writable(args.out, "model file")
     keys = KeyDir.open(args.keys)
-    result = decrypt(keys, args.job, server=args.server, remote_job=args.remote_job, progress=True)
+    result = decrypt(keys, args.job, server=args.server, remote_job=args.remote_job, progress=True,
+                     server_ca=args.server_ca)
     result.model.save(out)
     return report(result, None, None, out)

@@ -10,6 +10,9 @@ from hetrain.errors import HetrainUserError
 from hetrain.models.minibatch_plan import BATCH_SIZES, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE
 from hetrain.outputs import check_writable
 
+from .refresh import add_server_ca_argument
+from .submit import add_api_key_argument
+
 PARTIAL_EXIT = 3  # a model was written, but training stopped before it was done (time limit, failure)
 MINIBATCH_FLAGS = ("epochs", "time_limit", "batch_size", "patience", "weight_decay")
 
@@ -24,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "absent; see `hetrain keygen`); default: a temporary one, removed")
     p.add_argument("--server", metavar="URL", help="train on a `hetrain serve` service (e.g. http://127.0.0.1:8750) "
                                                    "instead of a local server process; decryption stays here")
+    add_api_key_argument(p)
+    add_server_ca_argument(p)
 
 
 def add_training_arguments(p: argparse.ArgumentParser, keys: bool = False) -> None:
@@ -138,6 +143,7 @@ def run(args) -> int:
     with StepBar(args.quiet) as bar:
         result = fit(X, y, args.model, config, refresh=refresh, backend=args.backend, preset=args.preset,
                      keys=args.keys, workdir=args.keep_job, server=args.server, progress=not args.quiet,
+                     api_key=args.api_key, server_ca=args.server_ca,
                      log=bar.write, on_step=bar.on_step, **options)
     result.model.save(out)
     return report(result, X, y, out)

@@ -13,17 +13,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_remote_arguments(p: argparse.ArgumentParser) -> None:
-    """--server/--remote-job: the job runs on a `hetrain serve` service (`hetrain submit`)."""
-    p.add_argument("--server", metavar="URL", help="the job runs on this `hetrain serve` service")
-    p.add_argument("--remote-job", metavar="ID", help="with --server: the service's id of the job (printed by "
-                                                      "`hetrain submit`)")
+    """--server/--remote-job/--server-ca: the job runs on a `hetrain serve` service (`hetrain submit`)."""
+    p.add_argument("--server", metavar="URL", help="the job runs on this `hetrain serve` service (its id and token: "
+                                                   "JOB/remote.json, written by `hetrain submit`)")
+    p.add_argument("--remote-job", metavar="ID", help="with --server: the service's id of the job, when JOB/remote.json "
+                                                      "does not name it (its token then from HETRAIN_JOB_TOKEN)")
+    add_server_ca_argument(p)
+
+
+def add_server_ca_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server-ca", metavar="FILE", help="PEM certificate of the CA that signed the service's TLS "
+                                                       "certificate (a private CA; default HETRAIN_SERVER_CA, else "
+                                                       "the system's CAs)")
 
 
 def run(args) -> int:
     from hetrain.protocol.keys import KeyDir
     from hetrain.protocol.steps import attach
 
-    stats = attach(KeyDir.open(args.keys), args.job, log=print, server=args.server, remote_job=args.remote_job)
+    stats = attach(KeyDir.open(args.keys), args.job, log=print, server=args.server, remote_job=args.remote_job,
+                   server_ca=args.server_ca)
     print(f"the server is done: {stats.round_trips} round trips ({stats.refreshes} refreshes, {stats.evaluations} "
           f"evaluations), client share {stats.client_seconds:.2f} s")
     return 0

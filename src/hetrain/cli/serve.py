@@ -1,27 +1,44 @@
 """`hetrain serve`: the HTTP training service (needs the extra: pip install 'hetrain[service]').
 
 It holds public material only (public contexts, ciphertexts) and refuses uploads carrying a
-secret key. It has no authentication: keep it on loopback or behind an authenticating TLS proxy.
+secret key. Each job is read, followed and deleted with the bearer token its submission returned;
+with --api-keys (or HETRAIN_API_KEYS) only holders of a key may submit. Beyond loopback it
+speaks TLS (--tls-cert, --tls-key), or refuses to start unless --insecure-bind says that something
+in front of it (a TLS proxy) does.
 """
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import pathlib
+import stat
 
 from hetrain.errors import HetrainUserError
 
 INSTALL_HINT = "hetrain serve needs the service extra: pip install 'hetrain[service]' (FastAPI, uvicorn, httpx)"
+API_KEYS_ENV = "HETRAIN_API_KEYS"
+MIN_API_KEY_CHARS = 16
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; the service has no authentication)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; any other address needs "
+                                                      "--tls-cert/--tls-key, or --insecure-bind)")
     p.add_argument("--port", type=int, default=8750, help="TCP port (default 8750)")
-    p.add_argument("--workdir", required=True, help="directory for job bundles and results (created if missing)")
+    p.add_argument("--workdir", required=True, help="directory for job bundles and results (created if missing; "
+                                                    "made mode 0700)")
     p.add_argument("--workers", type=int, default=1, help="jobs trained at the same time, each in its own process (default 1)")
     p.add_argument("--max-upload-mb", type=float, default=16384, help="largest job bundle accepted, in MiB (default 16384)")
     p.add_argument("--trainer-module", action="append", default=[],
                    help="extra module to import so its trainer registers (operator's choice, never the job's)")
+    p.add_argument("--api-keys", metavar="FILE",
+                   help="only holders of one of these keys may submit jobs (one key per line; blank lines and "
+                        f"lines starting with # are ignored); also from {API_KEYS_ENV} (comma-separated)")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM; with --tls-key)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    p.add_argument("--insecure-bind", action="store_true",
+                   help="listen beyond loopback without TLS (only behind a TLS-terminating proxy: tokens and "
+                        "API keys travel in every request)")
 
 
 def run(args) -> int:
@@ -37,18 +54,76 @@ def run(args) -> int:
         raise HetrainUserError("--workers must be at least 1")
     if args.max_upload_mb <= 0:
         raise HetrainUserError("--max-upload-mb must be positive")
+    tls = check_tls(args.tls_cert, args.tls_key)
+    if not tls and not _is_loopback(args.host) and not args.insecure_bind:
+        raise HetrainUserError(f"refusing to listen on {args.host} without TLS: job tokens and API keys would cross "
+                               "the network in clear. Give --tls-cert FILE --tls-key FILE, or --insecure-bind if a "
+                               "TLS-terminating proxy stands in front of the service")
+    api_keys = load_api_keys(args.api_keys, os.environ.pop(API_KEYS_ENV, None))  # not in the server processes' env
     for mod in args.trainer_module:
         importlib.import_module(mod)  # registers the trainer here too, so uploads naming it are accepted
     workdir = pathlib.Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if not _is_loopback(args.host):
-        print(f"WARNING: listening on {args.host}: the service has no authentication; anyone who can reach "
-              "this port can submit jobs and, knowing a job id, read its encrypted result", flush=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(workdir, 0o700)  # job directories are named by hash, and nobody else may list them anyway
+    except OSError as exc:
+        raise HetrainUserError(f"cannot use {workdir} as the service's work directory: {exc}") from None
+    if not tls and not _is_loopback(args.host):
+        print(f"WARNING: listening on {args.host} without TLS (--insecure-bind): only safe behind a TLS proxy",
+              flush=True)
+    if not api_keys and not _is_loopback(args.host):
+        print(f"WARNING: no API keys (--api-keys, {API_KEYS_ENV}): anyone who reaches {args.host}:{args.port} may "
+              "submit jobs", flush=True)
     app = create_app(workdir, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
-                     trainer_modules=tuple(args.trainer_module))
-    print(f"hetrain service on http://{args.host}:{args.port} (workdir {workdir}; public material only)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+                     trainer_modules=tuple(args.trainer_module), api_keys=api_keys)
+    scheme = "https" if tls else "http"
+    auth = f"{len(api_keys)} API key(s) may submit" if api_keys else "anyone who reaches it may submit"
+    print(f"hetrain service on {scheme}://{args.host}:{args.port} (workdir {workdir}; public material only; {auth})",
+          flush=True)
+    del api_keys
+    ssl = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if tls else {}
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", **ssl)
     return 0
+
+
+def check_tls(cert: str | None, key: str | None) -> bool:
+    """Whether TLS is asked for; HetrainUserError if only half of it is, or the files do not load."""
+    if cert is None and key is None:
+        return False
+    if cert is None or key is None:
+        raise HetrainUserError("--tls-cert and --tls-key go together (the certificate and its private key, PEM)")
+    import ssl
+
+    try:
+        # an encrypted key fails here instead of prompting on the terminal (uvicorn would prompt)
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=lambda: b"")
+    except (OSError, ssl.SSLError) as exc:
+        raise HetrainUserError(f"cannot load the TLS certificate {cert} with its key {key} (PEM; the key "
+                               f"unencrypted): {exc}") from None
+    return True
+
+
+def load_api_keys(path: str | None, env: str | None) -> list[str]:
+    """The API keys of --api-keys FILE and of the environment variable (comma-separated)."""
+    keys: list[str] = []
+    if path is not None:
+        try:
+            mode = os.stat(path).st_mode
+            lines = pathlib.Path(path).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HetrainUserError(f"cannot read the API keys in {path}: {exc}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            print(f"WARNING: {path} is readable by other users (chmod 600 {path})", flush=True)
+        keys += [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        if not keys:
+            raise HetrainUserError(f"{path} holds no API key (one per line)")
+    if env:
+        keys += [k.strip() for k in env.split(",") if k.strip()]
+    short = [k for k in keys if len(k) < MIN_API_KEY_CHARS or any(c.isspace() for c in k)]
+    if short:
+        raise HetrainUserError(f"{len(short)} API key(s) shorter than {MIN_API_KEY_CHARS} characters or with spaces: "
+                               "make keys with e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return keys
 
 
 def _is_loopback(host: str) -> bool:

@@ -149,22 +149,28 @@ def train(jobdir, *, resume: bool = False, progress: bool = True, channel_timeou
 
 
 # ---------------------------------------------------------------------------- attach (refresh)
-def submit(jobdir, server: str, progress: bool = True) -> str:
+def submit(jobdir, server: str, progress: bool = True, *, api_key: str | None = None, server_ca=None):
     """Upload the job bundle in ``jobdir`` to the training service at ``server``; returns the
-    service's id of the job (it trains there on its own; see ``attach`` and ``decrypt``)."""
-    from .transport import HttpTransport, make_transport
+    service's job (transport.RemoteJob: url, id, token; it trains there on its own; see ``attach``
+    and ``decrypt``), also written to JOB/remote.json (mode 0600). ``api_key``, ``server_ca``: see
+    transport.HttpTransport."""
+    from .transport import HttpTransport, make_transport, save_remote
 
-    transport = make_transport(server)
+    transport = make_transport(server, api_key=api_key, ca=server_ca)
     if not isinstance(transport, HttpTransport):
         raise HetrainUserError(f"--server must be the URL of a `hetrain serve` service, got {server!r}")
     files.read_job_files(jobdir)  # a complete, intact bundle (checksums) before anything is sent
-    return transport.submit(jobdir, progress)
+    remote = transport.submit(jobdir, progress)
+    save_remote(jobdir, remote)
+    return remote
 
 
 def attach(keys: KeyDir, jobdir, *, alive=lambda: True, log=None, engine=None, job: ClientJob | None = None,
-           connect_timeout: float | None = None, server: str | None = None, remote_job: str | None = None):
+           connect_timeout: float | None = None, server: str | None = None, remote_job: str | None = None,
+           server_ca=None):
     """The data owner's refresh session for the running job of ``jobdir``: connect to its server's
-    channel (or, with ``server`` and ``remote_job``, to the service's job over HTTP), decrypt, check,
+    channel (or, with ``server``, to the service's job over HTTP: ``remote_job`` or JOB/remote.json
+    names it, transport.load_remote), decrypt, check,
     re-encrypt and evaluate until the server says done. May be stopped and started again: the
     server waits for the next session and resends an unanswered request."""
     from .refresh_channel import DEFAULT_TIMEOUT_S, channel_location, serve_socket
@@ -176,21 +182,24 @@ def attach(keys: KeyDir, jobdir, *, alive=lambda: True, log=None, engine=None, j
         raise HetrainUserError(f"job {job.job_id} (refresh {job.refresh}) asks the data owner nothing while it "
                                "trains: there is nothing to attach to")
     if server is not None:
-        return _remote(server, remote_job).attach(remote_job, engine, handler, job.job_id)
+        transport, remote_job = _remote(server, remote_job, jobdir, server_ca)
+        return transport.attach(remote_job, engine, handler, job.job_id)
     return serve_socket(channel_location(jobdir), engine, handler, job.job_id, alive=alive,
                         connect_timeout=DEFAULT_TIMEOUT_S if connect_timeout is None else connect_timeout)
 
 
-def _remote(server: str, remote_job: str | None):
-    from .transport import HttpTransport, make_transport
+def _remote(server: str, remote_job: str | None, jobdir, server_ca=None):
+    """(an HttpTransport holding the job's token, the service's id of the job)."""
+    from .transport import HttpTransport, load_remote, make_transport
 
-    transport = make_transport(server)
+    if isinstance(server, str) and not server.startswith(("http://", "https://")):
+        raise HetrainUserError(f"--server must be the URL of a `hetrain serve` service, got {server!r}")
+    remote = load_remote(jobdir, server.url if isinstance(server, HttpTransport) else server, remote_job)
+    transport = make_transport(server, token=remote.token, ca=server_ca)
     if not isinstance(transport, HttpTransport):
         raise HetrainUserError(f"--server must be the URL of a `hetrain serve` service, got {server!r}")
-    if not remote_job:
-        raise HetrainUserError("--server needs --remote-job ID: the service's id of the job (`hetrain submit` "
-                               "printed it)")
-    return transport
+    transport.token = transport.token or remote.token
+    return transport, remote.id
 
 
 def _client_half(keys: KeyDir, jobdir: pathlib.Path, engine=None, job: ClientJob | None = None):
@@ -215,17 +224,19 @@ def _client_half(keys: KeyDir, jobdir: pathlib.Path, engine=None, job: ClientJob
 # ---------------------------------------------------------------------------- decrypt
 def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, failure: str | None = None,
             server_stats: dict | None = None, server: str | None = None, remote_job: str | None = None,
-            progress: bool = False) -> FitResult:
+            progress: bool = False, server_ca=None) -> FitResult:
     """Decrypt the server's result in ``jobdir``, compare it with the plaintext twin (TwinMismatch: no
     model) and release it (rounded). Mini-batch mlr releases its best validated epoch; when the
     server did not finish (``failure``, or no outputs.bin) but epochs were validated, the best of
     them is released with ``stats["partial"] = True``. ``server_stats``: the server's statistics
     as the caller has them (with the client's view of the channel); default JOB/server_stats.json.
-    ``server`` and ``remote_job``: first wait for the service's job and download its result."""
+    ``server`` (and ``remote_job``, else JOB/remote.json): first wait for the service's job and
+    download its result."""
     jobdir = pathlib.Path(jobdir)
     job, engine, record_dir = _client_half(keys, jobdir, engine, job)
     if server is not None:
-        server_stats = _remote(server, remote_job).fetch(remote_job, jobdir, progress)
+        transport, remote_job = _remote(server, remote_job, jobdir, server_ca)
+        server_stats = transport.fetch(remote_job, jobdir, progress)
     outputs = None
     if (jobdir / files.OUTPUTS).is_file():
         outputs = files.read_ciphertext_map(jobdir / files.OUTPUTS, engine, "server outputs")
@@ -240,7 +251,7 @@ def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, 
 # ---------------------------------------------------------------------------- fit
 def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = "auto", backend: str = "seal",
         preset="auto", keys=None, workdir=None, server=None, progress: bool = True, log=None, on_step=None,
-        trainer_modules=(), **options) -> FitResult:
+        trainer_modules=(), api_key: str | None = None, server_ca=None, **options) -> FitResult:
     """The one-command path: keygen → encrypt → train → (attach) → decrypt, client here, server in a
     separate process (or the service at ``server``, an http(s) URL).
 
@@ -248,12 +259,13 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
     default a private temporary one, removed at the end. ``workdir``: where the job bundle goes
     (kept); default a temporary directory. ``options``: scale, seed, release_decimals, noise_std,
     force_insecure, and for mini-batch mlr validation_fraction, max_epochs, time_limit, plan.
-    ``on_step(done, total)`` follows the server's iterations. Returns a FitResult whose
+    ``on_step(done, total)`` follows the server's iterations. ``api_key``, ``server_ca``: for a
+    service (transport.HttpTransport; the job's token stays in memory). Returns a FitResult whose
     ``stats["partial"]`` says when a mini-batch run released its best epoch before it was done."""
     say = log or (lambda msg: None)
     from .transport import make_transport
 
-    transport = make_transport(server)
+    transport = make_transport(server, api_key=api_key, ca=server_ca)
     transport.preflight()  # a wrong --server URL fails now, not after keygen and encryption
     keydir = KeyDir.open(keys) if keys is not None and (pathlib.Path(keys) / "key.json").exists() else None
     # every refusal of the plaintext checks comes before any key is made, with checked advice

@@ -12,9 +12,19 @@ HTTP the data owner answers with ``serve_http`` (long polls on ``/v1/jobs/{id}/c
 answer per request, computed by refresh_channel.ChannelAnswerer): it may stop and start again
 while the job waits, and survives dropped connections. ``HttpTransport.run(...,
 refresh_handler=...)`` runs it in a thread while it follows the job.
+
+Authentication: the service answers a submission with the job's id and bearer token
+(``RemoteJob``); every later request on the job carries ``Authorization: Bearer <token>``.
+``hetrain submit`` keeps them in ``JOB/remote.json`` (mode 0600: url, id, token; ``save_remote``)
+for ``refresh``/``decrypt --server`` (``load_remote``; or --remote-job with HETRAIN_JOB_TOKEN);
+``fit --server`` keeps them in memory. A service with API keys needs one to submit (``api_key``,
+or HETRAIN_API_KEY). Certificates are verified (httpx's default CAs, or ``ca``: a PEM file of a
+private CA, or HETRAIN_SERVER_CA).
 """
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -23,8 +33,11 @@ import tarfile
 import threading
 import time
 from typing import Iterator, Protocol
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
+
+from hetrain.errors import HetrainUserError
 
 from . import files
 from .errors import ServerError
@@ -40,6 +53,20 @@ DEFAULT_POLL_WAIT_S = 25.0        # long-poll wait (the service caps it at 30 s)
 DEFAULT_GIVE_UP_S = 600.0         # serve_http: consecutive seconds without reaching the service
 DEFAULT_STATUS_RETRY_S = 120.0    # HttpTransport: consecutive seconds of failed status requests
 _RETRY_PAUSE_S = (0.2, 5.0)       # first and longest pause between retries
+REMOTE = "remote.json"            # JOB/remote.json: the service's url, the job's id and token (0600)
+TOKEN_ENV, API_KEY_ENV, CA_ENV = "HETRAIN_JOB_TOKEN", "HETRAIN_API_KEY", "HETRAIN_SERVER_CA"
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteJob:
+    """A job on a service: where, its id, and the bearer token that reads, follows and deletes it."""
+
+    url: str
+    id: str
+    token: str = dataclasses.field(repr=False)
+
+    def __str__(self) -> str:
+        return self.id
 
 
 class Transport(Protocol):
@@ -108,8 +135,16 @@ class HttpTransport:
 
     def __init__(self, url: str, *, poll_s: float = 2.0, timeout_s: float | None = None,
                  keep_remote: bool = False, poll_wait: float = DEFAULT_POLL_WAIT_S,
-                 retry_s: float = DEFAULT_STATUS_RETRY_S) -> None:
+                 retry_s: float = DEFAULT_STATUS_RETRY_S, token: str | None = None, api_key: str | None = None,
+                 ca: str | os.PathLike | None = None) -> None:
+        """``token``: the job's bearer token for ``attach``/``fetch`` (``run`` and ``submit`` get
+        theirs from the service); ``api_key``: to submit to a service with API keys (default
+        $HETRAIN_API_KEY); ``ca``: a PEM file of the CA that signed the service's certificate
+        (default $HETRAIN_SERVER_CA; else the system's CAs)."""
         self.url = url.rstrip("/")
+        self.token = token
+        self.api_key = api_key if api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+        self.ca = ca if ca is not None else (os.environ.get(CA_ENV) or None)
         self.poll_s = poll_s
         self.timeout_s = timeout_s
         self.keep_remote = keep_remote
@@ -123,27 +158,42 @@ class HttpTransport:
         """The service answers /v1/health (keygen and encryption can take minutes: check first)."""
         self._health()
 
-    def submit(self, jobdir, progress: bool = True) -> str:
-        """Upload the bundle in ``jobdir``; returns the service's id of the job, which then trains on
-        its own (``hetrain submit``). Follow it with ``attach`` (refresh requests) and ``fetch``."""
+    def _client(self, timeout=None, token: str | None = None):
+        """An httpx client on the service: certificates verified (``ca``), ``token`` in every request."""
         httpx = _httpx()
-        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, read=600.0)) as http:
-            return self._upload(http, pathlib.Path(jobdir), progress)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return httpx.Client(base_url=self.url, timeout=timeout if timeout is not None else
+                            httpx.Timeout(30.0, read=600.0), verify=tls_verify(self.ca), headers=headers)
+
+    def _job_token(self, remote_id: str) -> str:
+        if not self.token:
+            raise HetrainUserError(f"no token for the service's job {remote_id}: HttpTransport(token=...), "
+                                   f"JOB/{REMOTE} (written by hetrain submit) or ${TOKEN_ENV}")
+        _warn_if_clear(self.url)
+        return self.token
+
+    def submit(self, jobdir, progress: bool = True) -> RemoteJob:
+        """Upload the bundle in ``jobdir``; returns the service's job (url, id, token), which then
+        trains on its own (``hetrain submit``). Follow it with ``attach`` and ``fetch`` on a
+        transport that holds its token."""
+        with self._client() as http:
+            remote_id, token = self._upload(http, pathlib.Path(jobdir), progress)
+        self.token = token
+        return RemoteJob(self.url, remote_id, token)
 
     def attach(self, remote_id: str, engine, handler, job_id: str, progress: bool = False) -> ChannelStats:
         """Answer the refresh requests of the service's job ``remote_id`` until it ends (serve_http);
         ``job_id``: the job's own id (its manifest's), which the server's hello must carry."""
         return serve_http(self.url, remote_id, engine, handler, progress=progress, poll_wait=self.poll_wait,
-                          answerer_job_id=job_id)
+                          answerer_job_id=job_id, token=self._job_token(remote_id), ca=self.ca)
 
     def fetch(self, remote_id: str, jobdir, progress: bool = True) -> dict:
         """Wait for the service's job ``remote_id`` to end, download its encrypted outputs and its stats
         into ``jobdir`` and remove the job from the service (unless ``keep_remote``); ServerError with
         the service's message if it failed."""
-        httpx = _httpx()
         jobdir = pathlib.Path(jobdir)
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
-        with httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, read=600.0)) as http:
+        with self._client(token=self._job_token(remote_id)) as http:
             stats = self._wait(http, remote_id, progress, deadline, None)
             self._download(http, remote_id, jobdir / files.OUTPUTS, stats.get("download_bytes"), progress)
             if not self.keep_remote:
@@ -161,16 +211,16 @@ class HttpTransport:
         in a thread); the stats then carry this side's view of the channel under
         "client_channel". ``job_id``: the job id the answerer expects in the server's hello
         (default refresh_channel.job_id_of(jobdir))."""
-        httpx = _httpx()
         jobdir = pathlib.Path(jobdir)
         if refresh_handler is None and _job_refresh_mode(jobdir) == "client":
             raise ServerError("this job's state is refreshed by the client (--refresh client): "
                               "HttpTransport.run needs refresh_handler and client_engine to answer it")
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
-        timeout = httpx.Timeout(30.0, read=600.0)  # the service checks a big upload before it answers
         answering = None
-        with httpx.Client(base_url=self.url, timeout=timeout) as http:
-            remote_id = self._upload(http, jobdir, progress)
+        with self._client() as http:  # read timeout 600 s: the service checks a big upload before it answers
+            remote_id, token = self._upload(http, jobdir, progress)
+            http.headers["Authorization"] = f"Bearer {token}"  # the job's token: kept in memory only
+            _warn_if_clear(self.url)
             if on_submitted is not None:
                 on_submitted(remote_id)
             try:
@@ -178,7 +228,8 @@ class HttpTransport:
                     from .refresh_channel import job_id_of
 
                     answering = _Answering(self.url, remote_id, client_engine, refresh_handler,
-                                           answerer_job_id=job_id or job_id_of(jobdir), poll_wait=self.poll_wait)
+                                           answerer_job_id=job_id or job_id_of(jobdir), poll_wait=self.poll_wait,
+                                           token=token, ca=self.ca)
                 stats = self._wait(http, remote_id, progress, deadline, answering)
                 if answering is not None:
                     stats = {**stats, "client_channel": answering.finish().as_dict()}
@@ -195,11 +246,11 @@ class HttpTransport:
 
     # ------------------------------------------------------------------ steps
     def _health(self) -> dict:
-        httpx = _httpx()
-        with httpx.Client(base_url=self.url, timeout=30.0) as http:
+        with self._client(timeout=30.0) as http:
             return self._json(http, "GET", "/v1/health")
 
-    def _upload(self, http, jobdir: pathlib.Path, progress: bool) -> str:
+    def _upload(self, http, jobdir: pathlib.Path, progress: bool) -> tuple[str, str]:
+        """(the service's id of the job, its token)."""
         import httpx
 
         health = self._json(http, "GET", "/v1/health")
@@ -208,16 +259,23 @@ class HttpTransport:
         if limit is not None and total > limit:
             raise ServerError(f"the job bundle is {total / 2**20:.1f} MiB; the service at {self.url} accepts at most "
                               f"{limit / 2**20:.1f} MiB (its --max-upload-mb)")
+        headers = {"content-type": "application/x-tar", "content-length": str(total)}
+        if self.api_key:
+            _warn_if_clear(self.url)
+            headers["Authorization"] = f"Bearer {self.api_key}"
         with tqdm(total=total, desc="upload", unit="B", unit_scale=True, disable=not progress) as bar:
             try:
-                r = http.post("/v1/jobs", content=tar_stream(jobdir, bar.update),
-                              headers={"content-type": "application/x-tar", "content-length": str(total)})
+                r = http.post("/v1/jobs", content=tar_stream(jobdir, bar.update), headers=headers)
             except httpx.HTTPError as exc:
                 raise ServerError(f"upload to {self.url} failed: {exc}") from None
         body = _body(r)
         if r.status_code != 201:
-            raise ServerError(f"the service refused the job (HTTP {r.status_code}): {body.get('error', r.text)}")
-        return body["id"]
+            hint = f" (give an API key: --api-key or ${API_KEY_ENV})" if r.status_code == 401 and not self.api_key else ""
+            raise ServerError(f"the service refused the job (HTTP {r.status_code}): {body.get('error', r.text)}{hint}")
+        if not isinstance(body.get("id"), str) or not isinstance(body.get("token"), str):
+            raise ServerError(f"the service at {self.url} accepted the job but returned no id and token: is it a "
+                              "hetrain service of this version?")
+        return body["id"], body["token"]
 
     def _wait(self, http, job_id: str, progress: bool, deadline: float | None, answering=None) -> dict:
         delay = 0.1  # short first waits (small jobs finish in seconds), growing to poll_s
@@ -319,7 +377,8 @@ def make_answerer(engine, handler, job_id):
 
 def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False,
                poll_wait: float = DEFAULT_POLL_WAIT_S, answerer=None, answerer_job_id: str | None = None,
-               stop: threading.Event | None = None, give_up_s: float | None = DEFAULT_GIVE_UP_S) -> ChannelStats:
+               stop: threading.Event | None = None, give_up_s: float | None = DEFAULT_GIVE_UP_S,
+               token: str | None = None, ca: str | os.PathLike | None = None) -> ChannelStats:
     """Answer the refresh requests of job ``job_id`` on the service at ``url`` until it is done or
     failed (the service answers 410); returns this side's counts (round trips, bytes both ways,
     the time spent answering).
@@ -334,7 +393,8 @@ def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False
     sends that request again (its connection to the server was re-established): it is answered
     again. ``stop`` (an Event): return at the next chance, leaving the job to another session.
     When the answerer refuses (an "error" frame with a fixed code, its reason in ``failure``), the
-    frame is delivered and the reason raised.
+    frame is delivered and the reason raised. ``token``: the job's bearer token (sent with every
+    request); ``ca``: the service's CA (as HttpTransport's).
     """
     httpx = _httpx()
     if answerer is None:
@@ -344,7 +404,8 @@ def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False
     stopped = (lambda: stop.is_set()) if stop is not None else (lambda: False)  # noqa: E731
     retry = _Backoff(url, give_up_s, stop)
     timeout = httpx.Timeout(30.0, read=poll_wait + 30.0)
-    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout) as http, \
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers, verify=tls_verify(ca)) as http, \
             tqdm(desc="refresh", unit="rt", disable=not progress) as bar:
         while not stopped():
             try:
@@ -451,19 +512,20 @@ class _Answering:
     """serve_http in a daemon thread for HttpTransport.run: ``check`` raises its error while the
     job runs, ``finish`` waits for it after the job ended, ``stop`` abandons it."""
 
-    def __init__(self, url, job_id, engine, handler, *, answerer_job_id, poll_wait) -> None:
+    def __init__(self, url, job_id, engine, handler, *, answerer_job_id, poll_wait, token=None, ca=None) -> None:
         self._stop = threading.Event()
+        self._auth = {"token": token, "ca": ca}
         self.stats: ChannelStats | None = None
         self.error: BaseException | None = None
         answerer = make_answerer(engine, handler, answerer_job_id)  # fails here, before any wait
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"hetrain-answer-{job_id[:8]}",
+        self._thread = threading.Thread(target=self._run, daemon=True, name="hetrain-answer",
                                         args=(url, job_id, engine, handler, answerer, poll_wait))
         self._thread.start()
 
     def _run(self, url, job_id, engine, handler, answerer, poll_wait) -> None:
         try:
             self.stats = serve_http(url, job_id, engine, handler, answerer=answerer, poll_wait=poll_wait,
-                                    stop=self._stop)
+                                    stop=self._stop, **self._auth)
         except BaseException as exc:  # raised in the caller's thread by check/finish
             self.error = exc
 
@@ -531,6 +593,74 @@ def _job_refresh_mode(jobdir: pathlib.Path) -> str:
         return str(json.loads((jobdir / files.JOB).read_text()).get("refresh", "none"))
     except (OSError, ValueError, AttributeError):
         return "none"
+
+
+def tls_verify(ca: str | os.PathLike | None):
+    """httpx's ``verify``: True (the system's CAs, httpx's default) or an SSL context trusting ``ca`` only."""
+    if ca is None:
+        return True
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise HetrainUserError(f"cannot load the CA certificate {ca} (--server-ca, ${CA_ENV}): {exc}") from None
+
+
+_warned: set[str] = set()
+
+
+def _warn_if_clear(url: str) -> None:
+    """Once per service: a token or API key about to cross the network in clear."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" or url in _warned or host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    _warned.add(url)
+    log.warning("%s is plain http beyond loopback: the job's token and any API key cross the network "
+                "unencrypted (use https)", url)
+
+
+# ---------------------------------------------------------------------- JOB/remote.json
+def save_remote(jobdir, remote: RemoteJob) -> pathlib.Path:
+    """Write JOB/remote.json (mode 0600 from its creation: it holds the job's token)."""
+    path = pathlib.Path(jobdir) / REMOTE
+    files.atomic_write(path, json.dumps({"url": remote.url, "id": remote.id, "token": remote.token}, indent=1),
+                       mode=0o600)
+    return path
+
+
+def load_remote(jobdir, url: str, remote_id: str | None = None) -> RemoteJob:
+    """The service's job for ``refresh``/``decrypt --server URL``: its id (``remote_id``, else
+    JOB/remote.json's) and token (JOB/remote.json's when it is for that service and job, else
+    $HETRAIN_JOB_TOKEN). HetrainUserError naming what is missing."""
+    url = url.rstrip("/")
+    path = pathlib.Path(jobdir) / REMOTE
+    saved, other = None, None
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise HetrainUserError(f"{path} is unreadable ({exc}): give --remote-job ID and ${TOKEN_ENV}") from None
+        if not isinstance(saved, dict) or not all(isinstance(saved.get(k), str) for k in ("url", "id", "token")):
+            raise HetrainUserError(f"{path} is not what hetrain submit writes: give --remote-job ID and ${TOKEN_ENV}")
+        if saved["url"].rstrip("/") != url:  # never send a token to another service than the one that made it
+            saved, other = None, saved["url"]
+    elsewhere = f" ({path} is for the service at {other})" if other else ""
+    remote_id = remote_id or (saved["id"] if saved else None)
+    if not remote_id:
+        raise HetrainUserError(f"--server needs the service's job id: --remote-job ID, or {path} (hetrain submit "
+                               f"writes it){elsewhere}")
+    token = saved["token"] if saved and saved["id"] == remote_id else (os.environ.get(TOKEN_ENV) or None)
+    if not token:
+        raise HetrainUserError(f"no token for the service's job {remote_id}: hetrain submit wrote it to {path}; "
+                               f"else set ${TOKEN_ENV}{elsewhere}")
+    return RemoteJob(url, remote_id, token)
 
 
 def _httpx():

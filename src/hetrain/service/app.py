@@ -2,15 +2,21 @@
 
 The service holds PUBLIC MATERIAL ONLY: public contexts (public, relinearisation, Galois keys)
 and ciphertexts. It refuses any upload carrying a secret key, and the server processes it starts
-build engines that cannot decrypt. It has no authentication of its own: job ids are random
-tokens that act as capabilities, so bind it to loopback or put it behind an authenticating TLS
-proxy.
+build engines that cannot decrypt.
 
-    POST   /v1/jobs              body: the job bundle as an uncompressed tar -> 201 {"id", "status"}
+Authentication (auth.py): POST /v1/jobs answers a bearer token with the job's id; every other job
+endpoint needs ``Authorization: Bearer <token>`` (401 without one; 404, the answer to an unknown
+id, with a token that is not the job's: nobody learns whether an id exists without its token).
+With API keys (``create_app(api_keys=...)``, `hetrain serve --api-keys FILE`), POST /v1/jobs
+needs ``Authorization: Bearer <api key>`` (401 without, 403 with a key that is not one of them).
+TLS is uvicorn's (`hetrain serve --tls-cert --tls-key`).
+
+    POST   /v1/jobs              body: the job bundle as an uncompressed tar
+                                 -> 201 {"id", "token", "status"}
     GET    /v1/jobs/{id}         status (queued/running/done/failed), progress, timings, error
     GET    /v1/jobs/{id}/result  outputs.bin (streamed) once done; 409 before
     DELETE /v1/jobs/{id}         cancel (kills a running job) and remove
-    GET    /v1/health            liveness, queue counts, upload limit
+    GET    /v1/health            liveness, queue counts, upload limit (no token needed)
 
 A job with ``"refresh": "client"`` asks its data owner to refresh its state; the data owner
 answers over HTTP and may come and go (service/relay.py):
@@ -23,16 +29,24 @@ answers over HTTP and may come and go (service/relay.py):
                                          max(32 x the request, 1 MiB) (relay.ANSWER_FACTOR: fresh
                                          ciphertexts outweigh low-level ones); 400 not a frame
 
-Every error is JSON: {"error": "<message>"}.
+Every error is JSON: {"error": "<message>"}: 400 malformed input (never 422), 401/403 auth, 404
+unknown (or not yours), 409 wrong state, 410 channel closed, 413 too large, 507 the service's
+disk is full, 500 only for a bug, with a generic message (the traceback goes to the service log).
+A failed job's error is the server's message for a user error, else a generic line.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import pathlib
 import re
+import struct
 
 import anyio
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -41,6 +55,7 @@ import hetrain
 from hetrain.errors import HetrainUserError
 from hetrain.protocol import files
 
+from .auth import ApiKeys, bearer, digest, install_log_redaction, matches, new_token
 from .jobs import DONE, FAILED, JobQueue
 from .relay import FRAME_PREFIX, FrameError, check_frame, frame_size
 from .upload import UploadError, UploadTooLarge, check_bundle, receive_bundle
@@ -50,19 +65,35 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MAX_CHANNEL_WAIT_S = 30.0
 SEQ_HEADER = "X-Hetrain-Seq"
 _CHANNEL_POLLS = 32  # long polls waiting at once (their own thread pool: uploads never wait behind them)
+INTERNAL_ERROR = "internal error (see the service log)"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# what parsing a client's manifest or container headers raises when a field has the wrong type,
+# size or nesting (upload.py checks what it expects; anything it did not foresee is still the
+# client's malformed input, not a bug of ours: 400, never 500)
+_MALFORMED = (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError, OverflowError,
+              struct.error, UnicodeError)
+log = logging.getLogger("hetrain.service")
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _unauthorized(message: str) -> JSONResponse:
+    return _error(401, message, {"WWW-Authenticate": "Bearer"})
 
 
 def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, workers: int = 1,
-               trainer_modules: tuple[str, ...] = ()) -> FastAPI:
-    """The app; its job queue (and worker threads) lives from startup to shutdown."""
+               trainer_modules: tuple[str, ...] = (), api_keys=()) -> FastAPI:
+    """The app; its job queue (and worker threads) lives from startup to shutdown. ``api_keys``:
+    who may submit (hashed here; empty: anyone who reaches the service)."""
     state: dict = {}
+    keys = ApiKeys(api_keys)
+    roots = {str(pathlib.Path(workdir)), str(pathlib.Path(workdir).resolve())}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        install_log_redaction()  # after uvicorn configured its loggers: access lines name jobs by tag
         state["queue"] = JobQueue(workdir, workers=workers, trainer_modules=trainer_modules)
         state["polls"] = anyio.CapacityLimiter(_CHANNEL_POLLS)
         try:
@@ -75,12 +106,35 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, _scrub(str(exc.detail)), getattr(exc, "headers", None))
 
-    def find(job_id: str):
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = [".".join(str(x) for x in e.get("loc", ()) if x != "body") or "the request" for e in exc.errors()]
+        return _error(400, f"malformed request ({', '.join(where)})")
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        # starlette re-raises it after this answer: uvicorn logs the traceback in the service log
+        return _error(500, INTERNAL_ERROR)
+
+    def _scrub(message: str) -> str:
+        for root in roots:  # no internal path in an answer
+            message = message.replace(root, "<service workdir>")
+        return message
+
+    def find(job_id: str, request: Request):
+        """The job, for the holder of its token only: 401 without a token, 404 (as for an unknown
+        id) with a token that is not the job's."""
+        token = bearer(request.headers)
+        if token is None:
+            raise StarletteHTTPException(401, "this job's endpoints need its token: send the header "
+                                              "'Authorization: Bearer <token>' (POST /v1/jobs returned it)",
+                                         headers={"WWW-Authenticate": "Bearer"})
         job = state["queue"].get(job_id) if _ID.match(job_id) else None
-        if job is None:
-            raise StarletteHTTPException(404, f"no job with id {job_id!r} (unknown, or deleted)")
+        if not matches(token, job.token_sha256 if job is not None else None):
+            raise StarletteHTTPException(404, f"no job with id {job_id!r} for this token (unknown, deleted, or "
+                                              "the token is not this job's)")
         return job
 
     @app.get("/v1/health")
@@ -90,15 +144,35 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
 
     @app.post("/v1/jobs", status_code=201)
     async def submit(request: Request):
+        if keys:
+            key = bearer(request.headers)
+            if key is None:
+                return _unauthorized("this service takes jobs from holders of an API key: send the header "
+                                     "'Authorization: Bearer <api key>' (hetrain: --api-key or HETRAIN_API_KEY)")
+            if not keys.allows(key):
+                return _error(403, "this API key is not one of this service's")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
             return _error(413, f"upload of {int(declared)} bytes is larger than this service's limit of "
                                f"{max_upload_bytes} bytes")
         queue = state["queue"]
-        job_id, upload_dir = queue.new_upload()
+        upload_dir = None
         try:
+            job_id, upload_dir = queue.new_upload()
             received = await receive_bundle(request.stream(), upload_dir, max_upload_bytes)
             manifest = await anyio.to_thread.run_sync(check_bundle, upload_dir, received)
+        except OSError as exc:
+            if upload_dir is not None:
+                queue.discard_upload(upload_dir)
+            if exc.errno in DISK_FULL:
+                log.error("upload refused: %s", exc)
+                return _error(507, "the service has no room to store this upload (its disk is full): try again "
+                                   "later, or ask its operator")
+            if exc.errno == errno.EINVAL:  # e.g. a seek to a negative offset from a part's declared size
+                log.warning("upload refused as malformed: %s", exc)
+                return _error(400, "job bundle refused: a container header is malformed (a part's size or "
+                                   "offset is impossible)")
+            raise
         except UploadTooLarge as exc:
             queue.discard_upload(upload_dir)
             return _error(exc.status, str(exc))
@@ -111,33 +185,48 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
         except ClientDisconnect:
             queue.discard_upload(upload_dir)
             return _error(400, "the client disconnected during the upload")
-        except BaseException:
+        except _MALFORMED as exc:
             queue.discard_upload(upload_dir)
+            log.warning("upload refused as malformed: %s: %s", type(exc).__name__, exc, exc_info=True)
+            return _error(400, "job bundle refused: its manifest, job.json or a container header is malformed "
+                               "(a field of the wrong type, size or nesting)")
+        except BaseException:
+            if upload_dir is not None:
+                queue.discard_upload(upload_dir)
             raise
-        job = queue.submit(job_id, upload_dir, manifest)
-        return {"id": job.id, "status": job.status}
+        token = new_token()
+        try:
+            job = queue.submit(job_id, upload_dir, manifest, token_sha256=digest(token))
+        except OSError as exc:
+            queue.discard_upload(upload_dir)
+            if exc.errno in DISK_FULL:
+                log.error("upload refused: %s", exc)
+                return _error(507, "the service has no room to store this job (its disk is full): try again later, "
+                                   "or ask its operator")
+            raise
+        return {"id": job.id, "token": token, "status": job.status}
 
     @app.get("/v1/jobs/{job_id}")
-    async def status(job_id: str):
-        return find(job_id).public()
+    async def status(job_id: str, request: Request):
+        return find(job_id, request).public()
 
     @app.get("/v1/jobs/{job_id}/result")
-    async def result(job_id: str):
-        job = find(job_id)
+    async def result(job_id: str, request: Request):
+        job = find(job_id, request)
         if job.status != DONE:
             detail = f": {job.error}" if job.error else ""
             return _error(409, f"job {job_id} is {job.status}, its result is not available{detail}")
         return FileResponse(job.dir / files.OUTPUTS, media_type="application/octet-stream", filename=files.OUTPUTS)
 
     @app.delete("/v1/jobs/{job_id}")
-    async def delete(job_id: str):
-        job = find(job_id)
+    async def delete(job_id: str, request: Request):
+        job = find(job_id, request)
         await anyio.to_thread.run_sync(state["queue"].delete, job_id)
         return {"id": job_id, "deleted": True, "was": job.status}
 
-    def channel_of(job_id: str):
+    def channel_of(job_id: str, request: Request):
         """The job's relay, or the 410 that says why there is none to talk to."""
-        job = find(job_id)
+        job = find(job_id, request)
         if job.relay is None:
             raise StarletteHTTPException(410, f"job {job_id} has no refresh channel (its refresh mode is "
                                               f"{job.refresh!r}; only \"client\" jobs ask their data owner)")
@@ -147,7 +236,7 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
 
     @app.get("/v1/jobs/{job_id}/channel")
     async def channel_request(job_id: str, request: Request):
-        job, relay = channel_of(job_id)
+        job, relay = channel_of(job_id, request)
         raw = request.query_params.get("wait", "0")
         try:
             wait = min(max(float(raw), 0.0), MAX_CHANNEL_WAIT_S)
@@ -158,7 +247,8 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
         got = await anyio.to_thread.run_sync(relay.wait_request, wait, limiter=state["polls"])
         if got is None:
             if job.deleted:
-                return _error(404, f"no job with id {job_id!r} (unknown, or deleted)")
+                return _error(404, f"no job with id {job_id!r} for this token (unknown, deleted, or the token is "
+                                   "not this job's)")
             if job.status in (DONE, FAILED):
                 return _error(410, f"job {job_id} is {job.status}: its refresh channel is closed")
             if relay.finished:  # the relay ended but the job has no final status yet: it is being closed
@@ -169,7 +259,7 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
 
     @app.post("/v1/jobs/{job_id}/channel/{seq}")
     async def channel_answer(job_id: str, seq: str, request: Request):
-        job, relay = channel_of(job_id)
+        job, relay = channel_of(job_id, request)
         if not seq.isdigit() or len(seq) > 18:
             return _error(400, f"the request number must be a non-negative integer, got {seq!r}")
         n = int(seq)

@@ -1,9 +1,11 @@
 """The service's job queue: accepted bundles wait here and run one at a time in a server process.
 
-Each job is a directory ``WORKDIR/jobs/<id>/`` holding the bundle as uploaded, what the server
+Each job is a directory ``WORKDIR/jobs/<hash of its id>/`` (auth.dir_name; WORKDIR and every
+directory below it mode 0700) holding the bundle as uploaded, what the server
 process writes (outputs.bin, server_stats.json, server_error.json, server.log) and the service's
-own ``state.json``. Worker threads (``workers``, default 1: the machine has 2 cores and SEAL is
-single-threaded per process) take jobs in order and run ``python -m hetrain.protocol.server_main JOBDIR
+own ``state.json`` (the id and only the SHA-256 of the job's token). Log lines name a job by its
+tag (auth.tag), never by its id. Worker threads (``workers``, default 1: the machine has 2 cores and
+SEAL is single-threaded per process) take jobs in order and run ``python -m hetrain.protocol.server_main JOBDIR
 --progress`` — the same server as a local fit, in its own process, with public material only —
 following its progress lines (protocol/runner.py starts, follows and stops it). On restart, jobs
 that were queued or running are queued again (a running one resumes from its checkpoint).
@@ -28,13 +30,15 @@ import time
 
 from hetrain.protocol import files, refresh_channel
 from hetrain.protocol.errors import ServerError
-from hetrain.protocol.runner import ServerProcess, ServerFailed
+from hetrain.protocol.runner import ServerProcess
 
+from .auth import dir_name, tag
 from .relay import ChannelRelay
 
 log = logging.getLogger("hetrain.service")
 STATE = "state.json"
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+SERVER_PROCESS_FAILED = "the server process failed (see the service log)"
 
 
 @dataclasses.dataclass
@@ -55,6 +59,7 @@ class Job:
     refresh: str = "none"          # the job's refresh mode (job.json); "client": it has a channel
     resume: bool = False           # it was running when the service stopped: continue from its checkpoint
     channel: dict | None = None    # the relay's counts (relay.RelayStats), once it ran
+    token_sha256: str | None = None  # SHA-256 of the job's bearer token (auth.py); never the token
     deleted: bool = False
     proc: ServerProcess | None = dataclasses.field(default=None, repr=False)
     relay: ChannelRelay | None = dataclasses.field(default=None, repr=False)
@@ -97,6 +102,8 @@ class JobQueue:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.incoming_dir, ignore_errors=True)  # half uploads of a previous run
         self.incoming_dir.mkdir()
+        for d in (self.root, self.jobs_dir, self.incoming_dir):  # nobody else may list job directories
+            os.chmod(d, 0o700)
         self.trainer_modules = tuple(trainer_modules)
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -112,23 +119,25 @@ class JobQueue:
     def new_upload(self) -> tuple[str, pathlib.Path]:
         """A fresh random id and an empty directory to receive its bundle."""
         job_id = secrets.token_urlsafe(16)
-        d = self.incoming_dir / job_id
-        d.mkdir()
+        d = self.incoming_dir / dir_name(job_id)
+        d.mkdir(mode=0o700)
         return job_id, d
 
     def discard_upload(self, upload_dir: pathlib.Path) -> None:
         shutil.rmtree(upload_dir, ignore_errors=True)
 
-    def submit(self, job_id: str, upload_dir: pathlib.Path, manifest: dict) -> Job:
-        """Move a checked upload into place and queue it."""
-        d = self.jobs_dir / job_id
+    def submit(self, job_id: str, upload_dir: pathlib.Path, manifest: dict, token_sha256: str | None = None) -> Job:
+        """Move a checked upload into place and queue it (``token_sha256``: auth.digest of its token)."""
+        d = self.jobs_dir / dir_name(job_id)
         os.replace(upload_dir, d)
-        job = Job(job_id, d, backend=manifest.get("backend"), model=manifest.get("model"), refresh=_refresh_mode(d))
+        os.chmod(d, 0o700)
+        job = Job(job_id, d, backend=manifest.get("backend"), model=manifest.get("model"), refresh=_refresh_mode(d),
+                  token_sha256=token_sha256)
         job.save()
         with self._lock:
             self._jobs[job_id] = job
         self._queue.put(job_id)
-        log.info("job %s queued (%s, backend %s)", job_id, job.model, job.backend)  # sim says "sim-INSECURE"
+        log.info("job %s queued (%s, backend %s)", tag(job_id), job.model, job.backend)  # sim says "sim-INSECURE"
         return job
 
     def get(self, job_id: str) -> Job | None:
@@ -149,7 +158,7 @@ class JobQueue:
             proc.kill()  # the worker removes the directory once the process is gone
         elif job.status != RUNNING:
             shutil.rmtree(job.dir, ignore_errors=True)
-        log.info("job %s deleted (was %s)", job_id, job.status)
+        log.info("job %s deleted (was %s)", tag(job_id), job.status)
         return job
 
     def counts(self) -> dict[str, int]:
@@ -198,8 +207,9 @@ class JobQueue:
             try:
                 self._run(job)
             except Exception as exc:  # keep the worker alive whatever happens to one job
-                log.exception("job %s: worker error", job_id)
-                job.status, job.error, job.finished_at = FAILED, f"service error: {exc}", time.time()
+                log.exception("job %s: worker error", tag(job_id))
+                job.status, job.finished_at = FAILED, time.time()
+                job.error = "the service failed to run this job (see the service log)"
             finally:
                 if job.relay is not None:
                     job.relay.finish()  # pollers get 410 from now on
@@ -209,7 +219,7 @@ class JobQueue:
             try:
                 job.save()
             except OSError as exc:
-                log.error("job %s: cannot save its state: %s", job_id, exc)
+                log.error("job %s: cannot save its state: %s", tag(job_id), exc)
 
     def _run(self, job: Job) -> None:
         channel = refresh_channel.channel_location(job.dir) if job.relay is not None else None
@@ -221,11 +231,11 @@ class JobQueue:
                 job.proc = ServerProcess.start(job.dir, trainer_modules=self.trainer_modules, channel=channel,
                                                resume=job.resume)
             job.save()
-            log.info("job %s running (server pid %d%s)", job.id, job.proc.pid, ", refresh by the data owner" if channel else "")
+            log.info("job %s running (server pid %d%s)", tag(job.id), job.proc.pid, ", refresh by the data owner" if channel else "")
             relay_thread = None
             if channel is not None:
                 relay_thread = threading.Thread(target=job.relay.run, args=(channel, job.proc.alive), daemon=True,
-                                                name=f"hetrain-relay-{job.id[:8]}")
+                                                name=f"hetrain-relay-{tag(job.id)}")
                 relay_thread.start()
 
             def progress(done: int, total: int, message: str) -> None:
@@ -239,16 +249,15 @@ class JobQueue:
                 job.finished_at = time.time()
                 return
             if rc != 0 and self._closing.is_set():  # killed by close(): saved as running, it runs again on restart
-                log.info("job %s stopped with the service; it resumes on restart", job.id)
+                log.info("job %s stopped with the service; it resumes on restart", tag(job.id))
                 return
             job.finished_at = time.time()
             try:
                 job.stats = job.proc.result(traceback=False)
                 job.status = DONE
-            except ServerFailed as exc:
-                job.status, job.error = FAILED, exc.detail
-            except ServerError as exc:
-                job.status, job.error = FAILED, str(exc)
+            except ServerError as exc:  # the client reads job.error: no traceback, log tail or path
+                job.status, job.error = FAILED, _public_error(job.dir, exc)
+                log.warning("job %s failed: %s", tag(job.id), getattr(exc, "detail", None) or exc)
             job.resume = False
         finally:
             if job.proc is not None:
@@ -257,7 +266,27 @@ class JobQueue:
             if channel is not None:
                 _remove_channel(job.dir, channel)
         if job.finished_at is not None:
-            log.info("job %s %s in %.1f s", job.id, job.status, job.finished_at - job.started_at)
+            log.info("job %s %s in %.1f s", tag(job.id), job.status, job.finished_at - job.started_at)
+
+
+def _public_error(jobdir: pathlib.Path, exc: ServerError) -> str:
+    """What a client may read of a failed job: the server's own message for a user error (bad job,
+    refused state...), else SERVER_PROCESS_FAILED (the detail, which may hold a traceback, the log's
+    tail or paths, goes to the service log only). An exception may carry ``public_message`` (e.g. a
+    resource limit that was hit), used as it is."""
+    message = None
+    try:
+        err = json.loads((jobdir / files.SERVER_ERROR).read_text())
+        if isinstance(err, dict) and err.get("user_error") is True and isinstance(err.get("message"), str):
+            message = err["message"]
+    except (OSError, ValueError):
+        pass
+    if message is None:
+        public = getattr(exc, "public_message", None)
+        message = public if isinstance(public, str) else SERVER_PROCESS_FAILED
+    for d in {str(jobdir.resolve()), str(jobdir)}:  # a user error may name a file of the job: not where it lives
+        message = message.replace(d + os.sep, "").replace(d, "the job")
+    return message
 
 
 def _refresh_mode(jobdir: pathlib.Path) -> str:
