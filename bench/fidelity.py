@@ -8,8 +8,9 @@
 No tuning option is given: ``mlr`` is ``hetrain.protocol.fit(X, y)`` (what ``hetrain fit`` runs: a
 stratified 20% of the training rows held out for validation, the planner, refreshed mini-batch
 epochs, early stopping, the best validation epoch released) and ``mlp`` is ``fit(X, y, "mlp")``
-(the planner's hidden sizes, iterations and the rest, client refresh). The client is the bench's child process, the server its own process, as in
-``hetrain fit``.
+(the planner's hidden sizes, iterations and the rest, client refresh; for wide inputs such as the MNIST
+pixels possibly a client-side projection onto whitened principal components, named in the note). The
+client is the bench's child process, the server its own process, as in ``hetrain fit``.
 
 Data: scikit-learn's bundled iris, wine, breast_cancer and digits (``hetrain.data.load_builtin``;
 ``train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)``); ``regnet``: RegNet_X_400MF
@@ -134,7 +135,8 @@ def run_mlp(backend, Xtr, Xte, ytr, yte) -> dict:
                 server_peak_mib=st["server_peak_rss_bytes"] / 2**20, twin_diff=r.twin_max_abs_diff,
                 iterations=m.config.get("iterations"), round_trips=rf.get("round_trips"),
                 refreshes=rf.get("refreshes"), hidden=[int(h) for h in hidden],
-                note=f"{m.model}, hidden {[int(h) for h in hidden]}, {m.config.get('iterations')} iterations")
+                note=f"{m.model}, hidden {[int(h) for h in hidden]}, {m.config.get('iterations')} iterations"
+                     + (f", on {m.config['components']} principal components" if m.config.get("projection") else ""))
 
 
 def code_version() -> str:
