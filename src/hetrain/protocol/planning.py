@@ -149,7 +149,7 @@ def plan_lines(trainer, plan, params, defaults: dict | None) -> list[str]:
     planner chose the options that were not given."""
     cfg = trainer.config
     keys = ("hidden", "iterations", "learning_rate", "hidden_learning_rate", "sigmoid", "output_sigmoid",
-            "momentum", "batch_size", "label_smoothing", "input_clip")
+            "momentum", "batch_size", "label_smoothing", "input_clip", "components")
     shown = ", ".join(f"{k.replace('_', ' ')} {plain(cfg[k])}" for k in keys if cfg.get(k) is not None)
     per = sum(plan.levels_per_iteration.values())
     fit_per_chain = max(plan.iterations_that_fit, 1)
