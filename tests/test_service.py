@@ -325,15 +325,17 @@ def test_result_before_done_is_409_and_delete_cancels(service, sim_bundle):
 
 
 def test_failed_job_reports_the_server_message(service, tmp_path, iris):
-    # a job asking for more iterations than n8192's levels hold: the server refuses it before any work
+    # a job asking mlr (one chain, no refresh) to bootstrap: its claims hold (the upload is accepted;
+    # more levels than the chain has would be refused there, test_service_limits.py), the server
+    # refuses it before any work
     kit, job = make_bundle(tmp_path, iris, preset="n8192")
-    job = {**job, "config": {**job["config"], "iterations": 5}}
+    job = {**job, "refresh": "bootstrap"}
     members = bundle_members(kit.jobdir)
     members = _with_manifest_sha({**members, files.JOB: json.dumps(job, sort_keys=True).encode()})
     job_id = service.http.post("/v1/jobs", content=tar_of(members)).json()["id"]
     st = service.wait(job_id)
-    assert st["status"] == "failed" and "levels" in st["error"], st
-    assert_error(service.http.get(f"/v1/jobs/{job_id}/result"), 409, "failed", "levels")
+    assert st["status"] == "failed" and "cannot refresh" in st["error"], st
+    assert_error(service.http.get(f"/v1/jobs/{job_id}/result"), 409, "failed", "cannot refresh")
     service.http.delete(f"/v1/jobs/{job_id}")
 
 

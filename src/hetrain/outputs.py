@@ -65,7 +65,7 @@ def fallback_dirs() -> list[pathlib.Path]:
 class _OutputWriter:
     """Binary or text writes, buffered here so that nothing handed over is lost if the disk fails."""
 
-    def __init__(self, path: str | os.PathLike, what: str, durable: bool) -> None:
+    def __init__(self, path: str | os.PathLike, what: str, durable: bool, mode: int | None = None) -> None:
         self.path, self.what, self.durable = pathlib.Path(path), what, durable
         self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         self.pending: list[bytes] = []
@@ -77,7 +77,9 @@ class _OutputWriter:
         self.committed = 0                   # bytes of it known to be on disk (a failed write may leave part)
         self.refused = {_resolved(self.path.parent)}  # directories that failed (never tried again)
         try:
-            self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else mode)
+            if mode is not None:
+                os.fchmod(self.fd, mode)  # exactly ``mode`` (a stale temporary file keeps its old one)
         except OSError as exc:
             self._fail_over(exc)
 
@@ -194,12 +196,13 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def open_output(path: str | os.PathLike, what: str = "output", durable: bool = False):
+def open_output(path: str | os.PathLike, what: str = "output", durable: bool = False, mode: int | None = None):
     """``with open_output(p, "model file") as f: f.write(...)``: atomic, and kept elsewhere if ``p`` fails.
+    ``mode``: the file's permissions (e.g. 0o600; default 0o644 less the umask; a fallback copy is 0600).
 
     Leaving the block by an exception discards the file; leaving it normally raises OutputError
     if the file had to go to a fallback location (the message says where)."""
-    w = _OutputWriter(path, what, durable)
+    w = _OutputWriter(path, what, durable, mode)
     try:
         yield w
     except BaseException:
@@ -208,7 +211,8 @@ def open_output(path: str | os.PathLike, what: str = "output", durable: bool = F
     w.close()
 
 
-def write_output(path: str | os.PathLike, data: bytes | str, what: str = "output", durable: bool = False) -> None:
+def write_output(path: str | os.PathLike, data: bytes | str, what: str = "output", durable: bool = False,
+                 mode: int | None = None) -> None:
     """The whole content at once (see open_output)."""
-    with open_output(path, what, durable) as f:
+    with open_output(path, what, durable, mode) as f:
         f.write(data)

@@ -29,6 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                     "made mode 0700)")
     p.add_argument("--workers", type=int, default=1, help="jobs trained at the same time, each in its own process (default 1)")
     p.add_argument("--max-upload-mb", type=float, default=16384, help="largest job bundle accepted, in MiB (default 16384)")
+    p.add_argument("--job-memory-gb", type=float, default=16.0,
+                   help="memory (data segment) each job's server process may use, in GB (default 16; 0: no limit)")
+    p.add_argument("--job-time-limit", type=float, default=None, metavar="S",
+                   help="wall-time limit of each job's server process, in seconds (default: none)")
+    p.add_argument("--job-ttl", type=float, default=24.0, metavar="HOURS",
+                   help="finished jobs and their files are removed this many hours after they finished (default 24)")
+    p.add_argument("--disk-quota-gb", type=float, default=None,
+                   help="disk space for all jobs and uploads together, in GB; uploads beyond it get 507 (default: none)")
+    p.add_argument("--upload-timeout", type=float, default=300.0, metavar="S",
+                   help="an upload with no data for this many seconds is dropped (default 300)")
     p.add_argument("--trainer-module", action="append", default=[],
                    help="extra module to import so its trainer registers (operator's choice, never the job's)")
     p.add_argument("--api-keys", metavar="FILE",
@@ -54,6 +64,11 @@ def run(args) -> int:
         raise HetrainUserError("--workers must be at least 1")
     if args.max_upload_mb <= 0:
         raise HetrainUserError("--max-upload-mb must be positive")
+    for flag, value in (("--job-memory-gb", args.job_memory_gb), ("--job-time-limit", args.job_time_limit),
+                        ("--job-ttl", args.job_ttl), ("--disk-quota-gb", args.disk_quota_gb),
+                        ("--upload-timeout", args.upload_timeout)):
+        if value is not None and not (value >= 0 if flag == "--job-memory-gb" else value > 0):
+            raise HetrainUserError(f"{flag} must be positive, got {value:g}")
     tls = check_tls(args.tls_cert, args.tls_key)
     if not tls and not _is_loopback(args.host) and not args.insecure_bind:
         raise HetrainUserError(f"refusing to listen on {args.host} without TLS: job tokens and API keys would cross "
@@ -74,8 +89,13 @@ def run(args) -> int:
     if not api_keys and not _is_loopback(args.host):
         print(f"WARNING: no API keys (--api-keys, {API_KEYS_ENV}): anyone who reaches {args.host}:{args.port} may "
               "submit jobs", flush=True)
+    gb = 1024 ** 3
     app = create_app(workdir, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
-                     trainer_modules=tuple(args.trainer_module), api_keys=api_keys)
+                     trainer_modules=tuple(args.trainer_module), api_keys=api_keys,
+                     job_memory_bytes=int(args.job_memory_gb * gb) if args.job_memory_gb else None,
+                     job_time_limit=args.job_time_limit, job_ttl_s=args.job_ttl * 3600.0,
+                     disk_quota_bytes=int(args.disk_quota_gb * gb) if args.disk_quota_gb else None,
+                     upload_timeout_s=args.upload_timeout)
     scheme = "https" if tls else "http"
     auth = f"{len(api_keys)} API key(s) may submit" if api_keys else "anyone who reaches it may submit"
     print(f"hetrain service on {scheme}://{args.host}:{args.port} (workdir {workdir}; public material only; {auth})",

@@ -124,7 +124,9 @@ class MiniBatchMLR(Trainer):
         return Plan(levels_needed=steps * per, levels_available=p.levels, rotation_steps=sorted(pk.rotation_steps()),
                     iterations=steps, iterations_that_fit=fit,
                     levels_per_iteration={"forward": 1, "sigmoid": self.approx.depth, "gradient": 1, "update": 0},
-                    n_input_ciphertexts=len(self.batches_of(n_samples)) * 2 * pk.n_groups * pk.n_fblocks,
+                    # per batch X and X̃ (groups x feature blocks each) and Ym (groups); the state W (and D)
+                    n_input_ciphertexts=len(self.batches_of(n_samples)) * (2 * pk.n_groups * pk.n_fblocks + pk.n_groups)
+                    + len(self.state_names) * pk.n_fblocks,
                     notes=notes)
 
     # ------------------------------------------------------------------ client side (plaintext)

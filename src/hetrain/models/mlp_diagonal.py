@@ -166,7 +166,7 @@ class DiagonalMLPTrainer(Trainer):
         if iters > fit and full > params.levels:
             raise DepthPlanError(f"mlp-diagonal: {iters} iterations need refreshes, but one full iteration needs {full} "
                                  f"levels and {params.name} offers {params.levels}: use n16384-deep or larger")
-        return Plan(need, params.levels, sorted(steps), iters, fit, parts, 2 * len(b1.offsets) + 1,
+        return Plan(need, params.levels, sorted(steps), iters, fit, parts, 3 * len(b1.offsets) + 1,  # x, xw, w1, delta0
                     [f"batch {layout.batch} samples x {layout.block} slots; W1 {len(b1.offsets)} diagonals, "
                      f"W2 {len(b2.offsets)} diagonals; {full} levels per full iteration, the first costs {ds + 3}"])
 

@@ -205,13 +205,15 @@ def _sha(b: bytes) -> str:
 
 # ---------------------------------------------------------------------- model file
 def save_model(path: str | os.PathLike, record: dict) -> None:
-    """JSON model file with a checksum over its content (weights as flat lists with their shapes)."""
+    """JSON model file with a checksum over its content (weights as flat lists with their shapes),
+    readable by its owner only (0600)."""
     body = dict(record, format=MODEL_FORMAT, version=MODEL_VERSION)
     body["weights"] = {k: {"shape": list(np.shape(v)), "values": np.asarray(v, dtype=np.float64).ravel().tolist()}
                        for k, v in record["weights"].items()}
     body["checksum"] = _model_checksum(body)
-    # the user's output after the whole training: kept elsewhere (and said where) if `path` refuses it
-    write_output(path, json.dumps(body, indent=1), "model file", durable=True)
+    # the user's output after the whole training: kept elsewhere (and said where) if `path` refuses it.
+    # 0600: the weights, and the per-feature means and deviations of the training data, are the owner's
+    write_output(path, json.dumps(body, indent=1), "model file", durable=True, mode=0o600)
 
 
 def load_model(path: str | os.PathLike) -> dict:

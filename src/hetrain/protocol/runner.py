@@ -8,20 +8,28 @@
     stats = run_server(jobdir, progress=True, during=answer_channel)   # all of the above, with a bar
 
 Used by the local pipeline (the client's own server process) and by the HTTP service (one per
-job). The process gets public material only (the job directory); its stderr goes to
+job, under the service's limits: ``memory_limit`` bytes of data segment (RLIMIT_DATA) and
+``time_limit`` seconds of wall time, after which the process is stopped; a failure from either
+says so in ``result()``). Every server process runs in a session (process group) of its own and,
+on Linux, is killed when the process that started it dies (PR_SET_PDEATHSIG), even by SIGKILL. The process gets public material only (the job directory); its stderr goes to
 JOBDIR/server.log, its stdout carries the progress lines (``server.PROGRESS_PREFIX``), parsed
 here and nowhere else (``parse_progress``). Its own explanation of a failure is
 JOBDIR/server_error.json (else the log's tail): ``result()`` raises it as ``ServerFailed``.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
 import pathlib
+import resource
+import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Callable
 
 from . import files
@@ -36,6 +44,32 @@ CHANNEL_GRACE_S = 10.0   # after the channel broke, how long the server gets to 
 LOG_TAIL_CHARS = 2000
 
 OnProgress = Callable[[int, int, str], None]
+_PR_SET_PDEATHSIG = 1
+try:  # resolved here, not in the forked child (preexec_fn must not import or look anything up)
+    _prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl if sys.platform == "linux" else None
+except (OSError, AttributeError):
+    _prctl = None
+GIB = 1024 ** 3
+
+
+def memory_limit_message(limit: int) -> str:
+    return f"the job exceeded the service's memory limit of {limit / GIB:.3g} GB"
+
+
+def time_limit_message(limit: float) -> str:
+    return f"the job exceeded the time limit of {limit:g} s and was stopped"
+
+
+def _child_setup(memory_limit: int | None, parent: int):
+    """What the forked child runs before exec: its memory limit, and death with its parent."""
+    def setup() -> None:
+        if memory_limit is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before prctl: nobody would kill us
+                os._exit(1)
+    return setup
 
 
 class ServerFailed(ServerError):
@@ -69,19 +103,35 @@ def child_env(extra: dict | None = None) -> dict:
 class ServerProcess:
     """One server process on one job directory, started by ``ServerProcess.start``."""
 
-    def __init__(self, jobdir: pathlib.Path, popen: subprocess.Popen, log_path: pathlib.Path) -> None:
+    def __init__(self, jobdir: pathlib.Path, popen: subprocess.Popen, log_path: pathlib.Path, *,
+                 memory_limit: int | None = None, time_limit: float | None = None) -> None:
         self.jobdir, self.popen, self.log_path = jobdir, popen, log_path
         self.done, self.total, self.message = 0, None, ""  # the last progress line
         self._reader: threading.Thread | None = None
+        self.memory_limit, self.time_limit = memory_limit, time_limit
+        self.timed_out = False  # stopped by the time limit
+        self.signalled = False  # we stopped or killed it (a cancelled job, the service stopping)
+        self._timer: threading.Timer | None = None
+        if time_limit is not None:
+            self._timer = threading.Timer(time_limit, self._time_is_up)
+            self._timer.daemon = True
+            self._timer.start()
 
     @classmethod
     def start(cls, jobdir, *, trainer_modules=(), channel=None, channel_timeout: float | None = None,
-              resume: bool = False, progress: bool = True, env: dict | None = None) -> "ServerProcess":
+              resume: bool = False, progress: bool = True, env: dict | None = None,
+              memory_limit: int | None = None, time_limit: float | None = None) -> "ServerProcess":
         """Start ``python -m hetrain.protocol.server_main JOBDIR`` (command from server.server_argv).
 
         ``channel``: the refresh channel's socket path (``channel_timeout``: how long the server waits
         for the data owner); ``resume``: continue from the job's checkpoint; ``progress``: ask for
-        progress lines; ``env``: extra environment variables."""
+        progress lines; ``env``: extra environment variables; ``memory_limit``: bytes of data segment
+        (RLIMIT_DATA: heap and anonymous mappings) the process may use; ``time_limit``: seconds of
+        wall time, after which it is stopped (``stop``)."""
+        if memory_limit is not None and memory_limit <= 0:
+            raise ValueError("memory_limit must be positive")
+        if time_limit is not None and time_limit <= 0:
+            raise ValueError("time_limit must be positive")
         jobdir = pathlib.Path(jobdir)
         cmd = server_argv(jobdir, progress=progress, trainer_modules=tuple(trainer_modules), channel=channel,
                           channel_timeout=channel_timeout, resume=resume)
@@ -90,8 +140,27 @@ class ServerProcess:
             (jobdir / stale).unlink(missing_ok=True)
         with open(log_path, "wb") as log_file:
             popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
-                                     env=child_env(env), text=True, bufsize=1)
-        return cls(jobdir, popen, log_path)
+                                     env=child_env(env), text=True, bufsize=1, start_new_session=True,
+                                     preexec_fn=_child_setup(memory_limit, os.getpid()))
+        return cls(jobdir, popen, log_path, memory_limit=memory_limit, time_limit=time_limit)
+
+    def _time_is_up(self) -> None:
+        if self.popen.poll() is None:
+            self.timed_out = True
+            log.info("server process %d: time limit of %g s reached, stopping it", self.pid, self.time_limit)
+            self.stop()
+
+    def _signal_group(self, sig: int) -> None:
+        """``sig`` to the process's own group (it leads a session of its own), so that nothing it
+        started outlives it; to the process alone if the group is gone."""
+        self.signalled = True
+        try:
+            os.killpg(self.popen.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                self.popen.send_signal(sig)
+            except ProcessLookupError:
+                pass
 
     @property
     def pid(self) -> int:
@@ -127,6 +196,8 @@ class ServerProcess:
     def wait(self, timeout: float | None = None) -> int:
         """The exit status (subprocess.TimeoutExpired after ``timeout``); joins a follow thread."""
         rc = self.popen.wait(timeout)
+        if self._timer is not None:
+            self._timer.cancel()
         if self._reader is not None:
             self._reader.join()
         return rc
@@ -134,7 +205,7 @@ class ServerProcess:
     def stop(self, grace: float = STOP_GRACE_S) -> int:
         """End the process politely (SIGTERM), then SIGKILL after ``grace`` seconds; its status."""
         if self.popen.poll() is None:
-            self.popen.terminate()
+            self._signal_group(signal.SIGTERM)
             try:
                 return self.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
@@ -144,11 +215,13 @@ class ServerProcess:
     def kill(self) -> int:
         """SIGKILL now (e.g. a cancelled job); its status."""
         if self.popen.poll() is None:
-            self.popen.kill()
+            self._signal_group(signal.SIGKILL)
         return self.popen.wait()
 
     def close(self) -> None:
         """Stop the process if it still runs and release its pipe."""
+        if self._timer is not None:
+            self._timer.cancel()
         self.stop()
         if self._reader is not None:
             self._reader.join(timeout=STOP_GRACE_S)
@@ -160,6 +233,9 @@ class ServerProcess:
         """Why the process failed: its own message (server_error.json; with the traceback of an
         unexpected error when ``traceback``), else its exit status and the tail of its log."""
         rc = self.popen.returncode if rc is None else rc
+        limit = self.limit_exceeded(rc)
+        if limit is not None:
+            return limit
         try:
             err = json.loads((self.jobdir / files.SERVER_ERROR).read_text())
             if err.get("user_error"):
@@ -174,6 +250,34 @@ class ServerProcess:
             tail = ""
         return f"server process exited with status {rc}:\n{tail}".rstrip()
 
+    def limit_exceeded(self, rc: int | None = None) -> str | None:
+        """The message for a process ended by one of its limits (None otherwise): stopped at its time
+        limit; or, under a memory limit, out of memory (its own MemoryError report, a C++ bad_alloc in
+        its log, or killed by a signal without a word: SEAL aborts when an allocation fails)."""
+        rc = self.popen.returncode if rc is None else rc
+        if rc in (None, 0):
+            return None
+        if self.timed_out:
+            return time_limit_message(self.time_limit)
+        if self.memory_limit is None:
+            return None
+        try:
+            err = json.loads((self.jobdir / files.SERVER_ERROR).read_text())
+            if isinstance(err, dict) and (err.get("type") == "MemoryError" or err.get("memory_limit")):
+                return memory_limit_message(self.memory_limit)
+            if isinstance(err, dict):
+                return None  # the server explained its failure itself
+        except (OSError, ValueError):
+            pass
+        try:
+            tail = self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        except OSError:
+            tail = ""
+        crashed = rc < 0 and not self.signalled  # SIGABRT (bad_alloc unhandled), SIGSEGV, the kernel's SIGKILL
+        if crashed or any(s in tail for s in ("bad_alloc", "MemoryError", "Cannot allocate memory", "emory allocation")):
+            return memory_limit_message(self.memory_limit)
+        return None
+
     def result(self, *, during: str = "", traceback: bool = True) -> dict:
         """After ``wait``: the server's stats (JOBDIR/server_stats.json), or ``ServerFailed`` with
         the server's own message. ``during``: what went wrong on our side meanwhile (e.g. "refresh
@@ -183,6 +287,10 @@ class ServerProcess:
             raise RuntimeError("ServerProcess.result() before the process exited: call wait() first")
         if rc != 0:
             detail = self.error_detail(rc, traceback=traceback)
+            if self.limit_exceeded(rc) is not None:
+                exc = ServerFailed(f"server failed: {detail}", detail, rc)
+                exc.public_message = detail  # the service may show it: it says which limit, nothing more
+                raise exc
             if (self.jobdir / files.SERVER_ERROR).exists():
                 raise ServerFailed(f"server failed: {detail}", detail, rc)
             if during:

@@ -5,7 +5,8 @@
 (server_main.py is the entry module: this one is imported by the package, so it is not run with
 ``python -m``; ``server_argv`` builds the command for every caller.) Exit status: 0 done, 2 a
 refused job or a clear error (one line on stderr, JOBDIR/server_error.json), 3 a bug (traceback),
-4 the process reading its output went away (one line; e.g. the parent died mid-training).
+4 the process reading its output went away (one line; e.g. the parent died mid-training), 5 out of
+memory (e.g. the service's limit, RLIMIT_DATA: one line naming it).
 
 It reads a job bundle (public context, ciphertexts, job json), refuses jobs whose depth plan
 does not fit before doing any work, runs ``trainer.server_train`` and writes the encrypted
@@ -49,6 +50,7 @@ from hetrain.errors import HetrainUserError
 from hetrain.models.base import DepthPlanError, get_trainer, server_hooks
 
 from . import files
+from .bundle_check import check_bundle
 from .checkpoint import StateCheckpoint, job_fingerprint
 from .errors import BundleError, ReaderGoneError
 from .refresh_channel import DEFAULT_TIMEOUT_S, ChannelStats, ServerChannel
@@ -111,11 +113,15 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
         raise BundleError(f"{jobdir} already holds a training checkpoint ({CHECKPOINT}) from an earlier run of "
                           f"this job: start the server with --resume to continue it, or delete {ckpt_path} to "
                           "start over")
-    manifest, public, inputs_path, job = files.read_job_files(jobdir)
+    manifest, public, inputs_path, job = files.read_job_files(jobdir)  # files as they are, checksums verified
+    # every claim (shapes, counts, sizes, levels, rotation steps) against the content, before anything is
+    # sized from one (bundle_check.py)
+    check_bundle(jobdir)
     engine = ckks.load_engine(public)
     if engine.has_secret_key:  # cannot happen through load_engine(public): keep the invariant explicit
         raise BundleError("refusing to run: the server engine holds a secret key")
     del public
+    _check_galois_keys(engine)
     trainer = get_trainer(job["model"]).from_job(job)
     mode = job.get("refresh", "none")
     refresh = mode != "none"
@@ -214,6 +220,21 @@ def _check_plan(trainer, job: dict, engine, refresh: bool) -> None:
         raise BundleError(f"the public context lacks Galois keys for rotation steps {plain(sorted(missing))} that the plan needs")
 
 
+def _check_galois_keys(engine) -> None:
+    """The rotation steps the public context declares must have their Galois keys in it (SEAL: the
+    loaded key set is asked for each one): a declared but absent key would fail mid-training."""
+    gk = getattr(engine, "_gk", None)
+    if engine.backend_name != "seal" or gk is None:
+        return
+    from hetrain.ckks.seal_backend import galois_element
+
+    n = engine.params.poly_modulus_degree
+    absent = sorted(s for s in engine.rotation_steps if not gk.has_key(galois_element(s, n)))
+    if absent:
+        raise BundleError(f"the public context declares rotation steps {plain(absent[:5])}{' ...' if len(absent) > 5 else ''} "
+                          "but holds no Galois key for them")
+
+
 def _progress_printer():
     def report(done: int, total: int, message: str = "") -> None:
         print(f"{PROGRESS_PREFIX}{int(done)} {int(total)} {message}".rstrip(), flush=True)
@@ -253,6 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         _write_error(jobdir, exc)
         _say(f"server error: {exc}")
         return 2
+    except MemoryError:  # under the service's limit (RLIMIT_DATA) an allocation failed: say so, no traceback
+        limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+        where = (f"the service's memory limit of {limit / 1024 ** 3:g} GB" if limit != resource.RLIM_INFINITY
+                 else "the memory of this machine")
+        exc = MemoryError(f"the job exceeded {where}")
+        _write_error(jobdir, exc)
+        _say(f"server error: {exc}")
+        return 5
     except Exception as exc:
         gone = _reader_gone(exc)
         if gone is not None:  # the parent (or whoever read our output) died: nothing to report to
@@ -302,6 +331,6 @@ def _audit_opens(log_path: str) -> None:
 def _write_error(jobdir: pathlib.Path, exc: BaseException, tb: str | None = None) -> None:
     if jobdir.is_dir():
         files.atomic_write(jobdir / files.SERVER_ERROR, json.dumps(
-            {"type": type(exc).__name__, "message": str(exc), "user_error": isinstance(exc, HetrainUserError),
-             "traceback": tb}))
+            {"type": type(exc).__name__, "message": str(exc),
+             "user_error": isinstance(exc, (HetrainUserError, MemoryError)), "traceback": tb}))
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import pathlib
@@ -56,11 +57,13 @@ from hetrain.errors import HetrainUserError
 from hetrain.protocol import files
 
 from .auth import ApiKeys, bearer, digest, install_log_redaction, matches, new_token
-from .jobs import DONE, FAILED, JobQueue
+from .jobs import DONE, FAILED, JobQueue, QuotaExceeded
 from .relay import FRAME_PREFIX, FrameError, check_frame, frame_size
-from .upload import UploadError, UploadTooLarge, check_bundle, receive_bundle
+from .upload import DEFAULT_STALL_S, UploadError, UploadTooLarge, check_bundle, receive_bundle
 
 DEFAULT_MAX_UPLOAD_BYTES = 16 * 1024 ** 3  # a public context at N=32768 with ~30 rotation keys, plus data
+DEFAULT_JOB_MEMORY_BYTES = 16 * 1024 ** 3  # a job at N=32768 with its keys and a few hundred ciphertexts in memory
+DEFAULT_JOB_TTL_S = 24 * 3600.0            # finished jobs: a day to download the result
 _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MAX_CHANNEL_WAIT_S = 30.0
 SEQ_HEADER = "X-Hetrain-Seq"
@@ -84,9 +87,17 @@ def _unauthorized(message: str) -> JSONResponse:
 
 
 def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, workers: int = 1,
-               trainer_modules: tuple[str, ...] = (), api_keys=()) -> FastAPI:
+               trainer_modules: tuple[str, ...] = (), api_keys=(),
+               job_memory_bytes: int | None = DEFAULT_JOB_MEMORY_BYTES, job_time_limit: float | None = None,
+               job_ttl_s: float | None = DEFAULT_JOB_TTL_S, disk_quota_bytes: int | None = None,
+               upload_timeout_s: float | None = DEFAULT_STALL_S) -> FastAPI:
     """The app; its job queue (and worker threads) lives from startup to shutdown. ``api_keys``:
-    who may submit (hashed here; empty: anyone who reaches the service)."""
+    who may submit (hashed here; empty: anyone who reaches the service).
+
+    Limits (None: none): ``job_memory_bytes`` per server process (RLIMIT_DATA), ``job_time_limit``
+    seconds of wall time per run, ``job_ttl_s`` after which finished jobs are removed,
+    ``disk_quota_bytes`` for all job directories and uploads together (507 beyond it),
+    ``upload_timeout_s`` without a byte before an upload is dropped (408)."""
     state: dict = {}
     keys = ApiKeys(api_keys)
     roots = {str(pathlib.Path(workdir)), str(pathlib.Path(workdir).resolve())}
@@ -94,7 +105,9 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         install_log_redaction()  # after uvicorn configured its loggers: access lines name jobs by tag
-        state["queue"] = JobQueue(workdir, workers=workers, trainer_modules=trainer_modules)
+        state["queue"] = JobQueue(workdir, workers=workers, trainer_modules=trainer_modules,
+                                  job_memory_bytes=job_memory_bytes, job_time_limit=job_time_limit,
+                                  job_ttl_s=job_ttl_s, disk_quota_bytes=disk_quota_bytes)
         state["polls"] = anyio.CapacityLimiter(_CHANNEL_POLLS)
         try:
             yield
@@ -132,6 +145,9 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
                                               "'Authorization: Bearer <token>' (POST /v1/jobs returned it)",
                                          headers={"WWW-Authenticate": "Bearer"})
         job = state["queue"].get(job_id) if _ID.match(job_id) else None
+        if job is None and _ID.match(job_id) and state["queue"].expired(job_id):
+            raise StarletteHTTPException(410, f"job {job_id!r} finished and expired (the service keeps finished jobs "
+                                              f"{job_ttl_s:g} s): its files are removed")
         if not matches(token, job.token_sha256 if job is not None else None):
             raise StarletteHTTPException(404, f"no job with id {job_id!r} for this token (unknown, deleted, or "
                                               "the token is not this job's)")
@@ -156,11 +172,19 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
             return _error(413, f"upload of {int(declared)} bytes is larger than this service's limit of "
                                f"{max_upload_bytes} bytes")
         queue = state["queue"]
-        upload_dir = None
+        job_id = upload_dir = None
         try:
             job_id, upload_dir = queue.new_upload()
-            received = await receive_bundle(request.stream(), upload_dir, max_upload_bytes)
-            manifest = await anyio.to_thread.run_sync(check_bundle, upload_dir, received)
+            await anyio.to_thread.run_sync(queue.quota.begin, job_id,
+                                           int(declared) if declared and declared.isdigit() else None)
+            received = await receive_bundle(request.stream(), upload_dir, max_upload_bytes,
+                                            on_bytes=lambda n: queue.quota.grow(job_id, n),
+                                            stall_timeout=upload_timeout_s)
+            manifest = await anyio.to_thread.run_sync(
+                functools.partial(check_bundle, upload_dir, received, trainer_modules=trainer_modules))
+        except QuotaExceeded as exc:
+            queue.discard_upload(upload_dir)
+            return _error(507, str(exc))
         except OSError as exc:
             if upload_dir is not None:
                 queue.discard_upload(upload_dir)
@@ -178,6 +202,8 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
             return _error(exc.status, str(exc))
         except UploadError as exc:
             queue.discard_upload(upload_dir)
+            if exc.status in (408, 507):  # nothing wrong with the bundle: the service's limits
+                return _error(exc.status, str(exc))
             return _error(exc.status, f"job bundle refused: {exc}")
         except HetrainUserError as exc:  # e.g. a model this service does not know
             queue.discard_upload(upload_dir)
@@ -194,6 +220,9 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
             if upload_dir is not None:
                 queue.discard_upload(upload_dir)
             raise
+        finally:
+            if job_id is not None:
+                queue.quota.end(job_id)
         token = new_token()
         try:
             job = queue.submit(job_id, upload_dir, manifest, token_sha256=digest(token))

@@ -10,6 +10,13 @@ SEAL is single-threaded per process) take jobs in order and run ``python -m hetr
 following its progress lines (protocol/runner.py starts, follows and stops it). On restart, jobs
 that were queued or running are queued again (a running one resumes from its checkpoint).
 
+Limits (the service's options): each server process runs under ``job_memory_bytes`` (RLIMIT_DATA)
+and ``job_time_limit`` seconds of wall time (runner.ServerProcess), and a job that hits one fails
+saying which. Finished jobs (done or failed) expire ``job_ttl_s`` seconds after they finished: a
+janitor thread removes their directories (status 410 from then on, 404 after a later restart),
+including those a restarted service finds on disk. ``disk_quota_bytes`` bounds the bytes of all
+job directories and uploads in progress together (``DiskQuota``).
+
 A job whose job.json says ``"refresh": "client"`` needs the data owner to answer its refresh
 requests: its server process listens on a Unix socket (``--channel``, in or near the job
 directory) and a relay thread (relay.py) passes each request to the data owner's HTTP session
@@ -90,12 +97,63 @@ class Job:
         files.atomic_write(self.dir / STATE, json.dumps(state))
 
 
+class QuotaExceeded(Exception):
+    """An upload would take the job directories over the service's disk quota (HTTP 507)."""
+
+
+class DiskQuota:
+    """Bytes of all job directories plus uploads in progress, against ``limit`` (None: no limit).
+
+    The job directories are measured when an upload starts (server processes write outputs and
+    checkpoints there meanwhile); each upload in progress counts the bytes it received so far."""
+
+    def __init__(self, root: pathlib.Path, limit: int | None) -> None:
+        self.root, self.limit = root, limit
+        self._lock = threading.Lock()
+        self._inflight: dict[str, int] = {}
+        self._stored = 0
+
+    def usage(self) -> int:
+        return _tree_bytes(self.root / "jobs") + sum(self._inflight.values())
+
+    def begin(self, upload_id: str, declared: int | None) -> None:
+        """Start counting an upload; QuotaExceeded if its declared size (Content-Length) cannot fit."""
+        stored = _tree_bytes(self.root / "jobs") if self.limit is not None else 0
+        with self._lock:
+            self._stored = stored
+            self._inflight[upload_id] = 0
+            if self.limit is not None and declared is not None:
+                self._check(upload_id, declared)
+
+    def grow(self, upload_id: str, n: int) -> None:
+        """``n`` more bytes of an upload arrived; QuotaExceeded once over the quota."""
+        with self._lock:
+            if upload_id in self._inflight:
+                self._inflight[upload_id] += n
+                if self.limit is not None:
+                    self._check(upload_id, self._inflight[upload_id])
+
+    def end(self, upload_id: str) -> None:
+        with self._lock:
+            self._inflight.pop(upload_id, None)
+
+    def _check(self, upload_id: str, size: int) -> None:
+        others = sum(v for k, v in self._inflight.items() if k != upload_id)
+        if self._stored + others + size > self.limit:
+            raise QuotaExceeded(f"the service's disk quota of {self.limit / 1024 ** 3:g} GB for all jobs would be "
+                                f"exceeded ({self._stored + others} bytes in use, this upload {size} bytes): "
+                                "try again later")
+
+
 class JobQueue:
     """Jobs by id, a FIFO of ids to run and ``workers`` threads that run them."""
 
-    def __init__(self, workdir: str | os.PathLike, workers: int = 1, trainer_modules: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: str | os.PathLike, workers: int = 1, trainer_modules: tuple[str, ...] = (), *,
+                 job_memory_bytes: int | None = None, job_time_limit: float | None = None,
+                 job_ttl_s: float | None = None, disk_quota_bytes: int | None = None) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        self.job_memory_bytes, self.job_time_limit, self.job_ttl_s = job_memory_bytes, job_time_limit, job_ttl_s
         self.root = pathlib.Path(workdir)
         self.jobs_dir = self.root / "jobs"
         self.incoming_dir = self.root / "incoming"
@@ -109,11 +167,17 @@ class JobQueue:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._queue: queue.Queue[str | None] = queue.Queue()
+        self._expired: set[str] = set()
+        self.quota = DiskQuota(self.root, disk_quota_bytes)
         self._threads = [threading.Thread(target=self._work, name=f"hetrain-worker-{i}", daemon=True)
                          for i in range(workers)]
         self._recover()
+        self.expire()  # what expired while the service was down goes before anything runs
         for t in self._threads:
             t.start()
+        if job_ttl_s is not None:
+            self._janitor = threading.Thread(target=self._sweep, name="hetrain-expiry", daemon=True)
+            self._janitor.start()
 
     # ------------------------------------------------------------------ used by the app
     def new_upload(self) -> tuple[str, pathlib.Path]:
@@ -143,6 +207,46 @@ class JobQueue:
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             return self._jobs.get(job_id)
+
+    def expired(self, job_id: str) -> bool:
+        """The job finished and was removed after the TTL (while this service ran)."""
+        with self._lock:
+            return job_id in self._expired
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Remove the finished jobs older than the TTL (and job directories without a readable state
+        whose files are older than it); returns the ids removed."""
+        if self.job_ttl_s is None:
+            return []
+        now = time.time() if now is None else now
+        with self._lock:
+            old = [j for j in self._jobs.values()
+                   if j.status in (DONE, FAILED) and j.finished_at is not None and now - j.finished_at >= self.job_ttl_s]
+            for j in old:
+                del self._jobs[j.id]
+                self._expired.add(j.id)
+            # directories are named by a hash of the id (auth.dir_name), not by the id
+            known = {j.dir.name for j in self._jobs.values()} | {j.dir.name for j in old}
+        for j in old:
+            shutil.rmtree(j.dir, ignore_errors=True)
+        if old:
+            log.info("%d finished job(s) expired after %g s", len(old), self.job_ttl_s)
+        for d in self.jobs_dir.iterdir():  # left behind: no state, or one that cannot be read
+            try:
+                if d.name not in known and now - _newest_mtime(d) >= self.job_ttl_s:
+                    log.warning("removing %s: no readable job state, older than the TTL", d)
+                    shutil.rmtree(d, ignore_errors=True)
+            except OSError:
+                continue
+        return [j.id for j in old]
+
+    def _sweep(self) -> None:
+        interval = max(0.05, min(60.0, self.job_ttl_s / 4))
+        while not self._closing.wait(interval):
+            try:
+                self.expire()
+            except Exception:  # keep sweeping whatever one pass met
+                log.exception("expiry pass failed")
 
     def delete(self, job_id: str) -> Job | None:
         """Forget a job: a queued one never runs, a running one is killed; its files are removed."""
@@ -229,7 +333,8 @@ class JobQueue:
                     return
                 job.status, job.started_at = RUNNING, time.time()
                 job.proc = ServerProcess.start(job.dir, trainer_modules=self.trainer_modules, channel=channel,
-                                               resume=job.resume)
+                                               resume=job.resume, memory_limit=self.job_memory_bytes,
+                                               time_limit=self.job_time_limit)
             job.save()
             log.info("job %s running (server pid %d%s)", tag(job.id), job.proc.pid, ", refresh by the data owner" if channel else "")
             relay_thread = None
@@ -287,6 +392,28 @@ def _public_error(jobdir: pathlib.Path, exc: ServerError) -> str:
     for d in {str(jobdir.resolve()), str(jobdir)}:  # a user error may name a file of the job: not where it lives
         message = message.replace(d + os.sep, "").replace(d, "the job")
     return message
+
+
+def _tree_bytes(root: pathlib.Path) -> int:
+    """Bytes of the regular files under ``root`` (files vanishing meanwhile count 0)."""
+    total = 0
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _newest_mtime(d: pathlib.Path) -> float:
+    newest = d.lstat().st_mtime
+    for p in d.iterdir():
+        try:
+            newest = max(newest, p.lstat().st_mtime)
+        except OSError:
+            pass
+    return newest
 
 
 def _refresh_mode(jobdir: pathlib.Path) -> str:

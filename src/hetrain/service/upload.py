@@ -2,20 +2,31 @@
 
 The body of ``POST /v1/jobs`` is an uncompressed tar (GNU or ustar) of the four files that
 ``hetrain.protocol.files.write_job`` writes. It is parsed block by block while it streams in, so
-a multi-gigabyte public context never sits in memory, and the byte limit is enforced as bytes
-arrive. Then, before the job is queued, every file's header is read back: an upload that carries
-a secret key (a container of kind "secret_key", on its own or as a part inside another file) is
-refused, as are unknown files, links, checksum mismatches and malformed containers.
+a multi-gigabyte public context never sits in memory, and the limits are enforced as bytes
+arrive: the size limit (413), the disk quota (``on_bytes`` raises jobs.QuotaExceeded: 507), a
+stall of ``stall_timeout`` seconds without a byte (408), the JSON files' size (400), a full disk (507).
+
+Then, before the job is queued (``check_bundle``): unknown files, links, missing files and checksum
+mismatches are refused here, and a child process under a memory limit (``CHECK_MEMORY_BYTES``)
+scans every byte of every received file for a secret key by its content (protocol/secret_scan.py:
+refused with "the upload holds a secret key") and checks every declared shape and size against
+the ciphertexts and the trainer's plan (protocol/bundle_check.py). Nothing a job claims is sized
+in the service process itself.
 No FastAPI here: the app hands over an async iterator of byte chunks.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import pathlib
-import struct
+import subprocess
+import sys
 import tarfile
-from typing import AsyncIterator, BinaryIO
+from typing import AsyncIterator, BinaryIO, Callable
+
+import logging
 
 import anyio
 
@@ -23,15 +34,18 @@ from hetrain.ckks.container import MAGIC
 from hetrain.errors import HetrainUserError
 from hetrain.models.base import get_trainer
 from hetrain.protocol import files
+from hetrain.protocol.bundle_check import MAX_JSON_BYTES, read_json
+from hetrain.protocol.runner import _child_setup, child_env
 
 BUNDLE_FILES = (files.MANIFEST, files.JOB, files.PUBLIC_CONTEXT, files.INPUTS)
-# what each binary file of a bundle must be; a "secret_key" container anywhere is refused
-EXPECTED_KIND = {files.PUBLIC_CONTEXT: "public_context", files.INPUTS: "ciphertext_map"}
-SECRET_KIND = "secret_key"
-SECRET_PART_NAMES = {"sk", "secret_key", "secret"}  # part names the backends use for secret keys
+JSON_FILES = (files.MANIFEST, files.JOB)
 MAX_MEMBERS = 8  # the four bundle files, plus a few strays we read only to explain the refusal
-MAX_HEADER_BYTES = 64 * 1024 * 1024  # a container header is JSON: a few MB even for thousands of ciphertexts
+CHECK_MEMORY_BYTES = 2 * 1024 ** 3  # the checking child's data segment: imports, SEAL contexts, one key candidate
+CHECK_TIMEOUT_S = 600.0             # it reads every byte once: ~1 GB/s, plus the plan
+DEFAULT_STALL_S = 300.0
+SECRET_MESSAGE = "the upload holds a secret key: refused"
 _BLOCK = tarfile.BLOCKSIZE
+log = logging.getLogger("hetrain.service")
 _FLUSH = 1 << 20  # write to disk in 1 MiB pieces (in a worker thread, off the event loop)
 
 
@@ -51,36 +65,67 @@ class SecretKeyRefused(UploadError):
     """The upload contains secret-key material: the service holds public material only (HTTP 400)."""
 
 
-class _Reader:
-    """Exact-size reads over an async iterator of chunks, counting bytes against ``limit``."""
+class UploadStalled(UploadError):
+    """No byte of the upload arrived for the service's upload timeout (HTTP 408)."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], limit: int) -> None:
+    status = 408
+
+
+class DiskFull(UploadError):
+    """The disk (or the service's quota) has no room for the upload (HTTP 507)."""
+
+    status = 507
+
+
+class _Reader:
+    """Exact-size reads over an async iterator of chunks, counting bytes against ``limit``;
+    ``on_bytes(n)`` is called for every chunk (the disk quota); a wait of more than ``stall``
+    seconds for the next chunk raises UploadStalled."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], limit: int, on_bytes: Callable[[int], None] | None = None,
+                 stall: float | None = None) -> None:
         self._chunks = chunks.__aiter__()
         self._buf = bytearray()
         self._eof = False
         self.limit = limit
         self.received = 0
+        self.on_bytes, self.stall = on_bytes, stall
+
+    async def _next(self) -> bytes:
+        if self.stall is None:
+            return await self._chunks.__anext__()
+        with anyio.move_on_after(self.stall) as scope:
+            return await self._chunks.__anext__()
+        if scope.cancel_called:
+            raise UploadStalled(f"no data for {self.stall:g} s: the upload was dropped (the service's upload timeout)")
 
     async def read(self, n: int) -> bytes:
         """Up to ``n`` bytes (fewer only at the end of the stream)."""
         while len(self._buf) < n and not self._eof:
             try:
-                chunk = await self._chunks.__anext__()
+                chunk = await self._next()
             except StopAsyncIteration:
                 self._eof = True
                 break
             self.received += len(chunk)
             if self.received > self.limit:
                 raise UploadTooLarge(f"upload is larger than this service's limit of {self.limit} bytes")
+            if self.on_bytes is not None:
+                self.on_bytes(len(chunk))
             self._buf += chunk
         out = bytes(self._buf[:n])
         del self._buf[:n]
         return out
 
 
-async def receive_bundle(chunks: AsyncIterator[bytes], dest: pathlib.Path, limit: int) -> dict[str, tuple[str, str]]:
-    """Write the tar stream's regular files into ``dest``; returns {name: (file in dest, sha256)}."""
-    reader = _Reader(chunks, limit)
+async def receive_bundle(chunks: AsyncIterator[bytes], dest: pathlib.Path, limit: int, *,
+                         on_bytes: Callable[[int], None] | None = None,
+                         stall_timeout: float | None = None) -> dict[str, tuple[str, str]]:
+    """Write the tar stream's regular files into ``dest``; returns {name: (file in dest, sha256)}.
+
+    ``on_bytes(n)``: called as bytes arrive (may raise to refuse the upload: the disk quota);
+    ``stall_timeout``: seconds without a byte before the upload is dropped (UploadStalled)."""
+    reader = _Reader(chunks, limit, on_bytes, stall_timeout)
     received: dict[str, tuple[str, str]] = {}
     while True:
         block = await reader.read(_BLOCK)
@@ -99,6 +144,8 @@ async def receive_bundle(chunks: AsyncIterator[bytes], dest: pathlib.Path, limit
             raise UploadError(f"tar member name {name!r} is not a plain, unique file name")
         if len(received) >= MAX_MEMBERS:
             raise UploadError(f"too many files in the upload: a job bundle has {', '.join(BUNDLE_FILES)}")
+        if name in JSON_FILES and info.size > MAX_JSON_BYTES:
+            raise UploadError(f"{name} has {info.size} bytes, more than the {MAX_JSON_BYTES} a job description can need")
         stored = name if name in BUNDLE_FILES else f"stray-{len(received)}"  # never use a client's name as a path
         received[name] = (stored, await _copy_member(reader, info.size, dest / stored))
 
@@ -120,79 +167,96 @@ async def _copy_member(reader: _Reader, size: int, path: pathlib.Path) -> str:
 
 
 def _write_and_hash(f: BinaryIO, sha, piece: bytes) -> None:
-    f.write(piece)
+    try:
+        f.write(piece)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull("the service's disk is full: the upload was dropped; try again later") from None
+        raise
     sha.update(piece)
 
 
 # ---------------------------------------------------------------------- checks on the files on disk
-def check_bundle(dest: pathlib.Path, received: dict[str, tuple[str, str]]) -> dict:
-    """Refuse secret keys, strays, missing files and checksum mismatches; returns the manifest.
-
-    ``received``: what receive_bundle returned.
-    """
-    for name, (stored, _) in received.items():  # secret keys first: a stray key file is named for what it is
-        _refuse_secret(dest / stored, name)
-    digests = {name: sha for name, (_, sha) in received.items()}
-    strays = sorted(set(digests) - set(BUNDLE_FILES))
-    if strays:
-        raise UploadError(f"unexpected files {strays} in the upload: a job bundle has {', '.join(BUNDLE_FILES)}")
-    missing = [n for n in BUNDLE_FILES if n not in digests]
-    if missing:
-        raise UploadError(f"the upload lacks {', '.join(missing)}: send the whole job bundle")
-    try:
-        manifest = files.read_manifest(dest)
-        job = json.loads((dest / files.JOB).read_bytes())
-    except files.BundleError as exc:
-        raise UploadError(str(exc).replace(str(dest), "the upload")) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UploadError(f"job.json is not valid JSON: {exc}") from None
-    sha = manifest.get("sha256") if isinstance(manifest.get("sha256"), dict) else {}
-    for name in (files.PUBLIC_CONTEXT, files.INPUTS, files.JOB):
-        if sha.get(name) != digests[name]:
-            raise UploadError(f"{name} does not match the manifest's checksum (corrupted or from another job)")
-    if not isinstance(job, dict) or job.get("model") != manifest.get("model"):
-        raise UploadError("job.json and the manifest name different models")
-    get_trainer(str(job.get("model")))  # unknown model: HetrainUserError with the list of known ones
+def check_bundle(dest: pathlib.Path, received: dict[str, tuple[str, str]], *, trainer_modules: tuple[str, ...] = (),
+                 memory_limit: int = CHECK_MEMORY_BYTES, timeout: float = CHECK_TIMEOUT_S) -> dict:
+    """Refuse secret keys (anywhere, by content), strays, missing files, checksum mismatches and
+    claims that disagree with the content; returns the manifest. ``received``: what
+    receive_bundle returned. The secret-key scan comes first, so a key is named for what it is
+    whatever else is wrong with the upload."""
+    problem, manifest = _structure(dest, received)
+    result = _run_checker(dest, received, claims=problem is None, trainer_modules=trainer_modules,
+                          memory_limit=memory_limit, timeout=timeout)
+    if result.get("secret"):
+        raise SecretKeyRefused(f"{SECRET_MESSAGE}: {result['error']}. This service accepts public material only "
+                               "(public context and ciphertexts): secret-key material must never leave the client")
+    if problem is not None:
+        raise problem
+    if not result.get("ok"):
+        raise UploadError(result.get("error") or "the upload could not be checked")
     return manifest
 
 
-def _refuse_secret(path: pathlib.Path, name: str) -> None:
-    with open(path, "rb") as f:
-        header = _container_header(f, name)
-        if header is None:  # not a container: only the JSON files may be that
-            if name in EXPECTED_KIND:
-                raise UploadError(f"{name} is not a hetrain container (corrupted)")
-            return
-        _check_kind(header, name, EXPECTED_KIND.get(name))
-        if header.get("kind") == "ciphertext_map":  # every ciphertext inside must be one, not a key
-            offset = f.tell()
-            for part in header.get("parts", []):
-                f.seek(offset)
-                inner = _container_header(f, f"{name} part {part.get('name')!r}")
-                _check_kind(inner or {}, f"{name} part {part.get('name')!r}", "ciphertext")
-                offset += int(part.get("size", 0))
-
-
-def _container_header(f: BinaryIO, what: str) -> dict | None:
-    head = f.read(len(MAGIC) + 4)
-    if head[: len(MAGIC)] != MAGIC or len(head) < len(MAGIC) + 4:
-        return None
-    (hlen,) = struct.unpack("<I", head[len(MAGIC):])
-    if hlen > MAX_HEADER_BYTES:
-        raise UploadError(f"{what}: container header of {hlen} bytes is implausibly large (corrupted)")
+def _structure(dest: pathlib.Path, received: dict[str, tuple[str, str]]) -> tuple[HetrainUserError | None, dict]:
+    """What is wrong with the files themselves (None: nothing) and the manifest."""
+    digests = {name: sha for name, (_, sha) in received.items()}
+    strays = sorted(set(digests) - set(BUNDLE_FILES))
+    if strays:
+        return UploadError(f"unexpected files {strays} in the upload: a job bundle has {', '.join(BUNDLE_FILES)}"), {}
+    missing = [n for n in BUNDLE_FILES if n not in digests]
+    if missing:
+        return UploadError(f"the upload lacks {', '.join(missing)}: send the whole job bundle"), {}
     try:
-        header = json.loads(f.read(hlen).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UploadError(f"{what}: corrupted container header") from None
-    if not isinstance(header, dict):
-        raise UploadError(f"{what}: corrupted container header")
-    return header
+        manifest = read_json(dest / files.MANIFEST, "manifest.json")
+        if not isinstance(manifest, dict) or manifest.get("format") != "hetrain-job":
+            return UploadError("manifest.json is not a hetrain job manifest (corrupted)"), {}
+        job = read_json(dest / files.JOB, "job.json")
+    except HetrainUserError as exc:
+        return UploadError(str(exc).replace(str(dest), "the upload")), {}
+    for name in (files.PUBLIC_CONTEXT, files.INPUTS):
+        with open(dest / name, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                return UploadError(f"{name} is not a hetrain container (corrupted)"), {}
+    sha = manifest.get("sha256") if isinstance(manifest.get("sha256"), dict) else {}
+    for name in (files.PUBLIC_CONTEXT, files.INPUTS, files.JOB):
+        if sha.get(name) != digests[name]:
+            return UploadError(f"{name} does not match the manifest's checksum (corrupted or from another job)"), {}
+    if not isinstance(job, dict) or job.get("model") != manifest.get("model"):
+        return UploadError("job.json and the manifest name different models"), {}
+    try:
+        get_trainer(str(job.get("model")))  # unknown model: HetrainUserError with the list of known ones
+    except HetrainUserError as exc:
+        return exc, {}
+    return None, manifest
 
 
-def _check_kind(header: dict, what: str, expected: str | None) -> None:
-    parts = {str(p.get("name")) for p in header.get("parts", []) if isinstance(p, dict)}
-    if header.get("kind") == SECRET_KIND or parts & SECRET_PART_NAMES:
-        raise SecretKeyRefused(f"{what} contains secret-key material: this service accepts public material only "
-                               "(public context and ciphertexts); the secret key must never leave the client")
-    if expected is not None and header.get("kind") != expected:
-        raise UploadError(f"{what} is a {header.get('kind')!r} container, expected {expected!r}")
+def _run_checker(dest: pathlib.Path, received: dict[str, tuple[str, str]], *, claims: bool,
+                 trainer_modules: tuple[str, ...], memory_limit: int, timeout: float) -> dict:
+    """protocol.bundle_check.main in a child process under ``memory_limit`` bytes (RLIMIT_DATA) and
+    ``timeout`` seconds: the secret-key scan of every received file, then (``claims``) the claims."""
+    code = "import sys; from hetrain.protocol.bundle_check import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", code, os.fspath(dest)] + ([] if claims else ["--scan-only"])
+    for mod in trainer_modules:
+        cmd.append(f"--trainer-module={mod}")
+    cmd += [f"--scan={stored}" for stored, _ in received.values()]  # our names (bundle names, stray-N)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(),
+                              stdin=subprocess.DEVNULL, start_new_session=True,
+                              preexec_fn=_child_setup(memory_limit, os.getpid()))
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"checking the upload took longer than {timeout:g} s: refused"}
+    lines = proc.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        log.warning("upload check failed (exit %s): %s", proc.returncode, proc.stderr[-2000:])
+        if proc.returncode != 0 and ("MemoryError" in proc.stderr or "bad_alloc" in proc.stderr or proc.returncode < 0):
+            return {"ok": False, "error": f"checking the upload's claims needed more than the "
+                                          f"{memory_limit / 1024 ** 3:g} GB allowed for it: refused"}
+        return {"ok": False, "error": "the upload could not be checked (the checker failed): refused"}
+    strays = {stored: name for name, (stored, _) in received.items() if stored != name}
+    if result.get("error") and strays:  # say the client's name of a stray file, not ours
+        for stored, name in strays.items():
+            result["error"] = result["error"].replace(stored, f"file {name!r}")
+    return result
