@@ -230,6 +230,7 @@ class OpenFHEEngine(Engine):
                 kp, key_id = cc.KeyGen(), secrets.token_hex(8)
             else:  # the stored secret, a fresh public key and fresh evaluation keys, under a new tag
                 key_id, raw = read_secret_key(secret_key, self.backend_name, params)
+                cc.Enable(o.PKESchemeFeature.MULTIPARTY)  # for MultipartyKeyGen: a public key for a given secret
                 kp = cc.MultipartyKeyGen([_load(o.DeserializePrivateKeyString, raw, "secret key")])
                 kp.secretKey.SetKeyTag(secrets.token_hex(16))
             super().__init__(params, rotation_steps, key_id, True, forced)
