@@ -67,11 +67,12 @@ def test_128_bit_presets_pass_openfhes_check():
         cc, forced = _make_context(cfg, False)
         assert not forced and cc.GetRingDimension() == cfg.ring_dim
     cfg = PRESETS["openfhe-boot"]
-    assert cfg.params().slots == 4096 and cfg.levels - cfg.boot_depth() - 0 >= 6  # levels after a bootstrap
+    assert cfg.params().slots == 4096 and cfg.params().levels == cfg.levels >= 6  # levels after a bootstrap
+    assert cfg.depth() == cfg.levels + 1 + cfg.boot_depth() == 25
 
 
 def test_bootstrap_restores_levels_and_values(boot, x):
-    assert boot.can_bootstrap and boot.bootstrap_level == 6 and boot.max_level > boot.bootstrap_level
+    assert boot.can_bootstrap and boot.bootstrap_level == boot.max_level == 6
     ct = boot.drop_to_level(boot.encrypt(x), 1)
     ct = boot.square(ct)
     assert ct.level == 0
@@ -86,8 +87,8 @@ def test_bootstrap_restores_levels_and_values(boot, x):
     assert boot.counters.counts["bootstrap"] == 1
 
 
-def test_bootstrap_of_larger_values_and_from_a_high_level(boot, x):
-    b = boot.bootstrap(boot.encrypt(4 * x))  # lowered to level 0 first: the same result level
+def test_bootstrap_of_larger_values_from_the_top_level(boot, x):
+    b = boot.bootstrap(boot.encrypt(4 * x))  # from max_level: lowered to level 0 first, the same result level
     assert b.level == boot.bootstrap_level
     assert np.abs(boot.decrypt(b) - 4 * x).max() < 4 * BOOT_TOL
 

@@ -18,8 +18,10 @@ FLEXIBLEAUTO is also what OpenFHE recommends for bootstrapping precision. Mappin
 * hetrain level h is OpenFHE level ``depth - off - h``. ``off`` is 1 on bootstrapping parameters:
   OpenFHE's bootstrap spends one more rescale on its input (a ciphertext on the last tower alone
   cannot be bootstrapped), so the last tower is kept for it and hetrain's level 0 is two towers.
-* a bootstrapped ciphertext comes back at ``bootstrap_level`` = depth - 1 - GetBootstrapDepth.
-  Inputs are first lowered to level 0 (OpenFHE only refreshes low ciphertexts; one rule for all).
+* a bootstrapped ciphertext comes back at ``bootstrap_level`` = depth - 1 - GetBootstrapDepth, which is
+  also ``max_level``: fresh encryptions start there too (the levels above are the bootstrap's own, as
+  with desilofhe), so the planners' rule "a refresh restores max_level" holds. Inputs are first
+  lowered to level 0 (OpenFHE only refreshes low ciphertexts; one rule for all).
   Bootstrapped values must stay small (|x| <= 8 measured with 1e-6 error at 59-bit scaling).
 * rotation keys: ``EvalRotateKeyGen`` for the declared (normalised, left) steps only; bootstrapping
   parameters add OpenFHE's own bootstrapping keys (``EvalBootstrapKeyGen``) to the same key map.
@@ -66,7 +68,9 @@ def _require():
 
 @dataclasses.dataclass(frozen=True)
 class OpenFHEConfig:
-    """What OpenFHE needs beyond CKKSParams. ``levels``: hetrain levels of a fresh ciphertext."""
+    """What OpenFHE needs beyond CKKSParams. ``levels``: hetrain levels of a fresh ciphertext, which on
+    bootstrapping parameters are also the levels a bootstrap restores (the levels above them are
+    reserved for the bootstrap itself, as in desilofhe; see the module docstring)."""
 
     ring_dim: int
     levels: int
@@ -93,8 +97,9 @@ class OpenFHEConfig:
         return int(o.CryptoContext.GetBootstrapDepth(list(self.level_budget), o.SecretKeyDist.UNIFORM_TERNARY))
 
     def depth(self) -> int:
-        """OpenFHE multiplicative depth: the hetrain levels, plus the reserved tower when bootstrapping."""
-        return self.levels + self.off
+        """OpenFHE multiplicative depth: the hetrain levels, plus (bootstrapping) the reserved tower and
+        the bootstrap's own depth."""
+        return self.levels + self.off + self.boot_depth()
 
     def params(self) -> CKKSParams:
         # nominal chain: OpenFHE chooses its primes (first modulus, one per level, key-switching primes)
@@ -116,9 +121,8 @@ class OpenFHEConfig:
 
 def _boot(name: str, ring_dim: int, after: int, budget: tuple[int, int], secure: bool, *, scale_bits: int = 59,
           dnum: int = 0, slots: int = 0) -> OpenFHEConfig:
-    """A bootstrapping set with ``after`` hetrain levels left after a bootstrap (uniform ternary secret)."""
-    depth = {(2, 2): 18, (3, 3): 20, (4, 4): 22, (3, 2): 19, (4, 3): 21}[budget]  # GetBootstrapDepth, UNIFORM_TERNARY
-    return OpenFHEConfig(ring_dim, depth + after, scale_bits, 60, budget, dnum, secure, name, slots)
+    """A bootstrapping set with ``after`` hetrain levels after a bootstrap (uniform ternary secret)."""
+    return OpenFHEConfig(ring_dim, after, scale_bits, 60, budget, dnum, secure, name, slots)
 
 
 PRESETS: dict[str, OpenFHEConfig] = {
@@ -271,7 +275,7 @@ class OpenFHEEngine(Engine):
         self._off = cfg.off
         self._zeros: dict[int, object] = {}
         if cfg.bootstraps:
-            self._boot_level = self._depth - 1 - cfg.boot_depth()
+            self._boot_level = self._depth - 1 - cfg.boot_depth()  # == max_level
             if self._boot_level < 1:
                 raise CKKSError(f"openfhe parameters {cfg.name}: bootstrapping leaves {self._boot_level} levels")
         else:
