@@ -54,9 +54,13 @@ def test_refuses_parameters_below_128_bits_unless_forced():
         ckks.create_engine("openfhe", "n16384")
     forced = ckks.create_engine("openfhe", "n16384", force_insecure=True)
     assert forced.forced_insecure and forced.max_level == 7
+    # a server loads the public context of parameters the data owner forced (it says so; logs say INSECURE)
     small = ckks.create_engine("openfhe", "openfhe-test", force_insecure=True)
+    assert ckks.load_engine(small.public_bytes()).forced_insecure
+    meta, parts = ckks.container.unpack(small.public_bytes())
+    meta = {k: v for k, v in meta.items() if k not in ("parts", "forced_insecure")}
     with pytest.raises(ckks.InsecureParameters, match="force_insecure"):
-        ckks.load_engine(small.public_bytes())
+        ckks.load_engine(ckks.container.pack(meta, parts))
 
 
 def test_128_bit_presets_pass_openfhes_check():

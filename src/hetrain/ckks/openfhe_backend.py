@@ -408,7 +408,7 @@ class OpenFHEEngine(Engine):
         o, tag = self._o, self._tag
         meta = {"kind": "public_context", "backend": self.backend_name, "params": self.params.to_dict(),
                 "key_id": self.key_id, "steps": sorted(self.rotation_steps), "config": self.config.to_dict(),
-                "tag": tag}
+                "tag": tag, "forced_insecure": self.forced_insecure}
         parts = {"cc": bytes(o.Serialize(self._cc, o.BINARY)), "pk": bytes(o.Serialize(self._pk, o.BINARY)),
                  "rlk": bytes(o.SerializeEvalMultKeyString(o.BINARY, tag))}
         if self._has_gk:
@@ -424,9 +424,11 @@ class OpenFHEEngine(Engine):
         params = CKKSParams.from_dict(meta["params"])
         sk = None if secret is None else unpack_secret_key(meta, params, secret)
         cfg = OpenFHEConfig.from_dict(meta["config"])
-        if not cfg.secure and not force_insecure:
+        # the data owner forced these parameters when making the keys (recorded in the context): a server
+        # computes on them (every log line says INSECURE); a context that does not say so is refused
+        if not cfg.secure and not (force_insecure or meta.get("forced_insecure")):
             raise InsecureParameters(f"the public context uses openfhe parameters {cfg.name}, below 128-bit "
-                                     "security; load it with force_insecure=True")
+                                     "security, and was not made with force_insecure; load it with force_insecure=True")
         return cls(None, (), force_insecure=force_insecure,
                    _public={"key_id": meta["key_id"], "steps": meta["steps"], "config": meta["config"],
                             "tag": meta["tag"], **parts}, _secret=sk)

@@ -107,13 +107,16 @@ PRESETS: dict[str, CKKSParams] = {
 
 
 def get_params(preset: str | CKKSParams) -> CKKSParams:
-    """A preset by name, or the CKKSParams passed in."""
+    """A preset by name (the openfhe backend's too), or the CKKSParams passed in."""
     if isinstance(preset, CKKSParams):
         return preset
-    try:
+    if preset in PRESETS:
         return PRESETS[preset]
-    except KeyError:
-        raise ValueError(f"unknown CKKS preset {preset!r}; choose one of {', '.join(PRESETS)}") from None
+    from .openfhe_backend import PRESETS as OPENFHE_PRESETS  # plain data; openfhe itself stays optional
+    if preset in OPENFHE_PRESETS:
+        return OPENFHE_PRESETS[preset].params()
+    raise ValueError(f"unknown CKKS preset {preset!r}; choose one of {', '.join(PRESETS)} "
+                     f"(openfhe backend: {', '.join(OPENFHE_PRESETS)})")
 
 
 def smallest_preset_with_levels(levels: int) -> str | None:
