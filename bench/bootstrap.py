@@ -1,10 +1,16 @@
-"""Measure desilofhe bootstrapping through the hetrain engine: key sizes, keygen, bootstrap time, memory.
+"""Measure bootstrapping through the hetrain engine: key sizes, keygen, bootstrap time, memory.
 
     python bench/bootstrap.py [--key-size small|medium] [--repeats 2] [--threads 2] [--force]
+    python bench/bootstrap.py --backend openfhe [--preset openfhe-boot] [--force-insecure] [--force]
 
-Needs the optional desilofhe package (non-commercial licence; ``pip install hetrain[desilo]``).
+desilo: needs the optional desilofhe package (non-commercial licence; ``pip install hetrain[desilo]``).
 At N = 2^16 it needs several GB (small key ≈10 GB peak, medium ≈15 GB+), so it refuses to start
 unless 18 GB are available (the machine is shared) — ``--force`` overrides.
+openfhe: needs ``pip install 'hetrain[openfhe]'`` (Python 3.10). openfhe-boot (N=2^16, 128-bit, 4096
+slots, [2,2]) holds ≈69 bootstrapping keys of ≈186 MiB (relinearisation key measured): ≈13 GB of
+keys, estimated ≈15 GB peak, so the same 18 GB guard applies; the INSECURE test rings
+(``--preset openfhe-boot-test --force-insecure``) need well under 1 GB. Key sizes are printed for
+openfhe only with ``--key-sizes`` (serialising the keys doubles the memory).
 Prints medians of the bootstrap time, the error after bootstrapping, key sizes and peak RSS.
 """
 from __future__ import annotations
@@ -23,28 +29,45 @@ NEED_GB = 18
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="desilo", choices=("desilo", "openfhe"))
+    p.add_argument("--preset", default=None, help="openfhe: parameter set (default openfhe-boot)")
+    p.add_argument("--force-insecure", action="store_true", help="openfhe: allow an INSECURE test ring")
+    p.add_argument("--key-sizes", action="store_true", help="openfhe: serialise the keys to print their sizes")
     p.add_argument("--key-size", default="small", choices=("small", "medium"))
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--force", action="store_true", help="run even with less than 18 GB available")
     args = p.parse_args(argv)
 
-    from hetrain.ckks import desilo_backend
-    if not desilo_backend.available():
-        print("desilofhe is not installed (optional extra: pip install 'hetrain[desilo]'); nothing to measure")
+    if args.backend == "openfhe":
+        from hetrain.ckks import openfhe_backend as backend_module
+        extra = "pip install 'hetrain[openfhe]', Python 3.10"
+    else:
+        from hetrain.ckks import desilo_backend as backend_module
+        extra = "pip install 'hetrain[desilo]'"
+    if not backend_module.available():
+        print(f"{args.backend} is not installed (optional extra: {extra}); nothing to measure")
         return 0
+    preset = args.preset or ("openfhe-boot" if args.backend == "openfhe" else "desilo-boot")
+    small = args.backend == "openfhe" and backend_module.PRESETS.get(preset) is not None \
+        and backend_module.PRESETS[preset].ring_dim <= 8192
     avail = psutil.virtual_memory().available / 2**30
-    if avail < NEED_GB and not args.force:
+    if avail < NEED_GB and not args.force and not small:
         print(f"only {avail:.1f} GB available (< {NEED_GB} GB): not starting on a shared machine; --force overrides")
         return 1
 
     from hetrain import ckks
     t0 = time.perf_counter()
-    eng = ckks.create_engine("desilo", "desilo-boot", [], threads=args.threads, bootstrap_key_size=args.key_size)
+    if args.backend == "openfhe":
+        eng = ckks.create_engine("openfhe", preset, [], force_insecure=args.force_insecure)
+    else:
+        eng = ckks.create_engine("desilo", preset, [], threads=args.threads, bootstrap_key_size=args.key_size)
     keygen = time.perf_counter() - t0
-    print(f"{eng.describe()}; bootstrap key '{args.key_size}'; keygen {keygen:.1f} s", flush=True)
-    for k, v in eng.key_sizes().items():
-        print(f"  {k}: {v / 2**20:.1f} MiB")
+    print(f"{eng.describe()}; keygen {keygen:.1f} s; peak RSS after keygen "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB", flush=True)
+    if args.backend != "openfhe" or args.key_sizes:
+        for k, v in eng.key_sizes().items():
+            print(f"  {k}: {v / 2**20:.1f} MiB")
     x = np.random.default_rng(0).uniform(-1, 1, eng.slots)
     ct = eng.encrypt(x, level=0)
     times, errs = [], []

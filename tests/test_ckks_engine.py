@@ -8,6 +8,7 @@ rounding (1e-12).
 """
 from __future__ import annotations
 
+import importlib.util
 
 import numpy as np
 import pytest
@@ -16,10 +17,15 @@ from hetrain import ckks
 
 STEPS = [1, 2, 4, 8, -1, 64]
 TOL = {"seal": 2e-5, "sim": 1e-12}
+# the optional OpenFHE backend where its wheel installs (Python 3.10): on its INSECURE test ring
+# (N=8192, 7 levels at 2^50, forced), the same tests and tolerances as SEAL
+_OPENFHE = [pytest.param("openfhe", marks=pytest.mark.insecure)] if importlib.util.find_spec("openfhe") else []
 
 
-@pytest.fixture(scope="module", params=["seal", "sim"])
+@pytest.fixture(scope="module", params=["seal", "sim", *_OPENFHE])
 def eng(request):
+    if request.param == "openfhe":
+        return ckks.create_engine("openfhe", "openfhe-test", rotations=STEPS, force_insecure=True)
     return ckks.create_engine(request.param, "n16384", rotations=STEPS)
 
 

@@ -6,7 +6,9 @@
 
 Backends: ``seal`` (Microsoft SEAL via TenSEAL, real encryption), ``sim`` (NumPy, INSECURE,
 for tests and planning only) and the optional ``desilo`` (desilofhe, real encryption with
-bootstrapping; non-commercial licence, installed only on request: ``pip install hetrain[desilo]``). A server rebuilds an engine from ``eng.public_bytes()`` with
+bootstrapping; non-commercial licence, installed only on request: ``pip install hetrain[desilo]``) and the
+optional ``openfhe`` (OpenFHE, BSD-2, real encryption with bootstrapping; Python 3.10 wheel:
+``pip install 'hetrain[openfhe]'``). A server rebuilds an engine from ``eng.public_bytes()`` with
 ``load_engine``; it can compute but never decrypt.
 """
 from __future__ import annotations
@@ -20,9 +22,9 @@ from .errors import (CKKSError, DepthExhausted, InsecureParameters, KeyMismatch,
                      SecretKeyUnavailable, SerializationError)
 from .params import PRESETS, CKKSParams, get_params, smallest_preset_with_levels
 
-BACKENDS = ("seal", "sim", "desilo")
+BACKENDS = ("seal", "sim", "desilo", "openfhe")
 # backends that can bootstrap (sim: only with parameters that give it a bootstrap level)
-BOOTSTRAP_BACKENDS = ("sim", "desilo")
+BOOTSTRAP_BACKENDS = ("sim", "desilo", "openfhe")
 
 
 def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", rotations: Iterable[int] = (),
@@ -32,6 +34,10 @@ def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", ro
     ``backend="sim"`` is an INSECURE NumPy simulation (options: ``noise``, ``seed``, ``bootstrap_level``).
     ``backend="desilo"`` takes "desilo-boot" (bootstrapping), "desilo-l<L>", or a SEAL preset (same
     level count, desilofhe's ring); options ``threads``, ``mode`` ("cpu"/"gpu"), ``bootstrap_key_size``.
+    ``backend="openfhe"`` takes its presets ("openfhe-boot": 128-bit, N=2^16, 4096 slots, bootstrapping, 6 levels;
+    "openfhe-l10": 128-bit, no bootstrapping; "openfhe-test", "openfhe-boot-test[-sparse]": INSECURE test rings)
+    or a SEAL preset / CKKSParams (same ring, levels and scale, no bootstrapping; OpenFHE's own 128-bit
+    check applies, force_insecure to go below it).
     Every backend takes ``secret_key=`` (``secret_key_bytes()`` of an earlier engine of the same backend
     and parameters, else KeyMismatch): the engine keeps that secret key and its key id and makes fresh
     public, relinearisation and Galois keys (a job's evaluation keys under the data owner's key).
@@ -39,6 +45,9 @@ def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", ro
     if backend == "desilo":  # imported only when asked for (optional, non-redistributable dependency)
         from .desilo_backend import DesiloEngine
         return DesiloEngine(params, rotations, **options)
+    if backend == "openfhe":  # imported only when asked for (optional; no wheel for Python 3.11)
+        from .openfhe_backend import OpenFHEEngine
+        return OpenFHEEngine(params, rotations, force_insecure=force_insecure, **options)
     p = get_params(params)
     if backend == "seal":
         from .seal_backend import SealEngine
@@ -59,6 +68,9 @@ def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: b
     if backend == "desilo":
         from .desilo_backend import DesiloEngine
         return DesiloEngine.from_bytes(public, secret, force_insecure=force_insecure)
+    if backend == "openfhe":
+        from .openfhe_backend import OpenFHEEngine
+        return OpenFHEEngine.from_bytes(public, secret, force_insecure=force_insecure)
     if backend == "sim-INSECURE":
         from .sim_backend import SimEngine
         return SimEngine.from_bytes(public, secret, force_insecure=force_insecure)

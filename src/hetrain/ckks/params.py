@@ -30,10 +30,14 @@ class CKKSParams:
     coeff_bits: tuple[int, ...]
     scale_bits: int = 40
     name: str = "custom"
+    #: sparse packing: the number of slots when fewer than N/2 (0: full packing). Only the openfhe
+    #: backend packs sparsely; serialised (and fingerprinted) only when set, so full-packing
+    #: parameter sets keep their fingerprints.
+    packing: int = 0
 
     @property
     def slots(self) -> int:
-        return self.poly_modulus_degree // 2
+        return self.packing or self.poly_modulus_degree // 2
 
     @property
     def levels(self) -> int:
@@ -63,16 +67,20 @@ class CKKSParams:
         )
 
     def describe(self) -> str:
-        return f"N={self.poly_modulus_degree} chain={plain(list(self.coeff_bits))} scale=2^{self.scale_bits}"
+        sparse = f" slots={self.packing}" if self.packing else ""
+        return f"N={self.poly_modulus_degree} chain={plain(list(self.coeff_bits))} scale=2^{self.scale_bits}{sparse}"
 
     def to_dict(self) -> dict:
-        return {"poly_modulus_degree": self.poly_modulus_degree, "coeff_bits": list(self.coeff_bits),
-                "scale_bits": self.scale_bits, "name": self.name}
+        d = {"poly_modulus_degree": self.poly_modulus_degree, "coeff_bits": list(self.coeff_bits),
+             "scale_bits": self.scale_bits, "name": self.name}
+        if self.packing:
+            d["packing"] = self.packing
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "CKKSParams":
         return cls(int(d["poly_modulus_degree"]), tuple(int(b) for b in d["coeff_bits"]),
-                   int(d["scale_bits"]), str(d.get("name", "custom")))
+                   int(d["scale_bits"]), str(d.get("name", "custom")), int(d.get("packing", 0)))
 
     def fingerprint(self) -> str:
         """Stable id of the parameters (not of the keys), stored with every serialised object."""
@@ -99,13 +107,16 @@ PRESETS: dict[str, CKKSParams] = {
 
 
 def get_params(preset: str | CKKSParams) -> CKKSParams:
-    """A preset by name, or the CKKSParams passed in."""
+    """A preset by name (the openfhe backend's too), or the CKKSParams passed in."""
     if isinstance(preset, CKKSParams):
         return preset
-    try:
+    if preset in PRESETS:
         return PRESETS[preset]
-    except KeyError:
-        raise ValueError(f"unknown CKKS preset {preset!r}; choose one of {', '.join(PRESETS)}") from None
+    from .openfhe_backend import PRESETS as OPENFHE_PRESETS  # plain data; openfhe itself stays optional
+    if preset in OPENFHE_PRESETS:
+        return OPENFHE_PRESETS[preset].params()
+    raise ValueError(f"unknown CKKS preset {preset!r}; choose one of {', '.join(PRESETS)} "
+                     f"(openfhe backend: {', '.join(OPENFHE_PRESETS)})")
 
 
 def smallest_preset_with_levels(levels: int) -> str | None:

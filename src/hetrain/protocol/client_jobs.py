@@ -77,7 +77,7 @@ def resolve_refresh(refresh: str, model: str, config: dict | None, backend: str,
 def default_refresh(backend: str) -> str:
     """The refresh of a trainer that can refresh: the server bootstraps on a backend that can (desilo),
     else the client re-encrypts."""
-    return "bootstrap" if backend == "desilo" else "client"
+    return "bootstrap" if backend in ("desilo", "openfhe") else "client"
 
 
 def prepare_job(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = "auto",
@@ -374,7 +374,8 @@ class MiniBatchJob(ClientJob):
         n, d = self.Xp.shape
         c = self.Y.shape[1]
         if preset == "auto":
-            preset = "desilo-boot" if refresh == "bootstrap" and backend == "desilo" else "n16384"
+            preset = {"desilo": "desilo-boot", "openfhe": "openfhe-boot"}.get(backend, "n16384") \
+                if refresh == "bootstrap" else "n16384"
         if backend == "desilo" and not isinstance(preset, ckks.CKKSParams):
             probe = ckks.create_engine(backend, preset, ())  # desilo picks its ring: learn slots and levels
             self.params = probe.params
