@@ -9,8 +9,10 @@ BACKEND_LINES = {
     "sim": "NumPy simulation, INSECURE: nothing is encrypted (tests and planning only)",
     "desilo": "desilofhe: real encryption with bootstrapping; NON-COMMERCIAL licence, optional "
               "(pip install 'hetrain[desilo]')",
+    "openfhe": "OpenFHE (BSD-2): real encryption with bootstrapping, training without the data owner; Python 3.10 "
+               "only (pip install 'hetrain[openfhe]'); presets openfhe-boot, openfhe-l10, ...",
 }
-_MODULES = {"seal": "tenseal", "desilo": "desilofhe"}
+_MODULES = {"seal": "tenseal", "desilo": "desilofhe", "openfhe": "openfhe"}
 LAYOUTS = {"auto": "diagonal up to 16 features, dvr above", "dvr": "mlp-dvr", "diagonal": "mlp-diagonal"}
 
 
