@@ -1,4 +1,9 @@
-"""The real CKKS backend: Microsoft SEAL 4.1 through TenSEAL's ``tenseal.sealapi``.
+"""The real CKKS backend: Microsoft SEAL 4 through TenSEAL's ``tenseal.sealapi``.
+
+hetrain pins TenSEAL 0.3.18 (SEAL 4.3) on Python 3.11+ and 0.3.16 (SEAL 4.1, the newest TenSEAL
+for Python 3.10) on 3.10. Both expose the same calls, but SEAL refuses objects written by another
+minor version, so keys and ciphertexts move only between installations of the same TenSEAL
+(``_seal_from_bytes`` says so instead of SEAL's bare "incompatible version").
 
 Scales are managed exactly. Rescaling divides by the level's prime q_l, which is only close to
 2^40 (|2^40/q_l - 1| up to 2e-5 at N=32768); forcing the scale back to 2^40 after each
@@ -11,6 +16,7 @@ a few 1e-5 of 2^40, so precision is unchanged.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
 import secrets
@@ -41,6 +47,21 @@ def _seal_to_bytes(obj) -> bytes:
         os.remove(path)
 
 
+def _written_by(data: bytes) -> str | None:
+    """SEAL version (major.minor) in a serialised object's header: magic A15E, size, major, minor."""
+    return f"{data[3]}.{data[4]}" if len(data) >= 5 and data[:2] == b"\x5e\xa1" else None
+
+
+_LOCAL_SEAL_VERSION: list[str] = []
+
+
+def seal_version() -> str:
+    """Version (major.minor) of the SEAL that this TenSEAL bundles, as it writes it into every object."""
+    if not _LOCAL_SEAL_VERSION:
+        _LOCAL_SEAL_VERSION.append(_written_by(_seal_to_bytes(seal.Plaintext())) or "unknown")
+    return _LOCAL_SEAL_VERSION[0]
+
+
 def _seal_from_bytes(obj, ctx, data: bytes, what: str):
     fd, path = tempfile.mkstemp(dir=_tmpdir(), prefix="hetrain-")
     try:
@@ -49,10 +70,23 @@ def _seal_from_bytes(obj, ctx, data: bytes, what: str):
         try:
             obj.load(ctx, path)
         except Exception as exc:  # SEAL raises ValueError/RuntimeError with terse messages
+            theirs, ours = _written_by(data), seal_version()
+            if theirs is not None and theirs != ours:
+                raise SerializationError(
+                    f"{what} was written by SEAL {theirs}, this installation has SEAL {ours} (TenSEAL "
+                    f"{_tenseal_version()}); SEAL reads only its own version: both sides need the same TenSEAL "
+                    "(hetrain installs 0.3.18 on Python 3.11, 0.3.16 on Python 3.10)") from None
             raise SerializationError(f"{what} does not load under these parameters: {exc}") from None
         return obj
     finally:
         os.remove(path)
+
+
+def _tenseal_version() -> str:
+    try:
+        return importlib.metadata.version("tenseal")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def galois_element(step: int, n: int) -> int:
