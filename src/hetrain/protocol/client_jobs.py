@@ -528,7 +528,9 @@ class MiniBatchJob(ClientJob):
         stats["client_refresh_s"] = r.get("client_seconds")
         stats["train_s"] = stats["server_train_s"]
         weights = release({"W": unwhiten(best, self.P)}, decimals, 0.0, np.random.default_rng(self.options.get("seed")))
-        stats["released_max_abs_diff"] = float(np.max(np.abs(weights["W"] - twin["W"]))) if twin else float("nan")
+        # the released (best) epoch against the twin replayed to that epoch's step, on the same features
+        stats["released_max_abs_diff"] = (float(np.max(np.abs(weights["W"] - stats["twin_best_weights"])))
+                                          if twin else float("nan"))
         info = model_info(self.backend, self.params, release={"decimals": decimals, "noise_std": 0.0},
                           refresh=self.refresh, training={"trainer": "mlr-minibatch", **self.trainer.config,
                                                           "whitening": self.whitening},
