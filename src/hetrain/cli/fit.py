@@ -37,7 +37,8 @@ def add_training_arguments(p: argparse.ArgumentParser, keys: bool = False) -> No
     p.add_argument("--iterations", type=int, help="training iterations (default: the trainer's)")
     if not keys:
         p.add_argument("--preset", default="auto", help=f"CKKS parameters: auto (smallest that fits) or one of {', '.join(ckks.PRESETS)}")
-        p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help="seal (real encryption) or sim (INSECURE, for tests)")
+        p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help="seal (real encryption, the default), sim (INSECURE, for tests), "
+                        "openfhe or desilo (bootstrapping; optional extras): see `hetrain models`")
     p.add_argument("--learning-rate", type=float, help="step size (default: the trainer's)")
     p.add_argument("--sigmoid", help="sigmoid approximation: 'published' or 'deg<D>:<B>' such as deg5:12")
     p.add_argument("--hidden", help="hidden layer sizes for mlp, comma separated, e.g. 32,16")
