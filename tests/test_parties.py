@@ -347,3 +347,27 @@ def test_fit_with_a_key_directory_keeps_it_and_refuses_other_parameters(tmp_path
         fit(X, y, "mlr", {"iterations": 2}, backend="sim", preset="n32768", keys=tmp_path / "K", progress=False)
     with pytest.raises(HetrainUserError, match="--backend at sim"):
         fit(X, y, "mlr", {"iterations": 2}, backend="seal", keys=tmp_path / "K", progress=False)
+
+
+def test_decrypt_refuses_a_result_that_disagrees_with_the_twin_unless_forced(parties):
+    """Issue 13 item 4: a server's result that is not the computation asked for (here: well-formed
+    encryptions of other values in outputs.bin) is refused — exit 1, nothing written — and written only
+    with --force-unverified, marked unverified, exit 6."""
+    from hetrain.protocol import files
+    from hetrain.protocol.keys import KeyDir
+
+    owner, server = parties
+    hetrain("keygen", "--out", "KEYS", "--backend", "sim", cwd=owner)
+    hetrain("encrypt", "--keys", "KEYS", "--data", "iris.csv", "--out", server / "JOB", "--model", "mlr",
+            "--iterations", "2", "--sigmoid", "deg3:16", "--quiet", cwd=owner)
+    hetrain("train", "--job", "JOB", "--quiet", cwd=server)
+    engine = KeyDir.open(owner / "KEYS").job_engine(())
+    outputs = files.read_ciphertext_map(server / "JOB" / files.OUTPUTS, engine, "outputs")
+    tampered = {k: [engine.add(ct, 0.5) for ct in v] for k, v in outputs.items()}
+    files.write_ciphertext_map(server / "JOB" / files.OUTPUTS, engine, tampered)
+    r = hetrain("decrypt", "--keys", "KEYS", "--job", server / "JOB", "--out", "m.json", cwd=owner, check=False)
+    assert r.returncode == 1 and "could not be verified" in r.stderr and not (owner / "m.json").exists()
+    r = hetrain("decrypt", "--keys", "KEYS", "--job", server / "JOB", "--out", "m.json", "--force-unverified",
+                cwd=owner, check=False)
+    assert r.returncode == 6 and "UNVERIFIED" in r.stdout
+    assert TrainedModel.load(owner / "m.json").info["verified"] is False

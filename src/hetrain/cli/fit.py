@@ -184,7 +184,10 @@ def explain(stats: dict) -> list[str]:
     """The run's key figures in plain words (issue 17): what the twin check, the depth and the backend mean."""
     lines = []
     diff = stats.get("twin_max_abs_diff")
-    if diff is not None and diff == diff:  # not NaN
+    if stats.get("verified") is False:
+        lines.append(f"check: the decrypted model differs from the same computation done in plaintext (the twin) "
+                     f"by {diff:.1e}: NOT verified")
+    elif diff is not None and diff == diff:  # not NaN
         lines.append(f"check: the decrypted model matches the same computation done in plaintext (the twin) to "
                      f"{diff:.1e}: encryption did not change the result beyond CKKS noise")
     elif stats.get("partial"):

@@ -130,7 +130,11 @@ class ClientJob:
         without monitoring)."""
         return None
 
-    def finish(self, engine, outputs, server_stats: dict | None, record_dir: pathlib.Path | None) -> FitResult:
+    def finish(self, engine, outputs, server_stats: dict | None, record_dir: pathlib.Path | None,
+               force_unverified: bool = False) -> FitResult:
+        """Decrypt, compare with the twin, release. ``force_unverified``: release even a model that
+        disagrees with its twin (TwinMismatch otherwise), marked ``verified: false`` in the stats and
+        the model file's info."""
         raise NotImplementedError
 
     # -------------------------------------------------------------- persistence
@@ -266,7 +270,7 @@ class TrainerJob(ClientJob):
 
         return ClientRefresher(engine) if self.refresh == "client" else None
 
-    def finish(self, engine, outputs, server_stats, record_dir) -> FitResult:
+    def finish(self, engine, outputs, server_stats, record_dir, force_unverified: bool = False) -> FitResult:
         from .planning import twin_max_abs_diff
 
         if outputs is None:
@@ -282,8 +286,9 @@ class TrainerJob(ClientJob):
         twin_s = time.perf_counter() - t0
         # the headline measures encryption fidelity (raw decryption); release rounding adds <= 0.5e-{decimals}
         diff = twin_max_abs_diff(raw, twin)
-        check_twin(diff, twin)  # before anything is released
+        verified = _checked(diff, twin, force_unverified)  # before anything is released
         stats = self._base_stats(engine, server_stats)
+        stats["verified"] = verified
         stats.update({"decrypt_s": decrypt_s, "twin_s": twin_s, "twin_max_abs_diff": diff,
                       "released_max_abs_diff": twin_max_abs_diff(weights, twin),
                       "rotation_steps": self.rotations, "levels_needed": self.plan.levels_needed,
@@ -292,7 +297,8 @@ class TrainerJob(ClientJob):
                       "iterations": self.plan.iterations, "defaults": self.defaults, "stop_reason": "done"})
         info = model_info(self.backend, self.params, release={"decimals": self.options["release_decimals"],
                                                               "noise_std": self.options["noise_std"]},
-                          refresh=self.refresh, n_train=int(self.Xp.shape[0]), twin_max_abs_diff=diff)
+                          refresh=self.refresh, n_train=int(self.Xp.shape[0]), twin_max_abs_diff=diff,
+                          verified=verified)
         model = TrainedModel(self.trainer.name, dict(self.trainer.config), weights, self.pre, engine.key_id, info)
         return FitResult(model, stats, twin, diff, self.plan)
 
@@ -313,6 +319,19 @@ class TrainerJob(ClientJob):
 
     def after_load(self) -> None:
         self.plan = self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params)
+
+
+def _checked(diff: float, twin, force: bool) -> bool:
+    """check_twin; with ``force`` a mismatch is returned as False (the release is marked unverified)."""
+    from .errors import TwinMismatch
+
+    try:
+        check_twin(diff, twin)
+        return True
+    except TwinMismatch:
+        if not force:
+            raise
+        return False
 
 
 # options of mini-batch mlr that other jobs accept only at their default (None)
@@ -443,7 +462,7 @@ class MiniBatchJob(ClientJob):
         self.n_batches = int(job["n_batches"])
         return inputs, job
 
-    def validation(self, engine, record_dir: pathlib.Path | None, log=None):
+    def validation(self, engine, record_dir: pathlib.Path | None, log=None, verify: bool = True):
         """The client's monitor of this job (refresh checks, validation, best model), its state kept in
         ``record_dir`` so a data owner who comes back (or ``hetrain decrypt``) continues it."""
         from .refresh import MLRValidation
@@ -456,7 +475,7 @@ class MiniBatchJob(ClientJob):
         return MLRValidation(self.trainer, self.Xv, self.yv, self.Xp.shape[1], self.Y.shape[1], engine.slots,
                              X_train=self.Xp, retract=self.refresh == "client",
                              time_limit=self.options.get("time_limit"), log=log,
-                             state_dir=record_dir, twin_at=twin_at)
+                             state_dir=record_dir, twin_at=twin_at if verify else None)
 
     @property
     def wants_channel(self) -> bool:
@@ -471,13 +490,15 @@ class MiniBatchJob(ClientJob):
         return ClientRefresher(engine, check=v.check if self.refresh == "client" else None,
                                evaluate=v.evaluate if self.Xv is not None else None)
 
-    def finish(self, engine, outputs, server_stats, record_dir, failure: str | None = None) -> FitResult:
+    def finish(self, engine, outputs, server_stats, record_dir, failure: str | None = None,
+               force_unverified: bool = False) -> FitResult:
         from hetrain.models.minibatch_plan import unwhiten
 
         from .refresh import twin_long
 
-        v = self.validation(engine, record_dir, getattr(self, "log", None))
+        v = self.validation(engine, record_dir, getattr(self, "log", None), verify=not force_unverified)
         stats = self._base_stats(engine, server_stats)
+        verified = True
         decimals = self.options.get("release_decimals", DEFAULT_RELEASE_DECIMALS)
         twin: dict = {}
         if outputs is None:  # the server or the channel died: release the best validated epoch, if any
@@ -514,8 +535,8 @@ class MiniBatchJob(ClientJob):
             stats["twin_max_abs_diff"] = diff
             stats["twin_best_max_abs_diff"] = float(np.max(np.abs(best - twin_best)))
             # nothing is released that disagrees with the plaintext twin (a wrong server computation)
-            check_twin(diff, twin_final)
-            check_twin(stats["twin_best_max_abs_diff"], twin_best)
+            verified = _checked(diff, twin_final, force_unverified)
+            verified = _checked(stats["twin_best_max_abs_diff"], twin_best, force_unverified) and verified
             # on the standardised features like the released model (bench/fidelity.py compares them)
             stats["twin_weights"] = unwhiten(twin_final, self.P)
             stats["twin_best_weights"] = unwhiten(twin_best, self.P)
@@ -536,7 +557,8 @@ class MiniBatchJob(ClientJob):
                                                           "whitening": self.whitening},
                           history=v.history, n_train=self.options["n_train"],
                           n_validation=self.options["n_validation"], twin_max_abs_diff=diff,
-                          partial=stats["partial"], stop_reason=stats["stop_reason"])
+                          partial=stats["partial"], stop_reason=stats["stop_reason"], verified=verified)
+        stats["verified"] = verified
         # the released weights are a plain logistic-regression model: "mlr" predicts with them
         model = TrainedModel("mlr", {}, weights, self.pre, engine.key_id, info)
         return FitResult(model, stats, twin, diff, None)

@@ -224,6 +224,7 @@ def _client_half(keys: KeyDir, jobdir: pathlib.Path, engine=None, job: ClientJob
 # ---------------------------------------------------------------------------- decrypt
 def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, failure: str | None = None,
             server_stats: dict | None = None, server: str | None = None, remote_job: str | None = None,
+            force_unverified: bool = False,
             progress: bool = False, server_ca=None) -> FitResult:
     """Decrypt the server's result in ``jobdir``, compare it with the plaintext twin (TwinMismatch: no
     model) and release it (rounded). Mini-batch mlr releases its best validated epoch; when the
@@ -245,7 +246,8 @@ def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, 
     if outputs is None and failure is None and (jobdir / files.SERVER_ERROR).is_file():
         err = json.loads(files.read_bytes(jobdir / files.SERVER_ERROR, "server error"))
         failure = f"the server failed: {err.get('message')}"
-    return job.finish(engine, outputs, server_stats, record_dir, **({"failure": failure} if failure else {}))
+    return job.finish(engine, outputs, server_stats, record_dir, force_unverified=force_unverified,
+                      **({"failure": failure} if failure else {}))
 
 
 # ---------------------------------------------------------------------------- fit
