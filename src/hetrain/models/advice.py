@@ -14,7 +14,7 @@ options and names only those with which the same checks pass. Both functions tak
 which must run exactly the checks the real run makes before keygen (make the trainer from the
 user's ``config``, pick/plan the preset, ``plan.check``, ``trainer.client_check(X, Y)``);
 ``X`` is the preprocessed data (the candidate ``--scale`` multiplies it), ``preset`` a preset name
-or "auto". protocol.pipeline.fit uses them for every trainer; the mini-batch/refresh path can do
+or "auto". protocol.planning.prepare uses them for every trainer; the mini-batch path (client_jobs) does
 the same with its own ``build`` (see ``refusal_with_advice``).
 
 Candidates, in order (the first that passes of each kind, then the first ``limit`` kinds):
