@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 
 from hetrain.ckks.container import pack, unpack
@@ -27,17 +26,9 @@ def save(path, engine, state: list, meta: dict) -> None:
     """Atomically write ``state`` (ciphertexts) and ``meta`` (JSON-able) to ``path``."""
     header = {"kind": KIND, "key_id": engine.key_id, "n": len(state), "meta": json.dumps(meta)}
     blob = pack(header, {str(i): engine.serialize(ct) for i, ct in enumerate(state)})
-    path = pathlib.Path(path)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from .files import atomic_write
+
+    atomic_write(path, blob, durable=True)  # flushed to disk, then renamed over the old one
 
 
 def load(path, engine) -> tuple[list, dict] | None:

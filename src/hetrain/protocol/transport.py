@@ -302,25 +302,11 @@ class HttpTransport:
     def _status(self, http, job_id: str) -> dict:
         """The job's status; connection errors and 5xx are retried for up to ``retry_s`` seconds
         (the job goes on without us meanwhile)."""
-        import httpx
-
-        path, failing_since, pause = f"/v1/jobs/{job_id}", None, _RETRY_PAUSE_S[0]
-        while True:
-            try:
-                r = http.get(path)
-                if r.status_code < 500:
-                    break
-                why = f"HTTP {r.status_code}: {_body(r).get('error', r.text)}"
-            except httpx.TransportError as exc:
-                why = f"{type(exc).__name__}: {exc}"
-            now = time.monotonic()
-            failing_since = now if failing_since is None else failing_since
-            if now - failing_since > self.retry_s:
-                raise ServerError(f"cannot reach the training service at {self.url} for {self.retry_s:g} s "
-                                  f"({why}); job {job_id} may still be running there")
-            log.info("status of job %s: %s; retrying in %.1f s", job_id, why, pause)
-            time.sleep(pause)
-            pause = min(_RETRY_PAUSE_S[1], pause * 2)
+        path = f"/v1/jobs/{job_id}"
+        retry = _Backoff(self.url, self.retry_s, None, what=f"status of job {job_id}",
+                         after=f"; job {job_id} may still be running there")
+        while (r := _retrying(retry, lambda: http.get(path))) is None:
+            pass
         body = _body(r)
         if r.status_code != 200:
             raise ServerError(f"GET {path} failed (HTTP {r.status_code}): {body.get('error', r.text)}")
@@ -408,15 +394,9 @@ def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False
     with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers, verify=tls_verify(ca)) as http, \
             tqdm(desc="refresh", unit="rt", disable=not progress) as bar:
         while not stopped():
-            try:
-                r = http.get(path, params={"wait": poll_wait})
-            except httpx.TransportError as exc:
-                retry.failed(f"{type(exc).__name__}: {exc}")
+            r = _retrying(retry, lambda: http.get(path, params={"wait": poll_wait}))
+            if r is None:
                 continue
-            if r.status_code >= 500:
-                retry.failed(f"HTTP {r.status_code}: {_body(r).get('error', r.text)}")
-                continue
-            retry.ok()
             if r.status_code == 410:  # done or failed: nothing more to answer
                 break
             if r.status_code == 204:
@@ -458,23 +438,33 @@ def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False
     return stats
 
 
+def _retrying(retry: "_Backoff", send):
+    """``send()`` once: the response, or None after telling ``retry`` of a connection error or a 5xx
+    (``retry`` raises once they have lasted too long); any other response resets ``retry``."""
+    import httpx
+
+    try:
+        r = send()
+    except httpx.TransportError as exc:
+        retry.failed(f"{type(exc).__name__}: {exc}")
+        return None
+    if r.status_code >= 500:
+        retry.failed(f"HTTP {r.status_code}: {_body(r).get('error', r.text)}")
+        return None
+    retry.ok()
+    return r
+
+
 def _post_answer(http, path: str, seq: int, body: bytes, retry: "_Backoff", stopped) -> int | None:
     """POST the answer, retrying connection errors and 5xx (until ``stopped()``); its final status
     (None: stopped before it was delivered)."""
-    import httpx
-
     first = True
     while first or not stopped():
         first = False
-        try:
-            r = http.post(f"{path}/{seq}", content=body, headers={"content-type": "application/octet-stream"})
-        except httpx.TransportError as exc:
-            retry.failed(f"{type(exc).__name__}: {exc}")
+        r = _retrying(retry, lambda: http.post(f"{path}/{seq}", content=body,
+                                               headers={"content-type": "application/octet-stream"}))
+        if r is None:
             continue
-        if r.status_code >= 500:
-            retry.failed(f"HTTP {r.status_code}: {_body(r).get('error', r.text)}")
-            continue
-        retry.ok()
         if r.status_code in (200, 409, 410):
             if r.status_code == 409:
                 log.info("answer to request %d not taken (%s): asking again", seq, _body(r).get("error"))
@@ -487,8 +477,10 @@ def _post_answer(http, path: str, seq: int, body: bytes, retry: "_Backoff", stop
 class _Backoff:
     """Pauses between retries (growing to a cap); ServerError after ``give_up_s`` of failures in a row."""
 
-    def __init__(self, url: str, give_up_s: float | None, stop: threading.Event | None) -> None:
+    def __init__(self, url: str, give_up_s: float | None, stop: threading.Event | None, *,
+                 what: str = "refresh channel", after: str = "") -> None:
         self.url, self.give_up_s, self.stop = url, give_up_s, stop
+        self.what, self.after = what, after  # the log lines' subject; the end of the final error
         self.since: float | None = None
         self.pause = _RETRY_PAUSE_S[0]
 
@@ -496,8 +488,9 @@ class _Backoff:
         now = time.monotonic()
         self.since = now if self.since is None else self.since
         if self.give_up_s is not None and now - self.since > self.give_up_s:
-            raise ServerError(f"cannot reach the training service at {self.url} for {self.give_up_s:g} s ({why})")
-        log.info("refresh channel: %s; retrying in %.1f s", why, self.pause)
+            raise ServerError(f"cannot reach the training service at {self.url} for {self.give_up_s:g} s "
+                              f"({why}){self.after}")
+        log.info("%s: %s; retrying in %.1f s", self.what, why, self.pause)
         if self.stop is not None:
             self.stop.wait(self.pause)
         else:
