@@ -508,3 +508,22 @@ def test_a_long_job_directory_gets_a_short_socket_path_that_is_removed(fake, cli
     finally:
         jobs.close()
     assert set(glob.glob(f"{tempfile.gettempdir()}/hetrain-ch-*")) == before
+
+
+def test_fit_server_client_refresh_under_real_seal(tmp_path):
+    """Real CKKS (SEAL, n16384): mini-batch mlr through the service with the data owner refreshing
+    over HTTP; every decrypted state is checked against the twin on the way, and the released model
+    matches its twin within CKKS noise."""
+    from hetrain.protocol import fit
+
+    X, y = load_builtin("iris")
+    svc = Service(tmp_path / "svc", max_upload_bytes=1024 * 2**20)
+    try:
+        r = fit(X, y, "mlr", {"epochs": 2, "batch_size": 64, "patience": 0}, backend="seal", preset="n16384",
+                plan=False, progress=False, server=svc.url)
+    finally:
+        svc.stop()
+    s = r.stats
+    assert s["steps"] == 4 and s["round_trips"] >= 3 and s["refresh"]["mode"] == "client"
+    assert s["twin_max_abs_diff"] < 1e-3 and s["twin_best_max_abs_diff"] < 1e-3
+    assert s["server_engine_has_secret_key"] is False and r.model.accuracy(X, y) > 0.7
