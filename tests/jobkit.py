@@ -47,3 +47,26 @@ def make_job(root, X, y, model: str = "mlr", config: dict | None = None, *, back
     job, engine = steps.encrypt(keys, X, y, jobdir, model=model, config=config, refresh=refresh, progress=False,
                                 seed=seed, **options)
     return JobKit(keys, jobdir, job, engine)
+
+
+def tamper_decryptions_after_rehearsal(monkeypatch, trainer_cls, delta: float = 0.5) -> None:
+    """What a server returning well-formed encryptions of wrong values gives: ``trainer_cls``'s
+    decryptions come back + ``delta`` — but only after the job's twin bound was rehearsed on the client
+    (protocol/twin_bound.py), which must see the honest circuit."""
+    import numpy as np
+
+    from hetrain.protocol import twin_bound
+
+    real, real_bound, after = trainer_cls.client_decrypt, twin_bound.twin_bound, []
+
+    def tampered(self, engine, outputs, job):
+        out = real(self, engine, outputs, job)
+        return {k: np.asarray(v) + delta for k, v in out.items()} if after else out
+
+    def bound(job, engine=None):
+        b = real_bound(job, engine)
+        after.append(True)
+        return b
+
+    monkeypatch.setattr(trainer_cls, "client_decrypt", tampered)
+    monkeypatch.setattr(twin_bound, "twin_bound", bound)

@@ -43,7 +43,7 @@ def test_sim_matches_twin_exactly_and_uses_whole_chain(iris, transpose):
 
 
 def _seal_refresh(eng):
-    def refresh(cts):  # client-aided re-encryption (client and server engines in one test process)
+    def refresh(cts, it=None):  # client-aided re-encryption (client and server engines in one test process)
         return {k: eng.encrypt(eng.decrypt(c)) for k, c in cts.items()}
     return refresh
 
@@ -70,7 +70,7 @@ def test_refresh_hook_lets_training_go_past_one_chain(iris):
     calls = []
 
     def make_refresh(eng):
-        def refresh(cts):  # client-aided re-encryption, as the refresh option would do it
+        def refresh(cts, it=None):  # client-aided re-encryption, as the refresh option would do it
             calls.append(min(c.level for c in cts.values()))
             return {k: eng.encrypt(eng.decrypt(c)) for k, c in cts.items()}
         return refresh
@@ -96,7 +96,7 @@ def test_depth_plan_errors(iris):
     with pytest.raises(DepthPlanError):
         T.server_train(eng, inputs, job)
     with pytest.raises(DepthPlanError, match="refreshed"):  # a refresh that does not restore levels
-        T.server_train(eng, inputs, job, refresh=lambda cts: cts)
+        T.server_train(eng, inputs, job, refresh=lambda cts, it=None: cts)
 
 
 @pytest.mark.parametrize("config, match", [
@@ -142,6 +142,6 @@ def test_packed_plan_needs_few_rotation_keys_and_52_rotations(iris):
     inputs, job = T.client_encrypt(eng, Xtr, Y, refresh=True)
     marks = []
     T.server_train(eng, inputs, job, progress=lambda *a: marks.append(eng.counters.snapshot()),
-                   refresh=lambda cts: {k: eng.encrypt(eng.decrypt(c)) for k, c in cts.items()})
+                   refresh=lambda cts, it=None: {k: eng.encrypt(eng.decrypt(c)) for k, c in cts.items()})
     # full iteration: 6 (rot â) + 6 (Wᵀδ) + 7 + 7 (W1 windows, unpack) + 6 + 6 (W2) + 2 x 7 (all-reduce)
     assert marks[1]["rotate"] - marks[0]["rotate"] == 52

@@ -106,7 +106,7 @@ def test_projection_stays_with_the_client_and_the_run_matches_the_twin(tmp_path)
     server = MLPTrainer.from_job(json.loads(json.dumps(job)))
     assert server.plan(n, d, 4, p).rotation_steps == plan.rotation_steps
     out = server.server_train(eng, inputs, job,  # client refresh: decrypt and re-encrypt at the top level
-                              refresh=lambda state: {k: [eng.encrypt(eng.decrypt(ct)) for ct in v] for k, v in state.items()})
+                              refresh=lambda state, step=None: {k: [eng.encrypt(eng.decrypt(ct)) for ct in v] for k, v in state.items()})
     W = T.client_decrypt(eng, out, job)
     twin = T.twin(X, Y)
     assert max(float(np.max(np.abs(W[k] - twin[k]))) for k in twin) < 1e-8

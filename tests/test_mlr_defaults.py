@@ -156,12 +156,9 @@ def test_defaults_under_seal_end_to_end(tmp_path, capsys):
 
 
 def test_a_decryption_that_disagrees_with_the_twin_is_not_released(tmp_path, wine_csv, capsys, monkeypatch):
-    real = MiniBatchMLR.client_decrypt
+    from jobkit import tamper_decryptions_after_rehearsal
 
-    def tampered(self, engine, outputs, job):
-        return {"W": real(self, engine, outputs, job)["W"] + 0.5}
-
-    monkeypatch.setattr(MiniBatchMLR, "client_decrypt", tampered)
+    tamper_decryptions_after_rehearsal(monkeypatch, MiniBatchMLR)
     out = tmp_path / "m.json"
     assert main(["fit", "--data", str(wine_csv), "--out", str(out), "--backend", "sim", "--quiet"]) == 1
     assert "differs from its plaintext twin" in capsys.readouterr().err and not out.exists()

@@ -178,12 +178,9 @@ def test_a_model_that_disagrees_with_its_twin_is_not_released(monkeypatch, tmp_p
     from hetrain.cli.main import main
     from hetrain.models.mlr import MLRTrainer
 
-    real = MLRTrainer.client_decrypt
+    from jobkit import tamper_decryptions_after_rehearsal
 
-    def tampered(self, engine, outputs, job):  # what a server returning encryptions of wrong values gives
-        return {k: np.asarray(v) + 0.5 for k, v in real(self, engine, outputs, job).items()}
-
-    monkeypatch.setattr(MLRTrainer, "client_decrypt", tampered)
+    tamper_decryptions_after_rehearsal(monkeypatch, MLRTrainer)
     X, y = load_iris(return_X_y=True)
     data, out = tmp_path / "iris.csv", tmp_path / "m.json"
     np.savetxt(data, np.c_[y, X], delimiter=",")

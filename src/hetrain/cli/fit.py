@@ -14,6 +14,7 @@ from .refresh import add_server_ca_argument
 from .submit import add_api_key_argument
 
 PARTIAL_EXIT = 3  # a model was written, but training stopped before it was done (time limit, failure)
+UNVERIFIED_EXIT = 6  # a model was written only because --force-unverified asked for it
 MINIBATCH_FLAGS = ("epochs", "time_limit", "batch_size", "patience", "weight_decay")
 
 
@@ -27,8 +28,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "absent; see `hetrain keygen`); default: a temporary one, removed")
     p.add_argument("--server", metavar="URL", help="train on a `hetrain serve` service (e.g. http://127.0.0.1:8750) "
                                                    "instead of a local server process; decryption stays here")
+    add_force_unverified_argument(p)
     add_api_key_argument(p)
     add_server_ca_argument(p)
+
+
+def add_force_unverified_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force-unverified", action="store_true",
+                   help="write the model even when it disagrees with its plaintext twin (the server's result "
+                        f"could not be verified): marked unverified in the file, exit status {UNVERIFIED_EXIT} "
+                        "(default: refuse, nothing written)")
 
 
 def add_training_arguments(p: argparse.ArgumentParser, keys: bool = False) -> None:
@@ -144,7 +153,7 @@ def run(args) -> int:
     with StepBar(args.quiet) as bar:
         result = fit(X, y, args.model, config, refresh=refresh, backend=args.backend, preset=args.preset,
                      keys=args.keys, workdir=args.keep_job, server=args.server, progress=not args.quiet,
-                     api_key=args.api_key, server_ca=args.server_ca,
+                     api_key=args.api_key, server_ca=args.server_ca, force_unverified=args.force_unverified,
                      log=bar.write, on_step=bar.on_step, **options)
     result.model.save(out)
     return report(result, X, y, out)
@@ -177,6 +186,11 @@ def report(result, X, y, out) -> int:
     if stats.get("server_train_s") is not None:
         print(f"server_train_s={stats['server_train_s']:.3f}")
     print(f"twin_max_abs_diff={stats['twin_max_abs_diff']:.3e}")
+    if not stats.get("verified", True):
+        print(f"UNVERIFIED: the decrypted model differs from its plaintext twin beyond CKKS noise (the server's "
+              f"result could not be verified); written only because of --force-unverified (exit status "
+              f"{UNVERIFIED_EXIT})")
+        return UNVERIFIED_EXIT
     return PARTIAL_EXIT if stats.get("partial") else 0
 
 
@@ -188,8 +202,10 @@ def explain(stats: dict) -> list[str]:
         lines.append(f"check: the decrypted model differs from the same computation done in plaintext (the twin) "
                      f"by {diff:.1e}: NOT verified")
     elif diff is not None and diff == diff:  # not NaN
+        bound = stats.get("twin_bound")
+        within = f" (an honest run of this job stays within {bound:.1e})" if bound else ""
         lines.append(f"check: the decrypted model matches the same computation done in plaintext (the twin) to "
-                     f"{diff:.1e}: encryption did not change the result beyond CKKS noise")
+                     f"{diff:.1e}{within}: encryption did not change the result beyond CKKS noise")
     elif stats.get("partial"):
         lines.append("check: training stopped before the end; the released epoch was checked against the twin "
                      "when it was decrypted")

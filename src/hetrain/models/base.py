@@ -167,6 +167,17 @@ class Trainer(abc.ABC):
     @abc.abstractmethod
     def twin(self, X: np.ndarray, Y: np.ndarray) -> dict[str, np.ndarray]: ...
 
+    def state_weights(self, vectors: dict[str, list[np.ndarray]], job: dict) -> dict[str, np.ndarray] | None:
+        """The weights held by a *decrypted* state that ``server_train`` passed to its ``refresh`` hook
+        (name -> slot vectors, as the client decrypted them), in the units of ``twin``; None when this
+        trainer cannot say (its refreshed states are then not checked against the twin mid-run)."""
+        return None
+
+    def twin_after(self, X: np.ndarray, Y: np.ndarray, iterations: int) -> dict[str, np.ndarray] | None:
+        """The plaintext twin after ``iterations`` iterations (the state the server holds when it asks
+        for a refresh before iteration ``iterations`` + 1); None when this trainer cannot say."""
+        return None
+
     def client_check(self, X: np.ndarray, Y: np.ndarray) -> None:
         """The plaintext checks of ``client_encrypt`` that need no keys (e.g. the twin's interval check,
         circuits.approx.IntervalError), so the client can refuse before keygen. Default: none."""

@@ -395,15 +395,23 @@ class MLPTrainer(Trainer):
         return W
 
     def client_decrypt(self, engine, outputs, job):
+        return self.state_weights({k: [engine.decrypt(ct) for ct in v] for k, v in outputs.items()}, job)
+
+    def state_weights(self, vectors, job):
+        """Weights W1..bK of decrypted slot vectors (the outputs, or a refreshed state: its look-ahead
+        v_* entries are ignored)."""
         sizes = job["sizes"]
         n = int(job["data_shape"][0]) if "data_shape" in job else 1
-        lay = self.layout(n, sizes[0], sizes[-1], engine.slots)
-        vecs = {k: [engine.decrypt(ct) for ct in v] for k, v in outputs.items()}
-        return self._unpack_params(lay, vecs, sizes)
+        lay = self.layout(n, sizes[0], sizes[-1], len(vectors["W1"][0]))
+        return self._unpack_params(lay, vectors, sizes)
 
-    def _run_twin(self, X, Y, check=False):
-        """The twin on prepared arrays (``prepare``)."""
-        return mlp_twin.train(X, Y, self.config["hidden"], self.acts, iterations=self.config["iterations"],
+    def twin_after(self, X, Y, iterations):
+        return self._run_twin(*self.prepare(X, Y), iterations=iterations)
+
+    def _run_twin(self, X, Y, check=False, iterations=None):
+        """The twin on prepared arrays (``prepare``), for the config's iterations or ``iterations``."""
+        iterations = self.config["iterations"] if iterations is None else iterations
+        return mlp_twin.train(X, Y, self.config["hidden"], self.acts, iterations=iterations,
                               learning_rate=self.config["learning_rate"], momentum=self.config["momentum"],
                               seed=self.config["seed"], init_scale=self.config["init_scale"], check=check,
                               batch_size=self.config["batch_size"])
@@ -423,7 +431,7 @@ class MLPTrainer(Trainer):
 
     # ------------------------------------------------------------------ server
     def server_train(self, engine, inputs, job, progress=None, *, refresh=None, checkpoint=None):
-        """Train on ciphertexts. ``refresh(state) -> state`` (names -> ciphertext lists, weights
+        """Train on ciphertexts. ``refresh(state, t) -> state`` (names -> ciphertext lists, weights
         ``W1``.. ``bK`` and look-ahead ``v_W1``..) is called before an iteration that would not fit
         the state's remaining levels; without it such a job is refused (DepthPlanError).
         ``checkpoint`` (base.py): after every iteration the weights W, the look-ahead V (when it is
@@ -459,7 +467,7 @@ class MLPTrainer(Trainer):
                 if refresh is None:
                     raise DepthPlanError(f"iteration {t + 1} needs more levels than the state's {level}; "
                                          f"{t} iteration(s) fit without a refresh step")
-                state = refresh({**W, **{f"v_{k}": v for k, v in V.items()}})
+                state = refresh({**W, **{f"v_{k}": v for k, v in V.items()}}, t)
                 W = {k: state[k] for k in names}
                 V = {k: state[f"v_{k}"] for k in names}
                 level = min(ct.level for v in V.values() for ct in v)

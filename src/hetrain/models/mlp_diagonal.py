@@ -212,17 +212,32 @@ class DiagonalMLPTrainer(Trainer):
         return inputs, job
 
     def client_decrypt(self, engine: Engine, outputs, job) -> dict[str, np.ndarray]:
+        return self._weights([engine.decrypt(ct) for ct in outputs["w1"]],
+                             [engine.decrypt(ct) for ct in outputs["w2"]], job, engine.slots)
+
+    def state_weights(self, vectors, job):
+        """W1, W2 of a decrypted refreshed state (names w1_<offset>, w2_<offset>: server_train)."""
+        slots = len(next(iter(vectors.values()))[0])
+        _, b1, b2, _, _ = self._geometry(job["n"], job["d"], job["c"], slots)
+        return self._weights([vectors[f"w1_{t}"][0] for t in b1.offsets], [vectors[f"w2_{t}"][0] for t in b2.offsets],
+                             job, slots)
+
+    def twin_after(self, X, Y, iterations):
+        return self.twin(X, Y, iterations=iterations)
+
+    def _weights(self, w1: list, w2: list, job, slots: int) -> dict[str, np.ndarray]:
+        """Decrypted diagonals (in the order of the packing's offsets) -> W1, W2 in the twin's units."""
         n, d, c = job["n"], job["d"], job["c"]
-        layout, b1, b2, _, _ = self._geometry(n, d, c, engine.slots)
+        _, b1, b2, _, _ = self._geometry(n, d, c, slots)
         s = Scales.of(self.lr1, self.lr2, n, self.out_sig)
-        v1 = {t: engine.decrypt(ct)[: self.H] for t, ct in zip(b1.offsets, outputs["w1"])}
-        v2 = {t: engine.decrypt(ct)[:c] for t, ct in zip(b2.offsets, outputs["w2"])}
+        v1 = {t: np.asarray(v)[: self.H] for t, v in zip(b1.offsets, w1)}
+        v2 = {t: np.asarray(v)[:c] for t, v in zip(b2.offsets, w2)}
         return {"W1": b1.matrix(v1) * s.x, "W2": b2.matrix(v2) / s.w2}
 
     # ------------------------------------------------------------------ server
     def server_train(self, engine: Engine, inputs, job, progress: Progress | None = None, *,
                      refresh: Refresh | None = None, checkpoint=None):
-        """Train on ciphertexts. ``refresh(dict_of_cts) -> dict_of_cts`` (optional) is called when the
+        """Train on ciphertexts. ``refresh(dict_of_cts, iteration) -> dict_of_cts`` (optional) is called when the
         weights have too few levels left for the next iteration (client-aided re-encryption or
         bootstrapping); without it the job must fit in one modulus chain. ``checkpoint`` (base.py):
         the weight diagonals (at their levels) and the iteration count after every iteration; a saved
@@ -257,7 +272,7 @@ class DiagonalMLPTrainer(Trainer):
                 l1 = min(x.level for x in D1.values())
                 l2 = min(x.level for x in D2.values())
                 if not level_schedule(l1, 1, ds, dd, masks is not None, start=1, l2=l2):  # next one would not fit
-                    fresh = refresh({**{f"w1_{t}": D1[t] for t in D1}, **{f"w2_{t}": D2[t] for t in D2}})
+                    fresh = refresh({**{f"w1_{t}": D1[t] for t in D1}, **{f"w2_{t}": D2[t] for t in D2}}, it)
                     D1 = {t: fresh[f"w1_{t}"] for t in D1}
                     D2 = {t: fresh[f"w2_{t}"] for t in D2}
                     if not level_schedule(min(x.level for x in D1.values()), 1, ds, dd, masks is not None, start=1,

@@ -16,25 +16,24 @@ import numpy as np
 DEFAULT_RELEASE_DECIMALS = 6
 
 
-# The bound on |decrypted − twin| (relative to max(1, max |twin|)). Honest runs measured by
-# bench/fidelity.py stay at or below 1.24e-3 (MNIST pixels, mini-batch mlr, 60 refreshed steps at
-# n16384, 2^40 scale; the other datasets 1e-4 to 9e-4, mlp ≤ 1e-3 at n16384-deep's 2^35 scale): CKKS
-# noise of ~1e-7 per operation, amplified by the run (the planner's noise_sensitivity). 1e-2 leaves an
-# order of magnitude for runs longer than those measured; anything beyond is not CKKS noise but a
-# different computation, e.g. a server that returned well-formed encryptions of other values.
+# The bound of a job recorded without one (an older hetrain's record): relative to max(1, max |twin|).
+# Every job encrypted by this version carries its own bound, derived from its parameters and its
+# circuit (twin_bound.py); honest runs measured by bench/fidelity.py stay at or below 1.24e-3.
 TWIN_TOLERANCE = 1e-2
 
 
 def check_twin(diff: float, twin: dict[str, np.ndarray] | np.ndarray, tolerance: float = TWIN_TOLERANCE,
-               what: str = "the decrypted model") -> None:
-    """Refuse (TwinMismatch) when max |decrypted − twin| = ``diff`` exceeds ``tolerance`` × max(1,
-    max |twin|), or is not finite. The numbers stay with the client."""
-    arrays = twin.values() if isinstance(twin, dict) else [twin]
-    scale = max([1.0] + [float(np.max(np.abs(a))) for a in arrays if np.size(a)])
-    if not (np.isfinite(diff) and diff <= tolerance * scale):
+               what: str = "the decrypted model", bound: float | None = None) -> None:
+    """Refuse (protocol.errors.TwinMismatch) when max |decrypted − twin| = ``diff`` exceeds ``bound``
+    (absolute, twin_bound.twin_bound: the job's own), or without one ``tolerance`` × max(1, max |twin|),
+    or is not finite. The numbers stay with the client: nothing here is sent to the server."""
+    if bound is None:
+        arrays = twin.values() if isinstance(twin, dict) else [twin]
+        bound = tolerance * max([1.0] + [float(np.max(np.abs(a))) for a in arrays if np.size(a)])
+    if not (np.isfinite(diff) and diff <= bound):
         from .errors import TwinMismatch
-        raise TwinMismatch(f"{what} differs from its plaintext twin by {diff:.3g} (tolerance "
-                           f"{tolerance * scale:.3g}): the server's result could not be verified (it is not the "
+        raise TwinMismatch(f"{what} differs from its plaintext twin by {diff:.3g} (an honest run of this job stays "
+                           f"within {bound:.3g}): the server's result could not be verified (it is not the "
                            "computation that was asked for), so no model is released")
 
 

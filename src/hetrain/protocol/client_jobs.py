@@ -125,10 +125,50 @@ class ClientJob:
         """Whether the data owner answers this job's server while it trains (``handler`` is not None)."""
         return self.refresh == "client"
 
-    def handler(self, engine, record_dir: pathlib.Path, log=None):
+    def handler(self, engine, record_dir: pathlib.Path | None, log=None, verify: bool = True):
         """The refresh channel's handler (refresh/evaluate) of this job, or None (refresh none/bootstrap
-        without monitoring)."""
+        without monitoring). ``verify``: compare every decrypted state with the twin (TwinMismatch)."""
         return None
+
+    @property
+    def twin_bound(self) -> float | None:
+        """The largest |decrypted − twin| an honest run of this job shows (twin_bound.py; None for a
+        job recorded by an older hetrain: check_twin's relative rule then)."""
+        return (self.options.get("twin_bound") or {}).get("bound")
+
+    levels_used: int = 0  # levels the run consumes (the floor of twin_bound); 0: the preset's
+
+    def rehearse(self, sim) -> float:
+        """Run this job on the simulation engine ``sim`` (noise of the job's CKKS parameters) in this
+        process: encrypt, the trainer's server half with the refreshes and evaluations answered here
+        as the data owner answers them, decrypt; returns max |decrypted − twin| (twin_bound.py)."""
+        from hetrain.models.base import get_trainer, server_hooks
+
+        from .refresh_channel import ChannelStats
+        from .server import BootstrapRefresh
+
+        inputs, bundle = self.encrypt(sim)
+        inputs = {k: v if isinstance(v, list) else list(v) for k, v in inputs.items()}  # lazy encryptions
+        bundle = {**bundle, "refresh": self.refresh}
+        trainer = get_trainer(bundle["model"]).from_job(bundle)
+        accepts = server_hooks(trainer)
+        handler = self.handler(sim, None, verify=False)
+        hooks: dict = {}
+        if self.refresh == "client" and handler is not None:
+            hooks["refresh"] = handler.refresh
+        elif self.refresh == "bootstrap":
+            hooks["refresh"] = BootstrapRefresh(sim, ChannelStats())
+        if "monitor" in accepts and handler is not None and handler.evaluator is not None:
+            hooks["monitor"] = handler
+        outputs = trainer.server_train(sim, inputs, bundle, None, **hooks)
+        log = self.__dict__.pop("log", None)  # the rehearsal's validation lines are not the user's run
+        try:
+            result = self.finish(sim, outputs, {"trainer": dict(getattr(trainer, "run_stats", {}) or {})}, None,
+                                 force_unverified=True)
+        finally:
+            if log is not None:
+                self.log = log
+        return float(result.stats.get("twin_max_abs_diff", float("nan")))
 
     def finish(self, engine, outputs, server_stats: dict | None, record_dir: pathlib.Path | None,
                force_unverified: bool = False) -> FitResult:
@@ -198,7 +238,8 @@ class ClientJob:
                 "upload_data_bytes": (self.upload.get("inputs.bin") or 0) + (self.upload.get("job.json") or 0),
                 "download_bytes": s.get("download_bytes"), "server_operations": s.get("operations"),
                 "server_engine_has_secret_key": s.get("engine_has_secret_key"),
-                "run": s.get("trainer") or {}, "refresh": r, "partial": False, "stop_reason": None}
+                "run": s.get("trainer") or {}, "refresh": r, "partial": False, "stop_reason": None,
+                "twin_bound": self.twin_bound, "rehearsal_s": self.timings.get("rehearsal_s")}
 
 
 # ====================================================================== any trainer
@@ -265,10 +306,32 @@ class TrainerJob(ClientJob):
         self.bundle = job  # what the trainer's client_decrypt reads back (shapes, layout: nothing secret)
         return inputs, job
 
-    def handler(self, engine, record_dir, log=None):
+    @property
+    def levels_used(self) -> int:
+        return int(self.plan.levels_needed or 0)
+
+    def handler(self, engine, record_dir, log=None, verify: bool = True):
         from .refresh import ClientRefresher
 
-        return ClientRefresher(engine) if self.refresh == "client" else None
+        if self.refresh != "client":
+            return None
+        return ClientRefresher(engine, check=self._verify_state if verify else None)
+
+    def _verify_state(self, vectors: dict, step: int | None) -> None:
+        """The refresh hook: the decrypted state after ``step`` iterations against the twin after as many
+        (trainers that can say both: Trainer.state_weights, Trainer.twin_after); TwinMismatch stops the
+        run, and the server hears only the fixed code client_refused."""
+        if step is None:
+            return None
+        weights = self.trainer.state_weights(vectors, self.bundle)
+        twin = self.trainer.twin_after(self.Xp, self.Y, int(step)) if weights is not None else None
+        if twin is None:
+            return None
+        from .planning import twin_max_abs_diff
+
+        check_twin(twin_max_abs_diff(weights, twin), twin, what=f"the state after iteration {step}",
+                   bound=self.twin_bound)
+        return None
 
     def finish(self, engine, outputs, server_stats, record_dir, force_unverified: bool = False) -> FitResult:
         from .planning import twin_max_abs_diff
@@ -286,7 +349,7 @@ class TrainerJob(ClientJob):
         twin_s = time.perf_counter() - t0
         # the headline measures encryption fidelity (raw decryption); release rounding adds <= 0.5e-{decimals}
         diff = twin_max_abs_diff(raw, twin)
-        verified = _checked(diff, twin, force_unverified)  # before anything is released
+        verified = _checked(diff, twin, force_unverified, self.twin_bound)  # before anything is released
         stats = self._base_stats(engine, server_stats)
         stats["verified"] = verified
         stats.update({"decrypt_s": decrypt_s, "twin_s": twin_s, "twin_max_abs_diff": diff,
@@ -298,6 +361,7 @@ class TrainerJob(ClientJob):
         info = model_info(self.backend, self.params, release={"decimals": self.options["release_decimals"],
                                                               "noise_std": self.options["noise_std"]},
                           refresh=self.refresh, n_train=int(self.Xp.shape[0]), twin_max_abs_diff=diff,
+                          twin_bound=self.twin_bound,
                           verified=verified)
         model = TrainedModel(self.trainer.name, dict(self.trainer.config), weights, self.pre, engine.key_id, info)
         return FitResult(model, stats, twin, diff, self.plan)
@@ -321,12 +385,13 @@ class TrainerJob(ClientJob):
         self.plan = self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params)
 
 
-def _checked(diff: float, twin, force: bool) -> bool:
-    """check_twin; with ``force`` a mismatch is returned as False (the release is marked unverified)."""
+def _checked(diff: float, twin, force: bool, bound: float | None = None) -> bool:
+    """check_twin against the job's ``bound`` (twin_bound.py); with ``force`` a mismatch is returned as
+    False (the release is marked unverified)."""
     from .errors import TwinMismatch
 
     try:
-        check_twin(diff, twin)
+        check_twin(diff, twin, bound=bound)
         return True
     except TwinMismatch:
         if not force:
@@ -475,16 +540,16 @@ class MiniBatchJob(ClientJob):
         return MLRValidation(self.trainer, self.Xv, self.yv, self.Xp.shape[1], self.Y.shape[1], engine.slots,
                              X_train=self.Xp, retract=self.refresh == "client",
                              time_limit=self.options.get("time_limit"), log=log,
-                             state_dir=record_dir, twin_at=twin_at if verify else None)
+                             state_dir=record_dir, twin_at=twin_at if verify else None, twin_bound=self.twin_bound)
 
     @property
     def wants_channel(self) -> bool:
         return self.refresh == "client" or self.Xv is not None
 
-    def handler(self, engine, record_dir, log=None):
+    def handler(self, engine, record_dir, log=None, verify: bool = True):
         from .refresh import ClientRefresher
 
-        v = self.validation(engine, record_dir, log)
+        v = self.validation(engine, record_dir, log, verify=verify)
         if self.refresh != "client" and self.Xv is None:
             return None
         return ClientRefresher(engine, check=v.check if self.refresh == "client" else None,
@@ -535,8 +600,9 @@ class MiniBatchJob(ClientJob):
             stats["twin_max_abs_diff"] = diff
             stats["twin_best_max_abs_diff"] = float(np.max(np.abs(best - twin_best)))
             # nothing is released that disagrees with the plaintext twin (a wrong server computation)
-            verified = _checked(diff, twin_final, force_unverified)
-            verified = _checked(stats["twin_best_max_abs_diff"], twin_best, force_unverified) and verified
+            verified = _checked(diff, twin_final, force_unverified, self.twin_bound)
+            verified = _checked(stats["twin_best_max_abs_diff"], twin_best, force_unverified,
+                                self.twin_bound) and verified
             # on the standardised features like the released model (bench/fidelity.py compares them)
             stats["twin_weights"] = unwhiten(twin_final, self.P)
             stats["twin_best_weights"] = unwhiten(twin_best, self.P)
@@ -557,6 +623,7 @@ class MiniBatchJob(ClientJob):
                                                           "whitening": self.whitening},
                           history=v.history, n_train=self.options["n_train"],
                           n_validation=self.options["n_validation"], twin_max_abs_diff=diff,
+                          twin_bound=self.twin_bound,
                           partial=stats["partial"], stop_reason=stats["stop_reason"], verified=verified)
         stats["verified"] = verified
         # the released weights are a plain logistic-regression model: "mlr" predicts with them

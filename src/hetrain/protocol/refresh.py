@@ -95,7 +95,8 @@ class MLRValidation:
 
     def __init__(self, trainer, X_val, y_val, n_features: int, n_classes: int, slots: int, X_train=None, *,
                  retract: bool = True, time_limit: float | None = None, log=None,
-                 state_dir: pathlib.Path | None = None, twin_at: Callable[[int], np.ndarray] | None = None) -> None:
+                 state_dir: pathlib.Path | None = None, twin_at: Callable[[int], np.ndarray] | None = None,
+                 twin_bound: float | None = None) -> None:
         self.trainer, self.d, self.c, self.slots = trainer, n_features, n_classes, slots
         self.X_val = None if X_val is None else np.asarray(X_val, dtype=np.float64)
         self.y_val = None if y_val is None else np.asarray(y_val)
@@ -109,6 +110,7 @@ class MLRValidation:
         self.stop_reason: str | None = None  # why training ended before its planned epochs
         self.state_dir = None if state_dir is None else pathlib.Path(state_dir)
         self.twin_at = twin_at  # step -> the plaintext twin's W after that many steps
+        self.twin_bound = twin_bound  # the job's bound on |decrypted − twin| (twin_bound.py)
         self._load()
 
     def verify(self, W: np.ndarray, step: int) -> None:
@@ -119,7 +121,8 @@ class MLRValidation:
             from .client import check_twin
 
             twin = self.twin_at(step)
-            check_twin(float(np.max(np.abs(W - twin))), twin, what=f"the state after step {step}")
+            check_twin(float(np.max(np.abs(W - twin))), twin, what=f"the state after step {step}",
+                       bound=self.twin_bound)
 
     # -------------------------------------------------------------- kept in the job's private record
     def _load(self) -> None:

@@ -69,6 +69,13 @@ def encrypt(keys: KeyDir, X, y, jobdir, *, model: str = "mlr", config: dict | No
     job.timings["keygen_s"] = time.perf_counter() - t0
     if job.refresh == "bootstrap" and not engine.can_bootstrap:
         raise DepthPlanError(f"backend {engine.backend_name} cannot bootstrap: use refresh client")
+    # the bound of the twin check, from the job's parameters and its own circuit (twin_bound.py)
+    from .twin_bound import describe, twin_bound
+
+    bound = twin_bound(job, engine)
+    job.options["twin_bound"] = bound
+    job.timings["rehearsal_s"] = bound["seconds"]
+    say(describe(bound))
     from .client import _count_calls
 
     with tqdm(total=getattr(job, "n_input_ciphertexts", None), desc="encrypt", unit="ct", disable=not progress) as bar, \
@@ -253,7 +260,8 @@ def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, 
 # ---------------------------------------------------------------------------- fit
 def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = "auto", backend: str = "seal",
         preset="auto", keys=None, workdir=None, server=None, progress: bool = True, log=None, on_step=None,
-        trainer_modules=(), api_key: str | None = None, server_ca=None, **options) -> FitResult:
+        trainer_modules=(), api_key: str | None = None, server_ca=None, force_unverified: bool = False,
+        **options) -> FitResult:
     """The one-command path: keygen → encrypt → train → (attach) → decrypt, client here, server in a
     separate process (or the service at ``server``, an http(s) URL).
 
@@ -263,7 +271,9 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
     force_insecure, and for mini-batch mlr validation_fraction, max_epochs, time_limit, plan.
     ``on_step(done, total)`` follows the server's iterations. ``api_key``, ``server_ca``: for a
     service (transport.HttpTransport; the job's token stays in memory). Returns a FitResult whose
-    ``stats["partial"]`` says when a mini-batch run released its best epoch before it was done."""
+    ``stats["partial"]`` says when a mini-batch run released its best epoch before it was done.
+    ``force_unverified``: release (marked ``verified: false``) even a model that disagrees with its
+    twin, and do not stop the run at a refreshed state that does (TwinMismatch otherwise)."""
     say = log or (lambda msg: None)
     from .transport import make_transport
 
@@ -289,8 +299,8 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
                             seed=options.get("seed"))
         jobdir = pathlib.Path(workdir) if workdir is not None else stack.enter_context(_private_tempdir("hetrain-job-"))
         mem = stack.enter_context(PeakRSS())
-        job, engine = encrypt(keydir, None, None, jobdir, job=job, progress=progress)
-        handler = job.handler(engine, keydir.job_dir(job.job_id), say)
+        job, engine = encrypt(keydir, None, None, jobdir, job=job, progress=progress, log=say)
+        handler = job.handler(engine, keydir.job_dir(job.job_id), say, verify=not force_unverified)
         failure = None
         t0 = time.perf_counter()
         try:
@@ -307,7 +317,8 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
             failure = f"training failed: {exc}"
             sstats = None
         server_wall_s = time.perf_counter() - t0
-        result = decrypt(keydir, jobdir, engine=engine, job=job, failure=failure, server_stats=sstats)
+        result = decrypt(keydir, jobdir, engine=engine, job=job, failure=failure, server_stats=sstats,
+                         force_unverified=force_unverified)
         result.stats["server_wall_s"] = server_wall_s
         result.stats["client_peak_rss_bytes"] = mem.peaks.get("client")
         if sstats is not None:
