@@ -74,9 +74,9 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Softmax of the per-class scores: rows sum to 1 and follow ``predict`` (not calibrated:
         the trainers fit one sigmoid per class, one-vs-rest)."""
-        s = self.decision_function(X)
-        e = np.exp(s - s.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        from hetrain.protocol.model import softmax
+
+        return softmax(self.decision_function(X))
 
     def predict(self, X) -> np.ndarray:
         scores = self.decision_function(X)  # checks fitted first

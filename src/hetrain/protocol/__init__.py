@@ -5,14 +5,17 @@
     result.model.save("model.json"); TrainedModel.load("model.json").predict(X_test)
 
 The same steps one by one, each on its own machine: hetrain.protocol.steps (keygen, encrypt,
-train, attach, decrypt). The names below are imported on first use, so that the server process
+train, attach, decrypt); encrypted inference: hetrain.protocol.inference (encrypt_queries,
+encrypt_queries_for_job, infer, decrypt_scores) with model_spec. The names below are imported on first use, so that the server process
 (hetrain.protocol.server) never loads the data owner's modules (steps, client_jobs, keys, refresh).
 """
 import importlib
 
 _EXPORTS = {"BundleError": "errors", "ModelFileError": "errors", "ServerError": "errors",
             "FitResult": "client_jobs", "TrainedModel": "model", "Preprocessor": "preprocess",
-            "fit": "steps", "make_trainer": "planning", "release": "client"}
+            "fit": "steps", "make_trainer": "planning", "release": "client",
+            "encrypt_queries": "inference", "encrypt_queries_for_job": "inference", "infer": "inference",
+            "decrypt_scores": "inference", "model_spec": "model_spec"}
 
 __all__ = sorted(_EXPORTS)
 

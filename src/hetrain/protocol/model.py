@@ -16,6 +16,14 @@ from .errors import ModelFileError
 from .preprocess import Preprocessor
 
 
+def softmax(scores) -> np.ndarray:
+    """Row-wise softmax of per-class scores (n × c): rows sum to 1 and follow the argmax. Not
+    calibrated (the trainers fit one sigmoid per class, one-vs-rest)."""
+    s = np.asarray(scores, dtype=np.float64)
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def model_info(backend: str, params, **extra) -> dict:
     """The ``info`` record of a model file, for every writer (one schema: ``params`` is always the
     parameters' dict, with its ``name``). ``params``: a CKKSParams, its dict, or a preset name."""
@@ -88,6 +96,10 @@ class TrainedModel:
 
     def predict(self, X) -> np.ndarray:
         return np.asarray(self.classes)[np.argmax(self.predict_scores(X), axis=1)]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """``softmax`` of ``predict_scores`` (n × c, columns in the order of ``classes``)."""
+        return softmax(self.predict_scores(X))
 
     def accuracy(self, X, y) -> float:
         X = check_features(X)

@@ -1,0 +1,27 @@
+"""`hetrain decrypt-scores`: decrypt the scores of encrypted queries and write the predictions."""
+from __future__ import annotations
+
+import argparse
+
+from .predict import write_predictions
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", required=True, metavar="KEYS", help="the key directory that encrypted the queries")
+    p.add_argument("--queries", required=True, metavar="QJOB", help="the query bundle, scored (with outputs.bin)")
+    p.add_argument("--out", required=True, help="predictions CSV to write (header: label[,p_<class>...])")
+    p.add_argument("--proba", action="store_true", help="also write each class's probability (softmax of the scores)")
+
+
+def run(args) -> int:
+    from hetrain.outputs import check_writable
+    from hetrain.protocol.inference import decrypt_scores
+    from hetrain.protocol.keys import KeyDir
+
+    out = check_writable(args.out, "predictions")
+    s = decrypt_scores(KeyDir.open(args.keys), args.queries)
+    write_predictions(out, s.predict(), s.classes, s.proba() if args.proba else None)
+    check = (f"; max |score - plaintext twin| = {s.twin_max_abs_diff:.2e}" if s.twin_max_abs_diff is not None
+             else "")
+    print(f"{s.scores.shape[0]} predictions written to {out}{check}")
+    return 0
