@@ -98,7 +98,8 @@ def run_mlr(backend, Xtr, Xte, ytr, yte) -> dict:
     row = dict(params=st.get("params_record", {}).get("name", "?"), enc_acc=model.accuracy(Xte, yte),
                wall_s=wall, server_s=st.get("train_s", math.nan), client_peak_mib=st["client_peak_rss_bytes"] / 2**20,
                server_peak_mib=st.get("server_peak_rss_bytes", math.nan) / 2**20,
-               twin_diff=st["twin_max_abs_diff"], iterations=st.get("steps"), round_trips=st.get("round_trips"),
+               twin_diff=st["twin_max_abs_diff"], twin_bound=st.get("twin_bound"), iterations=st.get("steps"),
+               round_trips=st.get("round_trips"),
                refreshes=st.get("refreshes"), hidden=None)
     notes = [f"released step {st.get('released_step')}/{st.get('steps')} ({st.get('stop_reason')})"]
     if "twin_best_weights" in st:
@@ -133,6 +134,7 @@ def run_mlp(backend, Xtr, Xte, ytr, yte) -> dict:
     return dict(params=st["params"], enc_acc=m.accuracy(Xte, yte), twin_acc=twin.accuracy(Xte, yte), wall_s=wall,
                 server_s=st["server_train_s"], client_peak_mib=st["client_peak_rss_bytes"] / 2**20,
                 server_peak_mib=st["server_peak_rss_bytes"] / 2**20, twin_diff=r.twin_max_abs_diff,
+                twin_bound=st.get("twin_bound"),
                 iterations=m.config.get("iterations"), round_trips=rf.get("round_trips"),
                 refreshes=rf.get("refreshes"), hidden=[int(h) for h in hidden],
                 note=f"{m.model}, hidden {[int(h) for h in hidden]}, {m.config.get('iterations')} iterations"
@@ -173,7 +175,7 @@ COLUMNS = [  # key, header, width, format
     ("sk_acc", "sklrn", 6, ".4f"), ("gap", "gap", 7, "+.4f"), ("iterations", "iters", 5, "d"),
     ("round_trips", "trips", 5, "d"), ("wall_s", "wall_s", 7, ".1f"), ("server_s", "srv_s", 7, ".1f"),
     ("client_peak_mib", "cli_MiB", 7, ".0f"), ("server_peak_mib", "srv_MiB", 7, ".0f"),
-    ("twin_diff", "|dec-twin|", 10, ".2e"), ("code", "code", 18, "s"), ("note", "note", 0, "s"),
+    ("twin_diff", "|dec-twin|", 10, ".2e"), ("twin_bound", "bound", 8, ".1e"), ("code", "code", 18, "s"), ("note", "note", 0, "s"),
 ]
 
 
@@ -358,7 +360,8 @@ def main(argv=None) -> int:
           "(planning, keygen, encryption, server, decryption, twin; not the scikit-learn fit); srv_s: server training; "
           "cli_MiB/srv_MiB: peak RSS of the client process (the bench's run process: imports included) and of the "
           "server process; |dec-twin|: max |decrypted - twin| over the weights of the FINAL state (mlr: the note "
-          "gives the released epoch's); code: the commit the run imported (+dirty: with uncommitted changes in src/).")
+          "gives the released epoch's); bound: the job's twin-check bound (protocol/twin_bound.py: 100 x a simulated "
+          "run with the parameters' CKKS noise); code: the commit the run imported (+dirty: with uncommitted changes in src/).")
     if a.backend == "sim":
         print("backend sim: nothing is encrypted; times and memory are not those of SEAL.")
     for r in rows:

@@ -49,24 +49,34 @@ def make_job(root, X, y, model: str = "mlr", config: dict | None = None, *, back
     return JobKit(keys, jobdir, job, engine)
 
 
-def tamper_decryptions_after_rehearsal(monkeypatch, trainer_cls, delta: float = 0.5) -> None:
-    """What a server returning well-formed encryptions of wrong values gives: ``trainer_cls``'s
-    decryptions come back + ``delta`` — but only after the job's twin bound was rehearsed on the client
-    (protocol/twin_bound.py), which must see the honest circuit."""
-    import numpy as np
 
+def after_rehearsal(monkeypatch) -> list:
+    """A list that becomes non-empty once the job's twin bound has been rehearsed on the client
+    (protocol/twin_bound.py runs the job's circuit in-process on the sim backend first): hooks that
+    mean to act on the real run check it."""
     from hetrain.protocol import twin_bound
 
-    real, real_bound, after = trainer_cls.client_decrypt, twin_bound.twin_bound, []
+    real, done = twin_bound.twin_bound, []
+
+    def bound(job, engine=None):
+        b = real(job, engine)
+        done.append(True)
+        return b
+
+    monkeypatch.setattr(twin_bound, "twin_bound", bound)
+    return done
+
+
+def tamper_decryptions_after_rehearsal(monkeypatch, trainer_cls, delta: float = 0.5) -> None:
+    """What a server returning well-formed encryptions of wrong values gives: ``trainer_cls``'s
+    decryptions come back + ``delta`` — but only in the real run, not in the rehearsal of the job's
+    twin bound, which must see the honest circuit."""
+    import numpy as np
+
+    real, real_run = trainer_cls.client_decrypt, after_rehearsal(monkeypatch)
 
     def tampered(self, engine, outputs, job):
         out = real(self, engine, outputs, job)
-        return {k: np.asarray(v) + delta for k, v in out.items()} if after else out
-
-    def bound(job, engine=None):
-        b = real_bound(job, engine)
-        after.append(True)
-        return b
+        return {k: np.asarray(v) + delta for k, v in out.items()} if real_run else out
 
     monkeypatch.setattr(trainer_cls, "client_decrypt", tampered)
-    monkeypatch.setattr(twin_bound, "twin_bound", bound)
