@@ -52,6 +52,8 @@ TASK = "inference"
 QUERIES_RECORD = "queries.npz"   # the data owner's private copy of its preprocessed queries (case a)
 SCORES_TOLERANCE = 1e-2          # relative, like the training twin's check (client.TWIN_TOLERANCE)
 MAX_QUERIES = 1 << 22
+FINAL_STATE_NOTE = ("note: these scores are the mini-batch model's final encrypted state, not the best validated "
+                    "epoch that `hetrain decrypt` releases")
 
 
 @dataclasses.dataclass
@@ -197,6 +199,8 @@ def infer(qdir, *, model=None, job=None, noise_std: float = 0.0, seed: int | Non
     manifest, public, inputs_path, qjob = files.read_job_files(qdir)
     t0 = time.perf_counter()
     engine = ckks.load_engine(public)
+    if engine.has_secret_key:  # cannot happen through load_engine(public): keep the invariant explicit
+        raise BundleError("refusing to score: the server engine holds a secret key")
     n = int(qjob["n_queries"])
     if model is not None:
         out, level_info = _score_plain_model(engine, qjob, inputs_path, model)
@@ -279,10 +283,13 @@ def _score_encrypted_model(engine, qjob, qmanifest, inputs_path, jobdir: pathlib
 
 
 # ------------------------------------------------------------------------------ decrypt (both cases)
-def decrypt_scores(keys, qdir) -> Scores:
+def decrypt_scores(keys, qdir, *, server: str | None = None, remote_job: str | None = None, server_ca=None,
+                   progress: bool = True) -> Scores:
     """Decrypt QDIR/outputs.bin with the secret key of ``keys``: the n × c linear scores. Case (a)
     compares them with the plaintext twin's scores (TwinMismatch beyond CKKS noise: nothing is
-    returned). InferenceError for scores under another key (naming both key ids)."""
+    returned). InferenceError for scores under another key (naming both key ids). ``server``: first
+    fetch them from the `hetrain serve` service (QDIR/remote.json, or ``remote_job``:
+    inference_remote.fetch_scores)."""
     from .client import check_twin
 
     qdir = pathlib.Path(qdir)
@@ -292,6 +299,10 @@ def decrypt_scores(keys, qdir) -> Scores:
     if manifest.get("key_id") != keys.key_id:
         raise InferenceError(f"the queries in {qdir} were encrypted under key {manifest.get('key_id')}; {keys.path} "
                              f"holds key {keys.key_id}: use the key directory that encrypted them")
+    if server is not None:
+        from .inference_remote import fetch_scores
+
+        fetch_scores(qdir, server, remote_job=remote_job, server_ca=server_ca, progress=progress)
     if not (qdir / files.OUTPUTS).is_file():
         raise InferenceError(f"{qdir} holds no scores yet ({files.OUTPUTS}): the model owner runs "
                              f"`hetrain infer --queries {qdir}` first")
@@ -317,6 +328,8 @@ def decrypt_scores(keys, qdir) -> Scores:
     S = float(meta["out_scale"]) * pk.unpack_forward(vecs)
     diff = float(np.max(np.abs(S - twin)))
     check_twin(diff, twin, SCORES_TOLERANCE, what="the decrypted scores")
+    if meta.get("final_state"):
+        stats["final_state_note"] = FINAL_STATE_NOTE
     return Scores(S, list(qjob["classes"]), diff, twin, stats={**stats, "twin_max_abs_diff": diff})
 
 
@@ -324,6 +337,67 @@ def plain_model_scores(model, X) -> np.ndarray:
     """The plaintext twin of case (b): the folded layers on raw rows (n × c linear scores)."""
     model = _load_model(model)
     return plain_scores(check_features(X, what="queries"), folded_layers(model))
+
+
+# ------------------------------------------------------------------------------ the server process
+INFER_ENTRY = "hetrain.protocol.infer_main"  # what ``python -m`` runs (never imported by the package)
+
+
+def infer_argv(qdir, *, job=None, model=None, noise_std: float = 0.0) -> list[str]:
+    """The inference server process's command line (the service runs it under its limits with
+    runner.ServerProcess.start(argv=...)): ``infer`` on ``qdir`` with ``job`` (case a) or ``model`` (b)."""
+    import os
+    import sys
+
+    if (model is None) == (job is None):
+        raise InferenceError("give exactly one of model= or job=")
+    cmd = [sys.executable, "-m", INFER_ENTRY, os.fspath(qdir)]
+    cmd += ["--job", os.fspath(job)] if job is not None else ["--model", os.fspath(model)]
+    if noise_std:
+        cmd += ["--noise-std", repr(float(noise_std))]
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hetrain.protocol.infer_main QDIR (--job JOB | --model MODEL) [--noise-std S]``:
+    ``infer`` in a process of its own. Exit 0 with QDIR/server_stats.json; 2 for a user error and 5
+    out of memory (QDIR/server_error.json says which, as the training server's: runner.py reads
+    it); 3 for a bug (with its traceback there)."""
+    import argparse
+    import logging
+    import sys
+    import traceback
+
+    from hetrain.errors import HetrainUserError
+
+    from .server import _say, _write_error
+
+    p = argparse.ArgumentParser(prog=f"python -m {INFER_ENTRY}", description="score a query bundle")
+    p.add_argument("qdir")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--job")
+    which.add_argument("--model")
+    p.add_argument("--noise-std", type=float, default=0.0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="infer %(levelname)s: %(message)s")
+    qdir = pathlib.Path(args.qdir)
+    try:
+        stats = infer(qdir, model=args.model, job=args.job, noise_std=args.noise_std)
+        logging.getLogger("hetrain.infer").info("%d queries scored in %.2f s", stats["n_queries"], stats["infer_s"])
+        return 0
+    except HetrainUserError as exc:
+        _write_error(qdir, exc)
+        _say(f"server error: {exc}")
+        return 2
+    except MemoryError:
+        exc = MemoryError("the inference exceeded the memory allowed for it")
+        _write_error(qdir, exc)
+        _say(f"server error: {exc}")
+        return 5
+    except Exception as exc:
+        _write_error(qdir, exc, traceback.format_exc())
+        traceback.print_exc()
+        return 3
 
 
 __all__ = ["Scores", "TwinMismatch", "decrypt_scores", "encrypt_queries", "encrypt_queries_for_job", "infer",
