@@ -4,7 +4,9 @@ It holds public material only (public contexts, ciphertexts) and refuses uploads
 secret key. Each job is read, followed and deleted with the bearer token its submission returned;
 with --api-keys (or HETRAIN_API_KEYS) only holders of a key may submit. Beyond loopback it
 speaks TLS (--tls-cert, --tls-key), or refuses to start unless --insecure-bind says that something
-in front of it (a TLS proxy) does.
+in front of it (a TLS proxy) does. With --model MODEL.json it also scores other parties' encrypted
+queries with that plaintext model (encrypted inference, case b: service/inference.py); any job it
+trained scores its own data owner's encrypted queries (case a).
 """
 from __future__ import annotations
 

@@ -21,13 +21,17 @@ Two cases, both with the same bundle (a job bundle, protocol/files.py, whose job
                                                         fresh evaluation keys for the forward's rotations
         server: infer(QJOB, job=JOB)                     ct × ct in the trainer's own blocked layout
         decrypt_scores(KEYS, QJOB)                       checked against the plaintext twin's scores
-    Supported: mlr (full batch, blocked layout) and the mini-batch mlr (its final encrypted state,
-    not the best validated epoch that ``decrypt`` releases). The queries are packed exactly as the
-    training rows were (BlockedPacking with the job's I·L·C block), so the encrypted weights are used
-    as they are: one ct × ct ``mul_sum`` per group + log2 L rotations (blocked_matmul.forward), no
-    repacking. mlp-dvr / mlp-diagonal are refused: their weights are packed for the training
-    products (diagonals, grids) and a forward pass for new rows would need the whole training
-    layout's data bundle for the queries; use case (b) with the released model.
+    Supported: mlr (full batch, blocked layout): the queries are packed exactly as the training
+    rows were (BlockedPacking with the job's I·L·C block), one ct × ct ``mul_sum`` per group +
+    log2 L rotations (blocked_matmul.forward); the mini-batch mlr: the same, with the server's
+    FINAL encrypted state, not the best validated epoch that ``decrypt`` releases (the server
+    learns only the stop bit during training; keeping the best epoch's state there would need it
+    to learn which epoch is best, which tells it the validation curve's shape: not done);
+    mlp-diagonal and mlp-dvr: each trainer's own forward (``encrypted_scores``) on queries packed
+    as its training rows (SampleLayout / GridLayout of the training's geometry), weights as the
+    training left them (no repacking). The weights must have the forward's levels left (mlr 1,
+    mlp-diagonal W1 depth(σ_h) + 2, mlp-dvr its layers'); otherwise refused with what to do.
+    Over the service (inference_remote.py): the same bundles, POST /v1/jobs/{id}/queries.
 """
 from __future__ import annotations
 
