@@ -188,13 +188,15 @@ def test_encrypted_model_without_levels_is_refused(tmp_path, iris):
         inf.infer(tmp_path / "Q", job=job)
 
 
-def test_mlp_job_is_refused_for_case_a(tmp_path, iris):
+def test_mlp_job_without_levels_is_refused_for_case_a(tmp_path, iris):
+    """mlp-dvr: one iteration spends all 9 levels of n16384-deep: the forward is refused with what to do."""
     X, y = iris
     keys = tmp_path / "K"
-    steps.fit(X[::5], y[::5], "mlp-diagonal", {"iterations": 1}, refresh="none", backend="sim", preset="n16384-deep",
-              keys=keys, workdir=tmp_path / "JOB", progress=False)
-    with pytest.raises(InferenceError, match="mlp-diagonal.*cannot score encrypted queries.*case b"):
-        inf.encrypt_queries_for_job(KeyDir.open(keys), X, tmp_path / "JOB", tmp_path / "Q")
+    steps.fit(X[::5], y[::5], "mlp-dvr", {"iterations": 1, "hidden": [4]}, refresh="none", backend="sim",
+              preset="n16384-deep", keys=keys, workdir=tmp_path / "JOB", progress=False)
+    inf.encrypt_queries_for_job(KeyDir.open(keys), X, tmp_path / "JOB", tmp_path / "Q")
+    with pytest.raises(InferenceError, match="too few levels left for its forward.*use case \\(b\\)"):
+        inf.infer(tmp_path / "Q", job=tmp_path / "JOB")
 
 
 def test_bad_queries_are_refused(tmp_path, iris):

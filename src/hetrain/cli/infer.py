@@ -24,4 +24,7 @@ def run(args) -> int:
     stats = infer(args.queries, model=args.model, job=args.job, noise_std=args.noise_std)
     print(f"{stats['n_queries']} queries scored in {stats['infer_s']:.2f} s ({stats['mode']}): "
           f"{stats['n_output_ciphertexts']} encrypted score ciphertext(s) in {args.queries}/outputs.bin")
+    if stats.get("scores"):
+        print("note: the mini-batch model scored with the server's final encrypted state, not the best validated "
+              "epoch that `hetrain decrypt` releases")
     return 0

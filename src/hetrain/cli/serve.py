@@ -4,7 +4,9 @@ It holds public material only (public contexts, ciphertexts) and refuses uploads
 secret key. Each job is read, followed and deleted with the bearer token its submission returned;
 with --api-keys (or HETRAIN_API_KEYS) only holders of a key may submit. Beyond loopback it
 speaks TLS (--tls-cert, --tls-key), or refuses to start unless --insecure-bind says that something
-in front of it (a TLS proxy) does.
+in front of it (a TLS proxy) does. With --model MODEL.json it also scores other parties' encrypted
+queries with that plaintext model (encrypted inference, case b: service/inference.py); any job it
+trained scores its own data owner's encrypted queries (case a).
 """
 from __future__ import annotations
 
@@ -44,6 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-keys", metavar="FILE",
                    help="only holders of one of these keys may submit jobs (one key per line; blank lines and "
                         f"lines starting with # are ignored); also from {API_KEYS_ENV} (comma-separated)")
+    p.add_argument("--model", action="append", default=[], metavar="MODEL.json",
+                   help="a model owner's plaintext model (repeatable): the service publishes its spec (GET /v1/models) "
+                        "and scores other parties' encrypted queries with it (hetrain encrypt-queries --server)")
+    p.add_argument("--noise-std", type=float, default=0.0, metavar="S",
+                   help="with --model: add fresh encrypted Gaussian noise of this standard deviation to every score "
+                        "(limits what the decrypted scores reveal of the model; keep it well below the gap between "
+                        "class scores; default 0)")
     p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM; with --tls-key)")
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     p.add_argument("--insecure-bind", action="store_true",
@@ -69,6 +78,10 @@ def run(args) -> int:
                         ("--upload-timeout", args.upload_timeout)):
         if value is not None and not (value >= 0 if flag == "--job-memory-gb" else value > 0):
             raise HetrainUserError(f"{flag} must be positive, got {value:g}")
+    if not args.noise_std >= 0:
+        raise HetrainUserError(f"--noise-std must be >= 0, got {args.noise_std:g}")
+    if args.noise_std and not args.model:
+        raise HetrainUserError("--noise-std applies to the scores of --model MODEL.json: give the model too")
     tls = check_tls(args.tls_cert, args.tls_key)
     if not tls and not _is_loopback(args.host) and not args.insecure_bind:
         raise HetrainUserError(f"refusing to listen on {args.host} without TLS: job tokens and API keys would cross "
@@ -89,17 +102,23 @@ def run(args) -> int:
     if not api_keys and not _is_loopback(args.host):
         print(f"WARNING: no API keys (--api-keys, {API_KEYS_ENV}): anyone who reaches {args.host}:{args.port} may "
               "submit jobs", flush=True)
+    from hetrain.service.inference import ModelRegistry
+
+    models = ModelRegistry(args.model)  # a model file that does not load: one line, before listening
     gb = 1024 ** 3
     app = create_app(workdir, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
                      trainer_modules=tuple(args.trainer_module), api_keys=api_keys,
                      job_memory_bytes=int(args.job_memory_gb * gb) if args.job_memory_gb else None,
                      job_time_limit=args.job_time_limit, job_ttl_s=args.job_ttl * 3600.0,
                      disk_quota_bytes=int(args.disk_quota_gb * gb) if args.disk_quota_gb else None,
-                     upload_timeout_s=args.upload_timeout)
+                     upload_timeout_s=args.upload_timeout, models=models, noise_std=args.noise_std)
     scheme = "https" if tls else "http"
     auth = f"{len(api_keys)} API key(s) may submit" if api_keys else "anyone who reaches it may submit"
     print(f"hetrain service on {scheme}://{args.host}:{args.port} (workdir {workdir}; public material only; {auth})",
           flush=True)
+    for spec_id, spec in models.specs.items():
+        print(f"scoring encrypted queries with model spec {spec_id} ({spec['model']}, {spec['n_features']} features, "
+              f"{spec['n_classes']} classes, needs {spec['levels']} level(s)): GET /v1/models", flush=True)
     del api_keys
     ssl = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if tls else {}
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", **ssl)

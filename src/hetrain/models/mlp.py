@@ -492,6 +492,61 @@ class MLPTrainer(Trainer):
         self.run_stats = {"iterations": T, "resumed_from": start}
         return W
 
+    # ------------------------------------------------------------------ inference on the encrypted model
+    # Case (a) of protocol/inference.py: new rows scored with the weights ``server_train`` returned,
+    # still encrypted. The queries are packed exactly as the training rows (GridLayout.data_block in
+    # the training's grid: the same P and S samples per ciphertext), so the weights, replicated over
+    # samples, are used as they are; the forward is ``_gradients``' own, without the output sigmoid
+    # (monotone: the decrypted linear scores give the argmax).
+    def query_packing(self, job: dict, slots: int) -> dict:
+        """What a query bundle for this job's encrypted model must hold (query_check.py checks it)."""
+        lay = self.query_layout(job, 1, slots)
+        return {"layout": "grid", "P": lay.P, "S": lay.S, "d": int(job["sizes"][0]), "c": int(job["sizes"][-1]),
+                "per_group": lay.feature_blocks, "steps": [s for s in lay.rotation_steps() if s % slots]}
+
+    def query_layout(self, job: dict, n: int, slots: int) -> dvr.GridLayout:
+        """The training's grid (job["layout"]: P, S) for ``n`` query rows."""
+        return dvr.GridLayout(slots, int(job["layout"]["P"]), int(job["layout"]["S"]), int(n), int(job["sizes"][0]))
+
+    def pack_queries(self, job: dict, X: np.ndarray, slots: int) -> list[np.ndarray]:
+        """Query rows as the network takes them (``prepare``: projected, clipped) -> the data blocks."""
+        lay = self.query_layout(job, X.shape[0], slots)
+        return [lay.data_block(X, g, t) for g in range(lay.groups) for t in range(lay.feature_blocks)]
+
+    def query_rows(self, X: np.ndarray) -> np.ndarray:
+        """Preprocessed rows -> the network's inputs (the client's projection and clip; ``prepare``)."""
+        return self.clip(self.project(np.asarray(X, dtype=np.float64)))
+
+    def encrypted_scores(self, engine, X: list, weights: dict, job: dict) -> list:
+        """The forward of ``_gradients`` on query ciphertexts ``X`` with the encrypted weights:
+        one ciphertext of the last layer's linear outputs per group of S rows."""
+        sizes, K = job["sizes"], self.K
+        lay = self.query_layout(job, 1, engine.slots)
+        T = lay.feature_blocks
+        hidden = {l: PlainVector(lay.mask(out_axis(l), sizes[l])) for l in range(1, K)}
+        out = []
+        for g in range(len(X) // T):
+            z = None
+            for l in range(1, K + 1):
+                if l == 1:
+                    acc = engine.mul_sum([(X[g * T + t], weights["W1"][t]) for t in range(T)])
+                else:
+                    acc = engine.mul(dvr.replicate(engine, z, lay, out_axis(l)), weights[f"W{l}"][0])
+                a = engine.add(dvr.reduce_axis(engine, acc, lay, in_axis(l)), weights[f"b{l}"][0])
+                z = eval_poly_masked(engine, a, self.acts[l - 1].coeffs, hidden[l]) if l < K else a
+            out.append(z)
+        return out
+
+    def read_scores(self, vectors: list, job: dict, n: int) -> np.ndarray:
+        """Decrypted ``encrypted_scores`` -> n × c linear scores."""
+        lay = self.query_layout(job, n, len(vectors[0]))
+        c = int(job["sizes"][-1])
+        return np.concatenate([lay.read_along(v, out_axis(self.K), c) for v in vectors])[:n]
+
+    def linear_scores(self, weights: dict, X: np.ndarray) -> np.ndarray:
+        """Plaintext twin of ``read_scores`` on the network's inputs (``query_rows``)."""
+        return mlp_twin.forward(weights, X, self.acts)[0][-1]
+
     @staticmethod
     def _restore(saved, names: list[str]) -> tuple[dict, dict, int]:
         """(W, V, iterations done) from a checkpoint written by ``server_train``."""

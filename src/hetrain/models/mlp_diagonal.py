@@ -304,6 +304,73 @@ class DiagonalMLPTrainer(Trainer):
         self.run_stats = {"iterations": iters, "resumed_from": start}
         return {"w1": [D1[t] for t in b1.offsets], "w2": [D2[t] for t in b2.offsets]}
 
+    # ------------------------------------------------------------------ inference on the encrypted model
+    # Case (a) of protocol/inference.py: new rows scored with the weights ``server_train`` returned,
+    # still encrypted. The queries are packed exactly as the training rows ("x" of client_encrypt:
+    # the job's scale √g1, the band's rotated inputs over the sigmoid's bound) in sample layouts of
+    # the training's geometry (batch = next_pow2(n) rows per ciphertext, the same block), so the
+    # weight diagonals, replicated over every block, are used as they are; the forward is the
+    # training's own: z1 = dg.matvec, â = σ_h(z1) + bias unit, z2 = dg.matvec(D2, rot(â)) = c·W2·â.
+    def query_packing(self, job: dict, slots: int) -> dict:
+        """What a query bundle for this job's encrypted model must hold (query_check.py checks it):
+        the training's rows per ciphertext, the shapes, and the forward's rotation steps."""
+        layout, b1, b2, _, _ = self._geometry(job["n"], job["d"], job["c"], slots)
+        return {"layout": "diagonal", "batch": layout.batch, "d": int(job["d"]), "H": self.H, "c": int(job["c"]),
+                "per_group": len(b1.offsets), "steps": [s for s in dg.chain_steps(b2.offsets) if s]}
+
+    def pack_queries(self, job: dict, X: np.ndarray, slots: int) -> list[np.ndarray]:
+        """Preprocessed query rows (n × d) -> per group of ``batch`` rows, one slot vector per W1 diagonal."""
+        layout, b1, _, _, _ = self._geometry(job["n"], job["d"], job["c"], slots)
+        ql = dg.SampleLayout(layout.batch, slots)
+        sx = float(job["scales"].get("x", Scales.of(self.lr1, self.lr2, job["n"], self.out_sig).x))
+        out = []
+        for start in range(0, X.shape[0], ql.batch):
+            rows = np.zeros((ql.batch, X.shape[1]))
+            part = X[start:start + ql.batch]
+            rows[:len(part)] = part
+            xrot = b1.rotated_inputs(sx * np.hstack([rows, np.ones((ql.batch, 1))]))
+            out += [ql.place(xrot[t] / self._bound()) for t in b1.offsets]
+        return out
+
+    def forward_levels(self) -> int:
+        """Levels W1 needs for the forward (z1, σ_h, z2); W2 needs one."""
+        return self.hidden_sig.depth + 2
+
+    def encrypted_scores(self, engine: Engine, X: list, weights: dict, job: dict) -> list:
+        """The training's forward on query ciphertexts ``X`` (pack_queries' vectors, encrypted) with
+        the encrypted weights {"w1": [...], "w2": [...]}: one ciphertext of c·(linear scores) per group."""
+        layout, b1, b2, _, _ = self._geometry(job["n"], job["d"], job["c"], engine.slots)
+        ql = dg.SampleLayout(layout.batch, engine.slots)
+        D1 = dict(zip(b1.offsets, weights["w1"]))
+        D2 = dict(zip(b2.offsets, weights["w2"]))
+        odd, const = self._hidden_forward(job["scales"], ql)
+        m = len(b1.offsets)
+        out = []
+        for g in range(len(X) // m):
+            z1 = dg.matvec(engine, D1, dict(zip(b1.offsets, X[g * m:(g + 1) * m])))
+            a = engine.add(eval_poly(engine, z1, odd), const)
+            out.append(dg.matvec(engine, D2, dg.rotations_of(engine, a, b2.offsets)))
+        return out
+
+    def read_scores(self, vectors: list, job: dict, n: int) -> np.ndarray:
+        """Decrypted ``encrypted_scores`` -> n × c linear scores W2·[σ_h(W1·[x, 1]), hb]."""
+        layout = self._geometry(job["n"], job["d"], job["c"], len(vectors[0]))[0]
+        ql = dg.SampleLayout(layout.batch, len(vectors[0]))
+        slope = float(job["scales"].get("c", self.out_sig.coeffs[1]))
+        return np.concatenate([ql.read(v, job["c"]) for v in vectors])[:n] / slope
+
+    def linear_scores(self, weights: dict, X: np.ndarray) -> np.ndarray:
+        """Plaintext twin of ``read_scores``: W2·[σ_h(W1·[x, 1]), hb] on preprocessed rows."""
+        z1 = np.hstack([X, np.ones((len(X), 1))]) @ np.asarray(weights["W1"]).T
+        return np.hstack([self.hidden_sig(z1), np.full((len(X), 1), self.hb)]) @ np.asarray(weights["W2"]).T
+
+    def _hidden_forward(self, sc: dict, layout) -> tuple[list, PlainVector]:
+        """The hidden sigmoid's odd part in z1/B, scaled by â's √(c·g2), and the masked constant
+        (σ_h's constant term on the hidden units, √(c·g2)·hb on the bias unit): server_train's."""
+        sig = np.array(self.hidden_sig.coeffs) * self._bound() ** np.arange(len(self.hidden_sig.coeffs)) * sc["a"]
+        const = PlainVector(layout.replicate_real(np.r_[np.full(self.H, sig[0]), sc["a"] * self.hb]))
+        return [0.0] + list(sig[1:]), const
+
     # ------------------------------------------------------------------ plaintext
     def twin(self, X: np.ndarray, Y: np.ndarray, iterations: int | None = None, history: list | None = None):
         X, Y, W1 = self._check_inputs(X, Y)

@@ -350,9 +350,9 @@ def public_params(jobdir: str | os.PathLike) -> CKKSParams | None:
 
 # ---------------------------------------------------------------------- the service's child process
 def main(argv: list[str] | None = None) -> int:
-    """``main([JOBDIR, --trainer-module=M..., --scan=NAME..., --scan-only])`` (the service runs it as
+    """``main([JOBDIR, --trainer-module=M..., --scan=NAME..., --scan-only, --query])`` (the service runs it as
     ``python -c``): the secret-key scan of the files JOBDIR/NAME (the JSON files' strings too), then
-    ``check_bundle`` unless ``--scan-only``. Prints
+    ``check_bundle`` (``--query``: query_check.check_query_bundle) unless ``--scan-only``. Prints
     one JSON line: {"ok": true, "backend", "model", "n_ciphertexts"} or {"ok": false, "secret":
     bool, "error": message}. Exit 0 either way; anything else (killed at its memory limit) is the
     caller's to report."""
@@ -366,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trainer-module", action="append", default=[])
     p.add_argument("--scan", action="append", default=[], metavar="NAME", help="a file of JOBDIR to scan for secret keys")
     p.add_argument("--scan-only", action="store_true", help="only the secret-key scan")
+    p.add_argument("--query", action="store_true", help="JOBDIR is a query bundle (query_check.check_query_bundle)")
     args = p.parse_args(argv)
     d = pathlib.Path(args.jobdir)
     try:
@@ -383,7 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.scan_only:
             out = {"ok": True}
         else:
-            facts = check_bundle(d)
+            if args.query:
+                from .query_check import check_query_bundle
+
+                facts = check_query_bundle(d)
+            else:
+                facts = check_bundle(d)
             out = {"ok": True, "backend": facts.manifest["backend"], "model": facts.manifest["model"],
                    "n_ciphertexts": facts.n_ciphertexts}
     except SecretFound as exc:

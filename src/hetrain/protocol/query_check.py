@@ -6,6 +6,10 @@ the task, a query count the ciphertexts can hold, and exactly the ciphertexts it
     column (case b):  n_groups(n, slots) × n_features, no rotation needed
     blocked (case a): n_groups × feature blocks of the job's I·L·C block, with the Galois keys of
                       the forward's sum over l
+    diagonal / grid (case a, mlp-diagonal / mlp-dvr): ⌈n / rows per ciphertext⌉ groups of
+                      ``per_group`` ciphertexts (W1's diagonals / feature blocks), with the Galois
+                      keys of the steps the packing names (the server compares the packing with
+                      the training job's own before it scores)
 """
 from __future__ import annotations
 
@@ -50,6 +54,9 @@ def check_query_bundle(qdir: str | os.PathLike) -> BundleFacts:
         spec = check_spec(job.get("spec"), "job.json's model spec")
         want = groups * spec["n_features"]
         need_steps: set[int] = set()
+    elif job.get("mode") == "encrypted-model" and isinstance(job.get("packing"), dict) \
+            and job["packing"].get("layout") in ("diagonal", "grid"):
+        want, need_steps = _mlp_packing(job["packing"], n, params.slots)
     elif job.get("mode") == "encrypted-model":
         p = job.get("packing")
         keys = ("I", "L", "C", "d", "c")
@@ -69,3 +76,18 @@ def check_query_bundle(qdir: str | os.PathLike) -> BundleFacts:
     if missing:
         raise ClaimError(f"the public context lacks Galois keys for rotation step(s) {sorted(missing)[:5]}")
     return BundleFacts(manifest, job, params, steps, counts, total)
+
+
+def _mlp_packing(p: dict, n: int, slots: int) -> tuple[int, set[int]]:
+    """(ciphertexts the queries make, rotation steps needed) of an mlp packing, or ClaimError."""
+    rows_key = "batch" if p["layout"] == "diagonal" else "S"
+    keys = (rows_key, "d", "c", "per_group")
+    if not all(_is_int(p.get(k)) and 1 <= p[k] <= slots for k in keys):
+        raise ClaimError(f"job.json: a {p['layout']} packing gives integers {', '.join(keys)} between 1 and {slots}")
+    rows = p[rows_key]
+    if rows & (rows - 1):
+        raise ClaimError(f"job.json: {rows_key} = {rows} is not a power of two")
+    steps = p.get("steps")
+    if not (isinstance(steps, list) and len(steps) <= 64 and all(_is_int(s) for s in steps)):
+        raise ClaimError("job.json: the packing's steps must be a list of at most 64 integers")
+    return -(-n // rows) * p["per_group"], {s % slots for s in steps}

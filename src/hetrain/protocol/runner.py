@@ -120,21 +120,24 @@ class ServerProcess:
     @classmethod
     def start(cls, jobdir, *, trainer_modules=(), channel=None, channel_timeout: float | None = None,
               resume: bool = False, progress: bool = True, env: dict | None = None,
-              memory_limit: int | None = None, time_limit: float | None = None) -> "ServerProcess":
+              memory_limit: int | None = None, time_limit: float | None = None,
+              argv: list[str] | None = None) -> "ServerProcess":
         """Start ``python -m hetrain.protocol.server_main JOBDIR`` (command from server.server_argv).
 
         ``channel``: the refresh channel's socket path (``channel_timeout``: how long the server waits
         for the data owner); ``resume``: continue from the job's checkpoint; ``progress``: ask for
         progress lines; ``env``: extra environment variables; ``memory_limit``: bytes of data segment
         (RLIMIT_DATA: heap and anonymous mappings) the process may use; ``time_limit``: seconds of
-        wall time, after which it is stopped (``stop``)."""
+        wall time, after which it is stopped (``stop``); ``argv``: another server command on the same
+        directory (the inference server, inference.infer_argv), run under the same limits."""
         if memory_limit is not None and memory_limit <= 0:
             raise ValueError("memory_limit must be positive")
         if time_limit is not None and time_limit <= 0:
             raise ValueError("time_limit must be positive")
         jobdir = pathlib.Path(jobdir)
-        cmd = server_argv(jobdir, progress=progress, trainer_modules=tuple(trainer_modules), channel=channel,
-                          channel_timeout=channel_timeout, resume=resume)
+        cmd = list(argv) if argv is not None else server_argv(
+            jobdir, progress=progress, trainer_modules=tuple(trainer_modules), channel=channel,
+            channel_timeout=channel_timeout, resume=resume)
         log_path = jobdir / LOG_NAME
         for stale in (files.SERVER_ERROR, files.SERVER_STATS):  # a previous run's must not be read as this one's
             (jobdir / stale).unlink(missing_ok=True)

@@ -181,6 +181,34 @@ class HttpTransport:
         self.token = token
         return RemoteJob(self.url, remote_id, token)
 
+    def submit_queries(self, qdir, path: str, progress: bool = True, token: str | None = None) -> RemoteJob:
+        """Upload the query bundle in ``qdir`` to ``path`` of the service (service/inference.py):
+        ``/v1/jobs/{id}/queries`` with the training job's ``token`` (case a), or
+        ``/v1/models/{spec_id}/queries`` with the API key, if any (case b). Returns the new
+        inference job (its own id and token), followed and fetched like any job."""
+        if token:
+            _warn_if_clear(self.url)
+        with self._client() as http:
+            remote_id, new_token = self._upload(http, pathlib.Path(qdir), progress, path=path, token=token)
+        return RemoteJob(self.url, remote_id, new_token)
+
+    def wait(self, remote_id: str, progress: bool = True) -> dict:
+        """Wait for the service's job ``remote_id`` to be done and return its stats; the job and its
+        outputs stay on the service (case a: its encrypted model scores queries there).
+        ServerError with the service's message if it failed."""
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        with self._client(token=self._job_token(remote_id)) as http:
+            return self._wait(http, remote_id, progress, deadline, None)
+
+    def models(self) -> list[dict]:
+        """The specs of the plaintext models the service scores with (GET /v1/models; no token)."""
+        with self._client(timeout=30.0) as http:
+            got = self._json(http, "GET", "/v1/models").get("models")
+        if not isinstance(got, list):
+            raise ServerError(f"the service at {self.url} did not list its models: is it a hetrain service of this "
+                              "version?")
+        return got
+
     def attach(self, remote_id: str, engine, handler, job_id: str, progress: bool = False) -> ChannelStats:
         """Answer the refresh requests of the service's job ``remote_id`` until it ends (serve_http);
         ``job_id``: the job's own id (its manifest's), which the server's hello must carry."""
@@ -249,8 +277,10 @@ class HttpTransport:
         with self._client(timeout=30.0) as http:
             return self._json(http, "GET", "/v1/health")
 
-    def _upload(self, http, jobdir: pathlib.Path, progress: bool) -> tuple[str, str]:
-        """(the service's id of the job, its token)."""
+    def _upload(self, http, jobdir: pathlib.Path, progress: bool, *, path: str = "/v1/jobs",
+                token: str | None = None) -> tuple[str, str]:
+        """(the service's id of the job, its token). ``path``: where to POST the bundle; ``token``:
+        the credential to send instead of the API key (a training job's, for its queries)."""
         import httpx
 
         health = self._json(http, "GET", "/v1/health")
@@ -260,17 +290,19 @@ class HttpTransport:
             raise ServerError(f"the job bundle is {total / 2**20:.1f} MiB; the service at {self.url} accepts at most "
                               f"{limit / 2**20:.1f} MiB (its --max-upload-mb)")
         headers = {"content-type": "application/x-tar", "content-length": str(total)}
-        if self.api_key:
+        credential = token or self.api_key
+        if credential:
             _warn_if_clear(self.url)
-            headers["Authorization"] = f"Bearer {self.api_key}"
+            headers["Authorization"] = f"Bearer {credential}"
         with tqdm(total=total, desc="upload", unit="B", unit_scale=True, disable=not progress) as bar:
             try:
-                r = http.post("/v1/jobs", content=tar_stream(jobdir, bar.update), headers=headers)
+                r = http.post(path, content=tar_stream(jobdir, bar.update), headers=headers)
             except httpx.HTTPError as exc:
                 raise ServerError(f"upload to {self.url} failed: {exc}") from None
         body = _body(r)
         if r.status_code != 201:
-            hint = f" (give an API key: --api-key or ${API_KEY_ENV})" if r.status_code == 401 and not self.api_key else ""
+            hint = (f" (give an API key: --api-key or ${API_KEY_ENV})" if r.status_code == 401 and not credential
+                    else "")
             raise ServerError(f"the service refused the job (HTTP {r.status_code}): {body.get('error', r.text)}{hint}")
         if not isinstance(body.get("id"), str) or not isinstance(body.get("token"), str):
             raise ServerError(f"the service at {self.url} accepted the job but returned no id and token: is it a "

@@ -18,6 +18,21 @@ TLS is uvicorn's (`hetrain serve --tls-cert --tls-key`).
     DELETE /v1/jobs/{id}         cancel (kills a running job) and remove
     GET    /v1/health            liveness, queue counts, upload limit (no token needed)
 
+Encrypted inference (service/inference.py; a query bundle is written by `hetrain encrypt-queries`):
+
+    POST   /v1/jobs/{id}/queries         (case a) the TRAINING job's token; body: a query bundle (tar)
+                                         encrypted under its key for its encrypted model -> 201
+                                         {"id", "token", "status"} of a new inference job; 409 until
+                                         the training job is done
+    GET    /v1/models                    (case b) the specs of the plaintext models the service
+                                         scores with (`hetrain serve --model`), no weights
+    GET    /v1/models/{spec_id}          one spec; 404 unknown
+    POST   /v1/models/{spec_id}/queries  (case b) body: a query bundle for that spec -> 201 as above
+                                         (an API key when the service has them)
+
+An inference job is then followed like any job with its own token: GET /v1/jobs/{qid}, its
+encrypted scores at GET /v1/jobs/{qid}/result, DELETE /v1/jobs/{qid}.
+
 A job with ``"refresh": "client"`` asks its data owner to refresh its state; the data owner
 answers over HTTP and may come and go (service/relay.py):
 
@@ -59,6 +74,7 @@ from hetrain.protocol import files
 from .auth import ApiKeys, bearer, digest, install_log_redaction, matches, new_token
 from .jobs import DONE, FAILED, JobQueue, QuotaExceeded
 from .relay import FRAME_PREFIX, FrameError, check_frame, frame_size
+from .inference import ModelRegistry, check_for_job, check_for_model, has_model
 from .upload import DEFAULT_STALL_S, UploadError, UploadTooLarge, check_bundle, receive_bundle
 
 DEFAULT_MAX_UPLOAD_BYTES = 16 * 1024 ** 3  # a public context at N=32768 with ~30 rotation keys, plus data
@@ -90,16 +106,21 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
                trainer_modules: tuple[str, ...] = (), api_keys=(),
                job_memory_bytes: int | None = DEFAULT_JOB_MEMORY_BYTES, job_time_limit: float | None = None,
                job_ttl_s: float | None = DEFAULT_JOB_TTL_S, disk_quota_bytes: int | None = None,
-               upload_timeout_s: float | None = DEFAULT_STALL_S) -> FastAPI:
+               upload_timeout_s: float | None = DEFAULT_STALL_S, models=(), noise_std: float = 0.0) -> FastAPI:
     """The app; its job queue (and worker threads) lives from startup to shutdown. ``api_keys``:
     who may submit (hashed here; empty: anyone who reaches the service).
 
     Limits (None: none): ``job_memory_bytes`` per server process (RLIMIT_DATA), ``job_time_limit``
     seconds of wall time per run, ``job_ttl_s`` after which finished jobs are removed,
     ``disk_quota_bytes`` for all job directories and uploads together (507 beyond it),
-    ``upload_timeout_s`` without a byte before an upload is dropped (408)."""
+    ``upload_timeout_s`` without a byte before an upload is dropped (408).
+
+    Encrypted inference (service/inference.py): ``models``, paths of plaintext models the service
+    scores other parties' encrypted queries with (case b; ``noise_std``: Gaussian noise added to
+    their encrypted scores); any finished training job scores its owner's queries (case a)."""
     state: dict = {}
     keys = ApiKeys(api_keys)
+    models = models if isinstance(models, ModelRegistry) else ModelRegistry(models)
     roots = {str(pathlib.Path(workdir)), str(pathlib.Path(workdir).resolve())}
 
     @contextlib.asynccontextmanager
@@ -107,7 +128,8 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
         install_log_redaction()  # after uvicorn configured its loggers: access lines name jobs by tag
         state["queue"] = JobQueue(workdir, workers=workers, trainer_modules=trainer_modules,
                                   job_memory_bytes=job_memory_bytes, job_time_limit=job_time_limit,
-                                  job_ttl_s=job_ttl_s, disk_quota_bytes=disk_quota_bytes)
+                                  job_ttl_s=job_ttl_s, disk_quota_bytes=disk_quota_bytes, models=models,
+                                  noise_std=noise_std)
         state["polls"] = anyio.CapacityLimiter(_CHANNEL_POLLS)
         try:
             yield
@@ -158,15 +180,10 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
         return {"status": "ok", "version": hetrain.__version__, "jobs": state["queue"].counts(),
                 "workers": workers, "max_upload_bytes": max_upload_bytes, "holds_secret_keys": False}
 
-    @app.post("/v1/jobs", status_code=201)
-    async def submit(request: Request):
-        if keys:
-            key = bearer(request.headers)
-            if key is None:
-                return _unauthorized("this service takes jobs from holders of an API key: send the header "
-                                     "'Authorization: Bearer <api key>' (hetrain: --api-key or HETRAIN_API_KEY)")
-            if not keys.allows(key):
-                return _error(403, "this API key is not one of this service's")
+    async def receive(request: Request, check) -> tuple[str, pathlib.Path, dict, dict] | JSONResponse:
+        """Receive an upload into a new directory, check it (``check(upload_dir, received)`` in a
+        worker thread: returns the manifest, raises for a refusal) and queue nothing yet: (its id,
+        directory, manifest, job.json), or the JSON refusal."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
             return _error(413, f"upload of {int(declared)} bytes is larger than this service's limit of "
@@ -180,8 +197,7 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
             received = await receive_bundle(request.stream(), upload_dir, max_upload_bytes,
                                             on_bytes=lambda n: queue.quota.grow(job_id, n),
                                             stall_timeout=upload_timeout_s)
-            manifest = await anyio.to_thread.run_sync(
-                functools.partial(check_bundle, upload_dir, received, trainer_modules=trainer_modules))
+            manifest, job = await anyio.to_thread.run_sync(functools.partial(check, upload_dir, received))
         except QuotaExceeded as exc:
             queue.discard_upload(upload_dir)
             return _error(507, str(exc))
@@ -207,7 +223,7 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
             return _error(exc.status, f"job bundle refused: {exc}")
         except HetrainUserError as exc:  # e.g. a model this service does not know
             queue.discard_upload(upload_dir)
-            return _error(400, f"job bundle refused: {exc}")
+            return _error(400, f"job bundle refused: {_scrub(str(exc))}")
         except ClientDisconnect:
             queue.discard_upload(upload_dir)
             return _error(400, "the client disconnected during the upload")
@@ -223,9 +239,14 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
         finally:
             if job_id is not None:
                 queue.quota.end(job_id)
+        return job_id, upload_dir, manifest, job
+
+    def enqueue(job_id: str, upload_dir: pathlib.Path, manifest: dict, **task) -> dict | JSONResponse:
+        """Queue a checked upload under a new token: 201's body {"id", "token", "status"}."""
+        queue = state["queue"]
         token = new_token()
         try:
-            job = queue.submit(job_id, upload_dir, manifest, token_sha256=digest(token))
+            job = queue.submit(job_id, upload_dir, manifest, token_sha256=digest(token), **task)
         except OSError as exc:
             queue.discard_upload(upload_dir)
             if exc.errno in DISK_FULL:
@@ -234,6 +255,84 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
                                    "or ask its operator")
             raise
         return {"id": job.id, "token": token, "status": job.status}
+
+    def api_key_refusal(request: Request) -> JSONResponse | None:
+        """With API keys: 401 without one, 403 with a key that is not one of them."""
+        if keys:
+            key = bearer(request.headers)
+            if key is None:
+                return _unauthorized("this service takes jobs from holders of an API key: send the header "
+                                     "'Authorization: Bearer <api key>' (hetrain: --api-key or HETRAIN_API_KEY)")
+            if not keys.allows(key):
+                return _error(403, "this API key is not one of this service's")
+        return None
+
+    def check_training(upload_dir: pathlib.Path, received) -> tuple[dict, None]:
+        return check_bundle(upload_dir, received, trainer_modules=trainer_modules), None
+
+    @app.post("/v1/jobs", status_code=201)
+    async def submit(request: Request):
+        refusal = api_key_refusal(request)
+        if refusal is not None:
+            return refusal
+        got = await receive(request, check_training)
+        if isinstance(got, JSONResponse):
+            return got
+        job_id, upload_dir, manifest, _ = got
+        return enqueue(job_id, upload_dir, manifest)
+
+    # ------------------------------------------------------------------ encrypted inference (service/inference.py)
+    @app.post("/v1/jobs/{job_id}/queries", status_code=201)
+    async def submit_queries_for_job(job_id: str, request: Request):
+        train = find(job_id, request)  # the training job's token: 401 / 404 as for its other endpoints
+        if train.task != "train":
+            return _error(409, f"job {job_id} is an inference job: queries go to the training job whose encrypted "
+                               "model scores them")
+        if train.status != DONE or not has_model(train.dir):
+            return _error(409, f"job {job_id} is {train.status}: its encrypted model scores queries once it is done")
+
+        def check(upload_dir: pathlib.Path, received):
+            manifest = check_bundle(upload_dir, received, query=True)
+            return manifest, check_for_job(upload_dir, train.dir)
+
+        got = await receive(request, check)
+        if isinstance(got, JSONResponse):
+            return got
+        qid, upload_dir, manifest, _ = got
+        return enqueue(qid, upload_dir, manifest, task="inference", parent=train.id)
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"models": list(models.specs.values())}
+
+    def model_of(spec_id: str) -> dict:
+        spec = models.specs.get(spec_id)
+        if spec is None:
+            raise StarletteHTTPException(404, f"this service has no model of spec {spec_id!r}" +
+                                         ("" if models else " (it scores with none: `hetrain serve --model "
+                                                            "MODEL.json` makes it a model owner's scoring service)"))
+        return spec
+
+    @app.get("/v1/models/{spec_id}")
+    async def get_model(spec_id: str):
+        return model_of(spec_id)
+
+    @app.post("/v1/models/{spec_id}/queries", status_code=201)
+    async def submit_queries_for_model(spec_id: str, request: Request):
+        spec = model_of(spec_id)
+        refusal = api_key_refusal(request)
+        if refusal is not None:
+            return refusal
+
+        def check(upload_dir: pathlib.Path, received):
+            manifest = check_bundle(upload_dir, received, query=True)
+            return manifest, check_for_model(upload_dir, spec)
+
+        got = await receive(request, check)
+        if isinstance(got, JSONResponse):
+            return got
+        qid, upload_dir, manifest, _ = got
+        return enqueue(qid, upload_dir, manifest, task="inference", spec_id=spec_id)
 
     @app.get("/v1/jobs/{job_id}")
     async def status(job_id: str, request: Request):

@@ -67,6 +67,9 @@ class Job:
     resume: bool = False           # it was running when the service stopped: continue from its checkpoint
     channel: dict | None = None    # the relay's counts (relay.RelayStats), once it ran
     token_sha256: str | None = None  # SHA-256 of the job's bearer token (auth.py); never the token
+    task: str = "train"            # "inference": a query bundle (service/inference.py), scored, not trained
+    parent: str | None = None      # inference, case (a): the id of the training job whose encrypted model scores
+    spec_id: str | None = None     # inference, case (b): the spec id of the service's plaintext model
     deleted: bool = False
     proc: ServerProcess | None = dataclasses.field(default=None, repr=False)
     relay: ChannelRelay | None = dataclasses.field(default=None, repr=False)
@@ -87,7 +90,7 @@ class Job:
         return {"id": self.id, "status": self.status, "backend": self.backend, "model": self.model,
                 "progress": {"done": self.done, "total": self.total, "message": self.message},
                 "timings": timings, "error": self.error, "stats": self.stats if self.status == DONE else None,
-                "created_at": self.created_at, "refresh": self.refresh, "channel": channel}
+                "created_at": self.created_at, "refresh": self.refresh, "channel": channel, "task": self.task}
 
     def save(self) -> None:
         if self.relay is not None:
@@ -150,7 +153,10 @@ class JobQueue:
 
     def __init__(self, workdir: str | os.PathLike, workers: int = 1, trainer_modules: tuple[str, ...] = (), *,
                  job_memory_bytes: int | None = None, job_time_limit: float | None = None,
-                 job_ttl_s: float | None = None, disk_quota_bytes: int | None = None) -> None:
+                 job_ttl_s: float | None = None, disk_quota_bytes: int | None = None, models=None,
+                 noise_std: float = 0.0) -> None:
+        """``models``: service/inference.ModelRegistry (case (b) inference jobs score with them);
+        ``noise_std``: the Gaussian noise those jobs add to every encrypted score (inference.infer)."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.job_memory_bytes, self.job_time_limit, self.job_ttl_s = job_memory_bytes, job_time_limit, job_ttl_s
@@ -163,6 +169,7 @@ class JobQueue:
         for d in (self.root, self.jobs_dir, self.incoming_dir):  # nobody else may list job directories
             os.chmod(d, 0o700)
         self.trainer_modules = tuple(trainer_modules)
+        self.models, self.noise_std = models, float(noise_std)
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -190,13 +197,15 @@ class JobQueue:
     def discard_upload(self, upload_dir: pathlib.Path) -> None:
         shutil.rmtree(upload_dir, ignore_errors=True)
 
-    def submit(self, job_id: str, upload_dir: pathlib.Path, manifest: dict, token_sha256: str | None = None) -> Job:
-        """Move a checked upload into place and queue it (``token_sha256``: auth.digest of its token)."""
+    def submit(self, job_id: str, upload_dir: pathlib.Path, manifest: dict, token_sha256: str | None = None, *,
+               task: str = "train", parent: str | None = None, spec_id: str | None = None) -> Job:
+        """Move a checked upload into place and queue it (``token_sha256``: auth.digest of its token;
+        ``task``, ``parent``, ``spec_id``: an inference job's, see Job)."""
         d = self.jobs_dir / dir_name(job_id)
         os.replace(upload_dir, d)
         os.chmod(d, 0o700)
         job = Job(job_id, d, backend=manifest.get("backend"), model=manifest.get("model"), refresh=_refresh_mode(d),
-                  token_sha256=token_sha256)
+                  token_sha256=token_sha256, task=task, parent=parent, spec_id=spec_id)
         job.save()
         with self._lock:
             self._jobs[job_id] = job
@@ -325,8 +334,29 @@ class JobQueue:
             except OSError as exc:
                 log.error("job %s: cannot save its state: %s", tag(job_id), exc)
 
+    def _inference_argv(self, job: Job) -> list[str] | str:
+        """The inference server's command for ``job``, or why it cannot run (a message for its owner)."""
+        from hetrain.protocol.inference import infer_argv
+
+        if job.parent is not None:
+            parent = self.get(job.parent)
+            train_dir = self.jobs_dir / dir_name(job.parent)
+            if parent is None or parent.status != DONE or not (train_dir / files.OUTPUTS).is_file():
+                return "the training job whose encrypted model scores these queries is gone (deleted or expired)"
+            return infer_argv(job.dir, job=train_dir)
+        path = self.models.path(job.spec_id) if self.models else None
+        if path is None:
+            return f"this service no longer scores with model spec {job.spec_id}"
+        return infer_argv(job.dir, model=path, noise_std=self.noise_std)
+
     def _run(self, job: Job) -> None:
         channel = refresh_channel.channel_location(job.dir) if job.relay is not None else None
+        argv = self._inference_argv(job) if job.task == "inference" else None
+        if isinstance(argv, str):
+            job.status, job.started_at = FAILED, time.time()
+            job.finished_at, job.error = job.started_at, argv
+            log.warning("job %s failed: %s", tag(job.id), argv)
+            return
         try:
             with self._lock:
                 if job.deleted:
@@ -334,7 +364,7 @@ class JobQueue:
                 job.status, job.started_at = RUNNING, time.time()
                 job.proc = ServerProcess.start(job.dir, trainer_modules=self.trainer_modules, channel=channel,
                                                resume=job.resume, memory_limit=self.job_memory_bytes,
-                                               time_limit=self.job_time_limit)
+                                               time_limit=self.job_time_limit, argv=argv)
             job.save()
             log.info("job %s running (server pid %d%s)", tag(job.id), job.proc.pid, ", refresh by the data owner" if channel else "")
             relay_thread = None
@@ -391,6 +421,8 @@ def _public_error(jobdir: pathlib.Path, exc: ServerError) -> str:
         message = public if isinstance(public, str) else SERVER_PROCESS_FAILED
     for d in {str(jobdir.resolve()), str(jobdir)}:  # a user error may name a file of the job: not where it lives
         message = message.replace(d + os.sep, "").replace(d, "the job")
+    for d in {str(jobdir.parent.resolve()), str(jobdir.parent)}:  # another job's (an inference job's model)
+        message = message.replace(d + os.sep, "")
     return message
 
 

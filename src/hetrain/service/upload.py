@@ -44,6 +44,7 @@ CHECK_MEMORY_BYTES = 2 * 1024 ** 3  # the checking child's data segment: imports
 CHECK_TIMEOUT_S = 600.0             # it reads every byte once: ~1 GB/s, plus the plan
 DEFAULT_STALL_S = 300.0
 SECRET_MESSAGE = "the upload holds a secret key: refused"
+QUERY_TASK = "inference"  # job.json's task in a query bundle (protocol/inference.py)
 _BLOCK = tarfile.BLOCKSIZE
 log = logging.getLogger("hetrain.service")
 _FLUSH = 1 << 20  # write to disk in 1 MiB pieces (in a worker thread, off the event loop)
@@ -178,14 +179,15 @@ def _write_and_hash(f: BinaryIO, sha, piece: bytes) -> None:
 
 # ---------------------------------------------------------------------- checks on the files on disk
 def check_bundle(dest: pathlib.Path, received: dict[str, tuple[str, str]], *, trainer_modules: tuple[str, ...] = (),
-                 memory_limit: int = CHECK_MEMORY_BYTES, timeout: float = CHECK_TIMEOUT_S) -> dict:
+                 memory_limit: int = CHECK_MEMORY_BYTES, timeout: float = CHECK_TIMEOUT_S, query: bool = False) -> dict:
     """Refuse secret keys (anywhere, by content), strays, missing files, checksum mismatches and
     claims that disagree with the content; returns the manifest. ``received``: what
-    receive_bundle returned. The secret-key scan comes first, so a key is named for what it is
+    receive_bundle returned; ``query``: a query bundle of encrypted inference (hetrain
+    encrypt-queries), whose claims protocol/query_check.py checks, instead of a training job. The secret-key scan comes first, so a key is named for what it is
     whatever else is wrong with the upload."""
-    problem, manifest = _structure(dest, received)
+    problem, manifest = _structure(dest, received, query)
     result = _run_checker(dest, received, claims=problem is None, trainer_modules=trainer_modules,
-                          memory_limit=memory_limit, timeout=timeout)
+                          memory_limit=memory_limit, timeout=timeout, query=query)
     if result.get("secret"):
         raise SecretKeyRefused(f"{SECRET_MESSAGE}: {result['error']}. This service accepts public material only "
                                "(public context and ciphertexts): secret-key material must never leave the client")
@@ -196,7 +198,8 @@ def check_bundle(dest: pathlib.Path, received: dict[str, tuple[str, str]], *, tr
     return manifest
 
 
-def _structure(dest: pathlib.Path, received: dict[str, tuple[str, str]]) -> tuple[HetrainUserError | None, dict]:
+def _structure(dest: pathlib.Path, received: dict[str, tuple[str, str]],
+               query: bool = False) -> tuple[HetrainUserError | None, dict]:
     """What is wrong with the files themselves (None: nothing) and the manifest."""
     digests = {name: sha for name, (_, sha) in received.items()}
     strays = sorted(set(digests) - set(BUNDLE_FILES))
@@ -222,6 +225,12 @@ def _structure(dest: pathlib.Path, received: dict[str, tuple[str, str]]) -> tupl
             return UploadError(f"{name} does not match the manifest's checksum (corrupted or from another job)"), {}
     if not isinstance(job, dict) or job.get("model") != manifest.get("model"):
         return UploadError("job.json and the manifest name different models"), {}
+    if query != (job.get("task") == QUERY_TASK):
+        return (UploadError("this is a training job bundle, not a query bundle (hetrain encrypt-queries makes one)")
+                if query else UploadError("this is a query bundle: send it to a model's or a job's queries endpoint "
+                                          "(hetrain encrypt-queries --server), not as a training job")), {}
+    if query:
+        return None, manifest
     try:
         get_trainer(str(job.get("model")))  # unknown model: HetrainUserError with the list of known ones
     except HetrainUserError as exc:
@@ -230,11 +239,11 @@ def _structure(dest: pathlib.Path, received: dict[str, tuple[str, str]]) -> tupl
 
 
 def _run_checker(dest: pathlib.Path, received: dict[str, tuple[str, str]], *, claims: bool,
-                 trainer_modules: tuple[str, ...], memory_limit: int, timeout: float) -> dict:
+                 trainer_modules: tuple[str, ...], memory_limit: int, timeout: float, query: bool = False) -> dict:
     """protocol.bundle_check.main in a child process under ``memory_limit`` bytes (RLIMIT_DATA) and
     ``timeout`` seconds: the secret-key scan of every received file, then (``claims``) the claims."""
     code = "import sys; from hetrain.protocol.bundle_check import main; sys.exit(main())"
-    cmd = [sys.executable, "-c", code, os.fspath(dest)] + ([] if claims else ["--scan-only"])
+    cmd = [sys.executable, "-c", code, os.fspath(dest)] + ([] if claims else ["--scan-only"]) + (["--query"] if query else [])
     for mod in trainer_modules:
         cmd.append(f"--trainer-module={mod}")
     cmd += [f"--scan={stored}" for stored, _ in received.values()]  # our names (bundle names, stray-N)
