@@ -3,6 +3,7 @@ import hetrain
 from hetrain import ckks
 from hetrain.cli.main import main
 from hetrain.models.base import get_trainer, registry
+from hetrain.protocol import TrainedModel
 
 
 def test_version(capsys):
@@ -44,6 +45,8 @@ def test_fit_explains_its_figures_in_plain_words(capsys, tmp_path):
     out = capsys.readouterr().out.splitlines()
     check = next(ln for ln in out if ln.startswith("check: "))
     diff = float(out[-1].split("=")[1])
-    assert f"to {diff:.1e}:" in check and "did not change the result" in check
+    bound = TrainedModel.load(tmp_path / "m.json").info["twin_bound"]
+    assert f"to {diff:.1e} (an honest run of this job stays within {bound:.1e}):" in check
+    assert "did not change the result" in check
     assert any(ln.startswith("depth: the training used") for ln in out)
     assert any("INSECURE" in ln for ln in out if ln.startswith("note: "))
