@@ -212,10 +212,11 @@ def _twin(plt, run: dict, info: dict) -> Section:
             color=["tab:green" if tw.get("verified", True) is not False else "tab:red", "tab:gray"][:len(vals)])
     ax.set_xscale("log")
     ax.set_title("decrypted model vs the plaintext twin")
-    return Section("twin", "Twin check", _png(fig),
-                   f"The client redid the training in plaintext (NumPy, the same arithmetic) and compared: the "
-                   f"largest difference is {diff:.2e}" + (f", the check allows {bound:.2e}" if bound else "")
-                   + ". Differences of this size are CKKS's approximation noise.", rows)
+    from .report import twin_words
+
+    words = twin_words({"twin_max_abs_diff": diff, "twin_bound": bound, "verified": tw.get("verified")})
+    return Section("twin", "Twin check", _png(fig), "The client redid the training in plaintext with the same "
+                   f"arithmetic and compared. {words[len('twin: '):]}.", rows)
 
 
 def _params_section(model, run: dict) -> Section:
