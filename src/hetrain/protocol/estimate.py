@@ -137,7 +137,8 @@ def estimate(params, rotation_steps, n_ciphertexts: int, *, train_s: float | Non
     # container), the inputs (objects and bytes)
     client = PROCESS_BASE_BYTES + keys_in_memory + 2 * key_bytes + n_ciphertexts * (ct_mem + ct)
     # server: the bundle read and unpacked (two copies of the bytes), its keys loaded, the inputs loaded,
-    # a working set of temporaries. Checked on wine at n16384 (estimate 0.78 / 0.80 GB, measured 0.79 / 0.85 GB)
+    # a working set of temporaries. Checked on wine at n16384 (mini-batch mlr, 11 rotation keys): estimated
+    # 792 / 824 MiB for client / server, measured 789 / 854 MiB (peak RSS)
     server = PROCESS_BASE_BYTES + 2 * key_bytes + keys_in_memory + data_bytes + n_ciphertexts * ct_mem + 16 * ct_mem
     keygen_s = (1 + n_rot) * _KSK_KEYGEN_S * params.poly_modulus_degree * (params.levels + 1) * len(params.coeff_bits) \
         / (_REF_N * _REF_PRIMES * (_REF_PRIMES + 1))
