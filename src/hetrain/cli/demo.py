@@ -13,7 +13,8 @@ import dataclasses
 
 from hetrain.data.datasets import BUILTIN_DATASETS
 
-from .fit import StepBar, add_training_arguments, job_options
+from .confirm import add_confirm_arguments, before_keys
+from .fit import add_training_arguments, job_options
 
 DEFAULT_DATASET = "wine"  # 178 x 13, 3 classes: a real encrypted fit in well under a minute on 2 cores
 # Per-model defaults under the user's options for the one-chain trainer (--iterations): on wine,
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="also write the trained model file here")
     p.add_argument("--keep-job", metavar="DIR", help="write the job bundle (public keys, ciphertexts) to DIR and keep it")
     add_training_arguments(p)
+    add_confirm_arguments(p)
 
 
 def run(args) -> int:
@@ -50,9 +52,12 @@ def run(args) -> int:
     refresh, config, options = job_options(args, X.shape[1], args.backend)
     if refresh == "none":
         config = {**DEMO_CONFIG.get(args.model, {}), **config}
-    with StepBar(args.quiet) as bar:
+    from hetrain.protocol.progress import RunProgress
+
+    with RunProgress(quiet=args.quiet) as display:
         result = fit(Xtr, ytr, args.model, config, refresh=refresh, preset=args.preset, backend=args.backend,
-                     progress=not args.quiet, workdir=args.keep_job, log=bar.write, on_step=bar.on_step, **options)
+                     progress=display, workdir=args.keep_job, log=display.write,
+                     before_keys=before_keys(args, display.write), **options)
     model, stats = result.model, result.stats
     for line in format_summary(stats):
         print(line)

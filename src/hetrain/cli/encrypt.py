@@ -5,6 +5,7 @@ import argparse
 
 from hetrain.data import load_dataset
 
+from .confirm import add_confirm_arguments, before_keys
 from .fit import add_training_arguments, job_options
 
 
@@ -15,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                "give it to the training server)")
     p.add_argument("--model", default="mlr", help="mlr, mlp (resolved by --layout), or a registered trainer name")
     add_training_arguments(p, keys=True)
+    add_confirm_arguments(p)
 
 
 def run(args) -> int:
@@ -26,7 +28,8 @@ def run(args) -> int:
     print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
     refresh, config, options = job_options(args, X.shape[1], keys.backend)
     job, _ = encrypt(keys, X, y, args.out, model=args.model, config=config, refresh=refresh,
-                     progress=not args.quiet, log=print, **options)
+                     progress=not args.quiet, log=print, before_keys=before_keys(args, print, local_server=False),
+                     **options)
     size = sum(v for k, v in job.upload.items() if isinstance(v, int))
     print(f"job {job.job_id} ({job.trainer.name}, refresh {job.refresh}) written to {args.out}: "
           f"{size / 2**20:.1f} MiB, no secret key")

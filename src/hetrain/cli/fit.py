@@ -10,6 +10,7 @@ from hetrain.errors import HetrainUserError
 from hetrain.models.minibatch_plan import BATCH_SIZES, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE
 from hetrain.outputs import check_writable
 
+from .confirm import add_confirm_arguments, before_keys
 from .refresh import add_server_ca_argument
 from .submit import add_api_key_argument
 
@@ -31,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_force_unverified_argument(p)
     add_api_key_argument(p)
     add_server_ca_argument(p)
+    add_confirm_arguments(p)
 
 
 def add_force_unverified_argument(p: argparse.ArgumentParser) -> None:
@@ -150,11 +152,14 @@ def run(args) -> int:
     print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
     refresh, config, options = job_options(args, X.shape[1], args.backend)
     print(f"refresh: {refresh}")
-    with StepBar(args.quiet) as bar:
+    from hetrain.protocol.progress import RunProgress
+
+    with RunProgress(quiet=args.quiet) as display:
         result = fit(X, y, args.model, config, refresh=refresh, backend=args.backend, preset=args.preset,
-                     keys=args.keys, workdir=args.keep_job, server=args.server, progress=not args.quiet,
-                     api_key=args.api_key, server_ca=args.server_ca, force_unverified=args.force_unverified,
-                     log=bar.write, on_step=bar.on_step, **options)
+                     keys=args.keys, workdir=args.keep_job, server=args.server, progress=display,
+                     api_key=args.api_key, server_ca=args.server_ca, log=display.write,
+                     force_unverified=args.force_unverified,
+                     before_keys=before_keys(args, display.write, local_server=args.server is None), **options)
     result.model.save(out)
     return report(result, X, y, out)
 

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "accuracy of a trained model on labelled data"),
     "demo": ("demo", "encrypted training on a scikit-learn dataset, encrypted vs plaintext accuracy"),
     "datasets": ("datasets", "export scikit-learn's bundled datasets as CSV"),
+    "report": ("report", "a model file's training run as an HTML page with plots (needs matplotlib)"),
     "models": ("models", "list trainers, layouts, CKKS presets and backends, one line each"),
     "serve": ("serve", "HTTP training service: receives job bundles, trains, returns ciphertexts (needs hetrain[service])"),
 }

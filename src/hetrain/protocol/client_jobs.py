@@ -125,9 +125,11 @@ class ClientJob:
         """Whether the data owner answers this job's server while it trains (``handler`` is not None)."""
         return self.refresh == "client"
 
-    def handler(self, engine, record_dir: pathlib.Path | None, log=None, verify: bool = True):
+    def handler(self, engine, record_dir: pathlib.Path | None, log=None, verify: bool = True, on_epoch=None):
         """The refresh channel's handler (refresh/evaluate) of this job, or None (refresh none/bootstrap
-        without monitoring). ``verify``: compare every decrypted state with the twin (TwinMismatch)."""
+        without monitoring). ``verify``: compare every decrypted state with the twin (TwinMismatch).
+        ``on_epoch(entry)``: each epoch's validation as it is evaluated (a progress display), in place of
+        its log line."""
         return None
 
     @property
@@ -310,7 +312,7 @@ class TrainerJob(ClientJob):
     def levels_used(self) -> int:
         return int(self.plan.levels_needed or 0)
 
-    def handler(self, engine, record_dir, log=None, verify: bool = True):
+    def handler(self, engine, record_dir, log=None, verify: bool = True, on_epoch=None):
         from .refresh import ClientRefresher
 
         if self.refresh != "client":
@@ -514,7 +516,8 @@ class MiniBatchJob(ClientJob):
 
     @property
     def n_input_ciphertexts(self) -> int | None:
-        return None
+        """The ciphertexts the bundle holds (batches, encrypted lazily while it is written, and the state)."""
+        return self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params).n_input_ciphertexts or None
 
     def encrypt(self, engine, on_ciphertext=None):
         from .client import _count_calls
@@ -527,7 +530,7 @@ class MiniBatchJob(ClientJob):
         self.n_batches = int(job["n_batches"])
         return inputs, job
 
-    def validation(self, engine, record_dir: pathlib.Path | None, log=None, verify: bool = True):
+    def validation(self, engine, record_dir: pathlib.Path | None, log=None, verify: bool = True, on_epoch=None):
         """The client's monitor of this job (refresh checks, validation, best model), its state kept in
         ``record_dir`` so a data owner who comes back (or ``hetrain decrypt``) continues it."""
         from .refresh import MLRValidation
@@ -540,16 +543,17 @@ class MiniBatchJob(ClientJob):
         return MLRValidation(self.trainer, self.Xv, self.yv, self.Xp.shape[1], self.Y.shape[1], engine.slots,
                              X_train=self.Xp, retract=self.refresh == "client",
                              time_limit=self.options.get("time_limit"), log=log,
-                             state_dir=record_dir, twin_at=twin_at if verify else None, twin_bound=self.twin_bound)
+                             state_dir=record_dir, twin_at=twin_at if verify else None, twin_bound=self.twin_bound,
+                             on_epoch=on_epoch)
 
     @property
     def wants_channel(self) -> bool:
         return self.refresh == "client" or self.Xv is not None
 
-    def handler(self, engine, record_dir, log=None, verify: bool = True):
+    def handler(self, engine, record_dir, log=None, verify: bool = True, on_epoch=None):
         from .refresh import ClientRefresher
 
-        v = self.validation(engine, record_dir, log, verify=verify)
+        v = self.validation(engine, record_dir, log, verify=verify, on_epoch=on_epoch)
         if self.refresh != "client" and self.Xv is None:
             return None
         return ClientRefresher(engine, check=v.check if self.refresh == "client" else None,

@@ -96,7 +96,7 @@ class MLRValidation:
     def __init__(self, trainer, X_val, y_val, n_features: int, n_classes: int, slots: int, X_train=None, *,
                  retract: bool = True, time_limit: float | None = None, log=None,
                  state_dir: pathlib.Path | None = None, twin_at: Callable[[int], np.ndarray] | None = None,
-                 twin_bound: float | None = None) -> None:
+                 twin_bound: float | None = None, on_epoch: Callable[[dict], None] | None = None) -> None:
         self.trainer, self.d, self.c, self.slots = trainer, n_features, n_classes, slots
         self.X_val = None if X_val is None else np.asarray(X_val, dtype=np.float64)
         self.y_val = None if y_val is None else np.asarray(y_val)
@@ -111,6 +111,9 @@ class MLRValidation:
         self.state_dir = None if state_dir is None else pathlib.Path(state_dir)
         self.twin_at = twin_at  # step -> the plaintext twin's W after that many steps
         self.twin_bound = twin_bound  # the job's bound on |decrypted − twin| (twin_bound.py)
+        # called with each epoch's history entry (plus "best", "elapsed_s") as it is evaluated, in place of
+        # the log line: a progress display shows it live (protocol/progress.py)
+        self.on_epoch = on_epoch
         self._load()
 
     def verify(self, W: np.ndarray, step: int) -> None:
@@ -200,9 +203,12 @@ class MLRValidation:
         if best or self.best is None:
             self.best = (entry.get("val_accuracy", 0.0), W)
             self.best_step = step
-        self.log(f"epoch {epoch}: validation accuracy {entry.get('val_accuracy', float('nan')):.4f}, loss "
-                 f"{entry.get('val_loss', float('nan')):.4f}{' (best so far)' if best else ''}; "
-                 f"{time.time() - self.started:.0f} s")
+        if self.on_epoch is not None:
+            self.on_epoch({**entry, "best": bool(best), "elapsed_s": time.time() - self.started})
+        else:
+            self.log(f"epoch {epoch}: validation accuracy {entry.get('val_accuracy', float('nan')):.4f}, loss "
+                     f"{entry.get('val_loss', float('nan')):.4f}{' (best so far)' if best else ''}; "
+                     f"{time.time() - self.started:.0f} s")
         if stop:
             self.stop_reason = "early stopping"
         elif self.time_limit is not None and time.time() - self.started > self.time_limit:

@@ -30,8 +30,6 @@ import shutil
 import tempfile
 import time
 
-from tqdm import tqdm
-
 from hetrain.errors import HetrainUserError
 from hetrain.models.base import DepthPlanError
 
@@ -51,21 +49,30 @@ def keygen(out, *, backend: str = "seal", preset: str = "n16384", force_insecure
 
 # ---------------------------------------------------------------------------- encrypt
 def encrypt(keys: KeyDir, X, y, jobdir, *, model: str = "mlr", config: dict | None = None, refresh: str = "auto",
-            progress: bool = True, log=None, job: ClientJob | None = None, **options) -> tuple[ClientJob, object]:
+            progress=True, log=None, job: ClientJob | None = None, before_keys=None,
+            **options) -> tuple[ClientJob, object]:
     """Preprocess and plan on the plaintext, make this job's evaluation keys under ``keys``, encrypt and
     write the job bundle to ``jobdir`` (public material only) and the client's record to
     KEYS/jobs/<job id>/. Returns (the client's job half, the engine with the secret key).
 
     ``job``: an already prepared job (``fit`` prepares before it makes keys). The job's CKKS
     parameters are the keys' parameters: a job that does not fit them is refused with the preset
-    that would fit (make keys for it with ``hetrain keygen --preset P``)."""
+    that would fit (make keys for it with ``hetrain keygen --preset P``). ``progress``: True/False or
+    a progress.RunProgress (the "keygen" and "encrypt" phases); ``before_keys(job)``: called before the
+    evaluation keys are made (prints the estimate, may refuse: estimate.check_memory)."""
+    from .progress import as_display
+
     say = log or (lambda msg: None)
+    display = as_display(progress)
     if job is None:
         job = _prepare_for_keys(keys, X, y, model, config, refresh, say, options)
+    if before_keys is not None:
+        before_keys(job)
     job.job_id = secrets.token_hex(8)
     record_dir = keys.job_dir(job.job_id, create=True)
     t0 = time.perf_counter()
-    engine = keys.job_engine(job.rotations)
+    with display.phase("keygen", detail=f"{len(job.rotations)} rotation key(s), {job.params.name}"):
+        engine = keys.job_engine(job.rotations)
     job.timings["keygen_s"] = time.perf_counter() - t0
     if job.refresh == "bootstrap" and not engine.can_bootstrap:
         raise DepthPlanError(f"backend {engine.backend_name} cannot bootstrap: use refresh client")
@@ -78,8 +85,8 @@ def encrypt(keys: KeyDir, X, y, jobdir, *, model: str = "mlr", config: dict | No
     say(describe(bound))
     from .client import _count_calls
 
-    with tqdm(total=getattr(job, "n_input_ciphertexts", None), desc="encrypt", unit="ct", disable=not progress) as bar, \
-            _count_calls(engine, "encrypt", lambda: bar.update(1)):
+    with display.phase("encrypt", total=getattr(job, "n_input_ciphertexts", None), unit="ciphertexts") as bar, \
+            _count_calls(engine, "encrypt", bar.advance):
         inputs, bundle = job.encrypt(engine)
         bundle["refresh"] = job.refresh
         bundle["job_id"] = job.job_id
@@ -253,15 +260,19 @@ def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, 
     if outputs is None and failure is None and (jobdir / files.SERVER_ERROR).is_file():
         err = json.loads(files.read_bytes(jobdir / files.SERVER_ERROR, "server error"))
         failure = f"the server failed: {err.get('message')}"
-    return job.finish(engine, outputs, server_stats, record_dir, force_unverified=force_unverified,
-                      **({"failure": failure} if failure else {}))
+    from .report import record_run
+
+    result = job.finish(engine, outputs, server_stats, record_dir, force_unverified=force_unverified,
+                        **({"failure": failure} if failure else {}))
+    record_run(result)  # the run's figures in the model file (info["run"]), for `hetrain report`
+    return result
 
 
 # ---------------------------------------------------------------------------- fit
 def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = "auto", backend: str = "seal",
-        preset="auto", keys=None, workdir=None, server=None, progress: bool = True, log=None, on_step=None,
-        trainer_modules=(), api_key: str | None = None, server_ca=None, force_unverified: bool = False,
-        **options) -> FitResult:
+        preset="auto", keys=None, workdir=None, server=None, progress=True, log=None, on_step=None,
+        trainer_modules=(), api_key: str | None = None, server_ca=None, before_keys=None,
+        force_unverified: bool = False, **options) -> FitResult:
     """The one-command path: keygen → encrypt → train → (attach) → decrypt, client here, server in a
     separate process (or the service at ``server``, an http(s) URL).
 
@@ -269,14 +280,19 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
     default a private temporary one, removed at the end. ``workdir``: where the job bundle goes
     (kept); default a temporary directory. ``options``: scale, seed, release_decimals, noise_std,
     force_insecure, and for mini-batch mlr validation_fraction, max_epochs, time_limit, plan.
-    ``on_step(done, total)`` follows the server's iterations. ``api_key``, ``server_ca``: for a
+    ``on_step(done, total)`` follows the server's iterations. ``progress``: True/False or a
+    progress.RunProgress, the one display of the run's phases (keygen, encrypt, train with epochs and
+    validation, decrypt). ``before_keys(job)``: called once the job is planned, before any key is
+    made (the CLI prints estimate.estimate_job there and asks when it is big). ``api_key``, ``server_ca``: for a
     service (transport.HttpTransport; the job's token stays in memory). Returns a FitResult whose
     ``stats["partial"]`` says when a mini-batch run released its best epoch before it was done.
     ``force_unverified``: release (marked ``verified: false``) even a model that disagrees with its
     twin, and do not stop the run at a refreshed state that does (TwinMismatch otherwise)."""
     say = log or (lambda msg: None)
+    from .progress import CountingHandler, as_display
     from .transport import make_transport
 
+    display = as_display(progress)
     transport = make_transport(server, api_key=api_key, ca=server_ca)
     transport.preflight()  # a wrong --server URL fails now, not after keygen and encryption
     keydir = KeyDir.open(keys) if keys is not None and (pathlib.Path(keys) / "key.json").exists() else None
@@ -292,6 +308,12 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
         job = prepare_job(X, y, model, config, refresh=refresh, backend=backend, preset=preset, log=say, **options)
     if backend == "sim":
         say("WARNING: backend 'sim' is an INSECURE simulation: nothing is encrypted (tests/planning only)")
+    from .estimate import estimate_job
+    from .report import record_run
+
+    est = estimate_job(job)
+    if before_keys is not None:
+        before_keys(job)
     with contextlib.ExitStack() as stack:
         if keydir is None:
             kdir = keys if keys is not None else stack.enter_context(_private_tempdir("hetrain-keys-"))
@@ -299,16 +321,26 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
                             seed=options.get("seed"))
         jobdir = pathlib.Path(workdir) if workdir is not None else stack.enter_context(_private_tempdir("hetrain-job-"))
         mem = stack.enter_context(PeakRSS())
-        job, engine = encrypt(keydir, None, None, jobdir, job=job, progress=progress, log=say)
-        handler = job.handler(engine, keydir.job_dir(job.job_id), say, verify=not force_unverified)
+        job, engine = encrypt(keydir, None, None, jobdir, job=job, progress=display, log=say)
+        handler = job.handler(engine, keydir.job_dir(job.job_id), say, verify=not force_unverified,
+                              on_epoch=None if display.quiet else display.epoch_result)
+        if handler is not None:
+            handler = CountingHandler(handler, display)
+
+        def on_progress(done, total, message=""):
+            display.step(done, total, message)
+            if on_step is not None:
+                on_step(done, total)
+
         failure = None
         t0 = time.perf_counter()
         try:
-            sstats = transport.run(jobdir, progress and on_step is None, mem, refresh_handler=handler,
-                                   client_engine=engine, job_id=job.job_id,
-                                   on_submitted=lambda rid: say(f"service job id: {rid}"),
-                                   on_progress=(lambda d, t, m="": on_step(d, t)) if on_step else None,
-                                   trainer_modules=trainer_modules or _extra_modules(job))
+            with display.phase("train", unit="steps"):
+                sstats = transport.run(jobdir, False, mem, refresh_handler=handler,
+                                       client_engine=engine, job_id=job.job_id,
+                                       on_submitted=lambda rid: say(f"service job id: {rid}"),
+                                       on_progress=on_progress,
+                                       trainer_modules=trainer_modules or _extra_modules(job))
         except (ServerError, HetrainUserError) as exc:
             # mini-batch mlr keeps its best validated epoch; everything else has nothing to release, and
             # a server caught computing something else (TwinMismatch) gets nothing released at all
@@ -317,13 +349,16 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
             failure = f"training failed: {exc}"
             sstats = None
         server_wall_s = time.perf_counter() - t0
-        result = decrypt(keydir, jobdir, engine=engine, job=job, failure=failure, server_stats=sstats,
-                         force_unverified=force_unverified)
+        with display.phase("decrypt"):
+            result = decrypt(keydir, jobdir, engine=engine, job=job, failure=failure, server_stats=sstats,
+                             force_unverified=force_unverified)
         result.stats["server_wall_s"] = server_wall_s
         result.stats["client_peak_rss_bytes"] = mem.peaks.get("client")
         if sstats is not None:
             result.stats["server_peak_rss_bytes"] = max(mem.peaks.get("server", 0),
                                                         sstats.get("server_peak_rss_bytes") or 0)
+        result.stats["estimate"] = est.as_dict()
+        record_run(result)
         return result
 
 
