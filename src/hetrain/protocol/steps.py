@@ -51,17 +51,23 @@ def keygen(out, *, backend: str = "seal", preset: str = "n16384", force_insecure
 
 # ---------------------------------------------------------------------------- encrypt
 def encrypt(keys: KeyDir, X, y, jobdir, *, model: str = "mlr", config: dict | None = None, refresh: str = "auto",
-            progress: bool = True, log=None, job: ClientJob | None = None, **options) -> tuple[ClientJob, object]:
+            progress: bool = True, log=None, job: ClientJob | None = None, settings: dict | None = None,
+            **options) -> tuple[ClientJob, object]:
     """Preprocess and plan on the plaintext, make this job's evaluation keys under ``keys``, encrypt and
     write the job bundle to ``jobdir`` (public material only) and the client's record to
     KEYS/jobs/<job id>/. Returns (the client's job half, the engine with the secret key).
 
     ``job``: an already prepared job (``fit`` prepares before it makes keys). The job's CKKS
     parameters are the keys' parameters: a job that does not fit them is refused with the preset
-    that would fit (make keys for it with ``hetrain keygen --preset P``)."""
+    that would fit (make keys for it with ``hetrain keygen --preset P``).
+
+    ``settings``: the options the user ran with (``{"encrypt": {...}}``, cli.config.effective_config),
+    kept in the client's record and written to the model file's ``info["configuration"]`` by ``decrypt``."""
     say = log or (lambda msg: None)
     if job is None:
         job = _prepare_for_keys(keys, X, y, model, config, refresh, say, options)
+    if settings is not None:
+        job.settings = dict(settings)
     job.job_id = secrets.token_hex(8)
     record_dir = keys.job_dir(job.job_id, create=True)
     t0 = time.perf_counter()
@@ -225,14 +231,15 @@ def _client_half(keys: KeyDir, jobdir: pathlib.Path, engine=None, job: ClientJob
 def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, failure: str | None = None,
             server_stats: dict | None = None, server: str | None = None, remote_job: str | None = None,
             force_unverified: bool = False,
-            progress: bool = False, server_ca=None) -> FitResult:
+            progress: bool = False, server_ca=None, settings: dict | None = None) -> FitResult:
     """Decrypt the server's result in ``jobdir``, compare it with the plaintext twin (TwinMismatch: no
     model) and release it (rounded). Mini-batch mlr releases its best validated epoch; when the
     server did not finish (``failure``, or no outputs.bin) but epochs were validated, the best of
     them is released with ``stats["partial"] = True``. ``server_stats``: the server's statistics
     as the caller has them (with the client's view of the channel); default JOB/server_stats.json.
     ``server`` (and ``remote_job``, else JOB/remote.json): first wait for the service's job and
-    download its result."""
+    download its result. ``settings``: this step's options (``{"decrypt": {...}}``), recorded with the
+    job's own (``encrypt``'s) in the model file's ``info["configuration"]``."""
     jobdir = pathlib.Path(jobdir)
     job, engine, record_dir = _client_half(keys, jobdir, engine, job)
     if server is not None:
@@ -246,14 +253,19 @@ def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, 
     if outputs is None and failure is None and (jobdir / files.SERVER_ERROR).is_file():
         err = json.loads(files.read_bytes(jobdir / files.SERVER_ERROR, "server error"))
         failure = f"the server failed: {err.get('message')}"
-    return job.finish(engine, outputs, server_stats, record_dir, force_unverified=force_unverified,
-                      **({"failure": failure} if failure else {}))
+    result = job.finish(engine, outputs, server_stats, record_dir, force_unverified=force_unverified,
+                        **({"failure": failure} if failure else {}))
+    configuration = {**job.settings, **(settings or {})}
+    if configuration:
+        result.model.info["configuration"] = configuration
+    return result
 
 
 # ---------------------------------------------------------------------------- fit
 def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = "auto", backend: str = "seal",
         preset="auto", keys=None, workdir=None, server=None, progress: bool = True, log=None, on_step=None,
-        trainer_modules=(), api_key: str | None = None, server_ca=None, **options) -> FitResult:
+        trainer_modules=(), api_key: str | None = None, server_ca=None, channel_timeout: float | None = None,
+        settings: dict | None = None, **options) -> FitResult:
     """The one-command path: keygen → encrypt → train → (attach) → decrypt, client here, server in a
     separate process (or the service at ``server``, an http(s) URL).
 
@@ -262,12 +274,17 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
     (kept); default a temporary directory. ``options``: scale, seed, release_decimals, noise_std,
     force_insecure, and for mini-batch mlr validation_fraction, max_epochs, time_limit, plan.
     ``on_step(done, total)`` follows the server's iterations. ``api_key``, ``server_ca``: for a
-    service (transport.HttpTransport; the job's token stays in memory). Returns a FitResult whose
+    service (transport.HttpTransport; the job's token stays in memory). ``channel_timeout``: how long
+    the local server process waits for this process's answers (``train``'s; a service decides its
+    own: ServerError with ``server``). ``settings``: the options the user ran with, recorded in the
+    model file (see ``encrypt``). Returns a FitResult whose
     ``stats["partial"]`` says when a mini-batch run released its best epoch before it was done."""
     say = log or (lambda msg: None)
     from .transport import make_transport
 
     transport = make_transport(server, api_key=api_key, ca=server_ca)
+    if channel_timeout is not None:
+        transport = _with_channel_timeout(transport, channel_timeout)
     transport.preflight()  # a wrong --server URL fails now, not after keygen and encryption
     keydir = KeyDir.open(keys) if keys is not None and (pathlib.Path(keys) / "key.json").exists() else None
     # every refusal of the plaintext checks comes before any key is made, with checked advice
@@ -289,7 +306,7 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
                             seed=options.get("seed"))
         jobdir = pathlib.Path(workdir) if workdir is not None else stack.enter_context(_private_tempdir("hetrain-job-"))
         mem = stack.enter_context(PeakRSS())
-        job, engine = encrypt(keydir, None, None, jobdir, job=job, progress=progress)
+        job, engine = encrypt(keydir, None, None, jobdir, job=job, progress=progress, settings=settings)
         handler = job.handler(engine, keydir.job_dir(job.job_id), say)
         failure = None
         t0 = time.perf_counter()
@@ -314,6 +331,17 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
             result.stats["server_peak_rss_bytes"] = max(mem.peaks.get("server", 0),
                                                         sstats.get("server_peak_rss_bytes") or 0)
         return result
+
+
+def _with_channel_timeout(transport, channel_timeout: float):
+    from .transport import LocalTransport
+
+    if not isinstance(transport, LocalTransport):
+        raise ServerError("channel_timeout applies to a server process on this machine; a service's operator "
+                          "sets its own")
+    if not channel_timeout > 0:
+        raise HetrainUserError(f"--channel-timeout must be a positive number of seconds, got {channel_timeout:g}")
+    return LocalTransport(channel_timeout=channel_timeout)
 
 
 def _extra_modules(job: ClientJob) -> tuple[str, ...]:
