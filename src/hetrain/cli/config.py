@@ -5,10 +5,13 @@ parses), and the effective configuration that the model file records (``effectiv
     # fit.toml                               hetrain fit --config fit.toml --epochs 5
     data = "iris.csv"                        # keys: the long option names, with - or _
     label-column = "species"
-    out = "/tmp/iris-model.json"
     epochs = 20                              # the command line's --epochs 5 wins
-    [encrypt]                                # a table named after a command: for that command only
-    keys = "KEYS"
+    keys = "KEYS"                            # top level: for every command that has the option
+    [fit]                                    # a table named after a command: for that command only
+    out = "/tmp/iris-model.json"
+
+A top-level key that none of the commands taking --config knows, and a key in a command's table that
+this command does not know, are errors (a misspelt option must not pass silently).
 """
 from __future__ import annotations
 
@@ -43,25 +46,37 @@ def config_path(argv: list[str]) -> str | None:
     return known.config
 
 
-def apply_config(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> dict:
-    """Set ``parser``'s defaults from the --config file named in ``argv`` (the command's arguments),
-    so that the command line still wins; an option the file gives is no longer required. Returns the
-    values taken from the file ({} without --config). ConfigError for a missing or malformed file,
-    an unknown key (named, with the valid ones) or a value of the wrong type."""
+def apply_config(parsers: dict[str, argparse.ArgumentParser], command: str, argv: list[str]) -> dict:
+    """Set the defaults of ``parsers[command]`` (main's ``parser.commands``) from the --config file
+    named in ``argv`` (the command's arguments), so that the command line still wins; an option the
+    file gives is no longer required. Returns the values taken from the file ({} without --config).
+    ConfigError for a missing or malformed file, an unknown key (named, with the valid ones) or a
+    value of the wrong type."""
     path = config_path(argv)
     if path is None:
         return {}
-    values = _command_values(read_toml(path), command, path)
-    options = _long_options(parser)
+    doc = read_toml(path)
+    options = _long_options(parsers[command])
+    anywhere = {k for name in CONFIG_COMMANDS if name in parsers for k in _long_options(parsers[name])}
+    values = {k: v for k, v in doc.items() if not isinstance(v, dict)}
+    for key in values:
+        if key.replace("-", "_") not in anywhere:
+            raise ConfigError(f"{path}: unknown key {key!r}: no command that reads --config has the option "
+                              f"--{key.replace('_', '-')} (`hetrain {command}` has: {_names(options)})")
+    values = {k: v for k, v in values.items() if k.replace("-", "_") in options}  # the other commands' keys
+    for name, table in doc.items():
+        if isinstance(table, dict) and name not in CONFIG_COMMANDS:
+            raise ConfigError(f"{path}: unknown table [{name}]; a table must be named after a command "
+                              f"({', '.join(CONFIG_COMMANDS)})")
+    values.update(doc.get(command, {}))
     defaults = {}
     for key, value in values.items():
         action = options.get(key.replace("-", "_"))
         if action is None:
-            known = ", ".join(sorted(k.replace("_", "-") for k in options))
-            raise ConfigError(f"{path}: unknown key {key!r} for `hetrain {command}`; valid keys: {known}")
+            raise ConfigError(f"{path}: unknown key {key!r} in [{command}]; `hetrain {command}` has: {_names(options)}")
         defaults[action.dest] = _convert(action, value, key, path)
         action.required = False
-    parser.set_defaults(**defaults)
+    parsers[command].set_defaults(**defaults)
     return defaults
 
 
@@ -89,17 +104,8 @@ def effective_config(args: argparse.Namespace) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_RECORDED and not k.startswith("_")}
 
 
-def _command_values(doc: dict, command: str, path: str) -> dict:
-    """Top-level keys, then the [command] table over them; tables of other commands are skipped."""
-    from .main import COMMANDS
-
-    values = {k: v for k, v in doc.items() if not isinstance(v, dict)}
-    for name, table in doc.items():
-        if isinstance(table, dict) and name not in COMMANDS:
-            raise ConfigError(f"{path}: unknown table [{name}]; a table must be named after a command "
-                              f"({', '.join(CONFIG_COMMANDS)})")
-    values.update(doc.get(command, {}))
-    return values
+def _names(options: dict) -> str:
+    return ", ".join(sorted(k.replace("_", "-") for k in options))
 
 
 def _long_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)  # the global options take no value
     if command in CONFIG_COMMANDS:
         try:  # --config FILE: its values become the defaults, so the command line wins
-            apply_config(parser.commands[command], command, argv[argv.index(command) + 1:])
+            apply_config(parser.commands, command, argv[argv.index(command) + 1:])
         except HetrainUserError as exc:
             print(f"hetrain {command}: error: {exc}", file=sys.stderr)
             return 2
