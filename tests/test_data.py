@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hetrain.data import (check_feature_count, check_features, check_known_labels, export_csv, load_builtin,
-                          load_dataset)
+                          load_dataset, load_table)
 from hetrain.errors import DataError, HetrainUserError
 
 
@@ -33,10 +33,9 @@ def test_shared_feature_file_loads(shared_data):
     ("\n\n", "empty"),
     ("1.0,2,3\n0.0,4\n", "line 2 has 2 columns"),
     ("1.0,2,abc\n", "column 2 .*not a number"),
-    ("label,f1\n1.0,2\n", "no header"),
+    ("label,f1\n", "line 1, column 1 \\(feature 0\\) is not a number: 'f1'"),  # one line: data, not a header
     ("1.0,nan\n", "NaN or infinite"),
     ("1.0,inf\n", "NaN or infinite"),
-    ("1.5,2\n0.0,1\n", "labels must be integers"),
     ("1.0\n", "need a label and at least one feature"),
 ])
 def test_bad_csv(tmp_path, text, message):
@@ -115,9 +114,9 @@ def test_csv_bom_crlf_and_trailing_newline_load(tmp_path, raw):
 def test_csv_bom_then_header_is_still_a_header(tmp_path):
     p = tmp_path / "d.csv"
     p.write_bytes(b"\xef\xbb\xbflabel,f1,f2\r\n1,2,3\r\n")
-    with pytest.raises(DataError, match=r"line 1 .*'label'.*header row") as e:
-        load_dataset(p)
-    assert "\ufeff" not in str(e.value)
+    t = load_table(p)
+    assert t.feature_names == ["f1", "f2"] and t.y.tolist() == [1]  # the BOM is not part of 'label'
+    assert load_table(p, label_column="label").X.tolist() == [[2, 3]]
 
 
 def test_model_file_with_bom_loads(tmp_path):
@@ -129,30 +128,42 @@ def test_model_file_with_bom_loads(tmp_path):
     np.testing.assert_array_equal(load_model(p)["weights"]["w"], [0, 1, 2])
 
 
-# -- issue 10 item 7: text labels are not a header row -----------------------------------------------
-@pytest.mark.parametrize("text, message", [
-    ("malignant,17.99,3\nbenign,1,2\nmalignant,3,4\n",
-     r"labels must be integers; column 0 holds text labels such as 'malignant' and 'benign' \(on every line\); "
-     r"map them to integers \(e\.g\. 0, 1\)"),
-    ("malignant,17.99,3\n", r"labels must be integers; column 0 holds text labels such as 'malignant'"),
-    ("1,17.99,3\n0,1,2\nbenign,3,4\n1,5,6\n",
-     r"line 3, column 0 \(label\) is not a number: 'benign'; it is the only line with a text label"),
-    ("label,0,1\n1,1,2\n0,3,4\n", r"line 1, column 0 .*'label'; it is the only line .*header row"),
-    ("label,f1\n1.0,2\n", r"line 1 is not numeric \('label', 'f1'\); it looks like a header row"),
-    ("\n\nlabel,f1\n1.0,2\n", r"line 3 is not numeric .*header row"),
-    ("1.0,2,abc\n", r"line 1, column 2 \(feature 1\) is not a number: 'abc'$"),
+# -- issue 10 item 7, issue 17: text labels are class names, a header row is detected ----------------
+@pytest.mark.parametrize("text, labels", [
+    ("malignant,17.99,3\nbenign,1,2\nmalignant,3,4\n", ["malignant", "benign", "malignant"]),
+    ("malignant,17.99,3\n", ["malignant"]),
+    ("label,0,1\n1,1,2\n0,3,4\n", [1, 0]),        # its label is the only text one: a header row
+    ("label,f1\n1.0,2\n", [1]),
+    ("\n\nlabel,f1\n1.0,2\n", [1]),
 ])
-def test_csv_text_labels_are_not_called_a_header(tmp_path, text, message):
-    with pytest.raises(DataError, match=message) as e:
-        load_dataset(write(tmp_path, text))
-    assert "must have no header" not in str(e.value) or "header row" in message
+def test_csv_text_labels_and_detected_header(tmp_path, text, labels):
+    X, y = load_dataset(write(tmp_path, text))
+    assert y.tolist() == labels and X.shape == (len(labels), X.shape[1])
 
 
-def test_npz_and_array_text_labels_say_map_to_integers(tmp_path):
+def test_csv_mixed_or_fractional_labels_warn_and_are_class_names(tmp_path):
+    from hetrain.errors import DataWarning
+
+    with pytest.warns(DataWarning, match=r"mix numbers and text \(line 3: 'benign'\)"):
+        _, y = load_dataset(write(tmp_path, "1,17.99,3\n0,1,2\nbenign,3,4\n1,5,6\n"))
+    assert y.tolist() == ["1", "0", "benign", "1"]
+    with pytest.warns(DataWarning, match=r"not all whole numbers \(such as 1\.5\)"):
+        _, y = load_dataset(write(tmp_path, "1.5,2\n0.0,1\n"))
+    assert y.tolist() == ["1.5", "0.0"]
+
+
+def test_csv_bad_feature_names_column(tmp_path):
+    with pytest.raises(DataError, match=r"line 1, column 2 \(feature 1\) is not a number: 'abc'$"):
+        load_dataset(write(tmp_path, "1.0,2,abc\n"))
+
+
+def test_npz_and_array_text_labels_are_kept(tmp_path):
     from hetrain.data import check_labels
 
     np.savez(tmp_path / "s.npz", X=np.ones((3, 2)), y=np.array(["malignant", "benign", "benign"]))
-    with pytest.raises(DataError, match=r"text labels such as 'benign' and 'malignant'; map them to integers"):
-        load_dataset(tmp_path / "s.npz")
+    _, y = load_dataset(tmp_path / "s.npz")
+    assert y.tolist() == ["malignant", "benign", "benign"]
     with pytest.raises(DataError, match=r"row 0 has label 1\.5$"):  # a plain number, not np.float64(1.5)
         check_labels(np.array([1.5, 0.0]))
+    with pytest.raises(DataError, match=r"row 1 has an empty label"):
+        check_labels(np.array(["a", " "]))

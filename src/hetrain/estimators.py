@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from hetrain.data.validate import check_features
+from hetrain.data.validate import check_features, check_labels
 from hetrain.errors import DataError
 
 
@@ -35,14 +35,24 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
         return {"scale": self.scale, "seed": self.seed}
 
     def _labelled(self, X, y) -> tuple[np.ndarray, np.ndarray]:
-        """Checked (X, class index of each row); sets ``classes_`` and ``n_features_in_``."""
+        """Checked (X, the labels the model trains on); sets ``classes_`` and ``n_features_in_``.
+
+        ``classes_`` is ``np.unique(y)`` (scikit-learn's LabelEncoder). Whole-number and text labels go
+        to the model as they are (hetrain.data.check_labels: the same sorted classes, so ``model_``'s
+        ``predict`` and its file give the original labels, like ``hetrain fit``); other labels
+        (fractional numbers, ...) as their index in ``classes_``."""
         X = check_features(X)
         y = np.asarray(y)
         if y.ndim != 1 or y.shape[0] != X.shape[0]:
             raise DataError(f"y must be 1-D with one label per row of X ({X.shape[0]}), got shape {y.shape}")
         self.classes_, y_index = np.unique(y, return_inverse=True)
         self.n_features_in_ = X.shape[1]
-        return X, y_index
+        try:
+            labels = check_labels(y)
+        except DataError:
+            return X, y_index
+        same_order = np.unique(labels).tolist() == check_labels(self.classes_).tolist()
+        return X, (labels if same_order else y_index)
 
     def fit(self, X, y):
         """Train through the same steps as `hetrain fit` (hetrain.protocol.fit). After fitting:

@@ -11,9 +11,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     exp = sub.add_parser("export", help="write a dataset as CSV (no header, label in column 0)")
     exp.add_argument("name", choices=BUILTIN_DATASETS)
     exp.add_argument("--out", required=True, help="CSV file to write (the training rows with --test-out)")
-    exp.add_argument("--test-out", help="also split: stratified held-out rows go to this CSV")
-    exp.add_argument("--test-fraction", type=float, default=0.2, help="share of rows for --test-out (0.2)")
-    exp.add_argument("--seed", type=int, default=0, help="random state of the split (0)")
+    exp.add_argument("--test-out", help="also split: stratified held-out rows go to this CSV (default: no split)")
+    exp.add_argument("--test-fraction", type=float, default=0.2, help="share of rows for --test-out (default 0.2)")
+    exp.add_argument("--seed", type=int, default=0, help="random state of the split (default 0)")
     sub.add_parser("list", help="list the bundled datasets")
 
 

@@ -22,11 +22,13 @@ def run(args) -> int:
     from hetrain.protocol.keys import KeyDir
     from hetrain.protocol.steps import decrypt
 
+    from .config import effective_config
     from .fit import report
 
     out = check_writable(args.out, "model file")
     keys = KeyDir.open(args.keys)
     result = decrypt(keys, args.job, server=args.server, remote_job=args.remote_job, progress=True,
-                     server_ca=args.server_ca, force_unverified=args.force_unverified)
+                     server_ca=args.server_ca, force_unverified=args.force_unverified,
+                     settings={"decrypt": effective_config(args)})
     result.model.save(out)
     return report(result, None, None, out)

@@ -14,7 +14,7 @@ import dataclasses
 from hetrain.data.datasets import BUILTIN_DATASETS
 
 from .confirm import add_confirm_arguments, before_keys
-from .fit import add_training_arguments, job_options
+from .fit import add_model_argument, add_training_arguments, job_options
 
 DEFAULT_DATASET = "wine"  # 178 x 13, 3 classes: a real encrypted fit in well under a minute on 2 cores
 # Per-model defaults under the user's options for the one-chain trainer (--iterations): on wine,
@@ -23,11 +23,13 @@ DEMO_CONFIG = {"mlr": {"sigmoid": "deg3:16"}}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default=DEFAULT_DATASET, choices=BUILTIN_DATASETS)
-    p.add_argument("--model", default="mlr", help="mlr, mlp, or a registered trainer name")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, choices=BUILTIN_DATASETS,
+                   help="a dataset bundled with scikit-learn (`hetrain datasets list`)")
+    add_model_argument(p)
     p.add_argument("--test-size", type=float, default=0.25, help="fraction held out for testing (stratified)")
-    p.add_argument("--out", help="also write the trained model file here")
-    p.add_argument("--keep-job", metavar="DIR", help="write the job bundle (public keys, ciphertexts) to DIR and keep it")
+    p.add_argument("--out", help="also write the trained model file here (default: not written)")
+    p.add_argument("--keep-job", metavar="DIR", help="write the job bundle (public keys, ciphertexts) to DIR and keep "
+                                                     "it (default: a temporary directory, removed)")
     add_training_arguments(p)
     add_confirm_arguments(p)
 

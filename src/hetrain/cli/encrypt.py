@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import argparse
 
-from hetrain.data import load_dataset
-
 from .confirm import add_confirm_arguments, before_keys
-from .fit import add_training_arguments, job_options
+from .fit import DATA_HELP, add_model_argument, add_training_arguments, job_options
+from .inputs import add_input_arguments, describe, table_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", required=True, metavar="KEYS", help="the data owner's key directory (hetrain keygen)")
-    p.add_argument("--data", required=True, help="training data: CSV without header (label in column 0) or .npz (X, y)")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    add_input_arguments(p)
     p.add_argument("--out", required=True, metavar="JOB", help="job bundle directory to write (public material only: "
                                                                "give it to the training server)")
-    p.add_argument("--model", default="mlr", help="mlr, mlp (resolved by --layout), or a registered trainer name")
+    add_model_argument(p)
     add_training_arguments(p, keys=True)
     add_confirm_arguments(p)
 
@@ -23,13 +23,16 @@ def run(args) -> int:
     from hetrain.protocol.keys import KeyDir
     from hetrain.protocol.steps import encrypt
 
+    from .config import effective_config
+
     keys = KeyDir.open(args.keys)
-    X, y = load_dataset(args.data)
-    print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
+    table = table_from_args(args)
+    X, y = table.X, table.y
+    print(f"data: {describe(table)}")
     refresh, config, options = job_options(args, X.shape[1], keys.backend)
     job, _ = encrypt(keys, X, y, args.out, model=args.model, config=config, refresh=refresh,
                      progress=not args.quiet, log=print, before_keys=before_keys(args, print, local_server=False),
-                     **options)
+                     settings={"encrypt": effective_config(args)}, **options)
     size = sum(v for k, v in job.upload.items() if isinstance(v, int))
     print(f"job {job.job_id} ({job.trainer.name}, refresh {job.refresh}) written to {args.out}: "
           f"{size / 2**20:.1f} MiB, no secret key")

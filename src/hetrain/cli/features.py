@@ -16,16 +16,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, metavar="PATH",
                         help="folder of class sub-folders with PNG/JPEG files, an .npz with 'images' and "
                         "'labels', or an MNIST idx3-ubyte file (optionally .gz)")
-    parser.add_argument("--labels", metavar="PATH", help="idx1-ubyte labels file (only with idx images)")
+    parser.add_argument("--labels", metavar="PATH", help="idx1-ubyte labels file (only with idx images; default: "
+                                                         "none)")
     parser.add_argument("--backbone", default="regnet_x_400mf", choices=BACKBONE_CHOICES,
                         help="regnet_x_400mf (torchvision state dict), or any TorchScript / ONNX model file")
     parser.add_argument("--weights", metavar="FILE",
-                        help="local weights: state dict .pth (regnet_x_400mf), .pt (torchscript), .onnx (onnx)")
+                        help="local weights: state dict .pth (regnet_x_400mf), .pt (torchscript), .onnx (onnx) "
+                             "(default: the backbone's own file)")
     parser.add_argument("--random-weights", action="store_true",
                         help="regnet_x_400mf with random weights (for smoke tests only: the features are meaningless)")
     parser.add_argument("--out", required=True, metavar="FEATURES.csv", help="output CSV (label, then features)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    parser.add_argument("--limit", type=int, help="use only the first N images")
+    parser.add_argument("--limit", type=int, help="use only the first N images (default: all)")
     parser.add_argument("--size", type=int, default=224, help="model input side in pixels (default 224)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from hetrain import ckks
-from hetrain.data import load_dataset
 from hetrain.errors import HetrainUserError
-from hetrain.models.minibatch_plan import BATCH_SIZES, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE
+from hetrain.models.minibatch_plan import BATCH_SIZES, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_TIME_BUDGET_S
 from hetrain.outputs import check_writable
 
 from .confirm import add_confirm_arguments, before_keys
+from .inputs import add_input_arguments, describe, table_from_args
 from .refresh import add_server_ca_argument
 from .submit import add_api_key_argument
 
@@ -20,15 +20,19 @@ MINIBATCH_FLAGS = ("epochs", "time_limit", "batch_size", "patience", "weight_dec
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="training data: CSV without header (label in column 0) or .npz (X, y)")
-    p.add_argument("--model", default="mlr", help="mlr, mlp (resolved by --layout), or a registered trainer name")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    add_input_arguments(p)
+    add_model_argument(p)
     p.add_argument("--out", required=True, help="model file to write (JSON; written only when training succeeds)")
     add_training_arguments(p)
-    p.add_argument("--keep-job", metavar="DIR", help="write the job bundle (public keys, ciphertexts) to DIR and keep it")
+    p.add_argument("--keep-job", metavar="DIR", help="write the job bundle (public keys, ciphertexts) to DIR and keep "
+                                                     "it (default: a temporary directory, removed)")
     p.add_argument("--keys", metavar="DIR", help="key directory to use and keep (made with the job's parameters when "
                                                  "absent; see `hetrain keygen`); default: a temporary one, removed")
     p.add_argument("--server", metavar="URL", help="train on a `hetrain serve` service (e.g. http://127.0.0.1:8750) "
-                                                   "instead of a local server process; decryption stays here")
+                                                   "instead of a local server process; decryption stays here "
+                                                   "(default: a server process on this machine)")
+    add_channel_timeout_argument(p, default=None)
     add_force_unverified_argument(p)
     add_api_key_argument(p)
     add_server_ca_argument(p)
@@ -42,22 +46,72 @@ def add_force_unverified_argument(p: argparse.ArgumentParser) -> None:
                         "(default: refuse, nothing written)")
 
 
+DATA_HELP = ("training data: CSV (header and delimiter detected, label in column 0 unless --label-column; labels "
+             "are whole numbers or text class names), .npz (arrays X, y) or Parquet (.parquet, .pq; needs pyarrow)")
+
+
+def add_model_argument(p: argparse.ArgumentParser) -> None:
+    """--model, its help listing the registered trainers (`hetrain models` describes them)."""
+    p.add_argument("--model", default="mlr",
+                   help=f"mlr (mini-batch epochs with refresh, full-batch with --refresh none), mlp (--layout picks "
+                        f"the implementation), or a registered trainer: {', '.join(trainer_names())} "
+                        "(`hetrain models`; default: mlr)")
+
+
+def add_channel_timeout_argument(p: argparse.ArgumentParser, default: float | None) -> None:
+    """--channel-timeout of `train` (``default`` DEFAULT_TIMEOUT_S) and of `fit` (None: the same, for
+    its local server process; a service decides its own)."""
+    from hetrain.protocol.refresh_channel import DEFAULT_TIMEOUT_S
+
+    p.add_argument("--channel-timeout", type=float, default=default, metavar="SECONDS",
+                   help="refresh client: how long the server waits for the data owner (`hetrain refresh`) to "
+                        f"attach or answer before it gives up (default {DEFAULT_TIMEOUT_S:g}"
+                        + ("; with --server the service's operator decides)" if default is None else
+                           "); the job can then be resumed with --resume"))
+
+
+def trainer_names() -> list[str]:
+    """The registered trainers' names (hetrain.models.base.registry, every built-in one imported)."""
+    from hetrain.models.base import get_trainer, registry
+
+    get_trainer("mlr")  # imports the catalog: every built-in trainer registers
+    return sorted(registry)
+
+
+def layout_help() -> str:
+    """--layout's names: mlp's implementations from the registry (mlp-<layout>), mlr's packings."""
+    from hetrain.models.mlr import CIRCUITS
+
+    mlp = sorted(name[len("mlp-"):] for name in trainer_names() if name.startswith("mlp-"))
+    return (f"packing: for mlp auto, {', '.join(mlp)} (selects the implementation; default auto: diagonal up to "
+            f"16 features, dvr above); for mlr with --refresh none auto, {', '.join(CIRCUITS)} (default auto: "
+            "blocked)")
+
+
 def add_training_arguments(p: argparse.ArgumentParser, keys: bool = False) -> None:
     """The job's options, shared by `fit`, `encrypt` and `demo` (``keys``: the parameters and backend
     come from a key directory, so --preset and --backend are not offered)."""
-    p.add_argument("--iterations", type=int, help="training iterations (default: the trainer's)")
+    p.add_argument("--iterations", type=int,
+                   help="full-batch training iterations (default: the trainer's: 3 for mlr with --refresh none; "
+                        "for mlp its planner chooses from the data and a time budget); mini-batch mlr counts "
+                        "--epochs instead")
     if not keys:
         p.add_argument("--preset", default="auto", help=f"CKKS parameters: auto (smallest that fits) or one of {', '.join(ckks.PRESETS)}")
         p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help="seal (real encryption, the default), sim (INSECURE, for tests), "
                         "openfhe or desilo (bootstrapping; optional extras): see `hetrain models`")
-    p.add_argument("--learning-rate", type=float, help="step size (default: the trainer's)")
-    p.add_argument("--sigmoid", help="sigmoid approximation: 'published' or 'deg<D>:<B>' such as deg5:12")
-    p.add_argument("--hidden", help="hidden layer sizes for mlp, comma separated, e.g. 32,16")
-    p.add_argument("--layout", help="packing: for mlp auto|dvr|diagonal (selects the implementation); for mlr the trainer's layouts")
+    p.add_argument("--learning-rate", type=float,
+                   help="step size (default: chosen by the planner on the training data; 4.0 for mlr with "
+                        "--refresh none)")
+    p.add_argument("--sigmoid", help="sigmoid approximation: 'published' or 'deg<D>:<B>' such as deg5:12 (default: "
+                                     "chosen by the planner; published for mlr with --refresh none)")
+    p.add_argument("--hidden", help="hidden layer sizes for mlp, comma separated, e.g. 32,16 (default: chosen by the "
+                                    "planner: one layer, 16 units for dvr, 4 for diagonal)")
+    p.add_argument("--layout", help=layout_help())
     p.add_argument("--momentum", help="momentum: none | nesterov (--refresh none), or a heavy-ball β such as 0.9 "
-                                      "(mlr with refresh; default: planned)")
+                                      "(mlr with refresh; default: planned; none for mlr with --refresh none)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply standardised features by this (keeps polynomial inputs in range)")
-    p.add_argument("--seed", type=int, help="seed for the simulation backend, the validation split and release noise")
+    p.add_argument("--seed", type=int, help="seed for the simulation backend, the validation split, the planner and "
+                                            "release noise (default: none, fresh randomness each run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     # training past the depth limit (hetrain.protocol.refresh): the server process asks the data
     # owner over the job's refresh channel to re-encrypt its state, or bootstraps
@@ -71,7 +125,8 @@ def add_training_arguments(p: argparse.ArgumentParser, keys: bool = False) -> No
                         "the planner and early stopping usually end sooner")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="mlr with refresh: stop at the first epoch end past this wall time and release the best "
-                        "model so far (exit status 3: partial)")
+                        f"model so far (exit status 3: partial); also the planner's budget (default: no limit; the "
+                        f"planner sizes the run for {DEFAULT_TIME_BUDGET_S / 60:g} minutes)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="mlr with refresh: rows per mini-batch (default: planned among "
                         f"{', '.join(map(str, BATCH_SIZES))})")
@@ -147,10 +202,16 @@ def job_options(args, n_features: int, backend: str) -> tuple[str, dict, dict]:
 def run(args) -> int:
     from hetrain.protocol.steps import fit
 
+    from .config import effective_config
+
     out = check_writable(args.out, "model file")  # before any key is made; save falls back if it fails later
-    X, y = load_dataset(args.data)
-    print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
+    table = table_from_args(args)
+    X, y = table.X, table.y
+    print(f"data: {describe(table)}")
     refresh, config, options = job_options(args, X.shape[1], args.backend)
+    if args.channel_timeout is not None and args.server is not None:
+        raise HetrainUserError("--channel-timeout applies to the server process on this machine; with --server the "
+                               "service's operator sets it: leave --channel-timeout out")
     print(f"refresh: {refresh}")
     from hetrain.protocol.progress import RunProgress
 
@@ -158,7 +219,8 @@ def run(args) -> int:
         result = fit(X, y, args.model, config, refresh=refresh, backend=args.backend, preset=args.preset,
                      keys=args.keys, workdir=args.keep_job, server=args.server, progress=display,
                      api_key=args.api_key, server_ca=args.server_ca, log=display.write,
-                     force_unverified=args.force_unverified,
+                     force_unverified=args.force_unverified, channel_timeout=args.channel_timeout,
+                     settings={"fit": effective_config(args)},
                      before_keys=before_keys(args, display.write, local_server=args.server is None), **options)
     result.model.save(out)
     return report(result, X, y, out)

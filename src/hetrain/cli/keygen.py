@@ -13,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "one-hidden-layer networks; two hidden layers need n32768)")
     p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help="seal (real encryption, the default), sim (INSECURE, for tests), "
                         "openfhe or desilo (bootstrapping; optional extras): see `hetrain models`")
-    p.add_argument("--seed", type=int, help="seed of the simulation backend (sim only)")
+    p.add_argument("--seed", type=int, help="seed of the simulation backend (sim only; default: none, fresh "
+                                            "randomness)")
 
 
 def run(args) -> int:

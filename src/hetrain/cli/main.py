@@ -39,21 +39,46 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default ("(default: 0.2)") unless the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS)
+                and "default" not in text.lower()):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hetrain", description="Train classifiers on CKKS-encrypted data.")
+    """The `hetrain` parser; ``parser.commands`` maps each sub-command's name to its parser."""
+    parser = argparse.ArgumentParser(prog="hetrain", description="Train classifiers on CKKS-encrypted data.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"hetrain {hetrain.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = {}
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(f"hetrain.cli.{module}")
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         mod.add_arguments(p)
+        if name in CONFIG_COMMANDS:
+            add_config_argument(p)
         p.set_defaults(_run=mod.run)
+        parser.commands[name] = p
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)  # the global options take no value
+    if command in CONFIG_COMMANDS:
+        try:  # --config FILE: its values become the defaults, so the command line wins
+            apply_config(parser.commands, command, argv[argv.index(command) + 1:])
+        except HetrainUserError as exc:
+            print(f"hetrain {command}: error: {exc}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "_run", None):
@@ -89,6 +114,8 @@ def _one_line_warnings(command: str, fallback):
 
 from hetrain._streams import to_devnull  # noqa: E402  (kept at the bottom: no import cycles)
 from hetrain.errors import HetrainUserError, HetrainWarning  # noqa: E402
+
+from .config import CONFIG_COMMANDS, add_config_argument, apply_config  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

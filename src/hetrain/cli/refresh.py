@@ -15,9 +15,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_remote_arguments(p: argparse.ArgumentParser) -> None:
     """--server/--remote-job/--server-ca: the job runs on a `hetrain serve` service (`hetrain submit`)."""
     p.add_argument("--server", metavar="URL", help="the job runs on this `hetrain serve` service (its id and token: "
-                                                   "JOB/remote.json, written by `hetrain submit`)")
+                                                   "JOB/remote.json, written by `hetrain submit`; default: "
+                                                   "the job runs on this machine)")
     p.add_argument("--remote-job", metavar="ID", help="with --server: the service's id of the job, when JOB/remote.json "
-                                                      "does not name it (its token then from HETRAIN_JOB_TOKEN)")
+                                                      "does not name it (its token then from HETRAIN_JOB_TOKEN; "
+                                                      "default: the id in JOB/remote.json)")
     add_server_ca_argument(p)
 
 

@@ -42,19 +42,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upload-timeout", type=float, default=300.0, metavar="S",
                    help="an upload with no data for this many seconds is dropped (default 300)")
     p.add_argument("--trainer-module", action="append", default=[],
-                   help="extra module to import so its trainer registers (operator's choice, never the job's)")
+                   help="extra module to import so its trainer registers (operator's choice, never the job's; "
+                        "may be repeated; default: none)")
     p.add_argument("--api-keys", metavar="FILE",
                    help="only holders of one of these keys may submit jobs (one key per line; blank lines and "
-                        f"lines starting with # are ignored); also from {API_KEYS_ENV} (comma-separated)")
+                        f"lines starting with # are ignored); also from {API_KEYS_ENV} (comma-separated); "
+                        "default: none, anyone who reaches the port may submit)")
     p.add_argument("--model", action="append", default=[], metavar="MODEL.json",
                    help="a model owner's plaintext model (repeatable): the service publishes its spec (GET /v1/models) "
                         "and scores other parties' encrypted queries with it (hetrain encrypt-queries --server)")
     p.add_argument("--noise-std", type=float, default=0.0, metavar="S",
                    help="with --model: add fresh encrypted Gaussian noise of this standard deviation to every score "
                         "(limits what the decrypted scores reveal of the model; keep it well below the gap between "
-                        "class scores; default 0)")
-    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM; with --tls-key)")
-    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+                        "class scores)")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM; with --tls-key; "
+                                                      "default: plain HTTP)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM; default: none)")
     p.add_argument("--insecure-bind", action="store_true",
                    help="listen beyond loopback without TLS (only behind a TLS-terminating proxy: tokens and "
                         "API keys travel in every request)")

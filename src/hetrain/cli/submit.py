@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_api_key_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", metavar="KEY",
                    help="the service's API key, if it asks for one (better: the environment variable "
-                        "HETRAIN_API_KEY, which other users cannot read in the process list)")
+                        "HETRAIN_API_KEY, which other users cannot read in the process list; default: "
+                        "HETRAIN_API_KEY, else none)")
 
 
 def run(args) -> int:

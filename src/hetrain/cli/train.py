@@ -3,20 +3,19 @@ from __future__ import annotations
 
 import argparse
 
-from hetrain.protocol.refresh_channel import DEFAULT_TIMEOUT_S
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from hetrain.protocol.refresh_channel import DEFAULT_TIMEOUT_S
+
+    from .fit import add_channel_timeout_argument
+
     p.add_argument("--job", required=True, metavar="JOB", help="job bundle directory (hetrain encrypt)")
     p.add_argument("--resume", action="store_true", help="continue from the job's checkpoint (JOB/state.ckpt) after "
                                                          "a kill or a failure")
-    p.add_argument("--channel-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                   help="refresh client: how long the server waits for the data owner (`hetrain refresh`) to "
-                        f"attach or answer before it gives up (default {DEFAULT_TIMEOUT_S:g}); the job can then "
-                        "be resumed with --resume")
+    add_channel_timeout_argument(p, default=DEFAULT_TIMEOUT_S)
     p.add_argument("--trainer-module", action="append", default=[], metavar="MODULE",
                    help="extra module the server imports so that its trainer registers (a trainer outside hetrain; "
-                        "chosen by the server's operator, never by the job)")
+                        "chosen by the server's operator, never by the job; may be repeated; default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -104,6 +104,7 @@ class ClientJob:
         self.job_id: str | None = None
         self.timings: dict[str, float] = {}
         self.upload: dict = {}
+        self.settings: dict = {}  # the user's options by command ({"fit": {...}}), for the model file
 
     # -------------------------------------------------------------- to be provided
     trainer = None
@@ -189,7 +190,7 @@ class ClientJob:
         record, arrays = self._record()
         record = {"kind": self.kind, "job_id": self.job_id, "refresh": self.refresh, "backend": self.backend,
                   "params": self.params.to_dict(), "preprocessing": self.pre.to_dict(), "options": self.options,
-                  "timings": self.timings, "upload": self.upload, **record}
+                  "timings": self.timings, "upload": self.upload, "settings": self.settings, **record}
         import io
 
         buf = io.BytesIO()
@@ -215,6 +216,7 @@ class ClientJob:
         job.params = ckks.CKKSParams.from_dict(record["params"])
         job.pre = Preprocessor.from_dict(record["preprocessing"])
         job.options, job.timings, job.upload = record["options"], record["timings"], record.get("upload", {})
+        job.settings = record.get("settings", {})
         return job
 
     # -------------------------------------------------------------- shared by finish()

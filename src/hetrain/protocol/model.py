@@ -7,13 +7,13 @@ import os
 import numpy as np
 
 import hetrain
-from hetrain.data.validate import check_features, check_labels
+from hetrain.data.validate import align_labels, check_features, check_labels
 from hetrain.errors import HetrainUserError
 from hetrain.models.base import get_trainer
 
 from . import files
 from .errors import ModelFileError
-from .preprocess import Preprocessor
+from .preprocess import Preprocessor, record_classes
 
 
 def softmax(scores) -> np.ndarray:
@@ -44,7 +44,8 @@ class TrainedModel:
     info: dict = dataclasses.field(default_factory=dict)  # backend, params, release, timings...
 
     @property
-    def classes(self) -> list[int]:
+    def classes(self) -> list:
+        """Class labels in the order of the score columns: ints, or the text labels as trained on."""
         return self.preprocessing.classes
 
     @property
@@ -95,6 +96,7 @@ class TrainedModel:
         return scores
 
     def predict(self, X) -> np.ndarray:
+        """The class label of each row (n,): the labels as trained on (text labels come back as text)."""
         return np.asarray(self.classes)[np.argmax(self.predict_scores(X), axis=1)]
 
     def predict_proba(self, X) -> np.ndarray:
@@ -104,7 +106,7 @@ class TrainedModel:
     def accuracy(self, X, y) -> float:
         X = check_features(X)
         self.preprocessing.transform(X)  # a wrong feature count first: it explains odd labels too
-        y = check_labels(y, n_rows=np.shape(X)[0])
+        y = align_labels(check_labels(y, n_rows=np.shape(X)[0]), self.classes)
         self.preprocessing.label_index(y)  # DataError for labels not seen in training
         return float(np.mean(self.predict(X) == y))
 
@@ -126,7 +128,7 @@ class TrainedModel:
                 pre = Preprocessor.from_dict(r["preprocessing"])
             except HetrainUserError as exc:
                 raise ModelFileError(f"{path}: {exc}") from None
-            if pre.classes != [int(c) for c in r["classes"]]:
+            if pre.classes != record_classes(r["classes"]):
                 raise ModelFileError(f"{path}: class labels and preprocessing disagree")
             info = r.get("info", {})
             config = r["config"]

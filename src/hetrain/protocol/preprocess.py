@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from hetrain.data.validate import check_feature_count, check_features, check_known_labels, check_labels
+from hetrain.data.validate import align_labels, check_feature_count, check_features, check_known_labels, check_labels
 from hetrain._format import plain
 from hetrain.errors import DataError, DataWarning
 
@@ -58,7 +58,7 @@ class Preprocessor:
     mean: np.ndarray
     std: np.ndarray          # 1.0 where the feature is constant in training
     scale: float
-    classes: list[int]
+    classes: list            # sorted class labels: all int, or all str (text labels, as written)
 
     @classmethod
     def fit(cls, X, y, scale: float = 1.0) -> "Preprocessor":
@@ -67,7 +67,7 @@ class Preprocessor:
         scale = float(scale) if isinstance(scale, (int, float, np.number)) else scale
         if not (isinstance(scale, float) and np.isfinite(scale) and scale > 0):
             raise DataError(f"scale must be a positive number, got {plain(scale)!r}")
-        classes = sorted(int(c) for c in np.unique(y))
+        classes = np.unique(y).tolist()  # LabelEncoder's order; the one-hot columns follow it
         if len(classes) < 2:
             raise DataError(f"training labels hold a single class ({classes}); a classifier needs at least two")
         mean, std, constant = standardisation_stats(X)
@@ -95,7 +95,7 @@ class Preprocessor:
 
     def label_index(self, y) -> np.ndarray:
         """Column index of each label; DataError for labels not seen in training."""
-        y = check_labels(y)
+        y = align_labels(y, self.classes)
         check_known_labels(y, self.classes)
         return np.searchsorted(np.asarray(self.classes), y)
 
@@ -106,7 +106,7 @@ class Preprocessor:
     def from_dict(cls, d: dict) -> "Preprocessor":
         try:
             p = cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64),
-                    float(d["scale"]), [int(c) for c in d["classes"]])
+                    float(d["scale"]), record_classes(d["classes"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"preprocessing record is malformed: {exc}") from None
         if p.mean.ndim != 1 or p.mean.shape != p.std.shape or not np.all(p.std > 0):
@@ -116,7 +116,18 @@ class Preprocessor:
             raise DataError(f"preprocessing record is malformed: {' and '.join(bad)} hold NaN or infinite values")
         if not p.scale > 0:
             raise DataError(f"preprocessing record is malformed: scale must be positive, got {p.scale}")
-        if len(p.classes) < 2 or p.classes != sorted(set(p.classes)):
+        if p.classes is None or len(p.classes) < 2 or p.classes != sorted(set(p.classes)):
             raise DataError(f"preprocessing record is malformed: classes must be at least two distinct labels in "
                             f"increasing order, got {p.classes}")
         return p
+
+
+def record_classes(classes) -> list | None:
+    """A file's class list as the model holds it: all int, or all str (text labels); None when it
+    mixes the two or holds anything else (the caller says the record is malformed)."""
+    classes = list(classes)
+    if all(isinstance(c, str) for c in classes):
+        return classes
+    if all(isinstance(c, (int, float)) and not isinstance(c, bool) and float(c).is_integer() for c in classes):
+        return [int(c) for c in classes]
+    return None

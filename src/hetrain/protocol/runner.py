@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from typing import Callable
 
 from . import files

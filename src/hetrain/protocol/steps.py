@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import pathlib
 import secrets
 import shutil
@@ -49,7 +48,7 @@ def keygen(out, *, backend: str = "seal", preset: str = "n16384", force_insecure
 
 # ---------------------------------------------------------------------------- encrypt
 def encrypt(keys: KeyDir, X, y, jobdir, *, model: str = "mlr", config: dict | None = None, refresh: str = "auto",
-            progress=True, log=None, job: ClientJob | None = None, before_keys=None,
+            progress=True, log=None, job: ClientJob | None = None, before_keys=None, settings: dict | None = None,
             **options) -> tuple[ClientJob, object]:
     """Preprocess and plan on the plaintext, make this job's evaluation keys under ``keys``, encrypt and
     write the job bundle to ``jobdir`` (public material only) and the client's record to
@@ -59,13 +58,18 @@ def encrypt(keys: KeyDir, X, y, jobdir, *, model: str = "mlr", config: dict | No
     parameters are the keys' parameters: a job that does not fit them is refused with the preset
     that would fit (make keys for it with ``hetrain keygen --preset P``). ``progress``: True/False or
     a progress.RunProgress (the "keygen" and "encrypt" phases); ``before_keys(job)``: called before the
-    evaluation keys are made (prints the estimate, may refuse: estimate.check_memory)."""
+    evaluation keys are made (prints the estimate, may refuse: estimate.check_memory).
+
+    ``settings``: the options the user ran with (``{"encrypt": {...}}``, cli.config.effective_config),
+    kept in the client's record and written to the model file's ``info["configuration"]`` by ``decrypt``."""
     from .progress import as_display
 
     say = log or (lambda msg: None)
     display = as_display(progress)
     if job is None:
         job = _prepare_for_keys(keys, X, y, model, config, refresh, say, options)
+    if settings is not None:
+        job.settings = dict(settings)
     if before_keys is not None:
         before_keys(job)
     job.job_id = secrets.token_hex(8)
@@ -239,14 +243,15 @@ def _client_half(keys: KeyDir, jobdir: pathlib.Path, engine=None, job: ClientJob
 def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, failure: str | None = None,
             server_stats: dict | None = None, server: str | None = None, remote_job: str | None = None,
             force_unverified: bool = False,
-            progress: bool = False, server_ca=None) -> FitResult:
+            progress: bool = False, server_ca=None, settings: dict | None = None) -> FitResult:
     """Decrypt the server's result in ``jobdir``, compare it with the plaintext twin (TwinMismatch: no
     model) and release it (rounded). Mini-batch mlr releases its best validated epoch; when the
     server did not finish (``failure``, or no outputs.bin) but epochs were validated, the best of
     them is released with ``stats["partial"] = True``. ``server_stats``: the server's statistics
     as the caller has them (with the client's view of the channel); default JOB/server_stats.json.
     ``server`` (and ``remote_job``, else JOB/remote.json): first wait for the service's job and
-    download its result."""
+    download its result. ``settings``: this step's options (``{"decrypt": {...}}``), recorded with the
+    job's own (``encrypt``'s) in the model file's ``info["configuration"]``."""
     jobdir = pathlib.Path(jobdir)
     job, engine, record_dir = _client_half(keys, jobdir, engine, job)
     if server is not None:
@@ -264,6 +269,9 @@ def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, 
 
     result = job.finish(engine, outputs, server_stats, record_dir, force_unverified=force_unverified,
                         **({"failure": failure} if failure else {}))
+    configuration = {**job.settings, **(settings or {})}
+    if configuration:
+        result.model.info["configuration"] = configuration
     record_run(result)  # the run's figures in the model file (info["run"]), for `hetrain report`
     return result
 
@@ -272,7 +280,8 @@ def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, 
 def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = "auto", backend: str = "seal",
         preset="auto", keys=None, workdir=None, server=None, progress=True, log=None, on_step=None,
         trainer_modules=(), api_key: str | None = None, server_ca=None, before_keys=None,
-        force_unverified: bool = False, **options) -> FitResult:
+        force_unverified: bool = False, channel_timeout: float | None = None, settings: dict | None = None,
+        **options) -> FitResult:
     """The one-command path: keygen → encrypt → train → (attach) → decrypt, client here, server in a
     separate process (or the service at ``server``, an http(s) URL).
 
@@ -284,7 +293,10 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
     progress.RunProgress, the one display of the run's phases (keygen, encrypt, train with epochs and
     validation, decrypt). ``before_keys(job)``: called once the job is planned, before any key is
     made (the CLI prints estimate.estimate_job there and asks when it is big). ``api_key``, ``server_ca``: for a
-    service (transport.HttpTransport; the job's token stays in memory). Returns a FitResult whose
+    service (transport.HttpTransport; the job's token stays in memory). ``channel_timeout``: how long
+    the local server process waits for this process's answers (``train``'s; a service decides its
+    own: ServerError with ``server``). ``settings``: the options the user ran with, recorded in the
+    model file (see ``encrypt``). Returns a FitResult whose
     ``stats["partial"]`` says when a mini-batch run released its best epoch before it was done.
     ``force_unverified``: release (marked ``verified: false``) even a model that disagrees with its
     twin, and do not stop the run at a refreshed state that does (TwinMismatch otherwise)."""
@@ -294,6 +306,8 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
 
     display = as_display(progress)
     transport = make_transport(server, api_key=api_key, ca=server_ca)
+    if channel_timeout is not None:
+        transport = _with_channel_timeout(transport, channel_timeout)
     transport.preflight()  # a wrong --server URL fails now, not after keygen and encryption
     keydir = KeyDir.open(keys) if keys is not None and (pathlib.Path(keys) / "key.json").exists() else None
     # every refusal of the plaintext checks comes before any key is made, with checked advice
@@ -321,7 +335,7 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
                             seed=options.get("seed"))
         jobdir = pathlib.Path(workdir) if workdir is not None else stack.enter_context(_private_tempdir("hetrain-job-"))
         mem = stack.enter_context(PeakRSS())
-        job, engine = encrypt(keydir, None, None, jobdir, job=job, progress=display, log=say)
+        job, engine = encrypt(keydir, None, None, jobdir, job=job, progress=display, log=say, settings=settings)
         handler = job.handler(engine, keydir.job_dir(job.job_id), say, verify=not force_unverified,
                               on_epoch=None if display.quiet else display.epoch_result)
         if handler is not None:
@@ -360,6 +374,17 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
         result.stats["estimate"] = est.as_dict()
         record_run(result)
         return result
+
+
+def _with_channel_timeout(transport, channel_timeout: float):
+    from .transport import LocalTransport
+
+    if not isinstance(transport, LocalTransport):
+        raise ServerError("channel_timeout applies to a server process on this machine; a service's operator "
+                          "sets its own")
+    if not channel_timeout > 0:
+        raise HetrainUserError(f"--channel-timeout must be a positive number of seconds, got {channel_timeout:g}")
+    return LocalTransport(channel_timeout=channel_timeout)
 
 
 def _extra_modules(job: ClientJob) -> tuple[str, ...]:

@@ -85,7 +85,12 @@ class Transport(Protocol):
 
 class LocalTransport:
     """The server as a child process on this machine (what `hetrain fit` does without --server):
-    ``steps.train`` with this process attached to the job's refresh channel (``serve_socket``)."""
+    ``steps.train`` with this process attached to the job's refresh channel (``serve_socket``).
+    ``channel_timeout``: how long the server waits for this process's answers (``steps.train``'s;
+    None: refresh_channel.DEFAULT_TIMEOUT_S)."""
+
+    def __init__(self, channel_timeout: float | None = None) -> None:
+        self.channel_timeout = channel_timeout
 
     def preflight(self) -> None:
         pass
@@ -108,7 +113,7 @@ class LocalTransport:
                 # the server ended first (e.g. it never needed us): its exit status and error decide
 
         stats = train(jobdir, progress=progress, mem=mem, on_progress=on_progress, trainer_modules=trainer_modules,
-                      during=during if refresh_handler is not None else None)
+                      during=during if refresh_handler is not None else None, channel_timeout=self.channel_timeout)
         if answered:
             stats["client_channel"] = answered[0].as_dict()
         return stats
