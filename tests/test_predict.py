@@ -53,7 +53,7 @@ def test_predict_drops_a_label_column_and_says_so(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("content, message", [
     ("", "the file is empty"),
-    ("a,b,c,d\n1,2,3,4\n", "line 1, column 0 is not a number: 'a' (a header row?"),
+    ("1,2,3,4\n1,x,3,4\n", "line 2, column 1 (feature 1) is not a number: 'x'"),
     ("1,2,3,4\n1,2,3\n", "line 2 has 3 columns, earlier lines have 4"),
     ("1,2\n", "has 2 feature columns; the model takes 4"),
     ("1,2,nan,4\n", "NaN"),
@@ -68,17 +68,28 @@ def test_predict_bad_query_files(trained, tmp_path, capsys, content, message):
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_read_queries_npz_and_missing(trained, tmp_path):
-    from hetrain.cli.predict import _read_queries
+def test_read_features_npz_parquet_and_missing(trained, tmp_path):
+    """The one data reader (hetrain.data.load_table) with prediction's options: no label column."""
+    import argparse
+
+    from hetrain.cli.predict import read_features
+
+    def args(path, **kw):
+        return argparse.Namespace(data=str(path), header=kw.get("header"), label_column=kw.get("label_column"),
+                                  delimiter=None)
 
     root, X, _ = trained
     np.savez(tmp_path / "q.npz", X=X)
-    assert np.array_equal(_read_queries(tmp_path / "q.npz", 4), X)
+    assert np.array_equal(read_features(args(tmp_path / "q.npz"), 4), X)
     np.savez(tmp_path / "noX.npz", y=np.zeros(3))
-    with pytest.raises(DataError, match="must hold an array 'X'"):
-        _read_queries(tmp_path / "noX.npz", 4)
+    with pytest.raises(DataError, match="X"):
+        read_features(args(tmp_path / "noX.npz"), 4)
     with pytest.raises(DataError, match="does not exist"):
-        _read_queries(tmp_path / "none.csv", 4)
+        read_features(args(tmp_path / "none.csv"), 4)
+    # a header and a named label column to drop
+    named = tmp_path / "named.csv"
+    named.write_text("a;b;c;d;species\n" + "\n".join(";".join(f"{v:g}" for v in r) + ";x" for r in X) + "\n")
+    assert np.allclose(read_features(args(named, label_column="species"), 4), X, atol=1e-5)
 
 
 def test_cli_encrypted_inference_both_cases(trained, tmp_path, capsys):

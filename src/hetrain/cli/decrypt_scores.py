@@ -13,9 +13,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="predictions CSV to write (header: label[,p_<class>...])")
     p.add_argument("--proba", action="store_true", help="also write each class's probability (softmax of the scores)")
     p.add_argument("--server", metavar="URL", help="first fetch the scores from this `hetrain serve` service "
-                                                   "(QJOB/remote.json, written by `hetrain encrypt-queries --server`)")
+                                                   "(QJOB/remote.json, written by `hetrain encrypt-queries --server`; default: the scores are "
+                                                   "already in QJOB)")
     p.add_argument("--remote-job", metavar="ID", help="with --server: the service's id of the inference job, when "
-                                                      "QJOB/remote.json does not name it (its token from HETRAIN_JOB_TOKEN)")
+                                                      "QJOB/remote.json does not name it (its token from HETRAIN_JOB_TOKEN; default: "
+                                                      "QJOB/remote.json's)")
     add_server_ca_argument(p)
 
 

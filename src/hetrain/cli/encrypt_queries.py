@@ -6,26 +6,31 @@ from __future__ import annotations
 import argparse
 import json
 
-from .predict import _read_queries
+from .inputs import add_input_arguments
+from .predict import read_features
 from .refresh import add_server_ca_argument
 from .submit import add_api_key_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", required=True, metavar="KEYS", help="the query owner's key directory (hetrain keygen)")
-    p.add_argument("--data", required=True, help="rows to score: CSV without header (features only) or .npz (X)")
+    p.add_argument("--data", required=True, help="rows to score: CSV (features only), .npz (X) or Parquet")
+    add_input_arguments(p, labels=False)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model-spec", metavar="SPEC", help="the spec a model owner published (hetrain model-spec); "
-                                                            "with --server and no --job: the service's (GET /v1/models)")
-    which.add_argument("--job", metavar="JOB", help="a job trained under KEYS: the server scores with its encrypted model")
+                                                            "with --server and no --job: the service's (GET /v1/models); default: none, "
+                                                            "--job or --server names the model")
+    which.add_argument("--job", metavar="JOB", help="a job trained under KEYS: the server scores with its encrypted model "
+                                                     "(case a; default: none, case b)")
     p.add_argument("--out", required=True, metavar="QJOB", help="query bundle directory to write (public material only)")
     p.add_argument("--server", metavar="URL",
                    help="submit the queries to this `hetrain serve` service: to the model it scores with (case b), "
                         "or with --job to the training job it ran (JOB/remote.json from `hetrain submit`; the "
-                        "encrypted model stays there)")
-    p.add_argument("--spec-id", metavar="ID", help="with --server: which of the service's models (when it has several)")
+                        "encrypted model stays there; default: none, `hetrain infer` scores QJOB where it is)")
+    p.add_argument("--spec-id", metavar="ID", help="with --server: which of the service's models (default: its only one)")
     p.add_argument("--remote-job", metavar="ID", help="with --server --job: the service's id of the training job, when "
-                                                      "JOB/remote.json does not name it (its token from HETRAIN_JOB_TOKEN)")
+                                                      "JOB/remote.json does not name it (its token from HETRAIN_JOB_TOKEN; "
+                                                      "default: JOB/remote.json's)")
     add_api_key_argument(p)
     add_server_ca_argument(p)
 
@@ -46,7 +51,7 @@ def run(args) -> int:
     if args.job:
         if args.server:  # the encrypted model is on the service: wait for it, the twin needs its stats
             remote.training_stats(args.job, args.server, remote_job=args.remote_job, server_ca=args.server_ca)
-        X = _read_queries(args.data)
+        X = read_features(args)
         job = encrypt_queries_for_job(keys, X, args.job, args.out)
         serve = f"hetrain infer --job {args.job} --queries {args.out}"
     else:
@@ -58,7 +63,7 @@ def run(args) -> int:
                 raise HetrainUserError(f"--model-spec {args.model_spec}: not a readable spec file ({exc})") from None
         else:
             spec = remote.fetch_spec(args.server, args.spec_id, server_ca=args.server_ca)
-        X = _read_queries(args.data, spec.get("n_features") if isinstance(spec, dict) else None)
+        X = read_features(args, spec.get("n_features") if isinstance(spec, dict) else None)
         job = encrypt_queries(keys, X, spec, args.out)
         serve = f"hetrain infer --model MODEL.json --queries {args.out}"
     print(f"{job['n_queries']} queries encrypted ({job['mode']}) into {args.out}: public keys and ciphertexts only")

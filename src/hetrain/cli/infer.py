@@ -8,8 +8,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", required=True, metavar="QJOB", help="query bundle (hetrain encrypt-queries); the "
                                                                    "encrypted scores go to QJOB/outputs.bin")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="the model owner's plaintext model file (case b)")
-    which.add_argument("--job", metavar="JOB", help="a trained job whose outputs.bin is the encrypted model (case a)")
+    which.add_argument("--model", help="the model owner's plaintext model file (case b; default: none, one of --model or --job is required)")
+    which.add_argument("--job", metavar="JOB", help="a trained job whose outputs.bin is the encrypted model (case a; default: none, one of --model or --job is required)")
     p.add_argument("--noise-std", type=float, default=0.0,
                    help="add fresh encrypted Gaussian noise of this standard deviation to every score (limits what "
                         "the decrypted scores reveal of the model; keep it well below the gap between class scores)")
