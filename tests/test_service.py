@@ -169,6 +169,24 @@ def test_fit_through_http_sim_equals_local_pipeline(service, iris):
     assert service.http.get("/v1/health").json()["jobs"] == {"queued": 0, "running": 0, "done": 0, "failed": 0}
 
 
+def test_fit_through_http_shows_the_servers_steps_in_the_display(service, iris):
+    """Issue 17: the one display follows the service's training too (its status reports the steps)."""
+    import io
+    import re
+
+    from hetrain.protocol.progress import RunProgress
+
+    X, y = iris
+    stream = io.StringIO()
+    display = RunProgress(stream=stream, tty=False, out=io.StringIO())
+    fit(X, y, "mlr", {"iterations": 3, "sigmoid": "deg3:16"}, preset="n16384-deep", backend="sim", progress=display,
+        server=service.url)
+    lines = stream.getvalue().splitlines()
+    start = lines.index("train: started")
+    steps = [ln for ln in lines[start:] if re.match(r"train: step \d+/3", ln)]
+    assert steps, lines  # the server's iterations reached this side's display while it trained
+
+
 def test_fit_through_http_seal_matches_twin(service, iris):
     X, y = iris
     r = fit(X, y, "mlr", CONFIG, preset="n8192", backend="seal", progress=False, server=service.url)

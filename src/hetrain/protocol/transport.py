@@ -237,8 +237,9 @@ class HttpTransport:
     def run(self, jobdir: pathlib.Path, progress: bool = True, mem: PeakRSS | None = None, *,
             refresh_handler=None, client_engine=None, job_id: str | None = None, on_progress=None,
             trainer_modules=(), on_submitted=None) -> dict:
-        """Upload, follow, download (``on_progress`` and ``trainer_modules``: not used over HTTP; the
-        service's operator chooses its trainer modules; ``on_submitted(remote_id)``: called once the
+        """Upload, follow, download (``on_progress(done, total, message)``: the server's steps as the
+        service reports them; ``trainer_modules``: not used over HTTP, the service's operator chooses
+        its trainer modules; ``on_submitted(remote_id)``: called once the
         service has accepted the job). ``refresh_handler`` (with ``client_engine``, the engine with
         the secret key): answer the job's refresh requests over HTTP while it trains (serve_http
         in a thread); the stats then carry this side's view of the channel under
@@ -263,7 +264,7 @@ class HttpTransport:
                     answering = _Answering(self.url, remote_id, client_engine, refresh_handler,
                                            answerer_job_id=job_id or job_id_of(jobdir), poll_wait=self.poll_wait,
                                            token=token, ca=self.ca)
-                stats = self._wait(http, remote_id, progress, deadline, answering)
+                stats = self._wait(http, remote_id, progress, deadline, answering, on_progress)
                 if answering is not None:
                     stats = {**stats, "client_channel": answering.finish().as_dict()}
                 self._download(http, remote_id, jobdir / files.OUTPUTS, stats.get("download_bytes"), progress)
@@ -314,8 +315,10 @@ class HttpTransport:
                               "hetrain service of this version?")
         return body["id"], body["token"]
 
-    def _wait(self, http, job_id: str, progress: bool, deadline: float | None, answering=None) -> dict:
+    def _wait(self, http, job_id: str, progress: bool, deadline: float | None, answering=None,
+              on_progress=None) -> dict:
         delay = 0.1  # short first waits (small jobs finish in seconds), growing to poll_s
+        last = None
         with tqdm(desc="server train", unit="it", disable=not progress) as bar:
             while True:
                 if answering is not None:
@@ -324,6 +327,9 @@ class HttpTransport:
                 p = st.get("progress") or {}
                 if p.get("total"):
                     bar.total, bar.n = p["total"], p["done"]
+                    if on_progress is not None and (p["done"], p["total"]) != last:
+                        last = (p["done"], p["total"])
+                        on_progress(p["done"], p["total"], p.get("message") or "")
                 running = st["status"] == "running" and p.get("message")
                 bar.set_postfix_str(p["message"] if running else st["status"], refresh=False)
                 bar.refresh()
