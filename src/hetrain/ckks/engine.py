@@ -430,10 +430,12 @@ class Engine(abc.ABC):
         with self.counters.time("serialize"):
             return pack(meta, {"ct": self._ct_to_bytes(ct)})
 
-    def deserialize(self, data: bytes) -> Ciphertext:
-        """Inverse of ``serialize``; refuses ciphertexts of other parameters, keys or backends."""
+    def deserialize(self, data: bytes, *, verify: bool = True) -> Ciphertext:
+        """Inverse of ``serialize``; refuses ciphertexts of other parameters, keys or backends.
+        ``verify=False``: skip the payload's SHA-256 (the caller checked a digest over the file
+        that holds ``data``: container.iter_container_file's ``digest``)."""
         from .container import unpack
-        meta, parts = unpack(data, expect_kind="ciphertext")
+        meta, parts = unpack(data, expect_kind="ciphertext", verify=verify)
         if meta.get("backend") != self.backend_name:
             raise KeyMismatch(f"ciphertext is from backend {meta.get('backend')!r}, engine is {self.backend_name!r}")
         if meta.get("params") != self.params.fingerprint():

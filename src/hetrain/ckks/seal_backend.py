@@ -35,14 +35,56 @@ def _tmpdir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
+def _memfd() -> int | None:
+    """An anonymous in-memory file (Linux memfd_create), or None where there is none.
+
+    TenSEAL's sealapi saves and loads SEAL objects by path only (no stream or string API), so
+    bytes pass through a file; a memfd is one with no name in any file system (nothing to clean up,
+    nothing another process can open by name) that SEAL reaches through /proc/self/fd/N."""
+    if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.memfd_create("hetrain-seal", os.MFD_CLOEXEC)
+    except OSError:
+        return None
+
+
 def _seal_to_bytes(obj) -> bytes:
-    """SEAL objects save only to paths: go through a RAM-backed temporary file."""
+    """SEAL objects save only to paths: through an anonymous memory file (else a RAM-backed temporary file)."""
+    fd = _memfd()
+    if fd is not None:
+        try:
+            obj.save(f"/proc/self/fd/{fd}")
+            return os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
     fd, path = tempfile.mkstemp(dir=_tmpdir(), prefix="hetrain-")
     os.close(fd)
     try:
         obj.save(path)
         with open(path, "rb") as f:
             return f.read()
+    finally:
+        os.remove(path)
+
+
+def _load_via_file(obj, ctx, data: bytes) -> None:
+    """``obj.load(ctx, path)`` of ``data``: through an anonymous memory file where there is one."""
+    fd = _memfd()
+    if fd is not None:
+        try:
+            view, done = memoryview(data), 0
+            while done < len(view):
+                done += os.write(fd, view[done:done + (1 << 30)])
+            obj.load(ctx, f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    fd, path = tempfile.mkstemp(dir=_tmpdir(), prefix="hetrain-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        obj.load(ctx, path)
     finally:
         os.remove(path)
 
@@ -63,23 +105,17 @@ def seal_version() -> str:
 
 
 def _seal_from_bytes(obj, ctx, data: bytes, what: str):
-    fd, path = tempfile.mkstemp(dir=_tmpdir(), prefix="hetrain-")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        try:
-            obj.load(ctx, path)
-        except Exception as exc:  # SEAL raises ValueError/RuntimeError with terse messages
-            theirs, ours = _written_by(data), seal_version()
-            if theirs is not None and theirs != ours:
-                raise SerializationError(
-                    f"{what} was written by SEAL {theirs}, this installation has SEAL {ours} (TenSEAL "
-                    f"{_tenseal_version()}); SEAL reads only its own version: both sides need the same TenSEAL "
-                    "(hetrain installs 0.3.18 on Python 3.11, 0.3.16 on Python 3.10)") from None
-            raise SerializationError(f"{what} does not load under these parameters: {exc}") from None
-        return obj
-    finally:
-        os.remove(path)
+        _load_via_file(obj, ctx, data)
+    except Exception as exc:  # SEAL raises ValueError/RuntimeError with terse messages
+        theirs, ours = _written_by(data), seal_version()
+        if theirs is not None and theirs != ours:
+            raise SerializationError(
+                f"{what} was written by SEAL {theirs}, this installation has SEAL {ours} (TenSEAL "
+                f"{_tenseal_version()}); SEAL reads only its own version: both sides need the same TenSEAL "
+                "(hetrain installs 0.3.18 on Python 3.11, 0.3.16 on Python 3.10)") from None
+        raise SerializationError(f"{what} does not load under these parameters: {exc}") from None
+    return obj
 
 
 def _tenseal_version() -> str:
@@ -300,8 +336,10 @@ class SealEngine(Engine):
         return self._pack_secret_key(None if self._sk is None else _seal_to_bytes(self._sk))
 
     @classmethod
-    def from_bytes(cls, public: bytes, secret: bytes | None = None, *, force_insecure: bool = False) -> "SealEngine":
-        meta, parts = unpack(public, expect_kind="public_context")
+    def from_bytes(cls, public: bytes, secret: bytes | None = None, *, force_insecure: bool = False,
+                   verify: bool = True) -> "SealEngine":
+        """``verify=False``: skip the key parts' SHA-256 (the caller checked the file's digest)."""
+        meta, parts = unpack(public, expect_kind="public_context", verify=verify)
         params = CKKSParams.from_dict(meta["params"])
         sk = None if secret is None else unpack_secret_key(meta, params, secret)
         return cls(params, (), force_insecure=force_insecure,

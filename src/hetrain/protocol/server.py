@@ -113,11 +113,12 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
         raise BundleError(f"{jobdir} already holds a training checkpoint ({CHECKPOINT}) from an earlier run of "
                           f"this job: start the server with --resume to continue it, or delete {ckpt_path} to "
                           "start over")
-    manifest, public, inputs_path, job = files.read_job_files(jobdir)  # files as they are, checksums verified
+    # files as they are, checksums verified (inputs.bin's as it is read below: one hashing pass)
+    manifest, public, inputs_path, job = files.read_job_files(jobdir, defer_inputs=True)
     # every claim (shapes, counts, sizes, levels, rotation steps) against the content, before anything is
     # sized from one (bundle_check.py)
     check_bundle(jobdir)
-    engine = ckks.load_engine(public)
+    engine = ckks.load_engine(public, verify=False)  # the file's SHA-256 was checked: not again per key part
     if engine.has_secret_key:  # cannot happen through load_engine(public): keep the invariant explicit
         raise BundleError("refusing to run: the server engine holds a secret key")
     del public
@@ -134,7 +135,7 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
             log.warning("--resume: no checkpoint %s yet, starting from the beginning", ckpt_path)
     elif resume:
         log.warning("--resume: model %s does not checkpoint, starting from the beginning", trainer.name)
-    inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs")
+    inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs", sha256=manifest["sha256"][files.INPUTS])
     load_s = time.perf_counter() - t0
     engine.counters.reset()  # count training operations only
 
