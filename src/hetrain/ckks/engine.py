@@ -85,6 +85,10 @@ class PlainVector:
         self.values = np.asarray(values, dtype=np.float64)
         self._cache: dict = {}
 
+    def __reduce__(self):
+        # pickled (to an executor's worker) without its encodings: backend objects do not pickle
+        return (PlainVector, (self.values,))
+
 
 def rotate_sum_steps(width: int, stride: int = 1) -> list[int]:
     """Rotation steps used by ``Engine.sum_slots(ct, width, stride)`` (width a power of two)."""

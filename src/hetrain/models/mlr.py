@@ -54,7 +54,7 @@ class MLRTrainer(Trainer):
     summary = ("full-batch multiclass logistic regression with the quadratic-gradient preconditioner and Volley "
                "Revolver packing, in one modulus chain (--model mlr --iterations N)")
     # one modulus chain, no refresh (``--refresh`` trains mlr with the mini-batch trainer, minibatch.py)
-    capabilities = frozenset({"checkpoint"})
+    capabilities = frozenset({"checkpoint", "executor"})
 
     def __init__(self, **config) -> None:
         cfg = self.merge_config(DEFAULTS, config)
@@ -146,10 +146,11 @@ class MLRTrainer(Trainer):
         return {"W": self.schedule(n).out_scale * U}
 
     # ------------------------------------------------------------------ server
-    def server_train(self, engine, inputs, job, progress=None, *, checkpoint=None):
+    def server_train(self, engine, inputs, job, progress=None, *, checkpoint=None, executor=None):
         """The whole schedule on ciphertexts. ``checkpoint`` (base.py): after every iteration the
         gradients so far (H_0..H_t, all that the later look-ahead combinations read) are saved, and a
-        saved state is resumed after its last iteration with the same arithmetic."""
+        saved state is resumed after its last iteration with the same arithmetic. ``executor``
+        (base.py): the products' per-group and per-block tasks run on its workers (blocked layout)."""
         n, d, c = job["n_samples"], job["n_features"], job["n_classes"]
         plan = self.plan(n, d, c, engine.params)
         plan.check(engine.params)
@@ -173,16 +174,16 @@ class MLRTrainer(Trainer):
         else:
             report(0, T, "iteration 1 (gradient at W = 0)")
             E0 = [engine.add(y, PlainVector(-c0 * m)) for y, m in zip(Yr, pk.label_masks())]
-            H = [circ.gradient(engine, pk, E0, Xt)]
+            H = [circ.gradient(engine, pk, E0, Xt, executor)]
             _save(checkpoint, H)
         Ym = [engine.mul_plain(y, m) for y, m in zip(Yr, fmasks)] if T > len(H) else []
         for t in range(len(H), T):
             report(t, T, f"iteration {t + 1}")
             U = _combine(engine, H, sched.u[t - 1])
-            z = circ.forward(engine, pk, X, U)
+            z = circ.forward(engine, pk, X, U, executor)
             coeffs = sched.sigmoid_coeffs(self.approx, t)
             q = [engine.sub(y, eval_poly_masked(engine, zg, coeffs, m)) for y, zg, m in zip(Ym, z, fmasks)]
-            H.append(circ.gradient(engine, pk, circ.spread(engine, pk, q), Xt))
+            H.append(circ.gradient(engine, pk, circ.spread(engine, pk, q, executor), Xt, executor))
             _save(checkpoint, H)
         report(T, T, "done")
         self.run_stats = {"iterations": T, "resumed_from": start}
