@@ -29,7 +29,8 @@ from typing import Callable, Sequence
 
 from .engine import Ciphertext, Engine
 
-_WORKER: dict = {}  # in a worker process: {"engine": Engine, "inputs": {name: [Ciphertext]}}
+_WORKER: dict = {}
+STARTUP_TIMEOUT_S = 600.0  # a worker loading gigabytes of keys on a busy machine  # in a worker process: {"engine": Engine, "inputs": {name: [Ciphertext]}}
 
 
 def default_workers() -> int:
@@ -84,11 +85,12 @@ class ProcessExecutor(SerialExecutor):
         else:
             source = ("bytes", engine.public_bytes(),
                       {name: [_wire(engine, ct) for ct in cts] for name, cts in inputs.items()})
+        ctx = multiprocessing.get_context("spawn")
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(source,))
+            max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
+            initargs=(source, ctx.Barrier(self.workers)))
         try:  # start every worker now (each loads the keys and inputs): start-up is not training time
-            pids = {f.result() for f in [self._pool.submit(_started, 0.2) for _ in range(self.workers)]}
+            pids = {f.result() for f in [self._pool.submit(_started) for _ in range(self.workers)]}
         except BaseException:
             self.close()
             raise
@@ -172,7 +174,7 @@ def _unwire(engine: Engine, w: tuple) -> Ciphertext:
 
 
 # ---------------------------------------------------------------------- worker side
-def _init_worker(source: tuple) -> None:
+def _init_worker(source: tuple, barrier) -> None:
     from . import load_engine
 
     if source[0] == "call":
@@ -182,13 +184,13 @@ def _init_worker(source: tuple) -> None:
         inputs = {name: [_unwire(engine, w) for w in ws] for name, ws in source[2].items()}
     if engine.has_secret_key:
         raise RuntimeError("a worker engine must hold public material only")
-    _WORKER.update(engine=engine, inputs=inputs)
+    _WORKER.update(engine=engine, inputs=inputs, barrier=barrier)
 
 
-def _started(linger: float) -> int:
-    """A worker's process id, once its initializer has run (``linger`` keeps it busy a moment, so
-    that the other start-up tasks go to other workers)."""
-    time.sleep(linger)
+def _started() -> int:
+    """A worker's process id, once every worker has run its initializer (the start-up tasks wait for
+    each other, so each goes to a different worker and all workers are started)."""
+    _WORKER["barrier"].wait(STARTUP_TIMEOUT_S)
     return os.getpid()
 
 
