@@ -20,11 +20,13 @@ def run_tasks(engine, executor, fn, tasks: list, shared: tuple = ()) -> list:
     return executor.map(fn, tasks, shared)
 
 
-def _forward_group(engine, p: BlockedPacking, U: list, Xg: list):
+def forward_group(engine, p: BlockedPacking, U: list, Xg: list):
+    """z of one sample group: ``forward`` for group g is ``forward_group(engine, p, U, X[g·H:(g+1)·H])``."""
     return engine.sum_slots(engine.mul_sum(list(zip(Xg, U))), p.L, p.C)
 
 
-def _spread_group(engine, p: BlockedPacking, q):
+def spread_group(engine, p: BlockedPacking, q):
+    """``spread`` of one group's ciphertext."""
     return engine.sum_slots(q, p.L, p.C)
 
 
@@ -36,12 +38,12 @@ def forward(engine, p: BlockedPacking, X: list, U: list, executor=None) -> list:
     """z = X·Uᵀ, one ciphertext per sample group (valid where l = 0; garbage elsewhere)."""
     H = p.n_fblocks
     tasks = [(X[g * H:(g + 1) * H],) for g in range(p.n_groups)]
-    return run_tasks(engine, executor, _forward_group, tasks, (p, U))
+    return run_tasks(engine, executor, forward_group, tasks, (p, U))
 
 
 def spread(engine, p: BlockedPacking, q: list, executor=None) -> list:
     """Copy the l = 0 values of each group over l (the permuted order ``p.grad_sample()``)."""
-    return run_tasks(engine, executor, _spread_group, [(x,) for x in q], (p,))
+    return run_tasks(engine, executor, spread_group, [(x,) for x in q], (p,))
 
 
 def gradient(engine, p: BlockedPacking, E: list, Xt: list, executor=None) -> list:

@@ -42,7 +42,7 @@ Scalar = Union[int, float, np.floating]
 class Ciphertext:
     """A handle on one encrypted vector of ``engine.slots`` real numbers."""
 
-    __slots__ = ("engine", "level", "data")
+    __slots__ = ("engine", "level", "data", "__weakref__")  # weakref: an executor's wire cache
 
     def __init__(self, engine: "Engine", level: int, data) -> None:
         self.engine = engine

@@ -5,10 +5,11 @@
     ex.close()
 
 TenSEAL holds the GIL during SEAL calls (two threads run at 0.99x one), so the pool runs worker
-*processes*. Each worker loads the job's public context and its input ciphertexts ONCE (from the
-job directory through ``loader``, or from bytes sent at start), then runs chunks of tasks: ``map`` splits the tasks
-into one contiguous chunk per worker, sends every chunk the ``shared`` arguments once, and merges
-the results back in task order. Ciphertexts travel as the backend's raw serialisation (lossless:
+*processes*: N workers are this process and N-1 spawned ones. Each spawned worker loads the job's
+public context and its input ciphertexts ONCE (from the job directory through ``loader``, or from
+bytes sent at start), then runs chunks of tasks: ``map`` splits the tasks into one contiguous chunk
+per worker (the first runs here, without any transfer), sends every other chunk the ``shared``
+arguments once, and merges the results back in task order. Ciphertexts travel as the backend's raw serialisation (lossless:
 SEAL's own save/load), an input ciphertext as a reference to the worker's copy, and a result the
 main process received from a worker is sent on as the bytes it came in (no second serialisation).
 
@@ -25,6 +26,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import time
+import weakref
 from typing import Callable, Sequence
 
 from .engine import Ciphertext, Engine
@@ -61,7 +63,9 @@ class SerialExecutor:
 
 
 class ProcessExecutor(SerialExecutor):
-    """``workers`` processes (concurrent.futures, spawned), each holding the public keys and inputs once.
+    """``workers`` processes: this one and ``workers - 1`` spawned ones (concurrent.futures), each
+    holding the public keys and inputs once. This process runs the first chunk of every ``map``
+    itself (no transfer, and one copy of the keys fewer) while the others run theirs.
 
     ``loader``: (module-level function, args) that each worker calls once to get (engine, inputs)
     itself (the server: protocol.files.load_job_public, which reads JOBDIR with its checksums), or
@@ -79,7 +83,7 @@ class ProcessExecutor(SerialExecutor):
         inputs = inputs or {}
         self._refs = {id(ct): (name, i) for name, cts in inputs.items() for i, ct in enumerate(cts)}
         self._inputs = inputs  # keeps the ids above valid
-        self._sent: dict[int, tuple[Ciphertext, tuple]] = {}  # results received: their wire form, reused
+        self._sent: dict[int, tuple] = {}  # id of a live result received -> its wire form (resent as is)
         if loader is not None:
             source = ("call",) + tuple(loader)
         else:
@@ -87,18 +91,19 @@ class ProcessExecutor(SerialExecutor):
                       {name: [_wire(engine, ct) for ct in cts] for name, cts in inputs.items()})
         ctx = multiprocessing.get_context("spawn")
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=ctx, initializer=_init_worker,
-            initargs=(source, ctx.Barrier(self.workers)))
+            max_workers=self.workers - 1, mp_context=ctx, initializer=_init_worker,
+            initargs=(source, ctx.Barrier(self.workers - 1)))
         try:  # start every worker now (each loads the keys and inputs): start-up is not training time
-            pids = {f.result() for f in [self._pool.submit(_started) for _ in range(self.workers)]}
+            pids = {f.result() for f in [self._pool.submit(_started) for _ in range(self.workers - 1)]}
         except BaseException:
             self.close()
             raise
-        self.started_workers = len(pids)
+        self.started_workers = len(pids) + 1  # and this process
         # seconds: serialising in this process, waiting for the workers, deserialising their results,
         # and (summed over workers) their task computation and their own (de)serialisation
-        self.timing = {"main_encode_s": 0.0, "wait_s": 0.0, "main_decode_s": 0.0,
-                       "worker_compute_s": 0.0, "worker_transfer_s": 0.0}
+        self.timing = {"main_encode_s": 0.0, "main_compute_s": 0.0, "main_compute_cpu_s": 0.0,
+                       "wait_s": 0.0, "main_decode_s": 0.0,
+                       "worker_compute_s": 0.0, "worker_compute_cpu_s": 0.0, "worker_transfer_s": 0.0}
 
     def map(self, fn: Callable, tasks: Sequence[tuple], shared: tuple = ()) -> list:
         tasks = list(tasks)
@@ -109,22 +114,24 @@ class ProcessExecutor(SerialExecutor):
         t0 = time.perf_counter()
         wire_shared = self._encode(shared)
         futures = [self._pool.submit(_run_chunk, fn, wire_shared, self._encode(tasks[a:b]))
-                   for a, b in zip(bounds, bounds[1:])]
+                   for a, b in zip(bounds[1:], bounds[2:])]
         self.timing["main_encode_s"] += time.perf_counter() - t0
-        sent: dict[int, tuple[Ciphertext, tuple]] = {}
-        out: list = []
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = [fn(self.engine, *shared, *task) for task in tasks[:bounds[1]]]  # the first chunk: here
+        self.timing["main_compute_s"] += time.perf_counter() - t0
+        self.timing["main_compute_cpu_s"] += time.process_time() - c0
         for fut in futures:
             t0 = time.perf_counter()
-            results, counts, compute_s, transfer_s = fut.result()
+            results, counts, compute_s, cpu_s, transfer_s = fut.result()
             t1 = time.perf_counter()
             self.timing["wait_s"] += t1 - t0
             self.timing["worker_compute_s"] += compute_s
+            self.timing["worker_compute_cpu_s"] += cpu_s
             self.timing["worker_transfer_s"] += transfer_s
             for kind, (count, seconds) in counts.items():
                 self.engine.counters.add(kind, count, seconds)
-            out.extend(self._decode(r, sent) for r in results)
+            out.extend(self._decode(r) for r in results)
             self.timing["main_decode_s"] += time.perf_counter() - t1
-        self._sent = sent  # only the latest map's results are kept for resending (bounded memory)
         return out
 
     def close(self) -> None:
@@ -136,20 +143,21 @@ class ProcessExecutor(SerialExecutor):
             key = id(obj)
             if key in self._refs:
                 return ("in",) + self._refs[key]
-            if key in self._sent and self._sent[key][0] is obj:
-                return self._sent[key][1]
+            if key in self._sent:
+                return self._sent[key]
             return _wire(self.engine, obj)
         if isinstance(obj, (list, tuple)):
             return type(obj)(self._encode(x) for x in obj)
         return obj
 
-    def _decode(self, obj, sent: dict):
+    def _decode(self, obj):
         if isinstance(obj, tuple) and obj and isinstance(obj[0], str) and obj[0] == "ct":
             ct = _unwire(self.engine, obj)
-            sent[id(ct)] = (ct, obj)
+            self._sent[id(ct)] = obj  # dropped with the ciphertext (so an id is never reused stale)
+            weakref.finalize(ct, self._sent.pop, id(ct), None)
             return ct
         if isinstance(obj, list):
-            return [self._decode(x, sent) for x in obj]
+            return [self._decode(x) for x in obj]
         return obj
 
 
@@ -213,16 +221,18 @@ def _worker_encode(obj):
     return obj
 
 
-def _run_chunk(fn: Callable, shared: tuple, tasks: list) -> tuple[list, dict, float, float]:
-    """(results, {kind: (count, seconds)}, compute seconds, (de)serialisation seconds) of one chunk."""
+def _run_chunk(fn: Callable, shared: tuple, tasks: list) -> tuple[list, dict, float, float, float]:
+    """(results, {kind: (count, seconds)}, compute seconds (wall, CPU), (de)serialisation seconds) of one chunk."""
     engine = _WORKER["engine"]
     t0 = time.perf_counter()
     shared = _worker_decode(shared)
     tasks = [_worker_decode(task) for task in tasks]
     t1 = time.perf_counter()
     engine.counters.reset()
+    c1 = time.process_time()
     results = [fn(engine, *shared, *task) for task in tasks]
+    cpu = time.process_time() - c1
     counts = {k: (engine.counters.counts[k], engine.counters.seconds[k]) for k in engine.counters.counts}
     t2 = time.perf_counter()
     wire = [_worker_encode(r) for r in results]
-    return wire, counts, t2 - t1, (t1 - t0) + (time.perf_counter() - t2)
+    return wire, counts, t2 - t1, cpu, (t1 - t0) + (time.perf_counter() - t2)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from hetrain.circuits import blocked_matmul, volley_revolver
+from hetrain.circuits.blocked_matmul import run_tasks
 from hetrain.circuits.approx import get_sigmoid
 from hetrain.circuits.masked_poly import eval_poly_masked
 from hetrain.circuits.packing import choose_packing
@@ -176,14 +177,21 @@ class MLRTrainer(Trainer):
             E0 = [engine.add(y, PlainVector(-c0 * m)) for y, m in zip(Yr, pk.label_masks())]
             H = [circ.gradient(engine, pk, E0, Xt, executor)]
             _save(checkpoint, H)
-        Ym = [engine.mul_plain(y, m) for y, m in zip(Yr, fmasks)] if T > len(H) else []
+        # on the workers too (an executor then resends them each iteration as the bytes it received)
+        Ym = run_tasks(engine, executor, _masked, list(zip(Yr, fmasks))) if T > len(H) else []
         for t in range(len(H), T):
             report(t, T, f"iteration {t + 1}")
             U = _combine(engine, H, sched.u[t - 1])
-            z = circ.forward(engine, pk, X, U, executor)
             coeffs = sched.sigmoid_coeffs(self.approx, t)
-            q = [engine.sub(y, eval_poly_masked(engine, zg, coeffs, m)) for y, zg, m in zip(Ym, z, fmasks)]
-            H.append(circ.gradient(engine, pk, circ.spread(engine, pk, q, executor), Xt, executor))
+            if circ is blocked_matmul:  # forward, sigmoid and spread of each sample group: one task
+                H_g = pk.n_fblocks
+                E = run_tasks(engine, executor, _residual_group, [(X[g * H_g:(g + 1) * H_g], Ym[g], fmasks[g])
+                                                                  for g in range(pk.n_groups)], (pk, U, coeffs))
+            else:
+                z = circ.forward(engine, pk, X, U, executor)
+                q = [engine.sub(y, eval_poly_masked(engine, zg, coeffs, m)) for y, zg, m in zip(Ym, z, fmasks)]
+                E = circ.spread(engine, pk, q, executor)
+            H.append(circ.gradient(engine, pk, E, Xt, executor))
             _save(checkpoint, H)
         report(T, T, "done")
         self.run_stats = {"iterations": T, "resumed_from": start}
@@ -203,6 +211,18 @@ class MLRTrainer(Trainer):
         if X.ndim != 2 or X.shape[1] + 1 != W.shape[1]:
             raise DataError(f"model expects {W.shape[1] - 1} features, got data of shape {X.shape}")
         return add_bias(X) @ W.T
+
+
+def _masked(engine, y, mask):
+    return engine.mul_plain(y, mask)
+
+
+def _residual_group(engine, pk, U: list, coeffs, Xg: list, y, mask):
+    """E of one sample group (blocked layout): spread(y·mask − mask·σ̃(z)), z = forward of the group.
+    The same operations as forward, the masked sigmoid and spread one after the other; one task of
+    the executor (it reads no plaintext encoding cached on ``mask``: eval_poly encodes coef·mask)."""
+    z = blocked_matmul.forward_group(engine, pk, U, Xg)
+    return blocked_matmul.spread_group(engine, pk, engine.sub(y, eval_poly_masked(engine, z, coeffs, mask)))
 
 
 def _save(checkpoint, H: list[list]) -> None:
