@@ -118,3 +118,15 @@ def test_cli_train_passes_workers_to_the_server(tmp_path, capsys):
     stats = json.loads((kit.jobdir / files.SERVER_STATS).read_text())
     assert stats["workers"] == 2
     assert sys.executable  # the server ran as its own process (server_argv), reading only JOBDIR
+
+
+def test_service_shares_the_cores_among_its_concurrent_jobs(tmp_path):
+    import os
+
+    from hetrain.service.jobs import JobQueue
+
+    with pytest.raises(ValueError, match="job_workers must be at least 1"):
+        JobQueue(tmp_path / "a", workers=1, job_workers=0)
+    q = JobQueue(tmp_path / "b", workers=2)
+    assert q.job_workers == max(1, (os.cpu_count() or 1) // 2)
+    assert JobQueue(tmp_path / "c", workers=1, job_workers=3).job_workers == 3
