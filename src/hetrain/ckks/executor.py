@@ -71,7 +71,9 @@ class ProcessExecutor(SerialExecutor):
     itself (the server: protocol.files.load_job_public, which reads JOBDIR with its checksums), or
     None to send it ``engine.public_bytes()`` and the serialised ``inputs`` (tests, small rings).
     ``inputs``: the main process's copies, by which a task argument that IS an input is recognised
-    and sent as a reference to the worker's copy.
+    and sent as a reference to the worker's copy; with a ``loader`` they may come later
+    (``set_inputs``), so that the workers load while this process loads its own copy.
+    The workers start at once; ``wait_started`` (or the first ``map``) waits until all have loaded.
     """
 
     def __init__(self, engine: Engine, inputs: dict[str, list[Ciphertext]] | None, workers: int,
@@ -80,9 +82,9 @@ class ProcessExecutor(SerialExecutor):
         if workers < 2:
             raise ValueError(f"a process executor needs at least 2 workers, got {workers}")
         self.workers = int(workers)
-        inputs = inputs or {}
-        self._refs = {id(ct): (name, i) for name, cts in inputs.items() for i, ct in enumerate(cts)}
-        self._inputs = inputs  # keeps the ids above valid
+        if loader is None and inputs is None:
+            raise ValueError("without a loader the executor needs the inputs to send its workers")
+        self.set_inputs(inputs or {})
         self._sent: dict[int, tuple] = {}  # id of a live result received -> its wire form (resent as is)
         if loader is not None:
             source = ("call",) + tuple(loader)
@@ -93,22 +95,37 @@ class ProcessExecutor(SerialExecutor):
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers - 1, mp_context=ctx, initializer=_init_worker,
             initargs=(source, ctx.Barrier(self.workers - 1)))
-        try:  # start every worker now (each loads the keys and inputs): start-up is not training time
-            pids = {f.result() for f in [self._pool.submit(_started) for _ in range(self.workers - 1)]}
-        except BaseException:
-            self.close()
-            raise
-        self.started_workers = len(pids) + 1  # and this process
+        # start every worker now (each loads the keys and inputs): start-up is not training time
+        self._starting = [self._pool.submit(_started) for _ in range(self.workers - 1)]
+        self.started_workers = 0
         # seconds: serialising in this process, waiting for the workers, deserialising their results,
         # and (summed over workers) their task computation and their own (de)serialisation
         self.timing = {"main_encode_s": 0.0, "main_compute_s": 0.0, "main_compute_cpu_s": 0.0,
                        "wait_s": 0.0, "main_decode_s": 0.0,
                        "worker_compute_s": 0.0, "worker_compute_cpu_s": 0.0, "worker_transfer_s": 0.0}
 
+    def set_inputs(self, inputs: dict[str, list[Ciphertext]]) -> None:
+        """This process's copies of the inputs the workers hold (recognised in task arguments)."""
+        self._refs = {id(ct): (name, i) for name, cts in inputs.items() for i, ct in enumerate(cts)}
+        self._inputs = inputs  # keeps the ids above valid
+
+    def wait_started(self) -> int:
+        """Wait until every worker has loaded; returns the number of workers (this process included)."""
+        if self._starting:
+            try:
+                pids = {f.result() for f in self._starting}
+            except BaseException:
+                self.close()
+                raise
+            self._starting = []
+            self.started_workers = len(pids) + 1
+        return self.started_workers
+
     def map(self, fn: Callable, tasks: Sequence[tuple], shared: tuple = ()) -> list:
         tasks = list(tasks)
         if len(tasks) <= 1:
             return super().map(fn, tasks, shared)
+        self.wait_started()
         n = min(self.workers, len(tasks))
         bounds = [len(tasks) * k // n for k in range(n + 1)]
         t0 = time.perf_counter()

@@ -124,17 +124,20 @@ class MLRTrainer(Trainer):
         X, Y = self._check_data(X, Y)
         n, d = X.shape
         c = Y.shape[1]
-        self.plan(n, d, c, engine.params).check(engine.params, refresh=False)
+        plan = self.plan(n, d, c, engine.params)
+        plan.check(engine.params, refresh=False)
         self.twin(X, Y)  # raises DataError if a sigmoid input would leave the approximation's interval
         Xb = add_bias(X)
         Xt = Xb * quadratic_gradient_diag(Xb)
         pk = self.packing(n, d + 1, c, engine.slots)
-        top = engine.max_level
+        # the lowest level the schedule allows: levels it would not use only make every ciphertext,
+        # product and rotation larger (a level-l ciphertext has l+1 primes)
+        top = plan.levels_needed
         # X is first used against the first gradient (level top-1): encrypt it there, it is smaller
         inputs = {
             "X": [engine.encrypt(v, level=max(top - 1, 0)) for v in pk.pack_forward_data(Xb)],
-            "Xt": [engine.encrypt(v) for v in pk.pack_gradient_data(Xt)],
-            "Y": [engine.encrypt(v) for v in pk.pack_labels(Y)],
+            "Xt": [engine.encrypt(v, level=top) for v in pk.pack_gradient_data(Xt)],
+            "Y": [engine.encrypt(v, level=top) for v in pk.pack_labels(Y)],
         }
         job = {"model": self.name, "config": dict(self.config), "n_samples": n, "n_features": d,
                "n_classes": c, "params": engine.params.to_dict(), "layout": pk.describe()}

@@ -144,18 +144,27 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
             log.warning("--resume: no checkpoint %s yet, starting from the beginning", ckpt_path)
     elif resume:
         log.warning("--resume: model %s does not checkpoint, starting from the beginning", trainer.name)
-    inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs", sha256=manifest["sha256"][files.INPUTS])
     executor = None
-    if "executor" in server_hooks(trainer):  # the workers load the same files, each once, as they start
-        executor = make_executor(engine, inputs, workers, loader=(files.load_job_public, (os.fspath(jobdir),)))
+    if "executor" in server_hooks(trainer):  # the workers load the same files, each once, while we do
+        executor = make_executor(engine, None, workers, loader=(files.load_job_public, (os.fspath(jobdir),)))
         hooks["executor"] = executor
+    try:
+        inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs",
+                                           sha256=manifest["sha256"][files.INPUTS])
+        if executor is not None and executor.workers > 1:
+            executor.set_inputs(inputs)
+            executor.wait_started()
+    except BaseException:
+        if executor is not None:
+            executor.close()
+        raise
     load_s = time.perf_counter() - t0
     engine.counters.reset()  # count training operations only
 
     report = _progress_printer() if progress else None
     channel = hooks.pop("_channel", None)
     rstats = hooks.pop("_stats")
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     try:
         outputs = trainer.server_train(engine, inputs, job, report, **hooks)
     except BaseException:
@@ -167,7 +176,7 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
             executor.close()
     if channel is not None:
         channel.close()  # "done": the data owner's session ends; the socket is removed
-    train_s = time.perf_counter() - t1
+    train_s, train_cpu_s = time.perf_counter() - t1, time.process_time() - c1
     counters = engine.counters.as_dict()
 
     t2 = time.perf_counter()
@@ -177,7 +186,8 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
              "server_peak_rss_bytes": peak_rss_bytes(),
              "download_bytes": len(out_bytes), "operations": counters,
              "engine": engine.describe(), "engine_has_secret_key": engine.has_secret_key,
-             "workers": 1 if executor is None else executor.workers,
+             "workers": 1 if executor is None else executor.workers, "server_train_cpu_s": train_cpu_s,
+             "executor_timing": getattr(executor, "timing", None),
              "refresh": {"mode": mode, **rstats.as_dict()},
              "trainer": {"resumed_from": 0, **getattr(trainer, "run_stats", {})}}
     files.atomic_write(jobdir / files.SERVER_STATS, json.dumps(stats, indent=1))
