@@ -14,6 +14,9 @@ machine wall times depend on the other load (printed with ``os.getloadavg``); th
 figure is the training time the same work would take with a free core per process: the largest of
 the main process's training CPU and each worker's CPU (compute + its transfers), a lower bound.
 
+Upload: the data owner encrypts symmetrically (secret key) and uploads each ciphertext seeded, (c0,
+PRNG seed) instead of (c0, c1); printed beside the size the same ciphertexts have in full.
+
 Hot spot "job loading": the server's loading path as it was (every file hashed whole, then every
 container part and every ciphertext's payload hashed again, the public context unpacked twice, SEAL
 objects through temporary files in /dev/shm) and as it is (one SHA-256 pass per file, parts not
@@ -65,7 +68,10 @@ def build_mlr_job(jobdir: pathlib.Path, preset: str, iterations: int) -> dict:
     inputs, job = tr.client_encrypt(eng, Xtr, Ytr)
     job["data_shape"] = [Xtr.shape[0], Xtr.shape[1], Ytr.shape[1]]
     sizes = files.write_job(jobdir, eng, inputs, job)
+    seeded = sum(len(eng._ct_to_bytes(c)) for v in inputs.values() for c in v)
+    unseeded = sum(len(seal_backend._seal_to_bytes(c.data)) for v in inputs.values() for c in v)  # (c0, c1)
     return {"rows": Xtr.shape[0], "sizes": sizes, "n_inputs": sum(len(v) for v in inputs.values()),
+            "seeded_bytes": seeded, "unseeded_bytes": unseeded,
             "input_levels": {k: sorted({c.level for c in v}) for k, v in inputs.items()}}
 
 
@@ -198,6 +204,8 @@ def main() -> None:
     print(f"\n== upload ==\n{info['n_inputs']} input ciphertexts at levels {info['input_levels']}; "
           f"keys {s[files.PUBLIC_CONTEXT]} B {s['key_parts']}; ciphertexts {s[files.INPUTS]} B; total {upload} B; "
           f"{s[files.INPUTS] / info['rows']:.0f} B of ciphertexts per training row ({upload / info['rows']:.0f} B with keys)")
+    print(f"SEAL payloads: {info['seeded_bytes']} B seeded (symmetric encryption by the data owner) vs "
+          f"{info['unseeded_bytes']} B as full (c0, c1) ciphertexts ({info['seeded_bytes'] / info['unseeded_bytes']:.2f}x)")
 
     print(f"\n== hot spot: job loading (server process start-up), medians of {a.repeats}, interleaved ==")
     h = hotspot_loading(jobdir, a.repeats)

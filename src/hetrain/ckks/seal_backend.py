@@ -118,6 +118,21 @@ def _seal_from_bytes(obj, ctx, data: bytes, what: str):
     return obj
 
 
+class _Seeded(seal.Ciphertext):
+    """A fresh symmetric encryption that keeps its seeded serialisation (``seeded``).
+
+    SEAL's symmetric encryption (secret key: the data owner's engine) draws the mask polynomial c1
+    from a PRNG seed and can serialise the ciphertext as (c0, seed): about half the bytes of (c0, c1).
+    ``Ciphertext.load`` expands the seed, so a server reads it as any ciphertext. Every engine
+    operation writes a new ciphertext (none changes an operand in place), so the bytes stay those of
+    this object's values; its scale is set only at encryption (``_fix_scale`` writes the same value).
+    Source: SEAL 3.6+ ``Encryptor::encrypt_symmetric`` returning ``Serializable<Ciphertext>``."""
+
+    def __init__(self, seeded: bytes) -> None:
+        super().__init__()
+        self.seeded = seeded
+
+
 def _tenseal_version() -> str:
     try:
         return importlib.metadata.version("tenseal")
@@ -174,6 +189,8 @@ class SealEngine(Engine):
                 self._sk = _seal_from_bytes(seal.SecretKey(), self.ctx, _secret, "secret key")
                 self.has_secret_key = True
         self._encryptor = seal.Encryptor(self.ctx, self._pk)
+        if self._sk is not None:
+            self._encryptor.set_secret_key(self._sk)
         self._decryptor = seal.Decryptor(self.ctx, self._sk) if self._sk is not None else None
         self._ev = seal.Evaluator(self.ctx)
         self._coder = seal.CKKSEncoder(self.ctx)
@@ -220,8 +237,12 @@ class SealEngine(Engine):
         return pt
 
     def _encrypt(self, v, level):
+        pt = self._encode(v, level, self._scale[level])
+        if self._sk is not None:  # the data owner: symmetric, seeded (its bytes are about half: see _Seeded)
+            seeded = _seal_to_bytes(self._encryptor.encrypt_symmetric(pt))
+            return _seal_from_bytes(_Seeded(seeded), self.ctx, seeded, "ciphertext")
         ct = seal.Ciphertext()
-        self._encryptor.encrypt(self._encode(v, level, self._scale[level]), ct)
+        self._encryptor.encrypt(pt, ct)
         return ct
 
     def _decrypt(self, ct):
@@ -314,7 +335,8 @@ class SealEngine(Engine):
 
     # ---------------------------------------------------------------- serialisation
     def _ct_to_bytes(self, ct):
-        return _seal_to_bytes(ct.data)
+        seeded = getattr(ct.data, "seeded", None)
+        return seeded if seeded is not None else _seal_to_bytes(ct.data)
 
     def _ct_from_bytes(self, b, level):
         if level not in self._pid:
