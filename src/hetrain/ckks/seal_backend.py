@@ -12,7 +12,13 @@ has its own scale s_l, chosen from the bottom up as s_0 = 2^40, s_{l+1} = sqrt(s
 so that a product of two ciphertexts at level l+1 lands exactly on s_l after rescaling, a
 plaintext multiplier is encoded at s_{l-1}*q_l/s_l, and lowering a ciphertext by k levels is
 k-1 free modulus switches plus one multiplication by 1 at the right scale. The s_l stay within
-a few 1e-5 of 2^40, so precision is unchanged.
+a few 1e-5 of 2^40, so precision is unchanged. (A bare modulus switch keeps the scale s_k of the
+higher level: it would mislabel the values by s_k/s_l - 1, up to 7e-5 at n16384-deep, so alignment
+keeps its one exact rescale.)
+
+An engine holding the secret key (the data owner) encrypts symmetrically and keeps each fresh
+ciphertext's seeded serialisation (``_Seeded``): about half the upload bytes. SEAL objects move
+to and from bytes through an anonymous memory file (``_memfd``), as sealapi offers paths only.
 """
 from __future__ import annotations
 
