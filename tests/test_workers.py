@@ -130,3 +130,26 @@ def test_service_shares_the_cores_among_its_concurrent_jobs(tmp_path):
     q = JobQueue(tmp_path / "b", workers=2)
     assert q.job_workers == max(1, (os.cpu_count() or 1) // 2)
     assert JobQueue(tmp_path / "c", workers=1, job_workers=3).job_workers == 3
+
+
+def test_mlp_two_workers_give_the_serial_results_and_counts():
+    from hetrain.models.mlp import MLPTrainer
+
+    rng = np.random.default_rng(0)
+    n, d, c = 256, 40, 3  # 2 data groups x 5 input blocks: both kinds of task have several
+    X, Y = rng.normal(size=(n, d)) * 0.3, np.eye(c)[rng.integers(0, c, n)]
+    tr = MLPTrainer(hidden=[8], iterations=1)
+    eng = ckks.create_engine("sim", "n16384-deep", rotations=tr.plan(n, d, c, "n16384-deep").rotation_steps)
+    inputs, job = tr.client_encrypt(eng, X, Y)
+    job["data_shape"] = [n, d, c]
+    runs = {}
+    for workers in (1, 2):
+        with make_executor(eng, inputs, workers) as ex:
+            eng.counters.reset()
+            out = tr.server_train(eng, inputs, job, executor=ex)
+            runs[workers] = (eng.counters.snapshot(), {k: [eng.decrypt(ct) for ct in v] for k, v in out.items()})
+    assert runs[1][0] == runs[2][0] and runs[1][0]["rotate"] > 0
+    assert runs[1][1].keys() == runs[2][1].keys() == {"W1", "b1", "W2", "b2"}
+    for k in runs[1][1]:
+        for a, b in zip(runs[1][1][k], runs[2][1][k]):
+            assert np.array_equal(a, b)

@@ -11,13 +11,7 @@ groups g (forward, spread) and the feature blocks h (gradient) are independent t
 from __future__ import annotations
 
 from .packing import BlockedPacking
-
-
-def run_tasks(engine, executor, fn, tasks: list, shared: tuple = ()) -> list:
-    """``executor.map(fn, tasks, shared)``, or the same calls in order here without an executor."""
-    if executor is None:
-        return [fn(engine, *shared, *t) for t in tasks]
-    return executor.map(fn, tasks, shared)
+from .tasks import run_tasks
 
 
 def forward_group(engine, p: BlockedPacking, U: list, Xg: list):

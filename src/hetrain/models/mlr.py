@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from hetrain.circuits import blocked_matmul, volley_revolver
-from hetrain.circuits.blocked_matmul import run_tasks
+from hetrain.circuits.tasks import run_tasks
 from hetrain.circuits.approx import get_sigmoid
 from hetrain.circuits.masked_poly import eval_poly_masked
 from hetrain.circuits.packing import choose_packing
