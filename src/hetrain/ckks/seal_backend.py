@@ -14,7 +14,8 @@ plaintext multiplier is encoded at s_{l-1}*q_l/s_l, and lowering a ciphertext by
 k-1 free modulus switches plus one multiplication by 1 at the right scale. The s_l stay within
 a few 1e-5 of 2^40, so precision is unchanged. (A bare modulus switch keeps the scale s_k of the
 higher level: it would mislabel the values by s_k/s_l - 1, up to 7e-5 at n16384-deep, so alignment
-keeps its one exact rescale.)
+keeps its one exact rescale. Measured on seed-MLR, 3 iterations: alignment by bare modulus switches
+saved 14% of training but moved the weights by 1.8e-5, against 2.4e-5 for the whole CKKS-vs-twin gap.)
 
 An engine holding the secret key (the data owner) encrypts symmetrically and keeps each fresh
 ciphertext's seeded serialisation (``_Seeded``): about half the upload bytes. SEAL objects move
