@@ -122,7 +122,8 @@ def fake(monkeypatch, tmp_path):
 
     starts = []
 
-    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None, channel_timeout=None, resume=False):
+    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None, channel_timeout=None, resume=False,
+             workers=None):
         starts.append({"jobdir": str(jobdir), "channel": channel, "channel_timeout": channel_timeout,
                        "resume": resume})
         return [sys.executable, str(script), str(jobdir)] + (["--channel", str(channel)] if channel else [])

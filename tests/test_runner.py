@@ -49,7 +49,8 @@ def fake_server(monkeypatch, tmp_path, code: str) -> None:
     script.write_text(code)
     seen = []
 
-    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None, channel_timeout=None, resume=False):
+    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None, channel_timeout=None, resume=False,
+             workers=None):
         seen.append({"progress": progress, "trainer_modules": trainer_modules, "channel": channel,
                      "channel_timeout": channel_timeout, "resume": resume})
         return [sys.executable, str(script), str(jobdir)] + (["--channel", str(channel)] if channel else [])

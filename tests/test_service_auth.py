@@ -469,7 +469,8 @@ def test_a_failed_job_says_what_a_client_may_read(service, bundle, tmp_path, mon
     script = tmp_path / "failing_server.py"
     script.write_text(FAILING_SERVER)
 
-    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None, channel_timeout=None, resume=False):
+    def argv(jobdir, *, progress=True, trainer_modules=(), channel=None, channel_timeout=None, resume=False,
+             workers=None):
         return [sys.executable, str(script), str(jobdir)]
 
     monkeypatch.setattr(runner_mod, "server_argv", argv)

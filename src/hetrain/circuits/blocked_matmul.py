@@ -4,33 +4,44 @@ forward:  z[g]  = rotsum_l( Σ_h X[g,h] ⊙ U[h] )        valid where l = 0     
 spread:   E[g]  = rotsum_l( q[g] )  (q zero where l ≥ 1)  gradient layout      0 levels
 gradient: G[h]  = rotsum_i( Σ_g E[g] ⊙ X̃[g,h] )       U's layout             1 level
 
-Each Σ is a single ``mul_sum`` (one relinearisation and rescale for the whole sum).
+Each Σ is a single ``mul_sum`` (one relinearisation and rescale for the whole sum). The sample
+groups g (forward, spread) and the feature blocks h (gradient) are independent tasks: with an
+``executor`` (hetrain.ckks.executor) they run on its workers, with the same operations.
 """
 from __future__ import annotations
 
 from .packing import BlockedPacking
+from .tasks import run_tasks
 
 
-def forward(engine, p: BlockedPacking, X: list, U: list) -> list:
+def forward_group(engine, p: BlockedPacking, U: list, Xg: list):
+    """z of one sample group: ``forward`` for group g is ``forward_group(engine, p, U, X[g·H:(g+1)·H])``."""
+    return engine.sum_slots(engine.mul_sum(list(zip(Xg, U))), p.L, p.C)
+
+
+def spread_group(engine, p: BlockedPacking, q):
+    """``spread`` of one group's ciphertext."""
+    return engine.sum_slots(q, p.L, p.C)
+
+
+def _gradient_block(engine, p: BlockedPacking, E: list, Xth: list):
+    return engine.sum_slots(engine.mul_sum(list(zip(E, Xth))), p.I, p.C * p.L)
+
+
+def forward(engine, p: BlockedPacking, X: list, U: list, executor=None) -> list:
     """z = X·Uᵀ, one ciphertext per sample group (valid where l = 0; garbage elsewhere)."""
     H = p.n_fblocks
-    out = []
-    for g in range(p.n_groups):
-        acc = engine.mul_sum([(X[g * H + h], U[h]) for h in range(H)])
-        out.append(engine.sum_slots(acc, p.L, p.C))
-    return out
+    tasks = [(X[g * H:(g + 1) * H],) for g in range(p.n_groups)]
+    return run_tasks(engine, executor, forward_group, tasks, (p, U))
 
 
-def spread(engine, p: BlockedPacking, q: list) -> list:
+def spread(engine, p: BlockedPacking, q: list, executor=None) -> list:
     """Copy the l = 0 values of each group over l (the permuted order ``p.grad_sample()``)."""
-    return [engine.sum_slots(x, p.L, p.C) for x in q]
+    return run_tasks(engine, executor, spread_group, [(x,) for x in q], (p,))
 
 
-def gradient(engine, p: BlockedPacking, E: list, Xt: list) -> list:
+def gradient(engine, p: BlockedPacking, E: list, Xt: list, executor=None) -> list:
     """G = Eᵀ·X̃ in U's layout (replicated over samples), one ciphertext per feature block."""
     H = p.n_fblocks
-    out = []
-    for h in range(H):
-        acc = engine.mul_sum([(E[g], Xt[g * H + h]) for g in range(p.n_groups)])
-        out.append(engine.sum_slots(acc, p.I, p.C * p.L))
-    return out
+    tasks = [([Xt[g * H + h] for g in range(p.n_groups)],) for h in range(H)]
+    return run_tasks(engine, executor, _gradient_block, tasks, (p, E))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from .packing import VolleyRevolverPacking
 
 
-def forward(engine, p: VolleyRevolverPacking, X: list, U: list) -> list:
+def forward(engine, p: VolleyRevolverPacking, X: list, U: list, executor=None) -> list:
     rotated = [engine.rotate(U[0], p.D * r) for r in range(p.R)]  # shared by every data ciphertext
     out = []
     for k in range(p.n_groups):
@@ -20,11 +20,11 @@ def forward(engine, p: VolleyRevolverPacking, X: list, U: list) -> list:
     return out
 
 
-def spread(engine, p: VolleyRevolverPacking, q: list) -> list:
+def spread(engine, p: VolleyRevolverPacking, q: list, executor=None) -> list:
     return [engine.sum_slots(x, p.D, -1) for x in q]
 
 
-def gradient(engine, p: VolleyRevolverPacking, E: list, Xt: list) -> list:
+def gradient(engine, p: VolleyRevolverPacking, E: list, Xt: list, executor=None) -> list:
     acc = None
     for r in range(p.R):
         part = engine.mul_sum([(E[k * p.R + r], Xt[k]) for k in range(p.n_groups)])

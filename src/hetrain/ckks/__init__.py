@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .container import unpack
+from .container import read_header
 from .counters import OpCounters
 from .engine import Ciphertext, Engine, PlainVector, read_secret_key, rotate_sum_steps
 from .errors import (CKKSError, DepthExhausted, InsecureParameters, KeyMismatch, MissingRotationKey,
@@ -58,13 +58,15 @@ def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", ro
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: bool = False) -> Engine:
-    """Rebuild an engine from ``public_bytes()`` (and optionally ``secret_key_bytes()``)."""
-    meta, _ = unpack(public, expect_kind="public_context")
+def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: bool = False,
+                verify: bool = True) -> Engine:
+    """Rebuild an engine from ``public_bytes()`` (and optionally ``secret_key_bytes()``).
+    ``verify=False`` (seal): skip the key parts' SHA-256, for bytes whose digest the caller checked."""
+    meta = read_header(public, expect_kind="public_context")
     backend = meta.get("backend")
     if backend == "seal":
         from .seal_backend import SealEngine
-        return SealEngine.from_bytes(public, secret, force_insecure=force_insecure)
+        return SealEngine.from_bytes(public, secret, force_insecure=force_insecure, verify=verify)
     if backend == "desilo":
         from .desilo_backend import DesiloEngine
         return DesiloEngine.from_bytes(public, secret, force_insecure=force_insecure)

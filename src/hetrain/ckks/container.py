@@ -33,13 +33,18 @@ def pack(meta: dict, parts: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def _read_header(src: BinaryIO, expect_kind: str | None) -> dict:
+def _read_header(src: BinaryIO, expect_kind: str | None, digest=None) -> dict:
     head = src.read(len(MAGIC) + 4)
+    if digest is not None:
+        digest.update(head)
     if len(head) < len(MAGIC) + 4 or head[: len(MAGIC)] != MAGIC:
         raise SerializationError("not a hetrain object (bad magic bytes): the file is corrupted or of another format")
     (hlen,) = struct.unpack("<I", head[len(MAGIC):])
+    raw = src.read(hlen)
+    if digest is not None:
+        digest.update(raw)
     try:
-        header = json.loads(src.read(hlen).decode())
+        header = json.loads(raw.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SerializationError(f"corrupted header: {exc}") from None
     if expect_kind is not None and header.get("kind") != expect_kind:
@@ -47,24 +52,36 @@ def _read_header(src: BinaryIO, expect_kind: str | None) -> dict:
     return header
 
 
-def _read_part(src: BinaryIO, p: dict) -> bytes:
+def _read_part(src: BinaryIO, p: dict, verify: bool = True, digest=None) -> bytes:
     b = src.read(p["size"])
     if len(b) != p["size"]:
         raise SerializationError(f"part {p['name']!r} is truncated ({len(b)} of {p['size']} bytes)")
-    if hashlib.sha256(b).hexdigest() != p["sha256"]:
+    if digest is not None:
+        digest.update(b)
+    if verify and hashlib.sha256(b).hexdigest() != p["sha256"]:
         raise SerializationError(f"part {p['name']!r} is corrupted (checksum mismatch)")
     return b
 
 
-def read_container(src: BinaryIO, expect_kind: str | None = None) -> tuple[dict, dict[str, bytes]]:
+def read_container(src: BinaryIO, expect_kind: str | None = None, verify: bool = True) -> tuple[dict, dict[str, bytes]]:
     header = _read_header(src, expect_kind)
-    return header, {p["name"]: _read_part(src, p) for p in header.get("parts", [])}
+    return header, {p["name"]: _read_part(src, p, verify) for p in header.get("parts", [])}
 
 
-def unpack(data: bytes, expect_kind: str | None = None) -> tuple[dict, dict[str, bytes]]:
+def unpack(data: bytes, expect_kind: str | None = None, verify: bool = True) -> tuple[dict, dict[str, bytes]]:
+    """(header, parts) of ``pack``'s bytes. ``verify=False`` skips each part's SHA-256: only for bytes
+    whose digest as a whole the caller has already checked (a job file against its manifest), so
+    that a file is hashed once, not once per nesting level."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"expected bytes, got {type(data).__name__}")
-    return read_container(io.BytesIO(bytes(data)), expect_kind)
+    return read_container(io.BytesIO(data if isinstance(data, bytes) else bytes(data)), expect_kind, verify)
+
+
+def read_header(data: bytes, expect_kind: str | None = None) -> dict:
+    """Only the header of ``pack``'s bytes (no part is read or hashed)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SerializationError(f"expected bytes, got {type(data).__name__}")
+    return _read_header(io.BytesIO(data), expect_kind)
 
 
 def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tuple[str, bytes]]) -> tuple[int, str]:
@@ -100,11 +117,17 @@ def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tu
                 os.remove(leftover)
 
 
-def iter_container_file(path: str | os.PathLike, expect_kind: str | None = None) -> tuple[dict, Iterator[tuple[str, bytes]]]:
-    """(header, iterator of (name, bytes)) reading one part at a time, each checked as it comes."""
+def iter_container_file(path: str | os.PathLike, expect_kind: str | None = None, *,
+                        digest=None) -> tuple[dict, Iterator[tuple[str, bytes]]]:
+    """(header, iterator of (name, bytes)) reading one part at a time, each checked as it comes.
+
+    ``digest`` (a ``hashlib`` object): every byte read goes into it, and the parts' own checksums are
+    NOT computed: the caller compares ``digest`` with the file's known SHA-256 once the iterator is
+    exhausted (one hashing pass over the file instead of two). Bytes after the last part are read
+    into it too, so the digest is that of the whole file."""
     src = open(path, "rb")
     try:
-        header = _read_header(src, expect_kind)
+        header = _read_header(src, expect_kind, digest)
     except BaseException:
         src.close()
         raise
@@ -112,7 +135,10 @@ def iter_container_file(path: str | os.PathLike, expect_kind: str | None = None)
     def parts() -> Iterator[tuple[str, bytes]]:
         with src:
             for p in header.get("parts", []):
-                yield p["name"], _read_part(src, p)
+                yield p["name"], _read_part(src, p, digest is None, digest)
+            if digest is not None:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
 
     return header, parts()
 

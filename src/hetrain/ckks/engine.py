@@ -42,7 +42,7 @@ Scalar = Union[int, float, np.floating]
 class Ciphertext:
     """A handle on one encrypted vector of ``engine.slots`` real numbers."""
 
-    __slots__ = ("engine", "level", "data")
+    __slots__ = ("engine", "level", "data", "__weakref__")  # weakref: an executor's wire cache
 
     def __init__(self, engine: "Engine", level: int, data) -> None:
         self.engine = engine
@@ -84,6 +84,10 @@ class PlainVector:
     def __init__(self, values) -> None:
         self.values = np.asarray(values, dtype=np.float64)
         self._cache: dict = {}
+
+    def __reduce__(self):
+        # pickled (to an executor's worker) without its encodings: backend objects do not pickle
+        return (PlainVector, (self.values,))
 
 
 def rotate_sum_steps(width: int, stride: int = 1) -> list[int]:
@@ -430,10 +434,12 @@ class Engine(abc.ABC):
         with self.counters.time("serialize"):
             return pack(meta, {"ct": self._ct_to_bytes(ct)})
 
-    def deserialize(self, data: bytes) -> Ciphertext:
-        """Inverse of ``serialize``; refuses ciphertexts of other parameters, keys or backends."""
+    def deserialize(self, data: bytes, *, verify: bool = True) -> Ciphertext:
+        """Inverse of ``serialize``; refuses ciphertexts of other parameters, keys or backends.
+        ``verify=False``: skip the payload's SHA-256 (the caller checked a digest over the file
+        that holds ``data``: container.iter_container_file's ``digest``)."""
         from .container import unpack
-        meta, parts = unpack(data, expect_kind="ciphertext")
+        meta, parts = unpack(data, expect_kind="ciphertext", verify=verify)
         if meta.get("backend") != self.backend_name:
             raise KeyMismatch(f"ciphertext is from backend {meta.get('backend')!r}, engine is {self.backend_name!r}")
         if meta.get("params") != self.params.fingerprint():

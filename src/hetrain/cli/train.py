@@ -17,16 +17,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra module the server imports so that its trainer registers (a trainer outside hetrain; "
                         "chosen by the server's operator, never by the job; may be repeated; default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes for the training's independent tasks (default: every core)")
 
 
 def run(args) -> int:
+    from hetrain.errors import HetrainUserError
     from hetrain.protocol.steps import train
 
     from .fit import StepBar
 
+    if args.workers is not None and args.workers < 1:
+        raise HetrainUserError(f"--workers must be at least 1, got {args.workers} (e.g. --workers 2)")
     with StepBar(args.quiet) as bar:
         stats = train(args.job, resume=args.resume, progress=False, channel_timeout=args.channel_timeout,
-                      trainer_modules=args.trainer_module,
+                      trainer_modules=args.trainer_module, workers=args.workers,
                       on_progress=lambda done, total, message="": bar.on_step(done, total))
     run_stats = stats.get("trainer") or {}
     resumed = f", resumed from {run_stats['resumed_from']}" if run_stats.get("resumed_from") else ""

@@ -29,6 +29,9 @@ exactly those (``server_hooks(trainer)``), nothing is inferred from signatures:
                                  encrypted state (dict name -> list of ciphertexts) after every completed
                                  iteration, so a killed job resumes after the last saved one with the
                                  same arithmetic; ``meta`` is JSON-able and public (counters only).
+    executor                     hetrain.ckks.executor (SerialExecutor or ProcessExecutor): runs the
+                                 circuits' independent tasks on worker processes with the same
+                                 operations (``--workers N``); absent, everything runs in this process.
 When a refresh is available, a plan only needs one iteration to fit between refreshes: the flag is
 explicit, ``plan.check(params, refresh=True)`` and ``client_encrypt(engine, X, Y, refresh=True)``
 (which passes it on to its own plan check).
@@ -111,7 +114,7 @@ class Plan:
         raise exc
 
 
-SERVER_HOOKS = frozenset({"refresh", "monitor", "checkpoint"})
+SERVER_HOOKS = frozenset({"refresh", "monitor", "checkpoint", "executor"})
 
 
 def server_hooks(trainer) -> frozenset[str]:

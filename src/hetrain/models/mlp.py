@@ -91,6 +91,7 @@ from hetrain.circuits import dvr
 from hetrain.circuits.approx import PolyApprox, get_sigmoid
 from hetrain.circuits.masked_poly import eval_poly_masked
 from hetrain.circuits.poly import poly_depth
+from hetrain.circuits.tasks import run_tasks
 from hetrain.ckks import PlainVector, get_params
 from hetrain._format import plain
 from hetrain.errors import DataError, HetrainUserError
@@ -123,7 +124,7 @@ class MLPTrainer(Trainer):
     name = "mlp-dvr"
     summary = ("network with one or two hidden sigmoid layers, double Volley Revolver packing (wide inputs such "
                "as 400 CNN features); --model mlp --layout dvr")
-    capabilities = frozenset({"refresh", "checkpoint"})
+    capabilities = frozenset({"refresh", "checkpoint", "executor"})
 
     def __init__(self, **config) -> None:
         cfg = self.merge_config(DEFAULTS, config, MLPConfigError)
@@ -430,13 +431,14 @@ class MLPTrainer(Trainer):
         return mlp_twin.predict_scores(weights, self.clip(self.project(np.asarray(X, dtype=np.float64))), self.acts)
 
     # ------------------------------------------------------------------ server
-    def server_train(self, engine, inputs, job, progress=None, *, refresh=None, checkpoint=None):
+    def server_train(self, engine, inputs, job, progress=None, *, refresh=None, checkpoint=None, executor=None):
         """Train on ciphertexts. ``refresh(state, t) -> state`` (names -> ciphertext lists, weights
         ``W1``.. ``bK`` and look-ahead ``v_W1``..) is called before an iteration that would not fit
         the state's remaining levels; without it such a job is refused (DepthPlanError).
         ``checkpoint`` (base.py): after every iteration the weights W, the look-ahead V (when it is
         not W itself) and the iteration count are saved; a saved state resumes after its iteration
-        (the ciphertexts keep their levels, so refreshes fall where they would have)."""
+        (the ciphertexts keep their levels, so refreshes fall where they would have). ``executor``
+        (base.py): each data group's pass and each input block's W1 gradient run on its workers."""
         sizes = job["sizes"]
         lay = dvr.GridLayout(engine.slots, int(job["layout"]["P"]), int(job["layout"]["S"]),
                              int(job["data_shape"][0]) if "data_shape" in job else lay_n(job), sizes[0])
@@ -475,7 +477,7 @@ class MLPTrainer(Trainer):
                     raise DepthPlanError(f"iteration {t + 1} does not fit even in refreshed ciphertexts (level "
                                          f"{level} of {top}): use a preset with more levels or a cheaper sigmoid")
             b = t % len(batches)
-            G = self._gradients(engine, lay, X, Y, V, masks, steps[b], batches[b])
+            G = self._gradients(engine, lay, X, Y, V, masks, steps[b], batches[b], executor)
             W_new = {k: [engine.sub(v, g) for v, g in zip(V[k], G[k])] for k in names}
             mu = mus[t]
             if mu:
@@ -567,48 +569,62 @@ class MLPTrainer(Trainer):
                   for g in range(lay.groups)}
         return hidden, output
 
-    def _gradients(self, eng, lay, X, Y, V, masks, step, groups):
+    def _gradients(self, eng, lay, X, Y, V, masks, step, groups, executor=None):
         """One forward + backward pass at the look-ahead V over the data ``groups`` (a mini-batch);
-        returns step-scaled gradients."""
+        returns step-scaled gradients. Each group's pass, and each input block's W1 gradient, is one
+        task of ``executor`` (base.py; the same operations without one)."""
         K, T = self.K, lay.feature_blocks
         hidden_masks, out_masks = masks
-        zrep = {l: [] for l in range(2, K + 1)}   # input of layer l replicated over its output axis
-        drep = {l: [] for l in range(1, K + 1)}   # δ_l replicated over layer l's input axis
-        deltas = {l: [] for l in range(1, K + 1)}
-        for g in groups:
-            dact, z = {}, None
-            for l in range(1, K + 1):
-                if l == 1:
-                    acc = eng.mul_sum([(X[g * T + t], V["W1"][t]) for t in range(T)])
-                else:
-                    zr = dvr.replicate(eng, z, lay, out_axis(l))
-                    zrep[l].append(zr)
-                    acc = eng.mul(zr, V[f"W{l}"][0])
-                a = eng.add(dvr.reduce_axis(eng, acc, lay, in_axis(l)), V[f"b{l}"][0])
-                act = self.acts[l - 1]
-                if l < K:
-                    z = eval_poly_masked(eng, a, act.coeffs, hidden_masks[l])
-                    dact[l] = eval_poly_masked(eng, a, act.derivative().coeffs, hidden_masks[l])
-                else:
-                    # E = (lr/n)(σ(A_K) − Y) on valid samples and outputs only
-                    y = eng.mul_scalar(Y[g], step)
-                    delta = eng.sub(eval_poly_masked(eng, a, act.coeffs, out_masks[g]), y)
-            for l in range(K, 0, -1):
-                deltas[l].append(delta)
-                dr = dvr.replicate(eng, delta, lay, in_axis(l))
-                drep[l].append(dr)
-                if l > 1:
-                    back = dvr.reduce_axis(eng, eng.mul(dr, V[f"W{l}"][0]), lay, out_axis(l))
-                    delta = eng.mul(back, dact[l - 1])
-        G = {}
+        per_group = run_tasks(eng, executor, _group_pass,
+                              [([X[g * T + t] for t in range(T)], Y[g], out_masks[g]) for g in groups],
+                              (self.acts, lay, V, hidden_masks, step))
+        zrep = {l: [p[0][l - 2] for p in per_group] for l in range(2, K + 1)}  # layer l's input, replicated
+        drep = {l: [p[1][K - l] for p in per_group] for l in range(1, K + 1)}  # δ_l replicated over its inputs
+        deltas = {l: [p[2][K - l] for p in per_group] for l in range(1, K + 1)}
+        G = {"W1": run_tasks(eng, executor, _w1_gradient, [([X[g * T + t] for g in groups],) for t in range(T)],
+                             (lay, drep[1]))}
         for l in range(1, K + 1):
-            if l == 1:
-                G["W1"] = [dvr.reduce_axis(eng, eng.mul_sum([(drep[1][i], X[g * T + t]) for i, g in enumerate(groups)]),
-                                           lay, "s") for t in range(T)]
-            else:
+            if l > 1:
                 G[f"W{l}"] = [dvr.reduce_axis(eng, eng.mul_sum(list(zip(drep[l], zrep[l]))), lay, "s")]
             G[f"b{l}"] = [dvr.reduce_axis(eng, eng.add_many(deltas[l]), lay, "s")]
         return G
+
+
+def _group_pass(eng, acts, lay, V, hidden_masks, step, Xg: list, y, out_mask):
+    """Forward and backward pass of one data group: ([input of layer l replicated, l = 2..K],
+    [δ_l replicated over layer l's inputs, l = K..1], [δ_l, l = K..1]) (an executor task)."""
+    K, T = len(acts), len(Xg)
+    dact, z, zreps = {}, None, []
+    y = eng.mul_scalar(y, step)
+    for l in range(1, K + 1):
+        if l == 1:
+            acc = eng.mul_sum([(Xg[t], V["W1"][t]) for t in range(T)])
+        else:
+            zr = dvr.replicate(eng, z, lay, out_axis(l))
+            zreps.append(zr)
+            acc = eng.mul(zr, V[f"W{l}"][0])
+        a = eng.add(dvr.reduce_axis(eng, acc, lay, in_axis(l)), V[f"b{l}"][0])
+        act = acts[l - 1]
+        if l < K:
+            z = eval_poly_masked(eng, a, act.coeffs, hidden_masks[l])
+            dact[l] = eval_poly_masked(eng, a, act.derivative().coeffs, hidden_masks[l])
+        else:
+            # E = (lr/n)(σ(A_K) − Y) on valid samples and outputs only
+            delta = eng.sub(eval_poly_masked(eng, a, act.coeffs, out_mask), y)
+    dreps, deltas = [], []
+    for l in range(K, 0, -1):
+        deltas.append(delta)
+        dr = dvr.replicate(eng, delta, lay, in_axis(l))
+        dreps.append(dr)
+        if l > 1:
+            back = dvr.reduce_axis(eng, eng.mul(dr, V[f"W{l}"][0]), lay, out_axis(l))
+            delta = eng.mul(back, dact[l - 1])
+    return zreps, dreps, deltas
+
+
+def _w1_gradient(eng, lay, drep1: list, Xt_blocks: list):
+    """W1's gradient for one input block t: reduce_s(Σ_g δ₁[g] ⊙ X[g, t]) (an executor task)."""
+    return dvr.reduce_axis(eng, eng.mul_sum(list(zip(drep1, Xt_blocks))), lay, "s")
 
 
 # ---------------------------------------------------------------------- defaults chosen on the client

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from hetrain.circuits import blocked_matmul, volley_revolver
+from hetrain.circuits.tasks import run_tasks
 from hetrain.circuits.approx import get_sigmoid
 from hetrain.circuits.masked_poly import eval_poly_masked
 from hetrain.circuits.packing import choose_packing
@@ -54,7 +55,7 @@ class MLRTrainer(Trainer):
     summary = ("full-batch multiclass logistic regression with the quadratic-gradient preconditioner and Volley "
                "Revolver packing, in one modulus chain (--model mlr --iterations N)")
     # one modulus chain, no refresh (``--refresh`` trains mlr with the mini-batch trainer, minibatch.py)
-    capabilities = frozenset({"checkpoint"})
+    capabilities = frozenset({"checkpoint", "executor"})
 
     def __init__(self, **config) -> None:
         cfg = self.merge_config(DEFAULTS, config)
@@ -123,17 +124,20 @@ class MLRTrainer(Trainer):
         X, Y = self._check_data(X, Y)
         n, d = X.shape
         c = Y.shape[1]
-        self.plan(n, d, c, engine.params).check(engine.params, refresh=False)
+        plan = self.plan(n, d, c, engine.params)
+        plan.check(engine.params, refresh=False)
         self.twin(X, Y)  # raises DataError if a sigmoid input would leave the approximation's interval
         Xb = add_bias(X)
         Xt = Xb * quadratic_gradient_diag(Xb)
         pk = self.packing(n, d + 1, c, engine.slots)
-        top = engine.max_level
+        # the lowest level the schedule allows: levels it would not use only make every ciphertext,
+        # product and rotation larger (a level-l ciphertext has l+1 primes)
+        top = plan.levels_needed
         # X is first used against the first gradient (level top-1): encrypt it there, it is smaller
         inputs = {
             "X": [engine.encrypt(v, level=max(top - 1, 0)) for v in pk.pack_forward_data(Xb)],
-            "Xt": [engine.encrypt(v) for v in pk.pack_gradient_data(Xt)],
-            "Y": [engine.encrypt(v) for v in pk.pack_labels(Y)],
+            "Xt": [engine.encrypt(v, level=top) for v in pk.pack_gradient_data(Xt)],
+            "Y": [engine.encrypt(v, level=top) for v in pk.pack_labels(Y)],
         }
         job = {"model": self.name, "config": dict(self.config), "n_samples": n, "n_features": d,
                "n_classes": c, "params": engine.params.to_dict(), "layout": pk.describe()}
@@ -146,10 +150,11 @@ class MLRTrainer(Trainer):
         return {"W": self.schedule(n).out_scale * U}
 
     # ------------------------------------------------------------------ server
-    def server_train(self, engine, inputs, job, progress=None, *, checkpoint=None):
+    def server_train(self, engine, inputs, job, progress=None, *, checkpoint=None, executor=None):
         """The whole schedule on ciphertexts. ``checkpoint`` (base.py): after every iteration the
         gradients so far (H_0..H_t, all that the later look-ahead combinations read) are saved, and a
-        saved state is resumed after its last iteration with the same arithmetic."""
+        saved state is resumed after its last iteration with the same arithmetic. ``executor``
+        (base.py): the products' per-group and per-block tasks run on its workers (blocked layout)."""
         n, d, c = job["n_samples"], job["n_features"], job["n_classes"]
         plan = self.plan(n, d, c, engine.params)
         plan.check(engine.params)
@@ -173,16 +178,23 @@ class MLRTrainer(Trainer):
         else:
             report(0, T, "iteration 1 (gradient at W = 0)")
             E0 = [engine.add(y, PlainVector(-c0 * m)) for y, m in zip(Yr, pk.label_masks())]
-            H = [circ.gradient(engine, pk, E0, Xt)]
+            H = [circ.gradient(engine, pk, E0, Xt, executor)]
             _save(checkpoint, H)
-        Ym = [engine.mul_plain(y, m) for y, m in zip(Yr, fmasks)] if T > len(H) else []
+        # on the workers too (an executor then resends them each iteration as the bytes it received)
+        Ym = run_tasks(engine, executor, _masked, list(zip(Yr, fmasks))) if T > len(H) else []
         for t in range(len(H), T):
             report(t, T, f"iteration {t + 1}")
             U = _combine(engine, H, sched.u[t - 1])
-            z = circ.forward(engine, pk, X, U)
             coeffs = sched.sigmoid_coeffs(self.approx, t)
-            q = [engine.sub(y, eval_poly_masked(engine, zg, coeffs, m)) for y, zg, m in zip(Ym, z, fmasks)]
-            H.append(circ.gradient(engine, pk, circ.spread(engine, pk, q), Xt))
+            if circ is blocked_matmul:  # forward, sigmoid and spread of each sample group: one task
+                H_g = pk.n_fblocks
+                E = run_tasks(engine, executor, _residual_group, [(X[g * H_g:(g + 1) * H_g], Ym[g], fmasks[g])
+                                                                  for g in range(pk.n_groups)], (pk, U, coeffs))
+            else:
+                z = circ.forward(engine, pk, X, U, executor)
+                q = [engine.sub(y, eval_poly_masked(engine, zg, coeffs, m)) for y, zg, m in zip(Ym, z, fmasks)]
+                E = circ.spread(engine, pk, q, executor)
+            H.append(circ.gradient(engine, pk, E, Xt, executor))
             _save(checkpoint, H)
         report(T, T, "done")
         self.run_stats = {"iterations": T, "resumed_from": start}
@@ -202,6 +214,18 @@ class MLRTrainer(Trainer):
         if X.ndim != 2 or X.shape[1] + 1 != W.shape[1]:
             raise DataError(f"model expects {W.shape[1] - 1} features, got data of shape {X.shape}")
         return add_bias(X) @ W.T
+
+
+def _masked(engine, y, mask):
+    return engine.mul_plain(y, mask)
+
+
+def _residual_group(engine, pk, U: list, coeffs, Xg: list, y, mask):
+    """E of one sample group (blocked layout): spread(y·mask − mask·σ̃(z)), z = forward of the group.
+    The same operations as forward, the masked sigmoid and spread one after the other; one task of
+    the executor (it reads no plaintext encoding cached on ``mask``: eval_poly encodes coef·mask)."""
+    z = blocked_matmul.forward_group(engine, pk, U, Xg)
+    return blocked_matmul.spread_group(engine, pk, engine.sub(y, eval_poly_masked(engine, z, coeffs, mask)))
 
 
 def _save(checkpoint, H: list[list]) -> None:

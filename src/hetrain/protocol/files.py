@@ -102,8 +102,9 @@ def write_ciphertext_map(path: str | os.PathLike, engine: Engine, named: dict[st
     return write_container_file(path, _map_meta(engine, named), _map_parts(engine, named))
 
 
-def _ciphertext_map(engine: Engine, meta: dict, parts, what: str) -> dict[str, list[Ciphertext]]:
-    """Deserialise (name/i, bytes) parts in order; KeyMismatch/SerializationError become a BundleError."""
+def _ciphertext_map(engine: Engine, meta: dict, parts, what: str, verify: bool = True) -> dict[str, list[Ciphertext]]:
+    """Deserialise (name/i, bytes) parts in order; KeyMismatch/SerializationError become a BundleError.
+    ``verify=False``: the caller checks a digest over the whole file (the parts' own checksums are skipped)."""
     try:
         if meta.get("key_id") != engine.key_id:
             raise BundleError(f"{what} were encrypted under key {meta.get('key_id')}, not this engine's key "
@@ -112,7 +113,7 @@ def _ciphertext_map(engine: Engine, meta: dict, parts, what: str) -> dict[str, l
         out: dict[str, list[Ciphertext]] = {name: [] for name in counts}
         for part_name, blob in parts:
             name, _, _ = part_name.rpartition("/")
-            out[name].append(engine.deserialize(blob))
+            out[name].append(engine.deserialize(blob, verify=verify))
         if any(len(out[n]) != k for n, k in counts.items()):
             raise KeyError("ciphertext counts differ from the header")
         return out
@@ -131,15 +132,29 @@ def unpack_ciphertexts(engine: Engine, data: bytes, what: str) -> dict[str, list
     return _ciphertext_map(engine, meta, parts.items(), what)
 
 
-def read_ciphertext_map(path: str | os.PathLike, engine: Engine, what: str) -> dict[str, list[Ciphertext]]:
-    """Inverse of write_ciphertext_map, reading one ciphertext at a time."""
+def read_ciphertext_map(path: str | os.PathLike, engine: Engine, what: str, *,
+                        sha256: str | None = None) -> dict[str, list[Ciphertext]]:
+    """Inverse of write_ciphertext_map, reading one ciphertext at a time.
+
+    ``sha256``: the file's known digest (the manifest's). The file is then hashed once, as it is read
+    (no per-ciphertext checksums), and a mismatch raises BundleError after the last ciphertext,
+    before any of them is returned; without it every part's own checksum is checked."""
+    digest = hashlib.sha256() if sha256 is not None else None
     try:
-        meta, parts = iter_container_file(path, expect_kind="ciphertext_map")
+        meta, parts = iter_container_file(path, expect_kind="ciphertext_map", digest=digest)
     except FileNotFoundError:
         raise BundleError(f"{what} not found: {path}") from None
     except CKKSError as exc:
         raise BundleError(f"{what}: {exc}") from None
-    return _ciphertext_map(engine, meta, parts, what)
+    if digest is None:
+        return _ciphertext_map(engine, meta, parts, what)
+    try:
+        out = _ciphertext_map(engine, meta, parts, what, verify=False)
+    finally:
+        parts.close()  # releases the file if the map stopped early (an error)
+    if digest.hexdigest() != sha256:
+        raise BundleError(f"{path} does not match the manifest (corrupted or from another job)")
+    return out
 
 
 # ---------------------------------------------------------------------- job bundle
@@ -183,17 +198,25 @@ def read_manifest(jobdir: str | os.PathLike) -> dict:
     return m
 
 
-def read_job_files(jobdir: str | os.PathLike) -> tuple[dict, bytes, pathlib.Path, dict]:
+def read_job_files(jobdir: str | os.PathLike, *, defer_inputs: bool = False) -> tuple[dict, bytes, pathlib.Path, dict]:
     """(manifest, public context bytes, path of the inputs, job) with every checksum verified.
 
-    The inputs stay on disk (they can weigh gigabytes): read them with ``read_ciphertext_map``."""
+    The inputs stay on disk (they can weigh gigabytes): read them with ``read_ciphertext_map``.
+    ``defer_inputs``: do not hash inputs.bin here; the caller reads it with
+    ``read_ciphertext_map(..., sha256=manifest["sha256"][INPUTS])``, which hashes it as it loads
+    (the server: one pass over the file instead of two)."""
     d = pathlib.Path(jobdir)
     manifest = read_manifest(d)
     public = read_bytes(d / PUBLIC_CONTEXT, "public context")
     job_bytes = read_bytes(d / JOB, "job description")
     if not (d / INPUTS).is_file():
         raise BundleError(f"encrypted inputs not found: {d / INPUTS}")
-    for name, digest in ((PUBLIC_CONTEXT, _sha(public)), (INPUTS, file_sha256(d / INPUTS)), (JOB, _sha(job_bytes))):
+    checks = [(PUBLIC_CONTEXT, _sha(public)), (JOB, _sha(job_bytes))]
+    if not defer_inputs:
+        checks.append((INPUTS, file_sha256(d / INPUTS)))
+    elif not isinstance(manifest["sha256"].get(INPUTS), str):
+        raise BundleError(f"{d / MANIFEST} names no checksum for {INPUTS}")
+    for name, digest in checks:
         if manifest["sha256"].get(name) != digest:
             raise BundleError(f"{d / name} does not match the manifest (corrupted or from another job)")
     return manifest, public, d / INPUTS, json.loads(job_bytes)
@@ -201,6 +224,18 @@ def read_job_files(jobdir: str | os.PathLike) -> tuple[dict, bytes, pathlib.Path
 
 def _sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
+
+
+def load_job_public(jobdir: str | os.PathLike) -> tuple[Engine, dict[str, list[Ciphertext]]]:
+    """(public engine, inputs) of a job bundle, checksums verified with one hashing pass per file:
+    what each executor worker process loads once (ckks.executor ``loader``). Never a secret key."""
+    from hetrain.ckks import load_engine
+
+    manifest, public, inputs_path, _ = read_job_files(jobdir, defer_inputs=True)
+    engine = load_engine(public, verify=False)
+    if engine.has_secret_key:
+        raise BundleError("refusing to run: the engine holds a secret key")
+    return engine, read_ciphertext_map(inputs_path, engine, "encrypted inputs", sha256=manifest["sha256"][INPUTS])
 
 
 # ---------------------------------------------------------------------- model file

@@ -1,6 +1,7 @@
 """The server: trains on ciphertexts with public material only.
 
     python -m hetrain.protocol.server_main JOBDIR [--progress] [--channel SOCKET [--channel-timeout S]] [--resume]
+        [--workers N]
 
 (server_main.py is the entry module: this one is imported by the package, so it is not run with
 ``python -m``; ``server_argv`` builds the command for every caller.) Exit status: 0 done, 2 a
@@ -24,6 +25,10 @@ killed job started again with ``--resume`` continues after the last saved iterat
 ``--resume`` a job directory that already holds state.ckpt is refused before any work (exit 2), so
 an unfinished job is never restarted (or a finished one retrained) by accident.
 
+``--workers N`` (default: every core): trainers whose ``capabilities`` include "executor" run their
+circuits' independent tasks on N worker processes (hetrain.ckks.executor), each loading the job's
+public context and inputs once; the results and operation counts are those of the serial run (N = 1).
+
 Every write to a pipe or socket whose reader may be gone (progress lines on stdout, the refresh
 channel, log lines) ends in one handler in ``main``: one line, no traceback, exit 4.
 
@@ -44,6 +49,7 @@ import time
 import traceback
 
 from hetrain import ckks
+from hetrain.ckks.executor import default_workers, make_executor
 from hetrain._streams import to_devnull
 from hetrain._format import plain
 from hetrain.errors import HetrainUserError
@@ -64,7 +70,7 @@ EXIT_READER_GONE = 4
 
 
 def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=None,
-                channel_timeout: float | None = None, resume: bool = False) -> list[str]:
+                channel_timeout: float | None = None, resume: bool = False, workers: int | None = None) -> list[str]:
     """The server process's command line; the one place that names its entry module. ``channel``:
     the Unix socket to LISTEN on for the data owner (channel_location(jobdir)); ``resume``: continue
     from JOBDIR/state.ckpt (a job killed before it finished)."""
@@ -79,6 +85,8 @@ def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=No
         cmd += ["--channel", os.fspath(channel)]
     if channel_timeout is not None:
         cmd += ["--channel-timeout", repr(float(channel_timeout))]
+    if workers is not None:
+        cmd += ["--workers", str(int(workers))]
     return cmd
 
 
@@ -101,11 +109,12 @@ class BootstrapRefresh:
 
 
 def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: str | None = None,
-            channel_timeout: float = DEFAULT_TIMEOUT_S, resume: bool = False) -> dict:
+            channel_timeout: float = DEFAULT_TIMEOUT_S, resume: bool = False, workers: int | None = None) -> dict:
     """Train the job in ``jobdir``; writes outputs.bin and server_stats.json, returns the stats.
 
     ``resume``: continue from JOBDIR/state.ckpt if there is one (else start, saying so on stderr);
-    without it a JOBDIR that holds state.ckpt is refused (BundleError) before any work."""
+    without it a JOBDIR that holds state.ckpt is refused (BundleError) before any work. ``workers``:
+    processes for the trainer's independent tasks (None: every core; 1: all in this process)."""
     jobdir = pathlib.Path(jobdir)
     t0 = time.perf_counter()
     ckpt_path = jobdir / CHECKPOINT
@@ -113,11 +122,12 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
         raise BundleError(f"{jobdir} already holds a training checkpoint ({CHECKPOINT}) from an earlier run of "
                           f"this job: start the server with --resume to continue it, or delete {ckpt_path} to "
                           "start over")
-    manifest, public, inputs_path, job = files.read_job_files(jobdir)  # files as they are, checksums verified
+    # files as they are, checksums verified (inputs.bin's as it is read below: one hashing pass)
+    manifest, public, inputs_path, job = files.read_job_files(jobdir, defer_inputs=True)
     # every claim (shapes, counts, sizes, levels, rotation steps) against the content, before anything is
     # sized from one (bundle_check.py)
     check_bundle(jobdir)
-    engine = ckks.load_engine(public)
+    engine = ckks.load_engine(public, verify=False)  # the file's SHA-256 was checked: not again per key part
     if engine.has_secret_key:  # cannot happen through load_engine(public): keep the invariant explicit
         raise BundleError("refusing to run: the server engine holds a secret key")
     del public
@@ -134,23 +144,39 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
             log.warning("--resume: no checkpoint %s yet, starting from the beginning", ckpt_path)
     elif resume:
         log.warning("--resume: model %s does not checkpoint, starting from the beginning", trainer.name)
-    inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs")
+    executor = None
+    if "executor" in server_hooks(trainer):  # the workers load the same files, each once, while we do
+        executor = make_executor(engine, None, workers, loader=(files.load_job_public, (os.fspath(jobdir),)))
+        hooks["executor"] = executor
+    try:
+        inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs",
+                                           sha256=manifest["sha256"][files.INPUTS])
+        if executor is not None and executor.workers > 1:
+            executor.set_inputs(inputs)
+            executor.wait_started()
+    except BaseException:
+        if executor is not None:
+            executor.close()
+        raise
     load_s = time.perf_counter() - t0
     engine.counters.reset()  # count training operations only
 
     report = _progress_printer() if progress else None
     channel = hooks.pop("_channel", None)
     rstats = hooks.pop("_stats")
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     try:
         outputs = trainer.server_train(engine, inputs, job, report, **hooks)
     except BaseException:
         if channel is not None:
             channel.abort()  # an attached data owner sees the channel end, then reads our server_error.json
         raise
+    finally:
+        if executor is not None:
+            executor.close()
     if channel is not None:
         channel.close()  # "done": the data owner's session ends; the socket is removed
-    train_s = time.perf_counter() - t1
+    train_s, train_cpu_s = time.perf_counter() - t1, time.process_time() - c1
     counters = engine.counters.as_dict()
 
     t2 = time.perf_counter()
@@ -160,6 +186,8 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
              "server_peak_rss_bytes": peak_rss_bytes(),
              "download_bytes": len(out_bytes), "operations": counters,
              "engine": engine.describe(), "engine_has_secret_key": engine.has_secret_key,
+             "workers": 1 if executor is None else executor.workers, "server_train_cpu_s": train_cpu_s,
+             "executor_timing": getattr(executor, "timing", None),
              "refresh": {"mode": mode, **rstats.as_dict()},
              "trainer": {"resumed_from": 0, **getattr(trainer, "run_stats", {})}}
     files.atomic_write(jobdir / files.SERVER_STATS, json.dumps(stats, indent=1))
@@ -254,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"(default {DEFAULT_TIMEOUT_S:.0f})")
     p.add_argument("--resume", action="store_true",
                    help=f"continue a killed job from JOBDIR/{CHECKPOINT} (without it, a JOBDIR holding one is refused)")
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="worker processes for the training's independent tasks (default: every core, "
+                        f"{default_workers()} here; 1: all in the server process)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="server %(levelname)s: %(message)s")
     if os.environ.get("HETRAIN_SERVER_AUDIT"):
@@ -267,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         for mod in args.trainer_module:
             importlib.import_module(mod)
         stats = run_job(jobdir, progress=args.progress, channel_path=args.channel,
-                        channel_timeout=args.channel_timeout, resume=args.resume)
+                        channel_timeout=args.channel_timeout, resume=args.resume, workers=args.workers)
         log.info("trained in %.2f s", stats["server_train_s"])
         return 0
     except HetrainUserError as exc:
@@ -297,6 +328,16 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return 3
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--workers must be a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _reader_gone(exc: BaseException) -> str | None:
