@@ -153,3 +153,26 @@ def test_mlp_two_workers_give_the_serial_results_and_counts():
     for k in runs[1][1]:
         for a, b in zip(runs[1][1][k], runs[2][1][k]):
             assert np.array_equal(a, b)
+
+
+def test_a_worker_that_dies_is_a_clear_error_not_a_traceback(monkeypatch):
+    """A worker killed mid-run (e.g. out of memory under the service's limit): WorkerFailed, whose
+    message says what to do (fewer workers, a higher limit)."""
+    from hetrain.ckks.errors import WorkerFailed
+
+    import os
+
+    monkeypatch.setenv("HETRAIN_TEST_MAIN_PID", str(os.getpid()))  # spawned workers inherit it
+    eng = ckks.create_engine("sim", "n8192", rotations=[1])
+    xs = [eng.encrypt(np.full(4, float(i))) for i in range(4)]
+    with make_executor(eng, {"x": xs}, 2) as ex:
+        with pytest.raises(WorkerFailed, match="--workers 1"):
+            ex.map(_die, [(x,) for x in xs])
+
+
+def _die(engine, ct):
+    import os
+
+    if os.getpid() != int(os.environ["HETRAIN_TEST_MAIN_PID"]):
+        os._exit(1)
+    return ct

@@ -33,3 +33,8 @@ class SerializationError(CKKSError):
 class TransparentResult(CKKSError):
     """A backend's exact result would be a transparent ciphertext (a key-independent encryption of
     0: SEAL refuses to make one). Internal: the engine catches it and returns a fresh encryption of 0."""
+
+
+class WorkerFailed(CKKSError):
+    """A worker process of the executor (ckks/executor.py) died: out of memory at start-up under a
+    memory limit, killed, or crashed."""

@@ -27,9 +27,11 @@ import multiprocessing
 import os
 import time
 import weakref
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
 
 from .engine import Ciphertext, Engine
+from .errors import WorkerFailed
 
 _WORKER: dict = {}
 STARTUP_TIMEOUT_S = 600.0  # a worker loading gigabytes of keys on a busy machine  # in a worker process: {"engine": Engine, "inputs": {name: [Ciphertext]}}
@@ -114,6 +116,9 @@ class ProcessExecutor(SerialExecutor):
         if self._starting:
             try:
                 pids = {f.result() for f in self._starting}
+            except BrokenProcessPool:
+                self.close()
+                raise _worker_failed("while loading the job") from None
             except BaseException:
                 self.close()
                 raise
@@ -139,7 +144,10 @@ class ProcessExecutor(SerialExecutor):
         self.timing["main_compute_cpu_s"] += time.process_time() - c0
         for fut in futures:
             t0 = time.perf_counter()
-            results, counts, compute_s, cpu_s, transfer_s = fut.result()
+            try:
+                results, counts, compute_s, cpu_s, transfer_s = fut.result()
+            except BrokenProcessPool:
+                raise _worker_failed("during training") from None
             t1 = time.perf_counter()
             self.timing["wait_s"] += t1 - t0
             self.timing["worker_compute_s"] += compute_s
@@ -176,6 +184,12 @@ class ProcessExecutor(SerialExecutor):
         if isinstance(obj, list):
             return [self._decode(x) for x in obj]
         return obj
+
+
+def _worker_failed(when: str) -> WorkerFailed:
+    return WorkerFailed(f"a worker process of this server died {when} (out of memory under the job's memory limit, "
+                        "or killed): train with fewer workers (`--workers 1` runs everything in the server "
+                        "process) or with a higher memory limit")
 
 
 def make_executor(engine: Engine, inputs: dict[str, list[Ciphertext]] | None = None, workers: int | None = None,
