@@ -130,9 +130,11 @@ class MLRTrainer(Trainer):
         Xb = add_bias(X)
         Xt = Xb * quadratic_gradient_diag(Xb)
         pk = self.packing(n, d + 1, c, engine.slots)
-        # the lowest level the schedule allows: levels it would not use only make every ciphertext,
-        # product and rotation larger (a level-l ciphertext has l+1 primes)
-        top = plan.levels_needed
+        # the lowest level the schedule allows, plus one when the preset has it: levels it would not use
+        # only make every ciphertext, product and rotation larger (a level-l ciphertext has l+1 primes),
+        # and the one spare level is what scoring queries against the encrypted model needs (inference
+        # case (a), protocol/inference.py)
+        top = min(engine.max_level, plan.levels_needed + 1)
         # X is first used against the first gradient (level top-1): encrypt it there, it is smaller
         inputs = {
             "X": [engine.encrypt(v, level=max(top - 1, 0)) for v in pk.pack_forward_data(Xb)],

@@ -43,14 +43,15 @@ _REF_N, _REF_PRIMES = 16384, 8
 _ROTATE_S, _ENCRYPT_S, _KSK_KEYGEN_S = 0.0163, 0.013, 0.11
 
 
-def ciphertext_bytes(params, level: int | None = None, *, serialised: bool = True) -> int:
+def ciphertext_bytes(params, level: int | None = None, *, serialised: bool = True, seeded: bool = False) -> int:
     """Bytes of one ciphertext at ``level`` (default the top, ``params.levels``): serialised by SEAL
-    (zstd) or in memory (``serialised=False``)."""
+    (zstd) or in memory (``serialised=False``). ``seeded``: a fresh symmetric encryption by the data
+    owner, serialised with the seed of its second polynomial instead of the polynomial (about half)."""
     level = params.levels if level is None else level
     N = params.poly_modulus_degree
     if not serialised:
         return 2 * N * (level + 1) * 8
-    return int(ZSTD_FACTOR * 2 * N * sum(params.coeff_bits[:level + 1]) / 8)
+    return int(ZSTD_FACTOR * (1 if seeded else 2) * N * sum(params.coeff_bits[:level + 1]) / 8)
 
 
 def key_switching_key_bytes(params, *, serialised: bool = True) -> int:
@@ -123,16 +124,17 @@ def _duration(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def estimate(params, rotation_steps, n_ciphertexts: int, *, train_s: float | None = None) -> Estimate:
+def estimate(params, rotation_steps, n_ciphertexts: int, *, train_s: float | None = None,
+             seeded: bool = False) -> Estimate:
     """The cost of a job on ``params`` with Galois keys for ``rotation_steps`` and ``n_ciphertexts``
-    input ciphertexts (encrypted at the top level)."""
+    input ciphertexts (encrypted at the top level; ``seeded``: uploaded in seeded form, SEAL)."""
     n_rot = len(list(rotation_steps))
     ksk, ksk_mem = key_switching_key_bytes(params), key_switching_key_bytes(params, serialised=False)
     pk, pk_mem = public_key_bytes(params), public_key_bytes(params, serialised=False)
     ct, ct_mem = ciphertext_bytes(params), ciphertext_bytes(params, serialised=False)
     key_bytes = pk + (1 + n_rot) * ksk
     keys_in_memory = pk_mem + (1 + n_rot) * ksk_mem + pk_mem // 2  # + the secret key (client)
-    data_bytes = n_ciphertexts * ct
+    data_bytes = n_ciphertexts * (ciphertext_bytes(params, seeded=True) if seeded else ct)
     # client: its keys, two serialised copies while the bundle is written (the parts, then the packed
     # container), the inputs (objects and bytes)
     client = PROCESS_BASE_BYTES + keys_in_memory + 2 * key_bytes + n_ciphertexts * (ct_mem + ct)
@@ -160,7 +162,7 @@ def estimate_job(job) -> Estimate:
         step = estimate_step_seconds(t, job.Xp.shape[1], job.Y.shape[1], params.slots)
         steps = t.config["epochs"] * len(t.batches_of(job.Xp.shape[0]))
         train_s = step * steps * _scale_keyswitch(params)
-    return estimate(params, job.rotations, n_ct, train_s=train_s)
+    return estimate(params, job.rotations, n_ct, train_s=train_s, seeded=getattr(job, "backend", None) == "seal")
 
 
 class MemoryRefused(HetrainUserError):
