@@ -171,7 +171,8 @@ def _make_context(cfg: OpenFHEConfig, force_insecure: bool):
     o = _require()
     if not cfg.secure and not force_insecure:
         raise InsecureParameters(f"openfhe parameters {cfg.name} (N={cfg.ring_dim}, depth {cfg.depth()}) are below "
-                                 f"128-bit security; pass force_insecure=True (every log line will then say INSECURE) "
+                                 f"128-bit security; pass force_insecure=True (command line: --force-insecure; every "
+                                 f"log line will then say INSECURE) "
                                  f"or choose one of {', '.join(n for n, c in PRESETS.items() if c.secure)}")
     if cfg.secure:
         try:

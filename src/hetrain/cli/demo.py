@@ -14,6 +14,7 @@ import dataclasses
 from hetrain.data.datasets import BUILTIN_DATASETS
 
 from .fit import StepBar, add_training_arguments, job_options
+from .insecure import add_force_insecure_argument
 
 DEFAULT_DATASET = "wine"  # 178 x 13, 3 classes: a real encrypted fit in well under a minute on 2 cores
 # Per-model defaults under the user's options for the one-chain trainer (--iterations): on wine,
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="also write the trained model file here")
     p.add_argument("--keep-job", metavar="DIR", help="write the job bundle (public keys, ciphertexts) to DIR and keep it")
     add_training_arguments(p)
+    add_force_insecure_argument(p)
 
 
 def run(args) -> int:
@@ -52,7 +54,8 @@ def run(args) -> int:
         config = {**DEMO_CONFIG.get(args.model, {}), **config}
     with StepBar(args.quiet) as bar:
         result = fit(Xtr, ytr, args.model, config, refresh=refresh, preset=args.preset, backend=args.backend,
-                     progress=not args.quiet, workdir=args.keep_job, log=bar.write, on_step=bar.on_step, **options)
+                     progress=not args.quiet, workdir=args.keep_job, log=bar.write, on_step=bar.on_step,
+                     force_insecure=args.force_insecure, **options)
     model, stats = result.model, result.stats
     for line in format_summary(stats):
         print(line)

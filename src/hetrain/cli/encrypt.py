@@ -6,6 +6,7 @@ import argparse
 from hetrain.data import load_dataset
 
 from .fit import add_training_arguments, job_options
+from .insecure import add_force_insecure_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                "give it to the training server)")
     p.add_argument("--model", default="mlr", help="mlr, mlp (resolved by --layout), or a registered trainer name")
     add_training_arguments(p, keys=True)
+    add_force_insecure_argument(p)
 
 
 def run(args) -> int:
@@ -22,6 +24,7 @@ def run(args) -> int:
     from hetrain.protocol.steps import encrypt
 
     keys = KeyDir.open(args.keys)
+    keys.check_forced(args.force_insecure)
     X, y = load_dataset(args.data)
     print(f"data: {X.shape[0]} samples, {X.shape[1]} features, {len(set(y.tolist()))} classes from {args.data}")
     refresh, config, options = job_options(args, X.shape[1], keys.backend)

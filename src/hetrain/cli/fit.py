@@ -10,6 +10,7 @@ from hetrain.errors import HetrainUserError
 from hetrain.models.minibatch_plan import BATCH_SIZES, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE
 from hetrain.outputs import check_writable
 
+from .insecure import add_force_insecure_argument
 from .refresh import add_server_ca_argument
 from .submit import add_api_key_argument
 
@@ -29,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", metavar="URL", help="train on a `hetrain serve` service (e.g. http://127.0.0.1:8750) "
                                                    "instead of a local server process; decryption stays here")
     add_force_unverified_argument(p)
+    add_force_insecure_argument(p)
     add_api_key_argument(p)
     add_server_ca_argument(p)
 
@@ -154,7 +156,7 @@ def run(args) -> int:
         result = fit(X, y, args.model, config, refresh=refresh, backend=args.backend, preset=args.preset,
                      keys=args.keys, workdir=args.keep_job, server=args.server, progress=not args.quiet,
                      api_key=args.api_key, server_ca=args.server_ca, force_unverified=args.force_unverified,
-                     log=bar.write, on_step=bar.on_step, **options)
+                     force_insecure=args.force_insecure, log=bar.write, on_step=bar.on_step, **options)
     result.model.save(out)
     return report(result, X, y, out)
 
