@@ -50,11 +50,13 @@ from .engine import Engine, read_secret_key, unpack_secret_key
 from .errors import CKKSError, InsecureParameters, SerializationError
 from .params import CKKSParams
 
-# OpenFHE parallelises with OpenMP, whose threads spin while they wait by default: on a loaded machine
-# (more runnable processes than cores) a spinning thread takes the core its partner needs. Measured on
-# this 2-core machine under load (bench/openfhe_threads.py): a bootstrap at N=2048 took 4.8 s with 2
-# spinning threads, 1.5 s with 2 passive ones, 1.2 s with 1 thread. Read by libgomp when it loads, so
-# set before openfhe is imported; a value the user set wins.
+# OpenFHE parallelises with OpenMP, whose threads spin while they wait by default: on an oversubscribed
+# machine (more runnable processes than cores) a spinning thread takes the core its partner needs.
+# Measured on this shared 2-core machine (bootstrap, openfhe-boot-test-deep): at load ~5, 4.8 s with 2
+# spinning threads, 1.5 s passive, 1.2 s with 1 thread; at load ~4 (bench/openfhe_threads.py,
+# interleaved medians) 0.45 s spinning, 0.56 s passive, 0.79 s with 1 thread. Passive loses ~25% on
+# free cores and saves 3x when they are shared: the default here. Read by libgomp when it loads, so set
+# before openfhe is imported; a value the user set (OMP_WAIT_POLICY=ACTIVE) wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:  # optional: no wheel for Python 3.11
