@@ -20,7 +20,7 @@ from .counters import OpCounters
 from .engine import Ciphertext, Engine, PlainVector, read_secret_key, rotate_sum_steps
 from .errors import (CKKSError, DepthExhausted, InsecureParameters, KeyMismatch, MissingRotationKey,
                      SecretKeyUnavailable, SerializationError)
-from .params import PRESETS, CKKSParams, get_params, smallest_preset_with_levels
+from .params import PRESETS, TEST_PRESETS, CKKSParams, get_params, smallest_preset_with_levels
 
 BACKENDS = ("seal", "sim", "desilo", "openfhe")
 # backends that can bootstrap (sim: only with parameters that give it a bootstrap level)
@@ -58,6 +58,15 @@ def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", ro
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
+def owner_forced_insecure(public: bytes) -> bool:
+    """Whether the data owner made the public context ``public`` with ``force_insecure`` (parameters below
+    128-bit security; recorded in the context by every backend): a server then loads it with
+    ``force_insecure=True`` and every log line says INSECURE. Weak parameters only expose the owner's own
+    data, so the owner's recorded choice is the one that counts; a context that does not record it is
+    refused below 128 bits as before."""
+    return read_header(public, expect_kind="public_context").get("forced_insecure") is True
+
+
 def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: bool = False,
                 verify: bool = True) -> Engine:
     """Rebuild an engine from ``public_bytes()`` (and optionally ``secret_key_bytes()``).
@@ -82,6 +91,7 @@ def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: b
 __all__ = [
     "BACKENDS", "PRESETS", "CKKSParams", "Ciphertext", "CKKSError", "DepthExhausted", "Engine",
     "InsecureParameters", "KeyMismatch", "MissingRotationKey", "OpCounters", "PlainVector",
-    "SecretKeyUnavailable", "SerializationError", "create_engine", "get_params", "load_engine", "read_secret_key",
+    "SecretKeyUnavailable", "SerializationError", "TEST_PRESETS", "create_engine", "get_params", "load_engine",
+    "owner_forced_insecure", "read_secret_key",
     "rotate_sum_steps", "smallest_preset_with_levels",
 ]

@@ -40,6 +40,7 @@ marks the multi-share use of that call "debugging only", which does not apply to
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 
 import numpy as np
@@ -48,6 +49,15 @@ from .container import pack, unpack
 from .engine import Engine, read_secret_key, unpack_secret_key
 from .errors import CKKSError, InsecureParameters, SerializationError
 from .params import CKKSParams
+
+# OpenFHE parallelises with OpenMP, whose threads spin while they wait by default: on an oversubscribed
+# machine (more runnable processes than cores) a spinning thread takes the core its partner needs.
+# Measured on this shared 2-core machine (bootstrap, openfhe-boot-test-deep): at load ~5, 4.8 s with 2
+# spinning threads, 1.5 s passive, 1.2 s with 1 thread; at load ~4 (bench/openfhe_threads.py,
+# interleaved medians) 0.45 s spinning, 0.56 s passive, 0.79 s with 1 thread. Passive loses ~25% on
+# free cores and saves 3x when they are shared: the default here. Read by libgomp when it loads, so set
+# before openfhe is imported; a value the user set (OMP_WAIT_POLICY=ACTIVE) wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:  # optional: no wheel for Python 3.11
     import openfhe as _o
@@ -120,9 +130,11 @@ class OpenFHEConfig:
 
 
 def _boot(name: str, ring_dim: int, after: int, budget: tuple[int, int], secure: bool, *, scale_bits: int = 59,
-          dnum: int = 0, slots: int = 0) -> OpenFHEConfig:
-    """A bootstrapping set with ``after`` hetrain levels after a bootstrap (uniform ternary secret)."""
-    return OpenFHEConfig(ring_dim, after, scale_bits, 60, budget, dnum, secure, name, slots)
+          dnum: int = 0, slots: int = 0, first_mod: int = 60) -> OpenFHEConfig:
+    """A bootstrapping set with ``after`` hetrain levels after a bootstrap (uniform ternary secret).
+    ``first_mod`` - ``scale_bits`` must stay within OpenFHE's bootstrapping correction factor (10 at
+    N=2^13: "Degree [13] must be less than or equal to the correction factor [10]" otherwise)."""
+    return OpenFHEConfig(ring_dim, after, scale_bits, first_mod, budget, dnum, secure, name, slots)
 
 
 PRESETS: dict[str, OpenFHEConfig] = {
@@ -131,6 +143,8 @@ PRESETS: dict[str, OpenFHEConfig] = {
     "openfhe-test": OpenFHEConfig(8192, 7, 50, 60, None, 0, False, "openfhe-test"),
     "openfhe-boot-test": _boot("openfhe-boot-test", 2048, 6, (3, 3), False),
     "openfhe-boot-test-sparse": _boot("openfhe-boot-test-sparse", 4096, 6, (2, 2), False, slots=64),
+    # 10 levels after each bootstrap (one mlp iteration with Nesterov momentum, either layout), 1024 slots: INSECURE, for tests
+    "openfhe-boot-test-deep": _boot("openfhe-boot-test-deep", 2048, 10, (3, 3), False),
     # 128-bit without bootstrapping: N=2^15, 10 levels at 2^50 (OpenFHE's HEStd_128_classic check).
     "openfhe-l10": OpenFHEConfig(32768, 10, 50, 60, None, 0, True, "openfhe-l10"),
     # 128-bit with bootstrapping, N=2^16, uniform ternary secret (the HE standard's distribution),
@@ -140,6 +154,10 @@ PRESETS: dict[str, OpenFHEConfig] = {
     # error (2.5e-6 at 59 bits, 2e-3 at 50 bits: measured on a small ring). 9 levels (one MLP
     # iteration) do not fit N=2^16 at 128 bits with a uniform ternary secret and useful precision.
     "openfhe-boot": _boot("openfhe-boot", 65536, 6, (2, 2), True, scale_bits=55, dnum=6, slots=4096),
+    # No 128-bit N=2^16 set with >= 9 levels after a bootstrap is offered: OpenFHE accepts some (its 1772-bit
+    # bound includes the key-switching primes, so they need dnum >= 8 and scaling <= 55 bits), but the best one
+    # that fits a few GB ([4,4], 47-bit, first modulus 55, dnum 11) measured 2.5e-2 max error per bootstrap
+    # on 4096 slots and ≈12 GB of keys (N=2^13 with the same chain: 1.4 GiB; bench/openfhe_params.py).
 }
 
 
@@ -171,7 +189,8 @@ def _make_context(cfg: OpenFHEConfig, force_insecure: bool):
     o = _require()
     if not cfg.secure and not force_insecure:
         raise InsecureParameters(f"openfhe parameters {cfg.name} (N={cfg.ring_dim}, depth {cfg.depth()}) are below "
-                                 f"128-bit security; pass force_insecure=True (every log line will then say INSECURE) "
+                                 f"128-bit security; pass force_insecure=True (command line: --force-insecure; every "
+                                 f"log line will then say INSECURE) "
                                  f"or choose one of {', '.join(n for n, c in PRESETS.items() if c.secure)}")
     if cfg.secure:
         try:

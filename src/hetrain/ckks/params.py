@@ -63,7 +63,8 @@ class CKKSParams:
         raise InsecureParameters(
             f"parameters {self.describe()} have {self.total_bits} modulus bits; 128-bit security at "
             f"N={self.poly_modulus_degree} allows at most {limit}. Choose a preset "
-            f"({', '.join(PRESETS)}) or pass force_insecure=True (every log line will then say INSECURE)."
+            f"({', '.join(PRESETS)}) or pass force_insecure=True (command line: --force-insecure; every log line "
+            "will then say INSECURE)."
         )
 
     def describe(self) -> str:
@@ -105,18 +106,28 @@ PRESETS: dict[str, CKKSParams] = {
     "n32768": CKKSParams(32768, _chain(60, 40, 19), 40, "n32768"),
 }
 
+# INSECURE rings for fast tests: below 128-bit security, so refused unless forced (``force_insecure``,
+# CLI ``--force-insecure``); never chosen by --preset auto (the planners search PRESETS only).
+TEST_PRESETS: dict[str, CKKSParams] = {
+    # N=4096 with n16384's chain (400 bits, 109 allowed): 7 levels, 2,048 slots, operations ~4x cheaper
+    "n4096-test": CKKSParams(4096, _chain(60, 40, 7), 40, "n4096-test"),
+}
+
 
 def get_params(preset: str | CKKSParams) -> CKKSParams:
-    """A preset by name (the openfhe backend's too), or the CKKSParams passed in."""
+    """A preset by name (the INSECURE test presets and the openfhe backend's too), or the CKKSParams passed in."""
     if isinstance(preset, CKKSParams):
         return preset
     if preset in PRESETS:
         return PRESETS[preset]
+    if preset in TEST_PRESETS:
+        return TEST_PRESETS[preset]
     from .openfhe_backend import PRESETS as OPENFHE_PRESETS  # plain data; openfhe itself stays optional
     if preset in OPENFHE_PRESETS:
         return OPENFHE_PRESETS[preset].params()
     raise ValueError(f"unknown CKKS preset {preset!r}; choose one of {', '.join(PRESETS)} "
-                     f"(openfhe backend: {', '.join(OPENFHE_PRESETS)})")
+                     f"(openfhe backend: {', '.join(OPENFHE_PRESETS)}; INSECURE, with --force-insecure: "
+                     f"{', '.join(TEST_PRESETS)})")
 
 
 def smallest_preset_with_levels(levels: int) -> str | None:

@@ -356,6 +356,8 @@ class SealEngine(Engine):
     def public_bytes(self) -> bytes:
         meta = {"kind": "public_context", "backend": self.backend_name, "params": self.params.to_dict(),
                 "key_id": self.key_id, "steps": sorted(self.rotation_steps)}
+        if self.forced_insecure:  # the data owner's choice, for the server (ckks.owner_forced_insecure)
+            meta["forced_insecure"] = True
         parts = {"pk": _seal_to_bytes(self._pk), "rlk": _seal_to_bytes(self._rlk)}
         if self.rotation_steps:
             parts["gk"] = _seal_to_bytes(self._gk)

@@ -137,6 +137,8 @@ class SimEngine(Engine):
         meta = {"kind": "public_context", "backend": self.backend_name, "params": self.params.to_dict(),
                 "key_id": self.key_id, "steps": sorted(self.rotation_steps), "noise": self.noise,
                 "bootstrap_level": self._bootstrap_level}
+        if self.forced_insecure:  # the data owner's choice, for the server (ckks.owner_forced_insecure)
+            meta["forced_insecure"] = True
         return pack(meta, {})
 
     def secret_key_bytes(self) -> bytes:

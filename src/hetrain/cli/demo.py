@@ -15,6 +15,7 @@ from hetrain.data.datasets import BUILTIN_DATASETS
 
 from .confirm import add_confirm_arguments, before_keys
 from .fit import add_model_argument, add_training_arguments, job_options
+from .insecure import add_force_insecure_argument
 
 DEFAULT_DATASET = "wine"  # 178 x 13, 3 classes: a real encrypted fit in well under a minute on 2 cores
 # Per-model defaults under the user's options for the one-chain trainer (--iterations): on wine,
@@ -32,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                      "it (default: a temporary directory, removed)")
     add_training_arguments(p)
     add_confirm_arguments(p)
+    add_force_insecure_argument(p)
 
 
 def run(args) -> int:
@@ -59,7 +61,7 @@ def run(args) -> int:
     with RunProgress(quiet=args.quiet) as display:
         result = fit(Xtr, ytr, args.model, config, refresh=refresh, preset=args.preset, backend=args.backend,
                      progress=display, workdir=args.keep_job, log=display.write,
-                     before_keys=before_keys(args, display.write), **options)
+                     before_keys=before_keys(args, display.write), force_insecure=args.force_insecure, **options)
     model, stats = result.model, result.stats
     for line in format_summary(stats):
         print(line)

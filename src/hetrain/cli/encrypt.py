@@ -6,6 +6,7 @@ import argparse
 from .confirm import add_confirm_arguments, before_keys
 from .fit import DATA_HELP, add_model_argument, add_training_arguments, job_options
 from .inputs import add_input_arguments, describe, table_from_args
+from .insecure import add_force_insecure_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_argument(p)
     add_training_arguments(p, keys=True)
     add_confirm_arguments(p)
+    add_force_insecure_argument(p)
 
 
 def run(args) -> int:
@@ -26,6 +28,7 @@ def run(args) -> int:
     from .config import effective_config
 
     keys = KeyDir.open(args.keys)
+    keys.check_forced(args.force_insecure)
     table = table_from_args(args)
     X, y = table.X, table.y
     print(f"data: {describe(table)}")

@@ -11,6 +11,7 @@ from hetrain.outputs import check_writable
 
 from .confirm import add_confirm_arguments, before_keys
 from .inputs import add_input_arguments, describe, table_from_args
+from .insecure import add_force_insecure_argument
 from .refresh import add_server_ca_argument
 from .submit import add_api_key_argument
 
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                    "(default: a server process on this machine)")
     add_channel_timeout_argument(p, default=None)
     add_force_unverified_argument(p)
+    add_force_insecure_argument(p)
     add_api_key_argument(p)
     add_server_ca_argument(p)
     add_confirm_arguments(p)
@@ -220,7 +222,7 @@ def run(args) -> int:
                      keys=args.keys, workdir=args.keep_job, server=args.server, progress=display,
                      api_key=args.api_key, server_ca=args.server_ca, log=display.write,
                      force_unverified=args.force_unverified, channel_timeout=args.channel_timeout,
-                     settings={"fit": effective_config(args)},
+                     force_insecure=args.force_insecure, settings={"fit": effective_config(args)},
                      before_keys=before_keys(args, display.write, local_server=args.server is None), **options)
     result.model.save(out)
     return report(result, X, y, out)

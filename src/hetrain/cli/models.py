@@ -35,8 +35,8 @@ def run(args) -> int:
     for name, text in LAYOUTS.items():
         print(f"  {name:14s} {text}")
     print("presets (--preset; `auto`: the smallest that fits):")
-    for name, p in ckks.PRESETS.items():
-        secure = "128-bit secure" if p.is_128_bit_secure() else "below 128-bit (refused unless forced)"
+    for name, p in {**ckks.PRESETS, **ckks.TEST_PRESETS}.items():
+        secure = "128-bit secure" if p.is_128_bit_secure() else "INSECURE test ring: below 128-bit (--force-insecure)"
         print(f"  {name:14s} N={p.poly_modulus_degree}, {p.levels} levels, scale 2^{p.scale_bits}, {p.slots} slots, "
               f"{secure}")
     print("backends (--backend):")

@@ -46,6 +46,9 @@ MAX_JSON_BYTES = 1 << 20          # job.json and manifest.json: a few KB for eve
 MAX_HEADER_BYTES = 64 << 20       # inputs.bin's header lists every part (~150 bytes each)
 MAX_PART_HEADER = 4096            # one ciphertext's own header
 MAX_CHAIN = 64                    # primes in a modulus chain (SEAL allows at most 64 at N=32768)
+# ring degrees a bundle may claim: SEAL's (the HE standard's table) and OpenFHE's bootstrapping ring 2^16
+# (whose 128-bit check is OpenFHE's own, HEStd_128_classic, done when the context is built)
+RING_DEGREES = frozenset(MAX_BITS_128) | {65536}
 SEAL_SLACK = 1.02                 # compressed SEAL data can exceed its raw size by a little
 SHAPE_FIELDS = {"n_samples": 0, "n": 0, "n_features": 1, "d": 1, "n_classes": 2, "c": 2}
 PUBLIC_PARTS = {"seal": {"pk", "rlk", "gk"}, "sim-INSECURE": set()}
@@ -149,9 +152,9 @@ def check_params(meta: dict, manifest: dict) -> tuple[CKKSParams, set[int]]:
         params = CKKSParams.from_dict(raw)
     except (KeyError, TypeError, ValueError, OverflowError):
         raise ClaimError("public_context.bin: malformed CKKS parameters") from None
-    if params.poly_modulus_degree not in MAX_BITS_128:
+    if params.poly_modulus_degree not in RING_DEGREES:
         raise ClaimError(f"public_context.bin: ring degree {params.poly_modulus_degree} is not one of "
-                         f"{sorted(MAX_BITS_128)}")
+                         f"{sorted(RING_DEGREES)}")
     if not (len(params.coeff_bits) >= 3 and all(17 <= b <= 60 for b in params.coeff_bits)
             and 1 <= params.scale_bits <= 60):
         raise ClaimError(f"public_context.bin: implausible modulus chain {params.describe()}")
@@ -343,7 +346,7 @@ def public_params(jobdir: str | os.PathLike) -> CKKSParams | None:
         with open(p, "rb") as f:
             meta, _ = _header_at(f, 0, p.stat().st_size, "public_context.bin", MAX_JSON_BYTES)
         params = CKKSParams.from_dict(meta["params"])
-        return params if params.poly_modulus_degree in MAX_BITS_128 and len(params.coeff_bits) <= MAX_CHAIN else None
+        return params if params.poly_modulus_degree in RING_DEGREES and len(params.coeff_bits) <= MAX_CHAIN else None
     except Exception:
         return None
 

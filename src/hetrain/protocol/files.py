@@ -229,10 +229,10 @@ def _sha(b: bytes) -> str:
 def load_job_public(jobdir: str | os.PathLike) -> tuple[Engine, dict[str, list[Ciphertext]]]:
     """(public engine, inputs) of a job bundle, checksums verified with one hashing pass per file:
     what each executor worker process loads once (ckks.executor ``loader``). Never a secret key."""
-    from hetrain.ckks import load_engine
+    from hetrain.ckks import load_engine, owner_forced_insecure
 
     manifest, public, inputs_path, _ = read_job_files(jobdir, defer_inputs=True)
-    engine = load_engine(public, verify=False)
+    engine = load_engine(public, verify=False, force_insecure=owner_forced_insecure(public))
     if engine.has_secret_key:
         raise BundleError("refusing to run: the engine holds a secret key")
     return engine, read_ciphertext_map(inputs_path, engine, "encrypted inputs", sha256=manifest["sha256"][INPUTS])

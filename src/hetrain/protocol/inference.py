@@ -210,7 +210,7 @@ def infer(qdir, *, model=None, job=None, noise_std: float = 0.0, seed: int | Non
     facts = check_query_bundle(qdir)
     manifest, public, inputs_path, qjob = files.read_job_files(qdir)
     t0 = time.perf_counter()
-    engine = ckks.load_engine(public)
+    engine = ckks.load_engine(public, force_insecure=ckks.owner_forced_insecure(public))
     if engine.has_secret_key:  # cannot happen through load_engine(public): keep the invariant explicit
         raise BundleError("refusing to score: the server engine holds a secret key")
     n = int(qjob["n_queries"])

@@ -129,6 +129,14 @@ class KeyDir:
     def force_insecure(self) -> bool:
         return bool(self.record.get("force_insecure", False))
 
+    def check_forced(self, force_insecure: bool) -> None:
+        """Keys made with force_insecure (parameters below 128-bit security) encrypt data only when the
+        caller says so again: KeyDirError naming --force-insecure otherwise."""
+        if self.force_insecure and not force_insecure:
+            raise KeyDirError(f"the keys in {self.path} were made with --force-insecure ({self.backend} "
+                              f"{self.params.name}, below 128-bit security): encrypting data under them needs "
+                              "--force-insecure (force_insecure=True) too")
+
     def secret_bytes(self) -> bytes:
         return (self.path / SECRET).read_bytes()
 

@@ -127,7 +127,9 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     # every claim (shapes, counts, sizes, levels, rotation steps) against the content, before anything is
     # sized from one (bundle_check.py)
     check_bundle(jobdir)
-    engine = ckks.load_engine(public, verify=False)  # the file's SHA-256 was checked: not again per key part
+    # parameters below 128 bits only where the data owner forced them (recorded in the context): INSECURE logs;
+    # the file's SHA-256 was checked: not again per key part
+    engine = ckks.load_engine(public, verify=False, force_insecure=ckks.owner_forced_insecure(public))
     if engine.has_secret_key:  # cannot happen through load_engine(public): keep the invariant explicit
         raise BundleError("refusing to run: the server engine holds a secret key")
     del public

@@ -107,6 +107,7 @@ def encrypt(keys: KeyDir, X, y, jobdir, *, model: str = "mlr", config: dict | No
 
 def _prepare_for_keys(keys: KeyDir, X, y, model, config, refresh, say, options) -> ClientJob:
     """prepare_job on the keys' parameters; a job that needs others is refused with the ones it needs."""
+    options = {k: v for k, v in options.items() if k != "force_insecure"}  # the keys' own choice counts
     try:
         return prepare_job(X, y, model, config, refresh=refresh, backend=keys.backend, preset=keys.params, log=say,
                            force_insecure=keys.force_insecure, advise_presets=False, **options)
@@ -314,6 +315,7 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
     keydir = KeyDir.open(keys) if keys is not None and (pathlib.Path(keys) / "key.json").exists() else None
     # every refusal of the plaintext checks comes before any key is made, with checked advice
     if keydir is not None:
+        keydir.check_forced(options.get("force_insecure", False))
         asked = getattr(preset, "name", preset)
         if asked != "auto" and asked != keydir.params.name or backend != keydir.backend:
             raise HetrainUserError(f"the keys in {keydir.path} are {keydir.backend} {keydir.params.name} keys; this run "
