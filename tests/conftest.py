@@ -21,3 +21,13 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def iris_csv(tmp_path_factory) -> pathlib.Path:
+    """Iris as `hetrain datasets export` writes it (label in column 0, no header)."""
+    from hetrain.cli.main import main
+
+    p = tmp_path_factory.mktemp("data") / "iris.csv"
+    assert main(["datasets", "export", "iris", "--out", str(p)]) == 0
+    return p

@@ -80,3 +80,13 @@ def tamper_decryptions_after_rehearsal(monkeypatch, trainer_cls, delta: float = 
         return {k: np.asarray(v) + delta for k, v in out.items()} if real_run else out
 
     monkeypatch.setattr(trainer_cls, "client_decrypt", tampered)
+
+
+def run_cli(capsys, *argv, lines: bool = False):
+    """(exit status, stdout, stderr) of `hetrain ARGV` run in this process; ``lines``: stdout as a list
+    of its stripped lines."""
+    from hetrain.cli.main import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, (out.strip().splitlines() if lines else out), err

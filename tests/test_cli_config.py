@@ -9,14 +9,13 @@ import pytest
 from hetrain.cli.config import CONFIG_COMMANDS, ConfigError, apply_config
 from hetrain.cli.main import build_parser, main
 from hetrain.data import export_csv
+from jobkit import run_cli  # noqa: E402
 
 JOB = ["--model", "mlr", "--refresh", "none", "--sigmoid", "deg3:16"]
 
 
 def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out.strip().splitlines(), err
+    return run_cli(capsys, *argv, lines=True)
 
 
 @pytest.fixture

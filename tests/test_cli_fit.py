@@ -5,20 +5,11 @@ import numpy as np
 import pytest
 from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid")
 
-from hetrain.cli.main import main
+from jobkit import run_cli  # noqa: E402
 
 
 def run(capsys, *argv):
-    rc = main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    return rc, out.strip().splitlines(), err
-
-
-@pytest.fixture(scope="module")
-def iris_csv(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "iris.csv"
-    assert main(["datasets", "export", "iris", "--out", str(p)]) == 0
-    return p
+    return run_cli(capsys, *argv, lines=True)
 
 
 def test_datasets_export_and_list(capsys, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from hetrain.cli.main import build_parser, main
 from hetrain.data import Table, load_builtin, load_dataset, load_table
 from hetrain.errors import DataError
+from jobkit import run_cli  # noqa: E402
 
 IRIS_NAMES = np.array(["setosa", "versicolor", "virginica"])
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -36,9 +37,7 @@ def iris_text(delimiter=";", label_at=4, header=True) -> str:
 
 
 def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out.strip().splitlines(), err
+    return run_cli(capsys, *argv, lines=True)
 
 
 # ---------------------------------------------------------------------------- load_table

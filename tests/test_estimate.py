@@ -9,23 +9,14 @@ import pytest
 from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid")
 
 from hetrain import ckks
-from hetrain.cli.main import main
 from hetrain.errors import HetrainUserError
 from hetrain.protocol import estimate as E
 from hetrain.protocol.files import load_model
+from jobkit import run_cli  # noqa: E402
 
 
 def run(capsys, *argv):
-    rc = main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-@pytest.fixture(scope="module")
-def iris_csv(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "iris.csv"
-    assert main(["datasets", "export", "iris", "--out", str(p)]) == 0
-    return p
+    return run_cli(capsys, *argv)
 
 
 def test_size_formulas_match_seal_at_n8192():

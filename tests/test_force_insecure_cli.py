@@ -7,24 +7,15 @@ import json
 import pytest
 
 from hetrain import ckks
-from hetrain.cli.main import main
 from hetrain.protocol import server as server_mod
+from jobkit import run_cli  # noqa: E402
 
 pytestmark = pytest.mark.insecure
 WEAK = "n4096-test"
 
 
 def run(capsys, *argv):
-    rc = main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-@pytest.fixture(scope="module")
-def iris_csv(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "iris.csv"
-    assert main(["datasets", "export", "iris", "--out", str(p)]) == 0
-    return p
+    return run_cli(capsys, *argv)
 
 
 def test_test_preset_is_below_128_bits_and_never_chosen_by_auto():

@@ -15,14 +15,13 @@ from hetrain.errors import HetrainUserError
 from hetrain.protocol import fit
 from hetrain.protocol.files import load_model, save_model
 from hetrain.protocol.report import format_summary, twin_words
+from jobkit import run_cli  # noqa: E402
 
 SECTIONS = ("Training curve", "Time per phase", "Operations by kind", "Levels used", "Bytes moved", "Twin check")
 
 
 def run(capsys, *argv):
-    rc = main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_cli(capsys, *argv)
 
 
 def table(text: str) -> dict[str, str]:
