@@ -34,11 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hetrain.errors import HetrainUserError
-
-
-class LayoutError(HetrainUserError):
-    """The matrices or the batch do not fit the slot layout of these parameters."""
+from .errors import LayoutError
 
 
 def _next_pow2(n: int) -> int:

@@ -38,17 +38,13 @@ import math
 
 import numpy as np
 
-from hetrain.errors import HetrainUserError
+from .errors import LayoutError
 
 AXES = ("a", "b")
 
 
 def next_pow2(x: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, x))))
-
-
-class LayoutError(HetrainUserError):
-    """The network or the data does not fit the grid layout in these parameters."""
 
 
 @dataclasses.dataclass(frozen=True)

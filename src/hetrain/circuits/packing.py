@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from hetrain.errors import HetrainUserError
+from .errors import LayoutError
 
 
 def _pow2_at_least(x: int) -> int:
@@ -24,10 +24,6 @@ def _pow2_at_least(x: int) -> int:
 
 def _log2(x: int) -> int:
     return int(math.log2(x))
-
-
-class LayoutError(HetrainUserError):
-    """The problem does not fit this packing (e.g. more classes than slots)."""
 
 
 @dataclasses.dataclass(frozen=True)

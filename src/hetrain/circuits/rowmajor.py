@@ -32,7 +32,8 @@ import numpy as np
 
 from hetrain.ckks import PlainVector
 
-from .diagonal import LayoutError, SampleLayout, _next_pow2, allreduce_samples
+from .diagonal import SampleLayout, _next_pow2, allreduce_samples
+from .errors import LayoutError
 
 
 @dataclasses.dataclass(frozen=True)
