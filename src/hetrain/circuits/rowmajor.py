@@ -31,8 +31,9 @@ import dataclasses
 import numpy as np
 
 from hetrain.ckks import PlainVector
+from hetrain.ckks.pow2 import log2_pow2, next_pow2
 
-from .diagonal import SampleLayout, _next_pow2, allreduce_samples
+from .diagonal import SampleLayout, allreduce_samples
 from .errors import LayoutError
 
 
@@ -46,7 +47,7 @@ class RowMajor:
 
     @classmethod
     def for_matrix(cls, rows: int, cols: int, block: int) -> "RowMajor":
-        w = _next_pow2(max(rows, cols))  # the same width holds W and its transpose (see ``transpose``)
+        w = next_pow2(max(rows, cols))  # the same width holds W and its transpose (see ``transpose``)
         if w * w > block:  # ``tile`` fills next_pow2(rows) segments: they must stay inside the block
             raise LayoutError(f"a {rows}x{cols} matrix and its transpose need {w * w} slots per "
                               f"sample block in row-major form, but a block has {block}")
@@ -89,16 +90,16 @@ class RowMajor:
 
     # rotation steps (left) each circuit uses
     def rowsum_steps(self) -> list[int]:
-        return [1 << k for k in range((_next_pow2(self.cols) - 1).bit_length())]
+        return [1 << k for k in range(log2_pow2(next_pow2(self.cols)))]
 
     def gather_steps(self) -> list[int]:
         return [i * (self.width - 1) for i in range(1, self.rows)]
 
     def tile_steps(self, segments: int) -> list[int]:
-        return [-(self.width << k) for k in range((_next_pow2(segments) - 1).bit_length())]
+        return [-(self.width << k) for k in range(log2_pow2(next_pow2(segments)))]
 
     def spread_steps(self) -> list[int]:
-        return [-(1 << k) for k in range((self.width - 1).bit_length())]
+        return [-(1 << k) for k in range(log2_pow2(self.width))]
 
     def transpose_offsets(self) -> list[int]:
         return list(range(-(self.cols - 1), self.rows))  # k = i − j

@@ -29,6 +29,8 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
+from .pow2 import is_pow2
+
 from .counters import OpCounters
 from .errors import (CKKSError, DepthExhausted, KeyMismatch, MissingRotationKey, SecretKeyUnavailable,
                      TransparentResult)
@@ -112,7 +114,7 @@ def encodes_to_zero(values, scale: float) -> bool:
         return top < 0.5
     v = v.ravel()
     n = 2 * v.size
-    if np.sqrt(2.0) * float(np.linalg.norm(v)) * scale / n >= 0.5 or v.size & (v.size - 1):
+    if np.sqrt(2.0) * float(np.linalg.norm(v)) * scale / n >= 0.5 or not is_pow2(v.size):
         return False
     w = np.zeros(2 * n)
     np.add.at(w, _rotation_group(v.size), v)
@@ -131,7 +133,7 @@ def _rotation_group(slots: int) -> np.ndarray:
 
 
 def _check_pow2(width: int) -> None:
-    if width < 1 or width & (width - 1):
+    if not is_pow2(width):
         raise ValueError(f"width must be a power of two, got {width}")
 
 
