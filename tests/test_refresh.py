@@ -134,7 +134,7 @@ def test_mlr_client_refresh_on_seal_in_a_server_process_without_secret_key(tmp_p
     # everything the server process opened inside the job directory is public material
     opened = {pathlib.Path(p).name for p in audit.read_text().split() if str(tmp_path / "job") in p}
     assert {files.PUBLIC_CONTEXT, files.INPUTS} <= opened
-    # temporary files: files.atomic_write's ".NAME.<random>.tmp", the checkpoint's "NAME.tmp<pid>"
+    # temporary files: hetrain._atomic.temp_sibling's ".NAME.<random>.tmp" (atomic_write and the spool)
     written = {re.sub(r"^\.(.+)\.[^.]+\.tmp$", r"\1", name).split(".tmp")[0] for name in opened}
     assert all(name in PUBLIC_FILES | {files.OUTPUTS, files.SERVER_STATS} for name in written), opened
     # CKKS at scale 2^40 adds ~1e-7 relative error per rescale/rotation; a step sums 64 rows times

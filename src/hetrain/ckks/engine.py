@@ -29,6 +29,8 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
+from hetrain._atomic import atomic_write
+
 from .pow2 import is_pow2
 
 from .counters import OpCounters
@@ -452,7 +454,7 @@ class Engine(abc.ABC):
         """Write a list of ciphertexts to one file (written to a temporary name, then renamed)."""
         from .container import pack
         blobs = {str(i): self.serialize(c) for i, c in enumerate(cts)}
-        _atomic_write(path, pack({"kind": "ciphertext_list", "n": len(cts)}, blobs))
+        atomic_write(path, pack({"kind": "ciphertext_list", "n": len(cts)}, blobs))
 
     def load_ciphertexts(self, path: str | os.PathLike) -> list[Ciphertext]:
         from .container import unpack
@@ -591,16 +593,3 @@ class _TaggedLogger(logging.LoggerAdapter):
 
     def process(self, msg, kwargs):
         return self.tag + str(msg), kwargs
-
-
-def _atomic_write(path, data: bytes) -> None:
-    """Write to a temporary sibling then rename: no half-written file on failure."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -350,22 +350,16 @@ class HttpTransport:
         return body
 
     def _download(self, http, job_id: str, path: pathlib.Path, size: int | None, progress: bool) -> None:
-        tmp = path.with_name(path.name + ".part")
-        try:
-            with http.stream("GET", f"/v1/jobs/{job_id}/result") as r:
-                if r.status_code != 200:
-                    r.read()
-                    raise ServerError(f"downloading the result failed (HTTP {r.status_code}): "
-                                      f"{_body(r).get('error', r.text)}")
-                with open(tmp, "wb") as f, tqdm(total=size, desc="download", unit="B", unit_scale=True,
-                                                 disable=not progress) as bar:
-                    for chunk in r.iter_bytes(_CHUNK):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with http.stream("GET", f"/v1/jobs/{job_id}/result") as r:
+            if r.status_code != 200:
+                r.read()
+                raise ServerError(f"downloading the result failed (HTTP {r.status_code}): "
+                                  f"{_body(r).get('error', r.text)}")
+            with files.atomic_writer(path) as f, tqdm(total=size, desc="download", unit="B", unit_scale=True,
+                                                      disable=not progress) as bar:
+                for chunk in r.iter_bytes(_CHUNK):
+                    f.write(chunk)
+                    bar.update(len(chunk))
 
     def _delete(self, http, job_id: str) -> None:
         try:
