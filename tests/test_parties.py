@@ -210,7 +210,7 @@ def test_cli_api_and_estimator_give_the_same_model(tmp_path):
             "--quiet", cwd=tmp_path)
     cli = TrainedModel.load(tmp_path / "cli.json")
     api = fit(X, y, backend="sim", seed=3, max_epochs=4, progress=False).model
-    est = EncryptedLogisticRegression(backend="sim", seed=3, epochs=4).fit(X, y).model_
+    est = EncryptedLogisticRegression(backend="sim", random_state=3, epochs=4).fit(X, y).model_
     for other in (api, est):
         assert other.weights.keys() == cli.weights.keys()
         for k in cli.weights:
