@@ -156,7 +156,8 @@ class BlockedPacking:
 
 @dataclasses.dataclass(frozen=True)
 class VolleyRevolverPacking:
-    """The published layout (Chiang 2023, DESIGN §1a), kept for comparison.
+    """The published layout (J. Chiang, "Volley Revolver: A Novel Matrix-Encoding Method for Privacy-
+    Preserving Neural Networks (Inference)", arXiv:2201.12577), kept for comparison.
 
     A data ciphertext holds R = slots/D sample rows of D slots (D = d rounded up to a power of 2):
     slot D·j + l of ciphertext k is X[R·k + j, l]. The weights sit in ONE ciphertext, one class per

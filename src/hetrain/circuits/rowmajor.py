@@ -1,5 +1,5 @@
 """Row-major packing of small weight matrices with an encrypted transposition: the baseline WITHOUT
-the cheap-transpose idea (issue 6's "naive alternative: re-pack the transpose").
+the cheap-transpose idea of ``diagonal`` (the naive alternative: re-pack the transpose under encryption).
 
 Same sample batching as ``diagonal`` (``SampleLayout``: sample s owns slot block s, weights are
 replicated in every block). Inside a block, an r×c matrix W is stored row-major: row i in its own
