@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid")
+from toykit import ToyTrainer  # noqa: F401  (registers "toy-centroid")
 
 from hetrain.data import load_builtin
 from hetrain.errors import DataError, HetrainUserError
@@ -151,3 +151,19 @@ def test_grid_search_over_one_parameter():
     assert search.best_estimator_.random_state == 0 and search.best_estimator_.fit_stats_["backend"] == "sim"
     assert search.best_estimator_.model_.config["iterations"] == search.best_params_["iterations"]
     assert search.best_score_ > 0.6 and search.score(X, y) > 0.6
+
+
+def test_the_real_estimators_fit_on_seal():
+    # both estimators through the real trainers under real CKKS (small rings: seconds, not minutes)
+    X, y = load_builtin("iris")
+    X, y = X[::3], y[::3]  # 50 rows: the diagonal layout's sample block holds them at n16384
+    mlr = EncryptedLogisticRegression(refresh="none", iterations=1, sigmoid="deg3:16", preset="n8192",
+                                      backend="seal", random_state=0).fit(X, y)
+    mlp = EncryptedMLPClassifier(hidden=4, iterations=1, backend="seal", random_state=0).fit(X, y)
+    for clf, model, params in ((mlr, "mlr", "n8192"), (mlp, "mlp-diagonal", "n16384")):
+        s = clf.fit_stats_
+        assert (s["backend"], s["model"], s["params"]) == ("seal", model, params)
+        assert s["server_engine_has_secret_key"] is False and s["verified"] is True
+        # CKKS error at scale 2^40 is ~1e-6 after a few levels; 1e-4 is far below the weights (~0.1)
+        assert 0 < clf.twin_max_abs_diff_ < 1e-4
+        assert clf.score(X, y) > 0.5  # 3 classes: chance is 1/3, one iteration is enough to beat it

@@ -17,6 +17,7 @@ import pytest
 from sklearn.datasets import load_iris
 
 from hetrain import ckks
+from hetrain.circuits.approx import IntervalError
 from hetrain.errors import HetrainUserError
 from hetrain.models.base import DepthPlanError
 from hetrain.protocol import checkpoint, files, fit, steps
@@ -171,7 +172,7 @@ def test_mlp_dvr_past_one_chain_on_sim_matches_twin():
 
 
 def test_a_model_without_the_refresh_hook_is_refused_before_work(tmp_path):
-    from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid": no refresh capability)
+    from toykit import ToyTrainer  # noqa: F401  (registers "toy-centroid": no refresh capability)
 
     X, y, _, _ = _iris()
     with pytest.raises(DepthPlanError, match="cannot refresh"):
@@ -289,7 +290,7 @@ def test_client_check_failure_stops_the_server_with_a_fixed_code(tmp_path, monke
     kit = _long_job(keyroot, tmp_path, {**CFG, "learning_rate": 500.0})
     v = kit.job.validation(kit.engine, None)
     v.retract = False
-    with pytest.raises(Exception, match="outside") as info:
+    with pytest.raises(IntervalError, match="outside") as info:
         _train(kit, handler=ClientRefresher(kit.engine, check=v.check, evaluate=v.evaluate))
     assert not psutil.Process().children()  # the server process was stopped, not left behind
     # the server heard only the fixed code: no span, min or max of decrypted values

@@ -30,7 +30,7 @@ from hetrain.protocol.errors import ServerError  # noqa: E402
 from hetrain.protocol.transport import HttpTransport, decode_frame, encode_frame, serve_http  # noqa: E402
 
 from jobkit import make_job  # noqa: E402
-from test_service import DEADLINE_S, Service, assert_error  # noqa: E402
+from servicekit import DEADLINE_S, Service, assert_error  # noqa: E402
 
 FAKE_SERVER = r'''
 import json, os, pathlib, socket, sys

@@ -33,7 +33,7 @@ from hetrain.protocol.model import TrainedModel  # noqa: E402
 from hetrain.protocol.model_spec import model_spec  # noqa: E402
 from hetrain.protocol.transport import tar_stream  # noqa: E402
 
-from test_inference import assert_agree  # noqa: E402
+from agree import assert_agree  # noqa: E402
 
 DEADLINE_S = 60.0
 
