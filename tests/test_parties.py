@@ -78,7 +78,8 @@ def assert_server_never_opened(audit: pathlib.Path, owner: pathlib.Path) -> None
 
 @pytest.mark.parametrize("backend, preset, model_args", [
     ("sim", "n16384", ["--model", "mlr", "--iterations", "2", "--sigmoid", "deg3:16"]),
-    ("seal", "n16384", ["--model", "mlr", "--iterations", "1", "--sigmoid", "deg3:16"]),
+    pytest.param("seal", "n16384", ["--model", "mlr", "--iterations", "1", "--sigmoid", "deg3:16"],
+                 marks=pytest.mark.slow),  # SEAL end to end in four processes: ~11 s (pytest --durations)
 ])
 def test_four_steps_in_separate_processes_and_directories(parties, backend, preset, model_args):
     owner, server = parties

@@ -145,6 +145,7 @@ def test_mlr_client_refresh_on_seal_in_a_server_process_without_secret_key(tmp_p
     assert [h["epoch"] for h in s["history"] if h["kind"] == "epoch"] == [1, 2]
 
 
+@pytest.mark.slow  # SEAL end to end, 10-18 s on 2 shared cores (pytest --durations)
 def test_mlp_diagonal_on_seal_past_one_chain_matches_twin():
     Xtr, ytr, _, _ = _iris()  # 120 rows: n16384 holds them
     cfg = {"hidden": [4], "iterations": 4, "sigmoid": "deg3:8", "output_sigmoid": "deg1:8",

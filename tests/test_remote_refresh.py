@@ -510,6 +510,7 @@ def test_a_long_job_directory_gets_a_short_socket_path_that_is_removed(fake, cli
     assert set(glob.glob(f"{tempfile.gettempdir()}/hetrain-ch-*")) == before
 
 
+@pytest.mark.slow  # SEAL end to end, 9-15 s on 2 shared cores (pytest --durations)
 def test_fit_server_client_refresh_under_real_seal(tmp_path):
     """Real CKKS (SEAL, n16384): mini-batch mlr through the service with the data owner refreshing
     over HTTP; every decrypted state is checked against the twin on the way, and the released model

@@ -155,6 +155,7 @@ def test_both_cases_through_hetrain_serve_sim(tmp_path, world, capsys):
     _case_b(tmp_path / "b", world, "sim", capsys)
 
 
+@pytest.mark.slow  # SEAL end to end, 9-12 s on 2 shared cores (pytest --durations)
 def test_both_cases_through_hetrain_serve_seal(tmp_path, world, capsys):
     _case_a(tmp_path / "a", world, "seal", capsys)
     _case_b(tmp_path / "b", world, "seal", capsys)
