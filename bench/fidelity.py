@@ -1,4 +1,4 @@
-"""Fidelity of the library DEFAULTS (issue 11 item 5): encrypted vs plaintext twin vs scikit-learn.
+"""Fidelity of the library DEFAULTS: encrypted vs plaintext twin vs scikit-learn.
 
     python bench/fidelity.py                                   # SEAL, every dataset, mlr and mlp
     python bench/fidelity.py --backend sim                     # INSECURE simulation: a quick check

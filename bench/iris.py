@@ -1,4 +1,4 @@
-"""Benchmark: mlp-diagonal on Iris (issue 6). Prints medians; nothing is asserted.
+"""Benchmark: mlp-diagonal on Iris against the row-major baseline (models/mlp_rowmajor_baseline.py). Prints medians; nothing is asserted.
 
     python bench/iris.py [--preset n16384-deep] [--iterations 16] [--repeats 3]
                          [--compare rowmajor-repack,diagonal-repack] [--compare-preset n32768]
@@ -64,7 +64,7 @@ from hetrain.protocol.preprocess import Preprocessor
 
 HEAVY = ("relinearize", "multiply_plain", "multiply_scalar", "rotate")
 VARIANTS = ("packed", "diagonal-repack", "rowmajor-repack")
-KEY_MB = {16384: 23, 32768: 200}  # measured sizes of one Galois key (DESIGN §3, brief)
+KEY_MB = {16384: 23, 32768: 200}  # MB of one Galois key (SEAL: engine.key_sizes()["galois_keys"] / number of rotation steps)
 
 
 def iris_split():

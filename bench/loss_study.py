@@ -1,6 +1,6 @@
 """Loss study on the plaintext twin of the encrypted MLP: BCE vs squared likelihood vs squared error.
 
-Question (DESIGN.md §1b): the two-hidden-layer paper says the squared-likelihood loss and the
+Question: the two-hidden-layer paper says the squared-likelihood loss and the
 squared error (Nandakumar et al.) suffer vanishing gradients as depth grows, and BCE does not.
 We train one- and two-hidden-layer sigmoid networks on the RegNet features (rows 0–127 train,
 128–255 validation, standardised with training statistics) and on scikit-learn's digits (first

@@ -60,7 +60,7 @@ def bench_preset(name: str, reps: int) -> tuple[dict[str, float], dict[str, floa
         "add": median_ms(lambda: a + b, reps),
         "multiply (ct x ct, relin, rescale)": median_ms(lambda: a * b, reps),
         "  tensor product only": median_ms(tensor, reps),
-        "  relinearize only": median_ms(relin_only, reps),
+        "  relinearise only": median_ms(relin_only, reps),
         "  tensor + rescale (no relin)": median_ms(lambda: eng._rescale(tensor(), eng.max_level), reps),
         "multiply_plain (+ rescale)": median_ms(lambda: eng.mul_plain(a, y), reps),
         "multiply_scalar (+ rescale)": median_ms(lambda: eng.mul_scalar(a, 0.5), reps),

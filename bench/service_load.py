@@ -1,4 +1,4 @@
-"""Load on the training service: N concurrent clients, a `kill -9` of the service, a restart (issue 13).
+"""Load on the training service: N concurrent clients, a `kill -9` of the service, a restart.
 
     python bench/service_load.py                      # 8 clients, sim backend
     python bench/service_load.py --clients 4 --backend seal --kill-after 20

@@ -5,7 +5,8 @@ import pytest
 from hetrain import ckks
 from hetrain.circuits import blocked_matmul, volley_revolver
 from hetrain.circuits.masked_poly import eval_poly_masked, eval_poly_masked_plain
-from hetrain.circuits.packing import BlockedPacking, LayoutError, VolleyRevolverPacking, choose_packing
+from hetrain.circuits.errors import LayoutError
+from hetrain.circuits.packing import BlockedPacking, VolleyRevolverPacking, choose_packing
 
 CIRCUITS = {"blocked": blocked_matmul, "volley-revolver": volley_revolver}
 
@@ -110,3 +111,18 @@ def test_masked_polynomial_zeroes_garbage_and_matches_twin(backend):
     np.testing.assert_allclose(out, eval_poly_masked_plain(x, coeffs, mask), atol=1e-3 if backend == "seal" else 1e-12)
     with pytest.raises(ckks.DepthExhausted):
         eval_poly_masked(eng, eng.encrypt(x, level=1), coeffs, mask)
+
+
+def test_every_layout_raises_the_one_layout_error():
+    # circuits/errors.LayoutError is the only layout error: the packings, the diagonal layout and the
+    # DVR grid all raise it, and it is a user error (the CLI prints it as one line)
+    from hetrain.circuits import diagonal, dvr
+    from hetrain.errors import HetrainUserError
+
+    assert issubclass(LayoutError, HetrainUserError)
+    for refuse in (lambda: BlockedPacking.choose(10, 10, 3000, 4096),
+                   lambda: diagonal.SampleLayout(5000, 4096),
+                   lambda: dvr.GridLayout.choose(4096, n=20, d=11, widths=[100])):
+        with pytest.raises(LayoutError) as info:
+            refuse()
+        assert type(info.value) is LayoutError

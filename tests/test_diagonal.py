@@ -4,6 +4,7 @@ import pytest
 
 from hetrain import ckks
 from hetrain.circuits import diagonal as dg
+from hetrain.circuits.errors import LayoutError
 
 
 def _setup(rng, backend, preset, rows=3, cols=5, n=10):
@@ -84,11 +85,11 @@ def test_band_diagonals_roundtrip_and_windows():
 
 
 def test_layout_errors():
-    with pytest.raises(dg.LayoutError):
+    with pytest.raises(LayoutError):
         dg.SampleLayout(5000, 4096)
-    with pytest.raises(dg.LayoutError, match="windows"):
+    with pytest.raises(LayoutError, match="windows"):
         dg.PackPlan.for_band(dg.BandDiagonals(3, 30), 32, live_cols=30)
-    with pytest.raises(dg.LayoutError):
+    with pytest.raises(LayoutError):
         dg.SampleLayout(4, 64).place(np.ones((3, 2)))
     with pytest.raises(ValueError):
         dg.BandDiagonals(2, 2).diagonals(np.ones((3, 3)))
@@ -140,5 +141,5 @@ def test_pack_plan_is_evenly_spaced_and_windows_disjoint():
         lo, hi = min(0, -t), max(3, 5 - t)
         cover[np.arange(o + lo, o + hi) % 64] += 1
     assert cover.max() == 1
-    with pytest.raises(dg.LayoutError, match="below the minimum"):
+    with pytest.raises(LayoutError, match="below the minimum"):
         dg.PackPlan.for_band(band, 64, live_cols=5, spacing=6)

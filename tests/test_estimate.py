@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid")
+from toykit import ToyTrainer  # noqa: F401  (registers "toy-centroid")
 
 from hetrain import ckks
 from hetrain.errors import HetrainUserError

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid")
+from toykit import ToyTrainer  # noqa: F401  (registers "toy-centroid")
 
 from hetrain.data import load_builtin
-from hetrain.errors import DataError
+from hetrain.errors import DataError, HetrainUserError
 from hetrain.estimators import EncryptedLogisticRegression, EncryptedMLPClassifier
 
 
@@ -20,7 +20,7 @@ class ToyClassifier(EncryptedLogisticRegression):
 
 @pytest.mark.parametrize("cls", [EncryptedLogisticRegression, EncryptedMLPClassifier])
 def test_params_roundtrip_and_clone(cls):
-    est = cls(iterations=3, preset="n16384", backend="sim", seed=5)
+    est = cls(iterations=3, preset="n16384", backend="sim", random_state=5)
     params = est.get_params()
     assert params["iterations"] == 3 and params["preset"] == "n16384" and params["backend"] == "sim"
     twin = clone(est)
@@ -101,3 +101,69 @@ def test_mlp_defaults_follow_the_planner():
     assert clf.fit_stats_["model"] == "mlp-dvr" and clf.fit_stats_["defaults"] is not None
     assert cfg["hidden"] == [16] and cfg["iterations"] == 4 and cfg["momentum"] == "none"
     assert clf.score(Xte, yte) > 0.85
+
+
+def _short_mlr(**params):
+    # the published full-batch trainer, 2 iterations on the sim backend: seconds
+    return EncryptedLogisticRegression(refresh="none", iterations=2, sigmoid="deg3:16", preset="n16384",
+                                       backend="sim", **params)
+
+
+def test_random_state_is_a_parameter_and_seed_a_deprecated_alias(iris_str):
+    X, y = iris_str
+    for cls in (EncryptedLogisticRegression, EncryptedMLPClassifier):
+        params = cls(random_state=7).get_params()
+        assert params["random_state"] == 7 and params["seed"] == "deprecated"
+    # the mini-batch trainer (2 epochs on sim) draws its split, shuffles and start from the seed
+    def run(**seeding):
+        return EncryptedLogisticRegression(backend="sim", preset="n16384", epochs=2, **seeding).fit(X, y).model_
+
+    new = run(random_state=3).predict_scores(X)
+    with pytest.warns(FutureWarning, match="seed was renamed random_state"):
+        old = run(seed=3).predict_scores(X)
+    np.testing.assert_array_equal(old, new)  # the same seed: the same run
+    assert np.abs(run(random_state=4).predict_scores(X) - new).max() > 1e-3  # the seed is used
+    # a RandomState draws the seed, as in scikit-learn: two equal generators give equal runs
+    a = run(random_state=np.random.RandomState(1)).predict_scores(X)
+    np.testing.assert_array_equal(a, run(random_state=np.random.RandomState(1)).predict_scores(X))
+    assert clone(_short_mlr(seed=3)).get_params()["seed"] == 3  # clone keeps the old name's value
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "0", True])
+def test_bad_random_state(iris_str, bad):
+    X, y = iris_str
+    with pytest.raises(HetrainUserError, match=r"random_state must be None, an int >= 0"):
+        _short_mlr(random_state=bad).fit(X, y)
+
+
+def test_seed_and_random_state_that_disagree(iris_str):
+    X, y = iris_str
+    with pytest.warns(FutureWarning), pytest.raises(HetrainUserError, match="seed=1 and random_state=2 disagree"):
+        _short_mlr(seed=1, random_state=2).fit(X, y)
+
+
+def test_grid_search_over_one_parameter():
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = load_builtin("iris")
+    search = GridSearchCV(_short_mlr(random_state=0), {"iterations": [1, 2]}, cv=2).fit(X, y)
+    assert search.best_params_["iterations"] in (1, 2)
+    assert search.best_estimator_.random_state == 0 and search.best_estimator_.fit_stats_["backend"] == "sim"
+    assert search.best_estimator_.model_.config["iterations"] == search.best_params_["iterations"]
+    assert search.best_score_ > 0.6 and search.score(X, y) > 0.6
+
+
+def test_the_real_estimators_fit_on_seal():
+    # both estimators through the real trainers under real CKKS (small rings: seconds, not minutes)
+    X, y = load_builtin("iris")
+    X, y = X[::3], y[::3]  # 50 rows: the diagonal layout's sample block holds them at n16384
+    mlr = EncryptedLogisticRegression(refresh="none", iterations=1, sigmoid="deg3:16", preset="n8192",
+                                      backend="seal", random_state=0).fit(X, y)
+    mlp = EncryptedMLPClassifier(hidden=4, iterations=1, backend="seal", random_state=0).fit(X, y)
+    for clf, model, params in ((mlr, "mlr", "n8192"), (mlp, "mlp-diagonal", "n16384")):
+        s = clf.fit_stats_
+        assert (s["backend"], s["model"], s["params"]) == ("seal", model, params)
+        assert s["server_engine_has_secret_key"] is False and s["verified"] is True
+        # CKKS error at scale 2^40 is ~1e-6 after a few levels; 1e-4 is far below the weights (~0.1)
+        assert 0 < clf.twin_max_abs_diff_ < 1e-4
+        assert clf.score(X, y) > 0.5  # 3 classes: chance is 1/3, one iteration is enough to beat it

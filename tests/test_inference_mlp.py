@@ -18,7 +18,7 @@ from hetrain.protocol.bundle_check import ClaimError
 from hetrain.protocol.keys import KeyDir
 from hetrain.protocol.model_spec import InferenceError
 
-from test_inference import assert_agree
+from agree import assert_agree
 
 
 @pytest.fixture(scope="module")

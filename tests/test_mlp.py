@@ -11,6 +11,7 @@ import pytest
 
 from hetrain import ckks
 from hetrain.circuits import dvr
+from hetrain.circuits.errors import LayoutError
 from hetrain.errors import DataError, HetrainUserError
 from hetrain.models import mlp_twin
 from hetrain.models.base import DepthPlanError, get_trainer, resolve_model
@@ -147,7 +148,7 @@ def test_layout_roundtrip():
     assert np.array_equal(lay.read_weight_blocks(lay.weight_blocks(W1), W1.shape), W1)
     for axis in dvr.AXES:
         assert np.array_equal(lay.read_weight(lay.weight(W2, axis), axis, W2.shape), W2)
-    with pytest.raises(dvr.LayoutError):
+    with pytest.raises(LayoutError):
         dvr.GridLayout.choose(4096, n=20, d=11, widths=[100])
 
 

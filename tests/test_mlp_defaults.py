@@ -98,6 +98,7 @@ def test_centred_hidden_and_input_clip_config():
         mlp.MLPTrainer(input_clip=0)
 
 
+@pytest.mark.slow  # SEAL end to end, ~35 s on 2 shared cores (pytest --durations)
 def test_iris_defaults_on_seal():
     """The whole default run under SEAL (n16384-deep, 17 iterations, 15 client refreshes): ~35 s on 2 cores."""
     Xtr, Xte, ytr, yte = split(load_iris)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from hetrain import ckks
+from hetrain.errors import DataError
 from hetrain.models import mlp
 from hetrain.models.mlp import MLPConfigError, MLPTrainer
 from hetrain.models.mlp_defaults import MARGIN
@@ -111,7 +112,7 @@ def test_projection_stays_with_the_client_and_the_run_matches_the_twin(tmp_path)
     twin = T.twin(X, Y)
     assert max(float(np.max(np.abs(W[k] - twin[k]))) for k in twin) < 1e-8
     assert T.weight_shapes(d, 4)["W1"] == (8, len(Q))
-    with pytest.raises(Exception, match="projection"):
+    with pytest.raises(DataError, match="projection"):
         server.predict_scores(W, Xt)  # the server's copy cannot project rows
     # the client's config survives JSON (job record, model file) exactly
     again = MLPTrainer(**json.loads(json.dumps(T.config)))

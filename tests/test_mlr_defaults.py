@@ -141,6 +141,7 @@ def test_a_server_killed_mid_run_still_leaves_the_best_model(tmp_path, wine_csv,
     assert len(calls) == 2 and [h["kind"] for h in m.info["history"]].count("epoch") == 2
 
 
+@pytest.mark.slow  # SEAL end to end, ~12 s on 2 shared cores (pytest --durations)
 def test_defaults_under_seal_end_to_end(tmp_path, capsys):
     """The command a new user types, under real CKKS (SEAL, n16384): plan, keys, encrypted epochs with
     client refresh, the decrypted model against its twin and scikit-learn on held-out rows."""

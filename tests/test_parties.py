@@ -78,7 +78,8 @@ def assert_server_never_opened(audit: pathlib.Path, owner: pathlib.Path) -> None
 
 @pytest.mark.parametrize("backend, preset, model_args", [
     ("sim", "n16384", ["--model", "mlr", "--iterations", "2", "--sigmoid", "deg3:16"]),
-    ("seal", "n16384", ["--model", "mlr", "--iterations", "1", "--sigmoid", "deg3:16"]),
+    pytest.param("seal", "n16384", ["--model", "mlr", "--iterations", "1", "--sigmoid", "deg3:16"],
+                 marks=pytest.mark.slow),  # SEAL end to end in four processes: ~11 s (pytest --durations)
 ])
 def test_four_steps_in_separate_processes_and_directories(parties, backend, preset, model_args):
     owner, server = parties
@@ -210,7 +211,7 @@ def test_cli_api_and_estimator_give_the_same_model(tmp_path):
             "--quiet", cwd=tmp_path)
     cli = TrainedModel.load(tmp_path / "cli.json")
     api = fit(X, y, backend="sim", seed=3, max_epochs=4, progress=False).model
-    est = EncryptedLogisticRegression(backend="sim", seed=3, epochs=4).fit(X, y).model_
+    est = EncryptedLogisticRegression(backend="sim", random_state=3, epochs=4).fit(X, y).model_
     for other in (api, est):
         assert other.weights.keys() == cli.weights.keys()
         for k in cli.weights:

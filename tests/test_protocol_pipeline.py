@@ -7,7 +7,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid")
+from toykit import ToyTrainer  # noqa: F401  (registers "toy-centroid")
 
 from hetrain import ckks
 from hetrain.data import load_builtin
@@ -92,7 +92,7 @@ def _bundle(tmp_path, iterations=1, preset="n8192", backend="seal"):
 def test_server_refuses_a_job_that_cannot_fit(tmp_path):
     _, _, trainer = _bundle(tmp_path, iterations=4)  # needs 5 levels, n8192 has 2
     with pytest.raises(ServerError, match="4 iterations need 5 levels"):
-        run_server(tmp_path, progress=False, trainer_modules=("test_protocol_toy",))
+        run_server(tmp_path, progress=False, trainer_modules=("toykit",))
     assert not (tmp_path / files.OUTPUTS).exists()
 
 
@@ -102,13 +102,13 @@ def test_server_reports_corrupted_bundle(tmp_path):
     data[-10] ^= 0xFF
     (tmp_path / files.INPUTS).write_bytes(bytes(data))
     with pytest.raises(ServerError, match="does not match the manifest"):
-        run_server(tmp_path, progress=False, trainer_modules=("test_protocol_toy",))
+        run_server(tmp_path, progress=False, trainer_modules=("toykit",))
 
 
 def test_outputs_of_another_job_are_refused(tmp_path):
     engine, job, trainer = _bundle(tmp_path / "a", backend="sim")
     _bundle(tmp_path / "b", backend="sim")
-    run_server(tmp_path / "b", progress=False, trainer_modules=("test_protocol_toy",))
+    run_server(tmp_path / "b", progress=False, trainer_modules=("toykit",))
     with pytest.raises(BundleError, match="another job"):
         files.read_ciphertext_map(tmp_path / "b" / files.OUTPUTS, engine, "server outputs")
     with pytest.raises(BundleError, match="server outputs not found"):

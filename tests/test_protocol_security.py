@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid")
+from toykit import ToyTrainer  # noqa: F401  (registers "toy-centroid")
 
 from hetrain import ckks
 from hetrain.ckks.container import unpack

@@ -30,7 +30,7 @@ from hetrain.protocol.errors import ServerError  # noqa: E402
 from hetrain.protocol.transport import HttpTransport, decode_frame, encode_frame, serve_http  # noqa: E402
 
 from jobkit import make_job  # noqa: E402
-from test_service import DEADLINE_S, Service, assert_error  # noqa: E402
+from servicekit import DEADLINE_S, Service, assert_error  # noqa: E402
 
 FAKE_SERVER = r'''
 import json, os, pathlib, socket, sys
@@ -515,6 +515,7 @@ def test_a_long_job_directory_gets_a_short_socket_path_that_is_removed(fake, cli
     assert not channel.parent.exists()
 
 
+@pytest.mark.slow  # SEAL end to end, 9-15 s on 2 shared cores (pytest --durations)
 def test_fit_server_client_refresh_under_real_seal(tmp_path):
     """Real CKKS (SEAL, n16384): mini-batch mlr through the service with the data owner refreshing
     over HTTP; every decrypted state is checked against the twin on the way, and the released model

@@ -7,7 +7,7 @@ import re
 import sys
 
 import pytest
-from test_protocol_toy import ToyTrainer  # noqa: F401  (registers "toy-centroid")
+from toykit import ToyTrainer  # noqa: F401  (registers "toy-centroid")
 
 from hetrain.cli.main import main
 from hetrain.data import load_builtin

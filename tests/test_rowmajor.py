@@ -8,6 +8,7 @@ from sklearn.model_selection import train_test_split
 from hetrain import ckks
 from hetrain.circuits import diagonal as dg
 from hetrain.circuits import rowmajor as rmj
+from hetrain.circuits.errors import LayoutError
 from hetrain.models.base import get_trainer
 from hetrain.models.mlp_diagonal_twin import init_hidden, scaled_step
 from hetrain.models.mlp_rowmajor_baseline import RowMajorIteration
@@ -72,7 +73,7 @@ def test_outer_sum_is_the_row_major_gradient(rng, backend):
 
 
 def test_layout_error():
-    with pytest.raises(dg.LayoutError, match="row-major"):
+    with pytest.raises(LayoutError, match="row-major"):
         rmj.RowMajor.for_matrix(3, 9, 64)  # width 16: 256 slots > 64
     with pytest.raises(ValueError):
         rmj.RowMajor(2, 3, 4).pack(np.ones((3, 2)))

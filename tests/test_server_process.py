@@ -13,7 +13,7 @@ import time
 
 import psutil
 import pytest
-from test_protocol_toy import ToyTrainer
+from toykit import ToyTrainer
 
 from hetrain.data import load_builtin
 from hetrain.models.base import register

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import io
 import json
-import pathlib
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 
 import numpy as np
@@ -26,76 +24,10 @@ from hetrain.cli.main import main  # noqa: E402
 from hetrain.data import load_builtin  # noqa: E402
 from hetrain.protocol import ServerError, files, fit  # noqa: E402
 from hetrain.protocol.transport import HttpTransport, tar_size, tar_stream  # noqa: E402
-from hetrain.service.app import create_app  # noqa: E402
 from hetrain.service.auth import dir_name  # noqa: E402
 
-from jobkit import make_job  # noqa: E402
-
-DEADLINE_S = 60.0
-CONFIG = {"iterations": 1, "sigmoid": "deg3:16"}  # one mlr iteration fits n8192's 2 levels
-
-
-class JobTokens(httpx.Auth):
-    """The test client's own jobs: remembers the token of each job it submitted (POST /v1/jobs) and
-    sends it with every request on that job (unless the request carries its own Authorization)."""
-
-    requires_response_body = True
-
-    def __init__(self) -> None:
-        self.tokens: dict[str, str] = {}
-
-    def auth_flow(self, request):
-        parts = request.url.path.split("/")
-        if len(parts) > 3 and parts[1:3] == ["v1", "jobs"] and parts[3] in self.tokens \
-                and "authorization" not in request.headers:
-            request.headers["Authorization"] = f"Bearer {self.tokens[parts[3]]}"
-        response = yield request
-        if request.method == "POST" and request.url.path == "/v1/jobs" and response.status_code == 201:
-            body = response.json()
-            self.tokens[body["id"]] = body["token"]
-
-
-class Service:
-    """uvicorn in a daemon thread on 127.0.0.1:<ephemeral>; ``stop`` ends it and its job queue.
-    ``http``: a client that holds the tokens of the jobs it submitted (JobTokens)."""
-
-    def __init__(self, workdir: pathlib.Path, *, scheme: str = "http", uvicorn_options: dict | None = None,
-                 client_options: dict | None = None, **options) -> None:
-        self.workdir = workdir
-        config = uvicorn.Config(create_app(workdir, **options), **{"host": "127.0.0.1", "port": 0,
-                                                                   "log_level": "warning", **(uvicorn_options or {})})
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "service did not start"
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"{scheme}://127.0.0.1:{port}"
-        self.auth = JobTokens()
-        self.http = httpx.Client(base_url=self.url, timeout=30, auth=self.auth, **(client_options or {}))
-
-    def upload(self, jobdir: pathlib.Path, **kw) -> httpx.Response:
-        return self.http.post("/v1/jobs", content=b"".join(tar_stream(jobdir)), **kw)
-
-    def token(self, job_id: str) -> str:
-        return self.auth.tokens[job_id]
-
-    def wait(self, job_id: str, until=("done", "failed")) -> dict:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
-            st = self.http.get(f"/v1/jobs/{job_id}").json()
-            if st["status"] in until:
-                return st
-            time.sleep(0.05)
-        raise AssertionError(f"job {job_id} still {st['status']} after {DEADLINE_S} s")
-
-    def stop(self) -> None:
-        self.http.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-        assert not self.thread.is_alive()
+from servicekit import (CONFIG, DEADLINE_S, Service, assert_error, bundle_members, make_bundle,  # noqa: E402
+                        tar_of, with_manifest_sha)
 
 
 @pytest.fixture(scope="module")
@@ -119,39 +51,10 @@ def iris():
     return X[::3], y[::3]  # 50 rows, 3 classes: a bundle of a few ciphertexts
 
 
-def make_bundle(root, iris, backend="sim", preset="n16384", config=CONFIG):
-    """The data owner's steps up to the bundle on disk (ROOT/job; the keys in ROOT/keys-*, beside it,
-    never in it); returns the JobKit (its engine holds the secret key) and the bundle's job.json."""
-    X, y = iris
-    kit = make_job(root, X, y, "mlr", config, backend=backend, preset=preset)
-    return kit, json.loads((kit.jobdir / files.JOB).read_text())
-
-
 @pytest.fixture(scope="module")
 def sim_bundle(tmp_path_factory, iris):
     kit, job = make_bundle(tmp_path_factory.mktemp("bundle"), iris)
     return kit.jobdir, kit, job
-
-
-def tar_of(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def bundle_members(jobdir) -> dict[str, bytes]:
-    return {n: (pathlib.Path(jobdir) / n).read_bytes() for n in (files.MANIFEST, files.JOB, files.PUBLIC_CONTEXT, files.INPUTS)}
-
-
-def assert_error(r: httpx.Response, status: int, *needles: str) -> None:
-    assert r.status_code == status, r.text
-    message = r.json()["error"]
-    for needle in needles:
-        assert needle in message, message
 
 
 # ---------------------------------------------------------------------- full fits through HTTP
@@ -229,26 +132,19 @@ def seal_secret(tmp_path_factory, iris):
     return kit.jobdir, kit.engine.secret_key_bytes()
 
 
-def _with_manifest_sha(members: dict[str, bytes]) -> dict[str, bytes]:
-    """Recompute the manifest's checksums, so only the secret-key check can refuse the upload."""
-    m = json.loads(members[files.MANIFEST])
-    m["sha256"] = {n: files._sha(members[n]) for n in (files.PUBLIC_CONTEXT, files.INPUTS, files.JOB)}
-    return {**members, files.MANIFEST: json.dumps(m).encode()}
-
-
 def _secret_as_extra_file(members, sk):
     return {**members, "secret_key.bin": sk}
 
 
 def _secret_as_public_context(members, sk):
-    return _with_manifest_sha({**members, files.PUBLIC_CONTEXT: sk})
+    return with_manifest_sha({**members, files.PUBLIC_CONTEXT: sk})
 
 
 def _secret_inside_inputs(members, sk):
     meta, parts = unpack(members[files.INPUTS], expect_kind="ciphertext_map")
     meta = {k: v for k, v in meta.items() if k != "parts"}
     meta["counts"] = {**meta["counts"], "extra": 1}
-    return _with_manifest_sha({**members, files.INPUTS: pack(meta, {**parts, "extra/0": sk})})
+    return with_manifest_sha({**members, files.INPUTS: pack(meta, {**parts, "extra/0": sk})})
 
 
 @pytest.mark.parametrize("smuggle", [_secret_as_extra_file, _secret_as_public_context, _secret_inside_inputs])
@@ -297,7 +193,7 @@ def test_unknown_model_is_refused(service, sim_bundle):
     job["model"] = "no-such-model"
     m = json.loads(members[files.MANIFEST])
     m["model"] = "no-such-model"
-    members = _with_manifest_sha({**members, files.JOB: json.dumps(job).encode(), files.MANIFEST: json.dumps(m).encode()})
+    members = with_manifest_sha({**members, files.JOB: json.dumps(job).encode(), files.MANIFEST: json.dumps(m).encode()})
     assert_error(service.http.post("/v1/jobs", content=tar_of(members)), 400, "unknown model 'no-such-model'")
 
 
@@ -349,7 +245,7 @@ def test_failed_job_reports_the_server_message(service, tmp_path, iris):
     kit, job = make_bundle(tmp_path, iris, preset="n8192")
     job = {**job, "refresh": "bootstrap"}
     members = bundle_members(kit.jobdir)
-    members = _with_manifest_sha({**members, files.JOB: json.dumps(job, sort_keys=True).encode()})
+    members = with_manifest_sha({**members, files.JOB: json.dumps(job, sort_keys=True).encode()})
     job_id = service.http.post("/v1/jobs", content=tar_of(members)).json()["id"]
     st = service.wait(job_id)
     assert st["status"] == "failed" and "cannot refresh" in st["error"], st

@@ -40,7 +40,7 @@ from hetrain.service.app import INTERNAL_ERROR, create_app  # noqa: E402
 from hetrain.service.auth import dir_name, tag  # noqa: E402
 from hetrain.service.jobs import SERVER_PROCESS_FAILED, STATE  # noqa: E402
 
-from test_service import (Service, _with_manifest_sha, assert_error, bundle_members,  # noqa: E402
+from servicekit import (Service, with_manifest_sha, assert_error, bundle_members,  # noqa: E402
                           make_bundle, tar_of)
 
 API_KEY = "k3y-" + "a" * 28
@@ -377,17 +377,17 @@ def _malformed(members: dict[str, bytes]):
     yield "manifest nested", {**members, files.MANIFEST: nested}
     yield "manifest sha256 a list", {**members, files.MANIFEST: json.dumps(
         {**json.loads(members[files.MANIFEST]), "sha256": ["x"]}).encode()}
-    yield "job.json nested", _with_manifest_sha({**members, files.JOB: nested})
-    yield "job.json []", _with_manifest_sha({**members, files.JOB: b"[]"})
+    yield "job.json nested", with_manifest_sha({**members, files.JOB: nested})
+    yield "job.json []", with_manifest_sha({**members, files.JOB: b"[]"})
     for name, parts in [("parts a number", 5), ("parts of strings", ["x"]), ("parts a string", "abc"),
                         ("size not a number", [{"name": "a", "size": "big"}]),
                         ("negative size", [{"name": "a", "size": -1000}, {"name": "b", "size": 1}]),
                         ("huge size", [{"name": "a", "size": 10**30}, {"name": "b", "size": 1}]),
                         ("size a list", [{"name": "a", "size": [1]}])]:
-        yield f"inputs {name}", _with_manifest_sha(
+        yield f"inputs {name}", with_manifest_sha(
             {**members, files.INPUTS: _container({"kind": "ciphertext_map", "parts": parts})})
-    yield "inputs header nested", _with_manifest_sha({**members, files.INPUTS: _container(nested)})
-    yield "inputs header a list", _with_manifest_sha({**members, files.INPUTS: _container([1, 2])})
+    yield "inputs header nested", with_manifest_sha({**members, files.INPUTS: _container(nested)})
+    yield "inputs header a list", with_manifest_sha({**members, files.INPUTS: _container([1, 2])})
 
 
 def test_malformed_manifests_and_headers_are_400_json(service, raw, bundle):
@@ -476,7 +476,7 @@ def test_a_failed_job_says_what_a_client_may_read(service, bundle, tmp_path, mon
     monkeypatch.setattr(runner_mod, "server_argv", argv)
     members = bundle_members(bundle)
     job = {**json.loads(members[files.JOB]), "fail": how}
-    members = _with_manifest_sha({**members, files.JOB: json.dumps(job).encode()})
+    members = with_manifest_sha({**members, files.JOB: json.dumps(job).encode()})
     r = service.http.post("/v1/jobs", content=tar_of(members))
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]

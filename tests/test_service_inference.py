@@ -33,7 +33,7 @@ from hetrain.protocol.model import TrainedModel  # noqa: E402
 from hetrain.protocol.model_spec import model_spec  # noqa: E402
 from hetrain.protocol.transport import tar_stream  # noqa: E402
 
-from test_inference import assert_agree  # noqa: E402
+from agree import assert_agree  # noqa: E402
 
 DEADLINE_S = 60.0
 
@@ -155,6 +155,7 @@ def test_both_cases_through_hetrain_serve_sim(tmp_path, world, capsys):
     _case_b(tmp_path / "b", world, "sim", capsys)
 
 
+@pytest.mark.slow  # SEAL end to end, 9-12 s on 2 shared cores (pytest --durations)
 def test_both_cases_through_hetrain_serve_seal(tmp_path, world, capsys):
     _case_a(tmp_path / "a", world, "seal", capsys)
     _case_b(tmp_path / "b", world, "seal", capsys)

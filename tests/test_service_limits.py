@@ -29,7 +29,7 @@ from hetrain.protocol.runner import ServerProcess, run_server  # noqa: E402
 from hetrain.protocol.transport import tar_stream  # noqa: E402
 from jobkit import make_job  # noqa: E402
 from hetrain.service.auth import dir_name  # noqa: E402
-from test_service import (DEADLINE_S, JobTokens, Service, _with_manifest_sha, assert_error, bundle_members,  # noqa: E402
+from servicekit import (DEADLINE_S, JobTokens, Service, with_manifest_sha, assert_error, bundle_members,  # noqa: E402
                           make_bundle, tar_of)
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
@@ -57,14 +57,14 @@ def service(tmp_path_factory):
 def _job_edit(members, **changes) -> dict:
     job = json.loads(members[files.JOB])
     job.update(changes)
-    return _with_manifest_sha({**members, files.JOB: json.dumps(job, sort_keys=True).encode()})
+    return with_manifest_sha({**members, files.JOB: json.dumps(job, sort_keys=True).encode()})
 
 
 def _inputs_edit(members, edit) -> dict:
     meta, parts = unpack(members[files.INPUTS], expect_kind="ciphertext_map")
     meta = {k: v for k, v in meta.items() if k != "parts"}
     meta, parts = edit(meta, dict(parts))
-    return _with_manifest_sha({**members, files.INPUTS: pack(meta, parts)})
+    return with_manifest_sha({**members, files.INPUTS: pack(meta, parts)})
 
 
 def _relevel(members, level):
@@ -83,7 +83,7 @@ def _drop_y(meta, parts):
 def _public_edit(members, **changes) -> dict:
     meta, parts = unpack(members[files.PUBLIC_CONTEXT])
     meta = {**{k: v for k, v in meta.items() if k != "parts"}, **changes}
-    return _with_manifest_sha({**members, files.PUBLIC_CONTEXT: pack(meta, parts)})
+    return with_manifest_sha({**members, files.PUBLIC_CONTEXT: pack(meta, parts)})
 
 
 # ---------------------------------------------------------------------- declared vs actual
@@ -101,7 +101,7 @@ def test_claims_that_disagree_with_the_content_are_refused(service, sim_kit, tmp
         (_job_edit(members, data_shape=[n, d + 40, c], n_features=d + 40), "ciphertexts"),  # plausible, but not these
         (_inputs_edit(members, _drop_y), "inputs.bin holds 2 ciphertexts"),
         (_relevel(members, 99), "claims level 99"),
-        (_with_manifest_sha({**members, files.INPUTS: members[files.INPUTS] + b"\0" * 100}), "the file has"),
+        (with_manifest_sha({**members, files.INPUTS: members[files.INPUTS] + b"\0" * 100}), "the file has"),
         (_public_edit(members, steps=[1]), "lacks Galois keys"),
         (_public_edit(members, params={"poly_modulus_degree": 2**30, "coeff_bits": [60, 40, 60], "scale_bits": 40}),
          "ring degree 1073741824"),

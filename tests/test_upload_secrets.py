@@ -19,7 +19,7 @@ pytest.importorskip("uvicorn")
 from hetrain.ckks.container import pack, unpack  # noqa: E402
 from hetrain.protocol import files  # noqa: E402
 from hetrain.protocol.secret_scan import Scanner, SecretFound  # noqa: E402
-from test_service import (Service, _with_manifest_sha, assert_error, bundle_members, make_bundle,  # noqa: E402
+from servicekit import (Service, with_manifest_sha, assert_error, bundle_members, make_bundle,  # noqa: E402
                           tar_of)
 
 REFUSED = "the upload holds a secret key: refused"
@@ -58,13 +58,13 @@ def _ciphertext_like(members, payload: bytes) -> dict:
     meta["counts"] = {**meta["counts"], "X": meta["counts"]["X"] + 1}
     new = dict(parts)
     new["X/1"] = pack(inner_meta, {"ct": payload})
-    return _with_manifest_sha({**members, files.INPUTS: pack(meta, new)})
+    return with_manifest_sha({**members, files.INPUTS: pack(meta, new)})
 
 
 def _job_with(members, **extra) -> dict:
     job = json.loads(members[files.JOB])
     job.update(extra)
-    return _with_manifest_sha({**members, files.JOB: json.dumps(job, sort_keys=True).encode()})
+    return with_manifest_sha({**members, files.JOB: json.dumps(job, sort_keys=True).encode()})
 
 
 def _smuggles(members, container, raw):
@@ -73,7 +73,7 @@ def _smuggles(members, container, raw):
     manifest = json.loads(members[files.MANIFEST])
     return {
         "raw key as a stray file": {**members, "notes.txt": raw},
-        "raw key as inputs.bin": _with_manifest_sha({**members, files.INPUTS: raw}),
+        "raw key as inputs.bin": with_manifest_sha({**members, files.INPUTS: raw}),
         "raw key relabelled as a ciphertext part": _ciphertext_like(members, raw),
         "raw key after a ciphertext's data": _ciphertext_like(
             members, unpack(unpack(members[files.INPUTS])[1]["X/0"])[1]["ct"] + raw),
@@ -82,7 +82,7 @@ def _smuggles(members, container, raw):
         "hex inside job.json": _job_with(members, comment={"blob": [raw.hex()]}),
         "base64 of the container inside the manifest": {
             **members, files.MANIFEST: json.dumps({**manifest, "x": base64.urlsafe_b64encode(container).decode()}).encode()},
-        "raw key as the public context's Galois part": _with_manifest_sha({**members, files.PUBLIC_CONTEXT: pack(
+        "raw key as the public context's Galois part": with_manifest_sha({**members, files.PUBLIC_CONTEXT: pack(
             {k: v for k, v in unpack(members[files.PUBLIC_CONTEXT])[0].items() if k != "parts"},
             {**unpack(members[files.PUBLIC_CONTEXT])[1], "gk": raw})}),
     }

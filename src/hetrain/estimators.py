@@ -9,6 +9,10 @@
 training in a separate server process that gets public material only, decryption and release.
 Prediction uses the decrypted (rounded) weights in plaintext. Hyperparameters left at ``None``
 take the trainer's defaults. As in scikit-learn, ``__init__`` only stores its arguments.
+
+``random_state`` (None, an int ≥ 0 or a ``numpy.random.RandomState``) seeds the run's randomness:
+the split, the shuffles and initial weights, and the keys on the sim backend. ``seed`` is its old
+name, deprecated: it still works for this release and warns (FutureWarning) at ``fit``.
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from hetrain.data.validate import check_features, check_labels
-from hetrain.errors import DataError
+from hetrain.errors import DataError, HetrainUserError
+
+_DEPRECATED = "deprecated"  # the default of a deprecated parameter (scikit-learn's convention)
 
 
 class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
@@ -30,9 +36,34 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
     def _refresh_mode(self) -> str:
         return getattr(self, "refresh", "none")
 
-    def _options(self) -> dict:
-        """Job options beyond the trainer's config (mini-batch mlr adds its own)."""
-        return {"scale": self.scale, "seed": self.seed}
+    def _options(self, seed: int | None) -> dict:
+        """Job options beyond the trainer's config (mini-batch mlr adds its own); ``seed``: ``_seed()``'s."""
+        return {"scale": self.scale, "seed": seed}
+
+    def _seed(self) -> int | None:
+        """The run's seed from ``random_state`` (or the deprecated ``seed``, with a FutureWarning).
+
+        None: fresh randomness; an int ≥ 0: itself; a RandomState: one draw from it (as scikit-learn
+        estimators do). HetrainUserError for anything else, or when both names are given differently."""
+        rs = self.random_state
+        seed = getattr(self, "seed", _DEPRECATED)
+        if not (isinstance(seed, str) and seed == _DEPRECATED):
+            import warnings
+
+            warnings.warn("the parameter seed was renamed random_state (scikit-learn's name); seed will be removed "
+                          f"in the next release: pass random_state={seed!r}", FutureWarning, stacklevel=3)
+            if rs is not None and rs is not seed and rs != seed:
+                raise HetrainUserError(f"seed={seed!r} and random_state={rs!r} disagree: give random_state only "
+                                       "(seed is its deprecated name)")
+            rs = seed
+        if rs is None:
+            return None
+        if isinstance(rs, np.random.RandomState):
+            return int(rs.randint(2**31 - 1))
+        if isinstance(rs, (int, np.integer)) and not isinstance(rs, bool) and rs >= 0:
+            return int(rs)
+        raise HetrainUserError(f"random_state must be None, an int >= 0 or a numpy.random.RandomState, got {rs!r} "
+                               "(e.g. random_state=0)")
 
     def _labelled(self, X, y) -> tuple[np.ndarray, np.ndarray]:
         """Checked (X, the labels the model trains on); sets ``classes_`` and ``n_features_in_``.
@@ -64,10 +95,11 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
         from hetrain.errors import HetrainWarning
         from hetrain.protocol import fit
 
+        seed = self._seed()
         X, y_index = self._labelled(X, y)
         result = fit(X, y_index, self._model_name, self._config(), refresh=self._refresh_mode(), preset=self.preset,
                      backend=self.backend, progress=self.verbose, log=print if self.verbose else None,
-                     **self._options())
+                     **self._options(seed))
         self.model_, self.fit_stats_ = result.model, result.stats
         self.twin_max_abs_diff_ = result.twin_max_abs_diff
         self.partial_ = result.partial
@@ -111,7 +143,8 @@ class EncryptedLogisticRegression(_EncryptedClassifier):
 
     def __init__(self, iterations=None, learning_rate=None, sigmoid=None, momentum=None, layout=None,
                  epochs=None, batch_size=None, weight_decay=None, time_limit=None, refresh="auto",
-                 validation_fraction=0.2, preset="auto", backend="seal", scale=1.0, seed=None, verbose=False):
+                 validation_fraction=0.2, preset="auto", backend="seal", scale=1.0, random_state=None, verbose=False,
+                 seed=_DEPRECATED):
         self.iterations = iterations
         self.learning_rate = learning_rate
         self.sigmoid = sigmoid
@@ -126,8 +159,9 @@ class EncryptedLogisticRegression(_EncryptedClassifier):
         self.preset = preset
         self.backend = backend
         self.scale = scale
-        self.seed = seed
+        self.random_state = random_state
         self.verbose = verbose
+        self.seed = seed
 
     def _config(self) -> dict:
         keys = self._config_keys if self._refresh_mode() == "none" else self._long_keys
@@ -140,15 +174,15 @@ class EncryptedLogisticRegression(_EncryptedClassifier):
             return "none"
         return resolve_refresh(self.refresh, self._model_name, {"iterations": self.iterations}, self.backend, 0)
 
-    def _options(self) -> dict:
+    def _options(self, seed: int | None) -> dict:
         if self._refresh_mode() == "none":
-            return super()._options()
+            return super()._options(seed)
         if self.iterations is not None:
             from hetrain.errors import HetrainUserError
 
             raise HetrainUserError("iterations counts full-batch iterations of refresh='none'; with refresh, "
                                    "training runs in mini-batch epochs: set epochs (or refresh='none')")
-        return {**super()._options(), "validation_fraction": self.validation_fraction, "max_epochs": self.epochs,
+        return {**super()._options(seed), "validation_fraction": self.validation_fraction, "max_epochs": self.epochs,
                 "time_limit": self.time_limit}
 
 
@@ -173,8 +207,8 @@ class EncryptedMLPClassifier(_EncryptedClassifier):
     _config_keys = _EncryptedClassifier._config_keys + ("hidden",)
 
     def __init__(self, hidden=None, iterations=None, learning_rate=None, sigmoid=None, momentum=None,
-                 layout="auto", preset="auto", backend="seal", scale=1.0, seed=None, verbose=False,
-                 refresh="none"):
+                 layout="auto", preset="auto", backend="seal", scale=1.0, random_state=None, verbose=False,
+                 refresh="none", seed=_DEPRECATED):
         self.hidden = hidden
         self.iterations = iterations
         self.learning_rate = learning_rate
@@ -184,9 +218,10 @@ class EncryptedMLPClassifier(_EncryptedClassifier):
         self.preset = preset
         self.backend = backend
         self.scale = scale
-        self.seed = seed
+        self.random_state = random_state
         self.verbose = verbose
         self.refresh = refresh
+        self.seed = seed
 
     def _config(self) -> dict:
         config = super()._config()

@@ -20,6 +20,7 @@ import os
 import pathlib
 import tempfile
 
+from hetrain._atomic import UMASK, temp_sibling
 from hetrain.errors import OutputError
 
 _BUFFER = 1 << 20  # bytes held before they go to disk; on failure they move with the rest
@@ -67,19 +68,18 @@ class _OutputWriter:
 
     def __init__(self, path: str | os.PathLike, what: str, durable: bool, mode: int | None = None) -> None:
         self.path, self.what, self.durable = pathlib.Path(path), what, durable
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self.tmp: pathlib.Path | None = None  # the temporary sibling (_atomic.temp_sibling), once made
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.failure: str | None = None     # why the output did not go to self.path
         self.target = self.path              # where the file ends up
         self.fd: int | None = None
-        self.current = self.tmp              # the file being written now
+        self.current: pathlib.Path | None = None  # the file being written now
         self.committed = 0                   # bytes of it known to be on disk (a failed write may leave part)
         self.refused = {_resolved(self.path.parent)}  # directories that failed (never tried again)
         try:
-            self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else mode)
-            if mode is not None:
-                os.fchmod(self.fd, mode)  # exactly ``mode`` (a stale temporary file keeps its old one)
+            self.fd, tmp = temp_sibling(self.path, 0o644 & ~UMASK if mode is None else mode)
+            self.tmp = self.current = pathlib.Path(tmp)
         except OSError as exc:
             self._fail_over(exc)
 
@@ -127,7 +127,7 @@ class _OutputWriter:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = None
-        for p in {self.tmp, self.current}:
+        for p in {self.tmp, self.current} - {None}:
             with contextlib.suppress(OSError):
                 p.unlink()
 
@@ -140,7 +140,7 @@ class _OutputWriter:
         self.fd = None
         pending = b"".join(self.pending)
         tried = []
-        self.refused.add(_resolved(self.current.parent))
+        self.refused.add(_resolved((self.current or self.path).parent))
         for d in fallback_dirs():
             if _resolved(d) in self.refused:
                 continue
@@ -173,12 +173,13 @@ class _OutputWriter:
                           f"{'; '.join(tried) or 'any fallback directory'}: it is lost") from None
 
 
-def _close_and_remove(fd: int | None, path: pathlib.Path) -> None:
+def _close_and_remove(fd: int | None, path: pathlib.Path | None) -> None:
     if fd is not None:
         with contextlib.suppress(OSError):
             os.close(fd)
-    with contextlib.suppress(OSError):
-        path.unlink()
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _resolved(p: pathlib.Path) -> pathlib.Path:

@@ -71,7 +71,7 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
-# The published degree-3 fit on [-8, 8] (Chiang 2023, DESIGN.md §1a).
+# The published degree-3 fit on [-8, 8] used with the quadratic gradient (Chiang, arXiv:2201.10838).
 SIGMOID3_PUBLISHED = PolyApprox("sigmoid", (0.5, 0.10679534503216294, 0.0, -0.00038503259805075), (-8.0, 8.0))
 
 

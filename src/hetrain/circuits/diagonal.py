@@ -34,15 +34,9 @@ from typing import Sequence
 
 import numpy as np
 
-from hetrain.errors import HetrainUserError
+from hetrain.ckks.pow2 import log2_pow2, next_pow2
 
-
-class LayoutError(HetrainUserError):
-    """The matrices or the batch do not fit the slot layout of these parameters."""
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n - 1).bit_length())
+from .errors import LayoutError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +54,14 @@ class SampleLayout:
 
     @property
     def batch(self) -> int:
-        return _next_pow2(self.n_samples)
+        return next_pow2(self.n_samples)
 
     @property
     def block(self) -> int:
         return self.slots // self.batch
 
     def allreduce_steps(self) -> list[int]:
-        return [self.block << k for k in range((self.batch - 1).bit_length())]
+        return [self.block << k for k in range(log2_pow2(self.batch))]
 
     def place(self, rows: np.ndarray) -> np.ndarray:
         """(n_samples, k) per-sample vectors -> slot vector (sample blocks, zero padded)."""

@@ -38,17 +38,11 @@ import math
 
 import numpy as np
 
-from hetrain.errors import HetrainUserError
+from hetrain.ckks.pow2 import log2_pow2, next_pow2
+
+from .errors import LayoutError
 
 AXES = ("a", "b")
-
-
-def next_pow2(x: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(1, x))))
-
-
-class LayoutError(HetrainUserError):
-    """The network or the data does not fit the grid layout in these parameters."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +83,7 @@ class GridLayout:
 
     def rotation_steps(self) -> list[int]:
         """Powers of two below a block (reductions, replications) and the two replication shifts."""
-        steps = [1 << k for k in range(int(math.log2(self.block)))]
+        steps = [1 << k for k in range(log2_pow2(self.block))]
         return steps + [-(self.P - 1) * self.stride("a"), -(self.P - 1) * self.stride("b")]
 
     # ------------------------------------------------------------------ plaintext encoding

@@ -11,23 +11,12 @@ garbage where it wraps into the neighbouring block, which a (plaintext) mask mus
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
-from hetrain.errors import HetrainUserError
+from hetrain.ckks.pow2 import log2_pow2, next_pow2
 
-
-def _pow2_at_least(x: int) -> int:
-    return 1 << max(0, (int(x) - 1).bit_length())
-
-
-def _log2(x: int) -> int:
-    return int(math.log2(x))
-
-
-class LayoutError(HetrainUserError):
-    """The problem does not fit this packing (e.g. more classes than slots)."""
+from .errors import LayoutError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +51,7 @@ class BlockedPacking:
     @classmethod
     def choose(cls, n: int, d: int, c: int, slots: int) -> "BlockedPacking":
         """The block shape with the fewest rotations per iteration (then the fewest ciphertexts)."""
-        C = _pow2_at_least(c)
+        C = next_pow2(c)
         if C > slots // 2:
             raise LayoutError(f"{c} classes do not fit the blocked layout in {slots} slots")
         best = None
@@ -85,10 +74,10 @@ class BlockedPacking:
         return -(-self.d // self.L)
 
     def rotations_per_iteration(self) -> int:
-        return self.n_groups * 2 * _log2(self.L) + self.n_fblocks * _log2(self.I)
+        return self.n_groups * 2 * log2_pow2(self.L) + self.n_fblocks * log2_pow2(self.I)
 
     def rotation_steps(self) -> list[int]:
-        return [self.C << k for k in range(_log2(self.L))] + [(self.C * self.L) << k for k in range(_log2(self.I))]
+        return [self.C << k for k in range(log2_pow2(self.L))] + [(self.C * self.L) << k for k in range(log2_pow2(self.I))]
 
     def describe(self) -> dict:
         return {"layout": self.name, "I": self.I, "L": self.L, "C": self.C, "groups": self.n_groups,
@@ -167,7 +156,8 @@ class BlockedPacking:
 
 @dataclasses.dataclass(frozen=True)
 class VolleyRevolverPacking:
-    """The published layout (Chiang 2023, DESIGN §1a), kept for comparison.
+    """The published layout (J. Chiang, "Volley Revolver: A Novel Matrix-Encoding Method for Privacy-
+    Preserving Neural Networks (Inference)", arXiv:2201.12577), kept for comparison.
 
     A data ciphertext holds R = slots/D sample rows of D slots (D = d rounded up to a power of 2):
     slot D·j + l of ciphertext k is X[R·k + j, l]. The weights sit in ONE ciphertext, one class per
@@ -188,7 +178,7 @@ class VolleyRevolverPacking:
 
     @classmethod
     def choose(cls, n: int, d: int, c: int, slots: int) -> "VolleyRevolverPacking":
-        D = _pow2_at_least(d)
+        D = next_pow2(d)
         if D > slots:
             raise LayoutError(f"{d} features do not fit one row of {slots} slots")
         R = slots // D
@@ -206,11 +196,11 @@ class VolleyRevolverPacking:
         return self.n_groups * self.R
 
     def rotations_per_iteration(self) -> int:
-        return (self.R - 1) + self.n_blocks * 2 * _log2(self.D) + (self.R - 1)
+        return (self.R - 1) + self.n_blocks * 2 * log2_pow2(self.D) + (self.R - 1)
 
     def rotation_steps(self) -> list[int]:
         rows = [self.D * r for r in range(1, self.R)]
-        return rows + [1 << k for k in range(_log2(self.D))] + [-(1 << k) for k in range(_log2(self.D))]
+        return rows + [1 << k for k in range(log2_pow2(self.D))] + [-(1 << k) for k in range(log2_pow2(self.D))]
 
     def describe(self) -> dict:
         return {"layout": self.name, "D": self.D, "R": self.R, "data_ciphertexts": self.n_groups,

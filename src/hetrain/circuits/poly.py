@@ -43,7 +43,16 @@ def _checked(ct, coeffs: Sequence[float], mask) -> tuple[list[float], np.ndarray
 def eval_poly(engine, ct, coeffs: Sequence[float], mask=None):
     """Σ coeffs[k]·ct^k on a ciphertext (coeffs in increasing degree). Depth: ``poly_depth(deg)``.
 
+    Evaluates in the monomial (power) basis 1, x, x², ...: each term c_k·x^k is a product of
+    powers x^(2^j) and carries its own CKKS error (ε per rescale, relative to the values), amplified
+    by |c_k| and by |x|^k. On an interval [-R, R] with R > 1 and large alternating coefficients
+    (high-degree fits), the terms nearly cancel and the absolute error grows like Σ|c_k|·R^k·ε
+    rather than the value's size: keep degrees low or the inputs scaled to |x| ≲ 1 there, or use
+    ``eval_cheb`` (Chebyshev basis, bounded terms on [-1, 1]) for such fits. NumPy twin:
+    ``eval_poly_plain``.
+
     ``mask`` (array or PlainVector, optional): return mask ⊙ p(ct) at the same depth.
+    Raises ValueError for a constant polynomial, DepthExhausted when ``ct.level`` < the depth.
     """
     from hetrain.ckks import PlainVector
 

@@ -1,5 +1,5 @@
 """Row-major packing of small weight matrices with an encrypted transposition: the baseline WITHOUT
-the cheap-transpose idea (issue 6's "naive alternative: re-pack the transpose").
+the cheap-transpose idea of ``diagonal`` (the naive alternative: re-pack the transpose under encryption).
 
 Same sample batching as ``diagonal`` (``SampleLayout``: sample s owns slot block s, weights are
 replicated in every block). Inside a block, an r×c matrix W is stored row-major: row i in its own
@@ -31,8 +31,10 @@ import dataclasses
 import numpy as np
 
 from hetrain.ckks import PlainVector
+from hetrain.ckks.pow2 import log2_pow2, next_pow2
 
-from .diagonal import LayoutError, SampleLayout, _next_pow2, allreduce_samples
+from .diagonal import SampleLayout, allreduce_samples
+from .errors import LayoutError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +47,7 @@ class RowMajor:
 
     @classmethod
     def for_matrix(cls, rows: int, cols: int, block: int) -> "RowMajor":
-        w = _next_pow2(max(rows, cols))  # the same width holds W and its transpose (see ``transpose``)
+        w = next_pow2(max(rows, cols))  # the same width holds W and its transpose (see ``transpose``)
         if w * w > block:  # ``tile`` fills next_pow2(rows) segments: they must stay inside the block
             raise LayoutError(f"a {rows}x{cols} matrix and its transpose need {w * w} slots per "
                               f"sample block in row-major form, but a block has {block}")
@@ -88,16 +90,16 @@ class RowMajor:
 
     # rotation steps (left) each circuit uses
     def rowsum_steps(self) -> list[int]:
-        return [1 << k for k in range((_next_pow2(self.cols) - 1).bit_length())]
+        return [1 << k for k in range(log2_pow2(next_pow2(self.cols)))]
 
     def gather_steps(self) -> list[int]:
         return [i * (self.width - 1) for i in range(1, self.rows)]
 
     def tile_steps(self, segments: int) -> list[int]:
-        return [-(self.width << k) for k in range((_next_pow2(segments) - 1).bit_length())]
+        return [-(self.width << k) for k in range(log2_pow2(next_pow2(segments)))]
 
     def spread_steps(self) -> list[int]:
-        return [-(1 << k) for k in range((self.width - 1).bit_length())]
+        return [-(1 << k) for k in range(log2_pow2(self.width))]
 
     def transpose_offsets(self) -> list[int]:
         return list(range(-(self.cols - 1), self.rows))  # k = i − j

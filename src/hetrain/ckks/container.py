@@ -13,6 +13,8 @@ import os
 import struct
 from typing import BinaryIO, Iterable, Iterator
 
+from hetrain._atomic import atomic_writer, temp_sibling
+
 from .errors import SerializationError
 
 MAGIC = b"HETRAIN1"
@@ -92,29 +94,25 @@ def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tu
     file). The file appears under ``path`` only once complete.
     """
     path = os.fspath(path)
-    spool, tmp = f"{path}.parts.tmp{os.getpid()}", f"{path}.tmp{os.getpid()}"
-    try:
-        index = []
-        with open(spool, "wb") as f:
-            for name, b in parts:
-                f.write(b)
-                index.append({"name": name, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()})
+    index = []
+    fd, spool_name = temp_sibling(path, 0o600)
+    os.remove(spool_name)  # nameless from here on: the spool goes when it is closed, whatever happens
+    with os.fdopen(fd, "w+b") as spool:
+        for name, b in parts:
+            spool.write(b)
+            index.append({"name": name, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()})
+        spool.seek(0)
         hb = json.dumps({**meta, "parts": index}, sort_keys=True).encode()
         digest = hashlib.sha256()
-        with open(tmp, "wb") as out, open(spool, "rb") as src:
+        with atomic_writer(path) as out:
             head = MAGIC + struct.pack("<I", len(hb)) + hb
             out.write(head)
             digest.update(head)
-            while chunk := src.read(1 << 20):
+            while chunk := spool.read(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
             size = out.tell()
-        os.replace(tmp, path)
-        return size, digest.hexdigest()
-    finally:
-        for leftover in (spool, tmp):
-            if os.path.exists(leftover):
-                os.remove(leftover)
+    return size, digest.hexdigest()
 
 
 def iter_container_file(path: str | os.PathLike, expect_kind: str | None = None, *,

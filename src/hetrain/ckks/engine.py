@@ -29,6 +29,10 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
+from hetrain._atomic import atomic_write
+
+from .pow2 import is_pow2
+
 from .counters import OpCounters
 from .errors import (CKKSError, DepthExhausted, KeyMismatch, MissingRotationKey, SecretKeyUnavailable,
                      TransparentResult)
@@ -116,7 +120,7 @@ def encodes_to_zero(values, scale: float) -> bool:
         return top < 0.5
     v = v.ravel()
     n = 2 * v.size
-    if np.sqrt(2.0) * float(np.linalg.norm(v)) * scale / n >= 0.5 or v.size & (v.size - 1):
+    if np.sqrt(2.0) * float(np.linalg.norm(v)) * scale / n >= 0.5 or not is_pow2(v.size):
         return False
     w = np.zeros(2 * n)
     np.add.at(w, _rotation_group(v.size), v)
@@ -135,7 +139,7 @@ def _rotation_group(slots: int) -> np.ndarray:
 
 
 def _check_pow2(width: int) -> None:
-    if width < 1 or width & (width - 1):
+    if not is_pow2(width):
         raise ValueError(f"width must be a power of two, got {width}")
 
 
@@ -456,7 +460,7 @@ class Engine(abc.ABC):
         """Write a list of ciphertexts to one file (written to a temporary name, then renamed)."""
         from .container import pack
         blobs = {str(i): self.serialize(c) for i, c in enumerate(cts)}
-        _atomic_write(path, pack({"kind": "ciphertext_list", "n": len(cts)}, blobs))
+        atomic_write(path, pack({"kind": "ciphertext_list", "n": len(cts)}, blobs))
 
     def load_ciphertexts(self, path: str | os.PathLike) -> list[Ciphertext]:
         from .container import unpack
@@ -595,16 +599,3 @@ class _TaggedLogger(logging.LoggerAdapter):
 
     def process(self, msg, kwargs):
         return self.tag + str(msg), kwargs
-
-
-def _atomic_write(path, data: bytes) -> None:
-    """Write to a temporary sibling then rename: no half-written file on failure."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -18,7 +18,8 @@ from .errors import SerializationError, TransparentResult
 from .params import CKKSParams
 
 # Standard deviation of the error CKKS adds per fresh encryption, rescale and rotation at scale
-# 2^40 (order of magnitude measured with the SEAL backend; see tests/test_ckks_sim.py).
+# 2^40 (order of magnitude measured with the SEAL backend; tests/test_ckks_security.py
+# test_sim_noise_has_ckks_size checks the sim draws noise of this size).
 CKKS_NOISE_STD = 1e-7
 # Bootstrapping returns values with a larger error (desilofhe at N=2^16 measured ~3e-5 max abs on
 # values in [-1, 1]); the sim adds noise of this size per bootstrap when noise is on.

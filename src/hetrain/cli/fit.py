@@ -264,7 +264,7 @@ def report(result, X, y, out) -> int:
 
 
 def explain(stats: dict) -> list[str]:
-    """The run's key figures in plain words (issue 17): what the twin check, the depth and the backend mean."""
+    """The run's key figures in plain words: what the twin check, the depth and the backend mean."""
     lines = []
     diff = stats.get("twin_max_abs_diff")
     if stats.get("verified") is False:

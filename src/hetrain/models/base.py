@@ -152,23 +152,50 @@ class Trainer(abc.ABC):
         return {**defaults, **config}
 
     @abc.abstractmethod
-    def plan(self, n_samples: int, n_features: int, n_classes: int, params: CKKSParams) -> Plan: ...
+    def plan(self, n_samples: int, n_features: int, n_classes: int, params: CKKSParams) -> Plan:
+        """What training ``n_samples`` rows of ``n_features`` features into ``n_classes`` classes
+        needs under ``params``: levels, rotation steps (Galois keys), iterations that fit, input
+        ciphertexts. Runs on the client before any key is made; pure arithmetic on the shapes (no
+        data). Raises a LayoutError (circuits.errors) or the trainer's config error when the shapes
+        do not fit its packing; a plan that does not fit the levels is returned, not raised
+        (``Plan.check`` raises DepthPlanError)."""
 
     @abc.abstractmethod
     def client_encrypt(self, engine: Engine, X: np.ndarray, Y: np.ndarray, *,
                        refresh: bool = False) -> tuple[dict[str, list[Ciphertext]], dict]:
-        """(inputs, job). ``refresh``: the job's state will be refreshed between iterations, so a
-        plan check here needs one iteration between refreshes to fit, not all of them."""
+        """Encrypt the training data on the client: returns (inputs, job).
+
+        ``X``: (n_samples, n_features) float64, preprocessed; ``Y``: (n_samples, n_classes) one-hot
+        in {0, 1}. ``inputs``: name -> list of ciphertexts (the packing's); ``job``: a JSON-able
+        dict of public facts the server needs (shapes, layout, schedule; never anything secret).
+        ``refresh``: the job's state will be refreshed between iterations, so a plan check here
+        needs one iteration between refreshes to fit, not all of them. Raises DepthPlanError (the
+        plan does not fit ``engine.params``), DataError (e.g. IntervalError: the twin's sigmoid
+        inputs leave the approximation's interval)."""
 
     @abc.abstractmethod
     def server_train(self, engine: Engine, inputs: dict[str, list[Ciphertext]], job: dict,
-                     progress: Progress | None = None) -> dict[str, list[Ciphertext]]: ...
+                     progress: Progress | None = None) -> dict[str, list[Ciphertext]]:
+        """Train on ciphertexts, on the server (``engine`` holds public material only): returns the
+        final state, name -> list of ciphertexts (what ``client_decrypt`` reads).
+
+        ``inputs``, ``job``: what ``client_encrypt`` made. ``progress(done, total, message)``:
+        called after each iteration. The optional keyword hooks of ``capabilities`` (module
+        docstring: refresh, monitor, checkpoint) are passed only when declared. Raises
+        DepthPlanError when the job's plan does not fit ``engine.params``."""
 
     @abc.abstractmethod
-    def client_decrypt(self, engine: Engine, outputs: dict[str, list[Ciphertext]], job: dict) -> dict[str, np.ndarray]: ...
+    def client_decrypt(self, engine: Engine, outputs: dict[str, list[Ciphertext]], job: dict) -> dict[str, np.ndarray]:
+        """Decrypt the server's ``outputs`` (client, secret key) into the weights: name -> float64
+        array in the units of ``twin`` (public scale factors of the schedule applied), shapes as
+        ``weight_shapes`` says. Compared with ``twin(X, Y)`` before anything is released."""
 
     @abc.abstractmethod
-    def twin(self, X: np.ndarray, Y: np.ndarray) -> dict[str, np.ndarray]: ...
+    def twin(self, X: np.ndarray, Y: np.ndarray) -> dict[str, np.ndarray]:
+        """The plaintext twin: the same training, same polynomial approximations and schedule, in
+        NumPy float64 on the client's plaintext (``X``, ``Y`` as in ``client_encrypt``). Returns
+        the weights as ``client_decrypt`` does; the client compares them (protocol/client.py
+        check_twin). Raises DataError (IntervalError) when a sigmoid input leaves its interval."""
 
     def state_weights(self, vectors: dict[str, list[np.ndarray]], job: dict) -> dict[str, np.ndarray] | None:
         """The weights held by a *decrypted* state that ``server_train`` passed to its ``refresh`` hook
@@ -186,7 +213,10 @@ class Trainer(abc.ABC):
         circuits.approx.IntervalError), so the client can refuse before keygen. Default: none."""
 
     @abc.abstractmethod
-    def predict_scores(self, weights: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray: ...
+    def predict_scores(self, weights: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+        """Per-class scores, shape (n_samples, n_classes) float64, of the plaintext model ``weights``
+        (``client_decrypt``'s or ``twin``'s) on preprocessed ``X`` (n_samples, n_features); the
+        predicted class is the argmax of a row."""
 
     def weight_shapes(self, n_features: int, n_classes: int) -> dict[str, tuple[int, ...]] | None:
         """Name -> shape of every released weight array for this config, or None (not declared: a

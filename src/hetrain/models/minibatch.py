@@ -35,7 +35,8 @@ Config keys:
 The defaults above are the trainer's; ``hetrain fit`` and the estimators choose their values
 per data set with the client's planner (models/minibatch_plan.py) before any key is made.
 
-B̄_b is Chiang's fixed Hessian bound (DESIGN §1a) computed by the client from batch b's own rows.
+B̄_b is Chiang's fixed diagonal Hessian bound (mlr_twin.quadratic_gradient_diag; J. Chiang, "Privacy-Preserving Logistic Regression Training with A Faster Gradient Variant", arXiv:2201.10838)
+computed by the client from batch b's own rows.
 """
 from __future__ import annotations
 

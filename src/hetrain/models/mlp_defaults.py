@@ -1,4 +1,4 @@
-"""Client-side choice of the ``mlp`` defaults (issue 11 item 4), run on the plaintext data BEFORE keygen.
+"""Client-side choice of the ``mlp`` defaults, run on the plaintext data BEFORE keygen.
 
 Full-batch gradient descent on a polynomial-sigmoid network has no single setting that converges on
 every dataset and keeps every pre-activation inside its polynomial's interval (outside it the

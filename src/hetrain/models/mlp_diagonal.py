@@ -36,6 +36,7 @@ import numpy as np
 from hetrain.ckks import CKKSParams, Ciphertext, Engine, PlainVector
 from hetrain.circuits import diagonal as dg
 from hetrain.circuits.approx import PolyApprox, check_interval, get_sigmoid
+from hetrain.circuits.errors import LayoutError
 from hetrain.circuits.poly import eval_poly, poly_depth
 from hetrain.errors import DataError, HetrainUserError
 
@@ -139,7 +140,7 @@ class DiagonalMLPTrainer(Trainer):
         g = max(dg.PackPlan.min_spacing(b1), dg.PackPlan.min_spacing(b2, self.H + 1))
         try:
             p1 = dg.PackPlan.for_band(b1, layout.block, spacing=g)
-        except dg.LayoutError:
+        except LayoutError:
             p1 = dg.PackPlan.for_band(b1, layout.block)
         p2 = dg.PackPlan.for_band(b2, layout.block, live_cols=self.H + 1)
         return layout, b1, b2, p1, p2

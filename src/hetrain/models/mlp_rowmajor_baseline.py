@@ -1,4 +1,4 @@
-"""The row-major baseline of the Iris network (issue 6): one full training iteration WITHOUT the
+"""The row-major baseline of the Iris network (mlp-diagonal's comparison): one full training iteration WITHOUT the
 cheap-transpose idea, for bench/iris.py to count and time against mlp-diagonal.
 
 Same network, same scaled arithmetic (``mlp_diagonal_twin.scaled_step``), same batching of the

@@ -2,7 +2,8 @@
 
 Everything the encrypted trainer folds into its circuit is computed here once and shared by both:
 
-* ``quadratic_gradient_diag``: the client's fixed diagonal preconditioner B̄ (DESIGN §1a);
+* ``quadratic_gradient_diag``: the client's fixed diagonal preconditioner B̄ (Chiang's quadratic
+  gradient: J. Chiang, "Privacy-Preserving Logistic Regression Training with A Faster Gradient Variant", arXiv:2201.10838);
 * ``Schedule``: Nesterov (or plain) gradient ascent rewritten as linear combinations of the raw
   gradients H_j = (Y − σ(z_j))ᵀ·X̃ (X̃ = X·diag(B̄)), so that every scalar of the method lands either
   in the sigmoid polynomial's coefficients (the forward scale κ_t), in scalar multiples of

@@ -1,7 +1,7 @@
 """What the client checks and releases: the twin comparison and release rounding (the client's job
 halves, client_jobs.py, use them before any weight leaves the data owner).
 
-Release (DESIGN §5): CKKS decryptions carry noise that depends on the secret key, and handing
+Release: CKKS decryptions carry noise that depends on the secret key, and handing
 raw decryptions back to whoever computed the ciphertexts leaks information about the key
 (Li–Micciancio 2021). Weights leaving the client are therefore rounded to ``decimals`` places
 (default 6: 1e-6 is above the ~1e-7 noise of a fresh operation at scale 2^40 and far below what

@@ -20,3 +20,9 @@ class ReaderGoneError(HetrainUserError):
 
 class TwinMismatch(HetrainUserError):
     """The decrypted model disagrees with its plaintext twin beyond CKKS noise: not released."""
+
+
+class RequestFailed(ServerError):
+    """A request to the training service kept failing (unreachable, 5xx, a broken download) for
+    longer than its retries allow. The job itself may still be running there: it is never deleted
+    for this (transport.HttpTransport.run keeps its id and token in JOB/remote.json)."""

@@ -17,6 +17,7 @@ import pathlib
 
 import numpy as np
 
+from hetrain._atomic import atomic_write, atomic_writer  # noqa: F401  (re-exported: protocol code imports them from here)
 from hetrain.ckks import CKKSError, Ciphertext, Engine
 from hetrain.ckks.container import file_sha256, iter_container_file, pack, unpack, write_container_file
 from hetrain.outputs import write_output
@@ -35,36 +36,6 @@ SERVER_FILES = (OUTPUTS, SERVER_STATS, SERVER_ERROR, CHECKPOINT)  # what a run o
 BUNDLE_VERSION = 1
 MODEL_FORMAT = "hetrain-model"
 MODEL_VERSION = 1
-_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str, durable: bool = False, mode: int | None = None) -> None:
-    """Write to a temporary sibling, then rename: readers see the old file or the whole new one.
-
-    ``durable`` also fsyncs (survives a power cut): for model files, not for transient job bundles
-    whose keys can weigh gigabytes. ``mode``: the file's permissions (e.g. 0o600 for a secret key:
-    the file never exists with wider ones); default what the umask gives a new file. The temporary
-    name is unique per call (threads of one process do not collide).
-    """
-    import tempfile
-
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK if mode is None else mode)
-        with os.fdopen(fd, "wb") as f:
-            fd = None
-            f.write(data.encode() if isinstance(data, str) else data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if fd is not None:
-            os.close(fd)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def read_bytes(path: pathlib.Path, what: str) -> bytes:

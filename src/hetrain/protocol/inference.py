@@ -43,6 +43,7 @@ import time
 
 import numpy as np
 
+from hetrain.ckks.pow2 import log2_pow2
 from hetrain.circuits import blocked_matmul
 from hetrain.circuits.inference import column_pack, column_unpack, n_groups, plain_scores, score_columns
 from hetrain.circuits.packing import BlockedPacking
@@ -136,7 +137,7 @@ def encrypt_queries_for_job(keys, X, jobdir, out) -> dict:
             out_scale = tjob.trainer.schedule(tjob.Xp.shape[0]).out_scale
         Xb = np.concatenate([np.ones((Xq.shape[0], 1)), Xq], axis=1)
         qp = dataclasses.replace(pk, n=Xb.shape[0])
-        rotations = qp.rotation_steps()[: int(np.log2(qp.L))]  # the forward's sum over l only
+        rotations = qp.rotation_steps()[: log2_pow2(qp.L)]  # the forward's sum over l only
         twin, vectors = Xb @ W.T, qp.pack_forward_data(Xb)
         packing = {"layout": "blocked", "I": qp.I, "L": qp.L, "C": qp.C, "d": qp.d, "c": qp.c}
     elif model in ("mlp-diagonal", "mlp-dvr") and hasattr(tjob, "bundle"):

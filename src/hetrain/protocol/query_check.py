@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import pathlib
 
+from hetrain.ckks.pow2 import is_pow2, log2_pow2
+
 from . import files
 from .bundle_check import (ClaimError, BundleFacts, MAX_JSON_BYTES, _header_at, _is_int, check_inputs,
                            check_manifest, check_params, check_public_parts, read_json)
@@ -63,11 +65,11 @@ def check_query_bundle(qdir: str | os.PathLike) -> BundleFacts:
         if not (isinstance(p, dict) and all(_is_int(p.get(k)) and p[k] >= 1 for k in keys)):
             raise ClaimError("job.json: packing must give positive integers I, L, C, d, c")
         I, L, C = p["I"], p["L"], p["C"]
-        if I * L * C != params.slots or any(v & (v - 1) for v in (I, L, C)) or p["c"] > C:
+        if I * L * C != params.slots or not all(is_pow2(v) for v in (I, L, C)) or p["c"] > C:
             raise ClaimError(f"job.json: block {I} x {L} x {C} is not a blocked packing of {params.slots} slots "
                              f"for {p['c']} classes")
         want = -(-n // I) * -(-p["d"] // L)
-        need_steps = {(C << k) % params.slots for k in range(L.bit_length() - 1)}
+        need_steps = {(C << k) % params.slots for k in range(log2_pow2(L))}
     else:
         raise ClaimError(f"job.json: mode must be 'plain-model' or 'encrypted-model', got {job.get('mode')!r}")
     if total != want:
@@ -85,7 +87,7 @@ def _mlp_packing(p: dict, n: int, slots: int) -> tuple[int, set[int]]:
     if not all(_is_int(p.get(k)) and 1 <= p[k] <= slots for k in keys):
         raise ClaimError(f"job.json: a {p['layout']} packing gives integers {', '.join(keys)} between 1 and {slots}")
     rows = p[rows_key]
-    if rows & (rows - 1):
+    if not is_pow2(rows):
         raise ClaimError(f"job.json: {rows_key} = {rows} is not a power of two")
     steps = p.get("steps")
     if not (isinstance(steps, list) and len(steps) <= 64 and all(_is_int(s) for s in steps)):

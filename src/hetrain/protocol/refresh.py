@@ -8,7 +8,7 @@ Refresh modes (``--refresh``):
   check the values (optional hook), re-encrypts them at the top level and sends them back;
 * ``bootstrap``: the server calls ``engine.bootstrap`` itself (desilo backend), no interaction.
 
-Why no rounding or noise flooding here (DESIGN §5 asks for it on *released* decryptions): the
+Why no rounding or noise flooding here (protocol/client.py applies them to *released* decryptions): the
 decrypted values never leave the client. The server receives fresh encryptions, which are
 semantically secure whatever they encrypt, so it learns nothing new from a refresh. The only thing
 derived from decryptions that the server sees is the continue/stop bit of early stopping.

@@ -41,6 +41,7 @@ import time
 import weakref
 from typing import Callable
 
+from hetrain._atomic import atomic_write
 from hetrain.errors import HetrainUserError
 
 MAGIC = b"HTRF"
@@ -250,20 +251,11 @@ def _recorded(jobdir: pathlib.Path) -> pathlib.Path | None:
 
 def _write_record(jobdir: pathlib.Path, path: pathlib.Path, exclusive: bool) -> bool:
     """Write JOBDIR/channel.json (0600) naming ``path``; with ``exclusive``, only if there is none."""
-    fd, tmp = tempfile.mkstemp(prefix=".channel-", dir=jobdir)  # mkstemp: mode 0600
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"socket": os.fspath(path)}, f)
-        if not exclusive:
-            os.replace(tmp, jobdir / CHANNEL_RECORD)
-            return True
-        try:
-            os.link(tmp, jobdir / CHANNEL_RECORD)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        pathlib.Path(tmp).unlink(missing_ok=True)
+        atomic_write(jobdir / CHANNEL_RECORD, json.dumps({"socket": os.fspath(path)}), mode=0o600, exclusive=exclusive)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _publish(jobdir: pathlib.Path, path: pathlib.Path) -> pathlib.Path | None:

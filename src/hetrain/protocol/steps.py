@@ -288,6 +288,13 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
     """The one-command path: keygen → encrypt → train → (attach) → decrypt, client here, server in a
     separate process (or the service at ``server``, an http(s) URL).
 
+    ``X``: array-like, shape (n_samples, n_features), numbers (converted to float64; finite).
+    ``y``: array-like, shape (n_samples,): class labels, whole numbers (int64; floats such as 5.0
+    accepted) or non-empty text (hetrain.data.check_labels); at least two classes. ``model``: a
+    registered trainer ("mlr", "mlp", "mlp-dvr", "mlp-diagonal", ...; hetrain.models.base.resolve_model),
+    ``config`` its options (None: the trainer's planned defaults). ``refresh``: "auto", "none",
+    "client" or "bootstrap" (client_jobs.resolve_refresh). ``backend``: "seal", "sim" (INSECURE
+    simulation), "openfhe", "desilo"; ``preset``: a CKKSParams, a preset name or "auto".
     ``keys``: a key directory to use (made when absent; its parameters must fit the job) and keep —
     default a private temporary one, removed at the end. ``workdir``: where the job bundle goes
     (kept); default a temporary directory. ``options``: scale, seed, release_decimals, noise_std,
@@ -302,7 +309,31 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
     model file (see ``encrypt``). Returns a FitResult whose
     ``stats["partial"]`` says when a mini-batch run released its best epoch before it was done.
     ``force_unverified``: release (marked ``verified: false``) even a model that disagrees with its
-    twin, and do not stop the run at a refreshed state that does (TwinMismatch otherwise)."""
+    twin, and do not stop the run at a refreshed state that does (TwinMismatch otherwise).
+
+    Returns ``FitResult`` (client_jobs.py): ``model`` (the released TrainedModel), ``twin`` (the
+    plaintext twin's final state), ``twin_max_abs_diff`` (max |decrypted − twin|, NaN for a partial
+    run), ``plan`` and ``stats``, a dict. Keys of ``stats`` on every path (client_jobs._base_stats,
+    then fit): backend, params (preset name), params_record, model, job_id, key_id; keygen_s,
+    encrypt_s, write_job_s, rehearsal_s, server_train_s, server_load_s, server_wall_s, decrypt_s,
+    twin_s (seconds); server_peak_rss_bytes, client_peak_rss_bytes; upload_key_bytes,
+    upload_key_parts, upload_data_bytes, download_bytes (bytes); server_operations (counts of
+    each CKKS operation on the server), server_engine_has_secret_key (always False), run (the
+    trainer's own statistics), refresh (mode, round trips, seconds), partial, stop_reason, verified,
+    twin_bound, twin_max_abs_diff, released_max_abs_diff, estimate (estimate.estimate_job's figures
+    before keygen). Full-batch trainers (TrainerJob.finish) add rotation_steps, levels_needed,
+    levels_available, levels_per_iteration, iterations, defaults (what the planner chose). Mini-batch
+    mlr (MiniBatchJob.finish) adds steps, released_step, twin_best_max_abs_diff, twin_weights,
+    twin_best_weights, plan (its lines of text), history (one dict per epoch and refresh),
+    round_trips, refreshes, evaluations, bootstraps, bytes_to_client, bytes_to_server,
+    client_refresh_s and train_s.
+
+    Raises: DataError (X or y malformed: shape, NaN/inf, fractional or empty labels, one class;
+    IntervalError when a sigmoid input leaves its approximation's interval), DepthPlanError (the
+    job does not fit the parameters' levels), InsecureParameters (a ring under 128-bit security
+    without ``force_insecure``), ServerError (the server process or service failed, or refused the
+    job), TwinMismatch (the decrypted result disagrees with the twin), and HetrainUserError for any
+    other bad option, key directory or file (all of them are HetrainUserError subclasses)."""
     say = log or (lambda msg: None)
     from .progress import CountingHandler, as_display
     from .transport import make_transport

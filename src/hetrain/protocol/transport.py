@@ -40,7 +40,8 @@ from tqdm import tqdm
 from hetrain.errors import HetrainUserError
 
 from . import files
-from .errors import ServerError
+from .errors import RequestFailed, ServerError
+from .http_retry import retry_idempotent
 from .monitor import PeakRSS
 from .refresh_channel import ChannelError, ChannelStats, recv_frame, send_frame
 
@@ -51,8 +52,8 @@ _CHUNK = 1 << 20
 SEQ_HEADER = "X-Hetrain-Seq"      # the relay's number of the pending request (service/app.py)
 DEFAULT_POLL_WAIT_S = 25.0        # long-poll wait (the service caps it at 30 s)
 DEFAULT_GIVE_UP_S = 600.0         # serve_http: consecutive seconds without reaching the service
-DEFAULT_STATUS_RETRY_S = 120.0    # HttpTransport: consecutive seconds of failed status requests
-_RETRY_PAUSE_S = (0.2, 5.0)       # first and longest pause between retries
+DEFAULT_STATUS_RETRY_S = 120.0    # HttpTransport: consecutive seconds of failed status (or download) requests
+_DELETE_RETRY_S = 10.0            # a DELETE is best effort: retried this long at most
 REMOTE = "remote.json"            # JOB/remote.json: the service's url, the job's id and token (0600)
 TOKEN_ENV, API_KEY_ENV, CA_ENV = "HETRAIN_JOB_TOKEN", "HETRAIN_API_KEY", "HETRAIN_SERVER_CA"
 
@@ -132,6 +133,10 @@ def make_transport(server: "str | Transport | None", **http_options) -> Transpor
 
 class HttpTransport:
     """Upload the bundle to the service, follow the job, download the outputs, then delete the job.
+
+    Status, download, DELETE and the refresh channel's requests are retried (http_retry: tenacity,
+    idempotent requests only); when they keep failing, ``run`` raises RequestFailed and leaves the
+    job on the service (never deleted because a request failed), its id and token in JOB/remote.json.
 
     ``poll_s``: the longest wait between status requests; ``timeout_s``: give up (and delete the
     job) after this long in all (None: wait as long as training takes); ``keep_remote``: leave
@@ -257,7 +262,7 @@ class HttpTransport:
             _warn_if_clear(self.url)
             if on_submitted is not None:
                 on_submitted(remote_id)
-            try:
+            try:  # a failed request (RequestFailed) keeps the job; any other end of the run frees the service
                 if refresh_handler is not None:
                     from .refresh_channel import job_id_of
 
@@ -268,10 +273,19 @@ class HttpTransport:
                 if answering is not None:
                     stats = {**stats, "client_channel": answering.finish().as_dict()}
                 self._download(http, remote_id, jobdir / files.OUTPUTS, stats.get("download_bytes"), progress)
+            except RequestFailed as exc:
+                # the service could not be reached, not a decision about the job: it may still be running or
+                # done there, so it is never deleted for this; its id and token stay in JOB/remote.json
+                if answering is not None:
+                    answering.stop()
+                saved = save_remote(jobdir, RemoteJob(self.url, remote_id, token))
+                raise RequestFailed(f"{exc}. The job was left on the service ({saved} holds its id and token): "
+                                    f"`hetrain decrypt --keys KEYS --job {jobdir} --server {self.url} --out MODEL` "
+                                    "fetches it once the service answers") from None
             except BaseException:
                 if answering is not None:
                     answering.stop()
-                self._delete(http, remote_id)  # interrupted or failed: free the service
+                self._delete(http, remote_id)  # it failed there, timed out, or was interrupted: free the service
                 raise
             if not self.keep_remote:
                 self._delete(http, remote_id)
@@ -346,38 +360,40 @@ class HttpTransport:
         """The job's status; connection errors and 5xx are retried for up to ``retry_s`` seconds
         (the job goes on without us meanwhile)."""
         path = f"/v1/jobs/{job_id}"
-        retry = _Backoff(self.url, self.retry_s, None, what=f"status of job {job_id}",
-                         after=f"; job {job_id} may still be running there")
-        while (r := _retrying(retry, lambda: http.get(path))) is None:
-            pass
+        r = retry_idempotent(lambda: http.get(path), url=self.url, give_up_s=self.retry_s,
+                             what=f"status of job {job_id}", after=f"; job {job_id} may still be running there")
         body = _body(r)
         if r.status_code != 200:
             raise ServerError(f"GET {path} failed (HTTP {r.status_code}): {body.get('error', r.text)}")
         return body
 
     def _download(self, http, job_id: str, path: pathlib.Path, size: int | None, progress: bool) -> None:
-        tmp = path.with_name(path.name + ".part")
-        try:
+        """GET the result into ``path`` (atomically); a broken connection starts the GET again
+        (retry_idempotent, up to ``retry_s``), so ``path`` only ever holds a whole download."""
+        def get():
             with http.stream("GET", f"/v1/jobs/{job_id}/result") as r:
                 if r.status_code != 200:
                     r.read()
-                    raise ServerError(f"downloading the result failed (HTTP {r.status_code}): "
-                                      f"{_body(r).get('error', r.text)}")
-                with open(tmp, "wb") as f, tqdm(total=size, desc="download", unit="B", unit_scale=True,
-                                                 disable=not progress) as bar:
+                    return r
+                with files.atomic_writer(path) as f, tqdm(total=size, desc="download", unit="B", unit_scale=True,
+                                                          disable=not progress) as bar:
                     for chunk in r.iter_bytes(_CHUNK):
                         f.write(chunk)
                         bar.update(len(chunk))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+                return r
+
+        r = retry_idempotent(get, url=self.url, give_up_s=self.retry_s, what=f"result of job {job_id}",
+                             after=f"; job {job_id} and its result stay on the service")
+        if r.status_code != 200:
+            raise ServerError(f"downloading the result failed (HTTP {r.status_code}): {_body(r).get('error', r.text)}")
 
     def _delete(self, http, job_id: str) -> None:
+        """DELETE the job: best effort (a few retries), once its fate is decided."""
         try:
-            http.delete(f"/v1/jobs/{job_id}")
-        except Exception:  # best effort: the job's fate is already decided
-            pass
+            retry_idempotent(lambda: http.delete(f"/v1/jobs/{job_id}"), url=self.url, give_up_s=_DELETE_RETRY_S,
+                             what=f"delete job {job_id}")
+        except Exception:  # the job's outcome is already known: a service that cannot be reached keeps it
+            log.info("could not delete job %s on %s", job_id, self.url)
 
     def _json(self, http, method: str, path: str) -> dict:
         import httpx
@@ -431,14 +447,14 @@ def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False
     stats, ops = ChannelStats(), ChannelStats()
     path = f"/v1/jobs/{job_id}/channel"
     stopped = (lambda: stop.is_set()) if stop is not None else (lambda: False)  # noqa: E731
-    retry = _Backoff(url, give_up_s, stop)
     timeout = httpx.Timeout(30.0, read=poll_wait + 30.0)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers, verify=tls_verify(ca)) as http, \
             tqdm(desc="refresh", unit="rt", disable=not progress) as bar:
         while not stopped():
-            r = _retrying(retry, lambda: http.get(path, params={"wait": poll_wait}))
-            if r is None:
+            r = retry_idempotent(lambda: http.get(path, params={"wait": poll_wait}), url=url, give_up_s=give_up_s,
+                                 what="refresh channel", stop=stop)
+            if r is None:  # stopped
                 continue
             if r.status_code == 410:  # done or failed: nothing more to answer
                 break
@@ -461,7 +477,7 @@ def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False
             stats.client_seconds += time.perf_counter() - t0
             stats.bytes_to_client += len(request)
             body = encode_frame(reply, out)
-            status = _post_answer(http, path, seq, body, retry, stopped)
+            status = _post_answer(http, url, path, seq, body, give_up_s, stop)
             if status == 200:
                 stats.round_trips += 1
                 stats.bytes_to_server += len(body)
@@ -481,67 +497,22 @@ def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False
     return stats
 
 
-def _retrying(retry: "_Backoff", send):
-    """``send()`` once: the response, or None after telling ``retry`` of a connection error or a 5xx
-    (``retry`` raises once they have lasted too long); any other response resets ``retry``."""
-    import httpx
-
-    try:
-        r = send()
-    except httpx.TransportError as exc:
-        retry.failed(f"{type(exc).__name__}: {exc}")
+def _post_answer(http, url: str, path: str, seq: int, body: bytes, give_up_s: float | None,
+                 stop: threading.Event | None) -> int | None:
+    """POST the answer to request ``seq`` (idempotent: the service takes one answer per number),
+    retrying connection errors and 5xx (http_retry); its final status (None: ``stop`` was set
+    before it was delivered)."""
+    r = retry_idempotent(lambda: http.post(f"{path}/{seq}", content=body,
+                                           headers={"content-type": "application/octet-stream"}),
+                         url=url, give_up_s=give_up_s, what=f"answer to request {seq}", stop=stop)
+    if r is None:
         return None
-    if r.status_code >= 500:
-        retry.failed(f"HTTP {r.status_code}: {_body(r).get('error', r.text)}")
-        return None
-    retry.ok()
-    return r
-
-
-def _post_answer(http, path: str, seq: int, body: bytes, retry: "_Backoff", stopped) -> int | None:
-    """POST the answer, retrying connection errors and 5xx (until ``stopped()``); its final status
-    (None: stopped before it was delivered)."""
-    first = True
-    while first or not stopped():
-        first = False
-        r = _retrying(retry, lambda: http.post(f"{path}/{seq}", content=body,
-                                               headers={"content-type": "application/octet-stream"}))
-        if r is None:
-            continue
-        if r.status_code in (200, 409, 410):
-            if r.status_code == 409:
-                log.info("answer to request %d not taken (%s): asking again", seq, _body(r).get("error"))
-            return r.status_code
-        raise ServerError(f"the service refused the answer to request {seq} (HTTP {r.status_code}): "
-                          f"{_body(r).get('error', r.text)}")
-    return None
-
-
-class _Backoff:
-    """Pauses between retries (growing to a cap); ServerError after ``give_up_s`` of failures in a row."""
-
-    def __init__(self, url: str, give_up_s: float | None, stop: threading.Event | None, *,
-                 what: str = "refresh channel", after: str = "") -> None:
-        self.url, self.give_up_s, self.stop = url, give_up_s, stop
-        self.what, self.after = what, after  # the log lines' subject; the end of the final error
-        self.since: float | None = None
-        self.pause = _RETRY_PAUSE_S[0]
-
-    def failed(self, why: str) -> None:
-        now = time.monotonic()
-        self.since = now if self.since is None else self.since
-        if self.give_up_s is not None and now - self.since > self.give_up_s:
-            raise ServerError(f"cannot reach the training service at {self.url} for {self.give_up_s:g} s "
-                              f"({why}){self.after}")
-        log.info("%s: %s; retrying in %.1f s", self.what, why, self.pause)
-        if self.stop is not None:
-            self.stop.wait(self.pause)
-        else:
-            time.sleep(self.pause)
-        self.pause = min(_RETRY_PAUSE_S[1], self.pause * 2)
-
-    def ok(self) -> None:
-        self.since, self.pause = None, _RETRY_PAUSE_S[0]
+    if r.status_code in (200, 409, 410):
+        if r.status_code == 409:
+            log.info("answer to request %d not taken (%s): asking again", seq, _body(r).get("error"))
+        return r.status_code
+    raise ServerError(f"the service refused the answer to request {seq} (HTTP {r.status_code}): "
+                      f"{_body(r).get('error', r.text)}")
 
 
 class _Answering:

@@ -32,7 +32,7 @@ for each job from its CKKS parameters and its own circuit, before any key is mad
    draws one sample of the noise, and leaves out what SEAL adds beyond the model (its key-switching
    noise on rotations measured 8× a fresh encryption's at n16384). 100 keeps an order of magnitude
    beyond the largest ratio seen; the second term keeps a floor of one fresh error per level used.
-   A server that returns encryptions of other values (the attack of issue 13: +0.5 on every weight)
+   A server that returns encryptions of other values (e.g. +0.5 added to every weight)
    is orders of magnitude past it, and so is a tampering of 3× the bound that the fixed rule of
    earlier versions (1% of the weights' scale) let through (tests/test_twin_bound.py).
 
