@@ -4,7 +4,6 @@ cross-validation through a scikit-learn pipeline, partial runs that still write 
 and one real-SEAL run with the defaults."""
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np

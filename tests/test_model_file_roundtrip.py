@@ -166,8 +166,6 @@ def test_label_errors_print_plain_numbers(capsys, tmp_path):
     rc = main(["evaluate", "--model", str(tmp_path / "none.json"), "--data", str(data)])
     assert rc == 1
     from hetrain.data import load_csv
-    from hetrain.errors import DataError
-
     from hetrain.errors import DataWarning
 
     with pytest.warns(DataWarning) as info:

@@ -139,7 +139,7 @@ def test_refresh_client_data_owner_comes_and_goes(parties):
     stats = json.loads((server / "JOB" / "server_stats.json").read_text())
     assert stats["refresh"]["attaches"] >= 2
     assert_server_never_opened(audit, owner)
-    r = hetrain("decrypt", "--keys", "KEYS", "--job", server / "JOB", "--out", "model.json", cwd=owner)
+    hetrain("decrypt", "--keys", "KEYS", "--job", server / "JOB", "--out", "model.json", cwd=owner)
     assert TrainedModel.load(owner / "model.json").accuracy(*load_builtin("iris")) > 0.8
     assert not holds_secret_key(server)
 

@@ -33,7 +33,7 @@ from hetrain.data import load_builtin  # noqa: E402
 from hetrain.errors import HetrainUserError  # noqa: E402
 from hetrain.protocol import ServerError, files  # noqa: E402
 from hetrain.protocol import runner as runner_mod  # noqa: E402
-from hetrain.protocol.transport import (REMOTE, HttpTransport, RemoteJob, load_remote, save_remote,  # noqa: E402
+from hetrain.protocol.transport import (HttpTransport, RemoteJob, load_remote, save_remote,  # noqa: E402
                                         tar_stream)
 from hetrain.service import upload as upload_mod  # noqa: E402
 from hetrain.service.app import INTERNAL_ERROR, create_app  # noqa: E402

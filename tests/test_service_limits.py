@@ -27,7 +27,6 @@ from hetrain.protocol import ServerError, files  # noqa: E402
 from hetrain.protocol import runner as runner_mod  # noqa: E402
 from hetrain.protocol.runner import ServerProcess, run_server  # noqa: E402
 from hetrain.protocol.transport import tar_stream  # noqa: E402
-from jobkit import make_job  # noqa: E402
 from hetrain.service.auth import dir_name  # noqa: E402
 from servicekit import (DEADLINE_S, JobTokens, Service, with_manifest_sha, assert_error, bundle_members,  # noqa: E402
                           make_bundle, tar_of)

@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from hetrain.ckks import CKKSParams, Ciphertext, Engine, PlainVector
+from hetrain.ckks import CKKSParams, Engine, PlainVector
 from hetrain.circuits import diagonal as dg
 from hetrain.circuits.approx import PolyApprox, check_interval, get_sigmoid
 from hetrain.circuits.errors import LayoutError

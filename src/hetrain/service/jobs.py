@@ -324,7 +324,7 @@ class JobQueue:
                 continue
             try:
                 self._run(job)
-            except Exception as exc:  # keep the worker alive whatever happens to one job
+            except Exception:  # keep the worker alive whatever happens to one job
                 log.exception("job %s: worker error", tag(job_id))
                 job.status, job.finished_at = FAILED, time.time()
                 job.error = "the service failed to run this job (see the service log)"
