@@ -93,6 +93,7 @@ from hetrain.circuits.masked_poly import eval_poly_masked
 from hetrain.circuits.poly import poly_depth
 from hetrain.circuits.tasks import run_tasks
 from hetrain.ckks import PlainVector, get_params
+from hetrain.ckks.pow2 import log2_pow2
 from hetrain._format import plain
 from hetrain.errors import DataError, HetrainUserError
 
@@ -291,7 +292,7 @@ class MLPTrainer(Trainer):
         return [list(range(s, min(s + k, lay.groups))) for s in range(0, lay.groups, k)]
 
     def rotations_per_iteration(self, lay: dvr.GridLayout) -> int:
-        lp, ls = int(np.log2(lay.P)), int(np.log2(lay.S))
+        lp, ls = log2_pow2(lay.P), log2_pow2(lay.S)
         K, G = self.K, len(self.batches(lay)[0])
         fwd = lp + (K - 1) * (2 * lp + 1)        # reduce layer 1; replicate + reduce above
         bwd = (K - 1) * (2 * lp + 1) + (lp + 1)  # replicate + reduce per layer, replicate δ1
