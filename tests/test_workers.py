@@ -176,3 +176,12 @@ def _die(engine, ct):
     if os.getpid() != int(os.environ["HETRAIN_TEST_MAIN_PID"]):
         os._exit(1)
     return ct
+
+
+def test_a_backend_that_keeps_its_tasks_in_one_process_gets_the_serial_executor(monkeypatch):
+    """OpenFHE (and desilo) run each operation on every core themselves, and their ciphertexts do not
+    cross processes through the executor: ``process_workers`` False gives the serial executor."""
+    eng = ckks.create_engine("sim", "n8192", rotations=[1])
+    monkeypatch.setattr(type(eng), "process_workers", False)
+    with make_executor(eng, {}, 2) as ex:
+        assert isinstance(ex, SerialExecutor) and not isinstance(ex, ProcessExecutor) and ex.workers == 1

@@ -84,6 +84,7 @@ class DesiloEngine(Engine):
 
     backend_name = "desilo"
     secure = True
+    process_workers = False  # desilofhe runs each operation on every core itself; its tasks stay in one process
 
     def __init__(self, preset: str = BOOT_PRESET, rotation_steps=(), *, threads: int | None = None,
                  mode: str = "cpu", bootstrap_key_size: str = "medium", force_insecure: bool = False,

@@ -148,6 +148,9 @@ class Engine(abc.ABC):
 
     backend_name = "abstract"
     secure = True
+    # whether the circuits' independent tasks may run in worker processes (ckks/executor.py): the
+    # backend's ciphertexts move between processes as bytes and one operation uses one core
+    process_workers = True
 
     def __init__(self, params: CKKSParams, rotation_steps: Iterable[int], key_id: str,
                  has_secret_key: bool, forced_insecure: bool = False) -> None:

@@ -194,10 +194,14 @@ def _worker_failed(when: str) -> WorkerFailed:
 
 def make_executor(engine: Engine, inputs: dict[str, list[Ciphertext]] | None = None, workers: int | None = None,
                   loader: tuple | None = None) -> SerialExecutor:
-    """SerialExecutor for 1 worker, else a ProcessExecutor (``workers`` None: every core)."""
+    """SerialExecutor for 1 worker or a backend whose tasks stay in one process (``engine.process_workers``
+    False: OpenFHE, which uses every core per operation), else a ProcessExecutor (``workers`` None:
+    every core)."""
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if not getattr(engine, "process_workers", True):
+        workers = 1
     if workers == 1:
         return SerialExecutor(engine)
     return ProcessExecutor(engine, inputs, workers, loader)

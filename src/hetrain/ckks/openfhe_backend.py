@@ -238,6 +238,9 @@ class OpenFHEEngine(Engine):
 
     backend_name = "openfhe"
     secure = True
+    # OpenFHE runs each operation on every core itself (OpenMP), and its objects do not cross processes
+    # through the executor's wire format: its tasks run in the server process
+    process_workers = False
 
     def __init__(self, preset="openfhe-test", rotation_steps=(), *, force_insecure: bool = False,
                  secret_key: bytes | None = None, _public: dict | None = None, _secret: bytes | None = None) -> None:
