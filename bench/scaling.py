@@ -44,8 +44,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 sys.path.insert(0, os.path.dirname(__file__))
 from hetrain import ckks  # noqa: E402
@@ -94,19 +92,9 @@ def run_server(jobdir: pathlib.Path, workers: int) -> dict:
 
 
 # ---------------------------------------------------------------------- hot spot: loading
-def _old_load_via_file(obj, ctx, data):
-    fd, path = tempfile.mkstemp(dir=seal_backend._tmpdir(), prefix="hetrain-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        obj.load(ctx, path)
-    finally:
-        os.remove(path)
-
-
 def load_before(jobdir: pathlib.Path):
     saved = seal_backend._load_via_file
-    seal_backend._load_via_file = _old_load_via_file
+    seal_backend._load_via_file = seal_backend._load_via_tempfile  # every object through a temporary file
     try:
         manifest, public, inputs_path, _ = files.read_job_files(jobdir)  # every file hashed whole
         container.unpack(public, expect_kind="public_context")  # load_engine unpacked it for its header

@@ -87,6 +87,11 @@ def _load_via_file(obj, ctx, data: bytes) -> None:
         finally:
             os.close(fd)
         return
+    _load_via_tempfile(obj, ctx, data)
+
+
+def _load_via_tempfile(obj, ctx, data: bytes) -> None:
+    """``obj.load(ctx, path)`` of ``data`` through a private temporary file (no memfd on this system)."""
     fd, path = tempfile.mkstemp(dir=_tmpdir(), prefix="hetrain-")
     try:
         with os.fdopen(fd, "wb") as f:

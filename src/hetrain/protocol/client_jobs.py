@@ -145,24 +145,17 @@ class ClientJob:
         """Run this job on the simulation engine ``sim`` (noise of the job's CKKS parameters) in this
         process: encrypt, the trainer's server half with the refreshes and evaluations answered here
         as the data owner answers them, decrypt; returns max |decrypted − twin| (twin_bound.py)."""
-        from hetrain.models.base import get_trainer, server_hooks
+        from hetrain.models.base import get_trainer
 
         from .refresh_channel import ChannelStats
-        from .server import BootstrapRefresh
+        from .server import training_hooks
 
         inputs, bundle = self.encrypt(sim)
         inputs = {k: v if isinstance(v, list) else list(v) for k, v in inputs.items()}  # lazy encryptions
         bundle = {**bundle, "refresh": self.refresh}
         trainer = get_trainer(bundle["model"]).from_job(bundle)
-        accepts = server_hooks(trainer)
-        handler = self.handler(sim, None, verify=False)
-        hooks: dict = {}
-        if self.refresh == "client" and handler is not None:
-            hooks["refresh"] = handler.refresh
-        elif self.refresh == "bootstrap":
-            hooks["refresh"] = BootstrapRefresh(sim, ChannelStats())
-        if "monitor" in accepts and handler is not None and handler.evaluator is not None:
-            hooks["monitor"] = handler
+        # the server's hooks, with this process's handler in place of the refresh channel
+        hooks = training_hooks(trainer, self.refresh, sim, self.handler(sim, None, verify=False), ChannelStats())
         outputs = trainer.server_train(sim, inputs, bundle, None, **hooks)
         log = self.__dict__.pop("log", None)  # the rehearsal's validation lines are not the user's run
         try:
@@ -535,9 +528,7 @@ class MiniBatchJob(ClientJob):
     def validation(self, engine, record_dir: pathlib.Path | None, log=None, verify: bool = True, on_epoch=None):
         """The client's monitor of this job (refresh checks, validation, best model), its state kept in
         ``record_dir`` so a data owner who comes back (or ``hetrain decrypt``) continues it."""
-        from .refresh import MLRValidation
-
-        from .refresh import twin_long
+        from .refresh import MLRValidation, twin_long
 
         def twin_at(step: int) -> np.ndarray:  # the twin after ``step`` steps, retractions replayed
             return twin_long(self.trainer, self.Xp, self.Y, step, self.steps_per_refresh)

@@ -65,6 +65,10 @@ class ClientRefresher:
         fresh = {k: [self.engine.encrypt(v) for v in vs] for k, vs in vectors.items()}
         return {k: (fresh[k] if isinstance(v, list) else fresh[k][0]) for k, v in state.items()}
 
+    def __call__(self, state: dict, step: int | None = None) -> dict:
+        """The ``refresh`` hook's signature (as the server's channel): ``refresh``."""
+        return self.refresh(state, step)
+
     def refresh(self, state: dict, step: int | None) -> dict:
         vectors = self._decrypt(state)
         if self.check is not None:

@@ -218,9 +218,20 @@ def _refresh_hooks(trainer, mode: str, engine, jobdir: pathlib.Path, channel_pat
         channel = ServerChannel.listen(channel_path, engine, job_id or engine.key_id, timeout, jobdir=jobdir)
     if channel is not None:
         hooks["_channel"], hooks["_stats"] = channel, channel.stats
-    hooks["refresh"] = channel if mode == "client" else BootstrapRefresh(engine, hooks["_stats"])
-    if "monitor" in accepts and channel is not None:
-        hooks["monitor"] = channel
+    hooks.update(training_hooks(trainer, mode, engine, channel, hooks["_stats"]))
+    return hooks
+
+
+def training_hooks(trainer, mode: str, engine, answerer, stats: ChannelStats) -> dict:
+    """``server_train``'s ``refresh`` and ``monitor`` hooks for refresh ``mode``. ``answerer`` answers
+    for the data owner — the refresh channel here, or in the client's rehearsal of the job
+    (twin_bound.py) its own handler, called in-process — or is None (bootstrap without monitoring);
+    bootstraps are counted in ``stats``."""
+    if mode == "none":
+        return {}
+    hooks = {"refresh": answerer if mode == "client" else BootstrapRefresh(engine, stats)}
+    if "monitor" in server_hooks(trainer) and answerer is not None:
+        hooks["monitor"] = answerer
     return hooks
 
 
