@@ -92,6 +92,22 @@ def test_an_mlp_server_that_returns_other_values_is_stopped_at_the_next_refresh(
             trainer_modules=("tamper_hook",))
 
 
+@pytest.mark.slow  # SEAL end to end (n16384, client refresh)
+def test_under_seal_a_tampered_refresh_of_the_network_is_stopped(tamper_from_iteration):
+    """The same mid-run check under real CKKS: a tampered refreshed state is stopped (the honest SEAL run
+    of this configuration passes every refresh check: test_refresh.py's mlp-diagonal SEAL test)."""
+    from hetrain.protocol import fit
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_builtin("iris")
+    Xtr, _, ytr, _ = train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)  # 120 rows fit n16384
+    cfg = {"layout": "diagonal", "hidden": [4], "iterations": 4, "sigmoid": "deg3:8", "output_sigmoid": "deg1:8",
+           "hidden_learning_rate": 2.0, "init_gain": 2.0}
+    with pytest.raises(TwinMismatch, match=r"the state after iteration [2-4] .*could not be verified"):
+        fit(Xtr, ytr, "mlp", cfg, preset="n16384", backend="seal", refresh="client", progress=False,
+            trainer_modules=("tamper_hook",))
+
+
 def test_an_honest_mlp_run_with_refreshes_passes_every_mid_run_check():
     from hetrain.protocol import fit
 
