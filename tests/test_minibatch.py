@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits, load_iris
 
+from hetrain.data import load_builtin
 from hetrain.errors import DataError, HetrainUserError
 from hetrain.models.base import DepthPlanError
 from hetrain.models.minibatch import MiniBatchMLR
@@ -128,3 +129,17 @@ def test_batches_are_encrypted_no_higher_than_a_refresh_cycle_uses():
     (lazy,) = tr.encrypt_batches(eng, X, Y)
     batch = type(lazy)(*(list(cts) for cts in (lazy.X, lazy.Xt, lazy.Ym)))
     assert {c.level for c in batch.X} == {4} and {c.level for c in batch.Xt + batch.Ym} == {1}
+
+
+def test_the_configs_epochs_caps_the_planned_run_and_may_not_contradict_max_epochs(tmp_path):
+    """fit(config={"epochs": E}) runs at most E epochs (the planner used to replace it with its own
+    early-stopped count); the same number given twice, differently, is refused."""
+    from hetrain.protocol import fit
+
+    X, y = load_builtin("iris")
+    r = fit(X, y, "mlr", {"epochs": 2}, refresh="client", backend="sim", progress=False, keys=tmp_path / "K",
+            workdir=tmp_path / "JOB")
+    assert sum(1 for h in r.stats["history"] if h.get("kind") == "epoch") <= 2
+    with pytest.raises(HetrainUserError, match=r"epochs is given twice \(2 in the config, 3 as max_epochs\)"):
+        fit(X, y, "mlr", {"epochs": 2}, refresh="client", backend="sim", progress=False, max_epochs=3,
+            keys=tmp_path / "K2", workdir=tmp_path / "JOB2")

@@ -143,3 +143,17 @@ def test_the_fit_command_refuses_an_unverifiable_result_and_writes_it_only_when_
     assert main(args + ["--out", str(tmp_path / "b.json"), "--force-unverified"]) == UNVERIFIED_EXIT
     assert "UNVERIFIED" in capsys.readouterr().out
     assert TrainedModel.load(tmp_path / "b.json").info["verified"] is False
+
+
+def test_the_rehearsal_writes_nothing_to_the_users_log(tmp_path):
+    """The client rehearses a mini-batch job before its keys are made; the validation lines the user reads
+    are the real run's only: one 'epoch E: validation …' line per epoch trained, none from the rehearsal."""
+    from hetrain.protocol import fit
+
+    X, y = load_builtin("iris")
+    lines: list[str] = []
+    r = fit(X, y, "mlr", {"epochs": 2, "patience": 5}, refresh="client", backend="sim", progress=False,
+            log=lines.append, keys=tmp_path / "K", workdir=tmp_path / "JOB")
+    assert r.stats["twin_bound"] > 0  # the rehearsal ran
+    epochs = [line for line in lines if line.startswith("epoch ") and "validation accuracy" in line]
+    assert len(epochs) == 2 == sum(1 for h in r.stats["history"] if h.get("kind") == "epoch"), lines

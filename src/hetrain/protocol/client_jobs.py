@@ -99,6 +99,7 @@ class ClientJob:
     """Common part of the client's job halves (see module docstring)."""
 
     kind = "abstract"
+    log = None  # the client's log lines (a callable taking one str), where a job kind writes any
 
     def __init__(self) -> None:
         self.job_id: str | None = None
@@ -157,20 +158,16 @@ class ClientJob:
         # the server's hooks, with this process's handler in place of the refresh channel
         hooks = training_hooks(trainer, self.refresh, sim, self.handler(sim, None, verify=False), ChannelStats())
         outputs = trainer.server_train(sim, inputs, bundle, None, **hooks)
-        log = self.__dict__.pop("log", None)  # the rehearsal's validation lines are not the user's run
-        try:
-            result = self.finish(sim, outputs, {"trainer": dict(getattr(trainer, "run_stats", {}) or {})}, None,
-                                 force_unverified=True)
-        finally:
-            if log is not None:
-                self.log = log
+        # quiet: the rehearsal's validation lines are not the user's run
+        result = self.finish(sim, outputs, {"trainer": dict(getattr(trainer, "run_stats", {}) or {})}, None,
+                             force_unverified=True, quiet=True)
         return float(result.stats.get("twin_max_abs_diff", float("nan")))
 
     def finish(self, engine, outputs, server_stats: dict | None, record_dir: pathlib.Path | None,
-               force_unverified: bool = False) -> FitResult:
+               force_unverified: bool = False, quiet: bool = False) -> FitResult:
         """Decrypt, compare with the twin, release. ``force_unverified``: release even a model that
         disagrees with its twin (TwinMismatch otherwise), marked ``verified: false`` in the stats and
-        the model file's info."""
+        the model file's info. ``quiet``: write nothing to the client's log (the twin-bound rehearsal)."""
         raise NotImplementedError
 
     # -------------------------------------------------------------- persistence
@@ -330,7 +327,8 @@ class TrainerJob(ClientJob):
                    bound=self.twin_bound)
         return None
 
-    def finish(self, engine, outputs, server_stats, record_dir, force_unverified: bool = False) -> FitResult:
+    def finish(self, engine, outputs, server_stats, record_dir, force_unverified: bool = False,
+               quiet: bool = False) -> FitResult:
         from .planning import twin_max_abs_diff
 
         if outputs is None:
@@ -426,6 +424,11 @@ class MiniBatchJob(ClientJob):
         if config.get("iterations") is not None:
             raise HetrainUserError("iterations counts full-batch iterations of refresh none; with refresh, mlr "
                                    "trains in mini-batch epochs: use epochs (or refresh none with iterations)")
+        if config.get("epochs") is not None:  # the config's epochs is the most the planner may run
+            if max_epochs is not None and int(max_epochs) != int(config["epochs"]):
+                raise HetrainUserError(f"epochs is given twice ({config['epochs']} in the config, {max_epochs} as "
+                                       "max_epochs): give one")
+            max_epochs = int(config["epochs"])
         if scale != 1.0:
             raise HetrainUserError("scale applies to refresh none only (the mini-batch step is invariant to the "
                                    "feature scale)")
@@ -553,12 +556,12 @@ class MiniBatchJob(ClientJob):
                                evaluate=v.evaluate if self.Xv is not None else None)
 
     def finish(self, engine, outputs, server_stats, record_dir, failure: str | None = None,
-               force_unverified: bool = False) -> FitResult:
+               force_unverified: bool = False, quiet: bool = False) -> FitResult:
         from hetrain.models.minibatch_plan import unwhiten
 
         from .refresh import twin_long
 
-        v = self.validation(engine, record_dir, getattr(self, "log", None), verify=not force_unverified)
+        v = self.validation(engine, record_dir, None if quiet else self.log, verify=not force_unverified)
         stats = self._base_stats(engine, server_stats)
         verified = True
         decimals = self.options.get("release_decimals", DEFAULT_RELEASE_DECIMALS)
