@@ -31,3 +31,12 @@ def iris_csv(tmp_path_factory) -> pathlib.Path:
     p = tmp_path_factory.mktemp("data") / "iris.csv"
     assert main(["datasets", "export", "iris", "--out", str(p)]) == 0
     return p
+
+
+@pytest.fixture(scope="session")
+def iris_third():
+    """Every third Iris row (50 rows, 3 classes): a job bundle of a few ciphertexts."""
+    from hetrain.data import load_builtin
+
+    X, y = load_builtin("iris")
+    return X[::3], y[::3]

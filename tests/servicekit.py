@@ -4,6 +4,7 @@
     r = s.upload(jobdir); st = s.wait(r.json()["id"]); s.stop()
     kit, job = make_bundle(root, (X, y))                      # the data owner's steps up to the bundle
     assert_error(r, 413, "upload")                            # status and words of a refusal
+    service = service_fixture("svc", max_upload_bytes=...)    # a module-scoped fixture of a test module
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import threading
 import time
 
 import httpx
+import pytest
 import uvicorn
 
 from hetrain.protocol import files
@@ -25,6 +27,19 @@ from jobkit import make_job
 
 DEADLINE_S = 60.0
 CONFIG = {"iterations": 1, "sigmoid": "deg3:16"}  # one mlr iteration fits n8192's 2 levels
+
+
+def service_fixture(name: str, **options):
+    """A module-scoped pytest fixture: a Service(**options) in a fresh directory ``name``, stopped after
+    the module. Assign it to a module-level name: ``service = service_fixture("limits", ...)``."""
+
+    @pytest.fixture(scope="module")
+    def _service(tmp_path_factory):
+        s = Service(tmp_path_factory.mktemp(name), **options)
+        yield s
+        s.stop()
+
+    return _service
 
 
 class JobTokens(httpx.Auth):

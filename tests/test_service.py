@@ -21,20 +21,15 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from hetrain.ckks.container import pack, unpack  # noqa: E402
 from hetrain.cli.main import main  # noqa: E402
-from hetrain.data import load_builtin  # noqa: E402
 from hetrain.protocol import ServerError, files, fit  # noqa: E402
 from hetrain.protocol.transport import HttpTransport, tar_size, tar_stream  # noqa: E402
 from hetrain.service.auth import dir_name  # noqa: E402
 
-from servicekit import (CONFIG, DEADLINE_S, Service, assert_error, bundle_members, make_bundle,  # noqa: E402
+from servicekit import (service_fixture, CONFIG, DEADLINE_S, Service, assert_error, bundle_members, make_bundle,  # noqa: E402
                         tar_of, with_manifest_sha)
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    s = Service(tmp_path_factory.mktemp("service"), max_upload_bytes=256 * 2**20)
-    yield s
-    s.stop()
+service = service_fixture("service", max_upload_bytes=256 * 2**20)
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +41,14 @@ def tiny_service(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def iris():
-    X, y = load_builtin("iris")
-    return X[::3], y[::3]  # 50 rows, 3 classes: a bundle of a few ciphertexts
-
-
-@pytest.fixture(scope="module")
-def sim_bundle(tmp_path_factory, iris):
-    kit, job = make_bundle(tmp_path_factory.mktemp("bundle"), iris)
+def sim_bundle(tmp_path_factory, iris_third):
+    kit, job = make_bundle(tmp_path_factory.mktemp("bundle"), iris_third)
     return kit.jobdir, kit, job
 
 
 # ---------------------------------------------------------------------- full fits through HTTP
-def test_fit_through_http_sim_equals_local_pipeline(service, iris):
-    X, y = iris
+def test_fit_through_http_sim_equals_local_pipeline(service, iris_third):
+    X, y = iris_third
     kw = dict(preset="n16384", backend="sim", seed=0, progress=False)
     remote = fit(X, y, "mlr", CONFIG, server=service.url, **kw)
     local = fit(X, y, "mlr", CONFIG, **kw)
@@ -72,14 +61,14 @@ def test_fit_through_http_sim_equals_local_pipeline(service, iris):
     assert service.http.get("/v1/health").json()["jobs"] == {"queued": 0, "running": 0, "done": 0, "failed": 0}
 
 
-def test_fit_through_http_shows_the_servers_steps_in_the_display(service, iris):
+def test_fit_through_http_shows_the_servers_steps_in_the_display(service, iris_third):
     """Issue 17: the one display follows the service's training too (its status reports the steps)."""
     import io
     import re
 
     from hetrain.protocol.progress import RunProgress
 
-    X, y = iris
+    X, y = iris_third
     stream = io.StringIO()
     display = RunProgress(stream=stream, tty=False, out=io.StringIO())
     fit(X, y, "mlr", {"iterations": 3, "sigmoid": "deg3:16"}, preset="n16384-deep", backend="sim", progress=display,
@@ -90,8 +79,8 @@ def test_fit_through_http_shows_the_servers_steps_in_the_display(service, iris):
     assert steps, lines  # the server's iterations reached this side's display while it trained
 
 
-def test_fit_through_http_seal_matches_twin(service, iris):
-    X, y = iris
+def test_fit_through_http_seal_matches_twin(service, iris_third):
+    X, y = iris_third
     r = fit(X, y, "mlr", CONFIG, preset="n8192", backend="seal", progress=False, server=service.url)
     # one iteration at scale 2^40: CKKS noise ~1e-6 (measured 4e-6 locally) on weights of order 0.1;
     # 1e-4 keeps a wide margin while any wrong product or lost ciphertext would be off by > 1e-2
@@ -126,9 +115,9 @@ def test_raw_api_status_progress_result(service, sim_bundle):
 
 # ---------------------------------------------------------------------- refusals
 @pytest.fixture(scope="module")
-def seal_secret(tmp_path_factory, iris):
+def seal_secret(tmp_path_factory, iris_third):
     """A real SEAL (n8192) bundle and its secret key bytes."""
-    kit, _ = make_bundle(tmp_path_factory.mktemp("seal-bundle"), iris, backend="seal", preset="n8192")
+    kit, _ = make_bundle(tmp_path_factory.mktemp("seal-bundle"), iris_third, backend="seal", preset="n8192")
     return kit.jobdir, kit.engine.secret_key_bytes()
 
 
@@ -238,11 +227,11 @@ def test_result_before_done_is_409_and_delete_cancels(service, sim_bundle):
         time.sleep(0.05)
 
 
-def test_failed_job_reports_the_server_message(service, tmp_path, iris):
+def test_failed_job_reports_the_server_message(service, tmp_path, iris_third):
     # a job asking mlr (one chain, no refresh) to bootstrap: its claims hold (the upload is accepted;
     # more levels than the chain has would be refused there, test_service_limits.py), the server
     # refuses it before any work
-    kit, job = make_bundle(tmp_path, iris, preset="n8192")
+    kit, job = make_bundle(tmp_path, iris_third, preset="n8192")
     job = {**job, "refresh": "bootstrap"}
     members = bundle_members(kit.jobdir)
     members = with_manifest_sha({**members, files.JOB: json.dumps(job, sort_keys=True).encode()})

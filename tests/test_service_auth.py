@@ -29,7 +29,6 @@ pytest.importorskip("uvicorn")
 
 from hetrain.ckks.container import MAGIC  # noqa: E402
 from hetrain.cli.main import main  # noqa: E402
-from hetrain.data import load_builtin  # noqa: E402
 from hetrain.errors import HetrainUserError  # noqa: E402
 from hetrain.protocol import ServerError, files  # noqa: E402
 from hetrain.protocol import runner as runner_mod  # noqa: E402
@@ -40,29 +39,19 @@ from hetrain.service.app import INTERNAL_ERROR, create_app  # noqa: E402
 from hetrain.service.auth import dir_name, tag  # noqa: E402
 from hetrain.service.jobs import SERVER_PROCESS_FAILED, STATE  # noqa: E402
 
-from servicekit import (Service, with_manifest_sha, assert_error, bundle_members,  # noqa: E402
+from servicekit import (service_fixture, Service, with_manifest_sha, assert_error, bundle_members,  # noqa: E402
                           make_bundle, tar_of)
 
 API_KEY = "k3y-" + "a" * 28
 
 
 @pytest.fixture(scope="module")
-def iris():
-    X, y = load_builtin("iris")
-    return X[::3], y[::3]
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, iris):
-    kit, job = make_bundle(tmp_path_factory.mktemp("bundle"), iris)
+def bundle(tmp_path_factory, iris_third):
+    kit, job = make_bundle(tmp_path_factory.mktemp("bundle"), iris_third)
     return kit.jobdir
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    s = Service(tmp_path_factory.mktemp("auth"), max_upload_bytes=256 * 2**20)
-    yield s
-    s.stop()
+service = service_fixture("auth", max_upload_bytes=256 * 2**20)
 
 
 @pytest.fixture

@@ -22,35 +22,24 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 from hetrain.ckks.container import pack, unpack  # noqa: E402
-from hetrain.data import load_builtin  # noqa: E402
 from hetrain.protocol import ServerError, files  # noqa: E402
 from hetrain.protocol import runner as runner_mod  # noqa: E402
 from hetrain.protocol.runner import ServerProcess, run_server  # noqa: E402
 from hetrain.protocol.transport import tar_stream  # noqa: E402
 from hetrain.service.auth import dir_name  # noqa: E402
-from servicekit import (DEADLINE_S, JobTokens, Service, with_manifest_sha, assert_error, bundle_members,  # noqa: E402
+from servicekit import (service_fixture, DEADLINE_S, JobTokens, Service, with_manifest_sha, assert_error, bundle_members,  # noqa: E402
                           make_bundle, tar_of)
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
-def iris():
-    X, y = load_builtin("iris")
-    return X[::3], y[::3]
-
-
-@pytest.fixture(scope="module")
-def sim_kit(tmp_path_factory, iris):
-    kit, _ = make_bundle(tmp_path_factory.mktemp("bundle"), iris)
+def sim_kit(tmp_path_factory, iris_third):
+    kit, _ = make_bundle(tmp_path_factory.mktemp("bundle"), iris_third)
     return kit
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    s = Service(tmp_path_factory.mktemp("limits"), max_upload_bytes=64 * 2**20)
-    yield s
-    s.stop()
+service = service_fixture("limits", max_upload_bytes=64 * 2**20)
 
 
 def _job_edit(members, **changes) -> dict:
@@ -86,10 +75,10 @@ def _public_edit(members, **changes) -> dict:
 
 
 # ---------------------------------------------------------------------- declared vs actual
-def test_claims_that_disagree_with_the_content_are_refused(service, sim_kit, tmp_path, iris):
+def test_claims_that_disagree_with_the_content_are_refused(service, sim_kit, tmp_path, iris_third):
     members = bundle_members(sim_kit.jobdir)
     n, d, c = json.loads(members[files.JOB])["data_shape"]
-    deep, _ = make_bundle(tmp_path, iris, preset="n8192")
+    deep, _ = make_bundle(tmp_path, iris_third, preset="n8192")
     deep_members = bundle_members(deep.jobdir)
     cases = [
         (_job_edit(members, data_shape=[n, 10**9, c], n_features=10**9), "the claim is false"),
