@@ -18,7 +18,9 @@ keeps its one exact rescale. Measured on seed-MLR, 3 iterations: alignment by ba
 saved 14% of training but moved the weights by 1.8e-5, against 2.4e-5 for the whole CKKS-vs-twin gap.)
 
 An engine holding the secret key (the data owner) encrypts symmetrically and keeps each fresh
-ciphertext's seeded serialisation (``_Seeded``): about half the upload bytes. SEAL objects move
+ciphertext's seeded serialisation (``_Seeded``), and serialises the key-switching keys it makes
+(relinearisation, Galois) in seeded form too: about half the upload bytes each (the server expands
+the seeds when it loads them, ~0.03 s more per Galois key at n16384). SEAL objects move
 to and from bytes through an anonymous memory file (``_memfd``), as sealapi offers paths only.
 """
 from __future__ import annotations
@@ -181,15 +183,20 @@ class SealEngine(Engine):
             super().__init__(params, rotation_steps, key_id, True, forced)
             self._sk = keygen.secret_key()
             self._pk = seal.PublicKey()
-            keygen.create_public_key(self._pk)
-            self._rlk = seal.RelinKeys()
-            keygen.create_relin_keys(self._rlk)
+            keygen.create_public_key(self._pk)  # (TenSEAL does not bind SEAL's Serializable<PublicKey>)
+            # seeded serialisations (SEAL's Serializable<...>: each key's uniform polynomials as a PRNG
+            # seed): about half the bytes of the key-switching keys; the keys themselves are the same
+            self._seeded = {"rlk": _seal_to_bytes(keygen.create_relin_keys())}
+            self._rlk = _seal_from_bytes(seal.RelinKeys(), self.ctx, self._seeded["rlk"], "relinearisation keys")
             self._gk = seal.GaloisKeys()
             with self.counters.time("keygen_galois", len(self.rotation_steps)):
                 if self.rotation_steps:
                     n = params.poly_modulus_degree
-                    keygen.create_galois_keys([galois_element(s, n) for s in sorted(self.rotation_steps)], self._gk)
+                    self._seeded["gk"] = _seal_to_bytes(
+                        keygen.create_galois_keys([galois_element(s, n) for s in sorted(self.rotation_steps)]))
+                    self._gk = _seal_from_bytes(seal.GaloisKeys(), self.ctx, self._seeded["gk"], "Galois keys")
         else:
+            self._seeded = {}
             super().__init__(params, _public["steps"], _public["key_id"], False, forced)
             self._pk = _seal_from_bytes(seal.PublicKey(), self.ctx, _public["pk"], "public key")
             self._rlk = _seal_from_bytes(seal.RelinKeys(), self.ctx, _public["rlk"], "relinearisation keys")
@@ -363,10 +370,17 @@ class SealEngine(Engine):
                 "key_id": self.key_id, "steps": sorted(self.rotation_steps)}
         if self.forced_insecure:  # the data owner's choice, for the server (ckks.owner_forced_insecure)
             meta["forced_insecure"] = True
-        parts = {"pk": _seal_to_bytes(self._pk), "rlk": _seal_to_bytes(self._rlk)}
+        parts = {"pk": self._key_bytes("pk"), "rlk": self._key_bytes("rlk")}
         if self.rotation_steps:
-            parts["gk"] = _seal_to_bytes(self._gk)
+            parts["gk"] = self._key_bytes("gk")
         return pack(meta, parts)
+
+    def _key_bytes(self, part: str) -> bytes:
+        """A public key part's serialisation: seeded (about half the bytes) where this engine made the
+        keys, SEAL's full form for keys it loaded. Source: SEAL 3.6+ ``KeyGenerator::create_*_keys``
+        returning ``Serializable<...>``."""
+        seeded = self._seeded.get(part)
+        return seeded if seeded is not None else _seal_to_bytes({"pk": self._pk, "rlk": self._rlk, "gk": self._gk}[part])
 
     def secret_key_bytes(self) -> bytes:
         return self._pack_secret_key(None if self._sk is None else _seal_to_bytes(self._sk))
@@ -383,8 +397,8 @@ class SealEngine(Engine):
 
     def key_sizes(self) -> dict[str, int]:
         """Serialised size in bytes of each key kind (for benchmarks and upload accounting)."""
-        sizes = {"public_key": len(_seal_to_bytes(self._pk)), "relin_keys": len(_seal_to_bytes(self._rlk)),
-                 "galois_keys": len(_seal_to_bytes(self._gk)) if self.rotation_steps else 0}
+        sizes = {"public_key": len(self._key_bytes("pk")), "relin_keys": len(self._key_bytes("rlk")),
+                 "galois_keys": len(self._key_bytes("gk")) if self.rotation_steps else 0}
         if self._sk is not None:
             sizes["secret_key"] = len(_seal_to_bytes(self._sk))
         return sizes

@@ -54,16 +54,18 @@ def ciphertext_bytes(params, level: int | None = None, *, serialised: bool = Tru
     return int(ZSTD_FACTOR * (1 if seeded else 2) * N * sum(params.coeff_bits[:level + 1]) / 8)
 
 
-def key_switching_key_bytes(params, *, serialised: bool = True) -> int:
-    """Bytes of one key-switching key: a Galois (rotation) key for one step, or the relinearisation key."""
+def key_switching_key_bytes(params, *, serialised: bool = True, seeded: bool = False) -> int:
+    """Bytes of one key-switching key: a Galois (rotation) key for one step, or the relinearisation key.
+    ``seeded``: serialised by the engine that made it (SEAL: each uniform polynomial as its seed, half)."""
     N, data_primes = params.poly_modulus_degree, params.levels + 1
     if not serialised:
         return data_primes * 2 * N * len(params.coeff_bits) * 8
-    return int(ZSTD_FACTOR * data_primes * 2 * N * sum(params.coeff_bits) / 8)
+    return int(ZSTD_FACTOR * data_primes * (1 if seeded else 2) * N * sum(params.coeff_bits) / 8)
 
 
 def public_key_bytes(params, *, serialised: bool = True) -> int:
-    """Bytes of the public key (one ciphertext over every prime, the special one included)."""
+    """Bytes of the public key (one ciphertext over every prime, the special one included; always in
+    full: TenSEAL does not bind SEAL's seeded Serializable<PublicKey>)."""
     N = params.poly_modulus_degree
     if not serialised:
         return 2 * N * len(params.coeff_bits) * 8
@@ -127,9 +129,10 @@ def _duration(s: float) -> str:
 def estimate(params, rotation_steps, n_ciphertexts: int, *, train_s: float | None = None,
              seeded: bool = False) -> Estimate:
     """The cost of a job on ``params`` with Galois keys for ``rotation_steps`` and ``n_ciphertexts``
-    input ciphertexts (encrypted at the top level; ``seeded``: uploaded in seeded form, SEAL)."""
+    input ciphertexts (encrypted at the top level; ``seeded``: keys and inputs uploaded in seeded form,
+    SEAL)."""
     n_rot = len(list(rotation_steps))
-    ksk, ksk_mem = key_switching_key_bytes(params), key_switching_key_bytes(params, serialised=False)
+    ksk, ksk_mem = key_switching_key_bytes(params, seeded=seeded), key_switching_key_bytes(params, serialised=False)
     pk, pk_mem = public_key_bytes(params), public_key_bytes(params, serialised=False)
     ct, ct_mem = ciphertext_bytes(params), ciphertext_bytes(params, serialised=False)
     key_bytes = pk + (1 + n_rot) * ksk
