@@ -34,7 +34,10 @@ def test_size_formulas_match_seal_at_n8192():
     assert 3 * E.key_switching_key_bytes(params, seeded=True) == pytest.approx(sizes["galois_keys"], rel=0.1)
     assert E.key_switching_key_bytes(params, seeded=True) == pytest.approx(sizes["relin_keys"], rel=0.1)
     assert E.public_key_bytes(params) == pytest.approx(sizes["public_key"], rel=0.1)  # TenSEAL: full form
-    # a loaded engine (the server) writes SEAL's full form: the same keys, twice the bytes
+    # the data owner loading its keys again uploads them as written; a server engine writes SEAL's
+    # full form: the same keys, twice the bytes
+    again = ckks.load_engine(eng.public_bytes(), eng.secret_key_bytes())
+    assert again.public_bytes() == eng.public_bytes()
     loaded = ckks.load_engine(eng.public_bytes()).key_sizes()
     assert 3 * E.key_switching_key_bytes(params) == pytest.approx(loaded["galois_keys"], rel=0.1)
     assert E.public_key_bytes(params) == pytest.approx(loaded["public_key"], rel=0.1)

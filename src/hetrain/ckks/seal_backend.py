@@ -207,6 +207,8 @@ class SealEngine(Engine):
             if _secret is not None:
                 self._sk = _seal_from_bytes(seal.SecretKey(), self.ctx, _secret, "secret key")
                 self.has_secret_key = True
+                # the data owner reusing its key directory uploads its keys as they were written (seeded)
+                self._seeded = {k: _public[k] for k in ("rlk", "gk") if k in _public}
         self._encryptor = seal.Encryptor(self.ctx, self._pk)
         if self._sk is not None:
             self._encryptor.set_secret_key(self._sk)
@@ -376,8 +378,8 @@ class SealEngine(Engine):
         return pack(meta, parts)
 
     def _key_bytes(self, part: str) -> bytes:
-        """A public key part's serialisation: seeded (about half the bytes) where this engine made the
-        keys, SEAL's full form for keys it loaded. Source: SEAL 3.6+ ``KeyGenerator::create_*_keys``
+        """A public key part's serialisation: seeded (about half the bytes) where the data owner made the
+        keys (kept as written when it loads them again), SEAL's full form on the server. Source: SEAL 3.6+ ``KeyGenerator::create_*_keys``
         returning ``Serializable<...>``."""
         seeded = self._seeded.get(part)
         return seeded if seeded is not None else _seal_to_bytes({"pk": self._pk, "rlk": self._rlk, "gk": self._gk}[part])
