@@ -68,11 +68,14 @@ def holds_secret_key(path: pathlib.Path) -> bool:
     return False
 
 
-def assert_server_never_opened(audit: pathlib.Path, owner: pathlib.Path) -> None:
-    opened = audit.read_text().splitlines()
-    assert opened, "the audit hook recorded nothing"
-    inside = [p for p in opened if os.path.realpath(p).startswith(os.path.realpath(owner))]
+def assert_server_never_opened(audit: pathlib.Path, owner: pathlib.Path) -> set[str]:
+    """No process of the server (it and its workers: "PID PATH" lines) opened a file of the data owner;
+    returns the process ids that the audit recorded."""
+    records = [line.split(" ", 1) for line in audit.read_text().splitlines()]
+    assert records, "the audit hook recorded nothing"
+    inside = [p for _, p in records if os.path.realpath(p).startswith(os.path.realpath(owner))]
     assert not inside, f"the server process opened the data owner's files: {inside[:5]}"
+    return {pid for pid, _ in records}
 
 
 
@@ -93,9 +96,11 @@ def test_four_steps_in_separate_processes_and_directories(parties, backend, pres
     assert "no secret key" in r.stdout
     assert not holds_secret_key(server)
     audit = server / "audit.txt"
-    r = hetrain("train", "--job", "JOB", "--quiet", cwd=server, env={"HETRAIN_SERVER_AUDIT": str(audit)})
+    r = hetrain("train", "--job", "JOB", "--quiet", "--workers", "2", cwd=server,
+                env={"HETRAIN_SERVER_AUDIT": str(audit)})
     assert (server / "JOB" / "outputs.bin").is_file()
-    assert_server_never_opened(audit, owner)
+    # the server process and its worker process, each audited
+    assert len(assert_server_never_opened(audit, owner)) == 2
     assert not holds_secret_key(server)
     stats = json.loads((server / "JOB" / "server_stats.json").read_text())
     assert stats["engine_has_secret_key"] is False

@@ -32,8 +32,8 @@ public context and inputs once; the results and operation counts are those of th
 Every write to a pipe or socket whose reader may be gone (progress lines on stdout, the refresh
 channel, log lines) ends in one handler in ``main``: one line, no traceback, exit 4.
 
-Test hook: with HETRAIN_SERVER_AUDIT=FILE the process appends every path it opens to FILE
-(a Python audit hook), so tests can prove what the server reads.
+Test hook: with HETRAIN_SERVER_AUDIT=FILE the process and its worker processes append "PID PATH"
+for every path they open to FILE (a Python audit hook), so tests can prove what the server reads.
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
         log.warning("--resume: model %s does not checkpoint, starting from the beginning", trainer.name)
     executor = None
     if "executor" in server_hooks(trainer):  # the workers load the same files, each once, while we do
-        executor = make_executor(engine, None, workers, loader=(files.load_job_public, (os.fspath(jobdir),)))
+        executor = make_executor(engine, None, workers, loader=(_load_in_worker, (os.fspath(jobdir),)))
         hooks["executor"] = executor
     try:
         inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs",
@@ -372,13 +372,23 @@ def _say(line: str) -> None:
         to_devnull(sys.stderr)
 
 
+def _load_in_worker(jobdir: str):
+    """A worker process's one load of the job's public context and inputs (files.load_job_public),
+    under the same audit hook as the server process when HETRAIN_SERVER_AUDIT is set."""
+    if os.environ.get("HETRAIN_SERVER_AUDIT"):
+        _audit_opens(os.environ["HETRAIN_SERVER_AUDIT"])
+    return files.load_job_public(jobdir)
+
+
 def _audit_opens(log_path: str) -> None:
-    """Test hook: append every path this process opens to ``log_path`` (see module docstring)."""
+    """Test hook: append "PID PATH" for every path this process opens to ``log_path`` (see module
+    docstring); worker processes append to the same file."""
     log_file = open(log_path, "a", buffering=1)
+    pid = os.getpid()
 
     def hook(event, args):
         if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
-            log_file.write(f"{os.fsdecode(args[0])}\n")
+            log_file.write(f"{pid} {os.fsdecode(args[0])}\n")
     sys.addaudithook(hook)
 
 
