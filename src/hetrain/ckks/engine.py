@@ -257,6 +257,12 @@ class Engine(abc.ABC):
             return self._decrypt(ct)
 
     def add(self, a: Ciphertext, b) -> Ciphertext:
+        """``a + b``: ``b`` a Ciphertext (operands aligned to the lower level), a PlainVector, an array of at most
+        ``slots`` values (zero-padded) or a scalar (broadcast to every slot). No level consumed; the result is at
+        the lower operand level. A sum that cancels exactly is a fresh encryption of 0 (module docstring).
+        Raises KeyMismatch for a ciphertext of another engine, TypeError when ``a`` is no Ciphertext, ValueError
+        for too many, NaN or infinite plaintext values.
+        """
         self._own(a)
         if isinstance(b, Ciphertext):
             a, b = self._align(a, b)
@@ -266,6 +272,7 @@ class Engine(abc.ABC):
             return Ciphertext(self, a.level, self._add_plain(a, self._plain_for_add(b, a.level)))
 
     def sub(self, a: Ciphertext, b) -> Ciphertext:
+        """``a - b``, with the operands, levels and errors of ``add``; ``x - x`` of the same ciphertext is exactly 0."""
         self._own(a)
         if isinstance(b, Ciphertext):
             a, b = self._align(a, b)
@@ -277,6 +284,7 @@ class Engine(abc.ABC):
         return self.add(a, -np.asarray(b, dtype=np.float64) if not isinstance(b, PlainVector) else PlainVector(-b.values))
 
     def neg(self, a: Ciphertext) -> Ciphertext:
+        """``-a`` at ``a``'s level (no level consumed). Raises KeyMismatch/TypeError as ``add``."""
         self._own(a)
         with self.counters.time("negate"):
             return Ciphertext(self, a.level, self._neg(a))
@@ -299,6 +307,9 @@ class Engine(abc.ABC):
         return self.mul_plain(a, b)
 
     def square(self, a: Ciphertext) -> Ciphertext:
+        """``a * a``, relinearised and rescaled: one level consumed, cheaper than ``mul(a, a)`` (one tensor square).
+        Raises DepthExhausted when ``a`` is at level 0, KeyMismatch/TypeError as ``add``.
+        """
         self._own(a)
         self._need_level(a, "square")
         with self.counters.time("square"):
@@ -466,6 +477,11 @@ class Engine(abc.ABC):
         atomic_write(path, pack({"kind": "ciphertext_list", "n": len(cts)}, blobs))
 
     def load_ciphertexts(self, path: str | os.PathLike) -> list[Ciphertext]:
+        """The list of ciphertexts ``save_ciphertexts`` wrote to ``path``, in order.
+
+        Raises OSError when the file cannot be read, SerializationError for a file of another kind or a corrupted
+        one, KeyMismatch for ciphertexts of other parameters, keys or backends.
+        """
         from .container import unpack
         with open(path, "rb") as f:
             _, parts = unpack(f.read(), expect_kind="ciphertext_list")
@@ -489,9 +505,15 @@ class Engine(abc.ABC):
         return pack(meta, {} if raw is None else {"sk": raw})
 
     def ciphertext_nbytes(self, ct: Ciphertext) -> int:
+        """Size in bytes of ``ct``'s backend payload (without the container header ``serialize`` adds); it shrinks
+        as the level drops.
+        """
         return len(self._ct_to_bytes(ct))
 
     def describe(self) -> str:
+        """One line: backend, parameters, levels, slots, number of Galois (rotation) keys and whether the engine
+        holds the secret key.
+        """
         return (f"{self.backend_name} {self.params.describe()} levels={self.max_level} slots={self.slots} "
                 f"rotation keys={len(self.rotation_steps)} secret key={'yes' if self.has_secret_key else 'no'}")
 

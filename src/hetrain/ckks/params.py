@@ -37,21 +37,28 @@ class CKKSParams:
 
     @property
     def slots(self) -> int:
+        """Number of real values one ciphertext holds: N/2, or ``packing`` when sparse."""
         return self.packing or self.poly_modulus_degree // 2
 
     @property
     def levels(self) -> int:
+        """Multiplicative levels of a fresh ciphertext (rescales it can undergo): ``len(coeff_bits) - 2``."""
         return len(self.coeff_bits) - 2
 
     @property
     def total_bits(self) -> int:
+        """Total coefficient-modulus bits (special prime included): what the 128-bit security limit bounds."""
         return sum(self.coeff_bits)
 
     @property
     def scale(self) -> float:
+        """The encoding scale Δ = 2^scale_bits (a float)."""
         return float(2**self.scale_bits)
 
     def is_128_bit_secure(self) -> bool:
+        """Whether ``total_bits`` is within the Homomorphic Encryption Standard's limit for ring N (``MAX_BITS_128``,
+        as SEAL's CoeffModulus.MaxBitCount); False for an N not in that table.
+        """
         limit = MAX_BITS_128.get(self.poly_modulus_degree)
         return limit is not None and self.total_bits <= limit
 
@@ -68,10 +75,12 @@ class CKKSParams:
         )
 
     def describe(self) -> str:
+        """One line: ``N=... chain=[...] scale=2^...`` (and ``slots=`` when sparse)."""
         sparse = f" slots={self.packing}" if self.packing else ""
         return f"N={self.poly_modulus_degree} chain={plain(list(self.coeff_bits))} scale=2^{self.scale_bits}{sparse}"
 
     def to_dict(self) -> dict:
+        """The parameters as a JSON-ready dict (``packing`` only when sparse); inverse of ``from_dict``."""
         d = {"poly_modulus_degree": self.poly_modulus_degree, "coeff_bits": list(self.coeff_bits),
              "scale_bits": self.scale_bits, "name": self.name}
         if self.packing:
@@ -80,6 +89,7 @@ class CKKSParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CKKSParams":
+        """Inverse of ``to_dict``. Raises KeyError for a missing field, ValueError for a non-integer one."""
         return cls(int(d["poly_modulus_degree"]), tuple(int(b) for b in d["coeff_bits"]),
                    int(d["scale_bits"]), str(d.get("name", "custom")), int(d.get("packing", 0)))
 
