@@ -26,10 +26,12 @@ class PolyApprox:
 
     @property
     def degree(self) -> int:
+        """Polynomial degree: ``len(coeffs) - 1``."""
         return len(self.coeffs) - 1
 
     @property
     def depth(self) -> int:
+        """Levels its encrypted evaluation consumes: ``poly.poly_depth(degree)`` = ceil(log2(degree + 1))."""
         return poly_depth(self.degree)
 
     @property
@@ -56,18 +58,25 @@ class PolyApprox:
         return eval_poly_plain(x, self.coeffs)
 
     def encrypted(self, engine, ct):
+        """p(ct) on a ciphertext in the monomial basis (``poly.eval_poly``): ``depth`` levels consumed, the result
+        at ``ct.level - depth``. Raises DepthExhausted when ``ct`` has fewer levels, ValueError for a constant.
+        """
         return eval_poly(engine, ct, self.coeffs)
 
     def derivative(self) -> "PolyApprox":
+        """p' as a PolyApprox on the same interval (coefficients from numpy.polynomial.polynomial.polyder)."""
         d = np.polynomial.polynomial.polyder(np.asarray(self.coeffs))
         return PolyApprox(f"d/dx {self.name}", tuple(float(x) for x in d), self.interval)
 
     def max_error(self, fn, n: int = 2001) -> float:
+        """max |p(x) - fn(x)| over ``n`` evenly spaced points of the interval (``fn``: the NumPy function
+        approximated)."""
         x = np.linspace(*self.interval, n)
         return float(np.max(np.abs(self(x) - fn(x))))
 
 
 def sigmoid(x):
+    """The logistic function 1 / (1 + e^-x), element-wise in float64 (same shape as ``x``): the exact twin."""
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 

@@ -54,13 +54,16 @@ class SampleLayout:
 
     @property
     def batch(self) -> int:
+        """B: ``n_samples`` rounded up to a power of two (number of sample blocks)."""
         return next_pow2(self.n_samples)
 
     @property
     def block(self) -> int:
+        """M = slots / B: the slots each sample block owns."""
         return self.slots // self.batch
 
     def allreduce_steps(self) -> list[int]:
+        """Rotation steps M·2^k, k < log2 B, of the all-reduce over sample blocks (``allreduce_samples``)."""
         return [self.block << k for k in range(log2_pow2(self.batch))]
 
     def place(self, rows: np.ndarray) -> np.ndarray:
@@ -101,6 +104,7 @@ class BandDiagonals:
 
     @property
     def offsets(self) -> list[int]:
+        """Diagonal offsets t = -(rows-1) .. cols-1 (rows + cols - 1 of them), in increasing order."""
         return list(range(-(self.rows - 1), self.cols))
 
     def valid(self, t: int) -> np.ndarray:
@@ -109,6 +113,9 @@ class BandDiagonals:
         return (i + t >= 0) & (i + t < self.cols)
 
     def diagonals(self, W: np.ndarray) -> dict[int, np.ndarray]:
+        """{t: D_t} with D_t[i] = W[i, i+t] (length ``rows``, 0 where column i+t does not exist) for every offset:
+        the Halevi–Shoup generalised diagonals of ``W`` (rows × cols). Raises ValueError for another shape.
+        """
         W = np.asarray(W, dtype=np.float64)
         if W.shape != (self.rows, self.cols):
             raise ValueError(f"expected a {self.rows}x{self.cols} matrix, got {W.shape}")
@@ -178,6 +185,9 @@ class PackPlan:
 
     @classmethod
     def min_spacing(cls, band: BandDiagonals, live_cols: int | None = None) -> int:
+        """Smallest window spacing (slots) that keeps every diagonal's window clear of its neighbours' entries
+        (see ``_extent`` for ``live_cols``); at least ``band.rows``.
+        """
         ext = [cls._extent(band, live_cols)[t] for t in band.offsets]
         return max([band.rows] + [ext[k][1] - ext[k + 1][0] for k in range(len(ext) - 1)])
 
@@ -201,6 +211,7 @@ class PackPlan:
         return cls(tuple(offs), tuple(base + k * g for k in range(len(offs))), g, block)
 
     def off(self, t: int) -> int:
+        """off_t: slot of diagonal ``t``'s first row in the packed sum. Raises ValueError for an offset not planned."""
         return self.pack_offsets[self.offsets.index(t)]
 
     def steps(self) -> list[int]:
@@ -325,4 +336,5 @@ def matvec_plain(W: np.ndarray, X: np.ndarray) -> np.ndarray:
 
 
 def matvec_transpose_plain(W: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """Plaintext twin of the transposed product: rows of D (n, r) -> rows of D·W (n, c), i.e. Wᵀ·δ per sample."""
     return np.asarray(D) @ np.asarray(W)
