@@ -60,6 +60,10 @@ class ClaimError(BundleError):
 
 @dataclasses.dataclass
 class BundleFacts:
+    """What the checks learned about a job bundle, for the server to act on: the manifest and job.json (dicts),
+    the CKKS parameters and rotation steps of public_context.bin, ``counts`` (input name -> number of
+    ciphertexts), ``n_ciphertexts`` (their total) and the trainer's ``plan`` (None before it is made).
+    """
     manifest: dict
     job: dict
     params: CKKSParams
@@ -70,6 +74,11 @@ class BundleFacts:
 
 
 def read_json(path: pathlib.Path, what: str, limit: int = MAX_JSON_BYTES):
+    """The parsed JSON of ``path`` (``what`` names it in messages), at most ``limit`` bytes read.
+
+    Raises BundleError when the file is missing, not valid JSON or nested too deeply, ClaimError when it is
+    larger than ``limit`` bytes (checked on its size before it is read).
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -127,6 +136,10 @@ def _exact_size(what: str, header_bytes: int, parts: list[tuple[str, int]], actu
 
 # ---------------------------------------------------------------------- the pieces
 def check_manifest(manifest) -> dict:
+    """``manifest`` itself once it is a hetrain-job manifest of this BUNDLE_VERSION with string ``backend``,
+    ``key_id``, ``params`` (fingerprint) and ``model`` and a ``sha256`` dict. Raises BundleError for another
+    format or version, ClaimError for a missing or mistyped field.
+    """
     if not isinstance(manifest, dict) or manifest.get("format") != "hetrain-job" \
             or manifest.get("version") != files.BUNDLE_VERSION:
         raise BundleError(f"manifest.json is not a hetrain job manifest of version {files.BUNDLE_VERSION}")
@@ -175,6 +188,11 @@ def _key_switch_bytes(params: CKKSParams) -> int:
 
 
 def check_public_parts(path: pathlib.Path, meta: dict, header_bytes: int, params: CKKSParams, steps: set[int]) -> None:
+    """Check public_context.bin's parts before SEAL loads them: the header accounts for the file's exact size
+    (bytes), the part names are the backend's, and (seal) no key part is larger than a key of ``params`` can
+    be (public key, relinearisation key, one Galois key per step of ``steps``). ``header_bytes``: bytes of
+    magic, length and header. Raises ClaimError on any disagreement, including steps without Galois keys.
+    """
     parts = _parts(meta, "public_context.bin")
     _exact_size("public_context.bin", header_bytes, parts, path.stat().st_size)
     backend = meta["backend"]

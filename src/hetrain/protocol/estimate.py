@@ -97,6 +97,7 @@ class Estimate:
 
     @property
     def upload_bytes(self) -> int:
+        """Bytes uploaded to the server: public keys plus encrypted inputs."""
         return self.key_bytes + self.data_bytes
 
     def machine_peak_bytes(self, local_server: bool = True) -> int:
@@ -105,6 +106,7 @@ class Estimate:
 
     @property
     def total_s(self) -> float:
+        """Estimated seconds in all: key generation, encryption and training (0 for training when not estimated)."""
         return self.keygen_s + self.encrypt_s + (self.train_s or 0.0)
 
     def line(self) -> str:
@@ -117,6 +119,7 @@ class Estimate:
                 f"(rough: from the plan and SEAL's sizes, see protocol/estimate.py)")
 
     def as_dict(self) -> dict:
+        """The fields (bytes, seconds) and ``upload_bytes`` as a JSON-ready dict."""
         return {**dataclasses.asdict(self), "upload_bytes": self.upload_bytes}
 
 

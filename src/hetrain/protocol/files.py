@@ -39,6 +39,7 @@ MODEL_VERSION = 1
 
 
 def read_bytes(path: pathlib.Path, what: str) -> bytes:
+    """The bytes of ``path``. Raises BundleError naming ``what`` when it does not exist."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -64,6 +65,9 @@ def _map_parts(engine: Engine, named: dict[str, list[Ciphertext]]):
 
 
 def pack_ciphertexts(engine: Engine, named: dict[str, list[Ciphertext]]) -> bytes:
+    """A "ciphertext_map" container of ``named`` (name -> list of ciphertexts) in memory: parts ``name/i``,
+    header with the key id and the counts per name. ``write_ciphertext_map`` is the same to a file.
+    """
     return pack(_map_meta(engine, named), dict(_map_parts(engine, named)))
 
 
@@ -163,6 +167,9 @@ _KEY_PART_NAMES = {"pk": "public_key", "rlk": "relin_keys", "gk": "galois_keys"}
 
 
 def read_manifest(jobdir: str | os.PathLike) -> dict:
+    """The manifest.json of the bundle in ``jobdir``. Raises BundleError when it is missing, corrupted, or not a
+    hetrain-job manifest of this BUNDLE_VERSION.
+    """
     m = _read_json(pathlib.Path(jobdir) / MANIFEST, "job manifest")
     if m.get("format") != "hetrain-job" or m.get("version") != BUNDLE_VERSION:
         raise BundleError(f"{jobdir} is not a hetrain job bundle of version {BUNDLE_VERSION}")

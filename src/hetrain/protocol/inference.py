@@ -72,9 +72,11 @@ class Scores:
     stats: dict = dataclasses.field(default_factory=dict)
 
     def predict(self) -> np.ndarray:
+        """The predicted label of each row (n,): the class of the highest score."""
         return np.asarray(self.classes)[np.argmax(self.scores, axis=1)]
 
     def proba(self) -> np.ndarray:
+        """Row-wise softmax of the scores (n × c, rows sum to 1; not calibrated: one-vs-rest sigmoids)."""
         from .model import softmax
 
         return softmax(self.scores)
@@ -262,6 +264,9 @@ def _score_plain_model(engine, qjob, inputs_path, model):
 
 
 def query_packing(qjob: dict, slots: int) -> BlockedPacking:
+    """The BlockedPacking of ``n_queries`` rows that query job ``qjob`` records (d, c, I, L, C) in ``slots``
+    slots. Raises KeyError/ValueError for a job description without those fields.
+    """
     p = qjob["packing"]
     return BlockedPacking(int(qjob["n_queries"]), int(p["d"]), int(p["c"]), slots, int(p["I"]), int(p["L"]), int(p["C"]))
 

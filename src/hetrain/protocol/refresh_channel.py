@@ -66,6 +66,9 @@ class ChannelClosed(ChannelError):
 
 @dataclasses.dataclass
 class ChannelStats:
+    """Counters of one refresh channel (either end): round trips, bytes each way, refreshes, evaluations,
+    bootstraps, the client's share and the server's waits (seconds), sessions attached and requests resent.
+    """
     round_trips: int = 0
     bytes_to_client: int = 0
     bytes_to_server: int = 0
@@ -78,6 +81,7 @@ class ChannelStats:
     resent: int = 0               # requests sent again after a session went away before answering
 
     def as_dict(self) -> dict:
+        """The counters as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
 
@@ -183,6 +187,10 @@ def encode_state(engine, state: dict) -> tuple[dict, list[bytes]]:
 
 
 def decode_state(engine, layout: dict, blobs: list[bytes]) -> dict:
+    """Inverse of ``encode_state``: name -> ciphertext (or list) from ``layout`` (name -> index or list of
+    indices into ``blobs``). Raises ChannelError for a layout that does not index ``blobs``, and the engine's
+    SerializationError/KeyMismatch for a blob it cannot load.
+    """
     cts = [engine.deserialize(b) for b in blobs]
     try:
         return {name: ([cts[i] for i in v] if isinstance(v, list) else cts[v]) for name, v in layout.items()}
@@ -534,6 +542,11 @@ class ChannelAnswerer:
         self.frames = 0  # frames answered (hello and done included)
 
     def answer(self, header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
+        """The reply frame ``(header, blobs)`` to one request frame: ``ok`` to a hello of this job, the refreshed
+        state or a verdict to refresh/evaluate, ``bye`` to done, or an ``error`` frame with a fixed code (then
+        ``failure`` holds the local reason). A resent request gets the same reply without a second decryption.
+        Never raises for what the server sent; counts into ``stats``.
+        """
         self.failure = None
         self.frames += 1
         op, seq = header.get("op"), header.get("seq")

@@ -52,10 +52,12 @@ GIB = 1024 ** 3
 
 
 def memory_limit_message(limit: int) -> str:
+    """The one line reported when the server exceeded ``limit`` bytes of memory (shown in GB)."""
     return f"the job exceeded the service's memory limit of {limit / GIB:.3g} GB"
 
 
 def time_limit_message(limit: float) -> str:
+    """The one line reported when the server ran past ``limit`` seconds and was stopped."""
     return f"the job exceeded the time limit of {limit:g} s and was stopped"
 
 
@@ -167,9 +169,11 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
+        """Process id of the server child."""
         return self.popen.pid
 
     def alive(self) -> bool:
+        """Whether the server child is still running."""
         return self.popen.poll() is None
 
     def follow(self, on_progress: OnProgress | None = None) -> None:

@@ -71,6 +71,7 @@ class RemoteJob:
 
 
 class Transport(Protocol):
+    """Where the server half runs: LocalTransport (a child process here) or HttpTransport (a service)."""
     def preflight(self) -> None:
         """Fail fast (before keys are made) if the server cannot take the job."""
 
@@ -94,11 +95,17 @@ class LocalTransport:
         self.channel_timeout = channel_timeout
 
     def preflight(self) -> None:
+        """Nothing to check before keys are made: the server runs on this machine."""
         pass
 
     def run(self, jobdir: pathlib.Path, progress: bool = True, mem: PeakRSS | None = None, *,
             refresh_handler=None, client_engine=None, job_id: str | None = None, on_progress=None,
             trainer_modules=(), on_submitted=None) -> dict:
+        """Train ``jobdir`` in a server child process (``steps.train``); with ``refresh_handler`` this process
+        answers the job's refresh channel meanwhile. Returns the server's stats (seconds, bytes, operations),
+        with this end's ChannelStats under "client_channel". Raises ServerError when the server fails, and
+        ChannelError when the channel breaks while the server is still running.
+        """
         from .refresh_channel import channel_location, job_id_of, serve_socket
         from .steps import train  # the server side's one entry; imported late (steps imports this module)
 
