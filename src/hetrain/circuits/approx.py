@@ -94,6 +94,7 @@ def fit_sigmoid(degree: int, bound: float, n: int = 4001) -> PolyApprox:
     The fit is solved in the unit variable t = x / bound with a Chebyshev basis (well conditioned
     up to high degree; the least-squares solution does not depend on the basis), then converted
     to the power basis in x. Degree 1..31; depth ceil(log2(degree + 1)) (circuits/poly.py).
+    Raises ValueError for a degree outside 1..MAX_DEGREE or a bound that is not a positive finite number.
     """
     if not (1 <= degree <= MAX_DEGREE) or not (bound > 0 and np.isfinite(bound)):
         raise ValueError(f"degree must be in 1..{MAX_DEGREE} and bound a positive number")
@@ -112,7 +113,9 @@ def fit_sigmoid(degree: int, bound: float, n: int = 4001) -> PolyApprox:
 
 
 def get_sigmoid(spec: str) -> PolyApprox:
-    """'published' (degree 3 on [-8, 8]) or 'deg<D>:<B>' such as 'deg5:12' (least squares on [-B, B])."""
+    """'published' (degree 3 on [-8, 8]) or 'deg<D>:<B>' such as 'deg5:12' (least squares on [-B, B]).
+    Raises ValueError for any other spec.
+    """
     if spec in ("published", "deg3:8-published"):
         return SIGMOID3_PUBLISHED
     try:

@@ -67,7 +67,9 @@ class SampleLayout:
         return [self.block << k for k in range(log2_pow2(self.batch))]
 
     def place(self, rows: np.ndarray) -> np.ndarray:
-        """(n_samples, k) per-sample vectors -> slot vector (sample blocks, zero padded)."""
+        """(n_samples, k) per-sample vectors -> slot vector (sample blocks, zero padded).
+        Raises LayoutError unless ``rows`` is (n_samples, k) with k <= block.
+        """
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[0] != self.n_samples or rows.shape[1] > self.block:
             raise LayoutError(f"expected ({self.n_samples}, <= {self.block}) per-sample vectors, got {rows.shape}")
@@ -76,7 +78,9 @@ class SampleLayout:
         return v.ravel()
 
     def replicate(self, vec: np.ndarray) -> np.ndarray:
-        """The same block vector in every sample block (weights, constants)."""
+        """The same block vector in every sample block (weights, constants).
+        Returns ``slots`` values. Raises LayoutError for a vector longer than a block.
+        """
         vec = np.asarray(vec, dtype=np.float64).ravel()
         if vec.size > self.block:
             raise LayoutError(f"a vector of {vec.size} values does not fit a block of {self.block} slots")
@@ -142,6 +146,7 @@ class BandDiagonals:
 
         Shape (n, rows) each. Zeroing makes every product with a diagonal clean, which lets the
         server leave garbage in the unused entries of its weight diagonals (see ``unpack``).
+        Raises ValueError unless ``x_rows`` is (n, cols).
         """
         x_rows = np.asarray(x_rows, dtype=np.float64)
         if x_rows.ndim != 2 or x_rows.shape[1] != self.cols:
@@ -195,7 +200,9 @@ class PackPlan:
     def for_band(cls, band: BandDiagonals, block: int, live_cols: int | None = None,
                  spacing: int | None = None) -> "PackPlan":
         """Evenly spaced windows for ``band``'s diagonals inside a block of ``block`` slots
-        (``spacing``: at least ``min_spacing``; default the minimum)."""
+        (``spacing``: at least ``min_spacing``; default the minimum).
+        Raises LayoutError for a spacing below the minimum, or windows that do not fit in one sample block.
+        """
         offs = band.offsets
         g = cls.min_spacing(band, live_cols) if spacing is None else int(spacing)
         if g < cls.min_spacing(band, live_cols):

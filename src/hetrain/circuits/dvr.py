@@ -30,6 +30,10 @@ W1[b, tP + a]. The Σ over the T blocks is one ``mul_sum`` (a single relinearisa
 Replication uses left rotations only: shift the value from index 0 to index P - 1 of the axis
 (one rotation by -(P - 1)·stride), then rotate-and-sum over the axis; every rotation step is
 a power of two (shared by all reductions) or one of the two shifts.
+
+Source: J. Chiang's Double Volley Revolver encoding for neural-network training, which extends his
+Volley Revolver (arXiv:2201.12577) with an outer loop over data ciphertexts; rotate-and-sum as in
+Halevi–Shoup ("Algorithms in HElib", CRYPTO 2014).
 """
 from __future__ import annotations
 

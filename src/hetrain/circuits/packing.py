@@ -50,7 +50,9 @@ class BlockedPacking:
 
     @classmethod
     def choose(cls, n: int, d: int, c: int, slots: int) -> "BlockedPacking":
-        """The block shape with the fewest rotations per iteration (then the fewest ciphertexts)."""
+        """The block shape with the fewest rotations per iteration (then the fewest ciphertexts).
+        Raises LayoutError when the classes (rounded up to a power of two) need more than half the slots.
+        """
         C = next_pow2(c)
         if C > slots // 2:
             raise LayoutError(f"{c} classes do not fit the blocked layout in {slots} slots")
@@ -315,7 +317,9 @@ PACKINGS = {"blocked": BlockedPacking, "volley-revolver": VolleyRevolverPacking}
 
 
 def choose_packing(layout: str, n: int, d: int, c: int, slots: int):
-    """The packing named ``layout`` ('blocked' or 'volley-revolver'; 'auto' = 'blocked')."""
+    """The packing named ``layout`` ('blocked' or 'volley-revolver'; 'auto' = 'blocked').
+    Raises LayoutError for an unknown layout, or data that does not fit the chosen one.
+    """
     if layout == "auto":
         layout = "blocked"
     try:

@@ -62,7 +62,9 @@ class RowMajor:
         return RowMajor(self.cols, self.rows, self.width)
 
     def pack(self, W: np.ndarray) -> np.ndarray:
-        """Block vector (one sample block) of W row-major."""
+        """Block vector (one sample block) of W row-major.
+        Returns rows · width values. Raises ValueError unless ``W`` is rows × cols.
+        """
         W = np.asarray(W, dtype=np.float64)
         if W.shape != (self.rows, self.cols):
             raise ValueError(f"expected a {self.rows}x{self.cols} matrix, got {W.shape}")
@@ -77,7 +79,9 @@ class RowMajor:
         return np.array([v[i * self.width: i * self.width + self.cols] for i in range(self.rows)])
 
     def tiled(self, rows_in: np.ndarray) -> np.ndarray:
-        """Client side: per-sample input vectors (n, c) copied into each of the r row segments."""
+        """Client side: per-sample input vectors (n, c) copied into each of the r row segments.
+        Returns (n, rows · width). Raises ValueError unless ``rows_in`` is (n, cols).
+        """
         rows_in = np.asarray(rows_in, dtype=np.float64)
         if rows_in.ndim != 2 or rows_in.shape[1] != self.cols:
             raise ValueError(f"expected (n, {self.cols}) inputs, got {rows_in.shape}")

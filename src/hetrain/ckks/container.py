@@ -86,14 +86,18 @@ def read_container(src: BinaryIO, expect_kind: str | None = None, verify: bool =
 def unpack(data: bytes, expect_kind: str | None = None, verify: bool = True) -> tuple[dict, dict[str, bytes]]:
     """(header, parts) of ``pack``'s bytes. ``verify=False`` skips each part's SHA-256: only for bytes
     whose digest as a whole the caller has already checked (a job file against its manifest), so
-    that a file is hashed once, not once per nesting level."""
+    that a file is hashed once, not once per nesting level.
+    Raises SerializationError for a non-bytes argument and everything ``read_container`` refuses.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"expected bytes, got {type(data).__name__}")
     return read_container(io.BytesIO(data if isinstance(data, bytes) else bytes(data)), expect_kind, verify)
 
 
 def read_header(data: bytes, expect_kind: str | None = None) -> dict:
-    """Only the header of ``pack``'s bytes (no part is read or hashed)."""
+    """Only the header of ``pack``'s bytes (no part is read or hashed).
+    Raises SerializationError for a non-bytes argument, bad magic bytes, a corrupted header or another kind.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"expected bytes, got {type(data).__name__}")
     return _read_header(io.BytesIO(data), expect_kind)

@@ -206,7 +206,9 @@ def make_executor(engine: Engine, inputs: dict[str, list[Ciphertext]] | None = N
                   loader: tuple | None = None) -> SerialExecutor:
     """SerialExecutor for 1 worker or a backend whose tasks stay in one process (``engine.process_workers``
     False: OpenFHE, which uses every core per operation), else a ProcessExecutor (``workers`` None:
-    every core)."""
+    every core).
+    Raises ValueError when ``workers`` < 1.
+    """
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")

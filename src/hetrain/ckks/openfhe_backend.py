@@ -175,7 +175,9 @@ PRESETS: dict[str, OpenFHEConfig] = {
 
 def resolve(preset) -> OpenFHEConfig:
     """OpenFHE config for a preset name or a CKKSParams (OpenFHE preset names pass; SEAL presets and
-    custom chains map to the same ring, level count and scale, first modulus, one special prime)."""
+    custom chains map to the same ring, level count and scale, first modulus, one special prime).
+    Raises ValueError for an unknown preset name.
+    """
     from .params import PRESETS as SEAL_PRESETS
     if isinstance(preset, OpenFHEConfig):
         return preset

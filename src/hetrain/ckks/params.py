@@ -63,7 +63,9 @@ class CKKSParams:
         return limit is not None and self.total_bits <= limit
 
     def check_security(self, force_insecure: bool = False) -> None:
-        """Refuse parameters below 128-bit security unless ``force_insecure`` is set."""
+        """Refuse parameters below 128-bit security unless ``force_insecure`` is set.
+        Raises InsecureParameters naming the limit (bits) and the presets otherwise.
+        """
         if self.is_128_bit_secure() or force_insecure:
             return
         limit = MAX_BITS_128.get(self.poly_modulus_degree, "unsupported N")
@@ -125,7 +127,9 @@ TEST_PRESETS: dict[str, CKKSParams] = {
 
 
 def get_params(preset: str | CKKSParams) -> CKKSParams:
-    """A preset by name (the INSECURE test presets and the openfhe backend's too), or the CKKSParams passed in."""
+    """A preset by name (the INSECURE test presets and the openfhe backend's too), or the CKKSParams passed in.
+    Raises ValueError for an unknown preset name (the message lists the presets).
+    """
     if isinstance(preset, CKKSParams):
         return preset
     if preset in PRESETS:

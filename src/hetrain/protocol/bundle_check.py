@@ -152,7 +152,11 @@ def check_manifest(manifest) -> dict:
 
 
 def check_params(meta: dict, manifest: dict) -> tuple[CKKSParams, set[int]]:
-    """The public context header's parameters and rotation steps, checked."""
+    """The public context header's parameters and rotation steps, checked.
+    Raises ClaimError for another container kind, backend or key than the manifest's, malformed parameters,
+    a ring degree outside RING_DEGREES, an implausible modulus chain, parameters other than the manifest's
+    fingerprint, or rotation steps that are not at most ``slots`` integers in (-slots, slots).
+    """
     if meta.get("kind") != "public_context":
         raise ClaimError(f"public_context.bin is a {meta.get('kind')!r} container, expected 'public_context'")
     if meta.get("backend") != manifest["backend"] or meta.get("key_id") != manifest["key_id"]:
@@ -215,7 +219,10 @@ def check_public_parts(path: pathlib.Path, meta: dict, header_bytes: int, params
 
 
 def check_inputs(path: pathlib.Path, manifest: dict, params: CKKSParams) -> dict[str, int]:
-    """The inputs' counts, after checking every part against its header (sizes, kinds, levels)."""
+    """The inputs' counts, after checking every part against its header (sizes, kinds, levels).
+    Raises ClaimError for another container kind or key, malformed counts, parts that do not match the counts,
+    and any part whose size, kind or level a ciphertext of these parameters cannot have.
+    """
     actual = path.stat().st_size
     with open(path, "rb") as f:
         meta, header_bytes = _header_at(f, 0, actual, "inputs.bin", MAX_HEADER_BYTES)
@@ -277,7 +284,11 @@ def _shape(job: dict) -> tuple[int, int, int]:
 
 
 def check_job(job, manifest: dict, params: CKKSParams, steps: set[int], counts: dict[str, int]):
-    """job.json's claims against the ciphertexts and the trainer's plan; returns the plan."""
+    """job.json's claims against the ciphertexts and the trainer's plan; returns the plan.
+    Raises ClaimError for every claim of job.json that disagrees with the manifest, the ciphertexts (more
+    values claimed than they hold), the trainer's config and plan (layout, sizes, batches, iterations), or
+    Galois keys the plan needs and the public context lacks.
+    """
     from hetrain.models.base import get_trainer
 
     if not isinstance(job, dict) or job.get("model") != manifest["model"]:
@@ -337,7 +348,9 @@ def check_job(job, manifest: dict, params: CKKSParams, steps: set[int], counts: 
 
 # ---------------------------------------------------------------------- all of it
 def check_bundle(jobdir: str | os.PathLike) -> BundleFacts:
-    """Every check above on the bundle in ``jobdir`` (checksums are the caller's: files.read_job_files)."""
+    """Every check above on the bundle in ``jobdir`` (checksums are the caller's: files.read_job_files).
+    Raises BundleError when a file is missing, ClaimError (a BundleError) when any claim is false.
+    """
     d = pathlib.Path(jobdir)
     manifest = check_manifest(read_json(d / files.MANIFEST, "manifest.json"))
     job = read_json(d / files.JOB, "job.json")

@@ -32,7 +32,9 @@ def save(path, engine, state: list, meta: dict) -> None:
 
 
 def load(path, engine) -> tuple[list, dict] | None:
-    """``(state, meta)`` from ``path``, or None if there is no checkpoint yet."""
+    """``(state, meta)`` from ``path``, or None if there is no checkpoint yet.
+    Raises CheckpointError for a checkpoint of another key, SerializationError for a corrupted file.
+    """
     path = pathlib.Path(path)
     if not path.exists():
         return None

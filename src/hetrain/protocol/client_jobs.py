@@ -61,7 +61,9 @@ class FitResult:
 def resolve_refresh(refresh: str, model: str, config: dict | None, backend: str, n_features: int) -> str:
     """What ``--refresh auto`` means, the same for the CLI, ``protocol.fit`` and the estimators:
     ``none`` for full-batch ``mlr`` (``iterations`` given) and for trainers that cannot refresh; else
-    ``bootstrap`` on a backend that bootstraps (desilo) and ``client`` elsewhere."""
+    ``bootstrap`` on a backend that bootstraps (desilo) and ``client`` elsewhere.
+    Raises DepthPlanError for a refresh not in REFRESH_CHOICES.
+    """
     if refresh not in REFRESH_CHOICES:
         raise DepthPlanError(f"refresh must be one of {', '.join(REFRESH_CHOICES)}, got {refresh!r}")
     if refresh != "auto":
@@ -175,7 +177,10 @@ class ClientJob:
                force_unverified: bool = False, quiet: bool = False) -> FitResult:
         """Decrypt, compare with the twin, release. ``force_unverified``: release even a model that
         disagrees with its twin (TwinMismatch otherwise), marked ``verified: false`` in the stats and
-        the model file's info. ``quiet``: write nothing to the client's log (the twin-bound rehearsal)."""
+        the model file's info. ``quiet``: write nothing to the client's log (the twin-bound rehearsal).
+        Raises HetrainUserError when the server wrote no result (``outputs`` None) and nothing else can be
+        released, TwinMismatch (unless ``force_unverified``) when the decryption disagrees with the twin.
+        """
         raise NotImplementedError
 
     # -------------------------------------------------------------- persistence

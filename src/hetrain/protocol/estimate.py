@@ -175,7 +175,9 @@ class MemoryRefused(HetrainUserError):
 def check_memory(est: Estimate, *, limit_gb: float = DEFAULT_MAX_MEMORY_GB, yes: bool = False,
                  interactive: bool = False, ask=input, local_server: bool = True) -> None:
     """Refuse (MemoryRefused) a run whose estimated peak memory on this machine is above ``limit_gb``
-    unless ``yes``, or a person at a terminal (``interactive``) answers y to ``ask(prompt)``."""
+    unless ``yes``, or a person at a terminal (``interactive``) answers y to ``ask(prompt)``.
+    Raises HetrainUserError for a non-positive ``limit_gb``.
+    """
     if limit_gb is not None and not limit_gb > 0:
         raise HetrainUserError(f"--max-memory-gb must be a positive number of GB, got {limit_gb:g}")
     peak = est.machine_peak_bytes(local_server)

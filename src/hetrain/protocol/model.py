@@ -91,7 +91,10 @@ class TrainedModel:
                 f"features and {len(self.classes)} classes, which needs {_shapes(want)}")
 
     def predict_scores(self, X) -> np.ndarray:
-        """Per-class scores (n x c) from raw features: the recorded preprocessing is applied first."""
+        """Per-class scores (n x c) from raw features: the recorded preprocessing is applied first.
+        Raises DataError for malformed rows or another feature count, ModelFileError when the weights give scores
+        of another shape than n × c.
+        """
         Xp = self.preprocessing.transform(check_features(X))
         trainer = get_trainer(self.model)(**self.config)
         scores = np.asarray(trainer.predict_scores(self.weights, Xp))

@@ -128,7 +128,9 @@ class LocalTransport:
 
 
 def make_transport(server: "str | Transport | None", **http_options) -> Transport:
-    """None -> LocalTransport; an http(s) URL -> HttpTransport; a transport object as it is."""
+    """None -> LocalTransport; an http(s) URL -> HttpTransport; a transport object as it is.
+    Raises ServerError for a string that is not an http(s) URL.
+    """
     if server is None:
         return LocalTransport()
     if isinstance(server, str):
@@ -218,7 +220,9 @@ class HttpTransport:
             return self._wait(http, remote_id, progress, deadline, None)
 
     def models(self) -> list[dict]:
-        """The specs of the plaintext models the service scores with (GET /v1/models; no token)."""
+        """The specs of the plaintext models the service scores with (GET /v1/models; no token).
+        Raises ServerError when the answer is not a list of models.
+        """
         with self._client(timeout=30.0) as http:
             got = self._json(http, "GET", "/v1/models").get("models")
         if not isinstance(got, list):
@@ -256,7 +260,11 @@ class HttpTransport:
         the secret key): answer the job's refresh requests over HTTP while it trains (serve_http
         in a thread); the stats then carry this side's view of the channel under
         "client_channel". ``job_id``: the job id the answerer expects in the server's hello
-        (default refresh_channel.job_id_of(jobdir))."""
+        (default refresh_channel.job_id_of(jobdir)).
+        Raises ServerError for a job refreshed by the client without ``refresh_handler``, a bundle larger than
+        the service accepts, a failed upload, a failed job or one past ``timeout_s``; RequestFailed (a
+        ServerError) when the service stops answering (the job stays there, JOB/remote.json names it).
+        """
         jobdir = pathlib.Path(jobdir)
         if refresh_handler is None and _job_refresh_mode(jobdir) == "client":
             raise ServerError("this job's state is refreshed by the client (--refresh client): "
@@ -417,7 +425,9 @@ class HttpTransport:
 
 # ---------------------------------------------------------------------- the refresh channel over HTTP
 def make_answerer(engine, handler, job_id):
-    """The data owner's answers, one frame in, one out (refresh_channel.ChannelAnswerer)."""
+    """The data owner's answers, one frame in, one out (refresh_channel.ChannelAnswerer).
+    Raises ServerError when this hetrain has no ChannelAnswerer.
+    """
     from . import refresh_channel
 
     answerer = getattr(refresh_channel, "ChannelAnswerer", None)
@@ -610,7 +620,9 @@ def _job_refresh_mode(jobdir: pathlib.Path) -> str:
 
 
 def tls_verify(ca: str | os.PathLike | None):
-    """httpx's ``verify``: True (the system's CAs, httpx's default) or an SSL context trusting ``ca`` only."""
+    """httpx's ``verify``: True (the system's CAs, httpx's default) or an SSL context trusting ``ca`` only.
+    Raises HetrainUserError when the CA certificate ``ca`` cannot be loaded.
+    """
     if ca is None:
         return True
     import ssl
