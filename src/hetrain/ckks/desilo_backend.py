@@ -252,7 +252,7 @@ class DesiloEngine(Engine):
         """Rebuild an engine from ``public_bytes()`` (and optionally ``secret_key_bytes()`` of the same key set).
 
         ``threads``/``mode`` ("cpu" or "gpu") are desilofhe's engine options (not stored in the bytes).
-        ``force_insecure`` is accepted for the common signature (desilofhe's parameters are 128-bit secure).
+        ``force_insecure`` is accepted for the common signature and not used.
         Raises SerializationError when the bytes are not a public context, KeyMismatch when ``secret`` belongs to
         other parameters or keys, CKKSError when desilofhe is not installed.
         """

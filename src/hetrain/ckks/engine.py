@@ -535,7 +535,7 @@ class Engine(abc.ABC):
 
     def ciphertext_nbytes(self, ct: Ciphertext) -> int:
         """Size in bytes of ``ct``'s backend payload (without the container header ``serialize`` adds); it shrinks
-        as the level drops.
+        as the level drops (SEAL, OpenFHE, desilo; constant on the sim).
         """
         return len(self._ct_to_bytes(ct))
 

@@ -91,7 +91,8 @@ class CKKSParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CKKSParams":
-        """Inverse of ``to_dict``. Raises KeyError for a missing field, ValueError for a non-integer one."""
+        """Inverse of ``to_dict``. Raises KeyError for a missing field, ValueError or TypeError for a
+        non-integer one."""
         return cls(int(d["poly_modulus_degree"]), tuple(int(b) for b in d["coeff_bits"]),
                    int(d["scale_bits"]), str(d.get("name", "custom")), int(d.get("packing", 0)))
 

@@ -442,8 +442,8 @@ class MiniBatchJob(ClientJob):
                 max_epochs: int | None = None, time_limit: float | None = None, plan: bool = True,
                 advise_presets: bool = True) -> "MiniBatchJob":
         """Preprocess ``X`` (n × d) and ``y`` (n,), split off a stratified validation set (``validation_fraction``,
-        default 0.2), whiten and plan the mini-batch epochs (models/minibatch_plan.py) on the plaintext, choose the
-        parameters; logs the plan through ``log``. ``time_limit``: seconds of training before the best epoch so
+        default 0.2), plan the mini-batch epochs (with ``plan``: models/minibatch_plan.py, which may whiten the
+        features) on the plaintext and choose the parameters; logs the plan through ``log``. ``time_limit``: seconds of training before the best epoch so
         far is released; ``max_epochs``: the most epochs the planner may choose.
 
         Raises HetrainUserError for ``iterations`` (a full-batch option), epochs given twice or a scale other than
