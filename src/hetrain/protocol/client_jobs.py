@@ -443,8 +443,9 @@ class MiniBatchJob(ClientJob):
                 advise_presets: bool = True) -> "MiniBatchJob":
         """Preprocess ``X`` (n × d) and ``y`` (n,), split off a stratified validation set (``validation_fraction``,
         default 0.2), plan the mini-batch epochs (with ``plan``: models/minibatch_plan.py, which may whiten the
-        features) on the plaintext and choose the parameters; logs the plan through ``log``. ``time_limit``: seconds of training before the best epoch so
-        far is released; ``max_epochs``: the most epochs the planner may choose.
+        features) on the plaintext and choose the parameters; logs the plan through ``log``. ``time_limit``:
+        seconds of training before the best epoch so far is released; ``max_epochs``: the most epochs the
+        planner may choose.
 
         Raises HetrainUserError for ``iterations`` (a full-batch option), epochs given twice or a scale other than
         1, DataError for a validation fraction outside [0, 1) or a non-positive time limit, DepthPlanError when one
