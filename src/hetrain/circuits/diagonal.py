@@ -112,7 +112,9 @@ class BandDiagonals:
         return list(range(-(self.rows - 1), self.cols))
 
     def valid(self, t: int) -> np.ndarray:
-        """Rows i for which W[i, i+t] exists."""
+        """Rows i for which W[i, i+t] exists.
+        A boolean mask of shape (rows,).
+        """
         i = np.arange(self.rows)
         return (i + t >= 0) & (i + t < self.cols)
 

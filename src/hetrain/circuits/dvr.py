@@ -169,7 +169,9 @@ class GridLayout:
         return self.along(np.broadcast_to(b, (self.S, b.size)), 0, out_axis)
 
     def read_bias(self, vec: np.ndarray, out_axis: str, k: int) -> np.ndarray:
-        """Inverse of ``bias``: the first ``k`` values along ``out_axis`` of sample 0."""
+        """Inverse of ``bias``: the first ``k`` values along ``out_axis`` of sample 0.
+        Shape (k,).
+        """
         return self.read_along(vec, out_axis, k)[0]
 
     def mask(self, axis: str, k: int, valid_samples: int | None = None, value: float = 1.0) -> np.ndarray:

@@ -153,7 +153,9 @@ class BlockedPacking:
         return [np.where(l == 0, self._take(Z, g * self.I + i, k), 0.0) for g in range(self.n_groups)]
 
     def forward_masks(self) -> list[np.ndarray]:
-        """1 where a forward output slot is valid: l = 0, a real class, a real sample."""
+        """1 where a forward output slot is valid: l = 0, a real class, a real sample.
+        One 0/1 vector of ``slots`` values per sample group.
+        """
         i, l, k = self._grid()
         return [((l == 0) & (k < self.c) & (g * self.I + i < self.n)).astype(float) for g in range(self.n_groups)]
 

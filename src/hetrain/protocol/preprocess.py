@@ -104,7 +104,9 @@ class Preprocessor:
         return (self.label_index(y)[:, None] == np.arange(len(self.classes))[None, :]).astype(np.float64)
 
     def label_index(self, y) -> np.ndarray:
-        """Column index of each label; DataError for labels not seen in training."""
+        """Column index of each label; DataError for labels not seen in training.
+        Shape (n,), integers in [0, c).
+        """
         y = align_labels(y, self.classes)
         check_known_labels(y, self.classes)
         return np.searchsorted(np.asarray(self.classes), y)
