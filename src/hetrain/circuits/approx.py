@@ -26,10 +26,12 @@ class PolyApprox:
 
     @property
     def degree(self) -> int:
+        """Polynomial degree: ``len(coeffs) - 1``."""
         return len(self.coeffs) - 1
 
     @property
     def depth(self) -> int:
+        """Levels its encrypted evaluation consumes: ``poly.poly_depth(degree)`` = ceil(log2(degree + 1))."""
         return poly_depth(self.degree)
 
     @property
@@ -56,18 +58,25 @@ class PolyApprox:
         return eval_poly_plain(x, self.coeffs)
 
     def encrypted(self, engine, ct):
+        """p(ct) on a ciphertext in the monomial basis (``poly.eval_poly``): ``depth`` levels consumed, the result
+        at ``ct.level - depth``. Raises DepthExhausted when ``ct`` has fewer levels, ValueError for a constant.
+        """
         return eval_poly(engine, ct, self.coeffs)
 
     def derivative(self) -> "PolyApprox":
+        """p' as a PolyApprox on the same interval (coefficients from numpy.polynomial.polynomial.polyder)."""
         d = np.polynomial.polynomial.polyder(np.asarray(self.coeffs))
         return PolyApprox(f"d/dx {self.name}", tuple(float(x) for x in d), self.interval)
 
     def max_error(self, fn, n: int = 2001) -> float:
+        """max |p(x) - fn(x)| over ``n`` evenly spaced points of the interval (``fn``: the NumPy function
+        approximated)."""
         x = np.linspace(*self.interval, n)
         return float(np.max(np.abs(self(x) - fn(x))))
 
 
 def sigmoid(x):
+    """The logistic function 1 / (1 + e^-x), element-wise in float64 (same shape as ``x``): the exact twin."""
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
@@ -85,6 +94,7 @@ def fit_sigmoid(degree: int, bound: float, n: int = 4001) -> PolyApprox:
     The fit is solved in the unit variable t = x / bound with a Chebyshev basis (well conditioned
     up to high degree; the least-squares solution does not depend on the basis), then converted
     to the power basis in x. Degree 1..31; depth ceil(log2(degree + 1)) (circuits/poly.py).
+    Raises ValueError for a degree outside 1..MAX_DEGREE or a bound that is not a positive finite number.
     """
     if not (1 <= degree <= MAX_DEGREE) or not (bound > 0 and np.isfinite(bound)):
         raise ValueError(f"degree must be in 1..{MAX_DEGREE} and bound a positive number")
@@ -103,7 +113,9 @@ def fit_sigmoid(degree: int, bound: float, n: int = 4001) -> PolyApprox:
 
 
 def get_sigmoid(spec: str) -> PolyApprox:
-    """'published' (degree 3 on [-8, 8]) or 'deg<D>:<B>' such as 'deg5:12' (least squares on [-B, B])."""
+    """'published' (degree 3 on [-8, 8]) or 'deg<D>:<B>' such as 'deg5:12' (least squares on [-B, B]).
+    Raises ValueError for any other spec.
+    """
     if spec in ("published", "deg3:8-published"):
         return SIGMOID3_PUBLISHED
     try:

@@ -7,6 +7,9 @@ gradient: G[h]  = rotsum_i( Σ_g E[g] ⊙ X̃[g,h] )       U's layout           
 Each Σ is a single ``mul_sum`` (one relinearisation and rescale for the whole sum). The sample
 groups g (forward, spread) and the feature blocks h (gradient) are independent tasks: with an
 ``executor`` (hetrain.ckks.executor) they run on its workers, with the same operations.
+
+The blocked layout is this project's; each rotsum is the rotate-and-sum of Halevi–Shoup
+("Algorithms in HElib", CRYPTO 2014), log2 of its width in rotations.
 """
 from __future__ import annotations
 

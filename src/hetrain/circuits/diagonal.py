@@ -54,17 +54,22 @@ class SampleLayout:
 
     @property
     def batch(self) -> int:
+        """B: ``n_samples`` rounded up to a power of two (number of sample blocks)."""
         return next_pow2(self.n_samples)
 
     @property
     def block(self) -> int:
+        """M = slots / B: the slots each sample block owns."""
         return self.slots // self.batch
 
     def allreduce_steps(self) -> list[int]:
+        """Rotation steps M·2^k, k < log2 B, of the all-reduce over sample blocks (``allreduce_samples``)."""
         return [self.block << k for k in range(log2_pow2(self.batch))]
 
     def place(self, rows: np.ndarray) -> np.ndarray:
-        """(n_samples, k) per-sample vectors -> slot vector (sample blocks, zero padded)."""
+        """(n_samples, k) per-sample vectors -> slot vector (sample blocks, zero padded).
+        Raises LayoutError unless ``rows`` is (n_samples, k) with k <= block.
+        """
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[0] != self.n_samples or rows.shape[1] > self.block:
             raise LayoutError(f"expected ({self.n_samples}, <= {self.block}) per-sample vectors, got {rows.shape}")
@@ -73,7 +78,9 @@ class SampleLayout:
         return v.ravel()
 
     def replicate(self, vec: np.ndarray) -> np.ndarray:
-        """The same block vector in every sample block (weights, constants)."""
+        """The same block vector in every sample block (weights, constants).
+        Returns ``slots`` values. Raises LayoutError for a vector longer than a block.
+        """
         vec = np.asarray(vec, dtype=np.float64).ravel()
         if vec.size > self.block:
             raise LayoutError(f"a vector of {vec.size} values does not fit a block of {self.block} slots")
@@ -101,14 +108,20 @@ class BandDiagonals:
 
     @property
     def offsets(self) -> list[int]:
+        """Diagonal offsets t = -(rows-1) .. cols-1 (rows + cols - 1 of them), in increasing order."""
         return list(range(-(self.rows - 1), self.cols))
 
     def valid(self, t: int) -> np.ndarray:
-        """Rows i for which W[i, i+t] exists."""
+        """Rows i for which W[i, i+t] exists.
+        A boolean mask of shape (rows,).
+        """
         i = np.arange(self.rows)
         return (i + t >= 0) & (i + t < self.cols)
 
     def diagonals(self, W: np.ndarray) -> dict[int, np.ndarray]:
+        """{t: D_t} with D_t[i] = W[i, i+t] (length ``rows``, 0 where column i+t does not exist) for every offset:
+        the Halevi–Shoup generalised diagonals of ``W`` (rows × cols). Raises ValueError for another shape.
+        """
         W = np.asarray(W, dtype=np.float64)
         if W.shape != (self.rows, self.cols):
             raise ValueError(f"expected a {self.rows}x{self.cols} matrix, got {W.shape}")
@@ -135,6 +148,7 @@ class BandDiagonals:
 
         Shape (n, rows) each. Zeroing makes every product with a diagonal clean, which lets the
         server leave garbage in the unused entries of its weight diagonals (see ``unpack``).
+        Raises ValueError unless ``x_rows`` is (n, cols).
         """
         x_rows = np.asarray(x_rows, dtype=np.float64)
         if x_rows.ndim != 2 or x_rows.shape[1] != self.cols:
@@ -178,6 +192,9 @@ class PackPlan:
 
     @classmethod
     def min_spacing(cls, band: BandDiagonals, live_cols: int | None = None) -> int:
+        """Smallest window spacing (slots) that keeps every diagonal's window clear of its neighbours' entries
+        (see ``_extent`` for ``live_cols``); at least ``band.rows``.
+        """
         ext = [cls._extent(band, live_cols)[t] for t in band.offsets]
         return max([band.rows] + [ext[k][1] - ext[k + 1][0] for k in range(len(ext) - 1)])
 
@@ -185,7 +202,9 @@ class PackPlan:
     def for_band(cls, band: BandDiagonals, block: int, live_cols: int | None = None,
                  spacing: int | None = None) -> "PackPlan":
         """Evenly spaced windows for ``band``'s diagonals inside a block of ``block`` slots
-        (``spacing``: at least ``min_spacing``; default the minimum)."""
+        (``spacing``: at least ``min_spacing``; default the minimum).
+        Raises LayoutError for a spacing below the minimum, or windows that do not fit in one sample block.
+        """
         offs = band.offsets
         g = cls.min_spacing(band, live_cols) if spacing is None else int(spacing)
         if g < cls.min_spacing(band, live_cols):
@@ -201,6 +220,7 @@ class PackPlan:
         return cls(tuple(offs), tuple(base + k * g for k in range(len(offs))), g, block)
 
     def off(self, t: int) -> int:
+        """off_t: slot of diagonal ``t``'s first row in the packed sum. Raises ValueError for an offset not planned."""
         return self.pack_offsets[self.offsets.index(t)]
 
     def steps(self) -> list[int]:
@@ -325,4 +345,5 @@ def matvec_plain(W: np.ndarray, X: np.ndarray) -> np.ndarray:
 
 
 def matvec_transpose_plain(W: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """Plaintext twin of the transposed product: rows of D (n, r) -> rows of D·W (n, c), i.e. Wᵀ·δ per sample."""
     return np.asarray(D) @ np.asarray(W)

@@ -30,6 +30,10 @@ W1[b, tP + a]. The Σ over the T blocks is one ``mul_sum`` (a single relinearisa
 Replication uses left rotations only: shift the value from index 0 to index P - 1 of the axis
 (one rotation by -(P - 1)·stride), then rotate-and-sum over the axis; every rotation step is
 a power of two (shared by all reductions) or one of the two shifts.
+
+Source: J. Chiang's Double Volley Revolver encoding for neural-network training, which extends his
+Volley Revolver (arXiv:2201.12577) with an outer loop over data ciphertexts; rotate-and-sum as in
+Halevi–Shoup ("Algorithms in HElib", CRYPTO 2014).
 """
 from __future__ import annotations
 
@@ -47,6 +51,9 @@ AXES = ("a", "b")
 
 @dataclasses.dataclass(frozen=True)
 class GridLayout:
+    """The DVR grid (module docstring): ``S`` samples of a ``P`` x ``P`` slot grid per ciphertext, ``n`` samples
+    and ``d`` input features in all, in a ring of ``slots`` slots. Build it with ``choose``.
+    """
     slots: int
     P: int   # grid side
     S: int   # samples per ciphertext
@@ -55,6 +62,10 @@ class GridLayout:
 
     @classmethod
     def choose(cls, slots: int, n: int, d: int, widths) -> "GridLayout":
+        """The layout for ``n`` samples of ``d`` features and layer ``widths`` (hidden widths and class count):
+        P = next power of two >= max(2, widths), S = min(slots / P², next power of two >= n).
+        Raises LayoutError when a P x P grid does not fit in ``slots``.
+        """
         P = next_pow2(max(2, *widths))
         if P * P > slots:
             raise LayoutError(f"widest layer {max(widths)} needs a {P}x{P} grid ({P * P} slots) per sample; "
@@ -65,20 +76,26 @@ class GridLayout:
     # ------------------------------------------------------------------ sizes and steps
     @property
     def block(self) -> int:
+        """Slots of one block of S samples: S·P² (the block repeats to fill the ciphertext)."""
         return self.S * self.P * self.P
 
     @property
     def groups(self) -> int:
+        """G = ceil(n / S): data ciphertexts per feature block (the outer "double" revolver)."""
         return math.ceil(self.n / self.S)
 
     @property
     def feature_blocks(self) -> int:
+        """T = ceil(d / P): ciphertexts the input features of one group span (and layer-1 weight ciphertexts)."""
         return math.ceil(self.d / self.P)
 
     def stride(self, axis: str) -> int:
+        """Slot distance between neighbours along ``axis``: "a" -> P, "b" -> 1, "s" (samples) -> P².
+        KeyError otherwise."""
         return {"a": self.P, "b": 1, "s": self.P * self.P}[axis]
 
     def width(self, axis: str) -> int:
+        """Length of ``axis``: S for "s" (samples), P for "a" and "b"."""
         return self.S if axis == "s" else self.P
 
     def rotation_steps(self) -> list[int]:
@@ -132,6 +149,7 @@ class GridLayout:
         return self._tile(np.broadcast_to(grid, (self.S, self.P, self.P)))
 
     def read_weight(self, vec: np.ndarray, out_axis: str, shape: tuple[int, int]) -> np.ndarray:
+        """Inverse of ``weight``: the ``shape`` (out x in) matrix from a decrypted weight vector (sample 0's grid)."""
         grid = self._untile(vec)[0]
         o, i = shape
         return (grid[:o, :i] if out_axis == "a" else grid[:i, :o].T).copy()
@@ -141,14 +159,19 @@ class GridLayout:
         return [self.weight(W1[:, t * self.P: (t + 1) * self.P], "b") for t in range(self.feature_blocks)]
 
     def read_weight_blocks(self, vecs, shape: tuple[int, int]) -> np.ndarray:
+        """Inverse of ``weight_blocks``: layer-1 weights of ``shape`` (h1 x d) from the T decrypted block vectors."""
         h, d = shape
         parts = [self.read_weight(v, "b", (h, self.P)) for v in vecs]
         return np.concatenate(parts, axis=1)[:, :d]
 
     def bias(self, b: np.ndarray, out_axis: str) -> np.ndarray:
+        """Slot vector of bias ``b`` (length k) along ``out_axis`` at index 0 of the other axis, in every sample."""
         return self.along(np.broadcast_to(b, (self.S, b.size)), 0, out_axis)
 
     def read_bias(self, vec: np.ndarray, out_axis: str, k: int) -> np.ndarray:
+        """Inverse of ``bias``: the first ``k`` values along ``out_axis`` of sample 0.
+        Shape (k,).
+        """
         return self.read_along(vec, out_axis, k)[0]
 
     def mask(self, axis: str, k: int, valid_samples: int | None = None, value: float = 1.0) -> np.ndarray:
@@ -159,10 +182,12 @@ class GridLayout:
         return self.along(ones, 0, axis)
 
     def valid_samples(self, g: int) -> int:
+        """Real samples in group ``g``: S, fewer in the last group, 0 past the end."""
         return max(0, min(self.S, self.n - g * self.S))
 
 
 def other(axis: str) -> str:
+    """The other grid axis: "a" -> "b", anything else -> "a"."""
     return "b" if axis == "a" else "a"
 
 

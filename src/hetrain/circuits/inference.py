@@ -45,6 +45,7 @@ class Layer:
 
     @property
     def depth(self) -> int:
+        """Levels the layer consumes on encrypted queries: 1 for A·x + b, plus the activation's ``poly_depth``."""
         return 1 + (poly_depth(len(self.act) - 1) if self.act else 0)
 
 
@@ -60,6 +61,7 @@ def column_pack(X: np.ndarray, slots: int) -> list[list[np.ndarray]]:
 
 
 def n_groups(n: int, slots: int) -> int:
+    """Ciphertext groups ``column_pack`` makes for ``n`` queries: ceil(n / slots)."""
     return -(-int(n) // int(slots))
 
 

@@ -22,5 +22,7 @@ def eval_poly_masked(engine, ct, coeffs: Sequence[float], mask):
 
 
 def eval_poly_masked_plain(x: np.ndarray, coeffs: Sequence[float], mask: np.ndarray) -> np.ndarray:
-    """NumPy twin of ``eval_poly_masked``."""
+    """NumPy twin of ``eval_poly_masked``.
+    mask · p(x) element-wise in float64 (x and mask broadcast together, e.g. both ``slots`` long).
+    """
     return np.asarray(mask) * np.polynomial.polynomial.polyval(x, np.asarray(_trim(coeffs)))

@@ -50,7 +50,9 @@ class BlockedPacking:
 
     @classmethod
     def choose(cls, n: int, d: int, c: int, slots: int) -> "BlockedPacking":
-        """The block shape with the fewest rotations per iteration (then the fewest ciphertexts)."""
+        """The block shape with the fewest rotations per iteration (then the fewest ciphertexts).
+        Raises LayoutError when the classes (rounded up to a power of two) need more than half the slots.
+        """
         C = next_pow2(c)
         if C > slots // 2:
             raise LayoutError(f"{c} classes do not fit the blocked layout in {slots} slots")
@@ -67,19 +69,27 @@ class BlockedPacking:
 
     @property
     def n_groups(self) -> int:  # sample blocks g
+        """Sample blocks g: ceil(n / I)."""
         return -(-self.n // self.I)
 
     @property
     def n_fblocks(self) -> int:  # feature blocks h
+        """Feature blocks h: ceil(d / L)."""
         return -(-self.d // self.L)
 
     def rotations_per_iteration(self) -> int:
+        """Rotations in one training iteration: 2·log2 L per sample block (row sum and spread) plus log2 I per
+        feature block (gradient's sum over samples).
+        """
         return self.n_groups * 2 * log2_pow2(self.L) + self.n_fblocks * log2_pow2(self.I)
 
     def rotation_steps(self) -> list[int]:
+        """Galois steps C·2^k (k < log2 L) and C·L·2^k (k < log2 I): log2(slots / C) keys."""
         return [self.C << k for k in range(log2_pow2(self.L))] + [(self.C * self.L) << k for k in range(log2_pow2(self.I))]
 
     def describe(self) -> dict:
+        """The block shape for logs and reports: layout name, I, L, C, groups, feature blocks,
+        ciphertexts per copy of X."""
         return {"layout": self.name, "I": self.I, "L": self.L, "C": self.C, "groups": self.n_groups,
                 "feature_blocks": self.n_fblocks, "ciphertexts_per_copy_of_X": self.n_groups * self.n_fblocks}
 
@@ -143,7 +153,9 @@ class BlockedPacking:
         return [np.where(l == 0, self._take(Z, g * self.I + i, k), 0.0) for g in range(self.n_groups)]
 
     def forward_masks(self) -> list[np.ndarray]:
-        """1 where a forward output slot is valid: l = 0, a real class, a real sample."""
+        """1 where a forward output slot is valid: l = 0, a real class, a real sample.
+        One 0/1 vector of ``slots`` values per sample group.
+        """
         i, l, k = self._grid()
         return [((l == 0) & (k < self.c) & (g * self.I + i < self.n)).astype(float) for g in range(self.n_groups)]
 
@@ -178,6 +190,9 @@ class VolleyRevolverPacking:
 
     @classmethod
     def choose(cls, n: int, d: int, c: int, slots: int) -> "VolleyRevolverPacking":
+        """D = next power of two >= d, R = slots / D rows per ciphertext.
+        Raises LayoutError when d > slots or when c > R (use the blocked layout).
+        """
         D = next_pow2(d)
         if D > slots:
             raise LayoutError(f"{d} features do not fit one row of {slots} slots")
@@ -189,20 +204,27 @@ class VolleyRevolverPacking:
 
     @property
     def n_groups(self) -> int:  # data ciphertexts k
+        """Data ciphertexts k: ceil(n / R)."""
         return -(-self.n // self.R)
 
     @property
     def n_blocks(self) -> int:  # forward outputs (k, r)
+        """Forward outputs (k, r): n_groups · R."""
         return self.n_groups * self.R
 
     def rotations_per_iteration(self) -> int:
+        """Rotations in one iteration: R - 1 weight rotations, 2·log2 D per forward block (row sum and spread),
+        R - 1 to rotate the gradient blocks back.
+        """
         return (self.R - 1) + self.n_blocks * 2 * log2_pow2(self.D) + (self.R - 1)
 
     def rotation_steps(self) -> list[int]:
+        """Galois steps D·r (0 < r < R) and ±2^k (k < log2 D)."""
         rows = [self.D * r for r in range(1, self.R)]
         return rows + [1 << k for k in range(log2_pow2(self.D))] + [-(1 << k) for k in range(log2_pow2(self.D))]
 
     def describe(self) -> dict:
+        """The layout for logs and reports: name, D, R, data ciphertexts, forward blocks."""
         return {"layout": self.name, "D": self.D, "R": self.R, "data_ciphertexts": self.n_groups,
                 "forward_blocks": self.n_blocks}
 
@@ -211,6 +233,9 @@ class VolleyRevolverPacking:
         return j.ravel(), l.ravel()
 
     def pack_forward_data(self, X: np.ndarray) -> list[np.ndarray]:
+        """X (n × d) -> one vector of ``slots`` values per data ciphertext k: slot D·j + l holds X[R·k + j, l]
+        (zero padded). Also the gradient's copy X̃ (``pack_gradient_data`` is the same map).
+        """
         j, l = self._rows()
         out = []
         for k in range(self.n_groups):
@@ -242,14 +267,18 @@ class VolleyRevolverPacking:
         return out
 
     def pack_weights(self, U: np.ndarray) -> list[np.ndarray]:
+        """U (c × d) -> one vector: class row i at slots D·i .. D·i + d - 1."""
         v = np.zeros((self.R, self.D))
         v[: U.shape[0], : U.shape[1]] = U
         return [v.ravel()]
 
     def unpack_weights(self, vectors) -> np.ndarray:
+        """Inverse of ``pack_weights``: U (c × d) from the decrypted weight vector."""
         return np.asarray(vectors[0])[: self.slots].reshape(self.R, self.D)[: self.c, : self.d]
 
     def unpack_forward(self, vectors) -> np.ndarray:
+        """z (n × c) from the decrypted forward blocks (k, r) in order: slot D·j of block (k, r)
+        is z[R·k + j, (j+r) mod R]."""
         z = np.zeros((self.n_groups * self.R, self.R))
         j = np.arange(self.R)
         for idx, v in enumerate(vectors):
@@ -278,9 +307,11 @@ class VolleyRevolverPacking:
         return m.astype(float)
 
     def forward_masks(self) -> list[np.ndarray]:
+        """Per forward block (k, r): 1 at the first slot of each row holding a real sample and class, else 0."""
         return [self._mask(k, r, True) for k in range(self.n_groups) for r in range(self.R)]
 
     def label_masks(self) -> list[np.ndarray]:
+        """Per forward block (k, r): 1 on the whole row of each real sample and class, else 0."""
         return [self._mask(k, r, False) for k in range(self.n_groups) for r in range(self.R)]
 
 
@@ -288,7 +319,9 @@ PACKINGS = {"blocked": BlockedPacking, "volley-revolver": VolleyRevolverPacking}
 
 
 def choose_packing(layout: str, n: int, d: int, c: int, slots: int):
-    """The packing named ``layout`` ('blocked' or 'volley-revolver'; 'auto' = 'blocked')."""
+    """The packing named ``layout`` ('blocked' or 'volley-revolver'; 'auto' = 'blocked').
+    Raises LayoutError for an unknown layout, or data that does not fit the chosen one.
+    """
     if layout == "auto":
         layout = "blocked"
     try:

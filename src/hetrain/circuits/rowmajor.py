@@ -47,6 +47,9 @@ class RowMajor:
 
     @classmethod
     def for_matrix(cls, rows: int, cols: int, block: int) -> "RowMajor":
+        """Layout of an r×c matrix with width = next power of two >= max(r, c) (W and Wᵀ share it).
+        Raises LayoutError when width² exceeds ``block`` (slots per sample block).
+        """
         w = next_pow2(max(rows, cols))  # the same width holds W and its transpose (see ``transpose``)
         if w * w > block:  # ``tile`` fills next_pow2(rows) segments: they must stay inside the block
             raise LayoutError(f"a {rows}x{cols} matrix and its transpose need {w * w} slots per "
@@ -55,10 +58,13 @@ class RowMajor:
 
     @property
     def T(self) -> "RowMajor":
+        """The transpose's layout (cols × rows, same width)."""
         return RowMajor(self.cols, self.rows, self.width)
 
     def pack(self, W: np.ndarray) -> np.ndarray:
-        """Block vector (one sample block) of W row-major."""
+        """Block vector (one sample block) of W row-major.
+        Returns rows · width values. Raises ValueError unless ``W`` is rows × cols.
+        """
         W = np.asarray(W, dtype=np.float64)
         if W.shape != (self.rows, self.cols):
             raise ValueError(f"expected a {self.rows}x{self.cols} matrix, got {W.shape}")
@@ -68,11 +74,14 @@ class RowMajor:
         return v
 
     def unpack(self, block_vec: np.ndarray) -> np.ndarray:
+        """Inverse of ``pack``: the r×c matrix from a decrypted block vector (one sample block)."""
         v = np.asarray(block_vec)
         return np.array([v[i * self.width: i * self.width + self.cols] for i in range(self.rows)])
 
     def tiled(self, rows_in: np.ndarray) -> np.ndarray:
-        """Client side: per-sample input vectors (n, c) copied into each of the r row segments."""
+        """Client side: per-sample input vectors (n, c) copied into each of the r row segments.
+        Returns (n, rows · width). Raises ValueError unless ``rows_in`` is (n, cols).
+        """
         rows_in = np.asarray(rows_in, dtype=np.float64)
         if rows_in.ndim != 2 or rows_in.shape[1] != self.cols:
             raise ValueError(f"expected (n, {self.cols}) inputs, got {rows_in.shape}")
@@ -90,21 +99,27 @@ class RowMajor:
 
     # rotation steps (left) each circuit uses
     def rowsum_steps(self) -> list[int]:
+        """Left steps 2^k, k < log2 next_pow2(cols): the rotate-and-sum inside row segments (``matvec``)."""
         return [1 << k for k in range(log2_pow2(next_pow2(self.cols)))]
 
     def gather_steps(self) -> list[int]:
+        """Left steps i·(width - 1), 0 < i < rows: strided -> compact (``gather``)."""
         return [i * (self.width - 1) for i in range(1, self.rows)]
 
     def tile_steps(self, segments: int) -> list[int]:
+        """Right steps width·2^k, k < log2 next_pow2(segments) (negative numbers): compact -> tiled (``tile``)."""
         return [-(self.width << k) for k in range(log2_pow2(next_pow2(segments)))]
 
     def spread_steps(self) -> list[int]:
+        """Right steps 2^k, k < log2 width (negative numbers): an entry repeated over its segment (``spread``)."""
         return [-(1 << k) for k in range(log2_pow2(self.width))]
 
     def transpose_offsets(self) -> list[int]:
+        """Diagonal offsets k = i - j, -(cols - 1) .. rows - 1: the groups of entries ``transpose`` moves together."""
         return list(range(-(self.cols - 1), self.rows))  # k = i − j
 
     def transpose_steps(self) -> list[int]:
+        """Left steps k·(width - 1) for every non-zero offset k (``transpose``)."""
         return [k * (self.width - 1) for k in self.transpose_offsets() if k]
 
 

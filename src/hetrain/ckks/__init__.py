@@ -41,6 +41,9 @@ def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", ro
     Every backend takes ``secret_key=`` (``secret_key_bytes()`` of an earlier engine of the same backend
     and parameters, else KeyMismatch): the engine keeps that secret key and its key id and makes fresh
     public, relinearisation and Galois keys (a job's evaluation keys under the data owner's key).
+    Raises ValueError for an unknown backend or preset, InsecureParameters for parameters below 128-bit
+    security without ``force_insecure``, KeyMismatch for a ``secret_key`` of other parameters, CKKSError when
+    an optional backend's library is not installed.
     """
     if backend == "desilo":  # imported only when asked for (optional, non-redistributable dependency)
         from .desilo_backend import DesiloEngine
@@ -70,7 +73,10 @@ def owner_forced_insecure(public: bytes) -> bool:
 def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: bool = False,
                 verify: bool = True) -> Engine:
     """Rebuild an engine from ``public_bytes()`` (and optionally ``secret_key_bytes()``).
-    ``verify=False`` (seal): skip the key parts' SHA-256, for bytes whose digest the caller checked."""
+    ``verify=False`` (seal): skip the key parts' SHA-256, for bytes whose digest the caller checked.
+    Raises SerializationError for bytes that are not a public context (or of an unknown backend),
+    KeyMismatch when ``secret`` belongs to another key set, InsecureParameters as ``create_engine``.
+    """
     meta = read_header(public, expect_kind="public_context")
     backend = meta.get("backend")
     if backend == "seal":

@@ -21,6 +21,12 @@ MAGIC = b"HETRAIN1"
 
 
 def write_container(out: BinaryIO, meta: dict, parts: dict[str, bytes]) -> None:
+    """Write ``meta`` plus ``parts`` (name -> bytes, in order) to ``out`` in the container layout above.
+
+    The header is ``meta`` with a ``"parts"`` list of {name, size (bytes), sha256 (hex)} added; nothing is
+    returned. Whatever ``out.write`` raises (OSError) propagates; ``meta`` must be JSON-serialisable (else
+    TypeError from json).
+    """
     header = dict(meta)
     header["parts"] = [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in parts.items()]
     hb = json.dumps(header, sort_keys=True).encode()
@@ -30,6 +36,7 @@ def write_container(out: BinaryIO, meta: dict, parts: dict[str, bytes]) -> None:
 
 
 def pack(meta: dict, parts: dict[str, bytes]) -> bytes:
+    """``write_container`` into memory: the container's bytes (header, then each part back to back)."""
     buf = io.BytesIO()
     write_container(buf, meta, parts)
     return buf.getvalue()
@@ -66,6 +73,12 @@ def _read_part(src: BinaryIO, p: dict, verify: bool = True, digest=None) -> byte
 
 
 def read_container(src: BinaryIO, expect_kind: str | None = None, verify: bool = True) -> tuple[dict, dict[str, bytes]]:
+    """(header dict, parts name -> bytes) read from the stream ``src``, parts in the header's order.
+
+    ``expect_kind``: the header's ``"kind"`` must equal it. ``verify=False`` skips each part's SHA-256 (only
+    for bytes whose whole digest the caller has already checked). Raises SerializationError on bad magic
+    bytes, an undecodable header, another kind, a truncated part or a checksum mismatch.
+    """
     header = _read_header(src, expect_kind)
     return header, {p["name"]: _read_part(src, p, verify) for p in header.get("parts", [])}
 
@@ -73,14 +86,18 @@ def read_container(src: BinaryIO, expect_kind: str | None = None, verify: bool =
 def unpack(data: bytes, expect_kind: str | None = None, verify: bool = True) -> tuple[dict, dict[str, bytes]]:
     """(header, parts) of ``pack``'s bytes. ``verify=False`` skips each part's SHA-256: only for bytes
     whose digest as a whole the caller has already checked (a job file against its manifest), so
-    that a file is hashed once, not once per nesting level."""
+    that a file is hashed once, not once per nesting level.
+    Raises SerializationError for a non-bytes argument and everything ``read_container`` refuses.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"expected bytes, got {type(data).__name__}")
     return read_container(io.BytesIO(data if isinstance(data, bytes) else bytes(data)), expect_kind, verify)
 
 
 def read_header(data: bytes, expect_kind: str | None = None) -> dict:
-    """Only the header of ``pack``'s bytes (no part is read or hashed)."""
+    """Only the header of ``pack``'s bytes (no part is read or hashed).
+    Raises SerializationError for a non-bytes argument, bad magic bytes, a corrupted header or another kind.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"expected bytes, got {type(data).__name__}")
     return _read_header(io.BytesIO(data), expect_kind)

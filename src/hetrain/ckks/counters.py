@@ -19,6 +19,9 @@ class OpCounters:
 
     @contextlib.contextmanager
     def time(self, kind: str, n: int = 1):
+        """Context manager: adds ``n`` to ``counts[kind]`` and the block's wall time (seconds, perf_counter) to
+        ``seconds[kind]``, also when the block raises.
+        """
         t0 = time.perf_counter()
         try:
             yield
@@ -27,14 +30,17 @@ class OpCounters:
             self.seconds[kind] += time.perf_counter() - t0
 
     def add(self, kind: str, n: int = 1, seconds: float = 0.0) -> None:
+        """Add ``n`` operations of ``kind`` and ``seconds`` of wall time (counts merged from a worker process)."""
         self.counts[kind] += n
         self.seconds[kind] += seconds
 
     def reset(self) -> None:
+        """Forget every count and time (between phases)."""
         self.counts.clear()
         self.seconds.clear()
 
     def snapshot(self) -> dict[str, int]:
+        """A copy of the counts (kind -> number of operations), for ``diff`` later; times are not included."""
         return dict(self.counts)
 
     def diff(self, before: dict[str, int]) -> dict[str, int]:
@@ -43,7 +49,9 @@ class OpCounters:
         return {k: v for k, v in sorted(out.items()) if v}
 
     def as_dict(self) -> dict[str, dict[str, float]]:
+        """kind -> {"count": operations, "seconds": total wall time rounded to microseconds}, sorted by kind."""
         return {k: {"count": self.counts[k], "seconds": round(self.seconds[k], 6)} for k in sorted(self.counts)}
 
     def format(self) -> str:
+        """One log line ``kind=count(seconds s) ...`` of the nonzero kinds, sorted by kind."""
         return " ".join(f"{k}={self.counts[k]}({self.seconds[k]:.2f}s)" for k in sorted(self.counts) if self.counts[k])

@@ -42,6 +42,7 @@ _LEVELS_RE = re.compile(r"^desilo-l(\d+)$")
 
 
 def available() -> bool:
+    """Whether the optional package desilofhe imports here (backend "desilo" usable)."""
     return _d is not None
 
 
@@ -248,6 +249,13 @@ class DesiloEngine(Engine):
     @classmethod
     def from_bytes(cls, public: bytes, secret: bytes | None = None, *, force_insecure: bool = False,
                    threads: int | None = None, mode: str = "cpu") -> "DesiloEngine":
+        """Rebuild an engine from ``public_bytes()`` (and optionally ``secret_key_bytes()`` of the same key set).
+
+        ``threads``/``mode`` ("cpu" or "gpu") are desilofhe's engine options (not stored in the bytes).
+        ``force_insecure`` is accepted for the common signature and not used.
+        Raises SerializationError when the bytes are not a public context, KeyMismatch when ``secret`` belongs to
+        other parameters or keys, CKKSError when desilofhe is not installed.
+        """
         meta, parts = unpack(public, expect_kind="public_context")
         params = CKKSParams.from_dict(meta["params"])
         sk = None if secret is None else unpack_secret_key(meta, params, secret)
@@ -256,6 +264,9 @@ class DesiloEngine(Engine):
                             "bootstrap_key_size": meta.get("bootstrap_key_size"), **parts}, _secret=sk)
 
     def key_sizes(self) -> dict[str, int]:
+        """Serialised size in bytes of each key kind: public_key, relin_keys, galois_keys (all fixed rotation keys),
+        plus conjugation_key and bootstrap_* when the engine bootstraps, secret_key when it holds one.
+        """
         e = self._native
         sizes = {"public_key": len(e.serialize_public_key(self._pk)),
                  "relin_keys": len(e.serialize_relinearization_key(self._rlk)),

@@ -18,6 +18,10 @@ The level rules are the same for every backend, and implemented here once:
   (SEAL's own error, the sim's ``TransparentResult`` for a sum of nonzero operands that is exactly 0).
 
 Backends implement the small set of ``_primitive`` methods; counting, checks and alignment live here.
+
+Scheme: CKKS (Cheon, Kim, Kim, Song, "Homomorphic Encryption for Arithmetic of Approximate Numbers",
+ASIACRYPT 2017), with the rescaling of that paper and the level bookkeeping of Microsoft SEAL; the
+rotate-and-sum of ``sum_slots`` is the one of Halevi–Shoup ("Algorithms in HElib", CRYPTO 2014).
 """
 from __future__ import annotations
 
@@ -239,7 +243,9 @@ class Engine(abc.ABC):
 
     # ------------------------------------------------------------------ public API
     def encrypt(self, values, level: int | None = None) -> Ciphertext:
-        """Encrypt up to ``slots`` real values (zero-padded) at ``level`` (default: the top)."""
+        """Encrypt up to ``slots`` real values (zero-padded) at ``level`` (default: the top).
+        Raises ValueError for a level outside [0, max_level], more than ``slots`` values, NaN or infinite values.
+        """
         level = self.max_level if level is None else int(level)
         if not 0 <= level <= self.max_level:
             raise ValueError(f"level must be in [0, {self.max_level}], got {level}")
@@ -249,7 +255,10 @@ class Engine(abc.ABC):
         return Ciphertext(self, level, data)
 
     def decrypt(self, ct: Ciphertext) -> np.ndarray:
-        """Decrypt to ``slots`` float64 values (raw: round or noise-flood before releasing them)."""
+        """Decrypt to ``slots`` float64 values (raw: round or noise-flood before releasing them).
+        Raises SecretKeyUnavailable on an engine rebuilt from public material only (a server's), KeyMismatch for a
+        ciphertext of another engine.
+        """
         self._own(ct)
         if not self.has_secret_key:
             raise SecretKeyUnavailable("this engine holds public material only and cannot decrypt")
@@ -257,6 +266,12 @@ class Engine(abc.ABC):
             return self._decrypt(ct)
 
     def add(self, a: Ciphertext, b) -> Ciphertext:
+        """``a + b``: ``b`` a Ciphertext (operands aligned to the lower level), a PlainVector, an array of at most
+        ``slots`` values (zero-padded) or a scalar (broadcast to every slot). No level consumed; the result is at
+        the lower operand level. A sum that cancels exactly is a fresh encryption of 0 (module docstring).
+        Raises KeyMismatch for a ciphertext of another engine, TypeError when ``a`` is no Ciphertext, ValueError
+        for too many, NaN or infinite plaintext values.
+        """
         self._own(a)
         if isinstance(b, Ciphertext):
             a, b = self._align(a, b)
@@ -266,6 +281,7 @@ class Engine(abc.ABC):
             return Ciphertext(self, a.level, self._add_plain(a, self._plain_for_add(b, a.level)))
 
     def sub(self, a: Ciphertext, b) -> Ciphertext:
+        """``a - b``, with the operands, levels and errors of ``add``; ``x - x`` of the same ciphertext is exactly 0."""
         self._own(a)
         if isinstance(b, Ciphertext):
             a, b = self._align(a, b)
@@ -277,12 +293,15 @@ class Engine(abc.ABC):
         return self.add(a, -np.asarray(b, dtype=np.float64) if not isinstance(b, PlainVector) else PlainVector(-b.values))
 
     def neg(self, a: Ciphertext) -> Ciphertext:
+        """``-a`` at ``a``'s level (no level consumed). Raises KeyMismatch/TypeError as ``add``."""
         self._own(a)
         with self.counters.time("negate"):
             return Ciphertext(self, a.level, self._neg(a))
 
     def add_many(self, cts: Sequence[Ciphertext]) -> Ciphertext:
-        """Sum of ciphertexts (aligned to the lowest level)."""
+        """Sum of ciphertexts (aligned to the lowest level).
+        Raises ValueError for an empty list.
+        """
         if not cts:
             raise ValueError("add_many needs at least one ciphertext")
         out = cts[0]
@@ -299,6 +318,9 @@ class Engine(abc.ABC):
         return self.mul_plain(a, b)
 
     def square(self, a: Ciphertext) -> Ciphertext:
+        """``a * a``, relinearised and rescaled: one level consumed, cheaper than ``mul(a, a)`` (one tensor square).
+        Raises DepthExhausted when ``a`` is at level 0, KeyMismatch/TypeError as ``add``.
+        """
         self._own(a)
         self._need_level(a, "square")
         with self.counters.time("square"):
@@ -306,7 +328,9 @@ class Engine(abc.ABC):
         return self._relin_rescale(d, a.level)
 
     def mul_sum(self, pairs: Sequence[tuple[Ciphertext, Ciphertext]]) -> Ciphertext:
-        """Σ aᵢ·bᵢ with a single relinearisation and rescale (cheaper than summing ``mul``s)."""
+        """Σ aᵢ·bᵢ with a single relinearisation and rescale (cheaper than summing ``mul``s).
+        Raises ValueError for no pairs, DepthExhausted when an operand is at level 0.
+        """
         if not pairs:
             raise ValueError("mul_sum needs at least one pair")
         level = min(min(x.level, y.level) for x, y in pairs)
@@ -358,7 +382,9 @@ class Engine(abc.ABC):
             return self._result(a.level - 1, self._mul_plain, a, pt)
 
     def mul_scalar(self, a: Ciphertext, c: Scalar) -> Ciphertext:
-        """a x c for a real constant c. One level (exact scale management needs the rescale)."""
+        """a x c for a real constant c. One level (exact scale management needs the rescale).
+        Raises ValueError for a NaN or infinite constant, DepthExhausted when ``a`` is at level 0.
+        """
         self._own(a)
         self._need_level(a, "scalar multiply")
         if not np.isfinite(c):
@@ -369,7 +395,12 @@ class Engine(abc.ABC):
             return self._result(a.level - 1, self._mul_scalar, a, float(c))
 
     def rotate(self, a: Ciphertext, step: int) -> Ciphertext:
-        """Rotate left by ``step`` slots (negative: right), cyclically over all slots."""
+        """Rotate left by ``step`` slots (negative: right), cyclically over all slots.
+        No level consumed; a step that is 0 modulo ``slots`` returns ``a`` itself. One Galois automorphism
+        X -> X^(g^step) and a key switch with the step's Galois key (SEAL: g = 3, ``seal_backend.galois_element``;
+        slot rotations as in Halevi–Shoup, "Algorithms in HElib", CRYPTO 2014).
+        Raises MissingRotationKey when the engine has no Galois key for the step.
+        """
         self._own(a)
         s = self.normalize_step(step)
         if s == 0:
@@ -394,7 +425,9 @@ class Engine(abc.ABC):
         return out
 
     def drop_to_level(self, a: Ciphertext, level: int) -> Ciphertext:
-        """Lower ``a`` to ``level`` without changing its values (no-op if already there)."""
+        """Lower ``a`` to ``level`` without changing its values (no-op if already there).
+        Raises ValueError when ``level`` is above ``a.level``, DepthExhausted when it is below 0.
+        """
         self._own(a)
         if level > a.level:
             raise ValueError(f"cannot raise a ciphertext from level {a.level} to {level}")
@@ -419,6 +452,11 @@ class Engine(abc.ABC):
 
         Only backends with ``can_bootstrap`` implement it; SEAL has no bootstrapping, so its
         trainers refresh through the client instead (``--refresh client``).
+        Source: CKKS bootstrapping (Cheon, Han, Kim, Kim, Song, "Bootstrapping for Approximate Homomorphic
+        Encryption", EUROCRYPT 2018) as the backend's library implements it (desilofhe ``bootstrap``, OpenFHE
+        ``EvalBootstrap``); the sim backend models it (level reset, bootstrap-sized noise when it has noise).
+        Raises CKKSError on a backend (or parameters) without bootstrapping, KeyMismatch for a ciphertext of
+        another engine.
         """
         self._own(ct)
         if not self.can_bootstrap:
@@ -444,7 +482,9 @@ class Engine(abc.ABC):
     def deserialize(self, data: bytes, *, verify: bool = True) -> Ciphertext:
         """Inverse of ``serialize``; refuses ciphertexts of other parameters, keys or backends.
         ``verify=False``: skip the payload's SHA-256 (the caller checked a digest over the file
-        that holds ``data``: container.iter_container_file's ``digest``)."""
+        that holds ``data``: container.iter_container_file's ``digest``).
+        Raises KeyMismatch for another backend, parameters or key; SerializationError for corrupted bytes.
+        """
         from .container import unpack
         meta, parts = unpack(data, expect_kind="ciphertext", verify=verify)
         if meta.get("backend") != self.backend_name:
@@ -466,6 +506,11 @@ class Engine(abc.ABC):
         atomic_write(path, pack({"kind": "ciphertext_list", "n": len(cts)}, blobs))
 
     def load_ciphertexts(self, path: str | os.PathLike) -> list[Ciphertext]:
+        """The list of ciphertexts ``save_ciphertexts`` wrote to ``path``, in order.
+
+        Raises OSError when the file cannot be read, SerializationError for a file of another kind or a corrupted
+        one, KeyMismatch for ciphertexts of other parameters, keys or backends.
+        """
         from .container import unpack
         with open(path, "rb") as f:
             _, parts = unpack(f.read(), expect_kind="ciphertext_list")
@@ -489,9 +534,15 @@ class Engine(abc.ABC):
         return pack(meta, {} if raw is None else {"sk": raw})
 
     def ciphertext_nbytes(self, ct: Ciphertext) -> int:
+        """Size in bytes of ``ct``'s backend payload (without the container header ``serialize`` adds); it shrinks
+        as the level drops (SEAL, OpenFHE, desilo; constant on the sim).
+        """
         return len(self._ct_to_bytes(ct))
 
     def describe(self) -> str:
+        """One line: backend, parameters, levels, slots, number of Galois (rotation) keys and whether the engine
+        holds the secret key.
+        """
         return (f"{self.backend_name} {self.params.describe()} levels={self.max_level} slots={self.slots} "
                 f"rotation keys={len(self.rotation_steps)} secret key={'yes' if self.has_secret_key else 'no'}")
 
@@ -584,7 +635,10 @@ def read_secret_key(secret: bytes, backend: str, params: CKKSParams) -> tuple[st
 
 def unpack_secret_key(public_meta: dict, params: CKKSParams, secret: bytes) -> bytes | None:
     """The raw key bytes of a secret-key container, after checking it belongs to the public
-    context (same key id and parameters); None for a backend with no key material (sim)."""
+    context (same key id and parameters); None for a backend with no key material (sim).
+    Raises KeyMismatch when the secret key is of another key id or parameters, SerializationError when
+    ``secret`` is not a secret-key container.
+    """
     from .container import unpack
     smeta, sparts = unpack(secret, expect_kind="secret_key")
     if smeta.get("key_id") != public_meta["key_id"] or smeta.get("params") != params.fingerprint():

@@ -55,6 +55,7 @@ class SerialExecutor:
         return [fn(self.engine, *shared, *task) for task in tasks]
 
     def close(self) -> None:
+        """Nothing to release here (ProcessExecutor stops its workers); called by ``__exit__``."""
         pass
 
     def __enter__(self):
@@ -127,6 +128,14 @@ class ProcessExecutor(SerialExecutor):
         return self.started_workers
 
     def map(self, fn: Callable, tasks: Sequence[tuple], shared: tuple = ()) -> list:
+        """``[fn(engine, *shared, *task) for task in tasks]``, the tasks split into ``min(workers, len(tasks))``
+        contiguous chunks: the first runs in this process, the others in worker processes (results in task order).
+
+        ``fn`` must be a module-level function (pickled by name). Ciphertexts in ``shared`` and ``tasks`` travel
+        serialised (inputs named at start-up travel as references); the workers' operation counts are added to
+        ``engine.counters`` and their times to ``timing`` (seconds). One task or fewer runs serially here.
+        Raises WorkerFailed when a worker process dies (out of memory, killed) while starting or computing.
+        """
         tasks = list(tasks)
         if len(tasks) <= 1:
             return super().map(fn, tasks, shared)
@@ -160,6 +169,7 @@ class ProcessExecutor(SerialExecutor):
         return out
 
     def close(self) -> None:
+        """Shut the worker pool down: wait for running chunks, cancel queued ones."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ wire format
@@ -196,7 +206,9 @@ def make_executor(engine: Engine, inputs: dict[str, list[Ciphertext]] | None = N
                   loader: tuple | None = None) -> SerialExecutor:
     """SerialExecutor for 1 worker or a backend whose tasks stay in one process (``engine.process_workers``
     False: OpenFHE, which uses every core per operation), else a ProcessExecutor (``workers`` None:
-    every core)."""
+    every core).
+    Raises ValueError when ``workers`` < 1.
+    """
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")

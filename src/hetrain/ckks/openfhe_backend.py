@@ -66,6 +66,7 @@ except ImportError:  # pragma: no cover - exercised where openfhe is absent
 
 
 def available() -> bool:
+    """Whether the optional package openfhe imports here (backend "openfhe"; its wheel is for Python 3.10)."""
     return _o is not None
 
 
@@ -94,13 +95,19 @@ class OpenFHEConfig:
 
     @property
     def bootstraps(self) -> bool:
+        """Whether the set bootstraps (``level_budget`` given: OpenFHE's CoeffsToSlots/SlotsToCoeffs level budget)."""
         return self.level_budget is not None
 
     @property
     def off(self) -> int:
+        """Towers reserved below the hetrain levels: 1 on bootstrapping parameters (the bootstrap's input
+        level), else 0."""
         return 1 if self.bootstraps else 0
 
     def boot_depth(self) -> int:
+        """Levels the bootstrap itself consumes (OpenFHE ``CryptoContext.GetBootstrapDepth`` for ``level_budget`` and a
+        uniform ternary secret); 0 without bootstrapping. Raises CKKSError when openfhe is not installed.
+        """
         if not self.bootstraps:
             return 0
         o = _require()
@@ -112,17 +119,22 @@ class OpenFHEConfig:
         return self.levels + self.off + self.boot_depth()
 
     def params(self) -> CKKSParams:
+        """The nominal CKKSParams of this set (ring N, ``levels`` primes of ``scale_bits`` between a ``first_mod``-bit
+        and a 60-bit prime; sparse ``slots``): what fingerprints and describes it. OpenFHE picks the actual primes.
+        """
         # nominal chain: OpenFHE chooses its primes (first modulus, one per level, key-switching primes)
         return CKKSParams(self.ring_dim, (self.first_mod,) + (self.scale_bits,) * self.levels + (60,),
                           self.scale_bits, self.name, self.slots if self.slots != self.ring_dim // 2 else 0)
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (``level_budget`` a list or None); inverse of ``from_dict``."""
         d = dataclasses.asdict(self)
         d["level_budget"] = None if self.level_budget is None else list(self.level_budget)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "OpenFHEConfig":
+        """Inverse of ``to_dict``. Raises TypeError for unknown or missing fields."""
         d = dict(d)
         if d.get("level_budget") is not None:
             d["level_budget"] = tuple(int(x) for x in d["level_budget"])
@@ -163,7 +175,9 @@ PRESETS: dict[str, OpenFHEConfig] = {
 
 def resolve(preset) -> OpenFHEConfig:
     """OpenFHE config for a preset name or a CKKSParams (OpenFHE preset names pass; SEAL presets and
-    custom chains map to the same ring, level count and scale, first modulus, one special prime)."""
+    custom chains map to the same ring, level count and scale, first modulus, one special prime).
+    Raises ValueError for an unknown preset name.
+    """
     from .params import PRESETS as SEAL_PRESETS
     if isinstance(preset, OpenFHEConfig):
         return preset
@@ -442,6 +456,13 @@ class OpenFHEEngine(Engine):
 
     @classmethod
     def from_bytes(cls, public: bytes, secret: bytes | None = None, *, force_insecure: bool = False) -> "OpenFHEEngine":
+        """Rebuild an engine from ``public_bytes()`` (and optionally ``secret_key_bytes()`` of the same key set).
+
+        Raises InsecureParameters for a context on a test ring below 128 bits that the data owner did not make
+        with force_insecure (unless ``force_insecure``), SerializationError for bytes that are not a public
+        context or do not load into OpenFHE, KeyMismatch when ``secret`` belongs to other keys, CKKSError when
+        openfhe is not installed.
+        """
         meta, parts = unpack(public, expect_kind="public_context")
         params = CKKSParams.from_dict(meta["params"])
         sk = None if secret is None else unpack_secret_key(meta, params, secret)
@@ -456,6 +477,9 @@ class OpenFHEEngine(Engine):
                             "tag": meta["tag"], **parts}, _secret=sk)
 
     def key_sizes(self) -> dict[str, int]:
+        """Serialised size in bytes of each key kind (public_key, relin_keys, galois_keys: all automorphism keys,
+        bootstrap keys included; secret_key when held), in OpenFHE's BINARY serialisation.
+        """
         o, tag = self._o, self._tag
         sizes = {"public_key": len(o.Serialize(self._pk, o.BINARY)),
                  "relin_keys": len(o.SerializeEvalMultKeyString(o.BINARY, tag)),

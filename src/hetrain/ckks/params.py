@@ -37,26 +37,35 @@ class CKKSParams:
 
     @property
     def slots(self) -> int:
+        """Number of real values one ciphertext holds: N/2, or ``packing`` when sparse."""
         return self.packing or self.poly_modulus_degree // 2
 
     @property
     def levels(self) -> int:
+        """Multiplicative levels of a fresh ciphertext (rescales it can undergo): ``len(coeff_bits) - 2``."""
         return len(self.coeff_bits) - 2
 
     @property
     def total_bits(self) -> int:
+        """Total coefficient-modulus bits (special prime included): what the 128-bit security limit bounds."""
         return sum(self.coeff_bits)
 
     @property
     def scale(self) -> float:
+        """The encoding scale Δ = 2^scale_bits (a float)."""
         return float(2**self.scale_bits)
 
     def is_128_bit_secure(self) -> bool:
+        """Whether ``total_bits`` is within the Homomorphic Encryption Standard's limit for ring N (``MAX_BITS_128``,
+        as SEAL's CoeffModulus.MaxBitCount); False for an N not in that table.
+        """
         limit = MAX_BITS_128.get(self.poly_modulus_degree)
         return limit is not None and self.total_bits <= limit
 
     def check_security(self, force_insecure: bool = False) -> None:
-        """Refuse parameters below 128-bit security unless ``force_insecure`` is set."""
+        """Refuse parameters below 128-bit security unless ``force_insecure`` is set.
+        Raises InsecureParameters naming the limit (bits) and the presets otherwise.
+        """
         if self.is_128_bit_secure() or force_insecure:
             return
         limit = MAX_BITS_128.get(self.poly_modulus_degree, "unsupported N")
@@ -68,10 +77,12 @@ class CKKSParams:
         )
 
     def describe(self) -> str:
+        """One line: ``N=... chain=[...] scale=2^...`` (and ``slots=`` when sparse)."""
         sparse = f" slots={self.packing}" if self.packing else ""
         return f"N={self.poly_modulus_degree} chain={plain(list(self.coeff_bits))} scale=2^{self.scale_bits}{sparse}"
 
     def to_dict(self) -> dict:
+        """The parameters as a JSON-ready dict (``packing`` only when sparse); inverse of ``from_dict``."""
         d = {"poly_modulus_degree": self.poly_modulus_degree, "coeff_bits": list(self.coeff_bits),
              "scale_bits": self.scale_bits, "name": self.name}
         if self.packing:
@@ -80,6 +91,8 @@ class CKKSParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CKKSParams":
+        """Inverse of ``to_dict``. Raises KeyError for a missing field, ValueError or TypeError for a
+        non-integer one."""
         return cls(int(d["poly_modulus_degree"]), tuple(int(b) for b in d["coeff_bits"]),
                    int(d["scale_bits"]), str(d.get("name", "custom")), int(d.get("packing", 0)))
 
@@ -115,7 +128,9 @@ TEST_PRESETS: dict[str, CKKSParams] = {
 
 
 def get_params(preset: str | CKKSParams) -> CKKSParams:
-    """A preset by name (the INSECURE test presets and the openfhe backend's too), or the CKKSParams passed in."""
+    """A preset by name (the INSECURE test presets and the openfhe backend's too), or the CKKSParams passed in.
+    Raises ValueError for an unknown preset name (the message lists the presets).
+    """
     if isinstance(preset, CKKSParams):
         return preset
     if preset in PRESETS:

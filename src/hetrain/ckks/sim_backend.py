@@ -147,6 +147,11 @@ class SimEngine(Engine):
 
     @classmethod
     def from_bytes(cls, public: bytes, secret: bytes | None = None, *, force_insecure: bool = False) -> "SimEngine":
+        """Rebuild a sim engine from ``public_bytes()`` (and optionally ``secret_key_bytes()``); the sim keeps no key
+        material, only the key id, rotation steps, noise and bootstrap level. Raises SerializationError for bytes
+        that are not a public context, KeyMismatch when ``secret`` belongs to another key set, InsecureParameters as
+        the constructor.
+        """
         meta, _ = unpack(public, expect_kind="public_context")
         params = CKKSParams.from_dict(meta["params"])
         if secret is not None:
@@ -156,4 +161,5 @@ class SimEngine(Engine):
                    _key_id=meta["key_id"], _has_secret=secret is not None)
 
     def key_sizes(self) -> dict[str, int]:
+        """An empty dict: the simulator has no keys to measure."""
         return {}

@@ -60,6 +60,10 @@ class ClaimError(BundleError):
 
 @dataclasses.dataclass
 class BundleFacts:
+    """What the checks learned about a job bundle, for the server to act on: the manifest and job.json (dicts),
+    the CKKS parameters and rotation steps of public_context.bin, ``counts`` (input name -> number of
+    ciphertexts), ``n_ciphertexts`` (their total) and the trainer's ``plan`` (None before it is made).
+    """
     manifest: dict
     job: dict
     params: CKKSParams
@@ -70,6 +74,11 @@ class BundleFacts:
 
 
 def read_json(path: pathlib.Path, what: str, limit: int = MAX_JSON_BYTES):
+    """The parsed JSON of ``path`` (``what`` names it in messages), at most ``limit`` bytes read.
+
+    Raises BundleError when the file is missing, not valid JSON or nested too deeply, ClaimError when it is
+    larger than ``limit`` bytes (checked on its size before it is read).
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -127,6 +136,10 @@ def _exact_size(what: str, header_bytes: int, parts: list[tuple[str, int]], actu
 
 # ---------------------------------------------------------------------- the pieces
 def check_manifest(manifest) -> dict:
+    """``manifest`` itself once it is a hetrain-job manifest of this BUNDLE_VERSION with string ``backend``,
+    ``key_id``, ``params`` (fingerprint) and ``model`` and a ``sha256`` dict. Raises BundleError for another
+    format or version, ClaimError for a missing or mistyped field.
+    """
     if not isinstance(manifest, dict) or manifest.get("format") != "hetrain-job" \
             or manifest.get("version") != files.BUNDLE_VERSION:
         raise BundleError(f"manifest.json is not a hetrain job manifest of version {files.BUNDLE_VERSION}")
@@ -139,7 +152,11 @@ def check_manifest(manifest) -> dict:
 
 
 def check_params(meta: dict, manifest: dict) -> tuple[CKKSParams, set[int]]:
-    """The public context header's parameters and rotation steps, checked."""
+    """The public context header's parameters and rotation steps, checked.
+    Raises ClaimError for another container kind, backend or key than the manifest's, malformed parameters,
+    a ring degree outside RING_DEGREES, an implausible modulus chain, parameters other than the manifest's
+    fingerprint, or rotation steps that are not at most ``slots`` integers in (-slots, slots).
+    """
     if meta.get("kind") != "public_context":
         raise ClaimError(f"public_context.bin is a {meta.get('kind')!r} container, expected 'public_context'")
     if meta.get("backend") != manifest["backend"] or meta.get("key_id") != manifest["key_id"]:
@@ -175,6 +192,11 @@ def _key_switch_bytes(params: CKKSParams) -> int:
 
 
 def check_public_parts(path: pathlib.Path, meta: dict, header_bytes: int, params: CKKSParams, steps: set[int]) -> None:
+    """Check public_context.bin's parts before SEAL loads them: the header accounts for the file's exact size
+    (bytes), the part names are the backend's, and (seal) no key part is larger than a key of ``params`` can
+    be (public key, relinearisation key, one Galois key per step of ``steps``). ``header_bytes``: bytes of
+    magic, length and header. Raises ClaimError on any disagreement, including steps without Galois keys.
+    """
     parts = _parts(meta, "public_context.bin")
     _exact_size("public_context.bin", header_bytes, parts, path.stat().st_size)
     backend = meta["backend"]
@@ -197,7 +219,10 @@ def check_public_parts(path: pathlib.Path, meta: dict, header_bytes: int, params
 
 
 def check_inputs(path: pathlib.Path, manifest: dict, params: CKKSParams) -> dict[str, int]:
-    """The inputs' counts, after checking every part against its header (sizes, kinds, levels)."""
+    """The inputs' counts, after checking every part against its header (sizes, kinds, levels).
+    Raises ClaimError for another container kind or key, malformed counts, parts that do not match the counts,
+    and any part whose size, kind or level a ciphertext of these parameters cannot have.
+    """
     actual = path.stat().st_size
     with open(path, "rb") as f:
         meta, header_bytes = _header_at(f, 0, actual, "inputs.bin", MAX_HEADER_BYTES)
@@ -259,7 +284,11 @@ def _shape(job: dict) -> tuple[int, int, int]:
 
 
 def check_job(job, manifest: dict, params: CKKSParams, steps: set[int], counts: dict[str, int]):
-    """job.json's claims against the ciphertexts and the trainer's plan; returns the plan."""
+    """job.json's claims against the ciphertexts and the trainer's plan; returns the plan.
+    Raises ClaimError for every claim of job.json that disagrees with the manifest, the ciphertexts (more
+    values claimed than they hold), the trainer's config and plan (layout, sizes, batches, iterations), or
+    Galois keys the plan needs and the public context lacks.
+    """
     from hetrain.models.base import get_trainer
 
     if not isinstance(job, dict) or job.get("model") != manifest["model"]:
@@ -319,7 +348,9 @@ def check_job(job, manifest: dict, params: CKKSParams, steps: set[int], counts: 
 
 # ---------------------------------------------------------------------- all of it
 def check_bundle(jobdir: str | os.PathLike) -> BundleFacts:
-    """Every check above on the bundle in ``jobdir`` (checksums are the caller's: files.read_job_files)."""
+    """Every check above on the bundle in ``jobdir`` (checksums are the caller's: files.read_job_files).
+    Raises BundleError when a file is missing, ClaimError (a BundleError) when any claim is false.
+    """
     d = pathlib.Path(jobdir)
     manifest = check_manifest(read_json(d / files.MANIFEST, "manifest.json"))
     job = read_json(d / files.JOB, "job.json")

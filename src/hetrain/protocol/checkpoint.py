@@ -32,7 +32,9 @@ def save(path, engine, state: list, meta: dict) -> None:
 
 
 def load(path, engine) -> tuple[list, dict] | None:
-    """``(state, meta)`` from ``path``, or None if there is no checkpoint yet."""
+    """``(state, meta)`` from ``path``, or None if there is no checkpoint yet.
+    Raises CheckpointError for a checkpoint of another key, SerializationError for a corrupted file.
+    """
     path = pathlib.Path(path)
     if not path.exists():
         return None
@@ -66,6 +68,9 @@ class StateCheckpoint:
         self._loaded: tuple[dict, dict] | None = None
 
     def save(self, state: dict, meta: dict) -> None:
+        """Atomically write ``state`` (name -> list of ciphertexts) and ``meta`` (JSON-able counters) to the
+        checkpoint file (fsync, then rename), with the names and, if set, the job fingerprint in the header.
+        """
         names = {k: len(v) for k, v in state.items()}
         extra = {"_names": names} if self.job is None else {"_names": names, "_job": self.job}
         save(self.path, self.engine, [ct for v in state.values() for ct in v], {**meta, **extra})
@@ -77,6 +82,10 @@ class StateCheckpoint:
         return None if self._loaded is None else dict(self._loaded[1])
 
     def load(self) -> tuple[dict, dict] | None:
+        """``(state, meta)`` as ``save`` wrote them (the state ``check`` already read, if it ran), or None without a
+        checkpoint. Raises CheckpointError for a file of other keys, another job or no named state,
+        SerializationError for a corrupted file.
+        """
         saved, self._loaded = (self._loaded or self._read()), None
         return saved
 

@@ -54,13 +54,16 @@ class FitResult:
 
     @property
     def partial(self) -> bool:
+        """Whether the run stopped early (time budget or a failure) and the model is the best state so far."""
         return bool(self.stats.get("partial"))
 
 
 def resolve_refresh(refresh: str, model: str, config: dict | None, backend: str, n_features: int) -> str:
     """What ``--refresh auto`` means, the same for the CLI, ``protocol.fit`` and the estimators:
     ``none`` for full-batch ``mlr`` (``iterations`` given) and for trainers that cannot refresh; else
-    ``bootstrap`` on a backend that bootstraps (desilo) and ``client`` elsewhere."""
+    ``bootstrap`` on a backend that bootstraps (desilo) and ``client`` elsewhere.
+    Raises DepthPlanError for a refresh not in REFRESH_CHOICES.
+    """
     if refresh not in REFRESH_CHOICES:
         raise DepthPlanError(f"refresh must be one of {', '.join(REFRESH_CHOICES)}, got {refresh!r}")
     if refresh != "auto":
@@ -117,9 +120,16 @@ class ClientJob:
 
     @property
     def rotations(self) -> list[int]:
+        """The Galois (rotation) steps the job's server half needs, sorted: the evaluation keys to make for it."""
         raise NotImplementedError
 
     def encrypt(self, engine, on_ciphertext=None) -> tuple[dict, dict]:
+        """Encrypt the job's inputs under ``engine`` (the job engine with the secret key).
+
+        Returns ``(inputs, bundle)``: inputs name -> list of ciphertexts (possibly a lazy iterable, encrypted as
+        the bundle is written) and the job description for job.json (shapes, layout, config: nothing secret).
+        ``on_ciphertext()`` is called after each encryption (a progress display). Sets ``timings["encrypt_s"]``.
+        """
         raise NotImplementedError
 
     @property
@@ -167,7 +177,10 @@ class ClientJob:
                force_unverified: bool = False, quiet: bool = False) -> FitResult:
         """Decrypt, compare with the twin, release. ``force_unverified``: release even a model that
         disagrees with its twin (TwinMismatch otherwise), marked ``verified: false`` in the stats and
-        the model file's info. ``quiet``: write nothing to the client's log (the twin-bound rehearsal)."""
+        the model file's info. ``quiet``: write nothing to the client's log (the twin-bound rehearsal).
+        Raises HetrainUserError when the server wrote no result (``outputs`` None) and nothing else can be
+        released, TwinMismatch (unless ``force_unverified``) when the decryption disagrees with the twin.
+        """
         raise NotImplementedError
 
     # -------------------------------------------------------------- persistence
@@ -175,6 +188,10 @@ class ClientJob:
         raise NotImplementedError
 
     def save(self, record_dir: pathlib.Path) -> None:
+        """Write the client's private record of the job to ``record_dir``: record.json (options, preprocessing,
+        parameters, timings) and arrays.npz (the preprocessed rows, labels, validation split), both mode 0600,
+        atomically. Both stay with the data owner (KEYS/jobs/<id>/); OSError if the directory is not writable.
+        """
         from .files import atomic_write
 
         record, arrays = self._record()
@@ -190,6 +207,9 @@ class ClientJob:
 
     @staticmethod
     def load(record_dir: pathlib.Path) -> "ClientJob":
+        """The job ``save`` wrote to ``record_dir``, of the kind it recorded (TrainerJob or MiniBatchJob).
+        Raises HetrainUserError when the record is missing, unreadable or not a job record of this hetrain.
+        """
         from hetrain import ckks
 
         try:
@@ -246,6 +266,13 @@ class TrainerJob(ClientJob):
     def prepare(cls, X, y, model, config, *, refresh, backend, preset, log, scale: float = 1.0, seed=None,
                 release_decimals: int = DEFAULT_RELEASE_DECIMALS, noise_std: float = 0.0,
                 force_insecure: bool = False, advise_presets: bool = True, **unused) -> "TrainerJob":
+        """Preprocess ``X`` (n × d) and ``y`` (n,), choose the parameters and plan the trainer ``model`` with
+        ``config``; logs the plan's lines through ``log``. Options as ``prepare_job``'s.
+
+        Raises HetrainUserError for mini-batch options given to a job without refresh, DepthPlanError when the
+        backend cannot bootstrap (refresh bootstrap), the trainer cannot refresh, or the plan does not fit the
+        parameters; DataError/IntervalError from the preprocessing and planning.
+        """
         from hetrain import ckks
 
         from .planning import plan_lines, prepare
@@ -284,6 +311,7 @@ class TrainerJob(ClientJob):
 
     @property
     def n_input_ciphertexts(self) -> int | None:
+        """Ciphertexts inputs.bin will hold according to the trainer's plan (None when the plan does not say)."""
         return self.plan.n_input_ciphertexts or None
 
     def encrypt(self, engine, on_ciphertext=None):
@@ -377,6 +405,7 @@ class TrainerJob(ClientJob):
         return self
 
     def after_load(self) -> None:
+        """Rebuild the trainer's plan once ``ClientJob.load`` has set the parameters (the plan is not recorded)."""
         self.plan = self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params)
 
 
@@ -412,6 +441,16 @@ class MiniBatchJob(ClientJob):
                 force_insecure: bool = False, validation_fraction: float | None = None,
                 max_epochs: int | None = None, time_limit: float | None = None, plan: bool = True,
                 advise_presets: bool = True) -> "MiniBatchJob":
+        """Preprocess ``X`` (n × d) and ``y`` (n,), split off a stratified validation set (``validation_fraction``,
+        default 0.2), plan the mini-batch epochs (with ``plan``: models/minibatch_plan.py, which may whiten the
+        features) on the plaintext and choose the parameters; logs the plan through ``log``. ``time_limit``:
+        seconds of training before the best epoch so far is released; ``max_epochs``: the most epochs the
+        planner may choose.
+
+        Raises HetrainUserError for ``iterations`` (a full-batch option), epochs given twice or a scale other than
+        1, DataError for a validation fraction outside [0, 1) or a non-positive time limit, DepthPlanError when one
+        step does not fit the parameters or the backend cannot bootstrap, and the planner's refusals with advice.
+        """
         from sklearn.model_selection import train_test_split
 
         from hetrain import ckks
@@ -648,4 +687,5 @@ class MiniBatchJob(ClientJob):
         return self
 
     def after_load(self) -> None:
+        """Nothing to rebuild: a mini-batch job's record holds its plan."""
         pass

@@ -99,6 +99,7 @@ class Estimate:
 
     @property
     def upload_bytes(self) -> int:
+        """Bytes uploaded to the server: public keys plus encrypted inputs."""
         return self.key_bytes + self.data_bytes
 
     def machine_peak_bytes(self, local_server: bool = True) -> int:
@@ -107,6 +108,7 @@ class Estimate:
 
     @property
     def total_s(self) -> float:
+        """Estimated seconds in all: key generation, encryption and training (0 for training when not estimated)."""
         return self.keygen_s + self.encrypt_s + (self.train_s or 0.0)
 
     def line(self) -> str:
@@ -119,6 +121,7 @@ class Estimate:
                 f"(rough: from the plan and SEAL's sizes, see protocol/estimate.py)")
 
     def as_dict(self) -> dict:
+        """The fields (bytes, seconds) and ``upload_bytes`` as a JSON-ready dict."""
         return {**dataclasses.asdict(self), "upload_bytes": self.upload_bytes}
 
 
@@ -175,7 +178,9 @@ class MemoryRefused(HetrainUserError):
 def check_memory(est: Estimate, *, limit_gb: float = DEFAULT_MAX_MEMORY_GB, yes: bool = False,
                  interactive: bool = False, ask=input, local_server: bool = True) -> None:
     """Refuse (MemoryRefused) a run whose estimated peak memory on this machine is above ``limit_gb``
-    unless ``yes``, or a person at a terminal (``interactive``) answers y to ``ask(prompt)``."""
+    unless ``yes``, or a person at a terminal (``interactive``) answers y to ``ask(prompt)``.
+    Raises HetrainUserError for a non-positive ``limit_gb``.
+    """
     if limit_gb is not None and not limit_gb > 0:
         raise HetrainUserError(f"--max-memory-gb must be a positive number of GB, got {limit_gb:g}")
     peak = est.machine_peak_bytes(local_server)

@@ -39,6 +39,7 @@ MODEL_VERSION = 1
 
 
 def read_bytes(path: pathlib.Path, what: str) -> bytes:
+    """The bytes of ``path``. Raises BundleError naming ``what`` when it does not exist."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -64,6 +65,9 @@ def _map_parts(engine: Engine, named: dict[str, list[Ciphertext]]):
 
 
 def pack_ciphertexts(engine: Engine, named: dict[str, list[Ciphertext]]) -> bytes:
+    """A "ciphertext_map" container of ``named`` (name -> list of ciphertexts) in memory: parts ``name/i``,
+    header with the key id and the counts per name. ``write_ciphertext_map`` is the same to a file.
+    """
     return pack(_map_meta(engine, named), dict(_map_parts(engine, named)))
 
 
@@ -95,7 +99,10 @@ def _ciphertext_map(engine: Engine, meta: dict, parts, what: str, verify: bool =
 
 
 def unpack_ciphertexts(engine: Engine, data: bytes, what: str) -> dict[str, list[Ciphertext]]:
-    """Inverse of pack_ciphertexts."""
+    """Inverse of pack_ciphertexts.
+    Returns name -> list of ciphertexts. Raises BundleError (naming ``what``) for a corrupted container or
+    ciphertexts of other keys or parameters.
+    """
     try:
         meta, parts = unpack(data, expect_kind="ciphertext_map")
     except CKKSError as exc:
@@ -163,6 +170,9 @@ _KEY_PART_NAMES = {"pk": "public_key", "rlk": "relin_keys", "gk": "galois_keys"}
 
 
 def read_manifest(jobdir: str | os.PathLike) -> dict:
+    """The manifest.json of the bundle in ``jobdir``. Raises BundleError when it is missing, corrupted, or not a
+    hetrain-job manifest of this BUNDLE_VERSION.
+    """
     m = _read_json(pathlib.Path(jobdir) / MANIFEST, "job manifest")
     if m.get("format") != "hetrain-job" or m.get("version") != BUNDLE_VERSION:
         raise BundleError(f"{jobdir} is not a hetrain job bundle of version {BUNDLE_VERSION}")
@@ -175,7 +185,10 @@ def read_job_files(jobdir: str | os.PathLike, *, defer_inputs: bool = False) -> 
     The inputs stay on disk (they can weigh gigabytes): read them with ``read_ciphertext_map``.
     ``defer_inputs``: do not hash inputs.bin here; the caller reads it with
     ``read_ciphertext_map(..., sha256=manifest["sha256"][INPUTS])``, which hashes it as it loads
-    (the server: one pass over the file instead of two)."""
+    (the server: one pass over the file instead of two).
+    Raises BundleError when a file is missing, the manifest names no checksum for the inputs, or a file does
+    not match its checksum.
+    """
     d = pathlib.Path(jobdir)
     manifest = read_manifest(d)
     public = read_bytes(d / PUBLIC_CONTEXT, "public context")
@@ -199,7 +212,9 @@ def _sha(b: bytes) -> str:
 
 def load_job_public(jobdir: str | os.PathLike) -> tuple[Engine, dict[str, list[Ciphertext]]]:
     """(public engine, inputs) of a job bundle, checksums verified with one hashing pass per file:
-    what each executor worker process loads once (ckks.executor ``loader``). Never a secret key."""
+    what each executor worker process loads once (ckks.executor ``loader``). Never a secret key.
+    Raises BundleError for a missing or corrupted file, and refuses (BundleError) an engine with a secret key.
+    """
     from hetrain.ckks import load_engine, owner_forced_insecure
 
     manifest, public, inputs_path, _ = read_job_files(jobdir, defer_inputs=True)

@@ -72,9 +72,11 @@ class Scores:
     stats: dict = dataclasses.field(default_factory=dict)
 
     def predict(self) -> np.ndarray:
+        """The predicted label of each row (n,): the class of the highest score."""
         return np.asarray(self.classes)[np.argmax(self.scores, axis=1)]
 
     def proba(self) -> np.ndarray:
+        """Row-wise softmax of the scores (n × c, rows sum to 1; not calibrated: one-vs-rest sigmoids)."""
         from .model import softmax
 
         return softmax(self.scores)
@@ -198,7 +200,10 @@ def infer(qdir, *, model=None, job=None, noise_std: float = 0.0, seed: int | Non
     """Score the encrypted queries in ``qdir`` (public material only) and write QDIR/outputs.bin:
     with ``model`` (a TrainedModel or its path: case b) or ``job`` (a trained job directory whose
     outputs.bin is the encrypted model: case a). Every claim of the bundle is checked before it is
-    used (query_check.py). Returns the server's statistics (also in QDIR/server_stats.json)."""
+    used (query_check.py). Returns the server's statistics (also in QDIR/server_stats.json).
+    Raises InferenceError unless exactly one of ``model`` and ``job`` is given, or when the queries and the
+    model (or job) disagree; BundleError (ClaimError) for a bundle whose claims are false.
+    """
     from hetrain import ckks
 
     from .query_check import check_query_bundle
@@ -262,6 +267,9 @@ def _score_plain_model(engine, qjob, inputs_path, model):
 
 
 def query_packing(qjob: dict, slots: int) -> BlockedPacking:
+    """The BlockedPacking of ``n_queries`` rows that query job ``qjob`` records (d, c, I, L, C) in ``slots``
+    slots. Raises KeyError/ValueError for a job description without those fields.
+    """
     p = qjob["packing"]
     return BlockedPacking(int(qjob["n_queries"]), int(p["d"]), int(p["c"]), slots, int(p["I"]), int(p["L"]), int(p["C"]))
 
@@ -342,7 +350,10 @@ def decrypt_scores(keys, qdir, *, server: str | None = None, remote_job: str | N
     compares them with the plaintext twin's scores (TwinMismatch beyond CKKS noise: nothing is
     returned). InferenceError for scores under another key (naming both key ids). ``server``: first
     fetch them from the `hetrain serve` service (QDIR/remote.json, or ``remote_job``:
-    inference_remote.fetch_scores)."""
+    inference_remote.fetch_scores).
+    Raises InferenceError for a training job's directory or no scores yet, BundleError when outputs.bin holds
+    another number of ciphertexts than the queries make.
+    """
     from .client import check_twin
 
     qdir = pathlib.Path(qdir)
@@ -409,7 +420,9 @@ INFER_ENTRY = "hetrain.protocol.infer_main"  # what ``python -m`` runs (never im
 
 def infer_argv(qdir, *, job=None, model=None, noise_std: float = 0.0) -> list[str]:
     """The inference server process's command line (the service runs it under its limits with
-    runner.ServerProcess.start(argv=...)): ``infer`` on ``qdir`` with ``job`` (case a) or ``model`` (b)."""
+    runner.ServerProcess.start(argv=...)): ``infer`` on ``qdir`` with ``job`` (case a) or ``model`` (b).
+    Raises InferenceError unless exactly one of ``model`` and ``job`` is given.
+    """
     import os
     import sys
 

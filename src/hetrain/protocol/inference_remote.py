@@ -65,7 +65,10 @@ def submit_queries(qdir, server: str, *, jobdir=None, remote_job: str | None = N
     """Upload the query bundle in ``qdir`` to the service: for the encrypted model of the training
     job ``jobdir`` ran there (case a: the bundle was made by encrypt_queries_for_job; the training
     job's token from JOB/remote.json authorises it), or for the model of its spec (case b). Writes
-    QDIR/remote.json (the inference job's id and token, 0600) and returns it."""
+    QDIR/remote.json (the inference job's id and token, 0600) and returns it.
+    Raises InferenceError for a directory that is not a query bundle, or queries for an encrypted model
+    without ``jobdir``.
+    """
     qdir = pathlib.Path(qdir)
     qjob = files.read_job_files(qdir)[3]
     mode = qjob.get("mode")

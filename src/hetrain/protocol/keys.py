@@ -115,18 +115,22 @@ class KeyDir:
     # ------------------------------------------------------------------ facts
     @property
     def key_id(self) -> str:
+        """Id of the key set (recorded in every ciphertext, bundle and model trained under it)."""
         return str(self.record["key_id"])
 
     @property
     def backend(self) -> str:
+        """CKKS backend the keys belong to ("seal", "sim", "desilo", "openfhe")."""
         return str(self.record["backend"])
 
     @property
     def params(self) -> ckks.CKKSParams:
+        """The keys' CKKS parameters."""
         return ckks.CKKSParams.from_dict(self.record["params"])
 
     @property
     def force_insecure(self) -> bool:
+        """Whether the keys were made with force_insecure (parameters below 128-bit security)."""
         return bool(self.record.get("force_insecure", False))
 
     def check_forced(self, force_insecure: bool) -> None:
@@ -138,6 +142,7 @@ class KeyDir:
                               "--force-insecure (force_insecure=True) too")
 
     def secret_bytes(self) -> bytes:
+        """The secret key file's bytes (``Engine.secret_key_bytes`` format); OSError when it cannot be read."""
         return (self.path / SECRET).read_bytes()
 
     # ------------------------------------------------------------------ engines

@@ -36,6 +36,10 @@ def model_info(backend: str, params, **extra) -> dict:
 
 @dataclasses.dataclass
 class TrainedModel:
+    """A released model: trainer ``model`` (registry name) and ``config``, plaintext ``weights`` (name ->
+    array), the ``preprocessing`` to apply to raw rows first, the ``key_id`` it was trained under (audit
+    trail) and ``info`` (backend, params, release, timings). ``save``/``load`` write and read the model file.
+    """
     model: str                        # registry name of the trainer
     config: dict
     weights: dict[str, np.ndarray]
@@ -50,6 +54,7 @@ class TrainedModel:
 
     @property
     def n_features(self) -> int:
+        """Raw features a row must have (d), as recorded by the preprocessing."""
         return self.preprocessing.n_features
 
     @property
@@ -86,7 +91,10 @@ class TrainedModel:
                 f"features and {len(self.classes)} classes, which needs {_shapes(want)}")
 
     def predict_scores(self, X) -> np.ndarray:
-        """Per-class scores (n x c) from raw features: the recorded preprocessing is applied first."""
+        """Per-class scores (n x c) from raw features: the recorded preprocessing is applied first.
+        Raises DataError for malformed rows or another feature count, ModelFileError when the weights give scores
+        of another shape than n × c.
+        """
         Xp = self.preprocessing.transform(check_features(X))
         trainer = get_trainer(self.model)(**self.config)
         scores = np.asarray(trainer.predict_scores(self.weights, Xp))
@@ -104,6 +112,9 @@ class TrainedModel:
         return softmax(self.predict_scores(X))
 
     def accuracy(self, X, y) -> float:
+        """Fraction of rows of ``X`` (n × d) whose prediction equals ``y`` (n,). Raises DataError for a wrong feature
+        count, a wrong number of labels, or labels not seen in training.
+        """
         X = check_features(X)
         self.preprocessing.transform(X)  # a wrong feature count first: it explains odd labels too
         y = align_labels(check_labels(y, n_rows=np.shape(X)[0]), self.classes)
@@ -111,11 +122,14 @@ class TrainedModel:
         return float(np.mean(self.predict(X) == y))
 
     def to_record(self) -> dict:
+        """The model as the dict the model file stores (weights as arrays; files.save_model serialises them)."""
         return {"model": self.model, "config": self.config, "weights": self.weights,
                 "preprocessing": self.preprocessing.to_dict(), "classes": self.classes, "key_id": self.key_id,
                 "info": self.info}
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the model file to ``path`` (files.save_model: checksummed JSON, atomic, flushed, mode 0600).
+        Raises OutputError naming the fallback location when ``path`` could not be written."""
         files.save_model(path, self.to_record())
 
     @classmethod

@@ -102,6 +102,9 @@ def model_spec(model, layers: list[Layer] | None = None) -> dict:
 
 
 def spec_id(spec: dict) -> str:
+    """Content id of a model spec: the first 16 hex digits of the SHA-256 of its JSON (sorted keys) without
+    ``spec_id`` itself.
+    """
     body = {k: v for k, v in spec.items() if k != "spec_id"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -18,6 +18,7 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def watch(self, name: str, pid: int) -> None:
+        """Also sample process ``pid`` under ``name``; a process that is already gone is ignored."""
         try:
             self._procs[name] = psutil.Process(pid)
             self.peaks.setdefault(name, 0)
@@ -25,6 +26,7 @@ class PeakRSS:
             pass
 
     def sample(self) -> None:
+        """Update ``peaks`` (bytes of resident memory per watched name) now; processes that ended are dropped."""
         for name, p in list(self._procs.items()):
             try:
                 self.peaks[name] = max(self.peaks[name], p.memory_info().rss)

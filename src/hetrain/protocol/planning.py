@@ -167,7 +167,9 @@ def plan_lines(trainer, plan, params, defaults: dict | None) -> list[str]:
 
 
 def twin_max_abs_diff(weights: dict[str, np.ndarray], twin: dict[str, np.ndarray]) -> float:
-    """Max |decrypted - twin| over the arrays both name (a twin may return extras, e.g. diagnostics)."""
+    """Max |decrypted - twin| over the arrays both name (a twin may return extras, e.g. diagnostics).
+    Raises ValueError when the two share no array name.
+    """
     common = sorted(set(weights) & set(twin))
     if not common:
         raise ValueError(f"decrypted weights {sorted(weights)} and twin {sorted(twin)} share no array")

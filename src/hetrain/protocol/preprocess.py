@@ -55,6 +55,9 @@ def standardisation_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 @dataclasses.dataclass
 class Preprocessor:
+    """Standardisation recorded on the training rows: ``mean`` and ``std`` (d,) per feature (std 1 where
+    constant), a ``scale`` multiplied in after, and the sorted ``classes`` (all int, or all text).
+    """
     mean: np.ndarray
     std: np.ndarray          # 1.0 where the feature is constant in training
     scale: float
@@ -62,6 +65,11 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, X, y, scale: float = 1.0) -> "Preprocessor":
+        """The preprocessing of training rows ``X`` (n × d) and labels ``y`` (n,); ``scale`` > 0.
+
+        Raises DataError for a non-positive or non-numeric scale, fewer than two classes, every feature constant,
+        or malformed rows/labels; warns DataWarning when some features are constant.
+        """
         X = check_features(X)
         y = check_labels(y, n_rows=X.shape[0])
         scale = float(scale) if isinstance(scale, (int, float, np.number)) else scale
@@ -82,9 +90,11 @@ class Preprocessor:
 
     @property
     def n_features(self) -> int:
+        """d: features a row must have."""
         return int(self.mean.shape[0])
 
     def transform(self, X) -> np.ndarray:
+        """(X - mean) / std · scale, float64 (n × d). Raises DataError for malformed rows or another feature count."""
         X = check_features(X)
         check_feature_count(X, self.n_features, "the preprocessing recorded at training")
         return (X - self.mean) / self.std * self.scale
@@ -94,16 +104,22 @@ class Preprocessor:
         return (self.label_index(y)[:, None] == np.arange(len(self.classes))[None, :]).astype(np.float64)
 
     def label_index(self, y) -> np.ndarray:
-        """Column index of each label; DataError for labels not seen in training."""
+        """Column index of each label; DataError for labels not seen in training.
+        Shape (n,), integers in [0, c).
+        """
         y = align_labels(y, self.classes)
         check_known_labels(y, self.classes)
         return np.searchsorted(np.asarray(self.classes), y)
 
     def to_dict(self) -> dict:
+        """JSON-ready dict (lists); inverse of ``from_dict``."""
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "scale": self.scale, "classes": self.classes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessor":
+        """Inverse of ``to_dict``, checked. Raises DataError for missing fields, shapes that differ, non-positive
+        std or scale, NaN or infinite values, or classes that are not at least two distinct sorted labels.
+        """
         try:
             p = cls(np.asarray(d["mean"], dtype=np.float64), np.asarray(d["std"], dtype=np.float64),
                     float(d["scale"]), record_classes(d["classes"]))

@@ -44,9 +44,11 @@ class Phase:
         self.bar = None
 
     def advance(self, n: int = 1) -> None:
+        """Count ``n`` more units done."""
         self.set(self.n + n, self.total)
 
     def set(self, done: int, total: int | None) -> None:
+        """Set the count to ``done`` and (unless None) the total; a count past the total raises the total to it."""
         self.n = int(done)
         if total is not None:
             self.total = int(total)
@@ -58,9 +60,11 @@ class Phase:
 
     @property
     def elapsed(self) -> float:
+        """Seconds since the phase started."""
         return time.perf_counter() - self.started
 
     def eta(self) -> float | None:
+        """Seconds left at the average pace so far, or None before the first unit or without a total."""
         if not self.total or not self.n:
             return None
         return self.elapsed / self.n * (self.total - self.n)
@@ -95,6 +99,7 @@ class RunProgress:
         self.close()
 
     def close(self) -> None:
+        """Close the current bar (if any); called by ``__exit__``."""
         if self.current is not None and self.current.bar is not None:
             self.current.bar.close()
             self.current.bar = None
@@ -237,11 +242,13 @@ class CountingHandler:
         self._handler, self._display = handler, display
 
     def refresh(self, state, step):
+        """The wrapped handler's ``refresh``, then one refresh counted on the display."""
         out = self._handler.refresh(state, step)
         self._display.refreshed()
         return out
 
     def evaluate(self, state, step, epoch, refresh: bool = False):
+        """The wrapped handler's ``evaluate``; a refresh is counted when it also re-encrypted the state."""
         out = self._handler.evaluate(state, step, epoch, refresh)
         if refresh and out[0] is not None:
             self._display.refreshed()

@@ -70,12 +70,18 @@ class ClientRefresher:
         return self.refresh(state, step)
 
     def refresh(self, state: dict, step: int | None) -> dict:
+        """Decrypt ``state`` (name -> ciphertext or list), run ``check(vectors, step)`` (which may raise to stop the
+        run, or return altered vectors) and return the vectors freshly encrypted at the top level, same layout.
+        """
         vectors = self._decrypt(state)
         if self.check is not None:
             vectors = self.check(vectors, step) or vectors
         return self._encrypt(state, vectors)
 
     def evaluate(self, state: dict, step: int, epoch: int, refresh: bool = False) -> tuple[dict | None, bool]:
+        """Decrypt ``state`` and ask the evaluator whether to stop after ``epoch``. Returns ``(fresh state or None,
+        stop)``: the state is re-encrypted (after ``check``) only when ``refresh`` is asked and not stopping.
+        """
         vectors = self._decrypt(state)
         stop = bool(self.evaluator(vectors, step, epoch)) if self.evaluator is not None else False
         if not refresh or stop:
@@ -158,6 +164,7 @@ class MLRValidation:
         atomic_write(self.state_dir / STATE_JSON, json.dumps(st), mode=0o600)
 
     def weights(self, vectors: dict) -> np.ndarray:
+        """The weight matrix W (c × d) unpacked from the decrypted state's "W" slot vectors."""
         return self.trainer.unpack(vectors["W"], self.d, self.c, self.slots)
 
     def _record(self, W: np.ndarray, step: int, kind: str) -> dict:

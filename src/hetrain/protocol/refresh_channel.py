@@ -66,6 +66,9 @@ class ChannelClosed(ChannelError):
 
 @dataclasses.dataclass
 class ChannelStats:
+    """Counters of one refresh channel (either end): round trips, bytes each way, refreshes, evaluations,
+    bootstraps, the client's share and the server's waits (seconds), sessions attached and requests resent.
+    """
     round_trips: int = 0
     bytes_to_client: int = 0
     bytes_to_server: int = 0
@@ -78,6 +81,7 @@ class ChannelStats:
     resent: int = 0               # requests sent again after a session went away before answering
 
     def as_dict(self) -> dict:
+        """The counters as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
 
@@ -119,7 +123,10 @@ def send_frame(sock: socket.socket, header: dict, blobs: list[bytes] = (), timeo
 def recv_frame(sock: socket.socket, alive: Callable[[], bool] = lambda: True,
                timeout: float | None = None) -> tuple[dict, list[bytes], int]:
     """Receive one frame: (header, blobs, bytes). ``alive()`` is polled while waiting; ``timeout``
-    bounds the wait for the frame's first byte and any pause inside it (None: no bound)."""
+    bounds the wait for the frame's first byte and any pause inside it (None: no bound).
+    Raises ChannelError for a malformed frame, a timeout or a peer whose ``alive()`` turned False;
+    ChannelClosed (a ChannelError) when the connection ends or breaks.
+    """
     magic, hlen, blen = _PREFIX.unpack(_recv_exact(sock, _PREFIX.size, alive, timeout))
     if magic != MAGIC:
         raise ChannelError("malformed frame on the refresh channel (bad magic)")
@@ -183,6 +190,10 @@ def encode_state(engine, state: dict) -> tuple[dict, list[bytes]]:
 
 
 def decode_state(engine, layout: dict, blobs: list[bytes]) -> dict:
+    """Inverse of ``encode_state``: name -> ciphertext (or list) from ``layout`` (name -> index or list of
+    indices into ``blobs``). Raises ChannelError for a layout that does not index ``blobs``, and the engine's
+    SerializationError/KeyMismatch for a blob it cannot load.
+    """
     cts = [engine.deserialize(b) for b in blobs]
     try:
         return {name: ([cts[i] for i in v] if isinstance(v, list) else cts[v]) for name, v in layout.items()}
@@ -197,7 +208,10 @@ def channel_location(jobdir: str | os.PathLike) -> pathlib.Path:
     JOBDIR/refresh.sock when that path is short enough for a Unix socket (< 100 bytes), else a
     short private temporary directory (mode 0700) that this call creates and records in
     JOBDIR/channel.json (mode 0600). Both parties call it: whoever comes first creates the
-    location, the other reads it; the data owner then waits for the socket to appear."""
+    location, the other reads it; the data owner then waits for the socket to appear.
+    Raises ChannelError when the two parties cannot agree on a location (no valid JOBDIR/channel.json after
+    another process claimed it).
+    """
     jobdir = pathlib.Path(jobdir).resolve()
     recorded = _recorded(jobdir)
     if recorded is not None:
@@ -324,7 +338,10 @@ class ServerChannel:
         """Bind a Unix socket at ``path`` (mode 0600; its directory must exist) and listen, without
         blocking. A stale socket there (a killed run's) is replaced; a live one is refused. With
         ``jobdir``, the location is recorded for channel_location(jobdir) when it is not the
-        default one (otherwise nothing else is written)."""
+        default one (otherwise nothing else is written).
+        Raises ChannelError for a path too long for a Unix socket, a missing directory, a file there that is not
+        a socket, another live server on it, or a failed bind.
+        """
         path = pathlib.Path(path).absolute()
         if len(os.fsencode(path)) >= _SUN_PATH:
             raise ChannelError(f"refresh channel path too long for a Unix socket ({path}): "
@@ -534,6 +551,11 @@ class ChannelAnswerer:
         self.frames = 0  # frames answered (hello and done included)
 
     def answer(self, header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
+        """The reply frame ``(header, blobs)`` to one request frame: ``ok`` to a hello of this job, the refreshed
+        state or a verdict to refresh/evaluate, ``bye`` to done, or an ``error`` frame with a fixed code (then
+        ``failure`` holds the local reason). A resent request gets the same reply without a second decryption.
+        Never raises for what the server sent; counts into ``stats``.
+        """
         self.failure = None
         self.frames += 1
         op, seq = header.get("op"), header.get("seq")

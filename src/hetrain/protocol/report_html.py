@@ -286,6 +286,7 @@ def render_html(sections: list[Section], model, source: str, image_src=None) -> 
 
 
 def write_html(sections: list[Section], model, out, source: str) -> pathlib.Path:
+    """Write ``render_html(sections, model, source)`` to the file ``out`` (atomically) and return its path."""
     out = pathlib.Path(out)
     atomic_write(out, render_html(sections, model, source).encode())
     return out

@@ -52,10 +52,12 @@ GIB = 1024 ** 3
 
 
 def memory_limit_message(limit: int) -> str:
+    """The one line reported when the server exceeded ``limit`` bytes of memory (shown in GB)."""
     return f"the job exceeded the service's memory limit of {limit / GIB:.3g} GB"
 
 
 def time_limit_message(limit: float) -> str:
+    """The one line reported when the server ran past ``limit`` seconds and was stopped."""
     return f"the job exceeded the time limit of {limit:g} s and was stopped"
 
 
@@ -129,7 +131,9 @@ class ServerProcess:
         (RLIMIT_DATA: heap and anonymous mappings) the process may use; ``time_limit``: seconds of
         wall time, after which it is stopped (``stop``); ``argv``: another server command on the same
         directory (the inference server, inference.infer_argv), run under the same limits; ``workers``:
-        the server's worker processes (None: its default, every core)."""
+        the server's worker processes (None: its default, every core).
+        Raises ValueError for a non-positive ``memory_limit`` or ``time_limit``.
+        """
         if memory_limit is not None and memory_limit <= 0:
             raise ValueError("memory_limit must be positive")
         if time_limit is not None and time_limit <= 0:
@@ -167,9 +171,11 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
+        """Process id of the server child."""
         return self.popen.pid
 
     def alive(self) -> bool:
+        """Whether the server child is still running."""
         return self.popen.poll() is None
 
     def follow(self, on_progress: OnProgress | None = None) -> None:
@@ -284,7 +290,9 @@ class ServerProcess:
     def result(self, *, during: str = "", traceback: bool = True) -> dict:
         """After ``wait``: the server's stats (JOBDIR/server_stats.json), or ``ServerFailed`` with
         the server's own message. ``during``: what went wrong on our side meanwhile (e.g. "refresh
-        channel: ..."), named in the message when the server left no message of its own."""
+        channel: ..."), named in the message when the server left no message of its own.
+        Raises ServerFailed (with the exit status), RuntimeError when called before the process exited.
+        """
         rc = self.popen.returncode
         if rc is None:
             raise RuntimeError("ServerProcess.result() before the process exited: call wait() first")

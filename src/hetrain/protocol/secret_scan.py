@@ -76,11 +76,15 @@ class Scanner:
 
     # ------------------------------------------------------------------ entry points
     def scan_file(self, path: str | os.PathLike, where: str) -> None:
+        """Scan every byte of the file at ``path`` (read in chunks). Raises SecretFound naming ``where`` when it
+        holds a secret key (module docstring); OSError when it cannot be read.
+        """
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             self._scan(f, 0, size, where)
 
     def scan_bytes(self, data: bytes, where: str) -> None:
+        """Scan ``data`` as ``scan_file`` scans a file. Raises SecretFound naming ``where``."""
         import io
 
         self._scan(io.BytesIO(data), 0, len(data), where)

@@ -283,6 +283,10 @@ def _progress_printer():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The server's command line (see the module docstring): train the bundle in ``argv``'s JOBDIR and return
+    the exit status (0 done, 2 clear error, 3 bug, 4 reader gone, 5 out of memory); errors are written to
+    JOBDIR/server_error.json, never raised.
+    """
     p = argparse.ArgumentParser(prog=f"python -m {ENTRY_MODULE}", description=__doc__.splitlines()[0])
     p.add_argument("jobdir")
     p.add_argument("--progress", action="store_true", help=f"print '{PROGRESS_PREFIX.strip()} DONE TOTAL MSG' lines")

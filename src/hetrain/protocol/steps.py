@@ -61,7 +61,10 @@ def encrypt(keys: KeyDir, X, y, jobdir, *, model: str = "mlr", config: dict | No
     evaluation keys are made (prints the estimate, may refuse: estimate.check_memory).
 
     ``settings``: the options the user ran with (``{"encrypt": {...}}``, cli.config.effective_config),
-    kept in the client's record and written to the model file's ``info["configuration"]`` by ``decrypt``."""
+    kept in the client's record and written to the model file's ``info["configuration"]`` by ``decrypt``.
+    Raises DepthPlanError when the job bootstraps and the keys' backend cannot, and the planning errors
+    (DepthPlanError, IntervalError, DataError) of preparing the job.
+    """
     from .progress import as_display
 
     say = log or (lambda msg: None)
@@ -174,7 +177,9 @@ def submit(jobdir, server: str, progress: bool = True, *, api_key: str | None = 
     """Upload the job bundle in ``jobdir`` to the training service at ``server``; returns the
     service's job (transport.RemoteJob: url, id, token; it trains there on its own; see ``attach``
     and ``decrypt``), also written to JOB/remote.json (mode 0600). ``api_key``, ``server_ca``: see
-    transport.HttpTransport."""
+    transport.HttpTransport.
+    Raises HetrainUserError when ``server`` is not the URL of a service.
+    """
     from .transport import HttpTransport, make_transport, save_remote
 
     transport = make_transport(server, api_key=api_key, ca=server_ca)
@@ -193,7 +198,9 @@ def attach(keys: KeyDir, jobdir, *, alive=lambda: True, log=None, engine=None, j
     channel (or, with ``server``, to the service's job over HTTP: ``remote_job`` or JOB/remote.json
     names it, transport.load_remote), decrypt, check,
     re-encrypt and evaluate until the server says done. May be stopped and started again: the
-    server waits for the next session and resends an unanswered request."""
+    server waits for the next session and resends an unanswered request.
+    Raises HetrainUserError for a job that asks the data owner nothing while it trains.
+    """
     from .refresh_channel import DEFAULT_TIMEOUT_S, channel_location, serve_socket
 
     jobdir = pathlib.Path(jobdir)

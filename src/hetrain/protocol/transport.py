@@ -71,6 +71,7 @@ class RemoteJob:
 
 
 class Transport(Protocol):
+    """Where the server half runs: LocalTransport (a child process here) or HttpTransport (a service)."""
     def preflight(self) -> None:
         """Fail fast (before keys are made) if the server cannot take the job."""
 
@@ -94,11 +95,17 @@ class LocalTransport:
         self.channel_timeout = channel_timeout
 
     def preflight(self) -> None:
+        """Nothing to check before keys are made: the server runs on this machine."""
         pass
 
     def run(self, jobdir: pathlib.Path, progress: bool = True, mem: PeakRSS | None = None, *,
             refresh_handler=None, client_engine=None, job_id: str | None = None, on_progress=None,
             trainer_modules=(), on_submitted=None) -> dict:
+        """Train ``jobdir`` in a server child process (``steps.train``); with ``refresh_handler`` this process
+        answers the job's refresh channel meanwhile. Returns the server's stats (seconds, bytes, operations),
+        with this end's ChannelStats under "client_channel". Raises ServerError when the server fails, and
+        ChannelError when the channel breaks while the server is still running.
+        """
         from .refresh_channel import channel_location, job_id_of, serve_socket
         from .steps import train  # the server side's one entry; imported late (steps imports this module)
 
@@ -121,7 +128,9 @@ class LocalTransport:
 
 
 def make_transport(server: "str | Transport | None", **http_options) -> Transport:
-    """None -> LocalTransport; an http(s) URL -> HttpTransport; a transport object as it is."""
+    """None -> LocalTransport; an http(s) URL -> HttpTransport; a transport object as it is.
+    Raises ServerError for a string that is not an http(s) URL.
+    """
     if server is None:
         return LocalTransport()
     if isinstance(server, str):
@@ -211,7 +220,9 @@ class HttpTransport:
             return self._wait(http, remote_id, progress, deadline, None)
 
     def models(self) -> list[dict]:
-        """The specs of the plaintext models the service scores with (GET /v1/models; no token)."""
+        """The specs of the plaintext models the service scores with (GET /v1/models; no token).
+        Raises ServerError when the answer is not a list of models.
+        """
         with self._client(timeout=30.0) as http:
             got = self._json(http, "GET", "/v1/models").get("models")
         if not isinstance(got, list):
@@ -249,7 +260,11 @@ class HttpTransport:
         the secret key): answer the job's refresh requests over HTTP while it trains (serve_http
         in a thread); the stats then carry this side's view of the channel under
         "client_channel". ``job_id``: the job id the answerer expects in the server's hello
-        (default refresh_channel.job_id_of(jobdir))."""
+        (default refresh_channel.job_id_of(jobdir)).
+        Raises ServerError for a job refreshed by the client without ``refresh_handler``, a bundle larger than
+        the service accepts, a failed upload, a failed job or one past ``timeout_s``; RequestFailed (a
+        ServerError) when the service stops answering (the job stays there, JOB/remote.json names it).
+        """
         jobdir = pathlib.Path(jobdir)
         if refresh_handler is None and _job_refresh_mode(jobdir) == "client":
             raise ServerError("this job's state is refreshed by the client (--refresh client): "
@@ -410,7 +425,9 @@ class HttpTransport:
 
 # ---------------------------------------------------------------------- the refresh channel over HTTP
 def make_answerer(engine, handler, job_id):
-    """The data owner's answers, one frame in, one out (refresh_channel.ChannelAnswerer)."""
+    """The data owner's answers, one frame in, one out (refresh_channel.ChannelAnswerer).
+    Raises ServerError when this hetrain has no ChannelAnswerer.
+    """
     from . import refresh_channel
 
     answerer = getattr(refresh_channel, "ChannelAnswerer", None)
@@ -603,7 +620,9 @@ def _job_refresh_mode(jobdir: pathlib.Path) -> str:
 
 
 def tls_verify(ca: str | os.PathLike | None):
-    """httpx's ``verify``: True (the system's CAs, httpx's default) or an SSL context trusting ``ca`` only."""
+    """httpx's ``verify``: True (the system's CAs, httpx's default) or an SSL context trusting ``ca`` only.
+    Raises HetrainUserError when the CA certificate ``ca`` cannot be loaded.
+    """
     if ca is None:
         return True
     import ssl
