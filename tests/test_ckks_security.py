@@ -1,4 +1,4 @@
-"""Keys, parameters and serialisation: the security rules of DESIGN.md §5 for the ckks layer."""
+"""Keys, parameters and serialisation: the security rules for the ckks layer (128-bit parameters only unless forced; the secret key never in a public serialisation)."""
 from __future__ import annotations
 
 import logging
