@@ -99,8 +99,7 @@ def add_training_arguments(p: argparse.ArgumentParser, keys: bool = False) -> No
                         "--epochs instead")
     if not keys:
         p.add_argument("--preset", default="auto", help=f"CKKS parameters: auto (smallest that fits) or one of {', '.join(ckks.PRESETS)}")
-        p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help="seal (real encryption, the default), sim (INSECURE, for tests), "
-                        "openfhe or desilo (bootstrapping; optional extras): see `hetrain models`")
+        p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help=ckks.registry.backend_help())
     p.add_argument("--learning-rate", type=float,
                    help="step size (default: chosen by the planner on the training data; 4.0 for mlr with "
                         "--refresh none)")

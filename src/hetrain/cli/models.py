@@ -2,17 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
-BACKEND_LINES = {
-    "seal": "Microsoft SEAL through TenSEAL: real encryption (the default); refresh by the client",
-    "sim": "NumPy simulation, INSECURE: nothing is encrypted (tests and planning only)",
-    "desilo": "desilofhe: real encryption with bootstrapping; NON-COMMERCIAL licence, optional "
-              "(pip install 'hetrain[desilo]')",
-    "openfhe": "OpenFHE (BSD-2): real encryption with bootstrapping, training without the data owner; Python 3.10 "
-               "only (pip install 'hetrain[openfhe]'); presets openfhe-boot, openfhe-l10, ...",
-}
-_MODULES = {"seal": "tenseal", "desilo": "desilofhe", "openfhe": "openfhe"}
 LAYOUTS = {"auto": "diagonal up to 16 features, dvr above", "dvr": "mlp-dvr", "diagonal": "mlp-diagonal"}
 
 
@@ -40,8 +30,7 @@ def run(args) -> int:
         print(f"  {name:14s} N={p.poly_modulus_degree}, {p.levels} levels, scale 2^{p.scale_bits}, {p.slots} slots, "
               f"{secure}")
     print("backends (--backend):")
-    for name in ckks.BACKENDS:
-        module = _MODULES.get(name)
-        present = "" if module is None or importlib.util.find_spec(module) else " [not installed]"
-        print(f"  {name:14s} {BACKEND_LINES.get(name, '')}{present}")
+    for b in ckks.registry.backends():
+        present = "" if b.installed() else f" [not installed: {b.install_hint}]"
+        print(f"  {b.name:14s} {b.summary}{present}")
     return 0

@@ -75,9 +75,11 @@ def resolve_refresh(refresh: str, model: str, config: dict | None, backend: str,
 
 
 def default_refresh(backend: str) -> str:
-    """The refresh of a trainer that can refresh: the server bootstraps on a backend that can (desilo),
-    else the client re-encrypts."""
-    return "bootstrap" if backend in ("desilo", "openfhe") else "client"
+    """The refresh of a trainer that can refresh: the server bootstraps on a backend registered with a
+    ``bootstrap_preset`` (desilo, openfhe), else the client re-encrypts."""
+    from hetrain.ckks import registry
+
+    return "bootstrap" if registry.get(backend).bootstrap_preset is not None else "client"
 
 
 def prepare_job(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = "auto",
@@ -455,9 +457,8 @@ class MiniBatchJob(ClientJob):
         n, d = self.Xp.shape
         c = self.Y.shape[1]
         if preset == "auto":
-            preset = {"desilo": "desilo-boot", "openfhe": "openfhe-boot"}.get(backend, "n16384") \
-                if refresh == "bootstrap" else "n16384"
-        if backend == "desilo" and not isinstance(preset, ckks.CKKSParams):
+            preset = (ckks.registry.get(backend).bootstrap_preset or "n16384") if refresh == "bootstrap" else "n16384"
+        if ckks.registry.get(backend).preset_needs_engine and not isinstance(preset, ckks.CKKSParams):
             probe = ckks.create_engine(backend, preset, ())  # desilo picks its ring: learn slots and levels
             self.params = probe.params
             del probe
