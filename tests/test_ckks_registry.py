@@ -49,6 +49,7 @@ def test_fake_backend_reaches_the_cli_choices_and_help(fake, capsys):
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.split()[:1] == ["fake"])
     assert "a fake backend registered by a test" in line
     assert "fake" in ckks.BACKENDS and "fake" not in ckks.BOOTSTRAP_BACKENDS
+    assert registry.is_insecure("fake") and not registry.is_insecure("seal") and not registry.is_insecure("nope")
 
 
 def test_fake_backend_is_gone_from_the_cli_once_unregistered():

@@ -167,6 +167,13 @@ def by_container_name(container_name: str) -> Backend | None:
     return next((b for b in _REGISTRY.values() if b.container_name == container_name), None)
 
 
+def is_insecure(name: str | None) -> bool:
+    """Whether ``name`` is a registered backend that encrypts nothing (the sim): every report of its runs
+    says INSECURE. False for a secure or an unknown name."""
+    b = _REGISTRY.get(name) if isinstance(name, str) else None
+    return b is not None and not b.secure
+
+
 def secret_part_names() -> frozenset[str]:
     """Names of container parts that hold secret-key material, of every registered backend, plus the
     generic names a secret key could be given ("secret_key", "secret")."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hetrain import ckks
+from hetrain.ckks.registry import is_insecure
 from hetrain.errors import HetrainUserError
 from hetrain.models.minibatch_plan import BATCH_SIZES, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_TIME_BUDGET_S
 from hetrain.outputs import check_writable
@@ -282,8 +283,8 @@ def explain(stats: dict) -> list[str]:
                      f"{stats['params']} offer {stats['levels_available']} per modulus chain"
                      + (" (the state was refreshed in between)" if stats["levels_needed"] > stats["levels_available"]
                         else ""))
-    if stats.get("backend") == "sim":
-        lines.append("note: the sim backend encrypts nothing (INSECURE): use it for tests and planning only")
+    if is_insecure(stats.get("backend")):
+        lines.append(f"note: the {stats['backend']} backend encrypts nothing (INSECURE): use it for tests and planning only")
     return lines
 
 
