@@ -1,4 +1,8 @@
-"""Double-Volley-Revolver grid layout for dense layers on ciphertexts (used by models/mlp.py).
+"""Double-Volley-Revolver grid packing for dense layers on ciphertexts (used by models/mlp.py, "mlp-dvr").
+
+``GridLayout`` implements ``packings.Packing`` (registered as "dvr"): pack/unpack of a weight
+matrix in layer 1's orientation, its ciphertext count and the rotation steps below. (The class
+keeps its name, and job.json its "layout" key, for compatibility.)
 
 Every ciphertext is a stack of ``S`` samples, each owning a P x P grid of slots (P a power of
 two >= every hidden width and the class count):
@@ -47,6 +51,10 @@ AXES = ("a", "b")
 
 @dataclasses.dataclass(frozen=True)
 class GridLayout:
+    """The grid packing: S samples of P × P slots per ciphertext (see the module docstring)."""
+
+    name = "dvr"
+
     slots: int
     P: int   # grid side
     S: int   # samples per ciphertext
@@ -136,14 +144,26 @@ class GridLayout:
         o, i = shape
         return (grid[:o, :i] if out_axis == "a" else grid[:i, :o].T).copy()
 
+    # ------------------------------------------------ the Packing interface (packings.py): layer-1 weights
+    def n_ciphertexts(self, shape: tuple[int, int]) -> int:
+        """Ciphertexts of an h x k weight matrix in layer 1's orientation (h ≤ P): one per P columns."""
+        if shape[0] > self.P:
+            raise LayoutError(f"a layer of {shape[0]} units does not fit the {self.P}x{self.P} grid")
+        return math.ceil(int(shape[1]) / self.P)
+
     def weight_blocks(self, W1: np.ndarray) -> list[np.ndarray]:
-        """Layer-1 weights (h1 x d) as T ciphertexts: block t holds W1[b, tP + a]."""
-        return [self.weight(W1[:, t * self.P: (t + 1) * self.P], "b") for t in range(self.feature_blocks)]
+        """Layer-1 weights (h1 x d) as T = ceil(d / P) ciphertexts: block t holds W1[b, tP + a]."""
+        W1 = np.asarray(W1, dtype=np.float64)
+        return [self.weight(W1[:, t * self.P: (t + 1) * self.P], "b") for t in range(self.n_ciphertexts(W1.shape))]
 
     def read_weight_blocks(self, vecs, shape: tuple[int, int]) -> np.ndarray:
+        """Inverse of ``weight_blocks`` for an h x d matrix."""
         h, d = shape
+        self.n_ciphertexts(shape)
         parts = [self.read_weight(v, "b", (h, self.P)) for v in vecs]
         return np.concatenate(parts, axis=1)[:, :d]
+
+    pack, unpack = weight_blocks, read_weight_blocks
 
     def bias(self, b: np.ndarray, out_axis: str) -> np.ndarray:
         return self.along(np.broadcast_to(b, (self.S, b.size)), 0, out_axis)
