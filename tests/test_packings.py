@@ -143,3 +143,14 @@ def test_pack_encrypt_decrypt_unpack_under_real_ckks(name, seal_engine):
     M = np.random.default_rng(5).normal(size=shape)
     cts = [seal_engine.encrypt(v) for v in p.pack(M)]
     np.testing.assert_allclose(p.unpack([seal_engine.decrypt(ct) for ct in cts], shape), M, atol=1e-4)
+
+
+def test_hetrain_models_lists_every_registered_packing(capsys):
+    from hetrain.cli.main import main
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("packings (--layout"))
+    listed = [ln.split()[0] for ln in lines[start + 1:] if ln.startswith("  ")][: len(packing_names()) + 1]
+    assert listed == ["auto", *packing_names()]
+    assert "not a --layout value" in next(ln for ln in lines if ln.split()[:1] == ["rowmajor"])

@@ -59,12 +59,14 @@ class Packing(Protocol):
 @dataclasses.dataclass(frozen=True)
 class PackingEntry:
     """A registered packing: ``build(n_samples, shape, slots)`` chooses it for n samples and a weight
-    matrix of ``shape``; ``trainer``: the trainer (or bench) whose circuits use it."""
+    matrix of ``shape``; ``trainer``: the trainer (or bench) whose circuits use it; ``option``: whether
+    ``--layout`` takes its name (the row-major baseline is for bench/iris.py only)."""
 
     name: str
     build: Callable[[int, tuple[int, int], int], Packing]
     trainer: str
     summary: str
+    option: bool = True
 
 
 _PACKINGS: dict[str, PackingEntry] = {}
@@ -121,12 +123,13 @@ def _rowmajor(n, shape, slots):
     return RowMajorPacking.for_matrix(n, shape[0], shape[1], slots)
 
 
-register_packing(PackingEntry("blocked", _blocked, "mlr, mlr-minibatch",
+register_packing(PackingEntry("blocked", _blocked, "mlr, mlr-minibatch (always)",
                               "blocks of I samples x L features x C classes; the fewest rotations"))
-register_packing(PackingEntry("volley-revolver", _volley_revolver, "mlr",
+register_packing(PackingEntry("volley-revolver", _volley_revolver, "mlr with --refresh none",
                               "the published Volley Revolver packing (arXiv:2201.12577), for comparison"))
-register_packing(PackingEntry("dvr", _dvr, "mlp-dvr", "S samples of a P x P grid per ciphertext (Double Volley Revolver)"))
-register_packing(PackingEntry("diagonal", _diagonal, "mlp-diagonal",
+register_packing(PackingEntry("dvr", _dvr, "mlp: mlp-dvr", "S samples of a P x P grid per ciphertext (Double Volley Revolver)"))
+register_packing(PackingEntry("diagonal", _diagonal, "mlp: mlp-diagonal",
                               "generalised diagonals per sample block; Wᵀ·δ on the same diagonals"))
 register_packing(PackingEntry("rowmajor", _rowmajor, "bench/iris.py's baseline",
-                              "row-major per sample block; Wᵀ re-packed under encryption (the baseline)"))
+                              "row-major per sample block; Wᵀ re-packed under encryption (the baseline)",
+                              option=False))

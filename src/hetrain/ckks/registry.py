@@ -211,8 +211,7 @@ register(Backend(
     short_help="INSECURE simulation, for tests", secure=False, module="hetrain.ckks.sim_backend", engine="SimEngine",
     container_name="sim-INSECURE", key_parts={}, bootstraps=True))
 register(Backend(
-    name="desilo", summary="desilofhe: real encryption with bootstrapping; NON-COMMERCIAL licence, optional "
-                           "(pip install 'hetrain[desilo]')",
+    name="desilo", summary="desilofhe: real encryption with bootstrapping; NON-COMMERCIAL licence, optional",
     short_help="real encryption with bootstrapping; optional extra", secure=True,
     module="hetrain.ckks.desilo_backend", engine="DesiloEngine", requires="desilofhe",
     install_hint="pip install 'hetrain[desilo]' (non-commercial licence)",
@@ -222,7 +221,7 @@ register(Backend(
     bootstrap_preset="desilo-boot", process_workers=False, own_presets=True, preset_needs_engine=True))
 register(Backend(
     name="openfhe", summary="OpenFHE (BSD-2): real encryption with bootstrapping, training without the data owner; "
-                            "Python 3.10 only (pip install 'hetrain[openfhe]'); presets openfhe-boot, openfhe-l10, ...",
+                            "optional, Python 3.10 only; presets openfhe-boot, openfhe-l10, ...",
     short_help="real encryption with bootstrapping; optional extra, Python 3.10", secure=True,
     module="hetrain.ckks.openfhe_backend", engine="OpenFHEEngine", requires="openfhe",
     install_hint="pip install 'hetrain[openfhe]'", python_versions=("3.10",),
