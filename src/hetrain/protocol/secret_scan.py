@@ -11,7 +11,7 @@ byte is scanned for what would parse as a secret key of a known backend:
 * a raw Microsoft SEAL ``SecretKey`` serialisation (what seal's secret key container wraps): SEAL's
   serialisation header (magic 0xA15E, version, compression mode, total size) at any offset, whose
   size fits a secret key of the job's parameters or of a preset, and whose bytes LOAD as a
-  ``seal.SecretKey`` under those parameters (tenseal.sealapi; a ciphertext or a public, relin or
+  ``seal.SecretKey`` under those parameters (tenseal.sealapi; a ciphertext or a public, relinearisation or
   Galois key never loads as one: SEAL validates the plaintext's shape against the context);
 * the same inside JSON: every string of job.json and manifest.json (and every key) is tried as
   base64 (standard and URL-safe), as hex, and as Latin-1 bytes, and the decoded bytes are scanned.
