@@ -6,6 +6,7 @@ the upload's secret-key scan with no other edit; every built-in registration mat
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 
@@ -160,3 +161,15 @@ def test_the_registry_module_imports_no_he_library():
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cannot_bootstrap_names_the_registered_backends_that_can(fake):
+    registry.unregister("fake")
+    registry.register(dataclasses.replace(FAKE, bootstraps=True, bootstrap_preset="n8192"))
+    eng = ckks.create_engine("sim", "n8192")
+    with pytest.raises(ckks.CKKSError, match=r"cannot bootstrap: use --refresh client \(or a backend that "
+                                             r"bootstraps: desilo, openfhe, fake\)"):
+        eng.bootstrap(eng.encrypt([1.0]))
+    from hetrain.protocol.client_jobs import default_refresh
+
+    assert default_refresh("fake") == "bootstrap" and default_refresh("sim") == "client"

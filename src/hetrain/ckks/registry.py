@@ -174,6 +174,12 @@ def is_insecure(name: str | None) -> bool:
     return b is not None and not b.secure
 
 
+def bootstrapping_backends() -> str:
+    """"desilo, openfhe": the registered backends that bootstrap for real (those with a
+    ``bootstrap_preset``), for messages that name the alternatives."""
+    return ", ".join(b.name for b in _REGISTRY.values() if b.bootstrap_preset is not None)
+
+
 def secret_part_names() -> frozenset[str]:
     """Names of container parts that hold secret-key material, of every registered backend, plus the
     generic names a secret key could be given ("secret_key", "secret")."""

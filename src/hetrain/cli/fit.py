@@ -120,7 +120,7 @@ def add_training_arguments(p: argparse.ArgumentParser, keys: bool = False) -> No
     p.add_argument("--refresh", default="auto", choices=("auto", "none", "client", "bootstrap"),
                    help="auto (default): client, or bootstrap on a backend that can, or none for full-batch mlr "
                         "(--iterations); none: one modulus chain, no interaction; client: the data owner re-encrypts "
-                        "the state between iterations; bootstrap: the server bootstraps (desilo backend). mlr: "
+                        "the state between iterations; bootstrap: the server bootstraps (desilo, openfhe: `hetrain models`). mlr: "
                         "mini-batches and epochs until validation stops improving; mlp: iterations beyond one chain")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"mlr with refresh: the most passes over the training rows (default {DEFAULT_MAX_EPOCHS}); "

@@ -263,7 +263,8 @@ class TrainerJob(ClientJob):
                                    f"{'ies' if len(extra) == 1 else 'y'} to mlr with refresh (mini-batches); this "
                                    f"job is {model} with refresh {refresh}")
         if refresh == "bootstrap" and backend not in ckks.BOOTSTRAP_BACKENDS:
-            raise DepthPlanError(f"backend {backend} cannot bootstrap: use refresh client (or the desilo backend)")
+            raise DepthPlanError(f"backend {backend} cannot bootstrap: use refresh client (or a backend that "
+                                 f"bootstraps: {ckks.registry.bootstrapping_backends()})")
         self = cls()
         self.refresh, self.backend = refresh, backend
         self.pre = Preprocessor.fit(X, y, scale=scale)
@@ -437,7 +438,8 @@ class MiniBatchJob(ClientJob):
         if time_limit is not None and not time_limit > 0:
             raise DataError(f"time limit must be a positive number of seconds, got {time_limit}")
         if refresh == "bootstrap" and backend not in ckks.BOOTSTRAP_BACKENDS:
-            raise DepthPlanError(f"backend {backend} cannot bootstrap: use refresh client (or the desilo backend)")
+            raise DepthPlanError(f"backend {backend} cannot bootstrap: use refresh client (or a backend that "
+                                 f"bootstraps: {ckks.registry.bootstrapping_backends()})")
         self = cls()
         self.refresh, self.backend = refresh, backend
         self.log = log  # the client's log lines (finish: the final epoch's validation); not in the record
