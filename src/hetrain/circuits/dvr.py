@@ -26,7 +26,7 @@ the output axis. Axes alternate: layer 1 maps a -> b, layer 2 b -> a, layer 3 a 
                                                             then over the S samples: log2(S) rotations)
 
 So one weight ciphertext serves W_l and its transpose W_lᵀ (no transposed copy, no
-re-encryption), and a gradient lands directly in its weight's layout (replicated over samples).
+re-encryption), and a gradient lands directly in its weight's packing (replicated over samples).
 Layer 1 reads the input features along a, P features per ciphertext: data ciphertext (g, t)
 holds X[gS + s, tP + a] replicated over b, and W1 is T = ceil(d / P) ciphertexts holding
 W1[b, tP + a]. The Σ over the T blocks is one ``mul_sum`` (a single relinearisation).

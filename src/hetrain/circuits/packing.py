@@ -36,7 +36,7 @@ class BlockedPacking:
       hands the slots l ≥ 1 of sample row i the value of row i+1 (mod I): the client uploads the
       gradient's copy X̃ in that permuted order (``grad_sample``), so no second set of keys is needed;
     * gradient: Σ_g E[g]·X̃[g,h] across ciphertexts, then a rotate-and-sum over the outermost
-      index i (log2 I rotations, no mask): the result is U's layout, replicated over i.
+      index i (log2 I rotations, no mask): the result is in U's packing, replicated over i.
 
     Rotation steps: C·2^k (k < log2 L) and C·L·2^k (k < log2 I): log2(slots/C) keys in all.
     """
@@ -114,7 +114,7 @@ class BlockedPacking:
         return [self._take(Xt, g * self.I + s, h * self.L + l) for g in range(self.n_groups) for h in range(self.n_fblocks)]
 
     def pack_labels(self, Y: np.ndarray) -> list[np.ndarray]:
-        """Y (n × c) in the gradient layout (replicated over l, permuted like X̃), one vector per group."""
+        """Y (n × c) in the gradient's packing (replicated over l, permuted like X̃), one vector per group."""
         s = self.grad_sample()
         _, _, k = self._grid()
         return [self._take(Y, g * self.I + s, k) for g in range(self.n_groups)]
@@ -171,7 +171,7 @@ class BlockedPacking:
         return [((l == 0) & (k < self.c) & (g * self.I + i < self.n)).astype(float) for g in range(self.n_groups)]
 
     def label_masks(self) -> list[np.ndarray]:
-        """1 on every slot of the gradient layout that holds a real (sample, class) pair."""
+        """1 on every slot of the gradient's packing that holds a real (sample, class) pair."""
         s = self.grad_sample()
         _, _, k = self._grid()
         return [((k < self.c) & (g * self.I + s < self.n)).astype(float) for g in range(self.n_groups)]

@@ -83,7 +83,7 @@ class RowMajor:
         return out
 
     def strided(self, rows_out: np.ndarray) -> np.ndarray:
-        """Client side: per-sample vectors (n, r) at slots i·width (the layout ``matvec`` returns)."""
+        """Client side: per-sample vectors (n, r) at slots i·width (the form ``matvec`` returns)."""
         rows_out = np.asarray(rows_out, dtype=np.float64)
         out = np.zeros((rows_out.shape[0], self.rows * self.width))
         out[:, :: self.width] = rows_out
