@@ -173,3 +173,20 @@ def test_cannot_bootstrap_names_the_registered_backends_that_can(fake):
     from hetrain.protocol.client_jobs import default_refresh
 
     assert default_refresh("fake") == "bootstrap" and default_refresh("sim") == "client"
+
+
+def test_bundle_check_allows_only_the_registered_public_parts(fake, tmp_path):
+    from hetrain.protocol import bundle_check as bc
+
+    params = ckks.get_params("n8192")
+
+    def check(parts):
+        path = tmp_path / "public_context.bin"
+        path.write_bytes(pack({"kind": "public_context", "backend": "fake-INSECURE"}, parts))
+        with open(path, "rb") as f:
+            meta, header_bytes = bc._header_at(f, 0, path.stat().st_size, "public_context.bin", bc.MAX_HEADER_BYTES)
+        bc.check_public_parts(path, meta, header_bytes, params, set())
+
+    check({"fpk": b"k" * 32})
+    with pytest.raises(bc.ClaimError, match=r"unexpected parts \['gk'\] for backend fake-INSECURE"):
+        check({"fpk": b"k" * 32, "gk": b"g" * 32})
