@@ -190,3 +190,15 @@ def test_bundle_check_allows_only_the_registered_public_parts(fake, tmp_path):
     check({"fpk": b"k" * 32})
     with pytest.raises(bc.ClaimError, match=r"unexpected parts \['gk'\] for backend fake-INSECURE"):
         check({"fpk": b"k" * 32, "gk": b"g" * 32})
+
+
+def test_cli_says_in_one_line_how_to_install_a_missing_backend(tmp_path, capsys):
+    missing = next((b for b in registry.backends() if not b.installed()), None)
+    if missing is None:
+        pytest.skip("every registered backend is installed here")
+    assert main(["keygen", "--out", str(tmp_path / "keys"), "--backend", missing.name]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"hetrain keygen: error: backend {missing.name} needs the {missing.requires} package, which is "
+                   f"not installed{'' if missing.python_ok() else ' (it has wheels for Python ' + ', '.join(missing.python_versions) + ' only)'}"
+                   f": {missing.install_hint}"]
+    assert not (tmp_path / "keys").exists()
