@@ -29,9 +29,10 @@ from typing import Mapping
 from .errors import CKKSError
 
 
-class BackendUnavailable(CKKSError):
+class BackendUnavailable(CKKSError, ValueError):
     """A registered backend whose HE library is not installed here (the message says how to install
-    it), or a name no backend is registered under (the message lists the registered ones)."""
+    it), or a name no backend is registered under (the message lists the registered ones). Also a
+    ValueError, as ``create_engine`` raised for an unknown name before the registry."""
 
 
 @dataclasses.dataclass(frozen=True)
