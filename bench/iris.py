@@ -1,4 +1,4 @@
-"""Benchmark: mlp-diagonal on Iris against the row-major baseline (models/mlp_rowmajor_baseline.py). Prints medians; nothing is asserted.
+"""Benchmark: mlp-diagonal on Iris against the row-major baseline (bench/rowmajor_baseline.py). Prints medians; nothing is asserted.
 
     python bench/iris.py [--preset n16384-deep] [--iterations 16] [--repeats 3]
                          [--compare rowmajor-repack,diagonal-repack] [--compare-preset n32768]
@@ -25,7 +25,7 @@ Data: scikit-learn's Iris, the fixed stratified 80/20 split (random_state 0): 12
      E_t = mask_t ⊙ rot(D_{−t}, t) (one rotation + one plaintext mask per diagonal, one extra level)
      and the forward product runs on them. It still uses the idea that Wᵀ's diagonals are W's
      diagonals rotated, so it is the weaker baseline.
-   * rowmajor-repack — WITHOUT the idea (models/mlp_rowmajor_baseline.py, circuits/rowmajor.py): W
+   * rowmajor-repack — WITHOUT the idea (bench/rowmajor_baseline.py, circuits/rowmajor.py): W
      row-major, row i in its own 8-slot segment of every sample block; W·x = W ⊙ (x tiled in every
      segment) + rotate-and-sum inside segments (result strided at i·8); the next layer's input is
      gathered (one mask and one rotation per entry) and tiled (log2 rotations); for back-propagation
@@ -58,9 +58,9 @@ from hetrain.circuits import rowmajor as rmj
 from hetrain.models.base import get_trainer
 from hetrain.models.mlp_diagonal import level_schedule
 from hetrain.models.mlp_diagonal_twin import Scales, init_hidden, scaled_step
-from hetrain.models.mlp_rowmajor_baseline import RowMajorIteration
 from hetrain.protocol import fit
 from hetrain.protocol.preprocess import Preprocessor
+from rowmajor_baseline import RowMajorIteration  # bench/ (this script's directory is on sys.path)
 
 HEAVY = ("relinearize", "multiply_plain", "multiply_scalar", "rotate")
 VARIANTS = ("packed", "diagonal-repack", "rowmajor-repack")

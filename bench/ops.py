@@ -58,10 +58,10 @@ def bench_preset(name: str, reps: int) -> tuple[dict[str, float], dict[str, floa
         "encrypt": median_ms(lambda: eng.encrypt(x), reps),
         "decrypt": median_ms(lambda: eng.decrypt(a), reps),
         "add": median_ms(lambda: a + b, reps),
-        "multiply (ct x ct, relin, rescale)": median_ms(lambda: a * b, reps),
+        "multiply (ct x ct, relinearise, rescale)": median_ms(lambda: a * b, reps),
         "  tensor product only": median_ms(tensor, reps),
         "  relinearise only": median_ms(relin_only, reps),
-        "  tensor + rescale (no relin)": median_ms(lambda: eng._rescale(tensor(), eng.max_level), reps),
+        "  tensor + rescale (no relinearisation)": median_ms(lambda: eng._rescale(tensor(), eng.max_level), reps),
         "multiply_plain (+ rescale)": median_ms(lambda: eng.mul_plain(a, y), reps),
         "multiply_scalar (+ rescale)": median_ms(lambda: eng.mul_scalar(a, 0.5), reps),
         "rotate (top level)": median_ms(lambda: eng.rotate(a, 1), reps),
@@ -73,11 +73,11 @@ def bench_preset(name: str, reps: int) -> tuple[dict[str, float], dict[str, floa
         "ciphertext (top level)": eng.ciphertext_nbytes(a),
         "ciphertext (level 1)": eng.ciphertext_nbytes(low),
         "public key": len(_seal_to_bytes(eng._pk)),
-        "relin keys": len(_seal_to_bytes(eng._rlk)),
+        "relinearisation keys": len(_seal_to_bytes(eng._rlk)),
         "one rotation (Galois) key": len(_seal_to_bytes(eng._gk)),
         "secret key": len(_seal_to_bytes(eng._sk)),
     }
-    times["keygen (sk, pk, relin, 1 rotation key) [s]"] = keygen_s
+    times["keygen (sk, pk, relinearisation key, 1 Galois key) [s]"] = keygen_s
     return times, sizes
 
 

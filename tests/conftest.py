@@ -10,6 +10,28 @@ import pytest
 SHARED_DATA = pathlib.Path(os.environ.get("HETRAIN_SHARED_DATA", pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="session")
+def bench_module():
+    """Loads a module of bench/ by name (``bench_module("rowmajor_baseline")``): benchmark baselines live
+    there, outside the package; sys.path is left alone."""
+    import importlib.util
+    import sys
+
+    def load(name: str):
+        key = f"_bench_{name}"
+        if key not in sys.modules:
+            spec = importlib.util.spec_from_file_location(key, BENCH / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[key] = module
+            spec.loader.exec_module(module)
+        return sys.modules[key]
+
+    return load
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -11,7 +11,6 @@ from hetrain.circuits import rowmajor as rmj
 from hetrain.circuits.errors import LayoutError
 from hetrain.models.base import get_trainer
 from hetrain.models.mlp_diagonal_twin import init_hidden, scaled_step
-from hetrain.models.mlp_rowmajor_baseline import RowMajorIteration
 
 # sim: float64 rounding only; SEAL n8192 (scale 2^40): two levels of products of O(1) values -> ~1e-6.
 TOL = {"sim": 1e-12, "seal": 1e-4}
@@ -79,7 +78,8 @@ def test_layout_error():
         rmj.RowMajor(2, 3, 4).pack(np.ones((3, 2)))
 
 
-def test_full_iteration_matches_twin_step_and_costs_eleven_levels():
+def test_full_iteration_matches_twin_step_and_costs_eleven_levels(bench_module):
+    RowMajorIteration = bench_module("rowmajor_baseline").RowMajorIteration
     X, y = load_iris(return_X_y=True)
     Xtr, _, ytr, _ = train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
     Xtr = (Xtr - Xtr.mean(0)) / Xtr.std(0)

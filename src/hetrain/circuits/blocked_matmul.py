@@ -1,8 +1,8 @@
-"""The two training products in the blocked layout (see ``packing.BlockedPacking``).
+"""The two training products in the blocked packing (see ``packing.BlockedPacking``).
 
 forward:  z[g]  = rotsum_l( Σ_h X[g,h] ⊙ U[h] )        valid where l = 0      1 level
-spread:   E[g]  = rotsum_l( q[g] )  (q zero where l ≥ 1)  gradient layout      0 levels
-gradient: G[h]  = rotsum_i( Σ_g E[g] ⊙ X̃[g,h] )       U's layout             1 level
+spread:   E[g]  = rotsum_l( q[g] )  (q zero where l ≥ 1)  gradient packing     0 levels
+gradient: G[h]  = rotsum_i( Σ_g E[g] ⊙ X̃[g,h] )       U's packing            1 level
 
 Each Σ is a single ``mul_sum`` (one relinearisation and rescale for the whole sum). The sample
 groups g (forward, spread) and the feature blocks h (gradient) are independent tasks: with an
@@ -44,7 +44,7 @@ def spread(engine, p: BlockedPacking, q: list, executor=None) -> list:
 
 
 def gradient(engine, p: BlockedPacking, E: list, Xt: list, executor=None) -> list:
-    """G = Eᵀ·X̃ in U's layout (replicated over samples), one ciphertext per feature block."""
+    """G = Eᵀ·X̃ in U's packing (replicated over samples), one ciphertext per feature block."""
     H = p.n_fblocks
     tasks = [([Xt[g * H + h] for g in range(p.n_groups)],) for h in range(H)]
     return run_tasks(engine, executor, _gradient_block, tasks, (p, E))

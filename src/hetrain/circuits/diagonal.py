@@ -1,6 +1,6 @@
 """Diagonal (Halevi–Shoup) packing of small weight matrices, with samples batched in slots.
 
-Slot layout (``SampleLayout``): sample s owns the block of M = slots / B consecutive slots starting
+Sample batching (``SampleLayout``): sample s owns the block of M = slots / B consecutive slots starting
 at s·M (B = n_samples rounded up to a power of two, so the B blocks fill the ciphertext exactly).
 A vector v of a sample sits at positions 0..len(v)-1 of its block; the rest of the block is zero
 ("clean"). One rotation by t moves every sample's vector by t at once.
@@ -26,6 +26,10 @@ Galois keys: every family of rotations here is evenly spaced (offsets t, windows
 is computed as a chain — rot(x, t) from rot(x, t−1) (``rotations_of``), and sums Σ rot(y_t, t) by
 Horner's rule (``rotate_sum``) — with the same number of rotations as rotating directly but only the
 keys ``chain_steps`` lists (±1, ±spacing) instead of one key per offset and window.
+
+``DiagonalPacking`` (a SampleLayout and a BandDiagonals) implements ``packings.Packing`` and is
+registered there as "diagonal". (``SampleLayout`` keeps its name for compatibility: it is the
+sample batching that the diagonal and the row-major packings share.)
 """
 from __future__ import annotations
 
@@ -227,6 +231,50 @@ class PackPlan:
         """Galois steps of the chained pack (−off) and unpack (+off) rotations."""
         s = set(chain_steps(self.pack_offsets)) | set(chain_steps([-o for o in self.pack_offsets]))
         return sorted(s)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagonalPacking:
+    """One r×c weight matrix as its generalised diagonals, each replicated in every sample block
+    (``packings.Packing``): r + c − 1 ciphertexts; rotation steps those of ``matvec`` (rot(x, t)),
+    ``matvec_transpose`` (Horner sum of rot(·, −t)), ``pack_sum``/``unpack_all`` of its gradient
+    (windows of ``PackPlan.for_band``, default spacing) and the all-reduce over sample blocks."""
+
+    layout: SampleLayout
+    band: BandDiagonals
+
+    name = "diagonal"
+
+    @property
+    def slots(self) -> int:
+        return self.layout.slots
+
+    def _check_shape(self, shape) -> BandDiagonals:
+        if tuple(shape) != (self.band.rows, self.band.cols):
+            raise LayoutError(f"this diagonal packing holds a {self.band.rows}x{self.band.cols} matrix, not {tuple(shape)}")
+        if self.band.rows > self.layout.block:
+            raise LayoutError(f"a diagonal of {self.band.rows} rows does not fit a block of {self.layout.block} slots")
+        return self.band
+
+    def n_ciphertexts(self, shape: tuple[int, int]) -> int:
+        return len(self._check_shape(shape).offsets)
+
+    def pack(self, W: np.ndarray) -> list[np.ndarray]:
+        """One replicated vector per diagonal D_t, t = −(r−1) .. c−1 (``BandDiagonals.offsets`` order)."""
+        W = np.asarray(W, dtype=np.float64)
+        self._check_shape(W.shape)
+        return [self.layout.replicate(d) for d in self.band.diagonals(W).values()]
+
+    def unpack(self, vectors, shape: tuple[int, int]) -> np.ndarray:
+        band = self._check_shape(shape)
+        return band.matrix({t: np.asarray(v)[: band.rows] for t, v in zip(band.offsets, vectors)})
+
+    def rotation_steps(self) -> list[int]:
+        offs = self.band.offsets
+        steps = set(chain_steps(offs)) | set(chain_steps([-t for t in offs]))
+        steps |= set(PackPlan.for_band(self.band, self.layout.block).steps()) | set(self.layout.allreduce_steps())
+        steps.discard(0)
+        return sorted(steps)
 
 
 def chain_steps(shifts: Sequence[int]) -> list[int]:

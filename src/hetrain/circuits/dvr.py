@@ -1,4 +1,8 @@
-"""Double-Volley-Revolver grid layout for dense layers on ciphertexts (used by models/mlp.py).
+"""Double-Volley-Revolver grid packing for dense layers on ciphertexts (used by models/mlp.py, "mlp-dvr").
+
+``GridLayout`` implements ``packings.Packing`` (registered as "dvr"): pack/unpack of a weight
+matrix in layer 1's orientation, its ciphertext count and the rotation steps below. (The class
+keeps its name, and job.json its "layout" key, for compatibility.)
 
 Every ciphertext is a stack of ``S`` samples, each owning a P x P grid of slots (P a power of
 two >= every hidden width and the class count):
@@ -22,7 +26,7 @@ the output axis. Axes alternate: layer 1 maps a -> b, layer 2 b -> a, layer 3 a 
                                                             then over the S samples: log2(S) rotations)
 
 So one weight ciphertext serves W_l and its transpose W_lᵀ (no transposed copy, no
-re-encryption), and a gradient lands directly in its weight's layout (replicated over samples).
+re-encryption), and a gradient lands directly in its weight's packing (replicated over samples).
 Layer 1 reads the input features along a, P features per ciphertext: data ciphertext (g, t)
 holds X[gS + s, tP + a] replicated over b, and W1 is T = ceil(d / P) ciphertexts holding
 W1[b, tP + a]. The Σ over the T blocks is one ``mul_sum`` (a single relinearisation).
@@ -54,6 +58,9 @@ class GridLayout:
     """The DVR grid (module docstring): ``S`` samples of a ``P`` x ``P`` slot grid per ciphertext, ``n`` samples
     and ``d`` input features in all, in a ring of ``slots`` slots. Build it with ``choose``.
     """
+
+    name = "dvr"
+
     slots: int
     P: int   # grid side
     S: int   # samples per ciphertext
@@ -154,15 +161,26 @@ class GridLayout:
         o, i = shape
         return (grid[:o, :i] if out_axis == "a" else grid[:i, :o].T).copy()
 
+    # ------------------------------------------------ the Packing interface (packings.py): layer-1 weights
+    def n_ciphertexts(self, shape: tuple[int, int]) -> int:
+        """Ciphertexts of an h x k weight matrix in layer 1's orientation (h ≤ P): one per P columns."""
+        if shape[0] > self.P:
+            raise LayoutError(f"a layer of {shape[0]} units does not fit the {self.P}x{self.P} grid")
+        return math.ceil(int(shape[1]) / self.P)
+
     def weight_blocks(self, W1: np.ndarray) -> list[np.ndarray]:
-        """Layer-1 weights (h1 x d) as T ciphertexts: block t holds W1[b, tP + a]."""
-        return [self.weight(W1[:, t * self.P: (t + 1) * self.P], "b") for t in range(self.feature_blocks)]
+        """Layer-1 weights (h1 x d) as T = ceil(d / P) ciphertexts: block t holds W1[b, tP + a]."""
+        W1 = np.asarray(W1, dtype=np.float64)
+        return [self.weight(W1[:, t * self.P: (t + 1) * self.P], "b") for t in range(self.n_ciphertexts(W1.shape))]
 
     def read_weight_blocks(self, vecs, shape: tuple[int, int]) -> np.ndarray:
         """Inverse of ``weight_blocks``: layer-1 weights of ``shape`` (h1 x d) from the T decrypted block vectors."""
         h, d = shape
+        self.n_ciphertexts(shape)
         parts = [self.read_weight(v, "b", (h, self.P)) for v in vecs]
         return np.concatenate(parts, axis=1)[:, :d]
+
+    pack, unpack = weight_blocks, read_weight_blocks
 
     def bias(self, b: np.ndarray, out_axis: str) -> np.ndarray:
         """Slot vector of bias ``b`` (length k) along ``out_axis`` at index 0 of the other axis, in every sample."""

@@ -3,7 +3,8 @@ from hetrain.errors import HetrainUserError
 
 
 class LayoutError(HetrainUserError):
-    """The problem does not fit a slot layout in these parameters: more classes, features, samples
-    or hidden units than the packing (circuits/packing.py), the diagonal layout (circuits/diagonal.py),
-    the row-major layout (circuits/rowmajor.py) or the DVR grid (circuits/dvr.py) can hold; the
-    message names what does not fit and the limit."""
+    """The problem does not fit a packing in these parameters: more classes, features, samples or
+    hidden units than the mlr packings (circuits/packing.py), the diagonal packing (circuits/diagonal.py),
+    the row-major packing (circuits/rowmajor.py) or the DVR grid (circuits/dvr.py) can hold, or a
+    packing name that is not registered (circuits/packings.py); the message names what does not fit
+    and the limit. (The class keeps its name for compatibility.)"""

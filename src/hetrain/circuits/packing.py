@@ -1,10 +1,13 @@
 """Packings for the two products of logistic-regression training: index maps NumPy <-> slots.
 
+Both implement ``packings.Packing`` (pack/unpack of the weights U, their ciphertext count and the
+rotation steps of the circuits) and are registered there by name ("blocked", "volley-revolver").
+
 Notation: n samples, d features (bias included), c classes; z = X·Uᵀ (n × c) is the forward
 product, G = Eᵀ·X̃ (c × d) the gradient product. Only NumPy here: the circuits that use these
 maps live in ``blocked_matmul.py`` and ``volley_revolver.py``.
 
-A rotate-and-sum over the OUTERMOST index of a slot layout needs no mask: rotations are cyclic
+A rotate-and-sum over the OUTERMOST index of a packing needs no mask: rotations are cyclic
 over the whole vector, so every slot receives the complete sum. A sum over an inner index leaves
 garbage where it wraps into the neighbouring block, which a (plaintext) mask must remove.
 """
@@ -21,7 +24,7 @@ from .errors import LayoutError
 
 @dataclasses.dataclass(frozen=True)
 class BlockedPacking:
-    """The fast layout: every ciphertext is a block of I samples × L features × C class slots.
+    """The fast packing: every ciphertext is a block of I samples × L features × C class slots.
 
     slot(i, l, k) = (i·L + l)·C + k, with I·L·C = slots (C = classes rounded up to a power of 2).
     Ciphertext (g, h) covers samples g·I.. and features h·L.. ; X is replicated over the class
@@ -33,7 +36,7 @@ class BlockedPacking:
       hands the slots l ≥ 1 of sample row i the value of row i+1 (mod I): the client uploads the
       gradient's copy X̃ in that permuted order (``grad_sample``), so no second set of keys is needed;
     * gradient: Σ_g E[g]·X̃[g,h] across ciphertexts, then a rotate-and-sum over the outermost
-      index i (log2 I rotations, no mask): the result is U's layout, replicated over i.
+      index i (log2 I rotations, no mask): the result is in U's packing, replicated over i.
 
     Rotation steps: C·2^k (k < log2 L) and C·L·2^k (k < log2 I): log2(slots/C) keys in all.
     """
@@ -55,7 +58,7 @@ class BlockedPacking:
         """
         C = next_pow2(c)
         if C > slots // 2:
-            raise LayoutError(f"{c} classes do not fit the blocked layout in {slots} slots")
+            raise LayoutError(f"{c} classes do not fit the blocked packing in {slots} slots")
         best = None
         I = 1
         while I <= slots // C:
@@ -121,23 +124,43 @@ class BlockedPacking:
         return [self._take(Xt, g * self.I + s, h * self.L + l) for g in range(self.n_groups) for h in range(self.n_fblocks)]
 
     def pack_labels(self, Y: np.ndarray) -> list[np.ndarray]:
-        """Y (n × c) in the gradient layout (replicated over l, permuted like X̃), one vector per group."""
+        """Y (n × c) in the gradient's packing (replicated over l, permuted like X̃), one vector per group."""
         s = self.grad_sample()
         _, _, k = self._grid()
         return [self._take(Y, g * self.I + s, k) for g in range(self.n_groups)]
 
-    def pack_weights(self, U: np.ndarray) -> list[np.ndarray]:
-        """U (c × d) -> one vector per feature block, replicated over the sample index."""
-        _, l, k = self._grid()
-        return [self._take(U, k, h * self.L + l) for h in range(self.n_fblocks)]
+    # ---------------------------------------------------- the Packing interface (packings.py): the weights
+    def _check_shape(self, shape) -> None:
+        if shape[0] > self.C:
+            raise LayoutError(f"a matrix of {shape[0]} rows does not fit the blocked packing's {self.C} class slots")
 
-    def unpack_weights(self, vectors) -> np.ndarray:
-        """Inverse of pack_weights (reads sample row 0 of each block)."""
-        U = np.zeros((self.c, self.n_fblocks * self.L))
+    def n_ciphertexts(self, shape: tuple[int, int]) -> int:
+        """Ciphertexts holding an r × k weight matrix (r ≤ C): one per block of L columns."""
+        self._check_shape(shape)
+        return -(-int(shape[1]) // self.L)
+
+    def pack(self, U: np.ndarray) -> list[np.ndarray]:
+        """U (c × d) -> one vector per feature block (``n_ciphertexts(U.shape)``), replicated over the
+        sample index."""
+        U = np.asarray(U, dtype=np.float64)
+        self._check_shape(U.shape)
+        _, l, k = self._grid()
+        return [self._take(U, k, h * self.L + l) for h in range(self.n_ciphertexts(U.shape))]
+
+    def unpack(self, vectors, shape: tuple[int, int]) -> np.ndarray:
+        """Inverse of ``pack`` for a ``shape`` matrix (reads sample row 0 of each block)."""
+        self._check_shape(shape)
+        U = np.zeros((self.C, len(vectors) * self.L))
         for h, v in enumerate(vectors):
             blk = np.asarray(v)[: self.L * self.C].reshape(self.L, self.C)
-            U[:, h * self.L:(h + 1) * self.L] = blk[:, : self.c].T
-        return U[:, : self.d]
+            U[:, h * self.L:(h + 1) * self.L] = blk.T
+        return U[: shape[0], : shape[1]]
+
+    pack_weights = pack
+
+    def unpack_weights(self, vectors) -> np.ndarray:
+        """The trained weights U (c × d) from their ciphertexts' decryptions."""
+        return self.unpack(vectors, (self.c, self.d))
 
     def unpack_forward(self, vectors) -> np.ndarray:
         """z (n × c) from the forward output vectors (one per group, valid where l = 0)."""
@@ -160,7 +183,7 @@ class BlockedPacking:
         return [((l == 0) & (k < self.c) & (g * self.I + i < self.n)).astype(float) for g in range(self.n_groups)]
 
     def label_masks(self) -> list[np.ndarray]:
-        """1 on every slot of the gradient layout that holds a real (sample, class) pair."""
+        """1 on every slot of the gradient's packing that holds a real (sample, class) pair."""
         s = self.grad_sample()
         _, _, k = self._grid()
         return [((k < self.c) & (g * self.I + s < self.n)).astype(float) for g in range(self.n_groups)]
@@ -168,7 +191,7 @@ class BlockedPacking:
 
 @dataclasses.dataclass(frozen=True)
 class VolleyRevolverPacking:
-    """The published layout (J. Chiang, "Volley Revolver: A Novel Matrix-Encoding Method for Privacy-
+    """The published packing (J. Chiang, "Volley Revolver: A Novel Matrix-Encoding Method for Privacy-
     Preserving Neural Networks (Inference)", arXiv:2201.12577), kept for comparison.
 
     A data ciphertext holds R = slots/D sample rows of D slots (D = d rounded up to a power of 2):
@@ -198,7 +221,7 @@ class VolleyRevolverPacking:
             raise LayoutError(f"{d} features do not fit one row of {slots} slots")
         R = slots // D
         if c > R:
-            raise LayoutError(f"the Volley Revolver layout needs classes <= rows per ciphertext "
+            raise LayoutError(f"the Volley Revolver packing needs classes <= rows per ciphertext "
                               f"({c} > {R} rows of {D} slots); use layout 'blocked'")
         return cls(n, d, c, slots, D, R)
 
@@ -266,15 +289,30 @@ class VolleyRevolverPacking:
                 out.append(v)
         return out
 
-    def pack_weights(self, U: np.ndarray) -> list[np.ndarray]:
-        """U (c × d) -> one vector: class row i at slots D·i .. D·i + d - 1."""
+    # ---------------------------------------------------- the Packing interface (packings.py): the weights
+    def n_ciphertexts(self, shape: tuple[int, int]) -> int:
+        """One ciphertext: one class per row of D slots (r ≤ R rows, k ≤ D columns)."""
+        if shape[0] > self.R or shape[1] > self.D:
+            raise LayoutError(f"a {shape[0]}x{shape[1]} matrix does not fit {self.R} rows of {self.D} slots")
+        return 1
+
+    def pack(self, U: np.ndarray) -> list[np.ndarray]:
+        """U (c × d) -> one vector, row j of U at slots D·j .. D·j + d − 1."""
+        U = np.asarray(U, dtype=np.float64)
+        self.n_ciphertexts(U.shape)
         v = np.zeros((self.R, self.D))
         v[: U.shape[0], : U.shape[1]] = U
         return [v.ravel()]
 
+    def unpack(self, vectors, shape: tuple[int, int]) -> np.ndarray:
+        self.n_ciphertexts(shape)
+        return np.asarray(vectors[0])[: self.slots].reshape(self.R, self.D)[: shape[0], : shape[1]]
+
+    pack_weights = pack
+
     def unpack_weights(self, vectors) -> np.ndarray:
         """Inverse of ``pack_weights``: U (c × d) from the decrypted weight vector."""
-        return np.asarray(vectors[0])[: self.slots].reshape(self.R, self.D)[: self.c, : self.d]
+        return self.unpack(vectors, (self.c, self.d))
 
     def unpack_forward(self, vectors) -> np.ndarray:
         """z (n × c) from the decrypted forward blocks (k, r) in order: slot D·j of block (k, r)
@@ -315,16 +353,16 @@ class VolleyRevolverPacking:
         return [self._mask(k, r, False) for k in range(self.n_groups) for r in range(self.R)]
 
 
-PACKINGS = {"blocked": BlockedPacking, "volley-revolver": VolleyRevolverPacking}
+PACKINGS = {"blocked": BlockedPacking, "volley-revolver": VolleyRevolverPacking}  # mlr's packings
 
 
 def choose_packing(layout: str, n: int, d: int, c: int, slots: int):
-    """The packing named ``layout`` ('blocked' or 'volley-revolver'; 'auto' = 'blocked').
-    Raises LayoutError for an unknown layout, or data that does not fit the chosen one.
-    """
+    """The mlr packing named ``layout`` (job.json's and the config's key keeps that name: 'blocked' or
+    'volley-revolver'; 'auto' = 'blocked') for n samples, d features (bias included), c classes.
+    Raises LayoutError for an unknown packing, or data that does not fit the chosen one."""
     if layout == "auto":
         layout = "blocked"
     try:
         return PACKINGS[layout].choose(n, d, c, slots)
     except KeyError:
-        raise LayoutError(f"unknown layout {layout!r}; choose one of auto, {', '.join(PACKINGS)}") from None
+        raise LayoutError(f"unknown layout {layout!r} (the packing); choose one of auto, {', '.join(PACKINGS)}") from None

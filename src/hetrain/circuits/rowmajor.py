@@ -2,7 +2,8 @@
 the cheap-transpose idea of ``diagonal`` (the naive alternative: re-pack the transpose under encryption).
 
 Same sample batching as ``diagonal`` (``SampleLayout``: sample s owns slot block s, weights are
-replicated in every block). Inside a block, an r×c matrix W is stored row-major: row i in its own
+replicated in every block). ``RowMajorPacking`` (a SampleLayout and a RowMajor) implements
+``packings.Packing`` and is registered there as "rowmajor". Inside a block, an r×c matrix W is stored row-major: row i in its own
 segment of ``width`` slots (a power of two ≥ max(r, c)), entry (i, j) at slot i·width + j, zeros
 elsewhere. What each product costs (the counts ``bench/iris.py`` reports):
 
@@ -91,7 +92,7 @@ class RowMajor:
         return out
 
     def strided(self, rows_out: np.ndarray) -> np.ndarray:
-        """Client side: per-sample vectors (n, r) at slots i·width (the layout ``matvec`` returns)."""
+        """Client side: per-sample vectors (n, r) at slots i·width (the form ``matvec`` returns)."""
         rows_out = np.asarray(rows_out, dtype=np.float64)
         out = np.zeros((rows_out.shape[0], self.rows * self.width))
         out[:, :: self.width] = rows_out
@@ -121,6 +122,47 @@ class RowMajor:
     def transpose_steps(self) -> list[int]:
         """Left steps k·(width - 1) for every non-zero offset k (``transpose``)."""
         return [k * (self.width - 1) for k in self.transpose_offsets() if k]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowMajorPacking:
+    """One r×c weight matrix row-major in one ciphertext, replicated in every sample block
+    (``packings.Packing``); rotation steps those of ``matvec``, ``matvec_transpose`` (re-pack, gather,
+    tile, matvec on Wᵀ), ``spread`` and ``outer_sum`` for this matrix."""
+
+    layout: SampleLayout
+    rm: RowMajor
+
+    name = "rowmajor"
+
+    @classmethod
+    def for_matrix(cls, n_samples: int, rows: int, cols: int, slots: int) -> "RowMajorPacking":
+        layout = SampleLayout(n_samples, slots)
+        return cls(layout, RowMajor.for_matrix(rows, cols, layout.block))
+
+    @property
+    def slots(self) -> int:
+        return self.layout.slots
+
+    def n_ciphertexts(self, shape: tuple[int, int]) -> int:
+        if tuple(shape) != (self.rm.rows, self.rm.cols):
+            raise LayoutError(f"this row-major packing holds a {self.rm.rows}x{self.rm.cols} matrix, not {tuple(shape)}")
+        return 1
+
+    def pack(self, W: np.ndarray) -> list[np.ndarray]:
+        self.n_ciphertexts(np.shape(W))
+        return [self.layout.replicate(self.rm.pack(W))]
+
+    def unpack(self, vectors, shape: tuple[int, int]) -> np.ndarray:
+        self.n_ciphertexts(shape)
+        return self.rm.unpack(np.asarray(vectors[0])[: self.layout.block])
+
+    def rotation_steps(self) -> list[int]:
+        rm = self.rm
+        s = set(rm.rowsum_steps()) | set(rm.transpose_steps()) | set(rm.gather_steps()) | set(rm.T.tile_steps(rm.cols))
+        s |= set(rm.T.rowsum_steps()) | set(rm.spread_steps()) | set(self.layout.allreduce_steps())
+        s.discard(0)
+        return sorted(s)
 
 
 def steps_for_iteration(w1: RowMajor, w2: RowMajor, layout: SampleLayout) -> list[int]:

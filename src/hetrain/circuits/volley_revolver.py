@@ -1,4 +1,4 @@
-"""The two training products in the published Volley Revolver layout (``packing.VolleyRevolverPacking``).
+"""The two training products in the published Volley Revolver packing (``packing.VolleyRevolverPacking``).
 
 forward:  for each data ciphertext k and r < R: rowsum( X[k] ⊙ rot(U, D·r) ), valid at slot D·j
 spread:   each masked block copied along its row (right rotations)

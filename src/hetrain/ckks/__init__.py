@@ -8,8 +8,9 @@ Backends: ``seal`` (Microsoft SEAL via TenSEAL, real encryption), ``sim`` (NumPy
 for tests and planning only) and the optional ``desilo`` (desilofhe, real encryption with
 bootstrapping; non-commercial licence, installed only on request: ``pip install hetrain[desilo]``) and the
 optional ``openfhe`` (OpenFHE, BSD-2, real encryption with bootstrapping; Python 3.10 wheel:
-``pip install 'hetrain[openfhe]'``). A server rebuilds an engine from ``eng.public_bytes()`` with
-``load_engine``; it can compute but never decrypt.
+``pip install 'hetrain[openfhe]'``). Each is one ``registry.Backend`` record (registry.py), the one
+place every other layer reads backends from; a new backend is one ``registry.register`` call.
+A server rebuilds an engine from ``eng.public_bytes()`` with ``load_engine``; it can compute but never decrypt.
 """
 from __future__ import annotations
 
@@ -22,15 +23,26 @@ from .errors import (CKKSError, DepthExhausted, InsecureParameters, KeyMismatch,
                      SecretKeyUnavailable, SerializationError)
 from .params import PRESETS, TEST_PRESETS, CKKSParams, get_params, smallest_preset_with_levels
 
-BACKENDS = ("seal", "sim", "desilo", "openfhe")
-# backends that can bootstrap (sim: only with parameters that give it a bootstrap level)
-BOOTSTRAP_BACKENDS = ("sim", "desilo", "openfhe")
+from . import registry
+from .registry import Backend, BackendUnavailable
+
+
+def __getattr__(name: str):
+    """``BACKENDS`` and ``BOOTSTRAP_BACKENDS``: read from the registry at each access, so a backend
+    registered later (``registry.register``) is listed too."""
+    if name == "BACKENDS":
+        return registry.names()
+    if name == "BOOTSTRAP_BACKENDS":  # backends that can bootstrap (sim: only with a bootstrap level)
+        return tuple(b.name for b in registry.backends() if b.bootstraps)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", rotations: Iterable[int] = (),
                   *, force_insecure: bool = False, **options) -> Engine:
     """Fresh keys for ``params`` (a preset name or CKKSParams), with Galois keys for ``rotations`` only.
 
+    ``backend``: a registered backend's name (``registry.names()``; BackendUnavailable for another name
+    or a backend whose library is not installed). Its engine class is imported now, not before.
     ``backend="sim"`` is an INSECURE NumPy simulation (options: ``noise``, ``seed``, ``bootstrap_level``).
     ``backend="desilo"`` takes "desilo-boot" (bootstrapping), "desilo-l<L>", or a SEAL preset (same
     level count, desilofhe's ring); options ``threads``, ``mode`` ("cpu"/"gpu"), ``bootstrap_key_size``.
@@ -45,20 +57,10 @@ def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", ro
     security without ``force_insecure``, KeyMismatch for a ``secret_key`` of other parameters, CKKSError when
     an optional backend's library is not installed.
     """
-    if backend == "desilo":  # imported only when asked for (optional, non-redistributable dependency)
-        from .desilo_backend import DesiloEngine
-        return DesiloEngine(params, rotations, **options)
-    if backend == "openfhe":  # imported only when asked for (optional; no wheel for Python 3.11)
-        from .openfhe_backend import OpenFHEEngine
-        return OpenFHEEngine(params, rotations, force_insecure=force_insecure, **options)
-    p = get_params(params)
-    if backend == "seal":
-        from .seal_backend import SealEngine
-        return SealEngine(p, rotations, force_insecure=force_insecure, **options)
-    if backend == "sim":
-        from .sim_backend import SimEngine
-        return SimEngine(p, rotations, force_insecure=force_insecure, **options)
-    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    info = registry.get(backend)
+    cls = info.engine_class()
+    return cls(params if info.own_presets else get_params(params), rotations, force_insecure=force_insecure,
+               **options)
 
 
 def owner_forced_insecure(public: bytes) -> bool:
@@ -78,26 +80,17 @@ def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: b
     KeyMismatch when ``secret`` belongs to another key set, InsecureParameters as ``create_engine``.
     """
     meta = read_header(public, expect_kind="public_context")
-    backend = meta.get("backend")
-    if backend == "seal":
-        from .seal_backend import SealEngine
-        return SealEngine.from_bytes(public, secret, force_insecure=force_insecure, verify=verify)
-    if backend == "desilo":
-        from .desilo_backend import DesiloEngine
-        return DesiloEngine.from_bytes(public, secret, force_insecure=force_insecure)
-    if backend == "openfhe":
-        from .openfhe_backend import OpenFHEEngine
-        return OpenFHEEngine.from_bytes(public, secret, force_insecure=force_insecure)
-    if backend == "sim-INSECURE":
-        from .sim_backend import SimEngine
-        return SimEngine.from_bytes(public, secret, force_insecure=force_insecure)
-    raise SerializationError(f"unknown backend {backend!r} in public context")
+    info = registry.by_container_name(meta.get("backend"))
+    if info is None:
+        raise SerializationError(f"unknown backend {meta.get('backend')!r} in public context")
+    extra = {"verify": verify} if "verify" in info.load_options else {}
+    return info.engine_class().from_bytes(public, secret, force_insecure=force_insecure, **extra)
 
 
 __all__ = [
-    "BACKENDS", "PRESETS", "CKKSParams", "Ciphertext", "CKKSError", "DepthExhausted", "Engine",
+    "BACKENDS", "BOOTSTRAP_BACKENDS", "Backend", "BackendUnavailable", "PRESETS", "CKKSParams", "Ciphertext", "CKKSError", "DepthExhausted", "Engine",
     "InsecureParameters", "KeyMismatch", "MissingRotationKey", "OpCounters", "PlainVector",
     "SecretKeyUnavailable", "SerializationError", "TEST_PRESETS", "create_engine", "get_params", "load_engine",
-    "owner_forced_insecure", "read_secret_key",
+    "owner_forced_insecure", "read_secret_key", "registry",
     "rotate_sum_steps", "smallest_preset_with_levels",
 ]

@@ -7,7 +7,8 @@ from collections import defaultdict
 
 
 class OpCounters:
-    """Count and total wall time per operation kind (multiply, relinearize, rotate, ...).
+    """Count and total wall time per operation kind (multiply, relinearise, rotate, ...; the kinds are
+    keys of model files' statistics, spelled as they always were: "relinearize").
 
     Every engine owns one; read ``counts``/``seconds`` or ``as_dict()``, and ``reset()`` between
     phases. ``snapshot()`` and ``diff()`` measure one phase without resetting.

@@ -460,8 +460,10 @@ class Engine(abc.ABC):
         """
         self._own(ct)
         if not self.can_bootstrap:
+            from .registry import bootstrapping_backends
+
             raise CKKSError(f"backend {self.backend_name} cannot bootstrap: use --refresh client "
-                            f"(or a backend that bootstraps, such as desilo)")
+                            f"(or a backend that bootstraps: {bootstrapping_backends()})")
         with self.counters.time("bootstrap"):
             data = self._bootstrap(ct)
         return Ciphertext(self, self.bootstrap_level, data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hetrain import ckks
+from hetrain.ckks.registry import is_insecure
 from hetrain.errors import HetrainUserError
 from hetrain.models.minibatch_plan import BATCH_SIZES, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_TIME_BUDGET_S
 from hetrain.outputs import check_writable
@@ -99,8 +100,7 @@ def add_training_arguments(p: argparse.ArgumentParser, keys: bool = False) -> No
                         "--epochs instead")
     if not keys:
         p.add_argument("--preset", default="auto", help=f"CKKS parameters: auto (smallest that fits) or one of {', '.join(ckks.PRESETS)}")
-        p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help="seal (real encryption, the default), sim (INSECURE, for tests), "
-                        "openfhe or desilo (bootstrapping; optional extras): see `hetrain models`")
+        p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help=ckks.registry.backend_help())
     p.add_argument("--learning-rate", type=float,
                    help="step size (default: chosen by the planner on the training data; 4.0 for mlr with "
                         "--refresh none)")
@@ -120,7 +120,7 @@ def add_training_arguments(p: argparse.ArgumentParser, keys: bool = False) -> No
     p.add_argument("--refresh", default="auto", choices=("auto", "none", "client", "bootstrap"),
                    help="auto (default): client, or bootstrap on a backend that can, or none for full-batch mlr "
                         "(--iterations); none: one modulus chain, no interaction; client: the data owner re-encrypts "
-                        "the state between iterations; bootstrap: the server bootstraps (desilo backend). mlr: "
+                        "the state between iterations; bootstrap: the server bootstraps (desilo, openfhe: `hetrain models`). mlr: "
                         "mini-batches and epochs until validation stops improving; mlp: iterations beyond one chain")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"mlr with refresh: the most passes over the training rows (default {DEFAULT_MAX_EPOCHS}); "
@@ -283,8 +283,8 @@ def explain(stats: dict) -> list[str]:
                      f"{stats['params']} offer {stats['levels_available']} per modulus chain"
                      + (" (the state was refreshed in between)" if stats["levels_needed"] > stats["levels_available"]
                         else ""))
-    if stats.get("backend") == "sim":
-        lines.append("note: the sim backend encrypts nothing (INSECURE): use it for tests and planning only")
+    if is_insecure(stats.get("backend")):
+        lines.append(f"note: the {stats['backend']} backend encrypts nothing (INSECURE): use it for tests and planning only")
     return lines
 
 

@@ -13,8 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="n16384",
                    help=f"CKKS parameters of the key: one of {', '.join(ckks.PRESETS)} (default n16384: mlr and "
                         "one-hidden-layer networks; two hidden layers need n32768)")
-    p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help="seal (real encryption, the default), sim (INSECURE, for tests), "
-                        "openfhe or desilo (bootstrapping; optional extras): see `hetrain models`")
+    p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help=ckks.registry.backend_help())
     p.add_argument("--seed", type=int, help="seed of the simulation backend (sim only; default: none, fresh "
                                             "randomness)")
     add_force_insecure_argument(p)

@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "encrypted training on a scikit-learn dataset, encrypted vs plaintext accuracy"),
     "datasets": ("datasets", "export scikit-learn's bundled datasets as CSV"),
     "report": ("report", "a model file's training run as an HTML page with plots (needs matplotlib)"),
-    "models": ("models", "list trainers, layouts, CKKS presets and backends, one line each"),
+    "models": ("models", "list trainers, packings, CKKS presets and backends, one line each"),
     "serve": ("serve", "HTTP training service: receives job bundles, trains, returns ciphertexts (needs hetrain[service])"),
 }
 

@@ -1,19 +1,12 @@
-"""`hetrain models`: what can be asked for: trainers, layouts, CKKS presets and backends, one line each."""
+"""`hetrain models`: what can be asked for: trainers, packings, CKKS presets and backends, one line each.
+
+Packings and backends come from their registries (circuits/packings.py, ckks/registry.py). The option
+that picks a packing keeps its name, ``--layout``, for compatibility."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
-BACKEND_LINES = {
-    "seal": "Microsoft SEAL through TenSEAL: real encryption (the default); refresh by the client",
-    "sim": "NumPy simulation, INSECURE: nothing is encrypted (tests and planning only)",
-    "desilo": "desilofhe: real encryption with bootstrapping; NON-COMMERCIAL licence, optional "
-              "(pip install 'hetrain[desilo]')",
-    "openfhe": "OpenFHE (BSD-2): real encryption with bootstrapping, training without the data owner; Python 3.10 "
-               "only (pip install 'hetrain[openfhe]'); presets openfhe-boot, openfhe-l10, ...",
-}
-_MODULES = {"seal": "tenseal", "desilo": "desilofhe", "openfhe": "openfhe"}
-LAYOUTS = {"auto": "diagonal up to 16 features, dvr above", "dvr": "mlp-dvr", "diagonal": "mlp-diagonal"}
+AUTO_PACKING = "mlp: diagonal up to 16 features, dvr above; mlr: blocked"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,17 +24,21 @@ def run(args) -> int:
         caps = ", ".join(sorted(cls.capabilities)) or "none"
         text = cls.summary or next(iter((cls.__doc__ or "").strip().splitlines()), "")
         print(f"  {name:14s} {text} [capabilities: {caps}]")
-    print("layouts (--layout, for --model mlp):")
-    for name, text in LAYOUTS.items():
-        print(f"  {name:14s} {text}")
+    from hetrain.circuits.packings import packing_entry, packing_names
+
+    print("packings (--layout; for mlp it picks the trainer, for mlr with --refresh none its packing):")
+    print(f"  {'auto':16s} {AUTO_PACKING}")
+    for name in packing_names():
+        e = packing_entry(name)
+        print(f"  {name:16s} {e.summary} [{e.trainer}]" if e.option else
+              f"  {name:16s} {e.summary} [{e.trainer}; not a --layout value]")
     print("presets (--preset; `auto`: the smallest that fits):")
     for name, p in {**ckks.PRESETS, **ckks.TEST_PRESETS}.items():
         secure = "128-bit secure" if p.is_128_bit_secure() else "INSECURE test ring: below 128-bit (--force-insecure)"
         print(f"  {name:14s} N={p.poly_modulus_degree}, {p.levels} levels, scale 2^{p.scale_bits}, {p.slots} slots, "
               f"{secure}")
     print("backends (--backend):")
-    for name in ckks.BACKENDS:
-        module = _MODULES.get(name)
-        present = "" if module is None or importlib.util.find_spec(module) else " [not installed]"
-        print(f"  {name:14s} {BACKEND_LINES.get(name, '')}{present}")
+    for b in ckks.registry.backends():
+        present = "" if b.installed() else f" [not installed: {b.install_hint}]"
+        print(f"  {b.name:14s} {b.summary}{present}")
     return 0

@@ -15,7 +15,7 @@ from hetrain import ckks
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="n16384", choices=sorted(ckks.PRESETS), help="CKKS parameter preset")
-    p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help="seal (real) or sim (INSECURE simulation)")
+    p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help=ckks.registry.backend_help())
     p.add_argument("--seed", type=int, default=0)
 
 

@@ -35,6 +35,7 @@ import struct
 import sys
 from typing import BinaryIO
 
+from hetrain.ckks import registry
 from hetrain.ckks.container import MAGIC
 from hetrain.ckks.params import MAX_BITS_128, CKKSParams
 from hetrain.errors import HetrainUserError
@@ -51,7 +52,6 @@ MAX_CHAIN = 64                    # primes in a modulus chain (SEAL allows at mo
 RING_DEGREES = frozenset(MAX_BITS_128) | {65536}
 SEAL_SLACK = 1.02                 # compressed SEAL data can exceed its raw size by a little
 SHAPE_FIELDS = {"n_samples": 0, "n": 0, "n_features": 1, "d": 1, "n_classes": 2, "c": 2}
-PUBLIC_PARTS = {"seal": {"pk", "rlk", "gk"}, "sim-INSECURE": set()}
 
 
 class ClaimError(BundleError):
@@ -200,7 +200,8 @@ def check_public_parts(path: pathlib.Path, meta: dict, header_bytes: int, params
     parts = _parts(meta, "public_context.bin")
     _exact_size("public_context.bin", header_bytes, parts, path.stat().st_size)
     backend = meta["backend"]
-    allowed = PUBLIC_PARTS.get(backend)
+    info = registry.by_container_name(backend)  # the parts a public context of each backend may hold
+    allowed = set(info.key_parts) if info is not None and info.closed_key_parts else None
     names = {n for n, _ in parts}
     if allowed is not None and not names <= allowed:
         raise ClaimError(f"public_context.bin: unexpected parts {sorted(names - allowed)} for backend {backend}")

@@ -78,9 +78,11 @@ def resolve_refresh(refresh: str, model: str, config: dict | None, backend: str,
 
 
 def default_refresh(backend: str) -> str:
-    """The refresh of a trainer that can refresh: the server bootstraps on a backend that can (desilo),
-    else the client re-encrypts."""
-    return "bootstrap" if backend in ("desilo", "openfhe") else "client"
+    """The refresh of a trainer that can refresh: the server bootstraps on a backend registered with a
+    ``bootstrap_preset`` (desilo, openfhe), else the client re-encrypts."""
+    from hetrain.ckks import registry
+
+    return "bootstrap" if registry.get(backend).bootstrap_preset is not None else "client"
 
 
 def prepare_job(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = "auto",
@@ -285,7 +287,8 @@ class TrainerJob(ClientJob):
                                    f"{'ies' if len(extra) == 1 else 'y'} to mlr with refresh (mini-batches); this "
                                    f"job is {model} with refresh {refresh}")
         if refresh == "bootstrap" and backend not in ckks.BOOTSTRAP_BACKENDS:
-            raise DepthPlanError(f"backend {backend} cannot bootstrap: use refresh client (or the desilo backend)")
+            raise DepthPlanError(f"backend {backend} cannot bootstrap: use refresh client (or a backend that "
+                                 f"bootstraps: {ckks.registry.bootstrapping_backends()})")
         self = cls()
         self.refresh, self.backend = refresh, backend
         self.pre = Preprocessor.fit(X, y, scale=scale)
@@ -477,7 +480,8 @@ class MiniBatchJob(ClientJob):
         if time_limit is not None and not time_limit > 0:
             raise DataError(f"time limit must be a positive number of seconds, got {time_limit}")
         if refresh == "bootstrap" and backend not in ckks.BOOTSTRAP_BACKENDS:
-            raise DepthPlanError(f"backend {backend} cannot bootstrap: use refresh client (or the desilo backend)")
+            raise DepthPlanError(f"backend {backend} cannot bootstrap: use refresh client (or a backend that "
+                                 f"bootstraps: {ckks.registry.bootstrapping_backends()})")
         self = cls()
         self.refresh, self.backend = refresh, backend
         self.log = log  # the client's log lines (finish: the final epoch's validation); not in the record
@@ -497,9 +501,8 @@ class MiniBatchJob(ClientJob):
         n, d = self.Xp.shape
         c = self.Y.shape[1]
         if preset == "auto":
-            preset = {"desilo": "desilo-boot", "openfhe": "openfhe-boot"}.get(backend, "n16384") \
-                if refresh == "bootstrap" else "n16384"
-        if backend == "desilo" and not isinstance(preset, ckks.CKKSParams):
+            preset = (ckks.registry.get(backend).bootstrap_preset or "n16384") if refresh == "bootstrap" else "n16384"
+        if ckks.registry.get(backend).preset_needs_engine and not isinstance(preset, ckks.CKKSParams):
             probe = ckks.create_engine(backend, preset, ())  # desilo picks its ring: learn slots and levels
             self.params = probe.params
             del probe

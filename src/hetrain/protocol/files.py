@@ -20,6 +20,7 @@ import numpy as np
 from hetrain._atomic import atomic_write, atomic_writer  # noqa: F401  (re-exported: protocol code imports them from here)
 from hetrain.ckks import CKKSError, Ciphertext, Engine
 from hetrain.ckks.container import file_sha256, iter_container_file, pack, unpack, write_container_file
+from hetrain.ckks.registry import key_part_sizes
 from hetrain.outputs import write_output
 
 from .errors import BundleError, ModelFileError
@@ -149,8 +150,7 @@ def write_job(jobdir: str | os.PathLike, engine: Engine, inputs: dict[str, list[
     # the public context can weigh gigabytes: write it and let it go before packing the data
     public = engine.public_bytes()
     header, _ = unpack(public, expect_kind="public_context")
-    sizes = {PUBLIC_CONTEXT: len(public), "key_parts": {_KEY_PART_NAMES.get(p["name"], p["name"]): p["size"]
-                                                        for p in header.get("parts", [])}}
+    sizes = {PUBLIC_CONTEXT: len(public), "key_parts": key_part_sizes(header["backend"], header.get("parts", []))}
     sha = {PUBLIC_CONTEXT: _sha(public)}
     atomic_write(d / PUBLIC_CONTEXT, public)
     del public
@@ -163,10 +163,6 @@ def write_job(jobdir: str | os.PathLike, engine: Engine, inputs: dict[str, list[
                 "sha256": sha}
     atomic_write(d / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1))  # last: marks the bundle complete
     return sizes
-
-
-# names of the public context's parts (seal backend) in upload accounting
-_KEY_PART_NAMES = {"pk": "public_key", "rlk": "relin_keys", "gk": "galois_keys"}
 
 
 def read_manifest(jobdir: str | os.PathLike) -> dict:

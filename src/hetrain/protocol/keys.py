@@ -79,8 +79,8 @@ class KeyDir:
         if backend not in ckks.BACKENDS:
             raise KeyDirError(f"unknown backend {backend!r}; choose one of {', '.join(ckks.BACKENDS)}")
         opts = dict(engine_options)
-        if backend == "desilo" and isinstance(preset, ckks.CKKSParams):
-            preset = preset.name  # desilo builds its own ring from the preset's name
+        if ckks.registry.get(backend).preset_needs_engine and isinstance(preset, ckks.CKKSParams):
+            preset = preset.name  # such a backend (desilo) builds its own ring from the preset's name
         if backend == "sim" and seed is not None:
             opts["seed"] = seed
         engine = ckks.create_engine(backend, preset, (), force_insecure=force_insecure, **opts)

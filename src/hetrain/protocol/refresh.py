@@ -6,7 +6,7 @@ Refresh modes (``--refresh``):
   sends its state over the refresh channel (refresh_channel.py) when the next iteration would not
   fit; this process (the client, with the secret key) decrypts every ciphertext, lets the trainer
   check the values (optional hook), re-encrypts them at the top level and sends them back;
-* ``bootstrap``: the server calls ``engine.bootstrap`` itself (desilo backend), no interaction.
+* ``bootstrap``: the server calls ``engine.bootstrap`` itself (desilo, openfhe backends), no interaction.
 
 Why no rounding or noise flooding here (protocol/client.py applies them to *released* decryptions): the
 decrypted values never leave the client. The server receives fresh encryptions, which are

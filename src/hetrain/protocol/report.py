@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from hetrain._format import plain
+from hetrain.ckks.registry import is_insecure
 
 MB = 1024 * 1024
 
@@ -40,7 +41,7 @@ def format_summary(stats: dict) -> list[str]:
         f"upload: keys {_mb(stats.get('upload_key_bytes'))}{part_text}, data {_mb(stats.get('upload_data_bytes'))}; "
         f"download {_mb(stats.get('download_bytes'))}",
     ]
-    if stats["backend"] == "sim":
+    if is_insecure(stats["backend"]):
         lines.insert(0, "WARNING: INSECURE simulation backend: nothing was encrypted")
     return lines
 

@@ -21,6 +21,7 @@ import html
 import io
 import pathlib
 
+from hetrain.ckks.registry import is_insecure
 from hetrain.errors import HetrainUserError
 
 from .files import atomic_write
@@ -237,8 +238,8 @@ def _params_section(model, run: dict) -> Section:
             ("partial", "partial (time limit or failure)", info.get("partial", run.get("partial")))]
     for k, v in sorted((info.get("training") or {}).items()):
         rows.append((f"training.{k}", f"training: {k.replace('_', ' ')}", v))
-    if info.get("backend") == "sim":
-        caption = "WARNING: the sim backend encrypts nothing (INSECURE); these are the parameters it simulated."
+    if is_insecure(info.get("backend")):
+        caption = f"WARNING: the {info['backend']} backend encrypts nothing (INSECURE); these are the parameters it simulated."
     else:
         caption = "The CKKS parameters; 128-bit security per the Homomorphic Encryption Standard's table."
     return Section("params", "Parameters and security", None, caption, rows)

@@ -5,12 +5,13 @@ call a secret key "inputs.bin", label it a ciphertext part, or base64 it into jo
 byte is scanned for what would parse as a secret key of a known backend:
 
 * hetrain's secret-key container (``Engine.secret_key_bytes``): the container magic followed by a
-  header of kind "secret_key" or with a part named like a key ("sk", "secret_key", "secret"),
+  header of kind "secret_key" or with a part named like a key (``secret_part_names()``: every
+  registered backend's ``secret_parts``, "sk" for the built-in ones, plus "secret_key" and "secret"),
   anywhere (a whole file, a part of a container, a part of a part, trailing bytes);
 * a raw Microsoft SEAL ``SecretKey`` serialisation (what seal's secret key container wraps): SEAL's
   serialisation header (magic 0xA15E, version, compression mode, total size) at any offset, whose
   size fits a secret key of the job's parameters or of a preset, and whose bytes LOAD as a
-  ``seal.SecretKey`` under those parameters (tenseal.sealapi; a ciphertext or a public, relin or
+  ``seal.SecretKey`` under those parameters (tenseal.sealapi; a ciphertext or a public, relinearisation or
   Galois key never loads as one: SEAL validates the plaintext's shape against the context);
 * the same inside JSON: every string of job.json and manifest.json (and every key) is tried as
   base64 (standard and URL-safe), as hex, and as Latin-1 bytes, and the decoded bytes are scanned.
@@ -36,9 +37,9 @@ from typing import BinaryIO, Iterable
 
 from hetrain.ckks.container import MAGIC
 from hetrain.ckks.params import MAX_BITS_128, PRESETS, CKKSParams
+from hetrain.ckks.registry import secret_part_names
 
 SECRET_KIND = "secret_key"
-SECRET_PART_NAMES = {"sk", "secret_key", "secret"}
 SEAL_MAGIC = b"\x5e\xa1"
 SEAL_HEADER = 16  # magic u16, header size u8 (16), version major u8, minor u8, compression u8, reserved u16, size u64
 CHUNK = 16 << 20
@@ -73,6 +74,7 @@ class Scanner:
         self._contexts: dict[CKKSParams, object] = {}
         self.max_candidate = max(_sk_size_bounds(p)[1] for p in self.params)
         self.seal_loads = 0  # candidates loaded with SEAL (tests look at it)
+        self.secret_parts = secret_part_names()  # of the backends registered now
 
     # ------------------------------------------------------------------ entry points
     def scan_file(self, path: str | os.PathLike, where: str) -> None:
@@ -138,7 +140,7 @@ class Scanner:
             if isinstance(header, dict):
                 parts = header.get("parts") if isinstance(header.get("parts"), list) else []
                 names = {str(p.get("name")) for p in parts if isinstance(p, dict)}
-                if header.get("kind") == SECRET_KIND or names & SECRET_PART_NAMES:
+                if header.get("kind") == SECRET_KIND or names & self.secret_parts:
                     raise SecretFound(f"{where} holds a hetrain secret-key container (at byte {at})")
                 self.scan_json(header, f"{where}: a container header")
             return

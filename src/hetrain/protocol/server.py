@@ -209,8 +209,10 @@ def _refresh_hooks(trainer, mode: str, engine, jobdir: pathlib.Path, channel_pat
         raise DepthPlanError(f"model {trainer.name} cannot refresh its state between iterations "
                              f"(--refresh {mode}); use one that can (mlr, mlp-dvr, mlp-diagonal)")
     if mode == "bootstrap" and not engine.can_bootstrap:
+        from hetrain.ckks.registry import bootstrapping_backends
+
         raise DepthPlanError(f"backend {engine.backend_name} cannot bootstrap: use --refresh client "
-                             "(or the desilo backend)")
+                             f"(or a backend that bootstraps: {bootstrapping_backends()})")
     if mode == "client" and channel_path is None:
         raise BundleError("--refresh client needs the refresh channel to listen on (server option --channel)")
     channel = None

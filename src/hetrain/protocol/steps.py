@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import time
 
+from hetrain.ckks.registry import is_insecure
 from hetrain.errors import HetrainUserError
 from hetrain.models.base import DepthPlanError
 
@@ -362,8 +363,8 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
         job = _prepare_for_keys(keydir, X, y, model, config, refresh, say, options)
     else:
         job = prepare_job(X, y, model, config, refresh=refresh, backend=backend, preset=preset, log=say, **options)
-    if backend == "sim":
-        say("WARNING: backend 'sim' is an INSECURE simulation: nothing is encrypted (tests/planning only)")
+    if is_insecure(backend):
+        say(f"WARNING: backend {backend!r} is an INSECURE simulation: nothing is encrypted (tests/planning only)")
     from .estimate import estimate_job
     from .report import record_run
 

@@ -1,5 +1,6 @@
 """The row-major baseline of the Iris network (mlp-diagonal's comparison): one full training iteration WITHOUT the
-cheap-transpose idea, for bench/iris.py to count and time against mlp-diagonal.
+cheap-transpose idea, for bench/iris.py to count and time against mlp-diagonal. A benchmark's baseline,
+not part of the package (tests/test_rowmajor.py loads it with conftest's ``bench_module`` fixture).
 
 Same network, same scaled arithmetic (``mlp_diagonal_twin.scaled_step``), same batching of the
 samples in slot blocks, same sample sums (all-reduce over blocks) and the same level-saving folds
@@ -21,7 +22,7 @@ from hetrain.circuits import rowmajor as rmj
 from hetrain.circuits.poly import eval_poly
 from hetrain.ckks import PlainVector
 
-from .mlp_diagonal_twin import Scales
+from hetrain.models.mlp_diagonal_twin import Scales
 
 
 class RowMajorIteration:
