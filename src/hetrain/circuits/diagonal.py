@@ -247,6 +247,7 @@ class DiagonalPacking:
 
     @property
     def slots(self) -> int:
+        """Slots of the ring the sample layout was chosen for (N/2)."""
         return self.layout.slots
 
     def _check_shape(self, shape) -> BandDiagonals:
@@ -257,6 +258,7 @@ class DiagonalPacking:
         return self.band
 
     def n_ciphertexts(self, shape: tuple[int, int]) -> int:
+        """One ciphertext per generalised diagonal of the r x c matrix (r + c − 1); LayoutError for another shape."""
         return len(self._check_shape(shape).offsets)
 
     def pack(self, W: np.ndarray) -> list[np.ndarray]:
@@ -266,10 +268,12 @@ class DiagonalPacking:
         return [self.layout.replicate(d) for d in self.band.diagonals(W).values()]
 
     def unpack(self, vectors, shape: tuple[int, int]) -> np.ndarray:
+        """W (``shape``) from the diagonal vectors ``pack`` made (or their decryptions; block 0 is read)."""
         band = self._check_shape(shape)
         return band.matrix({t: np.asarray(v)[: band.rows] for t, v in zip(band.offsets, vectors)})
 
     def rotation_steps(self) -> list[int]:
+        """Galois steps of the diagonal circuits: the rotation chains of W·x and Wᵀ·δ, the re-packing and the allreduce."""
         offs = self.band.offsets
         steps = set(chain_steps(offs)) | set(chain_steps([-t for t in offs]))
         steps |= set(PackPlan.for_band(self.band, self.layout.block).steps()) | set(self.layout.allreduce_steps())

@@ -305,6 +305,7 @@ class VolleyRevolverPacking:
         return [v.ravel()]
 
     def unpack(self, vectors, shape: tuple[int, int]) -> np.ndarray:
+        """The ``shape`` (c × d) weight matrix from the decrypted weight vector (row j at slots D·j ..)."""
         self.n_ciphertexts(shape)
         return np.asarray(vectors[0])[: self.slots].reshape(self.R, self.D)[: shape[0], : shape[1]]
 

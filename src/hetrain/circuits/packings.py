@@ -81,10 +81,12 @@ def register_packing(entry: PackingEntry) -> PackingEntry:
 
 
 def packing_names() -> tuple[str, ...]:
+    """Names of the registered packings, in registration order."""
     return tuple(_PACKINGS)
 
 
 def packing_entry(name: str) -> PackingEntry:
+    """The registered entry named ``name``; LayoutError (naming the registered ones) for an unknown name."""
     try:
         return _PACKINGS[name]
     except KeyError:

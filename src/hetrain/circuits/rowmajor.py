@@ -137,27 +137,33 @@ class RowMajorPacking:
 
     @classmethod
     def for_matrix(cls, n_samples: int, rows: int, cols: int, slots: int) -> "RowMajorPacking":
+        """The row-major packing of a rows x cols matrix for ``n_samples`` sample blocks in ``slots`` slots."""
         layout = SampleLayout(n_samples, slots)
         return cls(layout, RowMajor.for_matrix(rows, cols, layout.block))
 
     @property
     def slots(self) -> int:
+        """Slots of the ring the sample layout was chosen for (N/2)."""
         return self.layout.slots
 
     def n_ciphertexts(self, shape: tuple[int, int]) -> int:
+        """One ciphertext (the row-major matrix replicated in every sample block); LayoutError for another shape."""
         if tuple(shape) != (self.rm.rows, self.rm.cols):
             raise LayoutError(f"this row-major packing holds a {self.rm.rows}x{self.rm.cols} matrix, not {tuple(shape)}")
         return 1
 
     def pack(self, W: np.ndarray) -> list[np.ndarray]:
+        """W (rows x cols) row-major in one vector, replicated in every sample block."""
         self.n_ciphertexts(np.shape(W))
         return [self.layout.replicate(self.rm.pack(W))]
 
     def unpack(self, vectors, shape: tuple[int, int]) -> np.ndarray:
+        """W (``shape``) from the vector ``pack`` made (or its decryption; block 0 is read)."""
         self.n_ciphertexts(shape)
         return self.rm.unpack(np.asarray(vectors[0])[: self.layout.block])
 
     def rotation_steps(self) -> list[int]:
+        """Galois steps of the baseline circuits: row sums, the transpose under encryption, gather, tile, spread, allreduce."""
         rm = self.rm
         s = set(rm.rowsum_steps()) | set(rm.transpose_steps()) | set(rm.gather_steps()) | set(rm.T.tile_steps(rm.cols))
         s |= set(rm.T.rowsum_steps()) | set(rm.spread_steps()) | set(self.layout.allreduce_steps())

@@ -107,6 +107,7 @@ class Backend:
         return self.requires is None or importlib.util.find_spec(self.requires) is not None
 
     def python_ok(self) -> bool:
+        """Whether this Python (major.minor) is one the backend supports (every one when none are listed)."""
         return not self.python_versions or f"{sys.version_info[0]}.{sys.version_info[1]}" in self.python_versions
 
     def engine_class(self):
@@ -152,6 +153,7 @@ def names() -> tuple[str, ...]:
 
 
 def backends() -> tuple[Backend, ...]:
+    """Every registered backend, in registration order."""
     return tuple(_REGISTRY.values())
 
 
