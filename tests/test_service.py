@@ -19,6 +19,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
+from hetrain.ckks import collection  # noqa: E402
 from hetrain.ckks.container import pack, unpack  # noqa: E402
 from hetrain.cli.main import main  # noqa: E402
 from hetrain.data import load_builtin  # noqa: E402
@@ -141,7 +142,7 @@ def _secret_as_public_context(members, sk):
 
 
 def _secret_inside_inputs(members, sk):
-    meta, parts = unpack(members[files.INPUTS], expect_kind="ciphertext_map")
+    meta, parts = unpack(members[files.INPUTS], expect_kind=collection.KIND)
     meta = {k: v for k, v in meta.items() if k != "parts"}
     meta["counts"] = {**meta["counts"], "extra": 1}
     return with_manifest_sha({**members, files.INPUTS: pack(meta, {**parts, "extra/0": sk})})

@@ -23,10 +23,12 @@ for one job, a checkpoint until its job ends.
 from __future__ import annotations
 
 import io
+import json
 import os
+import struct
 from typing import BinaryIO, Iterable, Iterator
 
-from .container import iter_container, read_container, write_container, write_container_file
+from .container import MAGIC, iter_container, write_container, write_container_file
 from .errors import KeyMismatch, SerializationError
 
 KIND = "ciphertexts"
@@ -137,6 +139,15 @@ def append(out: BinaryIO, engine, named: dict[str, list], meta: dict | None = No
     return write_blobs(out, engine.key_id, {n: [engine.serialize(ct) for ct in cts] for n, cts in named.items()}, meta)
 
 
+def packed_size(key_id: str, sizes: dict[str, list[int]], meta: dict | None = None) -> int:
+    """The bytes ``pack_blobs(key_id, named, meta)`` makes of blobs of these ``sizes`` (name ->
+    list of blob lengths), without hashing them (a SHA-256 is always 64 hex digits)."""
+    header = manifest(key_id, _counts(sizes), meta)
+    header["parts"] = [{"name": f"{n}/{i}", "size": s, "sha256": "0" * 64} for n, ss in sizes.items()
+                       for i, s in enumerate(ss)]
+    return len(MAGIC) + 4 + len(json.dumps(header, sort_keys=True).encode()) + sum(map(sum, sizes.values()))
+
+
 # ---------------------------------------------------------------------- reading
 def _load(engine, header: dict, parts: Iterable[tuple[str, bytes]], verify: bool) -> dict[str, list]:
     if header["key_id"] != engine.key_id:
@@ -167,6 +178,26 @@ def unpack_blobs(data: bytes | bytearray | memoryview, what: str = "collection",
     if src.read(1):
         raise SerializationError(f"{what}: bytes after its last ciphertext")
     return header, out
+
+
+def check_packed(data: bytes | bytearray | memoryview, what: str = "collection") -> dict[str, int]:
+    """The counts of ``pack_blobs``'s bytes after checking, without copying or hashing them, that
+    its manifest is well-formed (``check_manifest``) and that its parts fill the bytes exactly:
+    the structure a relay can check before it passes the bytes on. SerializationError otherwise."""
+    view = memoryview(data)
+    if len(view) < len(MAGIC) + 4 or bytes(view[:len(MAGIC)]) != MAGIC:
+        raise SerializationError(f"{what} is not a collection (bad magic bytes)")
+    (hlen,) = struct.unpack("<I", view[len(MAGIC):len(MAGIC) + 4])
+    if hlen > min(MAX_HEADER_BYTES, len(view) - len(MAGIC) - 4):
+        raise SerializationError(f"{what}: its header claims {hlen} bytes, more than it has")
+    try:
+        header = json.loads(bytes(view[len(MAGIC) + 4:len(MAGIC) + 4 + hlen]))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise SerializationError(f"{what}: corrupted header") from None
+    counts = check_manifest(header, what)
+    if len(MAGIC) + 4 + hlen + sum(p["size"] for p in header["parts"]) != len(view):
+        raise SerializationError(f"{what}: its parts do not fill its {len(view)} bytes exactly")
+    return counts
 
 
 def _checked(header, what: str, max_part: int | None = None, room: int | None = None) -> None:
@@ -257,5 +288,4 @@ class TornTail(SerializationError):
 
 
 __all__ = ["KIND", "VERSION", "OldFormat", "TornTail", "manifest", "check_manifest", "pack", "pack_blobs",
-           "write", "write_blobs", "append", "unpack", "unpack_blobs", "read", "iter_container_file", "iter_file",
-           "read_container"]
+           "write", "write_blobs", "append", "packed_size", "check_packed", "unpack", "unpack_blobs", "read", "iter_container_file", "iter_file"]
