@@ -110,7 +110,7 @@ def test_raw_api_status_progress_result(service, sim_bundle):
     assert len(job_id) >= 16 and r.json()["status"] == "queued" and len(r.json()["token"]) >= 43
     st = service.wait(job_id)
     assert st["status"] == "done", st
-    assert st["progress"]["done"] == st["progress"]["total"] == 1  # from the server's @progress lines
+    assert st["progress"]["done"] == st["progress"]["total"] == 1  # from the server's progress events
     assert st["timings"]["run_s"] > 0 and st["timings"]["server_train_s"] > 0 and st["error"] is None
     assert st["backend"] == "sim-INSECURE" and st["model"] == "mlr"
     res = service.http.get(f"/v1/jobs/{job_id}/result")
