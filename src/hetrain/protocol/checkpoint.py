@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import pathlib
+import weakref
 
 from hetrain._atomic import atomic_write
 from hetrain.ckks import CKKSError, KeyMismatch, collection
@@ -49,7 +50,7 @@ class StateCheckpoint:
     (its key) and, with ``job``, to one job bundle (``job_fingerprint``).
 
     The state is a dict name -> list of ciphertexts. ``save`` appends the names whose ciphertexts
-    are not the very objects saved last time (trainers keep an unchanged ciphertext as the same
+    are not the very objects saved last time (held by weak reference) (trainers keep an unchanged ciphertext as the same
     object: mlr's earlier gradients), or rewrites the file when everything changed. ``check()``
     reads and verifies the file before any work (the server calls it); ``load()`` then hands the
     trainer that same state. Counters of the bytes written: ``bytes_written``, ``records``.
@@ -58,7 +59,7 @@ class StateCheckpoint:
     def __init__(self, path, engine, job: str | None = None) -> None:
         self.path, self.engine, self.job = pathlib.Path(path), engine, job
         self._loaded: tuple[dict, dict] | None = None
-        self._saved: dict[str, list] | None = None   # the state the file holds (the same objects)
+        self._saved: dict[str, list] | None = None   # weak references to the state the file holds
         self._end = 0                                # where the file's good part ends
         self._live: dict[str, int] = {}              # bytes of each name's latest record in the file
         self.bytes_written = 0
@@ -74,7 +75,7 @@ class StateCheckpoint:
         prev = self._saved
         changed = state if prev is None else {k: v for k, v in state.items()
                                               if k not in prev or len(prev[k]) != len(v)
-                                              or any(a is not b for a, b in zip(prev[k], v))}
+                                              or any(ref() is not ct for ref, ct in zip(prev[k], v))}
         live_unchanged = sum(n for k, n in self._live.items() if k in state and k not in changed)
         if prev is None or len(changed) == len(state) or self._end - live_unchanged > COMPACT_FACTOR * live_unchanged:
             blob = collection.pack(self.engine, state, rec_meta)  # the state is in memory already: so is its copy
@@ -93,7 +94,7 @@ class StateCheckpoint:
             self._live.update(_shares(size, changed))
         self.bytes_written += size
         self.records += 1
-        self._saved = state
+        self._saved = _refs(state)
 
     # ------------------------------------------------------------------ reading
     def check(self) -> dict | None:
@@ -143,8 +144,15 @@ class StateCheckpoint:
         if any(k not in state or len(state[k]) != n for k, n in names.items()):
             raise CheckpointError(f"checkpoint {self.path} does not hold a named training state")
         out = {k: state[k] for k in names}
-        self._saved, self._end, self._live = dict(out), end, {k: live.get(k, 0) for k in names}
+        self._saved, self._end, self._live = _refs(out), end, {k: live.get(k, 0) for k in names}
         return out, meta
+
+
+def _refs(state: dict[str, list]) -> dict[str, list]:
+    """Weak references to the state's ciphertexts: "unchanged" means the very same object, still
+    alive (a weak reference never matches a new object at a reused address), and the checkpoint
+    keeps no earlier state alive (mlp's replaced weights are freed as soon as the trainer drops them)."""
+    return {k: [weakref.ref(ct) for ct in v] for k, v in state.items()}
 
 
 def _shares(size: int, named: dict[str, list]) -> dict[str, int]:
