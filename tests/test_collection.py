@@ -46,7 +46,8 @@ def test_round_trip_bytes_and_file_keep_names_order_levels_and_meta(eng, tmp_pat
     assert size == (tmp_path / "c.bin").stat().st_size
     back, meta = collection.read(tmp_path / "c.bin", eng)
     _assert_same(eng, back, named)
-    header = json.loads((tmp_path / "c.bin").read_bytes()[12:12 + struct.unpack("<I", (tmp_path / "c.bin").read_bytes()[8:12])[0]])
+    data = (tmp_path / "c.bin").read_bytes()
+    header = json.loads(data[12:12 + struct.unpack("<I", data[8:12])[0]])
     assert header["kind"] == "ciphertexts" and header["version"] == 1 and header["counts"] == {"X": 2, "E": 0}
     assert all(len(p["sha256"]) == 64 and p["size"] > 0 for p in header["parts"])
 

@@ -162,7 +162,8 @@ def _load(engine, header: dict, parts: Iterable[tuple[str, bytes]], verify: bool
 def unpack(engine, data: bytes, what: str = "collection") -> tuple[dict[str, list], dict]:
     """(name -> list of ciphertexts, meta) of ``pack``'s bytes; every part's size and SHA-256 checked."""
     header, parts = unpack_blobs(data, what)
-    return _load(engine, header, ((f"{n}/{i}", b) for n, bs in parts.items() for i, b in enumerate(bs)), True), header["meta"]
+    blobs = ((f"{n}/{i}", b) for n, bs in parts.items() for i, b in enumerate(bs))
+    return _load(engine, header, blobs, True), header["meta"]
 
 
 def unpack_blobs(data: bytes | bytearray | memoryview, what: str = "collection",
@@ -288,4 +289,5 @@ class TornTail(SerializationError):
 
 
 __all__ = ["KIND", "VERSION", "OldFormat", "TornTail", "manifest", "check_manifest", "pack", "pack_blobs",
-           "write", "write_blobs", "append", "packed_size", "check_packed", "unpack", "unpack_blobs", "read", "iter_container_file", "iter_file"]
+           "write", "write_blobs", "append", "packed_size", "check_packed", "unpack", "unpack_blobs", "read",
+           "iter_container_file", "iter_file"]

@@ -98,8 +98,9 @@ def iter_container(src: BinaryIO, digest=None, *, expect_kind: str | None = None
                    check=None) -> tuple[dict, Iterator[tuple[str, bytes]]]:
     """(header, iterator of (name, bytes)) of the container at ``src``'s position, one part at a
     time. ``check(header)`` runs before any part is read (it raises to refuse the claims);
-    ``max_header``: the most bytes its header may claim. ``digest``: as ``iter_container_file``'s
-    (every byte read goes into it, the parts' own checksums are skipped). The stream is left
+    ``max_header``: the most bytes its header may claim. ``digest`` (a ``hashlib`` object): every
+    byte read goes into it and the parts' own checksums are NOT computed: the caller compares it
+    with the file's known SHA-256 (one hashing pass instead of two: collection.read). The stream is left
     after the last part; it is not closed."""
     header = _read_header(src, expect_kind, digest, max_header)
     if check is not None:
@@ -140,32 +141,6 @@ def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tu
                 digest.update(chunk)
             size = out.tell()
     return size, digest.hexdigest()
-
-
-def iter_container_file(path: str | os.PathLike, expect_kind: str | None = None, *,
-                        digest=None) -> tuple[dict, Iterator[tuple[str, bytes]]]:
-    """(header, iterator of (name, bytes)) reading one part at a time, each checked as it comes.
-
-    ``digest`` (a ``hashlib`` object): every byte read goes into it, and the parts' own checksums are
-    NOT computed: the caller compares ``digest`` with the file's known SHA-256 once the iterator is
-    exhausted (one hashing pass over the file instead of two). Bytes after the last part are read
-    into it too, so the digest is that of the whole file."""
-    src = open(path, "rb")
-    try:
-        header = _read_header(src, expect_kind, digest)
-    except BaseException:
-        src.close()
-        raise
-
-    def parts() -> Iterator[tuple[str, bytes]]:
-        with src:
-            for p in header.get("parts", []):
-                yield p["name"], _read_part(src, p, digest is None, digest)
-            if digest is not None:
-                while chunk := src.read(1 << 20):
-                    digest.update(chunk)
-
-    return header, parts()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

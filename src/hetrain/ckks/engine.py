@@ -443,7 +443,7 @@ class Engine(abc.ABC):
     def deserialize(self, data: bytes, *, verify: bool = True) -> Ciphertext:
         """Inverse of ``serialize``; refuses ciphertexts of other parameters, keys or backends.
         ``verify=False``: skip the payload's SHA-256 (the caller checked a digest over the file
-        that holds ``data``: container.iter_container_file's ``digest``)."""
+        that holds ``data``: collection.read's ``digest``)."""
         from .container import unpack
         meta, parts = unpack(data, expect_kind="ciphertext", verify=verify)
         if meta.get("backend") != self.backend_name:

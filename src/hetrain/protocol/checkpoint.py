@@ -133,8 +133,8 @@ class StateCheckpoint:
                                   "delete it to start this job from the beginning (or resume it with that "
                                   "hetrain)") from None
         except KeyMismatch as exc:
-            raise CheckpointError(f"checkpoint {self.path} was written under keys other than this job's ({exc}): delete it to start "
-                                  "this job from the beginning (or use the job's keys)") from None
+            raise CheckpointError(f"checkpoint {self.path} was written under keys other than this job's ({exc}): "
+                                  "delete it to start this job from the beginning (or use the job's keys)") from None
         except CKKSError as exc:
             raise CheckpointError(f"checkpoint {self.path} is unreadable ({exc}): delete it to start this job from "
                                   "the beginning") from None

@@ -12,7 +12,8 @@ state's unique ciphertexts (``engine.serialize`` bytes, each with its length and
 collection's manifest, checked as it is read) under the name "ct"; the header's ``state`` (a
 layout: name -> index or list of indices) says which is which, and carries the key id, checked on
 both ends. A frame is refused from its prefix when its header is over MAX_FRAME_HEADER bytes, or
-(the server reading an answer) it is over ``answer_limit`` of its request. Messages (server -> data owner, each answered by exactly one frame):
+(the server reading an answer) it is over ``answer_limit`` of its request.
+Messages (server -> data owner, each answered by exactly one frame):
     hello    key_id, job_id                  -> ok (refused with a fixed code under another key or job)
     refresh  seq, state, step                -> refreshed (decrypted, re-encrypted at the top level)
     evaluate seq, state, step, epoch         -> verdict stop=bool (the one bit the server learns), with

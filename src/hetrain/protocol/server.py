@@ -285,7 +285,8 @@ def _progress_printer():
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=f"python -m {ENTRY_MODULE}", description=__doc__.splitlines()[0])
     p.add_argument("jobdir")
-    p.add_argument("--progress", action="store_true", help='print progress events on stdout, one JSON line each: {"progress": {"done", "total", "message"}}')
+    p.add_argument("--progress", action="store_true", help='print progress events on stdout, one JSON line each '
+                   '({"progress": {"done", "total", "message"}}: protocol/events.py)')
     p.add_argument("--trainer-module", action="append", default=[],
                    help="extra module to import so its trainer registers (set by the operator, never by the job)")
     p.add_argument("--channel", metavar="SOCKET",
