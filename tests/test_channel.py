@@ -9,7 +9,6 @@ import os
 import pathlib
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import time
@@ -143,8 +142,7 @@ def test_the_socket_is_0600_and_goes_away(job, tmp_path):
 
 
 def _frame_bytes(header, blobs) -> bytes:
-    head = json.dumps({**header, "blobs": [len(b) for b in blobs]}).encode()
-    return struct.pack(">4sIQ", b"HTRF", len(head), sum(map(len, blobs))) + head + b"".join(blobs)
+    return refresh_channel.encode_frame(header, blobs)
 
 
 def _dropping_session(path, engine, handler, job_id, answer: int, mid_answer: bool) -> int:

@@ -34,6 +34,7 @@ from servicekit import DEADLINE_S, Service, assert_error  # noqa: E402
 
 FAKE_SERVER = r'''
 import json, os, pathlib, socket, sys
+from hetrain.protocol.events import write_progress
 from hetrain.protocol.refresh_channel import recv_frame, send_frame
 
 jobdir, path = pathlib.Path(sys.argv[1]), sys.argv[sys.argv.index("--channel") + 1]
@@ -67,7 +68,7 @@ i, dropped = 0, set()
 while i < cfg["requests"]:
     blob = bytes([i % 256]) * cfg["blob"] + i.to_bytes(4, "big")
     send_frame(conn, {"op": "refresh", "seq": i}, [blob])
-    print(f"@progress {i} {cfg['requests']} request {i}", flush=True)
+    write_progress(sys.stdout, i, cfg["requests"], f"request {i}")
     if i in cfg.get("drop_at", []) and i not in dropped:  # the connection breaks: send it again on the next
         dropped.add(i)
         conn.close()

@@ -20,7 +20,8 @@ from sklearn.datasets import load_iris
 from hetrain import ckks
 from hetrain.models.base import SERVER_HOOKS, Trainer, get_trainer, server_hooks
 from hetrain.protocol import files
-from hetrain.protocol.server import CHECKPOINT, PROGRESS_PREFIX, server_argv
+from hetrain.protocol.events import parse_progress
+from hetrain.protocol.server import CHECKPOINT, server_argv
 
 TESTS = pathlib.Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -93,7 +94,7 @@ def _kill_after(jobdir, k: int) -> list[str]:
     lines = []
     try:
         for line in proc.stdout:
-            if line.startswith(PROGRESS_PREFIX):
+            if parse_progress(line) is not None:
                 lines.append(line.strip())
                 if len(lines) == k:
                     break

@@ -15,8 +15,8 @@ from hetrain.protocol import files
 from hetrain.protocol import runner as runner_mod
 from hetrain.protocol.errors import ServerError
 from hetrain.protocol.refresh_channel import ChannelError
-from hetrain.protocol.runner import ServerFailed, ServerProcess, parse_progress, run_server
-from hetrain.protocol.server import PROGRESS_PREFIX
+from hetrain.protocol.events import event_line, parse_progress
+from hetrain.protocol.runner import ServerFailed, ServerProcess, run_server
 
 from jobkit import make_job
 
@@ -59,11 +59,18 @@ def fake_server(monkeypatch, tmp_path, code: str) -> None:
     return seen
 
 
-def test_parse_progress_is_the_one_parser_of_the_line_protocol():
-    assert parse_progress(f"{PROGRESS_PREFIX}3 10 epoch 1 step 3\n") == (3, 10, "epoch 1 step 3")
-    assert parse_progress(f"{PROGRESS_PREFIX}0 4\n") == (0, 4, "")
-    for line in ("3 10 x\n", f"{PROGRESS_PREFIX}x 10\n", f"{PROGRESS_PREFIX}3\n", f"{PROGRESS_PREFIX}-1 4\n", ""):
-        assert parse_progress(line) is None, line
+def test_parse_progress_is_the_one_parser_of_the_json_lines():
+    def line(**f):
+        return event_line("progress", f)
+
+    assert parse_progress(line(done=3, total=10, message="epoch 1 step 3")) == (3, 10, "epoch 1 step 3")
+    assert parse_progress(line(done=0, total=4)) == (0, 4, "")
+    assert parse_progress('  {"progress": {"done": 1, "total": 2, "message": "a b"}}  \n') == (1, 2, "a b")
+    for bad in ("3 10 x\n", "@progress 3 10 x\n", line(done="x", total=10), line(done=3), line(done=-1, total=4),
+                line(done=True, total=4), event_line("other", {"done": 1, "total": 2}), "{not json\n",
+                '{"progress": 3}\n', '{"progress": {"done": 1, "total": 2}, "x": 1}\n', "[1, 2]\n", "",
+                line(done=1, total=2, message="x" * 70000)):
+        assert parse_progress(bad) is None, bad
 
 
 def test_a_real_sim_job_runs_and_reports_progress(sim_job):
@@ -144,7 +151,8 @@ def test_a_progress_callback_that_fails_does_not_block_the_server(monkeypatch, t
     # 20,000 lines overflow any pipe buffer: a reader that stopped reading would hang the server
     fake_server(monkeypatch, tmp_path, (
         "import json, pathlib, sys\n"
-        f"for i in range(20000): print('{PROGRESS_PREFIX}%d 20000 step' % i)\n"
+        "from hetrain.protocol.events import write_progress\n"
+        "for i in range(20000): write_progress(sys.stdout, i, 20000, 'step')\n"
         "(pathlib.Path(sys.argv[1]) / 'server_stats.json').write_text(json.dumps({'ok': 1}))\n"))
     calls = []
 

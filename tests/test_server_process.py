@@ -18,7 +18,8 @@ from toykit import ToyTrainer
 from hetrain.data import load_builtin
 from hetrain.models.base import register
 from hetrain.protocol import files, fit
-from hetrain.protocol.server import PROGRESS_PREFIX, server_argv
+from hetrain.protocol.events import parse_progress
+from hetrain.protocol.server import server_argv
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src"
 REPO = SRC.parent
@@ -93,7 +94,7 @@ def _start_slow_server(job: pathlib.Path, stderr):
     cmd = server_argv(job, trainer_modules=['test_server_process'])
     proc = subprocess.Popen(cmd, env={**_env(), "HETRAIN_TEST_SLOW_STEPS": "100000"}, stdout=subprocess.PIPE,
                             stderr=stderr, stdin=subprocess.DEVNULL, text=True)
-    assert proc.stdout.readline().startswith(PROGRESS_PREFIX)  # it is training and reporting
+    assert parse_progress(proc.stdout.readline()) is not None  # it is training and reporting
     return proc
 
 

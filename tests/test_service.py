@@ -19,6 +19,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
+from hetrain.ckks import collection  # noqa: E402
 from hetrain.ckks.container import pack, unpack  # noqa: E402
 from hetrain.cli.main import main  # noqa: E402
 from hetrain.protocol import ServerError, files, fit  # noqa: E402
@@ -98,7 +99,7 @@ def test_raw_api_status_progress_result(service, sim_bundle):
     assert len(job_id) >= 16 and r.json()["status"] == "queued" and len(r.json()["token"]) >= 43
     st = service.wait(job_id)
     assert st["status"] == "done", st
-    assert st["progress"]["done"] == st["progress"]["total"] == 1  # from the server's @progress lines
+    assert st["progress"]["done"] == st["progress"]["total"] == 1  # from the server's progress events
     assert st["timings"]["run_s"] > 0 and st["timings"]["server_train_s"] > 0 and st["error"] is None
     assert st["backend"] == "sim-INSECURE" and st["model"] == "mlr"
     res = service.http.get(f"/v1/jobs/{job_id}/result")
@@ -130,7 +131,7 @@ def _secret_as_public_context(members, sk):
 
 
 def _secret_inside_inputs(members, sk):
-    meta, parts = unpack(members[files.INPUTS], expect_kind="ciphertext_map")
+    meta, parts = unpack(members[files.INPUTS], expect_kind=collection.KIND)
     meta = {k: v for k, v in meta.items() if k != "parts"}
     meta["counts"] = {**meta["counts"], "extra": 1}
     return with_manifest_sha({**members, files.INPUTS: pack(meta, {**parts, "extra/0": sk})})

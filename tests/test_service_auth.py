@@ -27,6 +27,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
+from hetrain.ckks import collection  # noqa: E402
 from hetrain.ckks.container import MAGIC  # noqa: E402
 from hetrain.cli.main import main  # noqa: E402
 from hetrain.errors import HetrainUserError  # noqa: E402
@@ -374,7 +375,8 @@ def _malformed(members: dict[str, bytes]):
                         ("huge size", [{"name": "a", "size": 10**30}, {"name": "b", "size": 1}]),
                         ("size a list", [{"name": "a", "size": [1]}])]:
         yield f"inputs {name}", with_manifest_sha(
-            {**members, files.INPUTS: _container({"kind": "ciphertext_map", "parts": parts})})
+            {**members, files.INPUTS: _container({"kind": collection.KIND, "version": collection.VERSION,
+                                                "key_id": "x", "counts": {}, "parts": parts})})
     yield "inputs header nested", with_manifest_sha({**members, files.INPUTS: _container(nested)})
     yield "inputs header a list", with_manifest_sha({**members, files.INPUTS: _container([1, 2])})
 

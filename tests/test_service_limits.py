@@ -21,6 +21,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
+from hetrain.ckks import collection  # noqa: E402
 from hetrain.ckks.container import pack, unpack  # noqa: E402
 from hetrain.protocol import ServerError, files  # noqa: E402
 from hetrain.protocol import runner as runner_mod  # noqa: E402
@@ -49,7 +50,7 @@ def _job_edit(members, **changes) -> dict:
 
 
 def _inputs_edit(members, edit) -> dict:
-    meta, parts = unpack(members[files.INPUTS], expect_kind="ciphertext_map")
+    meta, parts = unpack(members[files.INPUTS], expect_kind=collection.KIND)
     meta = {k: v for k, v in meta.items() if k != "parts"}
     meta, parts = edit(meta, dict(parts))
     return with_manifest_sha({**members, files.INPUTS: pack(meta, parts)})

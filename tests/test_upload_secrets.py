@@ -16,6 +16,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
+from hetrain.ckks import collection  # noqa: E402
 from hetrain.ckks.container import pack, unpack  # noqa: E402
 from hetrain.protocol import files  # noqa: E402
 from hetrain.protocol.secret_scan import Scanner, SecretFound  # noqa: E402
@@ -51,7 +52,7 @@ def seal_job(tmp_path_factory, iris):
 
 def _ciphertext_like(members, payload: bytes) -> dict:
     """inputs.bin with one more part X/1, labelled a ciphertext of this job, whose data is ``payload``."""
-    meta, parts = unpack(members[files.INPUTS], expect_kind="ciphertext_map")
+    meta, parts = unpack(members[files.INPUTS], expect_kind=collection.KIND)
     inner_meta, _ = unpack(parts["X/0"])
     inner_meta = {k: v for k, v in inner_meta.items() if k != "parts"}
     meta = {k: v for k, v in meta.items() if k != "parts"}

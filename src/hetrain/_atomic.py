@@ -2,7 +2,7 @@
 
 Readers of ``path`` see the old file or the whole new one, never half of it; a failure leaves no
 temporary file behind. It sits below every layer (ckks included: engine.save_ciphertexts and the
-container files use it); ``hetrain.protocol.files`` re-exports ``atomic_write`` and ``atomic_writer``,
+container files use it); ``hetrain.protocol.files`` re-exports ``atomic_write``,
 and ``hetrain.outputs`` builds its fail-over writer on ``temp_sibling``.
 """
 from __future__ import annotations

@@ -20,12 +20,9 @@ from .errors import SerializationError
 MAGIC = b"HETRAIN1"
 
 
-def write_container(out: BinaryIO, meta: dict, parts: dict[str, bytes]) -> None:
-    """Write ``meta`` plus ``parts`` (name -> bytes, in order) to ``out`` in the container layout above.
-
-    The header is ``meta`` with a ``"parts"`` list of {name, size (bytes), sha256 (hex)} added; nothing is
-    returned. Whatever ``out.write`` raises (OSError) propagates; ``meta`` must be JSON-serialisable (else
-    TypeError from json).
+def write_container(out: BinaryIO, meta: dict, parts: dict[str, bytes]) -> int:
+    """``meta`` with the parts' index (name, size, SHA-256), then the parts, onto ``out``; returns the bytes written.
+    Whatever ``out.write`` raises (OSError) propagates; ``meta`` must be JSON-serialisable (else TypeError).
     """
     header = dict(meta)
     header["parts"] = [{"name": n, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in parts.items()]
@@ -33,6 +30,7 @@ def write_container(out: BinaryIO, meta: dict, parts: dict[str, bytes]) -> None:
     out.write(MAGIC + struct.pack("<I", len(hb)) + hb)
     for b in parts.values():
         out.write(b)
+    return len(MAGIC) + 4 + len(hb) + sum(len(b) for b in parts.values())
 
 
 def pack(meta: dict, parts: dict[str, bytes]) -> bytes:
@@ -42,20 +40,26 @@ def pack(meta: dict, parts: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def _read_header(src: BinaryIO, expect_kind: str | None, digest=None) -> dict:
+def _read_header(src: BinaryIO, expect_kind: str | None, digest=None, max_header: int | None = None) -> dict:
     head = src.read(len(MAGIC) + 4)
     if digest is not None:
         digest.update(head)
     if len(head) < len(MAGIC) + 4 or head[: len(MAGIC)] != MAGIC:
         raise SerializationError("not a hetrain object (bad magic bytes): the file is corrupted or of another format")
     (hlen,) = struct.unpack("<I", head[len(MAGIC):])
+    if max_header is not None and hlen > max_header:
+        raise SerializationError(f"its header claims {hlen} bytes, more than the {max_header} allowed")
     raw = src.read(hlen)
+    if len(raw) != hlen:
+        raise SerializationError(f"its header is truncated ({len(raw)} of {hlen} bytes)")
     if digest is not None:
         digest.update(raw)
     try:
         header = json.loads(raw.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SerializationError(f"corrupted header: {exc}") from None
+    if not isinstance(header, dict):
+        raise SerializationError("corrupted header: not a JSON object")
     if expect_kind is not None and header.get("kind") != expect_kind:
         raise SerializationError(f"expected a {expect_kind!r} object, got {header.get('kind')!r}")
     return header
@@ -103,12 +107,32 @@ def read_header(data: bytes, expect_kind: str | None = None) -> dict:
     return _read_header(io.BytesIO(data), expect_kind)
 
 
-def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tuple[str, bytes]]) -> tuple[int, str]:
+def iter_container(src: BinaryIO, digest=None, *, expect_kind: str | None = None, max_header: int | None = None,
+                   check=None) -> tuple[dict, Iterator[tuple[str, bytes]]]:
+    """(header, iterator of (name, bytes)) of the container at ``src``'s position, one part at a
+    time. ``check(header)`` runs before any part is read (it raises to refuse the claims);
+    ``max_header``: the most bytes its header may claim. ``digest`` (a ``hashlib`` object): every
+    byte read goes into it and the parts' own checksums are NOT computed: the caller compares it
+    with the file's known SHA-256 (one hashing pass instead of two: collection.read). The stream is left
+    after the last part; it is not closed."""
+    header = _read_header(src, expect_kind, digest, max_header)
+    if check is not None:
+        check(header)
+
+    def parts() -> Iterator[tuple[str, bytes]]:
+        for p in header.get("parts", []):
+            yield p["name"], _read_part(src, p, digest is None, digest)
+
+    return header, parts()
+
+
+def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tuple[str, bytes]],
+                         durable: bool = False) -> tuple[int, str]:
     """``write_container`` to a file, holding one part in memory at a time.
 
     The header (which lists every part's size and checksum) must come first, so the parts are
     spooled to a temporary file, then copied behind the header. Returns (file size, SHA-256 of the
-    file). The file appears under ``path`` only once complete.
+    file). The file appears under ``path`` only once complete (``durable``: fsynced first).
     """
     path = os.fspath(path)
     index = []
@@ -121,7 +145,7 @@ def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tu
         spool.seek(0)
         hb = json.dumps({**meta, "parts": index}, sort_keys=True).encode()
         digest = hashlib.sha256()
-        with atomic_writer(path) as out:
+        with atomic_writer(path, durable=durable) as out:
             head = MAGIC + struct.pack("<I", len(hb)) + hb
             out.write(head)
             digest.update(head)
@@ -130,32 +154,6 @@ def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tu
                 digest.update(chunk)
             size = out.tell()
     return size, digest.hexdigest()
-
-
-def iter_container_file(path: str | os.PathLike, expect_kind: str | None = None, *,
-                        digest=None) -> tuple[dict, Iterator[tuple[str, bytes]]]:
-    """(header, iterator of (name, bytes)) reading one part at a time, each checked as it comes.
-
-    ``digest`` (a ``hashlib`` object): every byte read goes into it, and the parts' own checksums are
-    NOT computed: the caller compares ``digest`` with the file's known SHA-256 once the iterator is
-    exhausted (one hashing pass over the file instead of two). Bytes after the last part are read
-    into it too, so the digest is that of the whole file."""
-    src = open(path, "rb")
-    try:
-        header = _read_header(src, expect_kind, digest)
-    except BaseException:
-        src.close()
-        raise
-
-    def parts() -> Iterator[tuple[str, bytes]]:
-        with src:
-            for p in header.get("parts", []):
-                yield p["name"], _read_part(src, p, digest is None, digest)
-            if digest is not None:
-                while chunk := src.read(1 << 20):
-                    digest.update(chunk)
-
-    return header, parts()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -33,13 +33,12 @@ from typing import Iterable, Sequence, Union
 
 import numpy as np
 
-from hetrain._atomic import atomic_write
 
 from .pow2 import is_pow2
 
 from .counters import OpCounters
 from .errors import (CKKSError, DepthExhausted, KeyMismatch, MissingRotationKey, SecretKeyUnavailable,
-                     TransparentResult)
+                     SerializationError, TransparentResult)
 from .params import CKKSParams
 
 log = logging.getLogger("hetrain.ckks")
@@ -484,7 +483,7 @@ class Engine(abc.ABC):
     def deserialize(self, data: bytes, *, verify: bool = True) -> Ciphertext:
         """Inverse of ``serialize``; refuses ciphertexts of other parameters, keys or backends.
         ``verify=False``: skip the payload's SHA-256 (the caller checked a digest over the file
-        that holds ``data``: container.iter_container_file's ``digest``).
+        that holds ``data``: collection.read's ``digest``).
         Raises KeyMismatch for another backend, parameters or key; SerializationError for corrupted bytes.
         """
         from .container import unpack
@@ -502,21 +501,20 @@ class Engine(abc.ABC):
         return Ciphertext(self, level, data)
 
     def save_ciphertexts(self, path: str | os.PathLike, cts: Sequence[Ciphertext]) -> None:
-        """Write a list of ciphertexts to one file (written to a temporary name, then renamed)."""
-        from .container import pack
-        blobs = {str(i): self.serialize(c) for i, c in enumerate(cts)}
-        atomic_write(path, pack({"kind": "ciphertext_list", "n": len(cts)}, blobs))
+        """Write a list of ciphertexts to one file: a collection (ckks/collection.py) holding them
+        under the name "ct", written to a temporary name, then renamed."""
+        from . import collection
+        collection.write(path, self, {"ct": list(cts)})
 
     def load_ciphertexts(self, path: str | os.PathLike) -> list[Ciphertext]:
-        """The list of ciphertexts ``save_ciphertexts`` wrote to ``path``, in order.
-
-        Raises OSError when the file cannot be read, SerializationError for a file of another kind or a corrupted
-        one, KeyMismatch for ciphertexts of other parameters, keys or backends.
-        """
-        from .container import unpack
-        with open(path, "rb") as f:
-            _, parts = unpack(f.read(), expect_kind="ciphertext_list")
-        return [self.deserialize(parts[str(i)]) for i in range(len(parts))]
+        """Inverse of ``save_ciphertexts``, one ciphertext at a time; SerializationError (truncated,
+        garbled, another format), KeyMismatch (another key), FileNotFoundError."""
+        from . import collection
+        named, _ = collection.read(path, self, what=os.fspath(path))
+        if set(named) != {"ct"}:
+            raise SerializationError(f"{os.fspath(path)} holds ciphertexts named {sorted(named)}, not a list saved by "
+                                     "save_ciphertexts")
+        return named["ct"]
 
     @abc.abstractmethod
     def public_bytes(self) -> bytes:

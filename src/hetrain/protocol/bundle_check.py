@@ -36,7 +36,9 @@ import sys
 from typing import BinaryIO
 
 from hetrain.ckks import registry
+from hetrain.ckks import collection
 from hetrain.ckks.container import MAGIC
+from hetrain.ckks.errors import SerializationError
 from hetrain.ckks.params import MAX_BITS_128, CKKSParams
 from hetrain.errors import HetrainUserError
 
@@ -44,7 +46,7 @@ from . import files
 from .errors import BundleError
 
 MAX_JSON_BYTES = 1 << 20          # job.json and manifest.json: a few KB for every built-in trainer
-MAX_HEADER_BYTES = 64 << 20       # inputs.bin's header lists every part (~150 bytes each)
+MAX_HEADER_BYTES = collection.MAX_HEADER_BYTES  # inputs.bin's header lists every part (~150 bytes each)
 MAX_PART_HEADER = 4096            # one ciphertext's own header
 MAX_CHAIN = 64                    # primes in a modulus chain (SEAL allows at most 64 at N=32768)
 # ring degrees a bundle may claim: SEAL's (the HE standard's table) and OpenFHE's bootstrapping ring 2^16
@@ -227,24 +229,16 @@ def check_inputs(path: pathlib.Path, manifest: dict, params: CKKSParams) -> dict
     actual = path.stat().st_size
     with open(path, "rb") as f:
         meta, header_bytes = _header_at(f, 0, actual, "inputs.bin", MAX_HEADER_BYTES)
-        if meta.get("kind") != "ciphertext_map":
-            raise ClaimError(f"inputs.bin is a {meta.get('kind')!r} container, expected 'ciphertext_map'")
+        try:  # the collection format's own checks (ckks/collection.py): kind, version, counts, parts in order
+            counts = collection.check_manifest(meta, "inputs.bin")
+        except collection.OldFormat as exc:
+            raise ClaimError(f"inputs.bin is in the format of an earlier hetrain ({exc.kind!r}): write the job "
+                             "bundle again with this hetrain") from None
+        except SerializationError as exc:
+            raise ClaimError(str(exc)) from None
         if meta.get("key_id") != manifest["key_id"]:
             raise ClaimError("inputs.bin was encrypted under another key than the manifest's")
-        counts = meta.get("counts")
-        if not isinstance(counts, dict) or not all(isinstance(k, str) and _is_int(v) and v >= 0
-                                                   for k, v in counts.items()):
-            raise ClaimError("inputs.bin: 'counts' must map names to non-negative integers")
         parts = _parts(meta, "inputs.bin")
-        seen = {name: 0 for name in counts}  # each name's parts NAME/0, NAME/1, ... in order (any interleaving)
-        for part_name, _ in parts:
-            name, _, idx = part_name.rpartition("/")
-            if name not in seen or idx != str(seen[name]):
-                raise ClaimError(f"inputs.bin: part {part_name!r} is not the next ciphertext of a name its counts list")
-            seen[name] += 1
-        if seen != counts:
-            raise ClaimError(f"inputs.bin: its counts ({sum(counts.values())} ciphertexts) do not match its "
-                             f"{len(parts)} parts")
         _exact_size("inputs.bin", header_bytes, parts, actual)
         offset = header_bytes
         for name, size in parts:

@@ -2,7 +2,7 @@
 
 A job bundle is a directory holding only public material:
     public_context.bin   engine.public_bytes(): parameters, public, relinearisation, Galois keys
-    inputs.bin           named lists of ciphertexts (container of engine.serialize blobs)
+    inputs.bin           named lists of ciphertexts (a collection: ckks/collection.py)
     job.json             the trainer's job dict (shapes, layout, schedule; nothing secret)
     manifest.json        format version, backend, key id, parameter fingerprint
 The server adds outputs.bin (same format as inputs.bin), server_stats.json, or server_error.json.
@@ -17,9 +17,9 @@ import pathlib
 
 import numpy as np
 
-from hetrain._atomic import atomic_write, atomic_writer  # noqa: F401  (re-exported: protocol code imports them from here)
-from hetrain.ckks import CKKSError, Ciphertext, Engine
-from hetrain.ckks.container import file_sha256, iter_container_file, pack, unpack, write_container_file
+from hetrain._atomic import atomic_write  # noqa: F401  (re-exported: protocol code imports it from here)
+from hetrain.ckks import CKKSError, Ciphertext, Engine, KeyMismatch, collection
+from hetrain.ckks.container import file_sha256, unpack
 from hetrain.ckks.registry import key_part_sizes
 from hetrain.outputs import write_output
 
@@ -55,60 +55,34 @@ def _read_json(path: pathlib.Path, what: str) -> dict:
 
 
 # ---------------------------------------------------------------------- ciphertext maps
-def _map_meta(engine: Engine, named: dict[str, list[Ciphertext]]) -> dict:
-    return {"kind": "ciphertext_map", "key_id": engine.key_id, "counts": {n: len(cts) for n, cts in named.items()}}
-
-
-def _map_parts(engine: Engine, named: dict[str, list[Ciphertext]]):
-    for name, cts in named.items():
-        for i, ct in enumerate(cts):
-            yield f"{name}/{i}", engine.serialize(ct)
+# inputs.bin and outputs.bin are collections (ckks/collection.py: the one format for ciphertexts)
+def _bundle_error(exc: CKKSError, what: str) -> BundleError:
+    if isinstance(exc, collection.OldFormat):
+        return BundleError(f"{what}: written by an earlier hetrain (format {exc.kind!r}): write the job bundle "
+                           "again with this hetrain (hetrain encrypt, or hetrain fit)")
+    if isinstance(exc, KeyMismatch):
+        return BundleError(f"{what}: {exc}: they belong to another job")
+    return BundleError(f"{what}: {exc}")
 
 
 def pack_ciphertexts(engine: Engine, named: dict[str, list[Ciphertext]]) -> bytes:
-    """A "ciphertext_map" container of ``named`` (name -> list of ciphertexts) in memory: parts ``name/i``,
-    header with the key id and the counts per name. ``write_ciphertext_map`` is the same to a file.
-    """
-    return pack(_map_meta(engine, named), dict(_map_parts(engine, named)))
+    """``named`` (name -> list of ciphertexts) as the bytes of a collection."""
+    return collection.pack(engine, named)
 
 
 def write_ciphertext_map(path: str | os.PathLike, engine: Engine, named: dict[str, list[Ciphertext]]) -> tuple[int, str]:
-    """pack_ciphertexts straight to a file, one serialised ciphertext in memory at a time
+    """A collection straight to a file, one serialised ciphertext in memory at a time
     (inputs of thousands of rows weigh gigabytes). Returns (bytes, SHA-256 of the file)."""
-    return write_container_file(path, _map_meta(engine, named), _map_parts(engine, named))
-
-
-def _ciphertext_map(engine: Engine, meta: dict, parts, what: str, verify: bool = True) -> dict[str, list[Ciphertext]]:
-    """Deserialise (name/i, bytes) parts in order; KeyMismatch/SerializationError become a BundleError.
-    ``verify=False``: the caller checks a digest over the whole file (the parts' own checksums are skipped)."""
-    try:
-        if meta.get("key_id") != engine.key_id:
-            raise BundleError(f"{what} were encrypted under key {meta.get('key_id')}, not this engine's key "
-                              f"{engine.key_id}: they belong to another job")
-        counts = meta["counts"]
-        out: dict[str, list[Ciphertext]] = {name: [] for name in counts}
-        for part_name, blob in parts:
-            name, _, _ = part_name.rpartition("/")
-            out[name].append(engine.deserialize(blob, verify=verify))
-        if any(len(out[n]) != k for n, k in counts.items()):
-            raise KeyError("ciphertext counts differ from the header")
-        return out
-    except CKKSError as exc:
-        raise BundleError(f"{what}: {exc}") from None
-    except (KeyError, TypeError) as exc:
-        raise BundleError(f"{what}: malformed ciphertext map ({exc})") from None
+    return collection.write(path, engine, named)
 
 
 def unpack_ciphertexts(engine: Engine, data: bytes, what: str) -> dict[str, list[Ciphertext]]:
-    """Inverse of pack_ciphertexts.
-    Returns name -> list of ciphertexts. Raises BundleError (naming ``what``) for a corrupted container or
-    ciphertexts of other keys or parameters.
-    """
+    """Inverse of pack_ciphertexts; BundleError naming ``what`` if the bytes are not one (corrupted, or
+    ciphertexts of other keys or parameters)."""
     try:
-        meta, parts = unpack(data, expect_kind="ciphertext_map")
+        return collection.unpack(engine, data, what)[0]
     except CKKSError as exc:
-        raise BundleError(f"{what}: {exc}") from None
-    return _ciphertext_map(engine, meta, parts.items(), what)
+        raise _bundle_error(exc, what) from None
 
 
 def read_ciphertext_map(path: str | os.PathLike, engine: Engine, what: str, *,
@@ -120,20 +94,14 @@ def read_ciphertext_map(path: str | os.PathLike, engine: Engine, what: str, *,
     before any of them is returned; without it every part's own checksum is checked."""
     digest = hashlib.sha256() if sha256 is not None else None
     try:
-        meta, parts = iter_container_file(path, expect_kind="ciphertext_map", digest=digest)
+        named, _ = collection.read(path, engine, digest=digest, what=what)
     except FileNotFoundError:
         raise BundleError(f"{what} not found: {path}") from None
     except CKKSError as exc:
-        raise BundleError(f"{what}: {exc}") from None
-    if digest is None:
-        return _ciphertext_map(engine, meta, parts, what)
-    try:
-        out = _ciphertext_map(engine, meta, parts, what, verify=False)
-    finally:
-        parts.close()  # releases the file if the map stopped early (an error)
-    if digest.hexdigest() != sha256:
+        raise _bundle_error(exc, what) from None
+    if digest is not None and digest.hexdigest() != sha256:
         raise BundleError(f"{path} does not match the manifest (corrupted or from another job)")
-    return out
+    return named
 
 
 # ---------------------------------------------------------------------- job bundle

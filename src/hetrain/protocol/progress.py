@@ -5,7 +5,7 @@ validation accuracy, refreshes) → decrypt.
         with p.phase("encrypt", total=17, unit="ct") as ph:
             ph.advance()                            # never shows more than its total
         with p.phase("train", unit="step"):
-            p.step(3, 14, "epoch 3 batch 1/1")      # the server's '@progress' lines (runner.parse_progress)
+            p.step(3, 14, "epoch 3 batch 1/1")      # the server's progress events (events.parse_progress)
             p.epoch_result({"epoch": 3, "step": 3, "val_accuracy": 0.96, "val_loss": 0.7, "best": True})
 
 On a terminal (stderr is a TTY) each phase is a tqdm bar (elapsed time, rate, ETA) with the epoch,
@@ -14,8 +14,8 @@ each epoch is evaluated. Elsewhere (a pipe, a log file, CI) it prints plain line
 phase starts and one when it ends, one per epoch (step i/n, elapsed, ETA, validation accuracy), and
 every tenth of a run without epochs. ``quiet``: nothing at all (log lines still print).
 
-The server's progress lines are parsed in one place, protocol/runner.py (``parse_progress``); this
-module only draws what it is given.
+The server's progress events are written and parsed in one place, protocol/events.py (runner.py
+follows them with ``parse_progress``); this module only draws what it is given.
 """
 from __future__ import annotations
 

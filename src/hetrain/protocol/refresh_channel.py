@@ -5,10 +5,15 @@ where) and data-owner sessions attach to it one after another: the data owner ma
 while the job trains. The server accepts connections from its own uid only (SO_PEERCRED), and a
 session answers only a server of its own uid. Frames are length-prefixed:
 
-    b"HTRF" | u32 header length | u64 body length | header (JSON) | body (ciphertext blobs)
+    b"HTRF" | u32 header length | u64 body length | header (JSON) | body
 
-Blobs are ``engine.serialize`` bytes; the header names them and carries the key id, checked on
-both ends. Messages (server -> data owner, each answered by exactly one frame):
+The body is empty, or a collection (ckks/collection.py, the one format for ciphertexts) of the
+state's unique ciphertexts (``engine.serialize`` bytes, each with its length and SHA-256 in the
+collection's manifest, checked as it is read) under the name "ct"; the header's ``state`` (a
+layout: name -> index or list of indices) says which is which, and carries the key id, checked on
+both ends. A frame is refused from its prefix when its header is over MAX_FRAME_HEADER bytes, or
+(the server reading an answer) it is over ``answer_limit`` of its request.
+Messages (server -> data owner, each answered by exactly one frame):
     hello    key_id, job_id                  -> ok (refused with a fixed code under another key or job)
     refresh  seq, state, step                -> refreshed (decrypted, re-encrypted at the top level)
     evaluate seq, state, step, epoch         -> verdict stop=bool (the one bit the server learns), with
@@ -42,10 +47,19 @@ import weakref
 from typing import Callable
 
 from hetrain._atomic import atomic_write
+from hetrain.ckks import collection
+from hetrain.ckks.errors import SerializationError
 from hetrain.errors import HetrainUserError
 
 MAGIC = b"HTRF"
 _PREFIX = struct.Struct(">4sIQ")
+STATE_NAME = "ct"               # the body's one name: the state's unique ciphertexts, in the layout's order
+MAX_FRAME_HEADER = 1 << 20      # a frame's JSON header: an op, a seq, a key id and a layout (bytes)
+MIN_ANSWER_LIMIT = 1 << 20      # an answer may always be this large ...
+# ... or this many times its request. Not 2: a refresh answers a state at a low level with fresh
+# ciphertexts at the top level, and a SEAL ciphertext's size is proportional to the primes left at
+# its level (measured: fresh / last level = 6.3x at n16384, 7.6x at n16384-deep, 15.3x at n32768).
+ANSWER_FACTOR = 32
 SOCKET_NAME = "refresh.sock"
 CHANNEL_RECORD = "channel.json"  # JOBDIR/channel.json: where the server listens, when not JOBDIR/refresh.sock
 DEFAULT_TIMEOUT_S = 3600.0  # a client refresh of a large state at N=32768 takes seconds, never an hour
@@ -94,55 +108,111 @@ ERROR_CODES = {"key_mismatch": "the ciphertexts are under another key",
                "client_refused": "the client stopped the job (its reason stays with the client)"}
 
 
-def _head(header: dict, blobs) -> bytes:
-    return json.dumps({**header, "blobs": [len(b) for b in blobs]}).encode()
+def _head(header: dict) -> bytes:
+    if "blobs" in header:  # the body's own manifest lists the ciphertexts (an earlier hetrain's frames had this)
+        raise ChannelError("a frame header has no 'blobs': its ciphertexts are the body's collection")
+    return json.dumps(header).encode()
+
+
+def _body(header: dict, blobs) -> bytes:
+    """The frame's body: nothing, or a collection (ckks/collection.py) of the blobs under "ct"."""
+    return collection.pack_blobs(str(header.get("key_id", "")), {STATE_NAME: list(blobs)}) if blobs else b""
 
 
 def frame_size(header: dict, blobs=()) -> int:
     """The bytes ``send_frame(sock, header, blobs)`` puts on the wire."""
-    return _PREFIX.size + len(_head(header, blobs)) + sum(len(b) for b in blobs)
+    body = collection.packed_size(str(header.get("key_id", "")), {STATE_NAME: [len(b) for b in blobs]}) if blobs else 0
+    return _PREFIX.size + len(_head(header)) + body
+
+
+def encode_frame(header: dict, blobs=()) -> bytes:
+    """One frame as bytes: prefix, JSON header, body (``blobs``: ``engine.serialize`` bytes)."""
+    head, body = _head(header), _body(header, blobs)
+    return _PREFIX.pack(MAGIC, len(head), len(body)) + head + body
+
+
+def check_prefix(prefix: bytes, max_frame: int | None = None) -> tuple[int, int]:
+    """(header bytes, body bytes) of a frame's first ``_PREFIX.size`` bytes; ChannelError if they
+    are not a frame's, or announce a header over MAX_FRAME_HEADER or a frame over ``max_frame``."""
+    if len(prefix) < _PREFIX.size:
+        raise ChannelError(f"a frame starts with {_PREFIX.size} bytes (magic and lengths), got {len(prefix)}")
+    magic, hlen, blen = _PREFIX.unpack(prefix[:_PREFIX.size])
+    if magic != MAGIC:
+        raise ChannelError(f"not a refresh-channel frame (magic {magic!r}, expected {MAGIC!r})")
+    if hlen > MAX_FRAME_HEADER:
+        raise ChannelError(f"malformed frame on the refresh channel (a header of {hlen} bytes; at most "
+                           f"{MAX_FRAME_HEADER})")
+    if max_frame is not None and _PREFIX.size + hlen + blen > max_frame:
+        raise ChannelError(f"a frame of {_PREFIX.size + hlen + blen} bytes on the refresh channel, more than the "
+                           f"{max_frame} allowed here")
+    return hlen, blen
+
+
+def decode_frame(data: bytes | bytearray | memoryview, *, verify: bool = True) -> tuple[dict, list[bytes]]:
+    """(header, blobs) of exactly one whole frame (``encode_frame``'s bytes). ChannelError if it
+    is not one: bad prefix, a header that is not a JSON object, a body that is not a collection
+    whose parts fill it, or (``verify``) a ciphertext whose SHA-256 is not its manifest's.
+    ``verify=False``: the structure only, no copy, no hashing (the service's relay)."""
+    view = memoryview(data)
+    hlen, blen = check_prefix(bytes(view[:_PREFIX.size]))
+    if len(view) != _PREFIX.size + hlen + blen:
+        raise ChannelError(f"the frame's prefix announces {_PREFIX.size + hlen + blen} bytes, it has {len(view)}")
+    try:
+        header = json.loads(bytes(view[_PREFIX.size:_PREFIX.size + hlen]))
+    except (ValueError, RecursionError) as exc:
+        raise ChannelError(f"malformed frame header on the refresh channel ({exc})") from None
+    if not isinstance(header, dict) or "blobs" in header:
+        raise ChannelError("malformed frame header on the refresh channel (not a JSON object of this hetrain)")
+    body = view[_PREFIX.size + hlen:]
+    if not blen:
+        return header, []
+    try:
+        if not verify:
+            counts = collection.check_packed(body, "the frame's ciphertexts")
+            if set(counts) != {STATE_NAME}:
+                raise SerializationError(f"it names {sorted(counts)}, not {STATE_NAME!r}")
+            return header, []
+        _, named = collection.unpack_blobs(body, "the frame's ciphertexts")
+        if set(named) != {STATE_NAME}:
+            raise SerializationError(f"it names {sorted(named)}, not {STATE_NAME!r}")
+    except SerializationError as exc:
+        raise ChannelError(f"malformed frame body on the refresh channel ({exc})") from None
+    return header, named[STATE_NAME]
 
 
 def send_frame(sock: socket.socket, header: dict, blobs: list[bytes] = (), timeout: float | None = None) -> int:
     """Send one frame; returns its size in bytes. ChannelClosed if the other side is gone;
     ChannelError if it reads nothing for ``timeout`` seconds (None: no bound)."""
-    head = _head(header, blobs)
-    body_len = sum(len(b) for b in blobs)
+    data = encode_frame(header, blobs)
     try:
         sock.settimeout(timeout)
-        sock.sendall(_PREFIX.pack(MAGIC, len(head), body_len) + head)
-        for b in blobs:
-            sock.sendall(b)
+        sock.sendall(data)
     except socket.timeout:
         raise ChannelError(f"the other side of the refresh channel read nothing for {timeout:.0f} s") from None
     except OSError as exc:
         raise ChannelClosed(f"the other side of the refresh channel is gone ({exc})") from None
-    return _PREFIX.size + len(head) + body_len
+    return len(data)
 
 
 def recv_frame(sock: socket.socket, alive: Callable[[], bool] = lambda: True,
-               timeout: float | None = None) -> tuple[dict, list[bytes], int]:
+               timeout: float | None = None, max_frame: int | None = None) -> tuple[dict, list[bytes], int]:
     """Receive one frame: (header, blobs, bytes). ``alive()`` is polled while waiting; ``timeout``
-    bounds the wait for the frame's first byte and any pause inside it (None: no bound).
+    bounds the wait for the frame's first byte and any pause inside it (None: no bound);
+    ``max_frame``: the most bytes the frame may announce (refused from its prefix, before its
+    body is read). Every blob's size and SHA-256 are checked against the body's manifest.
     Raises ChannelError for a malformed frame, a timeout or a peer whose ``alive()`` turned False;
     ChannelClosed (a ChannelError) when the connection ends or breaks.
     """
-    magic, hlen, blen = _PREFIX.unpack(_recv_exact(sock, _PREFIX.size, alive, timeout))
-    if magic != MAGIC:
-        raise ChannelError("malformed frame on the refresh channel (bad magic)")
-    try:
-        header = json.loads(_recv_exact(sock, hlen, alive, timeout))
-        sizes = [int(s) for s in header.pop("blobs")]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ChannelError(f"malformed frame header on the refresh channel ({exc})") from None
-    if sum(sizes) != blen or any(s < 0 for s in sizes):
-        raise ChannelError("malformed frame on the refresh channel (blob sizes do not add up)")
-    body = _recv_exact(sock, blen, alive, timeout)
-    blobs, pos = [], 0
-    for s in sizes:
-        blobs.append(body[pos:pos + s])
-        pos += s
+    prefix = _recv_exact(sock, _PREFIX.size, alive, timeout)
+    hlen, blen = check_prefix(prefix, max_frame)
+    rest = _recv_exact(sock, hlen + blen, alive, timeout)
+    header, blobs = decode_frame(prefix + rest)
     return header, blobs, _PREFIX.size + hlen + blen
+
+
+def answer_limit(request_bytes: int) -> int:
+    """The most bytes an answer to a request frame of ``request_bytes`` may have."""
+    return max(ANSWER_FACTOR * request_bytes, MIN_ANSWER_LIMIT)
 
 
 def _recv_exact(sock: socket.socket, n: int, alive, timeout: float | None) -> bytes:
@@ -416,7 +486,7 @@ class ServerChannel:
             return False
         try:
             send_frame(conn, {"op": "hello", "key_id": self.engine.key_id, "job_id": self.job_id}, timeout=self.timeout)
-            reply, _, _ = recv_frame(conn, timeout=self.timeout)
+            reply, _, _ = recv_frame(conn, timeout=self.timeout, max_frame=MIN_ANSWER_LIMIT)
         except ChannelClosed:  # the session left before saying ok: wait for the next one
             conn.close()
             return False
@@ -453,8 +523,9 @@ class ServerChannel:
                 self.stats.resent += 1
             sent_before = True
             try:
-                self.stats.bytes_to_client += send_frame(self.conn, frame, blobs, timeout=self.timeout)
-                reply, back, n = recv_frame(self.conn, timeout=self.timeout)
+                sent = send_frame(self.conn, frame, blobs, timeout=self.timeout)
+                self.stats.bytes_to_client += sent
+                reply, back, n = recv_frame(self.conn, timeout=self.timeout, max_frame=answer_limit(sent))
             except ChannelClosed:  # the session went away before answering: the next one gets the same request
                 self._drop()
                 continue
@@ -517,7 +588,7 @@ class ServerChannel:
     def _done(self, conn: socket.socket) -> None:
         try:
             send_frame(conn, {"op": "done", "seq": self._seq + 1}, timeout=_BYE_WAIT_S)
-            recv_frame(conn, timeout=_BYE_WAIT_S)
+            recv_frame(conn, timeout=_BYE_WAIT_S, max_frame=MIN_ANSWER_LIMIT)
         except ChannelError:
             pass
 

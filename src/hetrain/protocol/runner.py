@@ -1,7 +1,7 @@
 """Starting, following and stopping the server process: the one place that does it.
 
     proc = ServerProcess.start(jobdir, channel=sock_path)   # python -m hetrain.protocol.server_main JOBDIR ...
-    proc.follow(lambda done, total, message: ...)           # reads its '@progress' lines to the end
+    proc.follow(lambda done, total, message: ...)           # reads its progress events to the end
     rc = proc.wait()
     stats = proc.result()                                   # server_stats.json, or ServerFailed with its message
 
@@ -12,8 +12,8 @@ job, under the service's limits: ``memory_limit`` bytes of data segment (RLIMIT_
 ``time_limit`` seconds of wall time, after which the process is stopped; a failure from either
 says so in ``result()``). Every server process runs in a session (process group) of its own and,
 on Linux, is killed when the process that started it dies (PR_SET_PDEATHSIG), even by SIGKILL. The process gets public material only (the job directory); its stderr goes to
-JOBDIR/server.log, its stdout carries the progress lines (``server.PROGRESS_PREFIX``), parsed
-here and nowhere else (``parse_progress``). Its own explanation of a failure is
+JOBDIR/server.log, its stdout carries its progress events (JSON lines: protocol/events.py,
+whose ``parse_progress`` reads them here). Its own explanation of a failure is
 JOBDIR/server_error.json (else the log's tail): ``result()`` raises it as ``ServerFailed``.
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ from typing import Callable
 from . import files
 from .errors import ServerError
 from .refresh_channel import ChannelError
-from .server import PROGRESS_PREFIX, server_argv
+from .events import parse_progress
+from .server import server_argv
 
 log = logging.getLogger("hetrain.runner")
 LOG_NAME = "server.log"
@@ -80,16 +81,6 @@ class ServerFailed(ServerError):
     def __init__(self, message: str, detail: str, rc: int | None) -> None:
         super().__init__(message)
         self.detail, self.rc = detail, rc
-
-
-def parse_progress(line: str) -> tuple[int, int, str] | None:
-    """(done, total, message) of a '@progress DONE TOTAL [MESSAGE]' line; None for any other line."""
-    if not line.startswith(PROGRESS_PREFIX):
-        return None
-    parts = line[len(PROGRESS_PREFIX):].strip().split(" ", 2)
-    if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
-        return None
-    return int(parts[0]), int(parts[1]), parts[2].strip() if len(parts) > 2 else ""
 
 
 def child_env(extra: dict | None = None) -> dict:

@@ -145,7 +145,7 @@ class Scanner:
                 self.scan_json(header, f"{where}: a container header")
             return
         if head.startswith(SEAL_MAGIC) and len(head) == SEAL_HEADER:
-            hsize, major, _minor, compr = head[2], head[3], head[4], head[5]
+            hsize, major, compr = head[2], head[3], head[5]  # head[4]: the minor version (any)
             (size,) = struct.unpack("<Q", head[8:16])
             if hsize != SEAL_HEADER or major not in (3, 4) or compr > 2 or size > room or size > self.max_candidate:
                 return

@@ -59,10 +59,10 @@ from . import files
 from .bundle_check import check_bundle
 from .checkpoint import StateCheckpoint, job_fingerprint
 from .errors import BundleError, ReaderGoneError
+from .events import write_progress
 from .refresh_channel import DEFAULT_TIMEOUT_S, ChannelStats, ServerChannel
 
 log = logging.getLogger("hetrain.server")
-PROGRESS_PREFIX = "@progress "
 CHECKPOINT = files.CHECKPOINT
 REFRESH_MODES = ("none", "client", "bootstrap")
 ENTRY_MODULE = "hetrain.protocol.server_main"  # what ``python -m`` runs (never imported by the package)
@@ -280,7 +280,7 @@ def _check_galois_keys(engine) -> None:
 
 def _progress_printer():
     def report(done: int, total: int, message: str = "") -> None:
-        print(f"{PROGRESS_PREFIX}{int(done)} {int(total)} {message}".rstrip(), flush=True)
+        write_progress(sys.stdout, done, total, message)  # one JSON line (protocol/events.py)
     return report
 
 
@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     p = argparse.ArgumentParser(prog=f"python -m {ENTRY_MODULE}", description=__doc__.splitlines()[0])
     p.add_argument("jobdir")
-    p.add_argument("--progress", action="store_true", help=f"print '{PROGRESS_PREFIX.strip()} DONE TOTAL MSG' lines")
+    p.add_argument("--progress", action="store_true", help='print progress events on stdout, one JSON line each '
+                   '({"progress": {"done", "total", "message"}}: protocol/events.py)')
     p.add_argument("--trainer-module", action="append", default=[],
                    help="extra module to import so its trainer registers (set by the operator, never by the job)")
     p.add_argument("--channel", metavar="SOCKET",

@@ -37,13 +37,14 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
+from hetrain._atomic import atomic_writer
 from hetrain.errors import HetrainUserError
 
 from . import files
 from .errors import RequestFailed, ServerError
 from .http_retry import retry_idempotent
 from .monitor import PeakRSS
-from .refresh_channel import ChannelError, ChannelStats, recv_frame, send_frame
+from .refresh_channel import ChannelError, ChannelStats, decode_frame, encode_frame  # the frame format's one definition
 
 log = logging.getLogger("hetrain.transport")
 
@@ -390,7 +391,7 @@ class HttpTransport:
                 if r.status_code != 200:
                     r.read()
                     return r
-                with files.atomic_writer(path) as f, tqdm(total=size, desc="download", unit="B", unit_scale=True,
+                with atomic_writer(path) as f, tqdm(total=size, desc="download", unit="B", unit_scale=True,
                                                           disable=not progress) as bar:
                     for chunk in r.iter_bytes(_CHUNK):
                         f.write(chunk)
@@ -480,7 +481,10 @@ def serve_http(url: str, job_id: str, engine, handler, *, progress: bool = False
             if r.status_code != 200 or SEQ_HEADER.lower() not in r.headers:
                 raise ServerError(f"GET {path} failed (HTTP {r.status_code}): {_body(r).get('error', r.text)}")
             seq, request = int(r.headers[SEQ_HEADER]), r.content
-            header, blobs = decode_frame(request)
+            try:
+                header, blobs = decode_frame(request)
+            except ChannelError as exc:
+                raise ChannelError(f"malformed request frame from the service ({exc})") from None
             t0 = time.perf_counter()
             try:
                 reply, out = answerer.answer(header, blobs)
@@ -568,48 +572,6 @@ class _Answering:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-class _Bytes:
-    """Just enough of a socket for refresh_channel's send_frame/recv_frame on bytes in memory
-    (one definition of the frame format: theirs)."""
-
-    def __init__(self, data: bytes = b"") -> None:
-        self._view, self._pos, self.out = memoryview(data), 0, []
-
-    def settimeout(self, _t) -> None:
-        pass
-
-    def recv(self, n: int) -> bytes:
-        chunk = bytes(self._view[self._pos:self._pos + n])
-        self._pos += len(chunk)
-        return chunk
-
-    def sendall(self, data) -> None:
-        self.out.append(bytes(data))
-
-    @property
-    def left(self) -> int:
-        return len(self._view) - self._pos
-
-
-def decode_frame(data: bytes) -> tuple[dict, list[bytes]]:
-    """(header, blobs) of one whole channel frame; ChannelError if it is not exactly one frame."""
-    buf = _Bytes(data)
-    try:
-        header, blobs, _ = recv_frame(buf)
-    except ChannelError as exc:
-        raise ChannelError(f"malformed request frame from the service ({exc})") from None
-    if buf.left:
-        raise ChannelError(f"{buf.left} bytes after the frame on the refresh channel")
-    return header, blobs
-
-
-def encode_frame(header: dict, blobs=()) -> bytes:
-    """One channel frame as bytes."""
-    buf = _Bytes()
-    send_frame(buf, header, list(blobs))
-    return b"".join(buf.out)
 
 
 def _job_refresh_mode(jobdir: pathlib.Path) -> str:

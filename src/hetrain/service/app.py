@@ -41,7 +41,7 @@ answers over HTTP and may come and go (service/relay.py):
                                          204 nothing within S; 410 job finished or no channel
     POST   /v1/jobs/{id}/channel/{N}     body: the answer frame -> 200; 409 N is not the pending
                                          request (answered, or stale: poll again); 413 larger than
-                                         max(32 x the request, 1 MiB) (relay.ANSWER_FACTOR: fresh
+                                         max(32 x the request, 1 MiB) (refresh_channel.ANSWER_FACTOR: fresh
                                          ciphertexts outweigh low-level ones); 400 not a frame
 
 Every error is JSON: {"error": "<message>"}: 400 malformed input (never 422), 401/403 auth, 404

@@ -2,13 +2,15 @@
 
 A job trained with ``"refresh": "client"`` needs the data owner (who holds the secret key) to answer
 its refresh requests. The server process listens on a Unix socket (``--channel PATH``) and sends
-frames (refresh_channel.py: ``b"HTRF" | u32 header length | u64 body length | header | blobs``),
+frames (refresh_channel.py: ``b"HTRF" | u32 header length | u64 body length | header | body``,
+the body a collection of ciphertexts),
 expecting exactly one answer frame per frame; if the connection drops it waits for the next one
 and sends its request again. The relay connects to that socket (retrying until the server
 listens), holds each frame as the job's *pending request* with a sequence number of its own, and
 writes the data owner's answer (``POST /v1/jobs/{id}/channel/{seq}``) back to the socket.
 
-It never looks inside a frame beyond its length prefix: what the frames say is between the
+It reads a frame's length prefix, and checks an answer's structure (refresh_channel.decode_frame
+without hashing: ``check_frame``), never the ciphertexts: what the frames say is between the
 server process and the data owner. HTTP sessions may come and go (a request stays pending until
 answered: a data owner who drops after fetching it gets it again); if the socket breaks, the
 relay reconnects and the server resends. No thread here ever waits on an HTTP client, and no
@@ -17,7 +19,6 @@ HTTP request waits longer than its own ``wait``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import select
@@ -27,14 +28,10 @@ import time
 from typing import Callable
 
 from hetrain.protocol.refresh_channel import _PREFIX as FRAME_PREFIX  # the frame format's one definition
-from hetrain.protocol.refresh_channel import MAGIC
+from hetrain.protocol.refresh_channel import ChannelError, answer_limit, check_prefix
+from hetrain.protocol.refresh_channel import decode_frame
 
 log = logging.getLogger("hetrain.service")
-MIN_ANSWER_LIMIT = 1 << 20      # an answer may always be this large ...
-# ... or this many times its request. Not 2: a refresh answers a state at a low level with fresh
-# ciphertexts at the top level, and a SEAL ciphertext's size is proportional to the primes left at
-# its level (measured: fresh / last level = 6.3x at n16384, 7.6x at n16384-deep, 15.3x at n32768).
-ANSWER_FACTOR = 32
 _POLL_S = 0.2
 _CONNECT_RETRY_S = (0.02, 0.5)  # first and longest pause between connection attempts
 
@@ -45,28 +42,22 @@ class FrameError(ValueError):
 
 def frame_size(prefix: bytes) -> int:
     """The whole frame's size from its first FRAME_PREFIX.size bytes (FrameError if not a frame)."""
-    if len(prefix) < FRAME_PREFIX.size:
-        raise FrameError(f"a frame starts with {FRAME_PREFIX.size} bytes (magic and lengths), got {len(prefix)}")
-    magic, hlen, blen = FRAME_PREFIX.unpack(prefix[:FRAME_PREFIX.size])
-    if magic != MAGIC:
-        raise FrameError(f"not a refresh-channel frame (magic {magic!r}, expected {MAGIC!r})")
+    try:
+        hlen, blen = check_prefix(prefix)
+    except ChannelError as exc:
+        raise FrameError(str(exc)) from None
     return FRAME_PREFIX.size + hlen + blen
 
 
 def check_frame(frame: bytes | bytearray) -> None:
-    """FrameError unless ``frame`` is exactly one frame whose header is a JSON object whose blob
-    sizes add up to its body (what refresh_channel.recv_frame would accept)."""
-    size = frame_size(frame)
-    if len(frame) != size:
-        raise FrameError(f"the frame's prefix announces {size} bytes, the body has {len(frame)}")
-    _, hlen, blen = FRAME_PREFIX.unpack(frame[:FRAME_PREFIX.size])
+    """FrameError unless ``frame`` is exactly one frame whose header is a JSON object and whose
+    body is empty or a collection whose manifest is well-formed and whose parts fill it (what
+    refresh_channel.recv_frame would accept, less the ciphertexts' SHA-256: the server checks
+    those; nothing is copied or hashed here)."""
     try:
-        header = json.loads(bytes(frame[FRAME_PREFIX.size:FRAME_PREFIX.size + hlen]))
-        sizes = [int(s) for s in header["blobs"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise FrameError(f"malformed frame header ({exc})") from None
-    if not isinstance(header, dict) or any(s < 0 for s in sizes) or sum(sizes) != blen:
-        raise FrameError("malformed frame header (its blob sizes do not add up to the body)")
+        decode_frame(frame, verify=False)
+    except ChannelError as exc:
+        raise FrameError(str(exc)) from None
 
 
 @dataclasses.dataclass
@@ -127,7 +118,7 @@ class ChannelRelay:
         with self._cond:
             if self._pending is None or self._pending[0] != seq or self._answer is not None:
                 return None
-            return max(ANSWER_FACTOR * len(self._pending[1]), MIN_ANSWER_LIMIT)
+            return answer_limit(len(self._pending[1]))
 
     def answer(self, seq: int, frame: bytes) -> bool:
         """Hand the answer to request ``seq`` to the relay thread; False if it is no longer pending."""
