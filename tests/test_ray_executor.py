@@ -168,6 +168,23 @@ def _rotate(engine, ct):
 
 
 @needs_ray
+def test_an_error_in_a_task_on_an_actor_is_raised_as_it_was(ray_cluster):
+    """A task's own error (here a rotation without its Galois key) comes back as the serial run raises
+    it: the same class and message, without Ray's wrapping."""
+    from hetrain.ckks.engine import Engine
+    from hetrain.ckks.errors import MissingRotationKey
+
+    eng = ckks.create_engine("sim", "n8192", rotations=[1])
+    xs = [eng.encrypt(np.full(4, float(i))) for i in range(4)]
+    with make_executor(eng, {"x": xs}, 2, kind="ray") as ex:
+        with pytest.raises(MissingRotationKey) as raised:
+            ex.map(Engine.rotate, [(x, 1 if i < 2 else 3) for i, x in enumerate(xs)])  # tasks 2, 3: the actor's
+    with pytest.raises(MissingRotationKey) as serial:
+        eng.rotate(xs[0], 3)
+    assert str(raised.value) == str(serial.value)
+
+
+@needs_ray
 def test_more_workers_than_the_cluster_has_cpus_is_refused(ray_cluster):
     eng = ckks.create_engine("sim", "n8192")
     with pytest.raises(ExecutorUnavailable, match=r"--workers 10 needs 9 Ray actors .* free CPU\(s\) of 2"):

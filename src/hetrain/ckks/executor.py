@@ -19,6 +19,9 @@ worker records for its tasks are added to the main engine's counters (``OpCounte
 counts equal the serial run's; their seconds are the workers' summed time. Transfers are not counted
 as operations. ``task_fn`` must be a module-level function (it is pickled by name) and must not use
 plaintext encodings cached on the main process's ``PlainVector`` objects (a worker re-encodes).
+
+``make_executor(..., kind="ray")`` gives the same interface on the actors of a Ray cluster
+(ray_executor.RayExecutor: this class's ``map`` and wire format, its own transport).
 """
 from __future__ import annotations
 

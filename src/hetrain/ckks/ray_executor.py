@@ -179,8 +179,12 @@ class RayExecutor(_ex.ProcessExecutor):
         ray = self._ray
         try:
             return ray.get(handle)
-        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError) as exc:
+        except ray.exceptions.RayTaskError as exc:  # the task's own error (e.g. DepthExhausted): as it was raised
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, BaseException):
+                raise cause from None
+            raise
+        except ray.exceptions.RayError as exc:  # the actor died, was killed for memory, lost its node or objects
             raise _actor_failed("during training", exc) from None
 
     def close(self) -> None:
@@ -200,6 +204,7 @@ class RayExecutor(_ex.ProcessExecutor):
 
 
 def _actor_failed(when: str, exc: BaseException) -> WorkerFailed:
-    return WorkerFailed(f"a Ray actor of this server died {when} ({type(exc).__name__}: out of memory, its node "
-                        "lost, or killed): train with fewer workers (`--workers 1` runs everything in the server "
-                        "process) or on a larger cluster")
+    why = ("Ray stopped it: its node ran low on memory" if "OutOfMemory" in type(exc).__name__
+           else f"{type(exc).__name__}: out of memory, its node lost, or killed")
+    return WorkerFailed(f"a Ray actor of this server died {when} ({why}): train with fewer workers (`--workers 1` "
+                        "runs everything in the server process) or on a larger cluster")
