@@ -139,8 +139,8 @@ class ServerProcess:
         jobdir = pathlib.Path(jobdir)
         cmd = list(argv) if argv is not None else server_argv(
             jobdir, progress=progress, trainer_modules=tuple(trainer_modules), channel=channel,
-            channel_timeout=channel_timeout, resume=resume, workers=workers, executor=executor,
-            ray_address=ray_address)
+            channel_timeout=channel_timeout, resume=resume, workers=workers,
+            **{k: v for k, v in (("executor", executor), ("ray_address", ray_address)) if v is not None})
         log_path = jobdir / LOG_NAME
         for stale in (files.SERVER_ERROR, files.SERVER_STATS):  # a previous run's must not be read as this one's
             (jobdir / stale).unlink(missing_ok=True)
