@@ -19,7 +19,7 @@ from hetrain.models.mlr import MLRTrainer
 from hetrain.protocol import files, server
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                               reason="Ray is not installed (pip install 'hetrain[ray]'; no wheel for this Python)")
+                               reason="Ray is not installed (pip install 'hetrain[ray]'; the Python 3.10 test command leaves it out)")
 STORE_BYTES = 300 * 2 ** 20
 
 
