@@ -3,6 +3,7 @@ upload bytes, and a model of training time against cores.
 
     python bench/scaling.py                          # seed-MLR, 3 iterations, n16384-deep, workers 1,2, 3 repeats
     python bench/scaling.py --repeats 1 --workers 1,2 --out /tmp/hetrain-scaling
+    python bench/scaling.py --ray-only                # Ray local vs the process pool only (needs hetrain[ray])
 
 Seed-MLR: RegNet rows 0–127 (bench/seed_mlr.py's data and standardisation), 10 classes, 3 iterations,
 real CKKS (SEAL). The data owner's side encrypts once into a job bundle; then, for each repeat, the
@@ -13,6 +14,12 @@ and CPU seconds (the server and its workers, from getrusage of the waited childr
 machine wall times depend on the other load (printed with ``os.getloadavg``); the "critical path"
 figure is the training time the same work would take with a free core per process: the largest of
 the main process's training CPU and each worker's CPU (compute + its transfers), a lower bound.
+
+Ray local vs the process pool (``--ray``, ``--ray-only``): the same server process with the same
+worker count (default 2), once with ``--executor process`` and once with ``--executor ray
+--ray-address local`` (a Ray of this machine's CPUs started inside the server process, which ships
+the job's files to its actors through the object store), interleaved, medians of the repeats;
+Ray's start-up and the actors' loading count as loading time, not training time.
 
 Upload: the data owner encrypts symmetrically (secret key) and uploads each ciphertext seeded, (c0,
 PRNG seed) instead of (c0, c1); printed beside the size the same ciphertexts have in full.
@@ -73,12 +80,13 @@ def build_mlr_job(jobdir: pathlib.Path, preset: str, iterations: int) -> dict:
             "input_levels": {k: sorted({c.level for c in v}) for k, v in inputs.items()}}
 
 
-def run_server(jobdir: pathlib.Path, workers: int) -> dict:
+def run_server(jobdir: pathlib.Path, workers: int, executor: str | None = None) -> dict:
     for name in files.SERVER_FILES:
         (jobdir / name).unlink(missing_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(server_argv(jobdir, progress=False, workers=workers), check=True,
+    ray = {"executor": "ray", "ray_address": "local"} if executor == "ray" else {}
+    subprocess.run(server_argv(jobdir, progress=False, workers=workers, **ray), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -89,6 +97,26 @@ def run_server(jobdir: pathlib.Path, workers: int) -> dict:
     per_worker = (t.get("worker_compute_cpu_s", 0.0) + t.get("worker_transfer_s", 0.0)) / max(1, workers - 1)
     stats["critical_path_s"] = max(stats["server_train_cpu_s"], per_worker)
     return stats
+
+
+def ray_vs_processes(jobdir: pathlib.Path, workers: int, repeats: int) -> None:
+    """Ray local vs the process pool, ``workers`` each, interleaved; prints the medians."""
+    print(f"\n== Ray local vs process pool, {workers} workers, medians of {repeats}, interleaved ==")
+    runs = {"process": [], "ray": []}
+    for r in range(repeats):
+        for kind in runs:
+            st = run_server(jobdir, workers, kind)
+            st["load_avg"] = os.getloadavg()[0]
+            runs[kind].append(st)
+            print(f"  repeat {r + 1} {kind:7s}: train {st['server_train_s']:.2f} s load {st['server_load_s']:.2f} s "
+                  f"wall {st['process_wall_s']:.2f} s (load average {st['load_avg']:.2f})", flush=True)
+    med = lambda k, key: statistics.median(x[key] for x in runs[k])  # noqa: E731
+    for kind in runs:
+        t = med(kind, "server_train_s")
+        print(f"{kind:7s}: train {t:.2f} s ({med('process', 'server_train_s') / t:.2f}x the process pool's speed) "
+              f"load {med(kind, 'server_load_s'):.2f} s process wall {med(kind, 'process_wall_s'):.2f} s")
+    counts = [{k: v["count"] for k, v in st["operations"].items()} for rs in runs.values() for st in rs]
+    print(f"operation counts identical, Ray and processes: {all(c == counts[0] for c in counts)}")
 
 
 # ---------------------------------------------------------------------- hot spot: loading
@@ -180,6 +208,10 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="worker counts, comma separated (interleaved)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None, help="directory for the job bundle (default: a temporary one)")
+    ap.add_argument("--ray", action="store_true", help="also compare a local Ray with the process pool "
+                                                       "(pip install 'hetrain[ray]')")
+    ap.add_argument("--ray-only", action="store_true", help="only that comparison (after building the job)")
+    ap.add_argument("--ray-workers", type=int, default=2, help="workers of the Ray comparison (default 2)")
     a = ap.parse_args()
     counts = [int(w) for w in a.workers.split(",")]
     root = pathlib.Path(a.out) if a.out else pathlib.Path(tempfile.mkdtemp(prefix="hetrain-scaling-"))
@@ -194,6 +226,13 @@ def main() -> None:
           f"{s[files.INPUTS] / info['rows']:.0f} B of ciphertexts per training row ({upload / info['rows']:.0f} B with keys)")
     print(f"SEAL payloads: {info['seeded_bytes']} B seeded (symmetric encryption by the data owner) vs "
           f"{info['unseeded_bytes']} B as full (c0, c1) ciphertexts ({info['seeded_bytes'] / info['unseeded_bytes']:.2f}x)")
+    if a.ray or a.ray_only:
+        ray_vs_processes(jobdir, a.ray_workers, a.repeats)
+    if a.ray_only:
+        print(f"\nload average at end {os.getloadavg()}")
+        if not a.out:
+            shutil.rmtree(root, ignore_errors=True)
+        return
 
     print(f"\n== hot spot: job loading (server process start-up), medians of {a.repeats}, interleaved ==")
     h = hotspot_loading(jobdir, a.repeats)

@@ -38,3 +38,8 @@ class TransparentResult(CKKSError):
 class WorkerFailed(CKKSError):
     """A worker process of the executor (ckks/executor.py) died: out of memory at start-up under a
     memory limit, killed, or crashed."""
+
+
+class ExecutorUnavailable(CKKSError):
+    """The executor asked for cannot run here: Ray is not installed (``pip install 'hetrain[ray]'``),
+    its cluster cannot be reached, or it has fewer free CPUs than the workers asked for."""

@@ -19,6 +19,9 @@ worker records for its tasks are added to the main engine's counters (``OpCounte
 counts equal the serial run's; their seconds are the workers' summed time. Transfers are not counted
 as operations. ``task_fn`` must be a module-level function (it is pickled by name) and must not use
 plaintext encodings cached on the main process's ``PlainVector`` objects (a worker re-encodes).
+
+``make_executor(..., kind="ray")`` gives the same interface on the actors of a Ray cluster
+(ray_executor.RayExecutor: this class's ``map`` and wire format, its own transport).
 """
 from __future__ import annotations
 
@@ -82,30 +85,33 @@ class ProcessExecutor(SerialExecutor):
     def __init__(self, engine: Engine, inputs: dict[str, list[Ciphertext]] | None, workers: int,
                  loader: tuple | None = None) -> None:
         super().__init__(engine)
-        if workers < 2:
-            raise ValueError(f"a process executor needs at least 2 workers, got {workers}")
         self.workers = int(workers)
-        if loader is None and inputs is None:
-            raise ValueError("without a loader the executor needs the inputs to send its workers")
-        self.set_inputs(inputs or {})
-        self._sent: dict[int, tuple] = {}  # id of a live result received -> its wire form (resent as is)
-        if loader is not None:
-            source = ("call",) + tuple(loader)
-        else:
-            source = ("bytes", engine.public_bytes(),
-                      {name: [_wire(engine, ct) for ct in cts] for name, cts in inputs.items()})
+        source = self._setup(engine, inputs, loader)
         ctx = multiprocessing.get_context("spawn")
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers - 1, mp_context=ctx, initializer=_init_worker,
             initargs=(source, ctx.Barrier(self.workers - 1)))
         # start every worker now (each loads the keys and inputs): start-up is not training time
         self._starting = [self._pool.submit(_started) for _ in range(self.workers - 1)]
+
+    def _setup(self, engine: Engine, inputs, loader: tuple | None) -> tuple:
+        """State every pool executor shares (ProcessExecutor, ray_executor.RayExecutor); returns the
+        ``source`` each worker loads from (``_init_worker``)."""
+        if self.workers < 2:
+            raise ValueError(f"a process executor needs at least 2 workers, got {self.workers}")
+        if loader is None and inputs is None:
+            raise ValueError("without a loader the executor needs the inputs to send its workers")
+        self.set_inputs(inputs or {})
+        self._sent: dict[int, tuple] = {}  # id of a live result received -> its wire form (resent as is)
         self.started_workers = 0
         # seconds: serialising in this process, waiting for the workers, deserialising their results,
         # and (summed over workers) their task computation and their own (de)serialisation
         self.timing = {"main_encode_s": 0.0, "main_compute_s": 0.0, "main_compute_cpu_s": 0.0,
                        "wait_s": 0.0, "main_decode_s": 0.0,
                        "worker_compute_s": 0.0, "worker_compute_cpu_s": 0.0, "worker_transfer_s": 0.0}
+        if loader is not None:
+            return ("call",) + tuple(loader)
+        return ("bytes", engine.public_bytes(), {name: [_wire(engine, ct) for ct in cts] for name, cts in inputs.items()})
 
     def set_inputs(self, inputs: dict[str, list[Ciphertext]]) -> None:
         """This process's copies of the inputs the workers hold (recognised in task arguments)."""
@@ -143,9 +149,8 @@ class ProcessExecutor(SerialExecutor):
         n = min(self.workers, len(tasks))
         bounds = [len(tasks) * k // n for k in range(n + 1)]
         t0 = time.perf_counter()
-        wire_shared = self._encode(shared)
-        futures = [self._pool.submit(_run_chunk, fn, wire_shared, self._encode(tasks[a:b]))
-                   for a, b in zip(bounds[1:], bounds[2:])]
+        wire_shared = self._share(self._encode(shared))
+        futures = [self._submit(fn, wire_shared, self._encode(tasks[a:b])) for a, b in zip(bounds[1:], bounds[2:])]
         self.timing["main_encode_s"] += time.perf_counter() - t0
         t0, c0 = time.perf_counter(), time.process_time()
         out = [fn(self.engine, *shared, *task) for task in tasks[:bounds[1]]]  # the first chunk: here
@@ -153,10 +158,7 @@ class ProcessExecutor(SerialExecutor):
         self.timing["main_compute_cpu_s"] += time.process_time() - c0
         for fut in futures:
             t0 = time.perf_counter()
-            try:
-                results, counts, compute_s, cpu_s, transfer_s = fut.result()
-            except BrokenProcessPool:
-                raise _worker_failed("during training") from None
+            results, counts, compute_s, cpu_s, transfer_s = self._result(fut)
             t1 = time.perf_counter()
             self.timing["wait_s"] += t1 - t0
             self.timing["worker_compute_s"] += compute_s
@@ -167,6 +169,22 @@ class ProcessExecutor(SerialExecutor):
             out.extend(self._decode(r) for r in results)
             self.timing["main_decode_s"] += time.perf_counter() - t1
         return out
+
+    # ------------------------------------------------------------------ the pool (a subclass may run another)
+    def _share(self, wire_shared: tuple):
+        """The shared arguments of one ``map`` as every chunk receives them (here: pickled with each)."""
+        return wire_shared
+
+    def _submit(self, fn: Callable, wire_shared, wire_tasks: list):
+        """Start one chunk on a worker; a handle for ``_result``."""
+        return self._pool.submit(_run_chunk, fn, wire_shared, wire_tasks)
+
+    def _result(self, handle) -> tuple:
+        """``_run_chunk``'s answer for a handle of ``_submit``; WorkerFailed if the worker died."""
+        try:
+            return handle.result()
+        except BrokenProcessPool:
+            raise _worker_failed("during training") from None
 
     def close(self) -> None:
         """Shut the worker pool down: wait for running chunks, cancel queued ones."""
@@ -202,18 +220,31 @@ def _worker_failed(when: str) -> WorkerFailed:
                         "process) or with a higher memory limit")
 
 
+EXECUTORS = ("process", "ray")
+
+
 def make_executor(engine: Engine, inputs: dict[str, list[Ciphertext]] | None = None, workers: int | None = None,
-                  loader: tuple | None = None) -> SerialExecutor:
+                  loader: tuple | None = None, *, kind: str = "process", ray_address: str | None = None,
+                  ray_options: dict | None = None) -> SerialExecutor:
     """SerialExecutor for 1 worker or a backend whose tasks stay in one process (``engine.process_workers``
-    False: OpenFHE, which uses every core per operation), else a ProcessExecutor (``workers`` None:
-    every core).
-    Raises ValueError when ``workers`` < 1.
-    """
-    workers = default_workers() if workers is None else int(workers)
-    if workers < 1:
+    False: OpenFHE, which uses every core per operation), else a ProcessExecutor (``kind`` "process";
+    ``workers`` None: every core) or a ray_executor.RayExecutor (``kind`` "ray": actors on the Ray
+    cluster at ``ray_address``, "auto", "local" or host:port; ``workers`` None: the cluster's CPUs;
+    ``ray_options``: ray.init's for a local cluster; ExecutorUnavailable without Ray).
+    ValueError for a worker count below 1 or an unknown ``kind``."""
+    if kind not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+    if workers is not None and int(workers) < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if not getattr(engine, "process_workers", True):
-        workers = 1
+        return SerialExecutor(engine)
+    if kind == "ray":
+        if workers is not None and int(workers) == 1:
+            return SerialExecutor(engine)
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(engine, inputs, workers, loader, address=ray_address or "auto", ray_options=ray_options)
+    workers = default_workers() if workers is None else int(workers)
     if workers == 1:
         return SerialExecutor(engine)
     return ProcessExecutor(engine, inputs, workers, loader)
@@ -229,7 +260,7 @@ def _unwire(engine: Engine, w: tuple) -> Ciphertext:
 
 
 # ---------------------------------------------------------------------- worker side
-def _init_worker(source: tuple, barrier) -> None:
+def _init_worker(source: tuple, barrier=None) -> None:
     from . import load_engine
 
     if source[0] == "call":

@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="directory for job bundles and results (created if missing; "
                                                     "made mode 0700)")
     p.add_argument("--workers", type=int, default=1, help="jobs trained at the same time, each in its own process (default 1)")
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="train each job's independent tasks on the actors of this Ray cluster (auto: the one "
+                        "`ray start` set up on this machine; needs pip install 'hetrain[ray]'; each job gets the "
+                        "cluster's CPUs shared among --workers jobs; default: processes of this machine)")
     p.add_argument("--max-upload-mb", type=float, default=16384, help="largest job bundle accepted, in MiB (default 16384)")
     p.add_argument("--job-memory-gb", type=float, default=16.0,
                    help="memory (data segment) each job's server process may use, in GB (default 16; 0: no limit)")
@@ -85,6 +89,7 @@ def run(args) -> int:
         raise HetrainUserError(f"--noise-std must be >= 0, got {args.noise_std:g}")
     if args.noise_std and not args.model:
         raise HetrainUserError("--noise-std applies to the scores of --model MODEL.json: give the model too")
+    job_workers = ray_job_workers(args.ray_address, args.workers) if args.ray_address is not None else None
     tls = check_tls(args.tls_cert, args.tls_key)
     if not tls and not _is_loopback(args.host) and not args.insecure_bind:
         raise HetrainUserError(f"refusing to listen on {args.host} without TLS: job tokens and API keys would cross "
@@ -114,7 +119,8 @@ def run(args) -> int:
                      job_memory_bytes=int(args.job_memory_gb * gb) if args.job_memory_gb else None,
                      job_time_limit=args.job_time_limit, job_ttl_s=args.job_ttl * 3600.0,
                      disk_quota_bytes=int(args.disk_quota_gb * gb) if args.disk_quota_gb else None,
-                     upload_timeout_s=args.upload_timeout, models=models, noise_std=args.noise_std)
+                     upload_timeout_s=args.upload_timeout, models=models, noise_std=args.noise_std,
+                     job_workers=job_workers, ray_address=args.ray_address)
     scheme = "https" if tls else "http"
     auth = f"{len(api_keys)} API key(s) may submit" if api_keys else "anyone who reaches it may submit"
     print(f"hetrain service on {scheme}://{args.host}:{args.port} (workdir {workdir}; public material only; {auth})",
@@ -126,6 +132,20 @@ def run(args) -> int:
     ssl = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if tls else {}
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", **ssl)
     return 0
+
+
+def ray_job_workers(address: str, jobs: int) -> int:
+    """Each job's workers on the Ray cluster at ``address``: its server process and one actor per CPU
+    of the cluster's share of one of ``jobs`` concurrent jobs (at least one actor). HetrainUserError
+    for "local" (a Ray per job would compete for this machine) or a cluster that cannot be reached."""
+    if address.strip() in ("", "local"):
+        raise HetrainUserError(f"--ray-address {address!r}: the service runs its jobs on a running Ray cluster; "
+                               "start one (`ray start --head`) and give --ray-address auto or HOST:PORT")
+    from hetrain.ckks.ray_executor import probe
+
+    cpus = probe(address)
+    print(f"training on the Ray cluster at {address}: {cpus} CPUs, {max(1, cpus // jobs)} per job", flush=True)
+    return max(1, cpus // jobs) + 1
 
 
 def check_tls(cert: str | None, key: str | None) -> bool:

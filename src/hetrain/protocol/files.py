@@ -179,13 +179,39 @@ def load_job_public(jobdir: str | os.PathLike) -> tuple[Engine, dict[str, list[C
     what each executor worker process loads once (ckks.executor ``loader``). Never a secret key.
     Raises BundleError for a missing or corrupted file, and refuses (BundleError) an engine with a secret key.
     """
+    manifest, public, inputs_path, _ = read_job_files(jobdir, defer_inputs=True)
+    engine = _public_engine(public)
+    return engine, read_ciphertext_map(inputs_path, engine, "encrypted inputs", sha256=manifest["sha256"][INPUTS])
+
+
+def job_public_bytes(jobdir: str | os.PathLike) -> tuple[bytes, bytes, dict]:
+    """(public_context.bin, inputs.bin, the manifest's SHA-256 digests): a job's public files as bytes,
+    for workers on machines without JOBDIR (ckks.ray_executor ships them through Ray's object store;
+    ``load_job_public_bytes`` checks and loads them there)."""
+    d = pathlib.Path(jobdir)
+    manifest = read_manifest(d)
+    return read_bytes(d / PUBLIC_CONTEXT, "public context"), read_bytes(d / INPUTS, "encrypted inputs"), manifest["sha256"]
+
+
+def load_job_public_bytes(public: bytes, inputs: bytes, sha256: dict) -> tuple[Engine, dict[str, list[Ciphertext]]]:
+    """``load_job_public`` from the files' bytes (``job_public_bytes``): each checked against the
+    manifest's digest (BundleError on a mismatch), then loaded with the same checks (a public engine
+    only; each ciphertext's own checksum too). Never a secret key."""
+    for name, blob in ((PUBLIC_CONTEXT, public), (INPUTS, inputs)):
+        if sha256.get(name) != _sha(blob):
+            raise BundleError(f"{name} does not match the manifest (corrupted or from another job)")
+    engine = _public_engine(public)
+    return engine, unpack_ciphertexts(engine, inputs, "encrypted inputs")
+
+
+def _public_engine(public: bytes) -> Engine:
+    """The engine of a public context whose digest was checked; BundleError if it holds a secret key."""
     from hetrain.ckks import load_engine, owner_forced_insecure
 
-    manifest, public, inputs_path, _ = read_job_files(jobdir, defer_inputs=True)
     engine = load_engine(public, verify=False, force_insecure=owner_forced_insecure(public))
     if engine.has_secret_key:
         raise BundleError("refusing to run: the engine holds a secret key")
-    return engine, read_ciphertext_map(inputs_path, engine, "encrypted inputs", sha256=manifest["sha256"][INPUTS])
+    return engine
 
 
 # ---------------------------------------------------------------------- model file

@@ -113,7 +113,8 @@ class ServerProcess:
     def start(cls, jobdir, *, trainer_modules=(), channel=None, channel_timeout: float | None = None,
               resume: bool = False, progress: bool = True, env: dict | None = None,
               memory_limit: int | None = None, time_limit: float | None = None,
-              argv: list[str] | None = None, workers: int | None = None) -> "ServerProcess":
+              argv: list[str] | None = None, workers: int | None = None, executor: str | None = None,
+              ray_address: str | None = None) -> "ServerProcess":
         """Start ``python -m hetrain.protocol.server_main JOBDIR`` (command from server.server_argv).
 
         ``channel``: the refresh channel's socket path (``channel_timeout``: how long the server waits
@@ -122,7 +123,8 @@ class ServerProcess:
         (RLIMIT_DATA: heap and anonymous mappings) the process may use; ``time_limit``: seconds of
         wall time, after which it is stopped (``stop``); ``argv``: another server command on the same
         directory (the inference server, inference.infer_argv), run under the same limits; ``workers``:
-        the server's worker processes (None: its default, every core).
+        the server's worker processes (None: its default, every core); ``executor``, ``ray_address``:
+        where they run (server_argv: processes, or actors of a Ray cluster).
         Raises ValueError for a non-positive ``memory_limit`` or ``time_limit``.
         """
         if memory_limit is not None and memory_limit <= 0:
@@ -132,7 +134,8 @@ class ServerProcess:
         jobdir = pathlib.Path(jobdir)
         cmd = list(argv) if argv is not None else server_argv(
             jobdir, progress=progress, trainer_modules=tuple(trainer_modules), channel=channel,
-            channel_timeout=channel_timeout, resume=resume, workers=workers)
+            channel_timeout=channel_timeout, resume=resume, workers=workers,
+            **{k: v for k, v in (("executor", executor), ("ray_address", ray_address)) if v is not None})
         log_path = jobdir / LOG_NAME
         for stale in (files.SERVER_ERROR, files.SERVER_STATS):  # a previous run's must not be read as this one's
             (jobdir / stale).unlink(missing_ok=True)
@@ -307,7 +310,8 @@ class ServerProcess:
 
 def run_server(jobdir, *, progress: bool, mem=None, on_progress: OnProgress | None = None, env: dict | None = None,
                trainer_modules=(), channel=None, channel_timeout: float | None = None, resume: bool = False,
-               during: Callable[[ServerProcess], object] | None = None, workers: int | None = None) -> dict:
+               during: Callable[[ServerProcess], object] | None = None, workers: int | None = None,
+               executor: str | None = None, ray_address: str | None = None) -> dict:
     """Run the server process on ``jobdir`` to its end; returns its stats or raises ServerError
     with its own message.
 
@@ -337,7 +341,8 @@ def run_server(jobdir, *, progress: bool, mem=None, on_progress: OnProgress | No
                 on_progress(done, total, message)
 
         proc = ServerProcess.start(jobdir, trainer_modules=trainer_modules, channel=channel,
-                                   channel_timeout=channel_timeout, resume=resume, env=env, workers=workers)
+                                   channel_timeout=channel_timeout, resume=resume, env=env, workers=workers,
+                                   executor=executor, ray_address=ray_address)
         channel_error = None
         try:
             if mem is not None:

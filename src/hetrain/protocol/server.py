@@ -1,7 +1,7 @@
 """The server: trains on ciphertexts with public material only.
 
     python -m hetrain.protocol.server_main JOBDIR [--progress] [--channel SOCKET [--channel-timeout S]] [--resume]
-        [--workers N]
+        [--workers N] [--executor process|ray [--ray-address auto|local|HOST:PORT]]
 
 (server_main.py is the entry module: this one is imported by the package, so it is not run with
 ``python -m``; ``server_argv`` builds the command for every caller.) Exit status: 0 done, 2 a
@@ -28,6 +28,9 @@ an unfinished job is never restarted (or a finished one retrained) by accident.
 ``--workers N`` (default: every core): trainers whose ``capabilities`` include "executor" run their
 circuits' independent tasks on N worker processes (hetrain.ckks.executor), each loading the job's
 public context and inputs once; the results and operation counts are those of the serial run (N = 1).
+``--executor ray`` runs them on the actors of a Ray cluster instead (hetrain.ckks.ray_executor; the
+job's public files travel once through Ray's object store; ``--ray-address`` auto: the cluster that
+``ray start`` set up here, local: a Ray of this machine's CPUs started for this job, or HOST:PORT).
 
 Every write to a pipe or socket whose reader may be gone (progress lines on stdout, the refresh
 channel, log lines) ends in one handler in ``main``: one line, no traceback, exit 4.
@@ -49,7 +52,7 @@ import time
 import traceback
 
 from hetrain import ckks
-from hetrain.ckks.executor import default_workers, make_executor
+from hetrain.ckks.executor import EXECUTORS, default_workers, make_executor
 from hetrain._streams import to_devnull
 from hetrain._format import plain
 from hetrain.errors import HetrainUserError
@@ -67,13 +70,16 @@ CHECKPOINT = files.CHECKPOINT
 REFRESH_MODES = ("none", "client", "bootstrap")
 ENTRY_MODULE = "hetrain.protocol.server_main"  # what ``python -m`` runs (never imported by the package)
 EXIT_READER_GONE = 4
+LOCAL_RAY_STORE_SPARE = 256 * 2 ** 20  # bytes of a local Ray's object store beyond twice the job's files
 
 
 def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=None,
-                channel_timeout: float | None = None, resume: bool = False, workers: int | None = None) -> list[str]:
+                channel_timeout: float | None = None, resume: bool = False, workers: int | None = None,
+                executor: str | None = None, ray_address: str | None = None) -> list[str]:
     """The server process's command line; the one place that names its entry module. ``channel``:
     the Unix socket to LISTEN on for the data owner (channel_location(jobdir)); ``resume``: continue
-    from JOBDIR/state.ckpt (a job killed before it finished)."""
+    from JOBDIR/state.ckpt (a job killed before it finished); ``executor``, ``ray_address``: where the
+    independent tasks run (``--executor``, ``--ray-address``; None: the server's default, processes)."""
     cmd = [sys.executable, "-m", ENTRY_MODULE, os.fspath(jobdir)]
     if progress:
         cmd.append("--progress")
@@ -87,6 +93,10 @@ def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=No
         cmd += ["--channel-timeout", repr(float(channel_timeout))]
     if workers is not None:
         cmd += ["--workers", str(int(workers))]
+    if executor is not None:
+        cmd += ["--executor", executor]
+    if ray_address is not None:
+        cmd += ["--ray-address", ray_address]
     return cmd
 
 
@@ -109,12 +119,14 @@ class BootstrapRefresh:
 
 
 def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: str | None = None,
-            channel_timeout: float = DEFAULT_TIMEOUT_S, resume: bool = False, workers: int | None = None) -> dict:
+            channel_timeout: float = DEFAULT_TIMEOUT_S, resume: bool = False, workers: int | None = None,
+            executor: str = "process", ray_address: str = "auto") -> dict:
     """Train the job in ``jobdir``; writes outputs.bin and server_stats.json, returns the stats.
 
     ``resume``: continue from JOBDIR/state.ckpt if there is one (else start, saying so on stderr);
     without it a JOBDIR that holds state.ckpt is refused (BundleError) before any work. ``workers``:
-    processes for the trainer's independent tasks (None: every core; 1: all in this process)."""
+    processes for the trainer's independent tasks (None: every core; 1: all in this process);
+    ``executor`` "ray": on the Ray cluster at ``ray_address`` instead (None workers: its CPUs)."""
     jobdir = pathlib.Path(jobdir)
     t0 = time.perf_counter()
     ckpt_path = jobdir / CHECKPOINT
@@ -146,9 +158,17 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
             log.warning("--resume: no checkpoint %s yet, starting from the beginning", ckpt_path)
     elif resume:
         log.warning("--resume: model %s does not checkpoint, starting from the beginning", trainer.name)
-    executor = None
+    executor, kind = None, executor
     if "executor" in server_hooks(trainer):  # the workers load the same files, each once, while we do
-        executor = make_executor(engine, None, workers, loader=(_load_in_worker, (os.fspath(jobdir),)))
+        # Ray's actors may run on machines without JOBDIR: the files' bytes go through its object store
+        loader = ((files.load_job_public_bytes, files.job_public_bytes(jobdir)) if kind == "ray"
+                  else (_load_in_worker, (os.fspath(jobdir),)))
+        ray_options = None
+        if kind == "ray" and ray_address == "local":  # a Ray of its own: its object store sized to what it ships
+            ray_options = {"object_store_bytes": 2 * sum(len(b) for b in loader[1][:2]) + LOCAL_RAY_STORE_SPARE}
+        executor = make_executor(engine, None, workers, loader=loader, kind=kind, ray_address=ray_address,
+                                 ray_options=ray_options)
+        del loader
         hooks["executor"] = executor
     try:
         inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs",
@@ -189,6 +209,8 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
              "download_bytes": len(out_bytes), "operations": counters,
              "engine": engine.describe(), "engine_has_secret_key": engine.has_secret_key,
              "workers": 1 if executor is None else executor.workers, "server_train_cpu_s": train_cpu_s,
+             "executor": type(executor).__name__ if executor is not None else None,
+             "ray_nodes": getattr(executor, "nodes", None),
              "executor_timing": getattr(executor, "timing", None),
              "refresh": {"mode": mode, **rstats.as_dict()},
              "trainer": {"resumed_from": 0, **getattr(trainer, "run_stats", {})}}
@@ -304,8 +326,17 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"continue a killed job from JOBDIR/{CHECKPOINT} (without it, a JOBDIR holding one is refused)")
     p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="worker processes for the training's independent tasks (default: every core, "
-                        f"{default_workers()} here; 1: all in the server process)")
+                        f"{default_workers()} here; 1: all in the server process; with --executor ray: the "
+                        "Ray cluster's CPUs)")
+    p.add_argument("--executor", choices=EXECUTORS, default="process",
+                   help="where the workers run: processes of this machine, or actors of a Ray cluster "
+                        "(pip install 'hetrain[ray]'; default process)")
+    p.add_argument("--ray-address", default=None, metavar="auto|local|HOST:PORT",
+                   help="with --executor ray: the cluster (auto: the one `ray start` set up on this machine; "
+                        "local: start a Ray of this machine's CPUs for this job; default auto)")
     args = p.parse_args(argv)
+    if args.ray_address is not None and args.executor != "ray":
+        p.error("--ray-address applies to --executor ray: add --executor ray")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="server %(levelname)s: %(message)s")
     if os.environ.get("HETRAIN_SERVER_AUDIT"):
         _audit_opens(os.environ["HETRAIN_SERVER_AUDIT"])
@@ -318,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         for mod in args.trainer_module:
             importlib.import_module(mod)
         stats = run_job(jobdir, progress=args.progress, channel_path=args.channel,
-                        channel_timeout=args.channel_timeout, resume=args.resume, workers=args.workers)
+                        channel_timeout=args.channel_timeout, resume=args.resume, workers=args.workers,
+                        executor=args.executor, ray_address=args.ray_address or "auto")
         log.info("trained in %.2f s", stats["server_train_s"])
         return 0
     except HetrainUserError as exc:

@@ -153,13 +153,13 @@ def _preset_that_fits(X, y, model, config, refresh, backend, options) -> str | N
 # ---------------------------------------------------------------------------- train (the server side)
 def train(jobdir, *, resume: bool = False, progress: bool = True, channel_timeout: float | None = None,
           trainer_modules=(), on_progress=None, during=None, mem: PeakRSS | None = None, env=None,
-          workers: int | None = None) -> dict:
+          workers: int | None = None, executor: str | None = None, ray_address: str | None = None) -> dict:
     """Run the server process on the job bundle in ``jobdir`` (public material only; it never reads a
     key directory). With refresh "client" it listens on the job's channel (refresh_channel.py) for
     the data owner's ``attach``. ``resume``: continue from JOB/state.ckpt after a kill. ``during(proc)``:
     runs here while the process runs (``fit`` answers the channel there). Returns the server's stats;
     ServerError with the server's own message if it fails. ``workers``: the server's worker processes
-    (None: every core)."""
+    (None: every core); ``executor`` "ray", ``ray_address``: on a Ray cluster's actors instead."""
     from .refresh_channel import channel_location
     from .runner import run_server
 
@@ -170,7 +170,7 @@ def train(jobdir, *, resume: bool = False, progress: bool = True, channel_timeou
     del manifest
     return run_server(jobdir, progress=progress, mem=mem, on_progress=on_progress, env=env,
                       trainer_modules=tuple(trainer_modules), channel=channel, channel_timeout=channel_timeout,
-                      resume=resume, during=during, workers=workers)
+                      resume=resume, during=during, workers=workers, executor=executor, ray_address=ray_address)
 
 
 # ---------------------------------------------------------------------------- attach (refresh)

@@ -106,7 +106,8 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
                trainer_modules: tuple[str, ...] = (), api_keys=(),
                job_memory_bytes: int | None = DEFAULT_JOB_MEMORY_BYTES, job_time_limit: float | None = None,
                job_ttl_s: float | None = DEFAULT_JOB_TTL_S, disk_quota_bytes: int | None = None,
-               upload_timeout_s: float | None = DEFAULT_STALL_S, models=(), noise_std: float = 0.0) -> FastAPI:
+               upload_timeout_s: float | None = DEFAULT_STALL_S, models=(), noise_std: float = 0.0,
+               job_workers: int | None = None, ray_address: str | None = None) -> FastAPI:
     """The app; its job queue (and worker threads) lives from startup to shutdown. ``api_keys``:
     who may submit (hashed here; empty: anyone who reaches the service).
 
@@ -117,7 +118,10 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
 
     Encrypted inference (service/inference.py): ``models``, paths of plaintext models the service
     scores other parties' encrypted queries with (case b; ``noise_std``: Gaussian noise added to
-    their encrypted scores); any finished training job scores its owner's queries (case a)."""
+    their encrypted scores); any finished training job scores its owner's queries (case a).
+
+    ``job_workers``, ``ray_address``: each training job's workers and the Ray cluster they run on
+    (service/jobs.JobQueue; None: this machine's cores shared among the concurrent jobs)."""
     state: dict = {}
     keys = ApiKeys(api_keys)
     models = models if isinstance(models, ModelRegistry) else ModelRegistry(models)
@@ -129,7 +133,7 @@ def create_app(workdir: str | os.PathLike, *, max_upload_bytes: int = DEFAULT_MA
         state["queue"] = JobQueue(workdir, workers=workers, trainer_modules=trainer_modules,
                                   job_memory_bytes=job_memory_bytes, job_time_limit=job_time_limit,
                                   job_ttl_s=job_ttl_s, disk_quota_bytes=disk_quota_bytes, models=models,
-                                  noise_std=noise_std)
+                                  noise_std=noise_std, job_workers=job_workers, ray_address=ray_address)
         state["polls"] = anyio.CapacityLimiter(_CHANNEL_POLLS)
         try:
             yield

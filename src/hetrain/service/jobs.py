@@ -154,16 +154,19 @@ class JobQueue:
     def __init__(self, workdir: str | os.PathLike, workers: int = 1, trainer_modules: tuple[str, ...] = (), *,
                  job_memory_bytes: int | None = None, job_time_limit: float | None = None,
                  job_ttl_s: float | None = None, disk_quota_bytes: int | None = None, models=None,
-                 noise_std: float = 0.0, job_workers: int | None = None) -> None:
+                 noise_std: float = 0.0, job_workers: int | None = None, ray_address: str | None = None) -> None:
         """``models``: service/inference.ModelRegistry (case (b) inference jobs score with them);
         ``noise_std``: the Gaussian noise those jobs add to every encrypted score (inference.infer);
         ``workers``: jobs trained at the same time; ``job_workers``: worker processes of each job's
-        server (``--workers``; default: this machine's cores shared among the concurrent jobs)."""
+        server (``--workers``; default: this machine's cores shared among the concurrent jobs);
+        ``ray_address``: each job's server runs its workers as actors of this Ray cluster
+        (``--executor ray --ray-address``; then give ``job_workers`` from the cluster's CPUs)."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         if job_workers is not None and job_workers < 1:
             raise ValueError("job_workers must be at least 1")
         self.job_workers = job_workers if job_workers is not None else max(1, (os.cpu_count() or 1) // workers)
+        self.ray_address = ray_address
         self.job_memory_bytes, self.job_time_limit, self.job_ttl_s = job_memory_bytes, job_time_limit, job_ttl_s
         self.root = pathlib.Path(workdir)
         self.jobs_dir = self.root / "jobs"
@@ -369,7 +372,9 @@ class JobQueue:
                 job.status, job.started_at = RUNNING, time.time()
                 job.proc = ServerProcess.start(job.dir, trainer_modules=self.trainer_modules, channel=channel,
                                                resume=job.resume, memory_limit=self.job_memory_bytes,
-                                               time_limit=self.job_time_limit, argv=argv, workers=self.job_workers)
+                                               time_limit=self.job_time_limit, argv=argv, workers=self.job_workers,
+                                               executor="ray" if self.ray_address and argv is None else None,
+                                               ray_address=self.ray_address if argv is None else None)
             job.save()
             log.info("job %s running (server pid %d%s)", tag(job.id), job.proc.pid, ", refresh by the data owner" if channel else "")
             relay_thread = None
