@@ -70,12 +70,20 @@ class Plan:
     rotation_steps: list[int]
     iterations: int
     iterations_that_fit: int
-    levels_per_iteration: dict[str, int]  # part name -> levels, e.g. {"forward": 3, "sigmoid": 2, ...}
+    # iteration -> levels it consumes, traced (models/trace.py): {"iteration 1": 1, "each later iteration": 4}
+    levels_per_iteration: dict[str, int]
     n_input_ciphertexts: int
     notes: list[str] = dataclasses.field(default_factory=list)
     # False when the first iteration fits one chain but a later one does not fit even from a refreshed,
     # top-level state (mlp-dvr with Nesterov: its momentum level is spent from the second iteration on)
     refreshed_iteration_fits: bool = True
+    # operation kind -> count of the whole planned run, traced (None: not traced, or it does not fit one chain)
+    ops: dict | None = None
+
+    @property
+    def levels_per_later_iteration(self) -> int:
+        """Levels one iteration after the first consumes (the most any iteration does)."""
+        return max(self.levels_per_iteration.values(), default=0)
 
     @property
     def fits(self) -> bool:
