@@ -122,6 +122,34 @@ class Plan:
         raise exc
 
 
+def presets_by_size() -> list[CKKSParams]:
+    """The presets a search may choose (``hetrain.ckks.PRESETS``, never the INSECURE test ones), smallest
+    first: ring degree, then levels."""
+    from hetrain.ckks import PRESETS
+
+    return sorted(PRESETS.values(), key=lambda p: (p.poly_modulus_degree, p.levels))
+
+
+def choose_preset(trainer, n: int, d: int, c: int, refresh: bool = False) -> CKKSParams:
+    """The smallest preset (ring degree, then levels; ``hetrain.ckks.PRESETS``, never the INSECURE test
+    ones) on which the trainer's plan fits: every iteration in one chain, or with ``refresh`` one
+    iteration between two refreshes. The one preset search (``protocol.planning`` re-exports it).
+
+    ``n``, ``d``, ``c``: rows, features and classes of the training data. Returns the CKKSParams; without
+    ``refresh`` and when no preset fits, the largest (its ``plan.check`` explains how many iterations
+    fit and what would). Raises DepthPlanError when, with ``refresh``, not even one iteration fits any."""
+    for p in presets_by_size():
+        try:
+            plan = trainer.plan(n, d, c, p)
+        except HetrainUserError:  # e.g. the data does not fit this ring's slots
+            continue
+        if plan.fits_with_refresh() if refresh else plan.fits:
+            return p
+    if refresh:
+        raise DepthPlanError(f"not even one {trainer.name} iteration fits in any preset")
+    return presets_by_size()[-1]
+
+
 SERVER_HOOKS = frozenset({"refresh", "monitor", "checkpoint", "executor"})
 
 
@@ -232,18 +260,25 @@ class Trainer(abc.ABC):
         return None
 
 
-def check_training_arrays(X, Y) -> tuple[np.ndarray, np.ndarray]:
-    """X (n x d, finite) and one-hot Y (n x c in {0, 1}) as float64, or a DataError."""
+def check_training_arrays(X, Y, *, trainer: str | None = None, min_features: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The one check of a trainer's training arrays: X (n × d, finite) and one-hot Y (n × c in {0, 1},
+    hence finite), returned as float64 arrays. ``trainer``: named in the messages; ``min_features``:
+    the fewest columns X may have (a trainer that packs features per ciphertext needs at least one).
+
+    Raises DataError (hetrain.errors) naming what is wrong: the shapes, NaN/infinite values in X, or
+    Y not one-hot."""
     from hetrain.errors import DataError
 
+    who = f"{trainer}: " if trainer else ""
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
-    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0:
-        raise DataError(f"X must be n × d and Y n × c with the same n ≥ 1, got {X.shape} and {Y.shape}")
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0 or X.shape[1] < min_features:
+        least = f" and d ≥ {min_features}" if min_features else ""
+        raise DataError(f"{who}X must be n × d and Y n × c with the same n ≥ 1{least}, got {X.shape} and {Y.shape}")
     if not np.all(np.isfinite(X)):
-        raise DataError("X contains NaN or infinite values")
-    if not np.all((Y == 0) | (Y == 1)):
-        raise DataError("Y must be one-hot in {0, 1}")
+        raise DataError(f"{who}X contains NaN or infinite values")
+    if not np.all((Y == 0) | (Y == 1)):  # NaN and ±inf are not 0 or 1 either
+        raise DataError(f"{who}Y must be one-hot in {{0, 1}} (no NaN or infinite values)")
     return X, Y
 
 

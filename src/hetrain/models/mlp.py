@@ -97,7 +97,7 @@ from hetrain._format import plain
 from hetrain.errors import DataError, HetrainUserError
 
 from . import mlp_defaults, mlp_twin, trace
-from .base import DepthPlanError, Plan, Trainer, register
+from .base import DepthPlanError, Plan, Trainer, check_training_arrays, register
 
 DEFAULTS = {"hidden": [32, 16], "iterations": 1, "learning_rate": 2.0, "sigmoid": "published",
             "sigmoid_layers": None, "momentum": "nesterov", "seed": 0, "init_scale": 1.0,
@@ -234,7 +234,7 @@ class MLPTrainer(Trainer):
         notes = [f"dvr grid P={lay.P}, {lay.S} samples per ciphertext, {lay.groups} data ciphertext group(s), "
                  f"{lay.feature_blocks} input-feature block(s)",
                  f"first iteration {first} levels, later ones {per_it} (traced; momentum costs 1 from the second)",
-                 f"~{self.rotations_per_iteration(lay)} rotations per iteration"]
+                 f"{later.ops.get('rotate', 0)} rotations per iteration (traced)"]
         if len(batches) > 1:
             notes.append(f"mini-batches of {len(batches[0])} data ciphertext group(s) ({len(batches[0]) * lay.S} rows), "
                          f"{len(batches)} per epoch")
@@ -288,6 +288,9 @@ class MLPTrainer(Trainer):
         return [list(range(s, min(s + k, lay.groups))) for s in range(0, lay.groups, k)]
 
     def rotations_per_iteration(self, lay: dvr.GridLayout) -> int:
+        """Rotations of one iteration, counted from the layout: the cost model of ``plan_defaults``'s time
+        budget, where a trace per candidate would cost more than the search (tests/test_trace_plan.py
+        checks it equals the traced count)."""
         lp, ls = log2_pow2(lay.P), log2_pow2(lay.S)
         K, G = self.K, len(self.batches(lay)[0])
         fwd = lp + (K - 1) * (2 * lp + 1)        # reduce layer 1; replicate + reduce above
@@ -297,14 +300,7 @@ class MLPTrainer(Trainer):
 
     # ------------------------------------------------------------------ client
     def _check_data(self, X, Y):
-        X = np.asarray(X, dtype=np.float64)
-        Y = np.asarray(Y, dtype=np.float64)
-        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0 or X.shape[1] == 0:
-            raise DataError(f"X must be n x d and Y n x c with the same n >= 1, got {X.shape} and {Y.shape}")
-        if not np.all(np.isfinite(X)):
-            raise DataError("X contains NaN or infinite values")
-        if not np.all((Y == 0) | (Y == 1)):
-            raise DataError("Y must be one-hot in {0, 1}")
+        X, Y = check_training_arrays(X, Y, trainer=self.name, min_features=1)
         return self.clip(self.project(X)), Y
 
     def order(self, n: int) -> np.ndarray:

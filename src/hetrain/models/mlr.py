@@ -95,7 +95,8 @@ class MLRTrainer(Trainer):
         fit = len(probe)
         per = [s.consumed for s in probe]
         if len(per) < 2:  # not even a second iteration fits: trace its cost on a deeper chain of the same ring
-            per = [s.consumed for s in trace.chain(self, shape, trace.deeper(p, 2 * p.levels + 8),
+            two = MLRTrainer(**{**self.config, "iterations": max(T, 2)})
+            per = [s.consumed for s in trace.chain(two, shape, trace.deeper(p, 2 * p.levels + 8),
                                                    [(0, False), (1, False)])]
         first, later = per[0], per[-1]
         needed = sum(s.consumed for s in run) if len(run) == T else first + (T - 1) * later

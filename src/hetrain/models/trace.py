@@ -52,7 +52,8 @@ Levels = tuple  # ((name, (level of each ciphertext, ...)), ...) sorted by name
 
 class TraceEngine(SimEngine):
     """The INSECURE simulation engine on zeros, with a Galois key for every step: it records the
-    rotation steps a circuit uses (``used_steps``) instead of requiring them."""
+    rotation steps a circuit uses (``used_steps``, signed: a step past half the slots is the right
+    rotation it is, e.g. -1 for slots - 1) instead of requiring them."""
 
     backend_name = "trace-INSECURE"
 
@@ -68,11 +69,10 @@ class TraceEngine(SimEngine):
 
     def rotate(self, a, step):
         s = self.normalize_step(step)
-        if s and s not in self.rotation_steps:
-            self.used_steps.add(s)
-            self.rotation_steps = self.rotation_steps | {s}
-        elif s:
-            self.used_steps.add(s)
+        if s:
+            self.used_steps.add(s if s <= self.slots // 2 else s - self.slots)
+            if s not in self.rotation_steps:
+                self.rotation_steps = self.rotation_steps | {s}
         return super().rotate(a, step)
 
 
