@@ -79,6 +79,9 @@ class Plan:
     refreshed_iteration_fits: bool = True
     # operation kind -> count of the whole planned run, traced (None: not traced, or it does not fit one chain)
     ops: dict | None = None
+    # levels each iteration of the planned run consumes from a fresh state, traced (the lowest state
+    # ciphertext's drop; as far as they fit one chain)
+    chain_levels: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def levels_per_later_iteration(self) -> int:

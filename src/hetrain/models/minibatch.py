@@ -108,7 +108,7 @@ class MiniBatchMLR(Trainer):
         one class (a step's depth does not depend on the shapes); more than any preset has when it does
         not fit even there."""
         deepest = max(PRESETS.values(), key=lambda p: (p.levels, p.poly_modulus_degree))
-        s = trace.step(self, (self.config["batch_size"], 1, 1), deepest, None, 0)
+        s = trace.step(self, (self.config["batch_size"], 1, 1), deepest, None, "depth")
         return s.consumed if s.fits else deepest.levels + 1
 
     def packing(self, d: int, c: int, slots: int) -> BlockedPacking:
@@ -125,8 +125,10 @@ class MiniBatchMLR(Trainer):
         shape = (self.config["batch_size"], n_features, n_classes)
         run = trace.chain(self, shape, p, [0] * (p.levels + 1))
         fit = len(run)
-        one = run[0] if run else trace.step(self, shape, trace.deeper(p, 2 * p.levels + 8), None, 0)
-        per = one.consumed if one.fits else self.levels_per_step
+        one = trace.step(self, shape, p, None, "depth")  # the step's own depth (the batch at the top)
+        if not one.fits:
+            one = trace.deep_step(self, shape, p, None, "depth")
+        per = one.consumed
         steps = self.config["epochs"] * len(self.batches_of(n_samples))
         notes = [f"layout {packing.describe()}", f"{per} levels per step (traced), {fit} step(s) between refreshes",
                  f"{steps} steps = {self.config['epochs']} epochs x {len(self.batches_of(n_samples))} batches"]
@@ -139,7 +141,8 @@ class MiniBatchMLR(Trainer):
                     n_input_ciphertexts=len(self.batches_of(n_samples)) * (2 * packing.n_groups * packing.n_fblocks
                                                                            + packing.n_groups)
                     + len(self.state_names) * packing.n_fblocks,
-                    notes=notes, ops={k: v * steps for k, v in one.ops.items()})
+                    notes=notes, ops={k: v * steps for k, v in one.ops.items()},
+                    chain_levels=[s.consumed for s in run[:steps]])
 
     # ------------------------------------------------------------------ tracing (models/trace.py)
     def trace_key(self):
@@ -147,11 +150,13 @@ class MiniBatchMLR(Trainer):
         return (c["sigmoid"], c["batch_size"], self.beta > 0, c["weight_decay"] > 0)
 
     def trace_flavor(self, t: int):
-        return 0  # every step is the same circuit
+        """Every step is the same circuit: 0, on the batch at the levels the client encrypts it
+        (``data_levels``); "depth" (``levels_per_step``): on a batch at the top."""
+        return 0
 
     def trace_setup(self, engine, n: int, d: int, c: int):
-        """One batch of zeros (at the top: the client's lower levels only skip levels a step does not
-        reach) and the fresh state W (and D) at the top."""
+        """One batch of zeros at the top (``trace_iteration`` lowers it where the client encrypts it)
+        and the fresh state W (and D) at the top."""
         packing = self.packing(d, c, engine.slots)
         rows = min(n, self.config["batch_size"])
         Xb = np.zeros((rows, d + 1))
@@ -163,6 +168,10 @@ class MiniBatchMLR(Trainer):
 
     def trace_iteration(self, engine, ctx, state, flavor):
         packing, batch = ctx
+        if flavor != "depth":
+            lx, lt = self.data_levels(engine.max_level)
+            batch = Batch(*([engine.drop_to_level(ct, lv) for ct in cts]
+                            for cts, lv in ((batch.X, lx), (batch.Xt, lt), (batch.Ym, lt))))
         return self.step(engine, packing, state, batch)
 
     # ------------------------------------------------------------------ client side (plaintext)

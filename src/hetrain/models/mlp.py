@@ -225,7 +225,7 @@ class MLPTrainer(Trainer):
         # second and later ones carry the momentum level, so checking the first one (μ_0 = 0) is not enough
         refreshed_fits = T <= fit or later.fits
         if not later.fits:  # its cost on a deeper chain of the same ring, for the plan's figures
-            later = trace.step(self, shape, trace.deeper(p, 4 * p.levels + 8), None, later_flavor)
+            later = trace.deep_step(self, shape, p, None, later_flavor)
         first = run[0].consumed if run else later.consumed
         per_it = later.consumed
         needed = sum(s.consumed for s in run[:T]) if fit >= T else sum(s.consumed for s in run) + (T - fit) * per_it
@@ -242,7 +242,7 @@ class MLPTrainer(Trainer):
         return Plan(levels_needed=needed, levels_available=p.levels, rotation_steps=sorted(steps),
                     iterations=T, iterations_that_fit=fit,
                     levels_per_iteration=trace.per_iteration(first, per_it), n_input_ciphertexts=n_in, notes=notes,
-                    refreshed_iteration_fits=refreshed_fits, ops=ops)
+                    refreshed_iteration_fits=refreshed_fits, ops=ops, chain_levels=[s.consumed for s in run[:T]])
 
     # ------------------------------------------------------------------ tracing (models/trace.py)
     def trace_key(self):

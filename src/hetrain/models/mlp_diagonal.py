@@ -125,13 +125,13 @@ class DiagonalMLPTrainer(Trainer):
         run = trace.chain(self, shape, params, [self.trace_flavor(t) for t in range(params.levels + 1)])
         fit = len(run)
         iters = fit if self.iterations is None else int(self.iterations)
-        deep = trace.deeper(params, 4 * params.levels + 16)
-        first = trace.step(self, shape, deep, None, self.trace_flavor(0))
+        deep = trace.deeper(params)
+        first = trace.deep_step(self, shape, params, None, self.trace_flavor(0))
         if iters < 1:
             raise DepthPlanError(f"mlp-diagonal: not even one iteration fits in {params.name} ({params.levels} levels; "
                                  f"the first needs {first.consumed}). Use n16384-deep or larger.")
         # one full iteration from a refreshed state (both weights at the top): the levels it needs
-        full = trace.step(self, shape, deep, self._refreshed(shape, deep), self.trace_flavor(1))
+        full = trace.deep_step(self, shape, params, self._refreshed(shape, deep), self.trace_flavor(1))
         if fit >= iters:
             need = sum(s.consumed for s in run[:iters])
         else:  # the whole run in one chain (how far it is from fitting): on the deeper chain, then per iteration
@@ -147,7 +147,8 @@ class DiagonalMLPTrainer(Trainer):
                     [f"batch {layout.batch} samples x {layout.block} slots; W1 {len(b1.offsets)} diagonals, "
                      f"W2 {len(b2.offsets)} diagonals; {full.consumed} levels per full iteration, the first costs "
                      f"{first.consumed} (traced)"],
-                    ops=trace.add_ops(*(s.ops for s in run[:iters])) if fit >= iters else None)
+                    ops=trace.add_ops(*(s.ops for s in run[:iters])) if fit >= iters else None,
+                    chain_levels=[s.consumed for s in run[:iters]])
 
     # ------------------------------------------------------------------ tracing (models/trace.py)
     def trace_key(self):

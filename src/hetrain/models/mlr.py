@@ -96,7 +96,7 @@ class MLRTrainer(Trainer):
         per = [s.consumed for s in probe]
         if len(per) < 2:  # not even a second iteration fits: trace its cost on a deeper chain of the same ring
             two = MLRTrainer(**{**self.config, "iterations": max(T, 2)})
-            per = [s.consumed for s in trace.chain(two, shape, trace.deeper(p, 2 * p.levels + 8),
+            per = [s.consumed for s in trace.chain(two, shape, trace.deeper(p),
                                                    [(0, False), (1, False)])]
         first, later = per[0], per[-1]
         needed = sum(s.consumed for s in run) if len(run) == T else first + (T - 1) * later
@@ -111,7 +111,8 @@ class MLRTrainer(Trainer):
                     sorted(packing.rotation_steps()),
                     iterations=T, iterations_that_fit=fit,
                     levels_per_iteration=trace.per_iteration(first, later), n_input_ciphertexts=n_in, notes=notes,
-                    ops=trace.add_ops(*(s.ops for s in run)) if len(run) == T else None)
+                    ops=trace.add_ops(*(s.ops for s in run)) if len(run) == T else None,
+                    chain_levels=[s.consumed for s in run])
 
     # ------------------------------------------------------------------ tracing (models/trace.py)
     def trace_key(self):

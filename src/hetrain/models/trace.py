@@ -173,12 +173,27 @@ def per_iteration(first: int, later: int) -> dict[str, int]:
     return {"iteration 1": int(first), "each later iteration": int(later)}
 
 
-def deeper(params: CKKSParams, levels: int) -> CKKSParams:
+DEEPER_LEVELS = 256  # the chain of ``deeper``: far more than any iteration of these trainers needs
+
+
+def deeper(params: CKKSParams, levels: int = DEEPER_LEVELS) -> CKKSParams:
     """``params`` with ``levels`` levels (the same ring, slots and scale): for tracing only, to measure
     the cost of an iteration that does not fit ``params`` itself."""
     mid = params.coeff_bits[1] if params.levels else params.scale_bits
     return dataclasses.replace(params, coeff_bits=(params.coeff_bits[0],) + (mid,) * int(levels)
                                + (params.coeff_bits[-1],), name=f"{params.name}-traced-deeper")
+
+
+def deep_step(trainer, shape: Sequence[int], params, levels: Levels | None, flavor: Hashable) -> StepTrace:
+    """``step`` on ``deeper(params)``: what an iteration costs when it does not fit ``params``. Raises
+    DepthPlanError when it does not fit even there."""
+    from .base import DepthPlanError
+
+    s = step(trainer, shape, deeper(params), levels, flavor)
+    if not s.fits:
+        raise DepthPlanError(f"one {trainer.name} iteration needs more than {DEEPER_LEVELS} levels: use smaller "
+                             "layers or lower-degree polynomials")
+    return s
 
 
 def clear_cache() -> None:
