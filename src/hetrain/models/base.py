@@ -77,7 +77,8 @@ class Plan:
     # False when the first iteration fits one chain but a later one does not fit even from a refreshed,
     # top-level state (mlp-dvr with Nesterov: its momentum level is spent from the second iteration on)
     refreshed_iteration_fits: bool = True
-    # operation kind -> count of the whole planned run, traced (None: not traced, or it does not fit one chain)
+    # operation kind -> count of the whole planned run's server iterations, traced (placement kinds such
+    # as encrypt and mod_switch left out); None: not traced, or a run without refresh that cannot run
     ops: dict | None = None
     # levels each iteration of the planned run consumes from a fresh state, traced (the lowest state
     # ciphertext's drop; as far as they fit one chain)

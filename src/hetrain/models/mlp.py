@@ -238,7 +238,8 @@ class MLPTrainer(Trainer):
         if len(batches) > 1:
             notes.append(f"mini-batches of {len(batches[0])} data ciphertext group(s) ({len(batches[0]) * lay.S} rows), "
                          f"{len(batches)} per epoch")
-        ops = trace.add_ops(*(s.ops for s in run[:T])) if fit >= T else None
+        # the whole run's operations: refreshes add none, so iterations past the chain cost a refreshed one's
+        ops = trace.add_ops(*(s.ops for s in run[:T]), *([later.ops] * max(0, T - fit)))
         return Plan(levels_needed=needed, levels_available=p.levels, rotation_steps=sorted(steps),
                     iterations=T, iterations_that_fit=fit,
                     levels_per_iteration=trace.per_iteration(first, per_it), n_input_ciphertexts=n_in, notes=notes,

@@ -147,7 +147,8 @@ class DiagonalMLPTrainer(Trainer):
                     [f"batch {layout.batch} samples x {layout.block} slots; W1 {len(b1.offsets)} diagonals, "
                      f"W2 {len(b2.offsets)} diagonals; {full.consumed} levels per full iteration, the first costs "
                      f"{first.consumed} (traced)"],
-                    ops=trace.add_ops(*(s.ops for s in run[:iters])) if fit >= iters else None,
+                    # refreshes add no operation: iterations past the chain cost a full one's
+                    ops=trace.add_ops(*(s.ops for s in run[:iters]), *([full.ops] * max(0, iters - fit))),
                     chain_levels=[s.consumed for s in run[:iters]])
 
     # ------------------------------------------------------------------ tracing (models/trace.py)
