@@ -195,8 +195,8 @@ class Trainer(abc.ABC):
     def plan(self, n_samples: int, n_features: int, n_classes: int, params: CKKSParams) -> Plan:
         """What training ``n_samples`` rows of ``n_features`` features into ``n_classes`` classes
         needs under ``params``: levels, rotation steps (Galois keys), iterations that fit, input
-        ciphertexts. Runs on the client before any key is made; pure arithmetic on the shapes (no
-        data). Raises a LayoutError (circuits.errors) or the trainer's config error when the shapes
+        ciphertexts. Runs on the client before any key is made, on the shapes only (no data): the
+        built-in trainers trace their own server iteration on zeros (models/trace.py). Raises a LayoutError (circuits.errors) or the trainer's config error when the shapes
         do not fit its packing; a plan that does not fit the levels is returned, not raised
         (``Plan.check`` raises DepthPlanError)."""
 
@@ -257,6 +257,27 @@ class Trainer(abc.ABC):
         """Per-class scores, shape (n_samples, n_classes) float64, of the plaintext model ``weights``
         (``client_decrypt``'s or ``twin``'s) on preprocessed ``X`` (n_samples, n_features); the
         predicted class is the argmax of a row."""
+
+    # ------------------------------------------------------------------ tracing (models/trace.py)
+    # A trainer whose ``plan`` is traced implements these four; the plan and the server's "refresh now?"
+    # then come from running ``trace_iteration`` (the function ``server_train`` loops over) on zeros.
+    def trace_key(self):
+        """Hashable: the config entries that shape the circuit (not values it computes on); part of the
+        trace cache's key."""
+        raise NotImplementedError(f"{self.name} is not traced")
+
+    def trace_setup(self, engine: Engine, n: int, d: int, c: int):
+        """(ctx, state): the server's fixed inputs for ``n`` rows, ``d`` features, ``c`` classes, zeros
+        packed as ``client_encrypt`` packs them, and the fresh state (name -> list of ciphertexts)."""
+        raise NotImplementedError(f"{self.name} is not traced")
+
+    def trace_flavor(self, t: int, *args):
+        """Hashable: what distinguishes iteration ``t``'s circuit from the others'."""
+        raise NotImplementedError(f"{self.name} is not traced")
+
+    def trace_iteration(self, engine: Engine, ctx, state: dict, flavor) -> dict:
+        """One server iteration of ``flavor`` on ``state``: the next state (same names as it holds)."""
+        raise NotImplementedError(f"{self.name} is not traced")
 
     def weight_shapes(self, n_features: int, n_classes: int) -> dict[str, tuple[int, ...]] | None:
         """Name -> shape of every released weight array for this config, or None (not declared: a

@@ -23,7 +23,8 @@ masks (plaintexts, no level). The client permutes the rows (``seed``) before enc
 class-sorted file still gives mixed batches; the twin trains on the same permuted rows.
 ``label_smoothing`` s: the client encrypts targets s / 1 − s instead of 0 / 1 (no server change).
 
-Levels per iteration with sigmoid depth D (2 for degree 3), K weight layers:
+Levels per iteration (``plan`` traces them from ``_iteration`` itself, models/trace.py; the count
+below is the explanation, not the planner) with sigmoid depth D (2 for degree 3), K weight layers:
 forward K·(1 + D), output error 0, backward 2 per layer above the first (product + σ'),
 gradient 1, update 0, momentum 1 (not in the first iteration, where μ_0 = 0). Two hidden layers
 with degree 3: 14 (+1) levels, so one iteration fits n32768 (19 levels); one hidden layer: 9,

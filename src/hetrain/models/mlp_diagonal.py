@@ -3,7 +3,8 @@
 Layout and circuits: hetrain.circuits.diagonal. Arithmetic (learning rates and the output slope are
 folded into the data, so they cost no level): hetrain.models.mlp_diagonal_twin.
 
-Levels per iteration (ℓ1, ℓ2: levels of the W1 and W2 diagonals; d = depth of the hidden sigmoid):
+Levels per iteration (``plan`` traces them from ``_iteration`` itself, models/trace.py; ℓ1, ℓ2: levels of
+the W1 and W2 diagonals; d = depth of the hidden sigmoid):
     z1 = Σ D1_t ⊙ x̂_t                      ℓ1 − 1
     â = σ_h(z1) (odd part + masked constant)  ℓ1 − 1 − d
     z2 = Σ D2_t ⊙ rot(â, t), δ2 = z2 + o0 − y  m2 = min(ℓ2, ℓ1 − 1 − d) − 1   (output σ is linear: no level)

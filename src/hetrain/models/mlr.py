@@ -12,7 +12,7 @@ standardised features) gives 0.719 / 0.750 / 0.766 held-out accuracy after 1 / 2
 "none" ×4, but 0.719 / 0.719 / 0.750 with the published Nesterov start (η₀ ≈ 0.99 pulls the
 look-ahead point back to ≈ 0 after the first step, so iteration 2 is almost wasted).
 
-Levels: W₀ = 0 makes the first forward pass public (σ̃(0) = c₀), so iteration 1 costs only the
+Levels (``plan`` traces them from ``_iteration`` itself, models/trace.py): W₀ = 0 makes the first forward pass public (σ̃(0) = c₀), so iteration 1 costs only the
 gradient product (1 level); every later one costs forward (1) + sigmoid (its depth, 2 for degree 3,
 with the layout's mask folded into the coefficients) + gradient (1). All scalars (B̄, step sizes,
 Nesterov factors) are folded: B̄ into the uploaded X̃ = X·diag(B̄), the look-ahead scale into the
