@@ -109,7 +109,8 @@ def _diag_iteration(preset, transpose, Xs, Y, repeats):
         times.append(t2 - t1)
         ops.append({k: s2.get(k, 0) - s1.get(k, 0) for k in HEAVY})
     # levels of a full iteration from weights at the same level (iteration 2 starts lower), traced
-    levels = T.plan(len(Xs), Xs.shape[1], Y.shape[1], ckks.get_params(preset)).levels_per_iteration["each later iteration"]
+    plan = T.plan(len(Xs), Xs.shape[1], Y.shape[1], ckks.get_params(preset))
+    levels = plan.levels_per_iteration["each later iteration"]
     return dict(times=times, ops=ops, levels=levels, keys=len(eng.rotation_steps), secure=eng.secure)
 
 

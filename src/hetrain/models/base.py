@@ -196,9 +196,10 @@ class Trainer(abc.ABC):
         """What training ``n_samples`` rows of ``n_features`` features into ``n_classes`` classes
         needs under ``params``: levels, rotation steps (Galois keys), iterations that fit, input
         ciphertexts. Runs on the client before any key is made, on the shapes only (no data): the
-        built-in trainers trace their own server iteration on zeros (models/trace.py). Raises a LayoutError (circuits.errors) or the trainer's config error when the shapes
-        do not fit its packing; a plan that does not fit the levels is returned, not raised
-        (``Plan.check`` raises DepthPlanError)."""
+        built-in trainers trace their own server iteration on zeros (models/trace.py). Raises a
+        LayoutError (circuits.errors) or the trainer's config error when the shapes do not fit its
+        packing; a plan that does not fit the levels is returned, not raised (``Plan.check`` raises
+        DepthPlanError)."""
 
     @abc.abstractmethod
     def client_encrypt(self, engine: Engine, X: np.ndarray, Y: np.ndarray, *,

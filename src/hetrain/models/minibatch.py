@@ -163,7 +163,8 @@ class MiniBatchMLR(Trainer):
         batch = Batch([engine.encrypt(v) for v in packing.pack_forward_data(Xb)],
                       [engine.encrypt(v) for v in packing.pack_gradient_data(Xb)],
                       [engine.encrypt(v) for v in packing.pack_labels(np.zeros((rows, c)))])
-        state = {name: [engine.encrypt(v) for v in self.initial_weights(d, c, engine.slots)] for name in self.state_names}
+        W = self.initial_weights(d, c, engine.slots)
+        state = {name: [engine.encrypt(v) for v in W] for name in self.state_names}
         return (packing, batch), state
 
     def trace_iteration(self, engine, ctx, state, flavor):

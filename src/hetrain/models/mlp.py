@@ -264,8 +264,8 @@ class MLPTrainer(Trainer):
         sizes = self.sizes(d, c)
         X = [engine.encrypt(0.0) for _ in range(lay.groups * lay.feature_blocks)]
         Y = [engine.encrypt(0.0) for _ in range(lay.groups)]
-        W = {k: [engine.encrypt(v) for v in vecs]
-             for k, vecs in self._pack_params(lay, {k: np.zeros(s) for k, s in self.weight_shapes(d, c).items()}).items()}
+        zeros = {k: np.zeros(s) for k, s in self.weight_shapes(d, c).items()}
+        W = {k: [engine.encrypt(v) for v in vecs] for k, vecs in self._pack_params(lay, zeros).items()}
         ctx = self._context(lay, sizes, X, Y)
         return ctx, {**W, **{f"v_{k}": v for k, v in W.items()}}
 

@@ -12,7 +12,8 @@ standardised features) gives 0.719 / 0.750 / 0.766 held-out accuracy after 1 / 2
 "none" ×4, but 0.719 / 0.719 / 0.750 with the published Nesterov start (η₀ ≈ 0.99 pulls the
 look-ahead point back to ≈ 0 after the first step, so iteration 2 is almost wasted).
 
-Levels (``plan`` traces them from ``_iteration`` itself, models/trace.py): W₀ = 0 makes the first forward pass public (σ̃(0) = c₀), so iteration 1 costs only the
+Levels (``plan`` traces them from ``_iteration`` itself, models/trace.py): W₀ = 0 makes the first
+forward pass public (σ̃(0) = c₀), so iteration 1 costs only the
 gradient product (1 level); every later one costs forward (1) + sigmoid (its depth, 2 for degree 3,
 with the layout's mask folded into the coefficients) + gradient (1). All scalars (B̄, step sizes,
 Nesterov factors) are folded: B̄ into the uploaded X̃ = X·diag(B̄), the look-ahead scale into the
@@ -37,7 +38,7 @@ from hetrain.ckks import PlainVector, get_params
 from hetrain.errors import DataError, HetrainUserError
 
 from . import trace
-from .base import check_training_arrays, DepthPlanError, Plan, Trainer, register
+from .base import check_training_arrays, Plan, Trainer, register
 from .mlr_twin import Schedule, add_bias, quadratic_gradient_diag, twin
 
 CIRCUITS = {"blocked": blocked_matmul, "volley-revolver": volley_revolver}
@@ -127,9 +128,10 @@ class MLRTrainer(Trainer):
         """Zeros packed as ``client_encrypt`` packs them (X one level below the top); the state: Y."""
         packing = self.packing(n, d + 1, c, engine.slots)
         top = engine.max_level
+        Xb = np.zeros((n, d + 1))
         ctx = self._context(engine, packing, n,
-                            [engine.encrypt(v, level=max(top - 1, 0)) for v in packing.pack_forward_data(np.zeros((n, d + 1)))],
-                            [engine.encrypt(v, level=top) for v in packing.pack_gradient_data(np.zeros((n, d + 1)))])
+                            [engine.encrypt(v, level=max(top - 1, 0)) for v in packing.pack_forward_data(Xb)],
+                            [engine.encrypt(v, level=top) for v in packing.pack_gradient_data(Xb)])
         return ctx, {"Y": [engine.encrypt(v, level=top) for v in packing.pack_labels(np.zeros((n, c)))]}
 
     def trace_iteration(self, engine, ctx, state, flavor):
