@@ -56,7 +56,6 @@ from hetrain import ckks
 from hetrain.circuits import diagonal as dg
 from hetrain.circuits import rowmajor as rmj
 from hetrain.models.base import get_trainer
-from hetrain.models.mlp_diagonal import level_schedule
 from hetrain.models.mlp_diagonal_twin import Scales, init_hidden, scaled_step
 from hetrain.protocol import fit
 from hetrain.protocol.preprocess import Preprocessor
@@ -109,8 +108,9 @@ def _diag_iteration(preset, transpose, Xs, Y, repeats):
         (t1, s1), (t2, s2) = marks[1], marks[2]
         times.append(t2 - t1)
         ops.append({k: s2.get(k, 0) - s1.get(k, 0) for k in HEAVY})
-    ds, dd = T._depths()  # levels of a full iteration from weights at the same level (iteration 2 starts lower)
-    levels = next(L for L in range(1, 100) if level_schedule(L, 1, ds, dd, transpose == "repacked", start=1))
+    # levels of a full iteration from weights at the same level (iteration 2 starts lower), traced
+    plan = T.plan(len(Xs), Xs.shape[1], Y.shape[1], ckks.get_params(preset))
+    levels = plan.levels_per_iteration["each later iteration"]
     return dict(times=times, ops=ops, levels=levels, keys=len(eng.rotation_steps), secure=eng.secure)
 
 

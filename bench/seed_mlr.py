@@ -82,11 +82,12 @@ def serve(jobdir: str) -> None:
 # ---------------------------------------------------------------- client process
 def client(iterations: int, preset: str | None, layout: str, momentum: str) -> dict:
     from hetrain import ckks
+    from hetrain.models.base import choose_preset
     from hetrain.models.mlr import MLRTrainer
 
     Xtr, Ytr, Xte, yte, _ = load_seed()
     tr = MLRTrainer(iterations=iterations, layout=layout, momentum=momentum)
-    preset = preset or tr.recommend_preset(*Xtr.shape, 10)
+    preset = preset or choose_preset(tr, *Xtr.shape, 10).name
     plan = tr.plan(*Xtr.shape, 10, preset)
     plan.check(ckks.get_params(preset))
     t0 = time.perf_counter()

@@ -56,7 +56,7 @@ def test_sim_matches_twin(hidden, preset):
     # training moved the weights (the comparison is not trivially between two initial states)
     assert max_diff(twin, tr.initial_weights(8, 3)) > 1e-2
     # the plan's level accounting is the circuit's
-    assert min(ct.level for v in out.values() for ct in v) == tr.iteration_levels(eng.max_level, eng.max_level, False)
+    assert eng.max_level - min(ct.level for v in out.values() for ct in v) == plan.levels_needed
 
 
 def test_several_groups_padding_and_feature_blocks():
@@ -131,8 +131,10 @@ def test_plan_levels_and_rotation_keys():
     p = ckks.get_params("n32768")
     plan = tr.plan(128, 400, 10, p)
     assert plan.fits and plan.levels_needed == 14 and plan.iterations_that_fit == 1
-    lv = plan.levels_per_iteration
-    assert lv["activation1"] == 2 and lv["backward_layer3"] == 2 and lv["gradient"] == 1
+    # traced: forward 3 x (1 + 2), backward 2 x 2, gradient 1; Nesterov's product from the second iteration
+    assert plan.levels_per_iteration == {"iteration 1": 14, "each later iteration": 14}
+    assert MLPTrainer(hidden=[32, 16], iterations=2).plan(128, 400, 10, p).levels_per_iteration == {
+        "iteration 1": 14, "each later iteration": 15}
     # powers of two below 16384 plus the two replication shifts: 16 Galois keys
     assert len(plan.rotation_steps) == 16
     with pytest.raises(DepthPlanError, match="1 iteration"):
@@ -179,7 +181,7 @@ def test_bad_data():
     Xn[0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
         tr.client_encrypt(eng, Xn, Y)
-    with pytest.raises(DataError, match="n x d"):
+    with pytest.raises(DataError, match="n × d"):
         tr.client_encrypt(eng, X[:5], Y)
     with pytest.raises(DataError, match="one-hot"):
         tr.client_encrypt(eng, X, Y * 2)

@@ -6,7 +6,8 @@ from hetrain import ckks
 from hetrain.circuits.approx import get_sigmoid
 from hetrain.errors import DataError, HetrainUserError
 from hetrain.models.base import DepthPlanError, get_trainer
-from hetrain.models.mlr import MLRTrainer, levels_needed
+from hetrain.models.base import choose_preset
+from hetrain.models.mlr import MLRTrainer
 from hetrain.models.mlr_twin import Schedule, add_bias, reference_ascent, twin
 
 
@@ -63,7 +64,7 @@ def test_planned_levels_equal_levels_consumed(T):
     tr = MLRTrainer(iterations=T)
     plan = tr.plan(40, 7, 3, "n16384-deep")
     top, out_level = _levels(tr, X, Y)
-    assert plan.levels_needed == levels_needed(T, 2) == 1 + 4 * (T - 1)
+    assert plan.levels_needed == 1 + 4 * (T - 1)  # traced: the first gradient, then forward + sigmoid + gradient
     # the client encrypts one level above what the schedule consumes when the preset has it (the level
     # that scoring queries against the encrypted model needs), and the schedule consumes the rest
     spare = min(1, ckks.get_params("n16384-deep").levels - plan.levels_needed)
@@ -81,10 +82,11 @@ def _levels(trainer, X, Y, preset="n16384-deep"):
 
 def test_one_more_iteration_consumes_exactly_the_planned_levels_per_iteration():
     X, Y, _ = _blobs(n=40, d=7)
-    per_iter = sum(MLRTrainer().plan(40, 7, 3, "n32768").levels_per_iteration.values())
+    per_iter = MLRTrainer().plan(40, 7, 3, "n32768").levels_per_later_iteration
     consumed = [top - out for top, out in (_levels(MLRTrainer(iterations=T, sigmoid="deg5:8"), X, Y, "n32768")
                                            for T in (2, 3))]
     assert consumed[1] - consumed[0] == 2 + 3 == per_iter + 1  # degree 5 costs one level more than degree 3
+    assert MLRTrainer(sigmoid="deg5:8").plan(40, 7, 3, "n32768").levels_per_later_iteration == consumed[1] - consumed[0]
 
 
 def test_depth_that_does_not_fit_is_refused_before_any_work():
@@ -102,11 +104,12 @@ def test_depth_that_does_not_fit_is_refused_before_any_work():
 
 
 def test_recommended_preset():
-    assert MLRTrainer(iterations=2).recommend_preset(128, 400, 10) == "n16384"
-    assert MLRTrainer(iterations=3).recommend_preset(128, 400, 10) == "n16384-deep"
-    assert MLRTrainer(iterations=5).recommend_preset(128, 400, 10) == "n32768"
-    with pytest.raises(DepthPlanError, match="fits 5"):
-        MLRTrainer(iterations=9).recommend_preset(128, 400, 10)
+    assert choose_preset(MLRTrainer(iterations=2), 128, 400, 10).name == "n16384"
+    assert choose_preset(MLRTrainer(iterations=3), 128, 400, 10).name == "n16384-deep"
+    assert choose_preset(MLRTrainer(iterations=5), 128, 400, 10).name == "n32768"
+    largest = choose_preset(MLRTrainer(iterations=9), 128, 400, 10)  # none fits: the largest, whose check explains
+    with pytest.raises(DepthPlanError, match=r"5 iteration\(s\) fit"):
+        MLRTrainer(iterations=9).plan(128, 400, 10, largest).check(largest)
 
 
 def test_sigmoid_inputs_outside_the_interval_are_refused_by_the_client():

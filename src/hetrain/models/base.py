@@ -70,12 +70,24 @@ class Plan:
     rotation_steps: list[int]
     iterations: int
     iterations_that_fit: int
-    levels_per_iteration: dict[str, int]  # part name -> levels, e.g. {"forward": 3, "sigmoid": 2, ...}
+    # iteration -> levels it consumes, traced (models/trace.py): {"iteration 1": 1, "each later iteration": 4}
+    levels_per_iteration: dict[str, int]
     n_input_ciphertexts: int
     notes: list[str] = dataclasses.field(default_factory=list)
     # False when the first iteration fits one chain but a later one does not fit even from a refreshed,
     # top-level state (mlp-dvr with Nesterov: its momentum level is spent from the second iteration on)
     refreshed_iteration_fits: bool = True
+    # operation kind -> count of the whole planned run's server iterations, traced (placement kinds such
+    # as encrypt and mod_switch left out); None: not traced, or a run without refresh that cannot run
+    ops: dict | None = None
+    # levels each iteration of the planned run consumes from a fresh state, traced (the lowest state
+    # ciphertext's drop; as far as they fit one chain)
+    chain_levels: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def levels_per_later_iteration(self) -> int:
+        """Levels one iteration after the first consumes (the most any iteration does)."""
+        return max(self.levels_per_iteration.values(), default=0)
 
     @property
     def fits(self) -> bool:
@@ -112,6 +124,34 @@ class Plan:
         exc = DepthPlanError(f"{facts} Hint: {hint}.")
         exc.facts = facts
         raise exc
+
+
+def presets_by_size() -> list[CKKSParams]:
+    """The presets a search may choose (``hetrain.ckks.PRESETS``, never the INSECURE test ones), smallest
+    first: ring degree, then levels."""
+    from hetrain.ckks import PRESETS
+
+    return sorted(PRESETS.values(), key=lambda p: (p.poly_modulus_degree, p.levels))
+
+
+def choose_preset(trainer, n: int, d: int, c: int, refresh: bool = False) -> CKKSParams:
+    """The smallest preset (ring degree, then levels; ``hetrain.ckks.PRESETS``, never the INSECURE test
+    ones) on which the trainer's plan fits: every iteration in one chain, or with ``refresh`` one
+    iteration between two refreshes. The one preset search (``protocol.planning`` re-exports it).
+
+    ``n``, ``d``, ``c``: rows, features and classes of the training data. Returns the CKKSParams; without
+    ``refresh`` and when no preset fits, the largest (its ``plan.check`` explains how many iterations
+    fit and what would). Raises DepthPlanError when, with ``refresh``, not even one iteration fits any."""
+    for p in presets_by_size():
+        try:
+            plan = trainer.plan(n, d, c, p)
+        except HetrainUserError:  # e.g. the data does not fit this ring's slots
+            continue
+        if plan.fits_with_refresh() if refresh else plan.fits:
+            return p
+    if refresh:
+        raise DepthPlanError(f"not even one {trainer.name} iteration fits in any preset")
+    return presets_by_size()[-1]
 
 
 SERVER_HOOKS = frozenset({"refresh", "monitor", "checkpoint", "executor"})
@@ -155,10 +195,11 @@ class Trainer(abc.ABC):
     def plan(self, n_samples: int, n_features: int, n_classes: int, params: CKKSParams) -> Plan:
         """What training ``n_samples`` rows of ``n_features`` features into ``n_classes`` classes
         needs under ``params``: levels, rotation steps (Galois keys), iterations that fit, input
-        ciphertexts. Runs on the client before any key is made; pure arithmetic on the shapes (no
-        data). Raises a LayoutError (circuits.errors) or the trainer's config error when the shapes
-        do not fit its packing; a plan that does not fit the levels is returned, not raised
-        (``Plan.check`` raises DepthPlanError)."""
+        ciphertexts. Runs on the client before any key is made, on the shapes only (no data): the
+        built-in trainers trace their own server iteration on zeros (models/trace.py). Raises a
+        LayoutError (circuits.errors) or the trainer's config error when the shapes do not fit its
+        packing; a plan that does not fit the levels is returned, not raised (``Plan.check`` raises
+        DepthPlanError)."""
 
     @abc.abstractmethod
     def client_encrypt(self, engine: Engine, X: np.ndarray, Y: np.ndarray, *,
@@ -218,24 +259,52 @@ class Trainer(abc.ABC):
         (``client_decrypt``'s or ``twin``'s) on preprocessed ``X`` (n_samples, n_features); the
         predicted class is the argmax of a row."""
 
+    # ------------------------------------------------------------------ tracing (models/trace.py)
+    # A trainer whose ``plan`` is traced implements these four; the plan and the server's "refresh now?"
+    # then come from running ``trace_iteration`` (the function ``server_train`` loops over) on zeros.
+    def trace_key(self):
+        """Hashable: the config entries that shape the circuit (not values it computes on); part of the
+        trace cache's key."""
+        raise NotImplementedError(f"{self.name} is not traced")
+
+    def trace_setup(self, engine: Engine, n: int, d: int, c: int):
+        """(ctx, state): the server's fixed inputs for ``n`` rows, ``d`` features, ``c`` classes, zeros
+        packed as ``client_encrypt`` packs them, and the fresh state (name -> list of ciphertexts)."""
+        raise NotImplementedError(f"{self.name} is not traced")
+
+    def trace_flavor(self, t: int, *args):
+        """Hashable: what distinguishes iteration ``t``'s circuit from the others'."""
+        raise NotImplementedError(f"{self.name} is not traced")
+
+    def trace_iteration(self, engine: Engine, ctx, state: dict, flavor) -> dict:
+        """One server iteration of ``flavor`` on ``state``: the next state (same names as it holds)."""
+        raise NotImplementedError(f"{self.name} is not traced")
+
     def weight_shapes(self, n_features: int, n_classes: int) -> dict[str, tuple[int, ...]] | None:
         """Name -> shape of every released weight array for this config, or None (not declared: a
         model file's weights are then only checked for finiteness). Model files are checked against it."""
         return None
 
 
-def check_training_arrays(X, Y) -> tuple[np.ndarray, np.ndarray]:
-    """X (n x d, finite) and one-hot Y (n x c in {0, 1}) as float64, or a DataError."""
+def check_training_arrays(X, Y, *, trainer: str | None = None, min_features: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The one check of a trainer's training arrays: X (n × d, finite) and one-hot Y (n × c in {0, 1},
+    hence finite), returned as float64 arrays. ``trainer``: named in the messages; ``min_features``:
+    the fewest columns X may have (a trainer that packs features per ciphertext needs at least one).
+
+    Raises DataError (hetrain.errors) naming what is wrong: the shapes, NaN/infinite values in X, or
+    Y not one-hot."""
     from hetrain.errors import DataError
 
+    who = f"{trainer}: " if trainer else ""
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
-    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0:
-        raise DataError(f"X must be n × d and Y n × c with the same n ≥ 1, got {X.shape} and {Y.shape}")
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0 or X.shape[1] < min_features:
+        least = f" and d ≥ {min_features}" if min_features else ""
+        raise DataError(f"{who}X must be n × d and Y n × c with the same n ≥ 1{least}, got {X.shape} and {Y.shape}")
     if not np.all(np.isfinite(X)):
-        raise DataError("X contains NaN or infinite values")
-    if not np.all((Y == 0) | (Y == 1)):
-        raise DataError("Y must be one-hot in {0, 1}")
+        raise DataError(f"{who}X contains NaN or infinite values")
+    if not np.all((Y == 0) | (Y == 1)):  # NaN and ±inf are not 0 or 1 either
+        raise DataError(f"{who}Y must be one-hot in {{0, 1}} (no NaN or infinite values)")
     return X, Y
 
 

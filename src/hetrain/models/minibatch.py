@@ -49,9 +49,10 @@ from hetrain.circuits import blocked_matmul
 from hetrain.circuits.approx import check_interval, get_sigmoid
 from hetrain.circuits.poly import eval_cheb
 from hetrain.circuits.packing import BlockedPacking
-from hetrain.ckks import PlainVector, get_params
+from hetrain.ckks import PRESETS, PlainVector, get_params
 from hetrain.errors import DataError, HetrainUserError
 
+from . import trace
 from .base import check_training_arrays, DepthPlanError, Plan, Trainer, register
 from .mlr_twin import add_bias, quadratic_gradient_diag
 
@@ -103,7 +104,12 @@ class MiniBatchMLR(Trainer):
     # ------------------------------------------------------------------ planning
     @property
     def levels_per_step(self) -> int:
-        return 2 + self.approx.depth
+        """Levels one step consumes, traced (models/trace.py) on the deepest preset with one feature and
+        one class (a step's depth does not depend on the shapes); more than any preset has when it does
+        not fit even there."""
+        deepest = max(PRESETS.values(), key=lambda p: (p.levels, p.poly_modulus_degree))
+        s = trace.step(self, (self.config["batch_size"], 1, 1), deepest, None, "depth")
+        return s.consumed if s.fits else deepest.levels + 1
 
     def packing(self, d: int, c: int, slots: int) -> BlockedPacking:
         return BlockedPacking.choose(self.config["batch_size"], d + 1, c, slots)
@@ -113,22 +119,61 @@ class MiniBatchMLR(Trainer):
         return [np.arange(s, min(s + b, n)) for s in range(0, n, b)]
 
     def plan(self, n_samples: int, n_features: int, n_classes: int, params) -> Plan:
+        """Traced (models/trace.py): steps from a fresh state until one does not fit the levels."""
         p = get_params(params)
-        pk = self.packing(n_features, n_classes, p.slots)
-        per = self.levels_per_step
+        packing = self.packing(n_features, n_classes, p.slots)
+        shape = (self.config["batch_size"], n_features, n_classes)
+        run = trace.chain(self, shape, p, [0] * (p.levels + 1))
+        fit = len(run)
+        one = trace.step(self, shape, p, None, "depth")  # the step's own depth (the batch at the top)
+        if not one.fits:
+            one = trace.deep_step(self, shape, p, None, "depth")
+        per = one.consumed
         steps = self.config["epochs"] * len(self.batches_of(n_samples))
-        fit = p.levels // per
-        notes = [f"layout {pk.describe()}", f"{per} levels per step, {fit} step(s) between refreshes",
+        notes = [f"layout {packing.describe()}", f"{per} levels per step (traced), {fit} step(s) between refreshes",
                  f"{steps} steps = {self.config['epochs']} epochs x {len(self.batches_of(n_samples))} batches"]
         # All steps in one chain need steps x per levels; with a refresh one step must fit
         # (plan.check(params, refresh=True)).
-        return Plan(levels_needed=steps * per, levels_available=p.levels, rotation_steps=sorted(pk.rotation_steps()),
+        return Plan(levels_needed=steps * per, levels_available=p.levels, rotation_steps=sorted(one.rotation_steps),
                     iterations=steps, iterations_that_fit=fit,
-                    levels_per_iteration={"forward": 1, "sigmoid": self.approx.depth, "gradient": 1, "update": 0},
+                    levels_per_iteration=trace.per_iteration(per, per),
                     # per batch X and X̃ (groups x feature blocks each) and Ym (groups); the state W (and D)
-                    n_input_ciphertexts=len(self.batches_of(n_samples)) * (2 * pk.n_groups * pk.n_fblocks + pk.n_groups)
-                    + len(self.state_names) * pk.n_fblocks,
-                    notes=notes)
+                    n_input_ciphertexts=len(self.batches_of(n_samples)) * (2 * packing.n_groups * packing.n_fblocks
+                                                                           + packing.n_groups)
+                    + len(self.state_names) * packing.n_fblocks,
+                    notes=notes, ops={k: v * steps for k, v in one.ops.items()},
+                    chain_levels=[s.consumed for s in run[:steps]])
+
+    # ------------------------------------------------------------------ tracing (models/trace.py)
+    def trace_key(self):
+        c = self.config
+        return (c["sigmoid"], c["batch_size"], self.beta > 0, c["weight_decay"] > 0)
+
+    def trace_flavor(self, t: int):
+        """Every step is the same circuit: 0, on the batch at the levels the client encrypts it
+        (``data_levels``); "depth" (``levels_per_step``): on a batch at the top."""
+        return 0
+
+    def trace_setup(self, engine, n: int, d: int, c: int):
+        """One batch of zeros at the top (``trace_iteration`` lowers it where the client encrypts it)
+        and the fresh state W (and D) at the top."""
+        packing = self.packing(d, c, engine.slots)
+        rows = min(n, self.config["batch_size"])
+        Xb = np.zeros((rows, d + 1))
+        batch = Batch([engine.encrypt(v) for v in packing.pack_forward_data(Xb)],
+                      [engine.encrypt(v) for v in packing.pack_gradient_data(Xb)],
+                      [engine.encrypt(v) for v in packing.pack_labels(np.zeros((rows, c)))])
+        W = self.initial_weights(d, c, engine.slots)
+        state = {name: [engine.encrypt(v) for v in W] for name in self.state_names}
+        return (packing, batch), state
+
+    def trace_iteration(self, engine, ctx, state, flavor):
+        packing, batch = ctx
+        if flavor != "depth":
+            lx, lt = self.data_levels(engine.max_level)
+            batch = Batch(*([engine.drop_to_level(ct, lv) for ct in cts]
+                            for cts, lv in ((batch.X, lx), (batch.Xt, lt), (batch.Ym, lt))))
+        return self.step(engine, packing, state, batch)
 
     # ------------------------------------------------------------------ client side (plaintext)
     def check_data(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
@@ -137,14 +182,14 @@ class MiniBatchMLR(Trainer):
     def plain_batches(self, X, Y, slots: int) -> list[Batch]:
         """The vectors the client encrypts, per mini-batch (also the twin's input)."""
         X, Y = self.check_data(X, Y)
-        pk = self.packing(X.shape[1], Y.shape[1], slots)
-        fmasks = pk.forward_masks()
+        packing = self.packing(X.shape[1], Y.shape[1], slots)
+        fmasks = packing.forward_masks()
         out = []
         for rows in self.batches_of(X.shape[0]):
             Xb = add_bias(X[rows])
             Xt = self.config["learning_rate"] * Xb * quadratic_gradient_diag(Xb)
-            labels = pk.pack_labels(Y[rows])
-            out.append(Batch(pk.pack_forward_data(Xb / self.approx.bound), pk.pack_gradient_data(Xt),
+            labels = packing.pack_labels(Y[rows])
+            out.append(Batch(packing.pack_forward_data(Xb / self.approx.bound), packing.pack_gradient_data(Xt),
                              [y * m for y, m in zip(labels, fmasks)]))
         return out
 
@@ -175,11 +220,11 @@ class MiniBatchMLR(Trainer):
         """The encrypted state between steps: W, and the momentum D when β > 0."""
         return ("W", "D") if self.beta > 0 else ("W",)
 
-    def decay_vectors(self, pk: BlockedPacking) -> list[np.ndarray]:
+    def decay_vectors(self, packing: BlockedPacking) -> list[np.ndarray]:
         """weight_decay on every real non-bias weight slot, 0 on the bias and unused slots (public)."""
-        M = np.full((pk.c, pk.d), self.config["weight_decay"])
+        M = np.full((packing.c, packing.d), self.config["weight_decay"])
         M[:, 0] = 0.0
-        return pk.pack_weights(M)
+        return packing.pack_weights(M)
 
     def unpack(self, vectors, n_features: int, n_classes: int, slots: int) -> np.ndarray:
         return self.packing(n_features, n_classes, slots).unpack_weights(vectors)
@@ -261,14 +306,16 @@ class MiniBatchMLR(Trainer):
             state = {name: list(inputs[name]) for name in self.state_names}
         except KeyError as exc:
             raise DataError(f"encrypted inputs lack {exc}") from None
-        pk = self.packing(d, c, engine.slots)
+        packing = self.packing(d, c, engine.slots)
         total = self.config["epochs"] * nb
-        per = self.levels_per_step
-        if engine.max_level < per:
+        shape = (self.config["batch_size"], d, c)
+        plan = self.plan(self.config["batch_size"] * nb, d, c, engine.params)
+        per = plan.levels_per_later_iteration
+        if plan.iterations_that_fit < 1:
             raise DepthPlanError(f"one step needs {per} levels, parameters {engine.params.name} have {engine.max_level}")
-        if refresh is None and total > engine.max_level // per:
+        if refresh is None and total > plan.iterations_that_fit:
             raise DepthPlanError(f"{total} steps need {total * per} levels without refresh; {engine.params.name} "
-                                 f"fits {engine.max_level // per}: use --refresh client or --refresh bootstrap")
+                                 f"fits {plan.iterations_that_fit}: use --refresh client or --refresh bootstrap")
         start = 0
         saved = checkpoint.load() if checkpoint is not None else None
         if saved is not None:
@@ -278,7 +325,7 @@ class MiniBatchMLR(Trainer):
         stopped, pending, step = False, 0.0, start
         for step in range(start, total):
             epoch, b = divmod(step, nb)
-            if state["W"][0].level < per:
+            if not trace.fits(self, shape, engine.params, state, 0):  # the next step needs a refresh first
                 t0 = time.perf_counter()
                 state = refresh(state, step=step)  # step: steps done (for the client's history)
                 refresh_s.append(time.perf_counter() - t0)
@@ -286,7 +333,7 @@ class MiniBatchMLR(Trainer):
             before.append(pending)
             pending = 0.0
             t0 = time.perf_counter()
-            state = self.step(engine, pk, state, batches[b])
+            state = self.step(engine, packing, state, batches[b])
             step_s.append(time.perf_counter() - t0)
             if checkpoint is not None:
                 checkpoint.save(state, {"step": step + 1})
@@ -295,7 +342,8 @@ class MiniBatchMLR(Trainer):
             if b == nb - 1 and monitor is not None and step + 1 < total:  # the last epoch: on download
                 # the client re-encrypts in the same trip when the next step needs it anyway,
                 # unless the server refreshes by itself (bootstrap)
-                want = refresh is not None and getattr(refresh, "via_client", True) and state["W"][0].level < per
+                want = (refresh is not None and getattr(refresh, "via_client", True)
+                        and not trace.fits(self, shape, engine.params, state, 0))
                 t0 = time.perf_counter()
                 fresh, stopped = monitor.evaluate(state, step + 1, epoch + 1, refresh=want)
                 if fresh is not None:
@@ -310,20 +358,20 @@ class MiniBatchMLR(Trainer):
         return state
 
     # ------------------------------------------------------------------ server side (encrypted)
-    def step(self, engine, pk: BlockedPacking, state: dict, batch: Batch) -> dict:
+    def step(self, engine, packing: BlockedPacking, state: dict, batch: Batch) -> dict:
         """One encrypted step on one batch (see ``twin_update``): the new state, levels_per_step lower.
 
         The decay product W ⊙ decay and β·D are taken at the state's (top) level, so they are
         done long before the gradient arrives and cost no level on the critical path."""
         W = state["W"]
-        fmasks = [PlainVector(m) for m in pk.forward_masks()]
-        t = blocked_matmul.forward(engine, pk, batch.X, W)
+        fmasks = [PlainVector(m) for m in packing.forward_masks()]
+        t = blocked_matmul.forward(engine, packing, batch.X, W)
         cheb = self.approx.unit_cheb()  # the twin's polynomial, in the basis that keeps CKKS precision
         q = [engine.sub(y, eval_cheb(engine, tg, cheb, m)) for y, tg, m in zip(batch.Ym, t, fmasks)]
-        step = blocked_matmul.gradient(engine, pk, blocked_matmul.spread(engine, pk, q), batch.Xt)
+        step = blocked_matmul.gradient(engine, packing, blocked_matmul.spread(engine, packing, q), batch.Xt)
         if self.config["weight_decay"] > 0:
             step = [engine.sub(g, engine.mul_plain(w, PlainVector(m)))
-                    for g, w, m in zip(step, W, self.decay_vectors(pk))]
+                    for g, w, m in zip(step, W, self.decay_vectors(packing))]
         if self.beta > 0:
             D = [engine.add(g, engine.mul_scalar(dd, self.beta)) for g, dd in zip(step, state["D"])]
             return {"W": [engine.add(w, dd) for w, dd in zip(W, D)], "D": D}

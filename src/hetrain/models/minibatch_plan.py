@@ -164,9 +164,9 @@ def rehearse(trainers: list[MiniBatchMLR], X: np.ndarray, Y: np.ndarray, X_val: 
             idx = np.flatnonzero(active)
             T = (Xb @ W[idx].reshape(-1, d + 1).T).reshape(len(Xb), idx.size, c) / bound[idx][None, :, None]
             with np.errstate(invalid="ignore"):
-                pk = np.abs(T).max(axis=(0, 2))
-            peak[idx] = np.maximum(peak[idx], pk)
-            out = ~(pk <= stop_above)
+                reach = np.abs(T).max(axis=(0, 2))
+            peak[idx] = np.maximum(peak[idx], reach)
+            out = ~(reach <= stop_above)
             fits[idx[out]], active[idx[out]], ran[idx[out]] = False, False, epoch
             S = np.empty_like(T)
             pos = {k: i for i, k in enumerate(idx)}
@@ -206,9 +206,9 @@ def estimate_step_seconds(trainer: MiniBatchMLR, d: int, c: int, slots: int) -> 
     """Seconds per step (refresh included) under SEAL at N = 16384 on 2 cores, from the packing's
     rotations, products and refreshed ciphertexts. Calibrated on digits (57 rotations, 40 products,
     5 weight ciphertexts: 1.4 s measured, 1.6 s estimated); rotations dominate (~20 ms each)."""
-    pk = trainer.packing(d, c, slots)
-    cts = pk.n_groups * pk.n_fblocks
-    return 0.02 * pk.rotations_per_iteration() + 0.01 * cts + 0.03 * pk.n_fblocks * len(trainer.state_names)
+    packing = trainer.packing(d, c, slots)
+    cts = packing.n_groups * packing.n_fblocks
+    return 0.02 * packing.rotations_per_iteration() + 0.01 * cts + 0.03 * packing.n_fblocks * len(trainer.state_names)
 
 
 def whitening(X: np.ndarray, shrinkage: float, variance: float = 1.0) -> np.ndarray:

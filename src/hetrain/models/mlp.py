@@ -23,7 +23,8 @@ masks (plaintexts, no level). The client permutes the rows (``seed``) before enc
 class-sorted file still gives mixed batches; the twin trains on the same permuted rows.
 ``label_smoothing`` s: the client encrypts targets s / 1 − s instead of 0 / 1 (no server change).
 
-Levels per iteration with sigmoid depth D (2 for degree 3), K weight layers:
+Levels per iteration (``plan`` traces them from ``_iteration`` itself, models/trace.py; the count
+below is the explanation, not the planner) with sigmoid depth D (2 for degree 3), K weight layers:
 forward K·(1 + D), output error 0, backward 2 per layer above the first (product + σ'),
 gradient 1, update 0, momentum 1 (not in the first iteration, where μ_0 = 0). Two hidden layers
 with degree 3: 14 (+1) levels, so one iteration fits n32768 (19 levels); one hidden layer: 9,
@@ -90,15 +91,14 @@ import numpy as np
 from hetrain.circuits import dvr
 from hetrain.circuits.approx import PolyApprox, get_sigmoid
 from hetrain.circuits.masked_poly import eval_poly_masked
-from hetrain.circuits.poly import poly_depth
 from hetrain.circuits.tasks import run_tasks
 from hetrain.ckks import PlainVector, get_params
 from hetrain.ckks.pow2 import log2_pow2
 from hetrain._format import plain
 from hetrain.errors import DataError, HetrainUserError
 
-from . import mlp_defaults, mlp_twin
-from .base import DepthPlanError, Plan, Trainer, register
+from . import mlp_defaults, mlp_twin, trace
+from .base import DepthPlanError, Plan, Trainer, check_training_arrays, register
 
 DEFAULTS = {"hidden": [32, 16], "iterations": 1, "learning_rate": 2.0, "sigmoid": "published",
             "sigmoid_layers": None, "momentum": "nesterov", "seed": 0, "init_scale": 1.0,
@@ -203,81 +203,79 @@ class MLPTrainer(Trainer):
     def layout(self, n: int, d: int, c: int, slots: int) -> dvr.GridLayout:
         return dvr.GridLayout.choose(slots, n, self.in_width(d), [*self.config["hidden"], c])
 
-    def iteration_levels(self, L: int, top: int, momentum_step: bool) -> int:
-        """Level of the state after one iteration started with state at level L (inputs at ``top``);
-        negative means the iteration does not fit. Mirrors ``_iteration`` operation by operation."""
-        K, D = self.K, [a.depth for a in self.acts]
-        Dd = [poly_depth(a.degree - 1) for a in self.acts]
-        z, zl, dl = top, {0: top}, {}
-        e = None
-        for l in range(1, K + 1):
-            a = min(z, L) - 1
-            if l < K:
-                z, dl[l] = a - D[l - 1], a - Dd[l - 1]
-                zl[l] = z
-            else:
-                e = min(a - D[l - 1], top - 1)
-        delta = {K: e}
-        for l in range(K, 1, -1):
-            back = min(delta[l], L) - 1
-            delta[l - 1] = min(back, dl[l - 1]) - 1
-        new = []
-        for l in range(1, K + 1):
-            g = min(delta[l], zl[l - 1]) - 1
-            new += [min(L, g), min(L, delta[l])]  # weights, bias
-        low = min(new) - (1 if momentum_step else 0)
-        return low
-
-    def levels_per_part(self) -> dict[str, int]:
-        parts = {}
-        for l in range(1, self.K + 1):
-            parts[f"forward_layer{l}"] = 1
-            parts[f"activation{l}"] = self.acts[l - 1].depth
-        parts["output_error"] = 0
-        for l in range(self.K, 1, -1):
-            parts[f"backward_layer{l}"] = 2
-        parts["gradient"] = 1
-        parts["update"] = 0
-        if self.config["momentum"] == "nesterov":
-            parts["momentum"] = 1
-        return parts
-
     def _mus(self) -> list[float]:
         it = self.config["iterations"]
         return mlp_twin.nesterov_mu(it) if self.config["momentum"] == "nesterov" else [0.0] * it
 
     def plan(self, n_samples: int, n_features: int, n_classes: int, params) -> Plan:
+        """Traced (models/trace.py): iterations run on zeros from a fresh state until one does not fit
+        (momentum as scheduled; past ``iterations``, as a longer run would have it); later iterations
+        are what a refreshed (top-level) state costs."""
         p = get_params(params)
         lay = self.layout(n_samples, n_features, n_classes, p.slots)
         batches = self.batches(lay)  # refuses a batch_size that is not a whole number of data ciphertexts
-        top, T, mus = p.levels, self.config["iterations"], self._mus()
-        fit, L, lv = 0, top, []
-        while fit < max(T, 64):  # how many iterations one modulus chain holds (μ_t as scheduled)
-            mu = mus[fit] if fit < T else (0.0 if self.config["momentum"] == "none" else 0.5)
-            nxt = self.iteration_levels(L, top, mu != 0.0)
-            if nxt < 0:
-                break
-            lv.append(L - nxt)
-            fit, L = fit + 1, nxt
-        first = top - self.iteration_levels(top, top, False)
-        later_momentum = self.config["momentum"] == "nesterov" and T > 1
-        per_it = top - self.iteration_levels(top, top, later_momentum)
+        shape = (n_samples, n_features, n_classes)
+        T, mus = self.config["iterations"], self._mus()
+        horizon = max(T, 64)  # how many iterations one modulus chain holds (μ_t as scheduled)
+        run = trace.chain(self, shape, p, [self.trace_flavor(t, mus[t] if t < T else None, batches)
+                                           for t in range(horizon)])
+        fit = len(run)
+        later_flavor = self.trace_flavor(min(1, T - 1), mus[min(1, T - 1)], batches)
+        later = trace.step(self, shape, p, None, later_flavor)
         # with refreshes every iteration must fit from a refreshed (top-level) state; with Nesterov the
         # second and later ones carry the momentum level, so checking the first one (μ_0 = 0) is not enough
-        refreshed_fits = T <= fit or self.iteration_levels(top, top, later_momentum) >= 0
-        needed = sum(lv[:T]) if fit >= T else sum(lv) + (T - fit) * per_it
+        refreshed_fits = T <= fit or later.fits
+        if not later.fits:  # its cost on a deeper chain of the same ring, for the plan's figures
+            later = trace.deep_step(self, shape, p, None, later_flavor)
+        first = run[0].consumed if run else later.consumed
+        per_it = later.consumed
+        needed = sum(s.consumed for s in run[:T]) if fit >= T else sum(s.consumed for s in run) + (T - fit) * per_it
+        steps = set().union(later.rotation_steps, *(s.rotation_steps for s in run))
         n_in = lay.groups * (lay.feature_blocks + 1) + lay.feature_blocks + 1 + 2 * (self.K - 1)
         notes = [f"dvr grid P={lay.P}, {lay.S} samples per ciphertext, {lay.groups} data ciphertext group(s), "
                  f"{lay.feature_blocks} input-feature block(s)",
-                 f"first iteration {first} levels, later ones {per_it} (momentum costs 1 from the second)",
-                 f"~{self.rotations_per_iteration(lay)} rotations per iteration"]
+                 f"first iteration {first} levels, later ones {per_it} (traced; momentum costs 1 from the second)",
+                 f"{later.ops.get('rotate', 0)} rotations per iteration (traced)"]
         if len(batches) > 1:
             notes.append(f"mini-batches of {len(batches[0])} data ciphertext group(s) ({len(batches[0]) * lay.S} rows), "
                          f"{len(batches)} per epoch")
-        return Plan(levels_needed=needed, levels_available=p.levels, rotation_steps=sorted(lay.rotation_steps()),
+        # the whole run's operations: refreshes add none, so iterations past the chain cost a refreshed one's
+        ops = trace.add_ops(*(s.ops for s in run[:T]), *([later.ops] * max(0, T - fit)))
+        return Plan(levels_needed=needed, levels_available=p.levels, rotation_steps=sorted(steps),
                     iterations=T, iterations_that_fit=fit,
-                    levels_per_iteration=self.levels_per_part(), n_input_ciphertexts=n_in, notes=notes,
-                    refreshed_iteration_fits=refreshed_fits)
+                    levels_per_iteration=trace.per_iteration(first, per_it), n_input_ciphertexts=n_in, notes=notes,
+                    refreshed_iteration_fits=refreshed_fits, ops=ops, chain_levels=[s.consumed for s in run[:T]])
+
+    # ------------------------------------------------------------------ tracing (models/trace.py)
+    def trace_key(self):
+        c = self.config
+        return (tuple(c["hidden"]), tuple(a.coeffs for a in self.acts), c["components"], c["batch_size"])
+
+    def trace_flavor(self, t: int, mu: float | None, batches: list[list[int]]):
+        """(momentum product or not, data groups of the batch): what shapes iteration t. ``mu``: μ_t
+        (None: past the schedule, as a longer run would have it: Nesterov's from the second iteration)."""
+        if mu is None:
+            mu = 0.0 if self.config["momentum"] == "none" or t == 0 else 0.5
+        return (mu != 0.0, len(batches[t % len(batches)]))
+
+    def trace_setup(self, engine, n: int, d: int, c: int):
+        """Zeros packed as ``client_encrypt`` packs them, all at the top; the state: W and its look-ahead V."""
+        lay = self.layout(n, d, c, engine.slots)
+        sizes = self.sizes(d, c)
+        X = [engine.encrypt(0.0) for _ in range(lay.groups * lay.feature_blocks)]
+        Y = [engine.encrypt(0.0) for _ in range(lay.groups)]
+        zeros = {k: np.zeros(s) for k, s in self.weight_shapes(d, c).items()}
+        W = {k: [engine.encrypt(v) for v in vecs] for k, vecs in self._pack_params(lay, zeros).items()}
+        ctx = self._context(lay, sizes, X, Y)
+        return ctx, {**W, **{f"v_{k}": v for k, v in W.items()}}
+
+    def trace_iteration(self, engine, ctx, state, flavor):
+        momentum, groups = flavor
+        t = next(b for b, batch in enumerate(ctx["batches"]) if len(batch) == groups)  # a batch of that size
+        names = ctx["names"]
+        W, V = {k: state[k] for k in names}, {k: state[f"v_{k}"] for k in names}
+        W, V = self._iteration(engine, ctx, W, V, t, 0.5 if momentum else 0.0)
+        return {**W, **{f"v_{k}": v for k, v in V.items()}}
 
     def batches(self, lay: dvr.GridLayout) -> list[list[int]]:
         """Data-ciphertext groups of each mini-batch (one list: full batch). A mini-batch is a run of
@@ -292,6 +290,9 @@ class MLPTrainer(Trainer):
         return [list(range(s, min(s + k, lay.groups))) for s in range(0, lay.groups, k)]
 
     def rotations_per_iteration(self, lay: dvr.GridLayout) -> int:
+        """Rotations of one iteration, counted from the layout: the cost model of ``plan_defaults``'s time
+        budget, where a trace per candidate would cost more than the search (tests/test_trace_plan.py
+        checks it equals the traced count)."""
         lp, ls = log2_pow2(lay.P), log2_pow2(lay.S)
         K, G = self.K, len(self.batches(lay)[0])
         fwd = lp + (K - 1) * (2 * lp + 1)        # reduce layer 1; replicate + reduce above
@@ -301,14 +302,7 @@ class MLPTrainer(Trainer):
 
     # ------------------------------------------------------------------ client
     def _check_data(self, X, Y):
-        X = np.asarray(X, dtype=np.float64)
-        Y = np.asarray(Y, dtype=np.float64)
-        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0 or X.shape[1] == 0:
-            raise DataError(f"X must be n x d and Y n x c with the same n >= 1, got {X.shape} and {Y.shape}")
-        if not np.all(np.isfinite(X)):
-            raise DataError("X contains NaN or infinite values")
-        if not np.all((Y == 0) | (Y == 1)):
-            raise DataError("Y must be one-hot in {0, 1}")
+        X, Y = check_training_arrays(X, Y, trainer=self.name, min_features=1)
         return self.clip(self.project(X)), Y
 
     def order(self, n: int) -> np.ndarray:
@@ -456,37 +450,29 @@ class MLPTrainer(Trainer):
         saved = checkpoint.load() if checkpoint is not None else None
         if saved is not None:
             W, V, start = self._restore(saved, names)
-        mus, lr = self._mus(), self.config["learning_rate"]
-        batches = self.batches(lay)
-        steps = [lr / sum(lay.valid_samples(g) for g in b) for b in batches]  # lr / rows of the batch
-        masks = self._masks(lay, sizes, {g: s for b, s in zip(batches, steps) for g in b})
-        top = engine.max_level
+        mus = self._mus()
+        ctx = self._context(lay, sizes, X, Y, executor)
+        shape = (lay.n, sizes[0], sizes[-1])
         T = self.config["iterations"]
         if start > T:
             raise DataError(f"the checkpoint holds {start} iterations, this job has {T}")
         for t in range(start, T):
-            level = min(ct.level for v in V.values() for ct in v)
-            if self.iteration_levels(level, top, mus[t] != 0.0) < 0:
+            flavor = self.trace_flavor(t, mus[t], ctx["batches"])
+            state = {**W, **{f"v_{k}": v for k, v in V.items()}}
+            if not trace.fits(self, shape, engine.params, state, flavor):  # traced: the next iteration needs a refresh
+                level = min(ct.level for v in V.values() for ct in v)
                 if refresh is None:
                     raise DepthPlanError(f"iteration {t + 1} needs more levels than the state's {level}; "
                                          f"{t} iteration(s) fit without a refresh step")
-                state = refresh({**W, **{f"v_{k}": v for k, v in V.items()}}, t)
+                state = refresh(state, t)
                 W = {k: state[k] for k in names}
                 V = {k: state[f"v_{k}"] for k in names}
-                level = min(ct.level for v in V.values() for ct in v)
-                if self.iteration_levels(level, top, mus[t] != 0.0) < 0:
+                if not trace.fits(self, shape, engine.params, state, flavor):
+                    level = min(ct.level for v in V.values() for ct in v)
                     raise DepthPlanError(f"iteration {t + 1} does not fit even in refreshed ciphertexts (level "
-                                         f"{level} of {top}): use a preset with more levels or a cheaper sigmoid")
-            b = t % len(batches)
-            G = self._gradients(engine, lay, X, Y, V, masks, steps[b], batches[b], executor)
-            W_new = {k: [engine.sub(v, g) for v, g in zip(V[k], G[k])] for k in names}
-            mu = mus[t]
-            if mu:
-                V = {k: [engine.sub(engine.mul_scalar(wn, 1.0 + mu), engine.mul_scalar(wo, mu))
-                         for wn, wo in zip(W_new[k], W[k])] for k in names}
-            else:
-                V = W_new
-            W = W_new
+                                         f"{level} of {engine.max_level}): use a preset with more levels or a "
+                                         "cheaper sigmoid")
+            W, V = self._iteration(engine, ctx, W, V, t, mus[t])
             if checkpoint is not None:
                 lookahead = {} if V is W else {f"v_{k}": v for k, v in V.items()}
                 checkpoint.save({**W, **lookahead}, {"iteration": t + 1, "lookahead": bool(lookahead)})
@@ -494,6 +480,29 @@ class MLPTrainer(Trainer):
                 progress(t + 1, T, f"iteration {t + 1}/{T}")
         self.run_stats = {"iterations": T, "resumed_from": start}
         return W
+
+    def _context(self, lay: dvr.GridLayout, sizes: list[int], X: list, Y: list, executor=None) -> dict:
+        """What every iteration reads: the grid, its mini-batches and their steps lr / n_b, the masks, the data."""
+        names = [f"{p}{l}" for l in range(1, self.K + 1) for p in ("W", "b")]
+        batches = self.batches(lay)
+        steps = [self.config["learning_rate"] / sum(lay.valid_samples(g) for g in b) for b in batches]
+        masks = self._masks(lay, sizes, {g: s for b, s in zip(batches, steps) for g in b})
+        return {"lay": lay, "names": names, "batches": batches, "steps": steps, "masks": masks, "X": X, "Y": Y,
+                "executor": executor}
+
+    def _iteration(self, engine, ctx: dict, W: dict, V: dict, t: int, mu: float) -> tuple[dict, dict]:
+        """Iteration t (its mini-batch t mod B): gradients at the look-ahead V, W ← V − G, and with μ_t ≠ 0
+        the next look-ahead (1 + μ)·W_new − μ·W (one level). Returns (W, V); V is W without momentum."""
+        b = t % len(ctx["batches"])
+        G = self._gradients(engine, ctx["lay"], ctx["X"], ctx["Y"], V, ctx["masks"], ctx["steps"][b],
+                            ctx["batches"][b], ctx["executor"])
+        W_new = {k: [engine.sub(v, g) for v, g in zip(V[k], G[k])] for k in ctx["names"]}
+        if mu:
+            V = {k: [engine.sub(engine.mul_scalar(wn, 1.0 + mu), engine.mul_scalar(wo, mu))
+                     for wn, wo in zip(W_new[k], W[k])] for k in ctx["names"]}
+        else:
+            V = W_new
+        return W_new, V
 
     # ------------------------------------------------------------------ inference on the encrypted model
     # Case (a) of protocol/inference.py: new rows scored with the weights ``server_train`` returned,

@@ -3,7 +3,8 @@
 Layout and circuits: hetrain.circuits.diagonal. Arithmetic (learning rates and the output slope are
 folded into the data, so they cost no level): hetrain.models.mlp_diagonal_twin.
 
-Levels per iteration (ℓ1, ℓ2: levels of the W1 and W2 diagonals; d = depth of the hidden sigmoid):
+Levels per iteration (``plan`` traces them from ``_iteration`` itself, models/trace.py; ℓ1, ℓ2: levels of
+the W1 and W2 diagonals; d = depth of the hidden sigmoid):
     z1 = Σ D1_t ⊙ x̂_t                      ℓ1 − 1
     â = σ_h(z1) (odd part + masked constant)  ℓ1 − 1 − d
     z2 = Σ D2_t ⊙ rot(â, t), δ2 = z2 + o0 − y  m2 = min(ℓ2, ℓ1 − 1 − d) − 1   (output σ is linear: no level)
@@ -33,14 +34,15 @@ from typing import Callable
 
 import numpy as np
 
-from hetrain.ckks import CKKSParams, Engine, PlainVector
+from hetrain.ckks import CKKSParams, Engine, PlainVector, get_params
 from hetrain.circuits import diagonal as dg
 from hetrain.circuits.approx import PolyApprox, check_interval, get_sigmoid
 from hetrain.circuits.errors import LayoutError
-from hetrain.circuits.poly import eval_poly, poly_depth
+from hetrain.circuits.poly import eval_poly
 from hetrain.errors import DataError, HetrainUserError
 
-from .base import DepthPlanError, Plan, Progress, Trainer, register
+from . import trace
+from .base import DepthPlanError, Plan, Progress, Trainer, check_training_arrays, register
 from .mlp_diagonal_twin import Scales, init_hidden, predict_scores, twin_train
 
 Refresh = Callable[[dict], dict]
@@ -55,33 +57,6 @@ DEFAULTS = {"sigmoid": "deg7:24", "output_sigmoid": "deg1:16", "learning_rate": 
 
 _KEYS = {"iterations", "learning_rate", "hidden_learning_rate", "sigmoid", "output_sigmoid", "hidden", "layout",
          "momentum", "init_gain", "hidden_bias", "transpose"}
-
-
-def level_schedule(top: int, iterations: int, d_sig: int, d_dsig: int, repacked: bool = False,
-                   start: int = 0, l2: int | None = None):
-    """Levels (ℓ1, ℓ2) after each iteration starting from ``top``; stops early (shorter list) when one does not fit.
-
-    ``start``: index of the first iteration (0 = the W2-only first step, W2 = 0); ``l2``: W2's level
-    (default ``top``). Full iteration: z1 (1) → σ_h (d_sig) → z2, δ2 (1) → u = W2ᵀδ2 (1, +1 re-packed) → δ1 = u ⊙ σ_h'(z1) (1)
-    → Σ_t rot(δ1) ⊙ x̃_t (1) for W1; Σ_t δ2 ⊙ rot(â, t) (1) for W2.
-    """
-    l1, out = top, []
-    l2 = top if l2 is None else l2
-    for it in range(start, start + iterations):
-        a = l1 - 1 - d_sig
-        if it == 0:
-            if a < 1:
-                break
-            l2 = a - 1
-        else:
-            m2 = min(l2, a) - 1
-            u = m2 - 1 - (1 if repacked else 0)
-            d1 = min(u, l1 - 1 - d_dsig) - 1
-            if m2 < 1 or u < 1 or d1 < 1:
-                break
-            l1, l2 = d1 - 1, m2 - 1
-        out.append((l1, l2))
-    return out
 
 
 @register
@@ -129,9 +104,6 @@ class DiagonalMLPTrainer(Trainer):
     def _bound(self) -> float:
         return float(max(abs(v) for v in self.hidden_sig.interval))
 
-    def _depths(self):
-        return self.hidden_sig.depth, poly_depth(self.hidden_sig.derivative().degree)
-
     def _geometry(self, n: int, d: int, c: int, slots: int):
         layout = dg.SampleLayout(n, slots)
         b1, b2 = dg.BandDiagonals(self.H, d + 1), dg.BandDiagonals(c, self.H + 1)
@@ -146,40 +118,74 @@ class DiagonalMLPTrainer(Trainer):
         return layout, b1, b2, p1, p2
 
     def plan(self, n_samples: int, n_features: int, n_classes: int, params: CKKSParams) -> Plan:
-        layout, b1, b2, p1, p2 = self._geometry(n_samples, n_features, n_classes, params.slots)
-        ds, dd = self._depths()
-        rep = self.transpose == "repacked"
-        fit = len(level_schedule(params.levels, 10_000, ds, dd, rep))
+        """Traced (models/trace.py): the W2-only first step, then full iterations, on zeros from a fresh
+        state until one does not fit; what more iterations would need, on a deeper chain of the same ring."""
+        params = get_params(params)
+        layout, b1, b2, _, _ = self._geometry(n_samples, n_features, n_classes, params.slots)
+        shape = (n_samples, n_features, n_classes)
+        run = trace.chain(self, shape, params, [self.trace_flavor(t) for t in range(params.levels + 1)])
+        fit = len(run)
         iters = fit if self.iterations is None else int(self.iterations)
+        deep = trace.deeper(params)
+        first = trace.deep_step(self, shape, params, None, self.trace_flavor(0))
         if iters < 1:
             raise DepthPlanError(f"mlp-diagonal: not even one iteration fits in {params.name} ({params.levels} levels; "
-                                 f"the first needs {ds + 3}). Use n16384-deep or larger.")
-        need = next(L for L in range(1, 400) if len(level_schedule(L, iters, ds, dd, rep)) == iters)
-        # rotations of â and the Horner sum of Wᵀδ are chained (±1); the pack windows too (±spacing)
-        steps = set(dg.chain_steps(b2.offsets)) | set(dg.chain_steps([-t for t in b2.offsets]))
-        steps |= set(p1.steps()) | set(p2.steps()) | set(layout.allreduce_steps())
-        if rep:  # the naive re-pack rotates each diagonal of W2 by its own offset
-            steps |= set(dg.BandDiagonals(self.H + 1, n_classes).offsets)
-        steps.discard(0)
-        parts = {"hidden forward": 1 + ds, "output forward": 1, "backward (Wᵀδ)": 1 + rep,
-                 "hidden error δ1": 1, "hidden gradient": 1}
-        full = next(L for L in range(1, 400) if level_schedule(L, 1, ds, dd, rep, start=1))
-        if iters > fit and full > params.levels:
-            raise DepthPlanError(f"mlp-diagonal: {iters} iterations need refreshes, but one full iteration needs {full} "
-                                 f"levels and {params.name} offers {params.levels}: use n16384-deep or larger")
-        return Plan(need, params.levels, sorted(steps), iters, fit, parts, 3 * len(b1.offsets) + 1,  # x, xw, w1, delta0
+                                 f"the first needs {first.consumed}). Use n16384-deep or larger.")
+        # one full iteration from a refreshed state (both weights at the top): the levels it needs
+        full = trace.deep_step(self, shape, params, self._refreshed(shape, deep), self.trace_flavor(1))
+        if fit >= iters:
+            need = sum(s.consumed for s in run[:iters])
+        else:  # the whole run in one chain (how far it is from fitting): on the deeper chain, then per iteration
+            longer = trace.chain(self, shape, deep, [self.trace_flavor(t) for t in range(min(iters, 64))])
+            need = sum(s.consumed for s in longer) + (iters - len(longer)) * longer[-1].consumed
+        if iters > fit and full.consumed > params.levels:
+            raise DepthPlanError(f"mlp-diagonal: {iters} iterations need refreshes, but one full iteration needs "
+                                 f"{full.consumed} levels and {params.name} offers {params.levels}: use n16384-deep or "
+                                 "larger")
+        steps = sorted(first.rotation_steps | full.rotation_steps)
+        return Plan(need, params.levels, steps, iters, fit, trace.per_iteration(first.consumed, full.consumed),
+                    3 * len(b1.offsets) + 1,  # x, xw, w1, delta0
                     [f"batch {layout.batch} samples x {layout.block} slots; W1 {len(b1.offsets)} diagonals, "
-                     f"W2 {len(b2.offsets)} diagonals; {full} levels per full iteration, the first costs {ds + 3}"])
+                     f"W2 {len(b2.offsets)} diagonals; {full.consumed} levels per full iteration, the first costs "
+                     f"{first.consumed} (traced)"],
+                    # refreshes add no operation: iterations past the chain cost a full one's
+                    ops=trace.add_ops(*(s.ops for s in run[:iters]), *([full.ops] * max(0, iters - fit))),
+                    chain_levels=[s.consumed for s in run[:iters]])
+
+    # ------------------------------------------------------------------ tracing (models/trace.py)
+    def trace_key(self):
+        return (self.H, self.hidden_sig.coeffs, self.out_sig.coeffs, self.transpose, self.lr1, self.lr2, self.hb)
+
+    def trace_flavor(self, t: int):
+        """The first step (W2 = 0: only W2 is updated) or a full iteration."""
+        return "first" if t == 0 else "full"
+
+    def trace_setup(self, engine: Engine, n: int, d: int, c: int):
+        """Zeros packed as ``client_encrypt`` packs them, all at the top; the fresh state: W1's diagonals."""
+        layout, b1, b2, p1, p2 = self._geometry(n, d, c, engine.slots)
+        zeros = [engine.encrypt(0.0) for _ in b1.offsets]
+        s = Scales.of(self.lr1, self.lr2, n, self.out_sig)
+        ctx = self._context(engine, (layout, b1, b2, p1, p2), {"a": s.a, "dsig": s.dsig}, zeros,
+                            [engine.encrypt(0.0) for _ in b1.offsets], engine.encrypt(0.0))
+        return ctx, {"w1": zeros}
+
+    def trace_iteration(self, engine: Engine, ctx, state, flavor):
+        D1 = dict(zip(ctx["b1"].offsets, state["w1"]))
+        D2 = None if flavor == "first" else dict(zip(ctx["b2"].offsets, state["w2"]))
+        D1, D2 = self._iteration(engine, ctx, D1, D2)
+        return {"w1": list(D1.values()), "w2": list(D2.values())}
+
+    def _refreshed(self, shape, params) -> tuple:
+        """The levels of a refreshed state (W1 and W2 diagonals at the top) for ``trace.step``."""
+        _, b1, b2, _, _ = self._geometry(*shape, params.slots)
+        return (("w1", (params.levels,) * len(b1.offsets)), ("w2", (params.levels,) * len(b2.offsets)))
+
+    def _state(self, D1: dict, D2: dict | None) -> dict:
+        return {"w1": list(D1.values())} if D2 is None else {"w1": list(D1.values()), "w2": list(D2.values())}
 
     # ------------------------------------------------------------------ client
     def _check_inputs(self, X, Y):
-        X, Y = np.asarray(X, dtype=np.float64), np.asarray(Y, dtype=np.float64)
-        if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0] or X.shape[0] == 0:
-            raise DataError(f"expected X (n, d) and one-hot Y (n, c) with the same n, got {X.shape} and {Y.shape}")
-        if not (np.all(np.isfinite(X)) and np.all(np.isfinite(Y))):
-            raise DataError("X or Y contain NaN or infinite values")
-        if not np.all((Y == 0) | (Y == 1)):
-            raise DataError("Y must be one-hot in {0, 1}")
+        X, Y = check_training_arrays(X, Y, trainer=self.name)
         W1 = init_hidden(self.H, X.shape[1], self.gain)
         check_interval(np.hstack([X, np.ones((len(X), 1))]) @ W1.T, self.hidden_sig, "initial hidden pre-activations")
         return X, Y, W1
@@ -244,21 +250,14 @@ class DiagonalMLPTrainer(Trainer):
         the weight diagonals (at their levels) and the iteration count after every iteration; a saved
         state resumes after its iteration."""
         n, d, c, iters = job["n"], job["d"], job["c"], int(job["iterations"])
-        layout, b1, b2, p1, p2 = self._geometry(n, d, c, engine.slots)
-        sc = job["scales"]
-        ds, dd = self._depths()
-        if refresh is None and len(level_schedule(engine.max_level, iters, ds, dd, self.transpose == "repacked")) < iters:
+        geometry = self._geometry(n, d, c, engine.slots)
+        b1, b2 = geometry[1], geometry[2]
+        shape = (n, d, c)
+        if refresh is None and len(trace.chain(self, shape, engine.params,
+                                               [self.trace_flavor(t) for t in range(iters)])) < iters:
             raise DepthPlanError(f"{iters} iterations do not fit in {engine.params.name} without a refresh")
-        X = dict(zip(b1.offsets, inputs["x"]))
-        XW = dict(zip(b1.offsets, inputs["xw"]))
+        ctx = self._context(engine, geometry, job["scales"], inputs["x"], inputs["xw"], inputs["delta0"][0])
         D1 = dict(zip(b1.offsets, inputs["w1"]))
-        delta0 = inputs["delta0"][0]
-        powers = lambda c: np.array(c) * self._bound() ** np.arange(len(c))  # polynomial in z1/B  # noqa: E731
-        sig = powers(self.hidden_sig.coeffs) * sc["a"]
-        odd = [0.0] + list(sig[1:])
-        dsig = list(powers(self.hidden_sig.derivative().coeffs) * sc["dsig"])
-        const = PlainVector(layout.replicate_real(np.r_[np.full(self.H, sig[0]), sc["a"] * self.hb]))
-        masks = dg.transpose_masks(b2, layout) if self.transpose == "repacked" else None
         D2, start = None, 0
         saved = checkpoint.load() if checkpoint is not None else None
         if saved is not None:
@@ -269,34 +268,17 @@ class DiagonalMLPTrainer(Trainer):
                 raise DataError("the checkpoint does not hold this job's weights")
             D1, D2 = dict(zip(b1.offsets, state["w1"])), dict(zip(b2.offsets, state["w2"]))
         for it in range(start, iters):
-            if it > 0 and refresh is not None:
-                l1 = min(x.level for x in D1.values())
-                l2 = min(x.level for x in D2.values())
-                if not level_schedule(l1, 1, ds, dd, masks is not None, start=1, l2=l2):  # next one would not fit
-                    fresh = refresh({**{f"w1_{t}": D1[t] for t in D1}, **{f"w2_{t}": D2[t] for t in D2}}, it)
-                    D1 = {t: fresh[f"w1_{t}"] for t in D1}
-                    D2 = {t: fresh[f"w2_{t}"] for t in D2}
-                    if not level_schedule(min(x.level for x in D1.values()), 1, ds, dd, masks is not None, start=1,
-                                          l2=min(x.level for x in D2.values())):
-                        raise DepthPlanError("refreshed weights still have too few levels for one full iteration")
-            z1 = dg.matvec(engine, D1, X)
-            a = engine.add(eval_poly(engine, z1, odd), const)
-            ra = dg.rotations_of(engine, a, b2.offsets)
-            if D2 is None:
-                delta2 = delta0
-            else:
-                delta2 = engine.add(dg.matvec(engine, D2, ra), delta0)
-                if masks is None:
-                    u = dg.matvec_transpose(engine, D2, delta2)
-                else:
-                    u = dg.matvec_transpose_repacked(engine, D2, delta2, masks)
-                delta1 = engine.mul(u, eval_poly(engine, z1, dsig))
-                q1 = dg.pack_sum_windowed(engine, delta1, XW, p1, layout)
-                upd1 = dg.unpack_all(engine, q1, p1)
-                D1 = {t: engine.sub(D1[t], upd1[t]) for t in b1.offsets}
-            q2 = dg.pack_sum(engine, {t: engine.mul(delta2, ra[t]) for t in b2.offsets}, p2, layout)
-            upd = dg.unpack_all(engine, q2, p2)
-            D2 = {t: -upd[t] for t in b2.offsets} if D2 is None else {t: engine.sub(D2[t], upd[t]) for t in b2.offsets}
+            flavor = self.trace_flavor(it)
+            if refresh is not None and not trace.fits(self, shape, engine.params, self._state(D1, D2), flavor):
+                held = {f"w1_{t}": D1[t] for t in D1}
+                if D2 is not None:
+                    held.update({f"w2_{t}": D2[t] for t in D2})
+                fresh = refresh(held, it)
+                D1 = {t: fresh[f"w1_{t}"] for t in D1}
+                D2 = None if D2 is None else {t: fresh[f"w2_{t}"] for t in D2}
+                if not trace.fits(self, shape, engine.params, self._state(D1, D2), flavor):
+                    raise DepthPlanError("refreshed weights still have too few levels for one full iteration")
+            D1, D2 = self._iteration(engine, ctx, D1, D2)
             if checkpoint is not None:
                 checkpoint.save({"w1": [D1[t] for t in b1.offsets], "w2": [D2[t] for t in b2.offsets]},
                                 {"iteration": it + 1})
@@ -304,6 +286,42 @@ class DiagonalMLPTrainer(Trainer):
                 progress(it + 1, iters, f"iteration {it + 1}/{iters}")
         self.run_stats = {"iterations": iters, "resumed_from": start}
         return {"w1": [D1[t] for t in b1.offsets], "w2": [D2[t] for t in b2.offsets]}
+
+    def _context(self, engine: Engine, geometry: tuple, sc: dict, x: list, xw: list, delta0) -> dict:
+        """What every iteration reads: the packing, the data, and the polynomials with the job's
+        public scales folded in (sc: "a", "dsig")."""
+        layout, b1, b2, p1, p2 = geometry
+        powers = lambda c: np.array(c) * self._bound() ** np.arange(len(c))  # polynomial in z1/B  # noqa: E731
+        sig = powers(self.hidden_sig.coeffs) * sc["a"]
+        const = PlainVector(layout.replicate_real(np.r_[np.full(self.H, sig[0]), sc["a"] * self.hb]))
+        return {"layout": layout, "b1": b1, "b2": b2, "p1": p1, "p2": p2,
+                "X": dict(zip(b1.offsets, x)), "XW": dict(zip(b1.offsets, xw)), "delta0": delta0,
+                "odd": [0.0] + list(sig[1:]), "dsig": list(powers(self.hidden_sig.derivative().coeffs) * sc["dsig"]),
+                "const": const, "masks": dg.transpose_masks(b2, layout) if self.transpose == "repacked" else None}
+
+    def _iteration(self, engine: Engine, ctx: dict, D1: dict, D2: dict | None) -> tuple[dict, dict]:
+        """One iteration on the weight diagonals (module docstring): with D2 None the W2-only first step."""
+        b1, b2, p1, p2, layout, masks = ctx["b1"], ctx["b2"], ctx["p1"], ctx["p2"], ctx["layout"], ctx["masks"]
+        delta0 = ctx["delta0"]
+        z1 = dg.matvec(engine, D1, ctx["X"])
+        a = engine.add(eval_poly(engine, z1, ctx["odd"]), ctx["const"])
+        ra = dg.rotations_of(engine, a, b2.offsets)
+        if D2 is None:
+            delta2 = delta0
+        else:
+            delta2 = engine.add(dg.matvec(engine, D2, ra), delta0)
+            if masks is None:
+                u = dg.matvec_transpose(engine, D2, delta2)
+            else:
+                u = dg.matvec_transpose_repacked(engine, D2, delta2, masks)
+            delta1 = engine.mul(u, eval_poly(engine, z1, ctx["dsig"]))
+            q1 = dg.pack_sum_windowed(engine, delta1, ctx["XW"], p1, layout)
+            upd1 = dg.unpack_all(engine, q1, p1)
+            D1 = {t: engine.sub(D1[t], upd1[t]) for t in b1.offsets}
+        q2 = dg.pack_sum(engine, {t: engine.mul(delta2, ra[t]) for t in b2.offsets}, p2, layout)
+        upd = dg.unpack_all(engine, q2, p2)
+        D2 = {t: -upd[t] for t in b2.offsets} if D2 is None else {t: engine.sub(D2[t], upd[t]) for t in b2.offsets}
+        return D1, D2
 
     # ------------------------------------------------------------------ inference on the encrypted model
     # Case (a) of protocol/inference.py: new rows scored with the weights ``server_train`` returned,

@@ -12,7 +12,8 @@ standardised features) gives 0.719 / 0.750 / 0.766 held-out accuracy after 1 / 2
 "none" ×4, but 0.719 / 0.719 / 0.750 with the published Nesterov start (η₀ ≈ 0.99 pulls the
 look-ahead point back to ≈ 0 after the first step, so iteration 2 is almost wasted).
 
-Levels: W₀ = 0 makes the first forward pass public (σ̃(0) = c₀), so iteration 1 costs only the
+Levels (``plan`` traces them from ``_iteration`` itself, models/trace.py): W₀ = 0 makes the first
+forward pass public (σ̃(0) = c₀), so iteration 1 costs only the
 gradient product (1 level); every later one costs forward (1) + sigmoid (its depth, 2 for degree 3,
 with the layout's mask folded into the coefficients) + gradient (1). All scalars (B̄, step sizes,
 Nesterov factors) are folded: B̄ into the uploaded X̃ = X·diag(B̄), the look-ahead scale into the
@@ -34,19 +35,14 @@ from hetrain.circuits.approx import get_sigmoid
 from hetrain.circuits.masked_poly import eval_poly_masked
 from hetrain.circuits.packing import choose_packing
 from hetrain.ckks import PlainVector, get_params
-from hetrain.ckks.params import PRESETS
 from hetrain.errors import DataError, HetrainUserError
 
-from .base import check_training_arrays, DepthPlanError, Plan, Trainer, register
+from . import trace
+from .base import check_training_arrays, Plan, Trainer, register
 from .mlr_twin import Schedule, add_bias, quadratic_gradient_diag, twin
 
 CIRCUITS = {"blocked": blocked_matmul, "volley-revolver": volley_revolver}
 DEFAULTS = {"iterations": 3, "learning_rate": 4.0, "sigmoid": "published", "momentum": "none", "layout": "blocked"}
-
-
-def levels_needed(iterations: int, sigmoid_depth: int) -> int:
-    """1 for the first iteration (public forward pass), forward + sigmoid + gradient for each later one."""
-    return 1 + (iterations - 1) * (2 + sigmoid_depth)
 
 
 @register
@@ -86,29 +82,61 @@ class MLRTrainer(Trainer):
         return choose_packing(self.config["layout"], n, d_with_bias, c, slots)
 
     def plan(self, n_samples: int, n_features: int, n_classes: int, params) -> Plan:
+        """Traced (models/trace.py): the schedule's iterations run on zeros under ``params`` until one
+        does not fit; iterations past that cost what the last traced one did (every later iteration
+        is the same circuit on one more gradient)."""
         p = get_params(params)
-        T, depth = self.config["iterations"], self.approx.depth
-        pk = self.packing(n_samples, n_features + 1, n_classes, p.slots)
-        avail = p.levels
-        fit = 0 if avail < 1 else 1 + (avail - 1) // (2 + depth)
-        n_in = 2 * len(pk.pack_forward_data(np.zeros((1, 1)))) + len(pk.pack_labels(np.zeros((1, 1))))
-        notes = [f"layout {pk.describe()}", f"≈{pk.rotations_per_iteration()} rotations per iteration after the first",
-                 f"{T} iteration(s) need {levels_needed(T, depth)} levels: 1 (first gradient; W0 = 0 makes the "
-                 f"first forward public) + {2 + depth} per further iteration"]
-        return Plan(levels_needed=levels_needed(T, depth), levels_available=avail,
-                    rotation_steps=sorted(pk.rotation_steps()), iterations=T, iterations_that_fit=fit,
-                    levels_per_iteration={"forward": 1, "mask": 0, "sigmoid": depth, "gradient": 1, "update": 0},
-                    n_input_ciphertexts=n_in, notes=notes)
+        T = self.config["iterations"]
+        shape = (n_samples, n_features, n_classes)
+        packing = self.packing(n_samples, n_features + 1, n_classes, p.slots)
+        run = trace.chain(self, shape, p, [self.trace_flavor(t) for t in range(T)])
+        # how many iterations one chain holds, whatever T is: the same schedule, longer
+        probe = run if len(run) < T else trace.chain(MLRTrainer(**{**self.config, "iterations": T + p.levels}),
+                                                     shape, p, [(t, False) for t in range(T + p.levels)])
+        fit = len(probe)
+        per = [s.consumed for s in probe]
+        if len(per) < 2:  # not even a second iteration fits: trace its cost on a deeper chain of the same ring
+            two = MLRTrainer(**{**self.config, "iterations": max(T, 2)})
+            per = [s.consumed for s in trace.chain(two, shape, trace.deeper(p),
+                                                   [(0, False), (1, False)])]
+        first, later = per[0], per[-1]
+        needed = sum(s.consumed for s in run) if len(run) == T else first + (T - 1) * later
+        steps = set().union(*(s.rotation_steps for s in run)) if run else set()
+        n_in = (2 * len(packing.pack_forward_data(np.zeros((1, 1)))) + len(packing.pack_labels(np.zeros((1, 1)))))
+        notes = [f"layout {packing.describe()}",
+                 f"≈{packing.rotations_per_iteration()} rotations per iteration after the first",
+                 f"{T} iteration(s) need {needed} levels (traced): {first} for the first (W0 = 0 makes the first "
+                 f"forward public) + {later} per further iteration"]
+        return Plan(levels_needed=needed, levels_available=p.levels,
+                    rotation_steps=sorted(steps | set(packing.rotation_steps())) if run else
+                    sorted(packing.rotation_steps()),
+                    iterations=T, iterations_that_fit=fit,
+                    levels_per_iteration=trace.per_iteration(first, later), n_input_ciphertexts=n_in, notes=notes,
+                    ops=trace.add_ops(*(s.ops for s in run)) if len(run) == T else None,
+                    chain_levels=[s.consumed for s in run])
 
-    def recommend_preset(self, n_samples: int, n_features: int, n_classes: int) -> str:
-        """The cheapest preset (smallest ring, then fewest levels) whose levels fit the iterations."""
-        need = levels_needed(self.config["iterations"], self.approx.depth)
-        for name, p in sorted(PRESETS.items(), key=lambda kv: (kv[1].poly_modulus_degree, kv[1].levels)):
-            if p.levels >= need:
-                return name
-        fit = self.plan(n_samples, n_features, n_classes, "n32768").iterations_that_fit
-        raise DepthPlanError(f"{self.config['iterations']} iterations need {need} levels; the largest preset "
-                             f"(n32768, 19 levels) fits {fit}")
+    # ------------------------------------------------------------------ tracing (models/trace.py)
+    def trace_key(self):
+        c = self.config
+        return (c["iterations"], c["learning_rate"], c["sigmoid"], c["momentum"], c["layout"])
+
+    def trace_flavor(self, t: int):
+        """Iteration t (its schedule coefficients), and whether it is the last (it also combines W)."""
+        return (t, t == self.config["iterations"] - 1)
+
+    def trace_setup(self, engine, n: int, d: int, c: int):
+        """Zeros packed as ``client_encrypt`` packs them (X one level below the top); the state: Y."""
+        packing = self.packing(n, d + 1, c, engine.slots)
+        top = engine.max_level
+        Xb = np.zeros((n, d + 1))
+        ctx = self._context(engine, packing, n,
+                            [engine.encrypt(v, level=max(top - 1, 0)) for v in packing.pack_forward_data(Xb)],
+                            [engine.encrypt(v, level=top) for v in packing.pack_gradient_data(Xb)])
+        return ctx, {"Y": [engine.encrypt(v, level=top) for v in packing.pack_labels(np.zeros((n, c)))]}
+
+    def trace_iteration(self, engine, ctx, state, flavor):
+        t, last = flavor
+        return self._iteration(engine, ctx, state, t, last)
 
     # ------------------------------------------------------------------ client
     def _check_data(self, X, Y):
@@ -129,7 +157,7 @@ class MLRTrainer(Trainer):
         self.twin(X, Y)  # raises DataError if a sigmoid input would leave the approximation's interval
         Xb = add_bias(X)
         Xt = Xb * quadratic_gradient_diag(Xb)
-        pk = self.packing(n, d + 1, c, engine.slots)
+        packing = self.packing(n, d + 1, c, engine.slots)
         # the lowest level the schedule allows, plus one when the preset has it: levels it would not use
         # only make every ciphertext, product and rotation larger (a level-l ciphertext has l+1 primes),
         # and the one spare level is what scoring queries against the encrypted model needs (inference
@@ -137,18 +165,18 @@ class MLRTrainer(Trainer):
         top = min(engine.max_level, plan.levels_needed + 1)
         # X is first used against the first gradient (level top-1): encrypt it there, it is smaller
         inputs = {
-            "X": [engine.encrypt(v, level=max(top - 1, 0)) for v in pk.pack_forward_data(Xb)],
-            "Xt": [engine.encrypt(v, level=top) for v in pk.pack_gradient_data(Xt)],
-            "Y": [engine.encrypt(v, level=top) for v in pk.pack_labels(Y)],
+            "X": [engine.encrypt(v, level=max(top - 1, 0)) for v in packing.pack_forward_data(Xb)],
+            "Xt": [engine.encrypt(v, level=top) for v in packing.pack_gradient_data(Xt)],
+            "Y": [engine.encrypt(v, level=top) for v in packing.pack_labels(Y)],
         }
         job = {"model": self.name, "config": dict(self.config), "n_samples": n, "n_features": d,
-               "n_classes": c, "params": engine.params.to_dict(), "layout": pk.describe()}
+               "n_classes": c, "params": engine.params.to_dict(), "layout": packing.describe()}
         return inputs, job
 
     def client_decrypt(self, engine, outputs, job):
         n, d, c = job["n_samples"], job["n_features"], job["n_classes"]
-        pk = self.packing(n, d + 1, c, engine.slots)
-        U = pk.unpack_weights([engine.decrypt(ct) for ct in outputs["W"]])
+        packing = self.packing(n, d + 1, c, engine.slots)
+        U = packing.unpack_weights([engine.decrypt(ct) for ct in outputs["W"]])
         return {"W": self.schedule(n).out_scale * U}
 
     # ------------------------------------------------------------------ server
@@ -160,47 +188,62 @@ class MLRTrainer(Trainer):
         n, d, c = job["n_samples"], job["n_features"], job["n_classes"]
         plan = self.plan(n, d, c, engine.params)
         plan.check(engine.params)
-        pk = self.packing(n, d + 1, c, engine.slots)
-        circ = CIRCUITS[self.config["layout"]]
-        sched = self.schedule(n)
-        T = sched.iterations
-        X, Xt, Yr = inputs["X"], inputs["Xt"], inputs["Y"]
-        fmasks = [PlainVector(m) for m in pk.forward_masks()]
-        c0 = self.approx.coeffs[0]
+        packing = self.packing(n, d + 1, c, engine.slots)
+        ctx = self._context(engine, packing, n, inputs["X"], inputs["Xt"], executor)
+        T = ctx["sched"].iterations
         report = progress or (lambda done, total, msg: None)
-
-        H, start = [], 0
+        state, start = {"Y": inputs["Y"]}, 0
         saved = checkpoint.load() if checkpoint is not None else None
         if saved is not None:
-            state, meta = saved
+            held, meta = saved
             start = int(meta["iteration"])
-            if not 1 <= start <= T or any(f"H{j}" not in state for j in range(start)):
+            if not 1 <= start <= T or any(f"H{j}" not in held for j in range(start)):
                 raise DataError(f"the checkpoint does not hold {start} iteration(s) of this job's {T}")
-            H = [list(state[f"H{j}"]) for j in range(start)]
+            state.update({f"H{j}": list(held[f"H{j}"]) for j in range(start)})
+        for t in range(start, T):
+            report(t, T, "iteration 1 (gradient at W = 0)" if t == 0 else f"iteration {t + 1}")
+            state = self._iteration(engine, ctx, state, t, t == T - 1)
+            _save(checkpoint, [state[f"H{j}"] for j in range(t + 1)])
+        if start >= T:  # resumed after the last iteration: only the output combination is left
+            state["W"] = _combine(engine, [state[f"H{j}"] for j in range(T)], ctx["sched"].out)
+        report(T, T, "done")
+        self.run_stats = {"iterations": T, "resumed_from": start}
+        return {"W": state["W"]}
+
+    def _context(self, engine, packing, n: int, X: list, Xt: list, executor=None) -> dict:
+        """What every iteration reads: the packing, circuits, schedule, data and masks."""
+        return {"packing": packing, "circ": CIRCUITS[self.config["layout"]], "sched": self.schedule(n), "X": X,
+                "Xt": Xt, "fmasks": [PlainVector(m) for m in packing.forward_masks()], "executor": executor}
+
+    def _iteration(self, engine, ctx: dict, state: dict, t: int, last: bool) -> dict:
+        """Iteration t of the schedule: the gradient H_t (state ``H0``..``H{t-1}``, labels ``Y``, and from
+        the second iteration the masked labels ``Ym``, computed once); ``last``: also the output W."""
+        packing, circ, sched, X, Xt = ctx["packing"], ctx["circ"], ctx["sched"], ctx["X"], ctx["Xt"]
+        fmasks, executor = ctx["fmasks"], ctx["executor"]
+        state = dict(state)
+        H = [state[f"H{j}"] for j in range(t)]
+        if t == 0:
+            c0 = self.approx.coeffs[0]
+            E = [engine.add(y, PlainVector(-c0 * m)) for y, m in zip(state["Y"], packing.label_masks())]
         else:
-            report(0, T, "iteration 1 (gradient at W = 0)")
-            E0 = [engine.add(y, PlainVector(-c0 * m)) for y, m in zip(Yr, pk.label_masks())]
-            H = [circ.gradient(engine, pk, E0, Xt, executor)]
-            _save(checkpoint, H)
-        # on the workers too (an executor then resends them each iteration as the bytes it received)
-        Ym = run_tasks(engine, executor, _masked, list(zip(Yr, fmasks))) if T > len(H) else []
-        for t in range(len(H), T):
-            report(t, T, f"iteration {t + 1}")
+            if "Ym" not in state:  # on the workers too (an executor then resends them as the bytes it received)
+                state["Ym"] = run_tasks(engine, executor, _masked, list(zip(state["Y"], fmasks)))
+            Ym = state["Ym"]
             U = _combine(engine, H, sched.u[t - 1])
             coeffs = sched.sigmoid_coeffs(self.approx, t)
             if circ is blocked_matmul:  # forward, sigmoid and spread of each sample group: one task
-                H_g = pk.n_fblocks
+                H_g = packing.n_fblocks
                 E = run_tasks(engine, executor, _residual_group, [(X[g * H_g:(g + 1) * H_g], Ym[g], fmasks[g])
-                                                                  for g in range(pk.n_groups)], (pk, U, coeffs))
+                                                                  for g in range(packing.n_groups)],
+                              (packing, U, coeffs))
             else:
-                z = circ.forward(engine, pk, X, U, executor)
+                z = circ.forward(engine, packing, X, U, executor)
                 q = [engine.sub(y, eval_poly_masked(engine, zg, coeffs, m)) for y, zg, m in zip(Ym, z, fmasks)]
-                E = circ.spread(engine, pk, q, executor)
-            H.append(circ.gradient(engine, pk, E, Xt, executor))
-            _save(checkpoint, H)
-        report(T, T, "done")
-        self.run_stats = {"iterations": T, "resumed_from": start}
-        return {"W": _combine(engine, H, sched.out)}
+                E = circ.spread(engine, packing, q, executor)
+        state[f"H{t}"] = circ.gradient(engine, packing, E, Xt, executor)
+        if last:
+            state["W"] = _combine(engine, H + [state[f"H{t}"]], sched.out)
+        return state
 
     # ------------------------------------------------------------------ plaintext
     def twin(self, X, Y):
@@ -222,12 +265,12 @@ def _masked(engine, y, mask):
     return engine.mul_plain(y, mask)
 
 
-def _residual_group(engine, pk, U: list, coeffs, Xg: list, y, mask):
+def _residual_group(engine, packing, U: list, coeffs, Xg: list, y, mask):
     """E of one sample group (blocked layout): spread(y·mask − mask·σ̃(z)), z = forward of the group.
     The same operations as forward, the masked sigmoid and spread one after the other; one task of
     the executor (it reads no plaintext encoding cached on ``mask``: eval_poly encodes coef·mask)."""
-    z = blocked_matmul.forward_group(engine, pk, U, Xg)
-    return blocked_matmul.spread_group(engine, pk, engine.sub(y, eval_poly_masked(engine, z, coeffs, mask)))
+    z = blocked_matmul.forward_group(engine, packing, U, Xg)
+    return blocked_matmul.spread_group(engine, packing, engine.sub(y, eval_poly_masked(engine, z, coeffs, mask)))
 
 
 def _save(checkpoint, H: list[list]) -> None:
@@ -245,3 +288,4 @@ def _combine(engine, H: list[list], coeffs) -> list:
         for idx, ct in enumerate(hj):
             out[idx] = engine.add(out[idx], ct if cj == 1.0 else engine.mul_scalar(ct, cj))
     return out
+

@@ -4,7 +4,8 @@ CKKS parameters, the depth plan, the plaintext checks, and refusals with checked
     trainer, params = prepare("mlp", {}, X, Y, preset="auto", refresh="client")
 
 Used by ``client_jobs.TrainerJob.prepare`` (``hetrain fit``/``encrypt``) and by models/advice.py's
-re-checks. Nothing here touches keys or ciphertexts.
+re-checks. Nothing here touches keys or ciphertexts. The preset search itself is
+``hetrain.models.base.choose_preset`` (re-exported here): the one search every caller uses.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 from hetrain._format import plain
 from hetrain.ckks import CKKSParams
 from hetrain.errors import HetrainUserError
-from hetrain.models.base import DepthPlanError, get_trainer, resolve_model, server_hooks
+from hetrain.models.base import (DepthPlanError, choose_preset, get_trainer, presets_by_size, resolve_model,
+                                 server_hooks)
 
 
 def make_trainer(model: str, config: dict | None, n_features: int, data=None, refresh: bool = False,
@@ -91,7 +93,7 @@ def prepare(model: str, config: dict | None, X, Y, *, preset="auto", refresh: st
         used = _used_config(model, config, X, Y, refresh, preset)
         # with "auto" every preset was tried already; else only those with more levels than the refused one
         levels = None if preset_name == "auto" else ckks.get_params(preset).levels
-        presets = [p.name for p in sorted(ckks.PRESETS.values(), key=lambda p: (p.poly_modulus_degree, p.levels))
+        presets = [p.name for p in presets_by_size()
                    if advise_presets and levels is not None and p.levels > levels]
         refresh_build = None
         if refresh == "none" and model != "mlr":  # mlr --refresh client is the mini-batch trainer (cli/fit.py)
@@ -131,10 +133,8 @@ def _used_config(model, config, X, Y, refresh, preset) -> dict:
 
 def _diagonal_holds(X, Y) -> bool:
     """Whether the mlp-diagonal packing (one sample per slot block) holds these rows in some preset."""
-    from hetrain import ckks
-
     trainer = get_trainer("mlp-diagonal")()
-    for p in ckks.PRESETS.values():
+    for p in presets_by_size():
         try:
             trainer.plan(X.shape[0], X.shape[1], Y.shape[1], p)
             return True
@@ -151,7 +151,7 @@ def plan_lines(trainer, plan, params, defaults: dict | None) -> list[str]:
     keys = ("hidden", "iterations", "learning_rate", "hidden_learning_rate", "sigmoid", "output_sigmoid",
             "momentum", "batch_size", "label_smoothing", "input_clip", "components")
     shown = ", ".join(f"{k.replace('_', ' ')} {plain(cfg[k])}" for k in keys if cfg.get(k) is not None)
-    per = sum(plan.levels_per_iteration.values())
+    per = plan.levels_per_later_iteration
     fit_per_chain = max(plan.iterations_that_fit, 1)
     refreshes = max(0, -(-plan.iterations // fit_per_chain) - 1)
     lines = [f"plan: {trainer.name} on {getattr(params, 'name', params)}: {shown}",
@@ -174,25 +174,6 @@ def twin_max_abs_diff(weights: dict[str, np.ndarray], twin: dict[str, np.ndarray
     if not common:
         raise ValueError(f"decrypted weights {sorted(weights)} and twin {sorted(twin)} share no array")
     return max(float(np.max(np.abs(weights[k] - np.reshape(twin[k], np.shape(weights[k]))))) for k in common)
-
-
-def choose_preset(trainer, n: int, d: int, c: int, refresh: bool = False) -> CKKSParams:
-    """The smallest preset (ring degree, then levels) on which the trainer's plan fits: every iteration
-    in one chain, or with ``refresh`` one iteration between two refreshes. DepthPlanError if none
-    does (the one place that searches presets; ``prepare`` adds checked advice)."""
-    from hetrain import ckks
-
-    for p in sorted(ckks.PRESETS.values(), key=lambda p: (p.poly_modulus_degree, p.levels)):
-        try:
-            plan = trainer.plan(n, d, c, p)
-        except HetrainUserError:  # e.g. the data does not fit this ring's slots
-            continue
-        if plan.fits_with_refresh() if refresh else plan.fits:
-            return p
-    largest = max(ckks.PRESETS.values(), key=lambda p: (p.poly_modulus_degree, p.levels))
-    if refresh:
-        raise DepthPlanError(f"not even one {trainer.name} iteration fits in any preset")
-    return largest  # its check explains (how many iterations fit, what would)
 
 
 def _params(preset) -> CKKSParams:

@@ -126,7 +126,6 @@ def _prepare_for_keys(keys: KeyDir, X, y, model, config, refresh, say, options) 
 
 def _preset_that_fits(X, y, model, config, refresh, backend, options) -> str | None:
     """The smallest preset whose levels hold the job's depth plan (None if none does)."""
-    from hetrain import ckks
 
     from .client_jobs import resolve_refresh
     from .planning import choose_preset, make_trainer
@@ -139,9 +138,8 @@ def _preset_that_fits(X, y, model, config, refresh, backend, options) -> str | N
         if model == "mlr" and refresh != "none":
             from hetrain.models.minibatch import MiniBatchMLR
 
-            p = ckks.smallest_preset_with_levels(MiniBatchMLR(**{k: v for k, v in (config or {}).items()
-                                                                  if k != "whitening"}).levels_per_step)
-            return p
+            trainer = MiniBatchMLR(**{k: v for k, v in (config or {}).items() if k != "whitening"})
+            return choose_preset(trainer, *Xp.shape, Y.shape[1], refresh=True).name
         trainer = make_trainer(model, config, Xp.shape[1], data=(Xp, Y), refresh=refresh != "none", preset="auto")
         p = choose_preset(trainer, *Xp.shape, Y.shape[1], refresh=refresh != "none")
         plan = trainer.plan(*Xp.shape, Y.shape[1], p)
