@@ -147,3 +147,15 @@ def test_summary_explains_depth_time_operations_and_twin_in_plain_words():
            "1.0e-02): verified" in twin_words(stats)
     stats["levels_needed"] = 4
     assert "used 4 of the 9 multiplicative levels one modulus chain of n16384 offers" in "\n".join(format_summary(stats))
+
+
+def test_a_traced_plans_levels_read_as_first_and_later_iterations():
+    """models/trace.py plans give {"iteration 1": x, "each later iteration": y}: the summary says so
+    instead of adding the two."""
+    from hetrain.protocol.report import depth_words
+
+    stats = {"params": "n16384", "levels_needed": 9, "levels_available": 9, "rotation_steps": None,
+             "levels_per_iteration": {"iteration 1": 1, "each later iteration": 4}}
+    assert "(1 in the first iteration, 4 in each later one)" in depth_words(stats)
+    stats["levels_per_iteration"] = {"iteration 1": 4, "each later iteration": 4}
+    assert "(4 per iteration)" in depth_words(stats)

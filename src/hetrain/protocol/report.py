@@ -51,7 +51,12 @@ def depth_words(stats: dict) -> str:
     refreshes that reset the count (a run may use many more levels than a chain holds)."""
     needed, avail = stats["levels_needed"], stats["levels_available"]
     per = stats.get("levels_per_iteration") or {}
-    per_text = f" ({sum(per.values())} per iteration: {plain(per)})" if per else ""
+    if "iteration 1" in per:  # a traced plan (models/trace.py): the first iteration, then each later one
+        first, later = per["iteration 1"], per.get("each later iteration", per["iteration 1"])
+        per_text = (f" ({first} per iteration)" if later == first
+                    else f" ({first} in the first iteration, {later} in each later one)")
+    else:  # a plan by parts of one iteration (e.g. {"forward": 2, "backward": 3})
+        per_text = f" ({sum(per.values())} per iteration: {plain(per)})" if per else ""
     keys = f"; rotation keys for {len(stats['rotation_steps'])} step(s)" if stats.get("rotation_steps") is not None else ""
     if needed > avail:
         return (f"depth: the run used {needed} multiplicative levels in all{per_text}; one modulus chain of "
