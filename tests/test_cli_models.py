@@ -32,6 +32,17 @@ def test_models_lists_every_trainer_layout_preset_and_backend(capsys):
     assert "INSECURE" in next(ln for ln in lines if ln.split()[:1] == ["sim"])
 
 
+def test_mlr_summary_names_its_default_packing(capsys):
+    """`hetrain models` once called mlr's packing "Volley Revolver" while its default is blocked."""
+    from hetrain.models.mlr import DEFAULTS
+
+    assert main(["models"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.split()[:1] == ["mlr"])
+    summary = line.split(" [capabilities:")[0]
+    assert f"{DEFAULTS['layout']} packing" in summary
+    assert "and Volley Revolver packing" not in summary
+
+
 def test_fit_explains_its_figures_in_plain_words(capsys, tmp_path):
     import numpy as np
 

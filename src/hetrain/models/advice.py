@@ -54,9 +54,11 @@ class Option:
     note: str = ""
 
     def cli(self) -> str:
+        """The options as command-line flags, e.g. ``--learning-rate 2 --iterations 3`` (floats as ``%g``)."""
         return " ".join(f"{FLAGS.get(k, '--' + k.replace('_', '-'))} {_num(v)}" for k, v in self.values.items())
 
     def text(self) -> str:
+        """The flags in backquotes, followed by the note in parentheses when there is one: one line of advice."""
         return f"`{self.cli()}`" + (f" ({self.note})" if self.note else "")
 
 

@@ -91,6 +91,7 @@ class Plan:
 
     @property
     def fits(self) -> bool:
+        """Whether the whole run fits one modulus chain: levels_needed <= levels_available (no refresh)."""
         return self.levels_needed <= self.levels_available
 
     def fits_with_refresh(self) -> bool:
@@ -182,6 +183,8 @@ class Trainer(abc.ABC):
 
     @classmethod
     def from_job(cls, job: dict) -> "Trainer":
+        """The trainer a job was made with, from its job.json dict (its ``config``); raises the trainer's
+        config error (HetrainUserError) when that config is not valid."""
         return cls(**job["config"])
 
     def merge_config(self, defaults: dict, config: dict, error: type[Exception] = HetrainUserError) -> dict:
@@ -312,11 +315,14 @@ registry: dict[str, type[Trainer]] = {}
 
 
 def register(cls: type[Trainer]) -> type[Trainer]:
+    """Class decorator: add a trainer to the registry under its ``name`` (``--model``); returns the class."""
     registry[cls.name] = cls
     return cls
 
 
 def get_trainer(name: str) -> type[Trainer]:
+    """The trainer class registered as ``name`` (a registry name such as "mlr" or "mlp-dvr", see
+    :func:`resolve_model`). Raises HetrainUserError naming the available models for an unknown name."""
     import hetrain.models.catalog  # noqa: F401  (imports every trainer module so they register)
     try:
         return registry[name]

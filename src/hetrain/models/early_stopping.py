@@ -16,6 +16,10 @@ import numpy as np
 
 @dataclasses.dataclass
 class EarlyStopping:
+    """The early-stopping rule of this module's docstring, fed one epoch at a time with :meth:`update`:
+    ``patience`` epochs without progress stop the run (0: never), ``tol`` is the loss drop (in nats of
+    mean binary cross-entropy) that counts as progress; the other fields are its running record."""
+
     patience: int
     tol: float = 1e-4
     best_accuracy: float = -np.inf   # of the best epoch

@@ -112,9 +112,14 @@ class MiniBatchMLR(Trainer):
         return s.consumed if s.fits else deepest.levels + 1
 
     def packing(self, d: int, c: int, slots: int) -> BlockedPacking:
+        """The blocked packing of one mini-batch (batch_size rows × (d + 1) columns, bias included) for c
+        classes in ciphertexts of ``slots`` slots (BlockedPacking.choose; raises LayoutError when the
+        classes, rounded up to a power of two, need more than half the slots)."""
         return BlockedPacking.choose(self.config["batch_size"], d + 1, c, slots)
 
     def batches_of(self, n: int) -> list[np.ndarray]:
+        """Row indices of each mini-batch of n rows, in order: ⌈n / batch_size⌉ arrays of batch_size
+        indices (the last one may be shorter)."""
         b = self.config["batch_size"]
         return [np.arange(s, min(s + b, n)) for s in range(0, n, b)]
 
@@ -177,6 +182,7 @@ class MiniBatchMLR(Trainer):
 
     # ------------------------------------------------------------------ client side (plaintext)
     def check_data(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
+        """X (n × d) and one-hot Y (n × c) as float64 arrays (base.check_training_arrays; raises DataError)."""
         return check_training_arrays(X, Y)
 
     def plain_batches(self, X, Y, slots: int) -> list[Batch]:
@@ -213,6 +219,7 @@ class MiniBatchMLR(Trainer):
                 for b in self.plain_batches(X, Y, engine.slots)]
 
     def initial_weights(self, n_features: int, n_classes: int, slots: int) -> list[np.ndarray]:
+        """W₀ = 0 (n_classes × (1 + n_features)) packed as the blocked layout's weight vectors, ``slots`` each."""
         return self.packing(n_features, n_classes, slots).pack_weights(np.zeros((n_classes, n_features + 1)))
 
     @property
@@ -227,6 +234,7 @@ class MiniBatchMLR(Trainer):
         return packing.pack_weights(M)
 
     def unpack(self, vectors, n_features: int, n_classes: int, slots: int) -> np.ndarray:
+        """The weight matrix (n_classes × (1 + n_features), bias column first) from decrypted weight vectors."""
         return self.packing(n_features, n_classes, slots).unpack_weights(vectors)
 
     def check_weights(self, W: np.ndarray, X: np.ndarray) -> None:
@@ -268,6 +276,7 @@ class MiniBatchMLR(Trainer):
         return dict(state)
 
     def initial_state(self, d: int, c: int) -> dict:
+        """The twin's starting state: W = 0 (c × (1 + d)), and the momentum D = 0 of the same shape when β > 0."""
         W = np.zeros((c, d + 1))
         return {"W": W, "D": np.zeros_like(W)} if self.beta > 0 else {"W": W}
 

@@ -66,6 +66,11 @@ KEEP_AFTER_FIRST_FOLD = 0.25  # the share of candidates rehearsed on the other f
 
 @dataclasses.dataclass
 class Candidate:
+    """One rehearsed point of the planner's grid: its MiniBatchMLR ``config``, whether the twin's run kept
+    every sigmoid input inside the interval (``fits``), the largest |sigmoid input| / bound of the run
+    (``peak``, unitless), the early-stopped run's best validation accuracy (fraction) and loss (mean binary
+    cross-entropy; -1 and inf when it does not fit), its best epoch, its length in epochs and in steps."""
+
     config: dict
     fits: bool                 # every sigmoid input of the run within MARGIN of the interval
     peak: float                # max |sigmoid input| / bound over the run
@@ -78,6 +83,12 @@ class Candidate:
 
 @dataclasses.dataclass
 class MiniBatchPlan:
+    """What ``plan_minibatch`` chose before keygen: the encrypted run's config, the chosen candidate and all
+    rehearsed ones, the batches per epoch, the levels one step consumes, which options were searched, the
+    planning time and the estimated seconds per SEAL step, the feature transform P (d × d, or None) with
+    its whitening shrinkage / kept variance / components, the mean cross-validated accuracy over ``folds``,
+    and the planned run's CKKS noise growth (``noise_sensitivity``)."""
+
     config: dict               # MiniBatchMLR config for the encrypted run (epochs = planned epochs)
     chosen: Candidate
     candidates: list[Candidate]

@@ -117,11 +117,18 @@ def out_axis(layer: int) -> str:
 
 
 def in_axis(layer: int) -> str:
+    """The grid axis ("a" or "b") that holds layer ``layer``'s inputs: the other one than :func:`out_axis`'s."""
     return dvr.other(out_axis(layer))
 
 
 @register
 class MLPTrainer(Trainer):
+    """Encrypted sigmoid network (``--model mlp --layout dvr``) in the double Volley Revolver layout (Chiang,
+    arXiv:2201.12577; circuits/dvr.py): forward pass, back-propagation and update on ciphertexts, the
+    arithmetic of the plaintext twin (mlp_twin.py), optional Nesterov momentum. Config keys and level costs:
+    this module's docstring. Raises MLPConfigError (a HetrainUserError) for an unknown or out-of-range option.
+    """
+
     name = "mlp-dvr"
     summary = ("network with one or two hidden sigmoid layers, double Volley Revolver packing (wide inputs such "
                "as 400 CNN features); --model mlp --layout dvr")
@@ -191,6 +198,7 @@ class MLPTrainer(Trainer):
     # ------------------------------------------------------------------ shapes and levels
     @property
     def K(self) -> int:
+        """The number of weight layers: hidden layers + 1 (the output layer)."""
         return len(self.config["hidden"]) + 1
 
     def in_width(self, d: int) -> int:
@@ -198,9 +206,13 @@ class MLPTrainer(Trainer):
         return int(self.config["components"]) if self.config["components"] is not None else int(d)
 
     def sizes(self, d: int, c: int) -> list[int]:
+        """The layer widths [input width (d, or ``components``), *hidden, c] (mlp_twin.layer_sizes)."""
         return mlp_twin.layer_sizes(self.in_width(d), self.config["hidden"], c)
 
     def layout(self, n: int, d: int, c: int, slots: int) -> dvr.GridLayout:
+        """The dvr grid for n samples of d features (input width as :meth:`in_width`) and c classes in
+        ``slots`` slots: P × P slots per sample, S samples per ciphertext (dvr.GridLayout.choose; raises
+        LayoutError when the widest layer's grid does not fit the slots)."""
         return dvr.GridLayout.choose(slots, n, self.in_width(d), [*self.config["hidden"], c])
 
     def _mus(self) -> list[float]:
@@ -346,6 +358,8 @@ class MLPTrainer(Trainer):
         return X if c is None else np.clip(X, -c, c)
 
     def initial_weights(self, d: int, c: int) -> dict[str, np.ndarray]:
+        """Glorot-uniform W1..WK (out × in, seeded by ``seed``, bound × ``init_scale``) and zero biases b1..bK
+        (mlp_twin.init_weights; Glorot & Bengio 2010), which the client encrypts."""
         return mlp_twin.init_weights(self.sizes(d, c), self.config["seed"], self.config["init_scale"])
 
     def client_check(self, X, Y):
@@ -817,4 +831,6 @@ def wide_inputs(base: dict, n: int, d: int, c: int, slots: int) -> bool:
 
 
 def lay_n(job: dict) -> int:
+    """The sample count of a job record without ``data_shape``: there is none to read, so it raises
+    DataError (an incomplete or old job.json)."""
     raise DataError("job has no data_shape [n_samples, n_features, n_classes]")

@@ -66,6 +66,8 @@ def split(Y: np.ndarray, fraction: float = VALIDATION_FRACTION, seed: int = 0):
 
 
 def bce(scores: np.ndarray, Y: np.ndarray) -> float:
+    """Mean binary cross-entropy (nats per row, summed over the c outputs) of probabilities ``scores`` (n × c,
+    NaN read as 0.5, clipped to [1e-6, 1 − 1e-6]) against one-hot Y (n × c)."""
     p = np.clip(np.nan_to_num(scores, nan=0.5), 1e-6, 1 - 1e-6)
     return float(-np.mean(np.sum(Y * np.log(p) + (1 - Y) * np.log(1 - p), axis=1)))
 

@@ -24,6 +24,10 @@ from hetrain.circuits.approx import PolyApprox
 
 @dataclasses.dataclass(frozen=True)
 class Scales:
+    """The public scale factors of the scaled parametrisation (module docstring), all unitless floats:
+    x = √g1 (on the inputs), a = √(c·g2) (on the hidden activations), w2 = √(c/g2) (V2 = w2·W2),
+    dsig = √(g2/c) (folded into σ_h'), and the output approximation's o0 and slope c."""
+
     x: float        # √g1
     a: float        # √(c·g2)
     w2: float       # √(c/g2)   (V2 = w2·W2)
@@ -33,6 +37,9 @@ class Scales:
 
     @classmethod
     def of(cls, lr_hidden: float, lr_output: float, n: int, out: PolyApprox) -> "Scales":
+        """The scales for learning rates η1 = ``lr_hidden``, η2 = ``lr_output`` on n rows (g = η/n) and the
+        degree-1 output approximation ``out`` (o0 = its constant, c = its slope; c and η2 are expected positive:
+        a negative c·η2 gives NaN scales)."""
         o0, c = float(out.coeffs[0]), float(out.coeffs[1])
         g1, g2 = lr_hidden / n, lr_output / n
         return cls(np.sqrt(g1), np.sqrt(c * g2), np.sqrt(c / g2), np.sqrt(g2 / c), o0, c)

@@ -40,10 +40,12 @@ class ExactSigmoid:
         return sigmoid(x)
 
     def derivative(self):
+        """σ'(x) = σ(x)·(1 − σ(x)) as a function of an array x (elementwise), as PolyApprox.derivative gives."""
         return lambda x: sigmoid(x) * (1.0 - sigmoid(x))
 
 
 def layer_sizes(n_features: int, hidden: Sequence[int], n_classes: int) -> list[int]:
+    """The network's widths [d, h1, ..., c] (K + 1 ints for K weight layers: W_l is sizes[l] × sizes[l-1])."""
     return [int(n_features), *[int(h) for h in hidden], int(n_classes)]
 
 
@@ -112,6 +114,7 @@ def gradients(weights: dict, X: np.ndarray, Y: np.ndarray, acts: Sequence, step:
 
 
 def sigmoid_safe(p: np.ndarray) -> np.ndarray:
+    """``p`` with NaN replaced by 0.5 (σ(0)); ±inf become the largest finite floats (numpy.nan_to_num)."""
     return np.nan_to_num(p, nan=0.5)
 
 

@@ -47,9 +47,19 @@ DEFAULTS = {"iterations": 3, "learning_rate": 4.0, "sigmoid": "published", "mome
 
 @register
 class MLRTrainer(Trainer):
+    """Full-batch encrypted multiclass logistic regression (``--model mlr --refresh none``): one sigmoid per
+    class (one-vs-rest), quadratic-gradient ascent (Chiang, arXiv:2201.10838) with optional Nesterov momentum,
+    the whole schedule in one modulus chain (no refresh). Packings: ``blocked`` (default) or the published
+    ``volley-revolver`` (arXiv:2201.12577). Config keys and level costs: this module's docstring.
+
+    Raises HetrainUserError for an unknown config key or a bad value (iterations < 1, learning_rate not
+    positive and finite, unknown momentum, layout or sigmoid).
+    """
+
     name = "mlr"
-    summary = ("full-batch multiclass logistic regression with the quadratic-gradient preconditioner and Volley "
-               "Revolver packing, in one modulus chain (--model mlr --iterations N)")
+    summary = ("full-batch multiclass logistic regression with the quadratic-gradient preconditioner, blocked "
+               "packing (--layout volley-revolver: the published one), in one modulus chain "
+               "(--model mlr --refresh none --iterations N)")
     # one modulus chain, no refresh (``--refresh`` trains mlr with the mini-batch trainer, minibatch.py)
     capabilities = frozenset({"checkpoint", "executor"})
 
@@ -75,10 +85,14 @@ class MLRTrainer(Trainer):
 
     # ------------------------------------------------------------------ planning
     def schedule(self, n_samples: int) -> Schedule:
+        """The folded ascent schedule (mlr_twin.Schedule) for ``n_samples`` training rows under this config."""
         c = self.config
         return Schedule.build(c["iterations"], n_samples, c["learning_rate"], c["momentum"])
 
     def packing(self, n: int, d_with_bias: int, c: int, slots: int):
+        """The configured packing (circuits/packing.py) of n samples × ``d_with_bias`` features (bias column
+        included) × c classes into ciphertexts of ``slots`` slots. Raises LayoutError when the data does not
+        fit it."""
         return choose_packing(self.config["layout"], n, d_with_bias, c, slots)
 
     def plan(self, n_samples: int, n_features: int, n_classes: int, params) -> Plan:

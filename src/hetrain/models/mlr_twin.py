@@ -55,6 +55,11 @@ class Schedule:
 
     @classmethod
     def build(cls, iterations: int, n_samples: int, learning_rate: float, momentum: str) -> "Schedule":
+        """The schedule of ``iterations`` steps over ``n_samples`` rows: step_t = learning_rate·(1 + 1/(n·(t+1)))
+        on the quadratic gradient (Chiang, arXiv:2201.10838), with Nesterov's look-ahead (α₀ = 0.01, the
+        published start) when ``momentum`` is "nesterov", plain ascent for "none". Same recursion as
+        :func:`reference_ascent`, written over the raw gradients. Raises ValueError for iterations < 1 or
+        another momentum."""
         if iterations < 1:
             raise ValueError("iterations must be >= 1")
         if momentum not in ("nesterov", "none"):

@@ -89,6 +89,7 @@ class StepTrace:
 
     @property
     def fits(self) -> bool:
+        """Whether the iteration ran without exhausting the levels (``levels`` is not None)."""
         return self.levels is not None
 
 
@@ -103,6 +104,8 @@ def levels_of(state: dict) -> Levels:
 
 
 def lowest(levels: Levels) -> int:
+    """The lowest level of any ciphertext in a state's ``levels`` (``levels_of``): what the state has left.
+    Raises ValueError for a state without ciphertexts."""
     return min(lv for _, lvs in levels for lv in lvs)
 
 
@@ -197,6 +200,7 @@ def deep_step(trainer, shape: Sequence[int], params, levels: Levels | None, flav
 
 
 def clear_cache() -> None:
+    """Forget every cached trace and setup (module docstring), e.g. after a trainer's circuit changed."""
     _CACHE.clear()
     _SETUPS.clear()
 
