@@ -38,10 +38,11 @@ from hetrain.ckks.params import PRESETS
 from hetrain.errors import DataError, HetrainUserError
 
 from .base import check_training_arrays, DepthPlanError, Plan, Trainer, register
+from .configs import MLRConfig
 from .mlr_twin import Schedule, add_bias, quadratic_gradient_diag, twin
 
 CIRCUITS = {"blocked": blocked_matmul, "volley-revolver": volley_revolver}
-DEFAULTS = {"iterations": 3, "learning_rate": 4.0, "sigmoid": "published", "momentum": "none", "layout": "blocked"}
+DEFAULTS = MLRConfig.defaults()  # the one source: models/configs.py
 
 
 def levels_needed(iterations: int, sigmoid_depth: int) -> int:
