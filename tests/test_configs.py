@@ -325,10 +325,10 @@ def test_fit_through_the_derived_options_under_seal(capsys, tmp_path):
     export_csv("iris", data)
     rc, out, err = run_cli(capsys, "fit", "--data", data, "--out", model, "--backend", "seal", "--preset", "n8192",
                            "--quiet", "--refresh", "none", "--iterations", "1", "--learning-rate", "2",
-                           "--sigmoid", "deg3:16", "--layout", "volley-revolver", "--momentum", "none", lines=True)
+                           "--sigmoid", "deg3:16", "--layout", "blocked", "--momentum", "nesterov", lines=True)
     assert rc == 0, err
     record = json.loads(model.read_text())
-    assert record["config"] == {"iterations": 1, "learning_rate": 2.0, "sigmoid": "deg3:16", "momentum": "none",
-                                "layout": "volley-revolver"}
+    assert record["config"] == {"iterations": 1, "learning_rate": 2.0, "sigmoid": "deg3:16", "momentum": "nesterov",
+                                "layout": "blocked"}
     assert record["info"]["configuration"]["fit"]["learning_rate"] == 2.0  # recorded as checked, not as typed
     assert float(out[-1].split("=")[1]) < 1e-3  # twin_max_abs_diff

@@ -432,10 +432,12 @@ def option(default, kind: Kind, help: str, **meta) -> Any:
 
 
 def accept(trainer: str, name: str, opt: Option, value, style: str = "python"):
-    """``value`` of option ``name`` checked and normalised by ``opt`` (a string is parsed unless the
-    kind holds strings); OptionTypeError / OptionRangeError naming the option and the valid values."""
+    """``value`` of option ``name`` checked and normalised by ``opt``: a command line's string is parsed
+    (``style`` "cli"); a Python, JSON or TOML value must have the field's type (a string only where
+    the kind takes one, e.g. hidden "32,16"). OptionTypeError / OptionRangeError naming the option
+    and the valid values."""
     try:
-        value = opt.kind.parse(value) if isinstance(value, str) else opt.kind.coerce(value)
+        value = opt.kind.parse(value) if style == "cli" and isinstance(value, str) else opt.kind.coerce(value)
     except ConfigTypeError:
         raise OptionTypeError(trainer, name, f"must be {opt.kind.valid}, got {_shown(value)}", style) from None
     if not opt.kind.check(value):
