@@ -10,6 +10,15 @@ training in a separate server process that gets public material only, decryption
 Prediction uses the decrypted (rounded) weights in plaintext. Hyperparameters left at ``None``
 take the trainer's defaults. As in scikit-learn, ``__init__`` only stores its arguments.
 
+Parameters: the trainer options of the estimator's trainers, derived from their typed configs
+(hetrain.models.configs: mlr and mlr-minibatch for EncryptedLogisticRegression, mlp-dvr and
+mlp-diagonal for EncryptedMLPClassifier; ``None``: planned or the trainer's default), then the job's
+own (``_job_params``: refresh, preset, backend, ...). ``fit`` checks the options given with the config
+of the trainer it resolves to, exactly as ``hetrain fit`` checks its command line (configs.user_config):
+an option that trainer does not have raises UnknownOptionError naming the trainers that have it, a
+bad value OptionTypeError / OptionRangeError naming the valid values; a parameter neither trainer has
+raises EstimatorParamError at construction.
+
 ``random_state`` (None, an int ≥ 0 or a ``numpy.random.RandomState``) seeds the run's randomness:
 the split, the shuffles and initial weights, and the keys on the sim backend. ``seed`` is its old
 name, deprecated: it still works for this release and warns (FutureWarning) at ``fit``.
