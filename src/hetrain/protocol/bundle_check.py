@@ -9,6 +9,9 @@ and the trainer's own fields: n_samples/n_features/n_classes, n/d/c, sizes, n_ba
 iterations). Checked here, in this order, each from files read in bounded pieces:
 
 1. the JSON files are small (``MAX_JSON_BYTES``), of the expected types, and agree with each other;
+   job.json's trainer config passes the trainer's typed schema (models/configs.py; JobConfigError
+   with a ``code``: config-unknown-key, config-wrong-type, config-out-of-range) before anything else
+   of the bundle is read;
 2. the parameters are a ring SEAL supports with a sane chain; the rotation steps are in range;
    every container's parts add up to its file's size exactly (no trailing bytes), and each part
    of the public context is no larger than a key of those parameters can be;
@@ -332,8 +335,8 @@ def check_job_config(job, manifest: dict) -> None:
     range. A trainer without a schema (a registered test trainer) is left to its own checks."""
     from hetrain.models import configs
 
-    if not isinstance(job, dict):
-        raise ClaimError("job.json must be an object")
+    if not isinstance(job, dict) or not isinstance(job.get("config", {}), dict):
+        return  # check_job refuses these, naming what is wrong
     try:
         configs.check_job_config(manifest["model"], job.get("config", {}))
     except configs.TrainerConfigError as exc:
