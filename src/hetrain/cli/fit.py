@@ -117,8 +117,12 @@ def add_trainer_arguments(p: argparse.ArgumentParser) -> None:
     from hetrain.models import configs
 
     for name in configs.user_options():
-        action = p.add_argument(f"--{name.replace('_', '-')}", default=None, metavar=name.upper(),
-                                help=configs.cli_help(name))
+        text = configs.cli_help(name)
+        if name == "layout":  # with --model mlp it picks the implementation: every registered mlp-<layout>
+            mlp = sorted(t[len("mlp-"):] for t in trainer_names() if t.startswith("mlp-"))
+            text = text.replace(". ", f" (--model mlp: auto, {', '.join(mlp)} selects the implementation; auto: "
+                                      "diagonal up to 16 features, dvr above). ", 1)
+        action = p.add_argument(f"--{name.replace('_', '-')}", default=None, metavar=name.upper(), help=text)
         action.trainer_option = name  # cli/config.py checks --config values of these with the fields' kinds
 
 

@@ -539,7 +539,7 @@ class MLRConfig(TrainerConfig):
     sigmoid: str = option("published", Sigmoid(), _SIGMOID)
     momentum: str = option("none", Choice(("none", "nesterov")), "momentum (mlr-minibatch: a heavy-ball β)")
     layout: str = option("blocked", Choice(("auto", "blocked", "volley-revolver")),
-                         "packing (mlp: auto, dvr or diagonal selects the implementation)")
+                         "packing")
 
 
 @register_config
