@@ -10,6 +10,15 @@ training in a separate server process that gets public material only, decryption
 Prediction uses the decrypted (rounded) weights in plaintext. Hyperparameters left at ``None``
 take the trainer's defaults. As in scikit-learn, ``__init__`` only stores its arguments.
 
+Parameters: the trainer options of the estimator's trainers, derived from their typed configs
+(hetrain.models.configs: mlr and mlr-minibatch for EncryptedLogisticRegression, mlp-dvr and
+mlp-diagonal for EncryptedMLPClassifier; ``None``: planned or the trainer's default), then the job's
+own (``_job_params``: refresh, preset, backend, ...). ``fit`` checks the options given with the config
+of the trainer it resolves to, exactly as ``hetrain fit`` checks its command line (configs.user_config):
+an option that trainer does not have raises UnknownOptionError naming the trainers that have it, a
+bad value OptionTypeError / OptionRangeError naming the valid values; a parameter neither trainer has
+raises EstimatorParamError at construction.
+
 ``random_state`` (None, an int ≥ 0 or a ``numpy.random.RandomState``) seeds the run's randomness:
 the split, the shuffles and initial weights, and the keys on the sim backend. ``seed`` is its old
 name, deprecated: it still works for this release and warns (FutureWarning) at ``fit``.
@@ -26,19 +35,78 @@ from hetrain.errors import DataError, HetrainUserError
 _DEPRECATED = "deprecated"  # the default of a deprecated parameter (scikit-learn's convention)
 
 
+class EstimatorParamError(HetrainUserError, TypeError):
+    """An estimator was given a parameter it does not have (e.g. a trainer option of the other family)."""
+
+
+class _DerivedInit:
+    """The estimators' ``__init__``: keyword parameters derived, when asked, from the trainer configs
+    (hetrain.models.configs.family_options: every user option of the family's trainers, default None:
+    planned or the trainer's) and the class's job parameters (``_job_params``). Its ``__signature__``
+    is what scikit-learn's get_params/set_params/clone and repr read, so a field added to a trainer
+    config is a parameter at once. As scikit-learn requires, it only stores its arguments."""
+
+    def __get__(self, obj, cls):
+        import inspect
+        import types
+
+        params = cls._param_defaults()
+
+        def __init__(est, **kwargs):
+            unknown = sorted(set(kwargs) - set(params))
+            if unknown:
+                raise EstimatorParamError(f"{cls.__name__} has no parameter {', '.join(map(repr, unknown))}; its "
+                                          f"parameters: {', '.join(params)}")
+            for name, default in params.items():
+                setattr(est, name, kwargs.get(name, default))
+
+        __init__.__qualname__ = f"{cls.__name__}.__init__"
+        __init__.__signature__ = inspect.Signature(
+            [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+            + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+               for name, default in params.items()])
+        return __init__ if obj is None else types.MethodType(__init__, obj)
+
+
 class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
     _model_name = "abstract"
-    _config_keys = ("iterations", "learning_rate", "sigmoid", "momentum", "layout")
+    _family = "mlr"                  # hetrain.models.configs.FAMILIES: the trainers whose options are parameters
+    _trainer_defaults: dict = {}     # a trainer option's default when not None
+    _job_params: dict = {}           # the job's own parameters and their defaults
 
-    def _config(self) -> dict:
-        return {k: getattr(self, k) for k in self._config_keys if getattr(self, k) is not None}
+    __init__ = _DerivedInit()
+
+    @classmethod
+    def _param_defaults(cls) -> dict:
+        from hetrain.models import configs
+
+        trainer = {name: cls._trainer_defaults.get(name) for name in configs.family_options(cls._family)}
+        return {**trainer, **cls._job_params}
 
     def _refresh_mode(self) -> str:
         return getattr(self, "refresh", "none")
 
-    def _options(self, seed: int | None) -> dict:
+    def _trainer(self, n_features: int | None) -> str:
+        from hetrain.models import configs
+
+        return configs.trainer_for(self._model_name, self._refresh_mode(), getattr(self, "layout", None), n_features)
+
+    def _user_config(self, n_features: int | None = None):
+        """The trainer options set (not None), checked by the config of the trainer this fit resolves to
+        (models/configs.py user_config, the same check as `hetrain fit`'s options)."""
+        from hetrain.models import configs
+
+        given = {name: getattr(self, name, None) for name in configs.family_options(self._family)}
+        return configs.user_config(self._trainer(n_features), given, style="python")
+
+    def _config(self, n_features: int | None = None) -> dict:
+        """The trainer config this estimator's parameters give (given options only: the planner chooses
+        the others)."""
+        return self._user_config(n_features).config
+
+    def _options(self, seed: int | None, n_features: int | None = None) -> dict:
         """Job options beyond the trainer's config (mini-batch mlr adds its own); ``seed``: ``_seed()``'s."""
-        return {"scale": self.scale, "seed": seed}
+        return {"scale": self.scale, "seed": seed, **self._user_config(n_features).job}
 
     def _seed(self) -> int | None:
         """The run's seed from ``random_state`` (or the deprecated ``seed``, with a FutureWarning).
@@ -97,9 +165,10 @@ class _EncryptedClassifier(ClassifierMixin, BaseEstimator):
 
         seed = self._seed()
         X, y_index = self._labelled(X, y)
-        result = fit(X, y_index, self._model_name, self._config(), refresh=self._refresh_mode(), preset=self.preset,
+        d = X.shape[1]
+        result = fit(X, y_index, self._model_name, self._config(d), refresh=self._refresh_mode(), preset=self.preset,
                      backend=self.backend, progress=self.verbose, log=print if self.verbose else None,
-                     **self._options(seed))
+                     **self._options(seed, d))
         self.model_, self.fit_stats_ = result.model, result.stats
         self.twin_max_abs_diff_ = result.twin_max_abs_diff
         self.partial_ = result.partial
@@ -139,33 +208,9 @@ class EncryptedLogisticRegression(_EncryptedClassifier):
     """
 
     _model_name = "mlr"
-    _long_keys = ("learning_rate", "sigmoid", "momentum", "batch_size", "weight_decay")
-
-    def __init__(self, iterations=None, learning_rate=None, sigmoid=None, momentum=None, layout=None,
-                 epochs=None, batch_size=None, weight_decay=None, time_limit=None, refresh="auto",
-                 validation_fraction=0.2, preset="auto", backend="seal", scale=1.0, random_state=None, verbose=False,
-                 seed=_DEPRECATED):
-        self.iterations = iterations
-        self.learning_rate = learning_rate
-        self.sigmoid = sigmoid
-        self.momentum = momentum
-        self.layout = layout
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.weight_decay = weight_decay
-        self.time_limit = time_limit
-        self.refresh = refresh
-        self.validation_fraction = validation_fraction
-        self.preset = preset
-        self.backend = backend
-        self.scale = scale
-        self.random_state = random_state
-        self.verbose = verbose
-        self.seed = seed
-
-    def _config(self) -> dict:
-        keys = self._config_keys if self._refresh_mode() == "none" else self._long_keys
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+    _family = "mlr"
+    _job_params = {"time_limit": None, "refresh": "auto", "validation_fraction": 0.2, "preset": "auto",
+                   "backend": "seal", "scale": 1.0, "random_state": None, "verbose": False, "seed": _DEPRECATED}
 
     def _refresh_mode(self) -> str:
         from hetrain.protocol.client_jobs import resolve_refresh
@@ -174,15 +219,10 @@ class EncryptedLogisticRegression(_EncryptedClassifier):
             return "none"
         return resolve_refresh(self.refresh, self._model_name, {"iterations": self.iterations}, self.backend, 0)
 
-    def _options(self, seed: int | None) -> dict:
+    def _options(self, seed: int | None, n_features: int | None = None) -> dict:
         if self._refresh_mode() == "none":
-            return super()._options(seed)
-        if self.iterations is not None:
-            from hetrain.errors import HetrainUserError
-
-            raise HetrainUserError("iterations counts full-batch iterations of refresh='none'; with refresh, "
-                                   "training runs in mini-batch epochs: set epochs (or refresh='none')")
-        return {**super()._options(seed), "validation_fraction": self.validation_fraction, "max_epochs": self.epochs,
+            return super()._options(seed, n_features)
+        return {**super()._options(seed, n_features), "validation_fraction": self.validation_fraction,
                 "time_limit": self.time_limit}
 
 
@@ -204,30 +244,10 @@ class EncryptedMLPClassifier(_EncryptedClassifier):
     """
 
     _model_name = "mlp"
-    _config_keys = _EncryptedClassifier._config_keys + ("hidden",)
-
-    def __init__(self, hidden=None, iterations=None, learning_rate=None, sigmoid=None, momentum=None,
-                 layout="auto", preset="auto", backend="seal", scale=1.0, random_state=None, verbose=False,
-                 refresh="none", seed=_DEPRECATED):
-        self.hidden = hidden
-        self.iterations = iterations
-        self.learning_rate = learning_rate
-        self.sigmoid = sigmoid
-        self.momentum = momentum
-        self.layout = layout
-        self.preset = preset
-        self.backend = backend
-        self.scale = scale
-        self.random_state = random_state
-        self.verbose = verbose
-        self.refresh = refresh
-        self.seed = seed
-
-    def _config(self) -> dict:
-        config = super()._config()
-        if "hidden" in config:
-            config["hidden"] = [int(h) for h in np.atleast_1d(config["hidden"])]
-        return config
+    _family = "mlp"
+    _trainer_defaults = {"layout": "auto"}
+    _job_params = {"preset": "auto", "backend": "seal", "scale": 1.0, "random_state": None, "verbose": False,
+                   "refresh": "none", "seed": _DEPRECATED}
 
 
 __all__ = ["EncryptedLogisticRegression", "EncryptedMLPClassifier"]

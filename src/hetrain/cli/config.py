@@ -125,6 +125,8 @@ def _convert(action: argparse.Action, value, key: str, path: str):
     def wrong(what: str):
         return ConfigError(f"{path}: key {key!r} must be {what}, got {value!r} ({_toml_type(value)})")
 
+    if getattr(action, "trainer_option", None):  # a trainer option (cli/fit.add_trainer_arguments)
+        return _trainer_value(action.trainer_option, value, wrong)
     if action.nargs == 0:  # a switch: --quiet, --header/--no-header
         if not isinstance(value, bool):
             raise wrong("true or false")
@@ -148,6 +150,25 @@ def _convert(action: argparse.Action, value, key: str, path: str):
         raise ConfigError(f"{path}: key {key!r} must be one of {', '.join(map(str, action.choices))}, "
                           f"got {value!r}")
     return converted
+
+
+def _trainer_value(name: str, value, wrong):
+    """A trainer option's value from TOML, checked by the kind of the configs' field ``name``
+    (models/configs.py): as TOML types it (epochs = 20, hidden = [32, 16], momentum = 0.9), or a
+    string where the field holds one (sigmoid = "deg3:16", hidden = "32,16"). The range is checked
+    with the trainer the run resolves to (cli/fit.job_options)."""
+    from hetrain.models import configs
+
+    uses = configs.user_options()[name]
+    for _, opt, _ in uses:
+        if isinstance(value, str) and not opt.kind.accepts_text:
+            continue
+        try:
+            checked = opt.kind.coerce(value)
+        except configs.ConfigTypeError:
+            continue
+        return opt.kind.plain(checked)
+    raise wrong(uses[0][1].kind.type_text)
 
 
 def _toml_type(value) -> str:

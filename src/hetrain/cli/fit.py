@@ -7,7 +7,7 @@ import argparse
 from hetrain import ckks
 from hetrain.ckks.registry import is_insecure
 from hetrain.errors import HetrainUserError
-from hetrain.models.minibatch_plan import BATCH_SIZES, DEFAULT_MAX_EPOCHS, DEFAULT_PATIENCE, DEFAULT_TIME_BUDGET_S
+from hetrain.models.minibatch_plan import DEFAULT_TIME_BUDGET_S
 from hetrain.outputs import check_writable
 
 from .confirm import add_confirm_arguments, before_keys
@@ -18,7 +18,6 @@ from .submit import add_api_key_argument
 
 PARTIAL_EXIT = 3  # a model was written, but training stopped before it was done (time limit, failure)
 UNVERIFIED_EXIT = 6  # a model was written only because --force-unverified asked for it
-MINIBATCH_FLAGS = ("epochs", "time_limit", "batch_size", "patience", "weight_decay")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,36 +80,13 @@ def trainer_names() -> list[str]:
     return sorted(registry)
 
 
-def layout_help() -> str:
-    """--layout's names: mlp's implementations from the registry (mlp-<layout>), mlr's packings."""
-    from hetrain.models.mlr import CIRCUITS
-
-    mlp = sorted(name[len("mlp-"):] for name in trainer_names() if name.startswith("mlp-"))
-    return (f"packing: for mlp auto, {', '.join(mlp)} (selects the implementation; default auto: diagonal up to "
-            f"16 features, dvr above); for mlr with --refresh none auto, {', '.join(CIRCUITS)} (default auto: "
-            "blocked)")
-
-
 def add_training_arguments(p: argparse.ArgumentParser, keys: bool = False) -> None:
     """The job's options, shared by `fit`, `encrypt` and `demo` (``keys``: the parameters and backend
-    come from a key directory, so --preset and --backend are not offered)."""
-    p.add_argument("--iterations", type=int,
-                   help="full-batch training iterations (default: the trainer's: 3 for mlr with --refresh none; "
-                        "for mlp its planner chooses from the data and a time budget); mini-batch mlr counts "
-                        "--epochs instead")
+    come from a key directory, so --preset and --backend are not offered): the job's own options here,
+    the trainers' options derived from their configs (``add_trainer_arguments``)."""
     if not keys:
         p.add_argument("--preset", default="auto", help=f"CKKS parameters: auto (smallest that fits) or one of {', '.join(ckks.PRESETS)}")
         p.add_argument("--backend", default="seal", choices=ckks.BACKENDS, help=ckks.registry.backend_help())
-    p.add_argument("--learning-rate", type=float,
-                   help="step size (default: chosen by the planner on the training data; 4.0 for mlr with "
-                        "--refresh none)")
-    p.add_argument("--sigmoid", help="sigmoid approximation: 'published' or 'deg<D>:<B>' such as deg5:12 (default: "
-                                     "chosen by the planner; published for mlr with --refresh none)")
-    p.add_argument("--hidden", help="hidden layer sizes for mlp, comma separated, e.g. 32,16 (default: chosen by the "
-                                    "planner: one layer, 16 units for dvr, 4 for diagonal)")
-    p.add_argument("--layout", help=layout_help())
-    p.add_argument("--momentum", help="momentum: none | nesterov (--refresh none), or a heavy-ball β such as 0.9 "
-                                      "(mlr with refresh; default: planned; none for mlr with --refresh none)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply standardised features by this (keeps polynomial inputs in range)")
     p.add_argument("--seed", type=int, help="seed for the simulation backend, the validation split, the planner and "
                                             "release noise (default: none, fresh randomness each run)")
@@ -122,69 +98,64 @@ def add_training_arguments(p: argparse.ArgumentParser, keys: bool = False) -> No
                         "(--iterations); none: one modulus chain, no interaction; client: the data owner re-encrypts "
                         "the state between iterations; bootstrap: the server bootstraps (desilo, openfhe: `hetrain models`). mlr: "
                         "mini-batches and epochs until validation stops improving; mlp: iterations beyond one chain")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"mlr with refresh: the most passes over the training rows (default {DEFAULT_MAX_EPOCHS}); "
-                        "the planner and early stopping usually end sooner")
     p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                    help="mlr with refresh: stop at the first epoch end past this wall time and release the best "
                         f"model so far (exit status 3: partial); also the planner's budget (default: no limit; the "
                         f"planner sizes the run for {DEFAULT_TIME_BUDGET_S / 60:g} minutes)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="mlr with refresh: rows per mini-batch (default: planned among "
-                        f"{', '.join(map(str, BATCH_SIZES))})")
-    p.add_argument("--patience", type=int, default=None,
-                   help=f"mlr with refresh: epochs without validation progress before stopping (default "
-                        f"{DEFAULT_PATIENCE}; 0: off)")
-    p.add_argument("--weight-decay", type=float, default=None,
-                   help="mlr with refresh: per-step shrink of the non-bias weights (default: planned)")
     p.add_argument("--whitening", default="auto",
                    help="mlr with refresh: auto (planned), none (standardised features as they are) or a shrinkage "
                         "such as 1.0 (features whitened by the client, (XᵀX/n + shrinkage·I)^-1/2)")
     p.add_argument("--validation-fraction", type=float, default=0.2,
                    help="mlr with refresh: rows the client holds out (stratified) for validation (default 0.2)")
+    add_trainer_arguments(p)
 
 
-def config_from_args(args) -> dict:
-    """Trainer config from the options the user gave (unset ones keep the trainer's defaults)."""
-    config = {}
-    for key in ("iterations", "learning_rate", "sigmoid", "momentum", "layout"):
-        value = getattr(args, key, None)
-        if value is not None:
-            config[key] = value
-    if args.hidden is not None:
-        try:
-            config["hidden"] = [int(h) for h in args.hidden.split(",") if h.strip()]
-        except ValueError:
-            raise HetrainUserError(f"--hidden must be comma-separated integers such as 32,16, got {args.hidden!r}") from None
-        if not config["hidden"] or min(config["hidden"]) < 1:
-            raise HetrainUserError(f"--hidden needs positive sizes, got {args.hidden!r}")
-    if args.iterations is not None and args.iterations < 1:
-        raise HetrainUserError("--iterations must be at least 1")
-    return config
+def add_trainer_arguments(p: argparse.ArgumentParser) -> None:
+    """One option per field of the trainer configs (hetrain.models.configs.user_options): its help
+    gives, per trainer that has it, the valid values and the default. The value stays as typed (None
+    when not given) until ``job_options`` knows the trainer and checks it with that trainer's field."""
+    from hetrain.models import configs
+
+    for name in configs.user_options():
+        text = configs.cli_help(name)
+        if name == "layout":  # with --model mlp it picks the implementation: every registered mlp-<layout>
+            mlp = sorted(t[len("mlp-"):] for t in trainer_names() if t.startswith("mlp-"))
+            text = text.replace(". ", f" (--model mlp: auto, {', '.join(mlp)} selects the implementation; auto: "
+                                      "diagonal up to 16 features, dvr above). ", 1)
+        action = p.add_argument(f"--{name.replace('_', '-')}", default=None, metavar=name.upper(), help=text)
+        action.trainer_option = name  # cli/config.py checks --config values of these with the fields' kinds
 
 
 def job_options(args, n_features: int, backend: str) -> tuple[str, dict, dict]:
-    """(refresh, trainer config, job options) of `fit`/`encrypt`/`demo` from the command line, with
-    the mini-batch options refused (naming the flag) where the job is not mini-batch mlr."""
+    """(refresh, trainer config, job options) of `fit`/`encrypt`/`demo` from the command line.
+
+    The trainer options are checked by the config of the trainer this run resolves to
+    (models/configs.py ``user_config``: an option that trainer does not have is refused, naming the
+    trainers that have it); their checked values replace the typed strings in ``args``, so the model
+    file records what ran (cli/config.py effective_config)."""
+    from hetrain.models import configs
     from hetrain.protocol.client_jobs import resolve_refresh
 
-    config = config_from_args(args)
-    refresh = resolve_refresh(args.refresh, args.model, config, backend, n_features)
-    minibatch = args.model == "mlr" and refresh != "none"
-    if not minibatch:
-        for flag in MINIBATCH_FLAGS + ("whitening",):
+    given = {name: getattr(args, name, None) for name in configs.user_options()}
+    given = {k: v for k, v in given.items() if v is not None}
+    # what resolve_refresh reads: whether full-batch mlr's iterations are given, mlp's layout
+    probe = ({"iterations": 1} if args.model == "mlr" and "iterations" in given else
+             {"layout": given["layout"]} if args.model == "mlp" and "layout" in given else {})
+    refresh = resolve_refresh(args.refresh, args.model, probe, backend, n_features)
+    trainer = configs.trainer_for(args.model, refresh, given.get("layout"), n_features)
+    user = configs.user_config(trainer, given, style="cli")
+    for key, value in user.values.items():
+        setattr(args, key, value)
+    if trainer != "mlr-minibatch":
+        for flag in ("time_limit", "whitening"):
             value = getattr(args, flag, None)
             if value is not None and value != "auto":
                 raise HetrainUserError(f"--{flag.replace('_', '-')} applies to --model mlr with refresh (mini-batches); "
                                        f"this run is {args.model} with --refresh {refresh}")
-        return refresh, config, {"scale": args.scale, "seed": args.seed}
-    if args.epochs is not None and args.epochs < 1:
-        raise HetrainUserError(f"--epochs must be at least 1, got {args.epochs}")
+        return refresh, user.config, {"scale": args.scale, "seed": args.seed, **user.job}
+    config = dict(user.config)
     if args.time_limit is not None and not args.time_limit > 0:
         raise HetrainUserError(f"--time-limit must be a positive number of seconds, got {args.time_limit:g}")
-    for key in ("batch_size", "patience", "weight_decay"):
-        if getattr(args, key) is not None:
-            config[key] = getattr(args, key)
     if args.whitening != "auto":
         try:
             config["whitening"] = None if args.whitening == "none" else float(args.whitening)
@@ -193,11 +164,8 @@ def job_options(args, n_features: int, backend: str) -> tuple[str, dict, dict]:
                                    f"got {args.whitening!r}") from None
         if config["whitening"] is not None and not config["whitening"] > 0:
             raise HetrainUserError(f"--whitening shrinkage must be positive, got {args.whitening}")
-    if args.iterations is not None:
-        raise HetrainUserError("--iterations counts full-batch iterations of --refresh none; with refresh, mlr "
-                               "trains in mini-batch epochs: use --epochs N (or --refresh none --iterations N)")
     options = {"scale": args.scale, "seed": args.seed, "validation_fraction": args.validation_fraction,
-               "max_epochs": args.epochs, "time_limit": args.time_limit}
+               "max_epochs": None, "time_limit": args.time_limit, **user.job}
     return refresh, config, options
 
 

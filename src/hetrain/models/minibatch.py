@@ -54,12 +54,12 @@ from hetrain.errors import DataError, HetrainUserError
 
 from . import trace
 from .base import check_training_arrays, DepthPlanError, Plan, Trainer, register
+from .configs import MiniBatchConfig
 from .mlr_twin import add_bias, quadratic_gradient_diag
 
 RETRACT = 0.9  # the client keeps every sigmoid input of the next step within 90% of the interval
 
-DEFAULTS = {"epochs": 10, "batch_size": 128, "learning_rate": 4.0, "sigmoid": "published", "patience": 3,
-            "layout": "blocked", "momentum": "none", "weight_decay": 0.0}
+DEFAULTS = MiniBatchConfig.defaults()  # the one source: models/configs.py
 
 
 @dataclasses.dataclass

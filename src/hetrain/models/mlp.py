@@ -99,12 +99,9 @@ from hetrain.errors import DataError, HetrainUserError
 
 from . import mlp_defaults, mlp_twin, trace
 from .base import DepthPlanError, Plan, Trainer, check_training_arrays, register
+from .configs import MLPConfig
 
-DEFAULTS = {"hidden": [32, 16], "iterations": 1, "learning_rate": 2.0, "sigmoid": "published",
-            "sigmoid_layers": None, "momentum": "nesterov", "seed": 0, "init_scale": 1.0,
-            "check_interval": True, "layout": "dvr", "input_clip": None,
-            "centred_hidden": False, "batch_size": None, "label_smoothing": 0.0,
-            "components": None, "projection": None}
+DEFAULTS = MLPConfig.defaults()  # the one source: models/configs.py
 
 
 class MLPConfigError(HetrainUserError, ValueError):

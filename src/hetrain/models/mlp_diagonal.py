@@ -43,6 +43,7 @@ from hetrain.errors import DataError, HetrainUserError
 
 from . import trace
 from .base import DepthPlanError, Plan, Progress, Trainer, check_training_arrays, register
+from .configs import DiagonalMLPConfig
 from .mlp_diagonal_twin import Scales, init_hidden, predict_scores, twin_train
 
 Refresh = Callable[[dict], dict]
@@ -52,11 +53,9 @@ Refresh = Callable[[dict], dict]
 # sigmoid needs a wide interval (degree 7 on [-24, 24]; degree 3 is only sigmoid-like up to |z| ≈ 10 and
 # every in-interval degree-3 configuration we tried stayed below 0.90 for 25 iterations). Test accuracy
 # 0.90 at 15 iterations, 0.97 from 17 (needs refresh: one full iteration per n16384-deep chain).
-DEFAULTS = {"sigmoid": "deg7:24", "output_sigmoid": "deg1:16", "learning_rate": 16.0, "hidden_learning_rate": 8.0,
-            "init_gain": 2.5}
+DEFAULTS = DiagonalMLPConfig.defaults()  # the one source: models/configs.py
 
-_KEYS = {"iterations", "learning_rate", "hidden_learning_rate", "sigmoid", "output_sigmoid", "hidden", "layout",
-         "momentum", "init_gain", "hidden_bias", "transpose"}
+_KEYS = set(DEFAULTS)
 
 
 @register

@@ -39,10 +39,11 @@ from hetrain.errors import DataError, HetrainUserError
 
 from . import trace
 from .base import check_training_arrays, Plan, Trainer, register
+from .configs import MLRConfig
 from .mlr_twin import Schedule, add_bias, quadratic_gradient_diag, twin
 
 CIRCUITS = {"blocked": blocked_matmul, "volley-revolver": volley_revolver}
-DEFAULTS = {"iterations": 3, "learning_rate": 4.0, "sigmoid": "published", "momentum": "none", "layout": "blocked"}
+DEFAULTS = MLRConfig.defaults()  # the one source: models/configs.py
 
 
 @register

@@ -9,6 +9,9 @@ and the trainer's own fields: n_samples/n_features/n_classes, n/d/c, sizes, n_ba
 iterations). Checked here, in this order, each from files read in bounded pieces:
 
 1. the JSON files are small (``MAX_JSON_BYTES``), of the expected types, and agree with each other;
+   job.json's trainer config passes the trainer's typed schema (models/configs.py; JobConfigError
+   with a ``code``: config-unknown-key, config-wrong-type, config-out-of-range) before anything else
+   of the bundle is read;
 2. the parameters are a ring SEAL supports with a sane chain; the rotation steps are in range;
    every container's parts add up to its file's size exactly (no trailing bytes), and each part
    of the public context is no larger than a key of those parameters can be;
@@ -58,6 +61,15 @@ SHAPE_FIELDS = {"n_samples": 0, "n": 0, "n_features": 1, "d": 1, "n_classes": 2,
 
 class ClaimError(BundleError):
     """A declared shape or size disagrees with the bundle's content or the trainer's plan."""
+
+
+class JobConfigError(ClaimError):
+    """job.json's trainer config does not pass the trainer's schema (models/configs.py); ``code``:
+    config-unknown-key, config-wrong-type or config-out-of-range."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclasses.dataclass
@@ -341,6 +353,21 @@ def check_job(job, manifest: dict, params: CKKSParams, steps: set[int], counts: 
     return plan
 
 
+def check_job_config(job, manifest: dict) -> None:
+    """job.json's trainer config through the trainer's schema (models/configs.check_job_config):
+    JobConfigError with the schema's code for an unknown key, a value of the wrong type or out of
+    range. A trainer without a schema (a registered test trainer) is left to its own checks."""
+    from hetrain.models import configs
+
+    if not isinstance(job, dict) or not isinstance(job.get("config", {}), dict):
+        return  # check_job refuses these, naming what is wrong
+    try:
+        configs.check_job_config(manifest["model"], job.get("config", {}))
+    except configs.TrainerConfigError as exc:
+        raise JobConfigError(f"job.json: the {manifest['model']} config is refused ({exc.code}): {exc.option} "
+                             f"{exc.detail}", exc.code) from None
+
+
 # ---------------------------------------------------------------------- all of it
 def check_bundle(jobdir: str | os.PathLike) -> BundleFacts:
     """Every check above on the bundle in ``jobdir`` (checksums are the caller's: files.read_job_files).
@@ -349,6 +376,7 @@ def check_bundle(jobdir: str | os.PathLike) -> BundleFacts:
     d = pathlib.Path(jobdir)
     manifest = check_manifest(read_json(d / files.MANIFEST, "manifest.json"))
     job = read_json(d / files.JOB, "job.json")
+    check_job_config(job, manifest)  # before any ciphertext (or even the public context) is read
     public = d / files.PUBLIC_CONTEXT
     try:
         size = public.stat().st_size
@@ -424,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     except SecretFound as exc:
         out = {"ok": False, "secret": True, "error": str(exc)}
     except HetrainUserError as exc:
-        out = {"ok": False, "secret": False, "error": str(exc)}
+        out = {"ok": False, "secret": False, "error": str(exc), **({"code": exc.code} if hasattr(exc, "code") else {})}
     except MemoryError:
         out = {"ok": False, "secret": False, "error": "checking the upload's claims exceeded the memory allowed for it"}
     print(json.dumps(out), flush=True)
