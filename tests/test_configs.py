@@ -20,9 +20,9 @@ from hetrain.cli.main import build_parser
 from hetrain.data import export_csv, load_builtin
 from hetrain.estimators import EncryptedLogisticRegression, EncryptedMLPClassifier, EstimatorParamError
 from hetrain.models import configs
-from hetrain.models.configs import (CONFIGS, Beta, Bool, Choice, Float, Int, IntList, Matrix, MiniBatchConfig,
-                                    OptionRangeError, OptionTypeError, Sigmoid, SigmoidList, UnknownOptionError,
-                                    option)
+from hetrain.models.configs import CONFIGS, MiniBatchConfig
+from hetrain.models.option_kinds import (Beta, Bool, Choice, Float, Int, IntList, Matrix, OptionRangeError, OptionTypeError,
+                                         Sigmoid, SigmoidList, UnknownOptionError, option)
 from jobkit import make_job, run_cli
 
 

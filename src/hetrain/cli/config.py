@@ -157,7 +157,7 @@ def _trainer_value(name: str, value, wrong):
     (models/configs.py): as TOML types it (epochs = 20, hidden = [32, 16], momentum = 0.9), or a
     string where the field holds one (sigmoid = "deg3:16", hidden = "32,16"). The range is checked
     with the trainer the run resolves to (cli/fit.job_options)."""
-    from hetrain.models import configs
+    from hetrain.models import configs, option_kinds
 
     uses = configs.user_options()[name]
     for _, opt, _ in uses:
@@ -165,7 +165,7 @@ def _trainer_value(name: str, value, wrong):
             continue
         try:
             checked = opt.kind.coerce(value)
-        except configs.ConfigTypeError:
+        except option_kinds.ConfigTypeError:
             continue
         return opt.kind.plain(checked)
     raise wrong(uses[0][1].kind.type_text)
