@@ -40,7 +40,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hetrain.circuits.approx import get_sigmoid  # noqa: E402
-from hetrain.models import mlp_twin  # noqa: E402
+from hetrain.models import mlp_dvr_twin  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "regnet_x_400mf_mnist_train_first256.csv")
 LRS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -76,11 +76,11 @@ def run(Xtr, Ytr, Xva, yva, hidden, act, loss, lr, iterations):
     def cb(t, W, info):
         if t == 0:
             norms0.update(info["grad_norm"])
-        acc = float(np.mean(np.argmax(mlp_twin.predict_scores(W, Xva, acts), 1) == yva))
+        acc = float(np.mean(np.argmax(mlp_dvr_twin.predict_scores(W, Xva, acts), 1) == yva))
         curve.append((info["bce"], acc))
 
     with np.errstate(all="ignore"):
-        mlp_twin.train(Xtr, Ytr, hidden, acts, iterations=iterations, learning_rate=lr,
+        mlp_dvr_twin.train(Xtr, Ytr, hidden, acts, iterations=iterations, learning_rate=lr,
                        momentum="nesterov", seed=0, loss=loss, callback=cb)
     return curve, norms0
 
@@ -90,7 +90,7 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "loss_study.png"))
     args = ap.parse_args(argv)
-    activations = {"exact": mlp_twin.ExactSigmoid(), "poly3[-8,8]": get_sigmoid("published")}
+    activations = {"exact": mlp_dvr_twin.ExactSigmoid(), "poly3[-8,8]": get_sigmoid("published")}
     losses = ("bce", "sle", "mse")
     t0 = time.perf_counter()
     fig, axes = plt.subplots(2, 4, figsize=(20, 9), sharey=True)

@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 
 from hetrain import ckks
-from hetrain.models.mlp import MLPTrainer
+from hetrain.models.mlp_dvr import MLPTrainer
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "regnet_x_400mf_mnist_train_first256.csv")
 

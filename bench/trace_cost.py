@@ -14,8 +14,8 @@ import statistics
 import time
 
 from hetrain.models import trace
-from hetrain.models.minibatch import MiniBatchMLR
-from hetrain.models.mlp import MLPTrainer
+from hetrain.models.mlr_minibatch import MiniBatchMLR
+from hetrain.models.mlp_dvr import MLPTrainer
 from hetrain.models.mlp_diagonal import DiagonalMLPTrainer
 from hetrain.models.mlr import MLRTrainer
 

@@ -88,9 +88,9 @@ def test_error_codes_say_which_kind_of_error():
 
 
 def test_defaults_are_valid_and_are_the_trainers_defaults():
-    from hetrain.models import minibatch, mlp, mlp_diagonal, mlr
+    from hetrain.models import mlp_diagonal, mlp_dvr, mlr, mlr_minibatch
 
-    for module, cls in ((mlr, configs.MLRConfig), (minibatch, MiniBatchConfig), (mlp, configs.MLPConfig),
+    for module, cls in ((mlr, configs.MLRConfig), (mlr_minibatch, MiniBatchConfig), (mlp_dvr, configs.MLPConfig),
                         (mlp_diagonal, configs.DiagonalMLPConfig)):
         assert module.DEFAULTS == cls().to_dict() == cls.defaults()
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen

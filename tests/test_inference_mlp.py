@@ -1,5 +1,5 @@
 """Case (a) of encrypted inference for both mlp layouts: the server's encrypted mlp weights score
-the data owner's queries with the trainer's own forward (models/mlp.py, models/mlp_diagonal.py
+the data owner's queries with the trainer's own forward (models/mlp_dvr.py, models/mlp_diagonal.py
 ``encrypted_scores``), queries packed as the training rows. Agreement with the plaintext twin's
 linear scores (test_inference.assert_agree) on sim and, for mlp-diagonal, SEAL n16384-deep; the
 packing and level refusals."""

@@ -22,7 +22,7 @@ def _cases():
     from hetrain.ckks.params import CKKSParams
     from hetrain.data.validate import check_known_labels, check_labels
     from hetrain.models.base import Plan
-    from hetrain.models.mlp import MLPTrainer
+    from hetrain.models.mlp_dvr import MLPTrainer
     from hetrain.protocol.preprocess import Preprocessor
 
     X = np.random.default_rng(0).normal(size=(6, 3))

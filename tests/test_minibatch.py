@@ -7,7 +7,7 @@ from sklearn.datasets import load_digits, load_iris
 from hetrain.data import load_builtin
 from hetrain.errors import DataError, HetrainUserError
 from hetrain.models.base import DepthPlanError
-from hetrain.models.minibatch import MiniBatchMLR
+from hetrain.models.mlr_minibatch import MiniBatchMLR
 from hetrain.protocol import files, fit
 from hetrain.protocol.client_jobs import ClientJob
 from hetrain.protocol.keys import KeyDir

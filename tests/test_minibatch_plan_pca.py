@@ -10,10 +10,10 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from hetrain.models import minibatch_plan
+from hetrain.models import mlr_minibatch_plan
 from hetrain.models.early_stopping import EarlyStopping, validation_metrics
-from hetrain.models.minibatch import MiniBatchMLR
-from hetrain.models.minibatch_plan import components_for, plan_minibatch, unwhiten, whitening
+from hetrain.models.mlr_minibatch import MiniBatchMLR
+from hetrain.models.mlr_minibatch_plan import components_for, plan_minibatch, unwhiten, whitening
 
 
 def _digits_with_rare_columns(n=800, rare=300, seed=0):
@@ -93,7 +93,7 @@ def test_a_fixed_full_rank_whitening_is_not_truncated():
 def test_without_the_pca_candidate_the_stand_in_stalls(monkeypatch):
     """The cause, kept visible: with raw and fully whitened features only, the run stays far below."""
     X, Y, Xv, yv, Xte, yte = _digits_with_rare_columns()
-    monkeypatch.setattr(minibatch_plan, "WHITENINGS", (None, 1.0))
+    monkeypatch.setattr(mlr_minibatch_plan, "WHITENINGS", (None, 1.0))
     plan = plan_minibatch(X, Y, Xv, yv)
     assert plan.components in (None, X.shape[1])
     assert _planned_run_accuracy(plan, X, Y, Xv, yv, Xte, yte) < 0.75

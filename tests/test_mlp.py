@@ -13,9 +13,9 @@ from hetrain import ckks
 from hetrain.circuits import dvr
 from hetrain.circuits.errors import LayoutError
 from hetrain.errors import DataError, HetrainUserError
-from hetrain.models import mlp_twin
+from hetrain.models import mlp_dvr_twin
 from hetrain.models.base import DepthPlanError, get_trainer, resolve_model
-from hetrain.models.mlp import MLPConfigError, MLPTrainer
+from hetrain.models.mlp_dvr import MLPConfigError, MLPTrainer
 
 EXACT = 1e-9
 
@@ -155,7 +155,7 @@ def test_layout_roundtrip():
 
 
 def test_twin_momentum_schedule():
-    mus = mlp_twin.nesterov_mu(4)
+    mus = mlp_dvr_twin.nesterov_mu(4)
     assert mus[0] == 0.0 and 0 < mus[1] < mus[2] < mus[3] < 1
 
 

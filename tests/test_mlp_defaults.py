@@ -13,7 +13,8 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris
 from sklearn.model_selection import train_test_split
 
-from hetrain.models import mlp, mlp_diagonal
+from hetrain.models import mlp_diagonal
+from hetrain.models import mlp_dvr as mlp
 from hetrain.models.base import get_trainer
 from hetrain.protocol import fit
 from hetrain.protocol.preprocess import Preprocessor
@@ -44,9 +45,9 @@ def test_breast_cancer_defaults_twin_reaches_sklearn_and_stays_in_interval():
     assert cfg["iterations"] <= rep["max_iterations"] <= mlp.MAX_DEFAULT_ITERATIONS
     T = get_trainer("mlp-dvr")(**cfg)
     W = T.twin(X, Y)  # the client's check: no pre-activation of the planned run leaves its interval
-    from hetrain.models import mlp_twin
+    from hetrain.models import mlp_dvr_twin
     for V in [T.initial_weights(30, 2), W]:
-        A, _ = mlp_twin.forward(V, T.clip(X), T.acts, check=True)
+        A, _ = mlp_dvr_twin.forward(V, T.clip(X), T.acts, check=True)
     acc = float(np.mean(T.predict_scores(W, pre.transform(Xte)).argmax(1) == yte))
     assert acc >= 0.974 - 0.03
 
@@ -111,18 +112,18 @@ def test_client_check_runs_the_prepared_twin(monkeypatch):
     """check_job's twin (client_check) trains on exactly what is encrypted and what the planner rehearsed:
     clipped inputs permuted into the mini-batch order and smoothed targets (it once used raw 0/1 targets
     in file order, so a planned label-smoothing / mini-batch setting could be refused after planning)."""
-    from hetrain.models import mlp_twin
+    from hetrain.models import mlp_dvr_twin
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(64, 5)) * 4, np.eye(3)[rng.integers(0, 3, 64)]
     T = mlp.MLPTrainer(hidden=[4], momentum="none", batch_size=16, label_smoothing=0.1, input_clip=3.0)
     seen = {}
-    real = mlp_twin.train
+    real = mlp_dvr_twin.train
 
     def spy(Xs, Ys, *a, **k):
         seen["X"], seen["Y"] = Xs, Ys
         return real(Xs, Ys, *a, **k)
 
-    monkeypatch.setattr(mlp_twin, "train", spy)
+    monkeypatch.setattr(mlp_dvr_twin, "train", spy)
     T.client_check(X, Y)
     Xp, Yp = T.prepare(X, Y)
     assert np.array_equal(seen["X"], Xp) and np.array_equal(seen["Y"], Yp)

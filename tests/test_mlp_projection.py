@@ -17,8 +17,8 @@ import pytest
 
 from hetrain import ckks
 from hetrain.errors import DataError
-from hetrain.models import mlp
-from hetrain.models.mlp import MLPConfigError, MLPTrainer
+from hetrain.models import mlp_dvr as mlp
+from hetrain.models.mlp_dvr import MLPConfigError, MLPTrainer
 from hetrain.models.mlp_defaults import MARGIN
 from hetrain.protocol.preprocess import Preprocessor
 

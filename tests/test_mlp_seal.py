@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hetrain import ckks
-from hetrain.models.mlp import MLPTrainer
+from hetrain.models.mlp_dvr import MLPTrainer
 
 
 def data(n=16, d=8, c=3, seed=2):

@@ -1,5 +1,5 @@
 """`hetrain fit` / EncryptedLogisticRegression with no tuning flags (issue 11): the client's planner
-(models/minibatch_plan.py) on the bundled datasets, held-out accuracy next to scikit-learn's,
+(models/mlr_minibatch_plan.py) on the bundled datasets, held-out accuracy next to scikit-learn's,
 cross-validation through a scikit-learn pipeline, partial runs that still write the best model,
 and one real-SEAL run with the defaults."""
 from __future__ import annotations
@@ -18,8 +18,8 @@ from sklearn.preprocessing import StandardScaler
 from hetrain.cli.main import main
 from hetrain.data import load_builtin
 from hetrain.estimators import EncryptedLogisticRegression
-from hetrain.models.minibatch import MiniBatchMLR
-from hetrain.models.minibatch_plan import (DEFAULT_TIME_BUDGET_S, SENSITIVITY_LIMIT, estimate_step_seconds,
+from hetrain.models.mlr_minibatch import MiniBatchMLR
+from hetrain.models.mlr_minibatch_plan import (DEFAULT_TIME_BUDGET_S, SENSITIVITY_LIMIT, estimate_step_seconds,
                                            noise_sensitivity, plan_minibatch, unwhiten)
 from hetrain.protocol import fit
 from hetrain.protocol.model import TrainedModel
@@ -75,7 +75,7 @@ def test_defaults_land_within_002_of_scikit_learn(name):
 def test_unwhiten_gives_the_same_scores_on_the_original_features():
     rng = np.random.default_rng(0)
     X, W = rng.normal(size=(20, 4)), rng.normal(size=(3, 5))
-    from hetrain.models.minibatch_plan import whitening
+    from hetrain.models.mlr_minibatch_plan import whitening
     P = whitening(X, 1.0)
     Xb = np.c_[np.ones(20), X]
     np.testing.assert_allclose(np.c_[np.ones(20), X @ P] @ W.T, Xb @ unwhiten(W, P).T, atol=1e-12)

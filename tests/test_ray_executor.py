@@ -75,7 +75,7 @@ def test_mlr_on_ray_gives_the_serial_weights_and_counts(ray_cluster, backend, pr
 
 @needs_ray
 def test_mlp_dvr_on_ray_gives_the_serial_weights_and_counts(ray_cluster):
-    from hetrain.models.mlp import MLPTrainer
+    from hetrain.models.mlp_dvr import MLPTrainer
 
     rng = np.random.default_rng(0)
     n, d, c = 256, 40, 3  # 2 data groups x 5 input blocks: both kinds of task have several

@@ -10,8 +10,8 @@ from hetrain.circuits import blocked_matmul
 from hetrain.errors import DataError
 from hetrain.models import trace
 from hetrain.models.base import DepthPlanError, check_training_arrays, choose_preset
-from hetrain.models.minibatch import MiniBatchMLR
-from hetrain.models.mlp import MLPTrainer
+from hetrain.models.mlr_minibatch import MiniBatchMLR
+from hetrain.models.mlp_dvr import MLPTrainer
 from hetrain.models.mlp_diagonal import DiagonalMLPTrainer
 from hetrain.models.mlr import MLRTrainer
 

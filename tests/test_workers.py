@@ -133,7 +133,7 @@ def test_service_shares_the_cores_among_its_concurrent_jobs(tmp_path):
 
 
 def test_mlp_two_workers_give_the_serial_results_and_counts():
-    from hetrain.models.mlp import MLPTrainer
+    from hetrain.models.mlp_dvr import MLPTrainer
 
     rng = np.random.default_rng(0)
     n, d, c = 256, 40, 3  # 2 data groups x 5 input blocks: both kinds of task have several

@@ -198,7 +198,7 @@ class EncryptedLogisticRegression(_EncryptedClassifier):
     """Multiclass logistic regression (one sigmoid per class) trained on CKKS-encrypted data.
 
     Default (``refresh="auto"``, no ``iterations``): what ``hetrain fit`` does — the client plans the
-    run on its plaintext (models/minibatch_plan.py: sigmoid approximation, step, L2, momentum, batch
+    run on its plaintext (models/mlr_minibatch_plan.py: sigmoid approximation, step, L2, momentum, batch
     size, whitening, by 3-fold rehearsal), then mini-batch epochs run under encryption with client
     refresh (bootstrapping on the desilo backend) until the validation split stops improving, within
     ``epochs`` (default 100) and ``time_limit`` (seconds). ``iterations=N`` or ``refresh="none"``:
@@ -231,7 +231,7 @@ class EncryptedMLPClassifier(_EncryptedClassifier):
 
     Every hyperparameter left at ``None`` (``hidden`` included) is chosen by the client's planner on the
     plaintext training data before any key is made, exactly as ``hetrain fit --model mlp`` does
-    (``plan_defaults`` in hetrain.models.mlp / mlp_diagonal): one hidden layer (16 units for the dvr
+    (``plan_defaults`` in hetrain.models.mlp_dvr / mlp_diagonal): one hidden layer (16 units for the dvr
     layout, 4 for the diagonal one), learning rate(s), sigmoid intervals, mini-batches and label smoothing
     (dvr), and the number of iterations; what it chose is in ``fit_stats_["defaults"]`` and
     ``model_.config``. Given values are kept. ``refresh="client"`` lets the server have its state

@@ -1,4 +1,4 @@
-"""Double-Volley-Revolver grid packing for dense layers on ciphertexts (used by models/mlp.py, "mlp-dvr").
+"""Double-Volley-Revolver grid packing for dense layers on ciphertexts (used by models/mlp_dvr.py, "mlp-dvr").
 
 ``GridLayout`` implements ``packings.Packing`` (registered as "dvr"): pack/unpack of a weight
 matrix in layer 1's orientation, its ciphertext count and the rotation steps below. (The class

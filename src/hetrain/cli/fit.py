@@ -7,7 +7,7 @@ import argparse
 from hetrain import ckks
 from hetrain.ckks.registry import is_insecure
 from hetrain.errors import HetrainUserError
-from hetrain.models.minibatch_plan import DEFAULT_TIME_BUDGET_S
+from hetrain.models.mlr_minibatch_plan import DEFAULT_TIME_BUDGET_S
 from hetrain.outputs import check_writable
 
 from .confirm import add_confirm_arguments, before_keys

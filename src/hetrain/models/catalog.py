@@ -1,5 +1,5 @@
 """Imports every trainer module so that it registers itself (one line per trainer)."""
 from . import mlr  # noqa: F401
 from . import mlp_diagonal  # noqa: F401  (mlp-diagonal)
-from . import mlp  # noqa: F401  (mlp-dvr)
-from . import minibatch  # noqa: F401  (mlr-minibatch: refreshed mini-batch MLR)
+from . import mlp_dvr  # noqa: F401  (mlp-dvr)
+from . import mlr_minibatch  # noqa: F401  (mlr-minibatch: refreshed mini-batch MLR)

@@ -23,8 +23,8 @@ Derived from these classes, with no other list to keep:
 
 A user's options go through ``user_config(trainer, values, style)``: each value given (a string
 from the command line is parsed; a Python or TOML value is checked as it is) is validated by its
-field and the ones not given are left out, so the planners still choose them (models/mlp.py
-``plan_defaults``, models/minibatch_plan.py). Fields are validated one by one; rules that tie
+field and the ones not given are left out, so the planners still choose them (models/mlp_dvr.py
+``plan_defaults``, models/mlr_minibatch_plan.py). Fields are validated one by one; rules that tie
 several fields (``sigmoid_layers`` has one spec per weight layer, a batch a multiple of the
 layout's samples) stay in the trainers, which know the values the planner chose.
 
@@ -99,19 +99,19 @@ class TrainerConfig:
 
 
 def _max_epochs_text() -> str:
-    from hetrain.models.minibatch_plan import DEFAULT_MAX_EPOCHS
+    from hetrain.models.mlr_minibatch_plan import DEFAULT_MAX_EPOCHS
 
     return f"{DEFAULT_MAX_EPOCHS} (the planner and early stopping usually end sooner)"
 
 
 def _batch_sizes_text() -> str:
-    from hetrain.models.minibatch_plan import BATCH_SIZES
+    from hetrain.models.mlr_minibatch_plan import BATCH_SIZES
 
     return f"planned among {', '.join(map(str, BATCH_SIZES))} (the trainer alone: 128)"
 
 
 def _patience_text() -> str:
-    from hetrain.models.minibatch_plan import DEFAULT_PATIENCE
+    from hetrain.models.mlr_minibatch_plan import DEFAULT_PATIENCE
 
     return f"{DEFAULT_PATIENCE} (the trainer alone: 3)"
 
@@ -140,7 +140,7 @@ class MLRConfig(TrainerConfig):
 @register_config
 @dataclasses.dataclass(frozen=True)
 class MiniBatchConfig(TrainerConfig):
-    """mlr with refresh: mini-batch epochs (models/minibatch.py), planned by models/minibatch_plan.py."""
+    """mlr with refresh: mini-batch epochs (models/mlr_minibatch.py), planned by models/mlr_minibatch_plan.py."""
 
     trainer: ClassVar[str] = "mlr-minibatch"
     usage: ClassVar[str] = "--model mlr with refresh"
@@ -164,7 +164,7 @@ class MiniBatchConfig(TrainerConfig):
 @register_config
 @dataclasses.dataclass(frozen=True)
 class MLPConfig(TrainerConfig):
-    """The network with the double Volley Revolver packing (models/mlp.py, "mlp-dvr")."""
+    """The network with the double Volley Revolver packing (models/mlp_dvr.py, "mlp-dvr")."""
 
     trainer: ClassVar[str] = "mlp-dvr"
     usage: ClassVar[str] = "--model mlp --layout dvr"

@@ -61,7 +61,7 @@ class MLRTrainer(Trainer):
     summary = ("full-batch multiclass logistic regression with the quadratic-gradient preconditioner, blocked "
                "packing (--layout volley-revolver: the published one), in one modulus chain "
                "(--model mlr --refresh none --iterations N)")
-    # one modulus chain, no refresh (``--refresh`` trains mlr with the mini-batch trainer, minibatch.py)
+    # one modulus chain, no refresh (``--refresh`` trains mlr with the mini-batch trainer, mlr_minibatch.py)
     capabilities = frozenset({"checkpoint", "executor"})
 
     def __init__(self, **config) -> None:

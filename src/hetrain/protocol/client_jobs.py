@@ -13,7 +13,7 @@ One class per kind of job, one interface (the steps of ``hetrain.protocol.steps`
   ``mlr``, ``mlp`` (dvr/diagonal layouts); with refresh "client" the client re-encrypts the state
   between iterations (ClientRefresher), with "bootstrap" the server bootstraps.
 * ``MiniBatchJob``: ``mlr`` with refresh (the default): a stratified validation split, the planner
-  on the plaintext (models/minibatch_plan.py), mini-batch epochs, the client's retraction at each
+  on the plaintext (models/mlr_minibatch_plan.py), mini-batch epochs, the client's retraction at each
   refresh, validation per epoch, early stopping and the best epoch released; partial results when
   the time budget or a failure stops it.
 
@@ -445,7 +445,7 @@ class MiniBatchJob(ClientJob):
                 max_epochs: int | None = None, time_limit: float | None = None, plan: bool = True,
                 advise_presets: bool = True) -> "MiniBatchJob":
         """Preprocess ``X`` (n × d) and ``y`` (n,), split off a stratified validation set (``validation_fraction``,
-        default 0.2), plan the mini-batch epochs (with ``plan``: models/minibatch_plan.py, which may whiten the
+        default 0.2), plan the mini-batch epochs (with ``plan``: models/mlr_minibatch_plan.py, which may whiten the
         features) on the plaintext and choose the parameters; logs the plan through ``log``. ``time_limit``:
         seconds of training before the best epoch so far is released; ``max_epochs``: the most epochs the
         planner may choose.
@@ -458,8 +458,8 @@ class MiniBatchJob(ClientJob):
 
         from hetrain import ckks
         from hetrain.circuits.approx import IntervalError
-        from hetrain.models.minibatch import MiniBatchMLR
-        from hetrain.models.minibatch_plan import DEFAULT_MAX_EPOCHS, plan_minibatch
+        from hetrain.models.mlr_minibatch import MiniBatchMLR
+        from hetrain.models.mlr_minibatch_plan import DEFAULT_MAX_EPOCHS, plan_minibatch
 
         from .refresh import twin_long
 
@@ -510,7 +510,7 @@ class MiniBatchJob(ClientJob):
             self.params = preset if isinstance(preset, ckks.CKKSParams) else ckks.get_params(preset)
         levels, slots = self.params.levels, self.params.slots
         self.P, self.plan_text, self.whitening = None, [], None
-        if plan:  # before any key: the planner rehearses the run on the plaintext (models/minibatch_plan.py)
+        if plan:  # before any key: the planner rehearses the run on the plaintext (models/mlr_minibatch_plan.py)
             planned = plan_minibatch(self.Xp, self.Y, self.Xv, self.yv, fixed=config,
                                      max_epochs=DEFAULT_MAX_EPOCHS if max_epochs is None else max_epochs,
                                      levels=levels, retract=refresh == "client", slots=slots, time_budget=time_limit)
@@ -599,7 +599,7 @@ class MiniBatchJob(ClientJob):
 
     def finish(self, engine, outputs, server_stats, record_dir, failure: str | None = None,
                force_unverified: bool = False, quiet: bool = False) -> FitResult:
-        from hetrain.models.minibatch_plan import unwhiten
+        from hetrain.models.mlr_minibatch_plan import unwhiten
 
         from .refresh import twin_long
 
@@ -679,7 +679,7 @@ class MiniBatchJob(ClientJob):
 
     @classmethod
     def _from_record(cls, record, arrays):
-        from hetrain.models.minibatch import MiniBatchMLR
+        from hetrain.models.mlr_minibatch import MiniBatchMLR
 
         self = cls()
         self.trainer = MiniBatchMLR(**record["config"])

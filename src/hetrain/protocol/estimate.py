@@ -22,7 +22,7 @@ formula against SEAL's real serialised sizes at n8192, and the upload of a real 
 Times scale the per-operation medians of ``python bench/ops.py`` at n16384 on this project's
 2-core machine (rotate 16 ms, encrypt 13 ms, one key-switching key ≈ 0.1 s to generate) with
 N·(L+1)^1.5 for key switching and N·(L+2) for encryption; training time comes from the
-mini-batch planner's step model (minibatch_plan.estimate_step_seconds) for ``mlr`` with refresh,
+mini-batch planner's step model (mlr_minibatch_plan.estimate_step_seconds) for ``mlr`` with refresh,
 and is not estimated for other trainers. These are rough figures (a factor of 2), to decide
 whether a run fits a machine, not benchmarks. The sim backend is estimated as SEAL would be
 (the plan is the same; the simulation itself is much cheaper).
@@ -162,7 +162,7 @@ def estimate_job(job) -> Estimate:
     n_ct = getattr(job, "n_input_ciphertexts", None) or 0
     train_s = None
     if getattr(job, "kind", None) == "minibatch":
-        from hetrain.models.minibatch_plan import estimate_step_seconds
+        from hetrain.models.mlr_minibatch_plan import estimate_step_seconds
 
         t = job.trainer
         step = estimate_step_seconds(t, job.Xp.shape[1], job.Y.shape[1], params.slots)

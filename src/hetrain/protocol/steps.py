@@ -136,7 +136,7 @@ def _preset_that_fits(X, y, model, config, refresh, backend, options) -> str | N
     refresh = resolve_refresh(refresh, model, config, backend, Xp.shape[1])
     try:
         if model == "mlr" and refresh != "none":
-            from hetrain.models.minibatch import MiniBatchMLR
+            from hetrain.models.mlr_minibatch import MiniBatchMLR
 
             trainer = MiniBatchMLR(**{k: v for k, v in (config or {}).items() if k != "whitening"})
             return choose_preset(trainer, *Xp.shape, Y.shape[1], refresh=True).name

@@ -3,7 +3,7 @@
 Network: input -> h1 -> [h2 ...] -> c outputs, sigmoid (or its polynomial) everywhere, one-vs-rest
 binary cross-entropy on every output, full-batch or mini-batch gradient descent (``batch_size``:
 iteration t uses batch t mod B of consecutive rows), optional Nesterov momentum.
-The encrypted trainer computes exactly these formulas, in this order (see models/mlp.py):
+The encrypted trainer computes exactly these formulas, in this order (see models/mlp_dvr.py):
 
     A_l = Z_{l-1} W_lᵀ + b_l,   Z_l = σ_l(A_l),   Z_0 = X
     E   = (lr / n_b) · (σ_K(A_K) − Y)            BCE output error, step size folded in (n_b: rows of the batch)

@@ -4,7 +4,7 @@ input (d) -> h1 -> [h2 ...] -> c outputs; polynomial sigmoids (configurable degr
 per layer if wanted); binary cross-entropy on every output (one-vs-rest), so the output error is
 σ(A_K) − Y with no division; full-batch or mini-batch gradient descent with optional Nesterov momentum;
 forward pass, back-propagation and update all on ciphertexts, no interaction within an iteration.
-The arithmetic is exactly that of the plaintext twin (models/mlp_twin.py, formulas there).
+The arithmetic is exactly that of the plaintext twin (models/mlp_dvr_twin.py, formulas there).
 
 Layout ("dvr", circuits/dvr.py): S samples per ciphertext, each owning a P x P grid of slots;
 the outer loop runs over the G = ceil(n / S) data ciphertexts (the "double" Volley Revolver).
@@ -97,7 +97,7 @@ from hetrain.ckks.pow2 import log2_pow2
 from hetrain._format import plain
 from hetrain.errors import DataError, HetrainUserError
 
-from . import mlp_defaults, mlp_twin, trace
+from . import mlp_defaults, mlp_dvr_twin, trace
 from .base import DepthPlanError, Plan, Trainer, check_training_arrays, register
 from .configs import MLPConfig
 
@@ -122,7 +122,7 @@ def in_axis(layer: int) -> str:
 class MLPTrainer(Trainer):
     """Encrypted sigmoid network (``--model mlp --layout dvr``) in the double Volley Revolver layout (Chiang,
     arXiv:2201.12577; circuits/dvr.py): forward pass, back-propagation and update on ciphertexts, the
-    arithmetic of the plaintext twin (mlp_twin.py), optional Nesterov momentum. Config keys and level costs:
+    arithmetic of the plaintext twin (mlp_dvr_twin.py), optional Nesterov momentum. Config keys and level costs:
     this module's docstring. Raises MLPConfigError (a HetrainUserError) for an unknown or out-of-range option.
     """
 
@@ -203,8 +203,8 @@ class MLPTrainer(Trainer):
         return int(self.config["components"]) if self.config["components"] is not None else int(d)
 
     def sizes(self, d: int, c: int) -> list[int]:
-        """The layer widths [input width (d, or ``components``), *hidden, c] (mlp_twin.layer_sizes)."""
-        return mlp_twin.layer_sizes(self.in_width(d), self.config["hidden"], c)
+        """The layer widths [input width (d, or ``components``), *hidden, c] (mlp_dvr_twin.layer_sizes)."""
+        return mlp_dvr_twin.layer_sizes(self.in_width(d), self.config["hidden"], c)
 
     def layout(self, n: int, d: int, c: int, slots: int) -> dvr.GridLayout:
         """The dvr grid for n samples of d features (input width as :meth:`in_width`) and c classes in
@@ -214,7 +214,7 @@ class MLPTrainer(Trainer):
 
     def _mus(self) -> list[float]:
         it = self.config["iterations"]
-        return mlp_twin.nesterov_mu(it) if self.config["momentum"] == "nesterov" else [0.0] * it
+        return mlp_dvr_twin.nesterov_mu(it) if self.config["momentum"] == "nesterov" else [0.0] * it
 
     def plan(self, n_samples: int, n_features: int, n_classes: int, params) -> Plan:
         """Traced (models/trace.py): iterations run on zeros from a fresh state until one does not fit
@@ -356,8 +356,8 @@ class MLPTrainer(Trainer):
 
     def initial_weights(self, d: int, c: int) -> dict[str, np.ndarray]:
         """Glorot-uniform W1..WK (out × in, seeded by ``seed``, bound × ``init_scale``) and zero biases b1..bK
-        (mlp_twin.init_weights; Glorot & Bengio 2010), which the client encrypts."""
-        return mlp_twin.init_weights(self.sizes(d, c), self.config["seed"], self.config["init_scale"])
+        (mlp_dvr_twin.init_weights; Glorot & Bengio 2010), which the client encrypts."""
+        return mlp_dvr_twin.init_weights(self.sizes(d, c), self.config["seed"], self.config["init_scale"])
 
     def client_check(self, X, Y):
         """With ``check_interval``: the twin's pre-activations stay inside their intervals (IntervalError).
@@ -418,7 +418,7 @@ class MLPTrainer(Trainer):
     def _run_twin(self, X, Y, check=False, iterations=None):
         """The twin on prepared arrays (``prepare``), for the config's iterations or ``iterations``."""
         iterations = self.config["iterations"] if iterations is None else iterations
-        return mlp_twin.train(X, Y, self.config["hidden"], self.acts, iterations=iterations,
+        return mlp_dvr_twin.train(X, Y, self.config["hidden"], self.acts, iterations=iterations,
                               learning_rate=self.config["learning_rate"], momentum=self.config["momentum"],
                               seed=self.config["seed"], init_scale=self.config["init_scale"], check=check,
                               batch_size=self.config["batch_size"])
@@ -434,7 +434,7 @@ class MLPTrainer(Trainer):
         return shapes
 
     def predict_scores(self, weights, X):
-        return mlp_twin.predict_scores(weights, self.clip(self.project(np.asarray(X, dtype=np.float64))), self.acts)
+        return mlp_dvr_twin.predict_scores(weights, self.clip(self.project(np.asarray(X, dtype=np.float64))), self.acts)
 
     # ------------------------------------------------------------------ server
     def server_train(self, engine, inputs, job, progress=None, *, refresh=None, checkpoint=None, executor=None):
@@ -568,7 +568,7 @@ class MLPTrainer(Trainer):
 
     def linear_scores(self, weights: dict, X: np.ndarray) -> np.ndarray:
         """Plaintext twin of ``read_scores`` on the network's inputs (``query_rows``)."""
-        return mlp_twin.forward(weights, X, self.acts)[0][-1]
+        return mlp_dvr_twin.forward(weights, X, self.acts)[0][-1]
 
     @staticmethod
     def _restore(saved, names: list[str]) -> tuple[dict, dict, int]:
@@ -690,7 +690,7 @@ def estimated_seconds_per_iteration(trainer: "MLPTrainer", n: int, d: int, c: in
 
 
 def _reach(weights: dict, X: np.ndarray, acts) -> float:
-    A, _ = mlp_twin.forward(weights, X, acts)
+    A, _ = mlp_dvr_twin.forward(weights, X, acts)
     r = 0.0
     for a, act in zip(A, acts):
         m = float(np.max(np.abs(a))) if np.all(np.isfinite(a)) else np.inf
@@ -704,7 +704,7 @@ def _trace(cfg: dict, X, Y, Xv, Yv, T: int) -> mlp_defaults.Trace:
     tr = MLPTrainer(**{**cfg, "iterations": T})
     acts, mus = tr.acts, tr._mus()
     (X, Y), Xv = tr.prepare(X, Y), tr.clip(tr.project(Xv))
-    W0 = mlp_twin.init_weights(tr.sizes(X.shape[1], Y.shape[1]), tr.config["seed"], tr.config["init_scale"])
+    W0 = mlp_dvr_twin.init_weights(tr.sizes(X.shape[1], Y.shape[1]), tr.config["seed"], tr.config["init_scale"])
     out = mlp_defaults.Trace([], [], [])
     hist = [W0]
     worst = 0.0
@@ -720,12 +720,12 @@ def _trace(cfg: dict, X, Y, Xv, Yv, T: int) -> mlp_defaults.Trace:
         hist.append(W)
         if len(hist) > 3:
             hist[-4] = None  # only the last two states are needed
-        s = mlp_twin.predict_scores(W, Xv, acts)
+        s = mlp_dvr_twin.predict_scores(W, Xv, acts)
         out.val_acc.append(float(np.mean(s.argmax(1) == Yv.argmax(1))))
         out.val_loss.append(mlp_defaults.bce(s, Yv))
         out.reach.append(worst)
 
-    mlp_twin.train(X, Y, tr.config["hidden"], acts, iterations=T, learning_rate=tr.config["learning_rate"],
+    mlp_dvr_twin.train(X, Y, tr.config["hidden"], acts, iterations=T, learning_rate=tr.config["learning_rate"],
                    momentum=tr.config["momentum"], seed=tr.config["seed"], init_scale=tr.config["init_scale"],
                    weights=W0, callback=callback, batch_size=tr.config["batch_size"])
     return out

@@ -35,7 +35,7 @@ from hetrain.errors import HetrainUserError
 
 from .early_stopping import EarlyStopping, score_metrics
 from .base import DepthPlanError
-from .minibatch import RETRACT, MiniBatchMLR
+from .mlr_minibatch import RETRACT, MiniBatchMLR
 from .mlr_twin import add_bias, quadratic_gradient_diag
 
 # degree 15 (depth 4): 6 levels per step, one step per refresh at n16384 (7 levels); the unit

@@ -33,7 +33,7 @@ Config keys:
     layout         "blocked" only ("auto" accepted).
 
 The defaults above are the trainer's; ``hetrain fit`` and the estimators choose their values
-per data set with the client's planner (models/minibatch_plan.py) before any key is made.
+per data set with the client's planner (models/mlr_minibatch_plan.py) before any key is made.
 
 B̄_b is Chiang's fixed diagonal Hessian bound (mlr_twin.quadratic_gradient_diag; J. Chiang, "Privacy-Preserving Logistic Regression Training with A Faster Gradient Variant", arXiv:2201.10838)
 computed by the client from batch b's own rows.
