@@ -185,3 +185,37 @@ def test_a_backend_that_keeps_its_tasks_in_one_process_gets_the_serial_executor(
     monkeypatch.setattr(type(eng), "process_workers", False)
     with make_executor(eng, {}, 2) as ex:
         assert isinstance(ex, SerialExecutor) and not isinstance(ex, ProcessExecutor) and ex.workers == 1
+
+
+def test_a_killed_server_takes_its_worker_processes_with_it(tmp_path):
+    """SIGKILL of the server process (an OOM kill, a killed service) leaves no worker holding the job's
+    keys and inputs: each pool worker dies with the server (hetrain._proc.die_with_parent)."""
+    import os
+    import pathlib
+    import signal
+    import time
+
+    psutil = pytest.importorskip("psutil")
+    from hetrain.protocol.events import parse_progress
+
+    kit = _sim_job(tmp_path)
+    tests_dir = pathlib.Path(__file__).resolve().parent
+    env = {**os.environ, "HETRAIN_TEST_PAUSE_AFTER": "1",
+           "PYTHONPATH": os.pathsep.join([str(pathlib.Path(server.__file__).resolve().parents[2]), str(tests_dir)])}
+    cmd = server.server_argv(kit.jobdir, trainer_modules=["resume_pause_hook"]) + ["--workers", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:  # the server pauses after its first progress line: its workers are up
+            if parse_progress(line) is not None:
+                break
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers, "the server started no worker process"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers):
+        time.sleep(0.1)
+    alive = [w.pid for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"worker processes {alive} outlived their server"

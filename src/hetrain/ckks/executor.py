@@ -33,6 +33,8 @@ import weakref
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
 
+from hetrain._proc import die_with_parent
+
 from .engine import Ciphertext, Engine
 from .errors import WorkerFailed
 
@@ -89,8 +91,8 @@ class ProcessExecutor(SerialExecutor):
         source = self._setup(engine, inputs, loader)
         ctx = multiprocessing.get_context("spawn")
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.workers - 1, mp_context=ctx, initializer=_init_worker,
-            initargs=(source, ctx.Barrier(self.workers - 1)))
+            max_workers=self.workers - 1, mp_context=ctx, initializer=_init_pool_worker,
+            initargs=(os.getpid(), source, ctx.Barrier(self.workers - 1)))
         # start every worker now (each loads the keys and inputs): start-up is not training time
         self._starting = [self._pool.submit(_started) for _ in range(self.workers - 1)]
 
@@ -260,6 +262,13 @@ def _unwire(engine: Engine, w: tuple) -> Ciphertext:
 
 
 # ---------------------------------------------------------------------- worker side
+def _init_pool_worker(parent: int, source: tuple, barrier) -> None:
+    """A pool worker's start: it dies with the server process that spawned it (hetrain._proc; a
+    SIGKILLed server leaves no worker holding its keys), then loads what ``_init_worker`` loads."""
+    die_with_parent(parent)
+    _init_worker(source, barrier)
+
+
 def _init_worker(source: tuple, barrier=None) -> None:
     from . import load_engine
 

@@ -18,8 +18,6 @@ JOBDIR/server_error.json (else the log's tail): ``result()`` raises it as ``Serv
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -30,6 +28,8 @@ import subprocess
 import sys
 import threading
 from typing import Callable
+
+from hetrain._proc import die_with_parent
 
 from . import files
 from .errors import ServerError
@@ -44,11 +44,6 @@ CHANNEL_GRACE_S = 10.0   # after the channel broke, how long the server gets to 
 LOG_TAIL_CHARS = 2000
 
 OnProgress = Callable[[int, int, str], None]
-_PR_SET_PDEATHSIG = 1
-try:  # resolved here, not in the forked child (preexec_fn must not import or look anything up)
-    _prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl if sys.platform == "linux" else None
-except (OSError, AttributeError):
-    _prctl = None
 GIB = 1024 ** 3
 
 
@@ -67,10 +62,7 @@ def _child_setup(memory_limit: int | None, parent: int):
     def setup() -> None:
         if memory_limit is not None:
             resource.setrlimit(resource.RLIMIT_DATA, (memory_limit, memory_limit))
-        if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != parent:  # the parent died before prctl: nobody would kill us
-                os._exit(1)
+        die_with_parent(parent)
     return setup
 
 
