@@ -75,15 +75,9 @@ def test_mlr_on_ray_gives_the_serial_weights_and_counts(ray_cluster, backend, pr
 
 @needs_ray
 def test_mlp_dvr_on_ray_gives_the_serial_weights_and_counts(ray_cluster):
-    from hetrain.models.mlp_dvr import MLPTrainer
+    from jobkit import mlp_dvr_tasks_job
 
-    rng = np.random.default_rng(0)
-    n, d, c = 256, 40, 3  # 2 data groups x 5 input blocks: both kinds of task have several
-    X, Y = rng.normal(size=(n, d)) * 0.3, np.eye(c)[rng.integers(0, c, n)]
-    tr = MLPTrainer(hidden=[8], iterations=1)
-    eng = ckks.create_engine("sim", "n16384-deep", rotations=tr.plan(n, d, c, "n16384-deep").rotation_steps)
-    inputs, job = tr.client_encrypt(eng, X, Y)
-    job["data_shape"] = [n, d, c]
+    tr, eng, inputs, job = mlp_dvr_tasks_job()
     serial, on_ray = _serial_and_ray(tr, eng, inputs, job)
     _assert_identical(serial, on_ray)
     assert serial[1].keys() == {"W1", "b1", "W2", "b2"}

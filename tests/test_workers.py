@@ -133,15 +133,9 @@ def test_service_shares_the_cores_among_its_concurrent_jobs(tmp_path):
 
 
 def test_mlp_two_workers_give_the_serial_results_and_counts():
-    from hetrain.models.mlp_dvr import MLPTrainer
+    from jobkit import mlp_dvr_tasks_job
 
-    rng = np.random.default_rng(0)
-    n, d, c = 256, 40, 3  # 2 data groups x 5 input blocks: both kinds of task have several
-    X, Y = rng.normal(size=(n, d)) * 0.3, np.eye(c)[rng.integers(0, c, n)]
-    tr = MLPTrainer(hidden=[8], iterations=1)
-    eng = ckks.create_engine("sim", "n16384-deep", rotations=tr.plan(n, d, c, "n16384-deep").rotation_steps)
-    inputs, job = tr.client_encrypt(eng, X, Y)
-    job["data_shape"] = [n, d, c]
+    tr, eng, inputs, job = mlp_dvr_tasks_job()
     runs = {}
     for workers in (1, 2):
         with make_executor(eng, inputs, workers) as ex:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from hetrain.errors import HetrainUserError
 
@@ -111,14 +111,40 @@ def _none_word(text: str) -> bool:
     return text.strip().lower() in ("none", "null", "")
 
 
+class _Number(Kind):
+    """What Int and Float share: ``none`` where the field is optional, else a number of the kind's
+    abstract type (``number``: numbers.Integral or numbers.Real; a bool is not one) made ``convert``."""
+
+    number: ClassVar[type] = numbers.Real
+    convert: ClassVar[type] = float
+    optional = False  # a field of each subclass
+
+    def coerce(self, value):
+        if value is None and self.optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, self.number):
+            raise ConfigTypeError
+        return self.convert(value)
+
+    def parse(self, text: str):
+        if self.optional and _none_word(text):
+            return None
+        try:
+            return self.convert(text.strip())
+        except ValueError:
+            raise ConfigTypeError from None
+
+
 @dataclasses.dataclass(frozen=True)
-class Int(Kind):
+class Int(_Number):
     """An integer in [lo, hi] (either bound optional)."""
 
     low: int | None = None
     high: int | None = None
     optional: bool = False  # None is a value (e.g. full batch)
     type_text = "an integer"
+    number = numbers.Integral
+    convert = int
 
     @property
     def valid(self) -> str:
@@ -127,27 +153,12 @@ class Int(Kind):
         text = f"{' and '.join(bounds)} (a whole number)" if bounds else "a whole number"
         return text + (", or none" if self.optional else "")
 
-    def coerce(self, value):
-        if value is None and self.optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ConfigTypeError
-        return int(value)
-
-    def parse(self, text: str):
-        if self.optional and _none_word(text):
-            return None
-        try:
-            return int(text.strip())
-        except ValueError:
-            raise ConfigTypeError from None
-
     def check(self, value) -> bool:
         return value is None or ((self.low is None or value >= self.low) and (self.high is None or value <= self.high))
 
 
 @dataclasses.dataclass(frozen=True)
-class Float(Kind):
+class Float(_Number):
     """A real number in a range (bounds open or closed, either optional)."""
 
     low: float | None = None
@@ -166,21 +177,6 @@ class Float(Kind):
         else:
             text = "a finite number"
         return text + (" (or none)" if self.optional else "")
-
-    def coerce(self, value):
-        if value is None and self.optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ConfigTypeError
-        return float(value)
-
-    def parse(self, text: str):
-        if self.optional and _none_word(text):
-            return None
-        try:
-            return float(text.strip())
-        except ValueError:
-            raise ConfigTypeError from None
 
     def check(self, value) -> bool:
         if value is None:
