@@ -88,10 +88,24 @@ def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: b
     raise SerializationError(f"unknown backend {backend!r} in public context")
 
 
+def load_engine_file(path, secret: bytes | None = None) -> Engine:
+    """``load_engine`` of a public context file, as its data owner made it (``owner_forced_insecure``). A backend
+    that reads its keys from a file itself (OpenFHE: ``from_public_file``; gigabytes at N=2^16) never holds them
+    as bytes; the others read the file. Raises SerializationError, InsecureParameters."""
+    from .container import read_header_file
+    meta = read_header_file(path, expect_kind="public_context")
+    forced = meta.get("forced_insecure") is True
+    if meta.get("backend") == "openfhe":
+        from .openfhe_backend import OpenFHEEngine
+        return OpenFHEEngine.from_public_file(path, secret, force_insecure=forced)
+    with open(path, "rb") as f:
+        return load_engine(f.read(), secret, force_insecure=forced)
+
+
 __all__ = [
     "BACKENDS", "PRESETS", "CKKSParams", "Ciphertext", "CKKSError", "DepthExhausted", "Engine",
     "InsecureParameters", "KeyMismatch", "MissingRotationKey", "OpCounters", "PlainVector",
-    "SecretKeyUnavailable", "SerializationError", "TEST_PRESETS", "create_engine", "get_params", "load_engine",
+    "SecretKeyUnavailable", "SerializationError", "TEST_PRESETS", "create_engine", "get_params", "load_engine", "load_engine_file",
     "owner_forced_insecure", "read_secret_key",
     "rotate_sum_steps", "smallest_preset_with_levels",
 ]

@@ -101,6 +101,11 @@ def encrypt(keys: KeyDir, X, y, jobdir, *, model: str = "mlr", config: dict | No
         job.upload = files.write_job(jobdir, engine, inputs, bundle)  # lazily encrypted inputs: encrypted here
         job.timings["write_job_s"] = time.perf_counter() - t0
     del inputs
+    # the data owner only encrypts and decrypts from here on: OpenFHE frees its rotation/bootstrapping keys
+    # (gigabytes at N=2^16) so that the server beside it has the memory
+    release = getattr(engine, "release_evaluation_keys", None)
+    if release is not None:
+        release()
     job.save(record_dir)
     return job, engine
 
