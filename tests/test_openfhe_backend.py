@@ -71,7 +71,7 @@ def test_128_bit_presets_pass_openfhes_check():
         cc, forced = _make_context(cfg, False)
         assert not forced and cc.GetRingDimension() == cfg.ring_dim
     cfg = PRESETS["openfhe-boot"]
-    assert cfg.params().slots == 4096 and cfg.params().levels == cfg.levels >= 6  # levels after a bootstrap
+    assert cfg.params().slots == 1024 and cfg.params().levels == cfg.levels >= 6  # levels after a bootstrap
     assert cfg.depth() == cfg.levels + 1 + cfg.boot_depth() == 25
 
 

@@ -34,7 +34,7 @@ def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", ro
     ``backend="sim"`` is an INSECURE NumPy simulation (options: ``noise``, ``seed``, ``bootstrap_level``).
     ``backend="desilo"`` takes "desilo-boot" (bootstrapping), "desilo-l<L>", or a SEAL preset (same
     level count, desilofhe's ring); options ``threads``, ``mode`` ("cpu"/"gpu"), ``bootstrap_key_size``.
-    ``backend="openfhe"`` takes its presets ("openfhe-boot": 128-bit, N=2^16, 4096 slots, bootstrapping, 6 levels;
+    ``backend="openfhe"`` takes its presets ("openfhe-boot": 128-bit, N=2^16, 1024 slots, bootstrapping, 6 levels;
     "openfhe-l10": 128-bit, no bootstrapping; "openfhe-test", "openfhe-boot-test[-sparse]": INSECURE test rings)
     or a SEAL preset / CKKSParams (same ring, levels and scale, no bootstrapping; OpenFHE's own 128-bit
     check applies, force_insecure to go below it).

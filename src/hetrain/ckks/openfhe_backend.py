@@ -256,7 +256,10 @@ class OpenFHEEngine(Engine):
     process_workers = False
 
     def __init__(self, preset="openfhe-test", rotation_steps=(), *, force_insecure: bool = False,
-                 secret_key: bytes | None = None, _public: dict | None = None, _secret: bytes | None = None) -> None:
+                 secret_key: bytes | None = None, bootstrap_keys: bool = True, _public: dict | None = None,
+                 _secret: bytes | None = None) -> None:
+        """``bootstrap_keys=False``: no bootstrapping keys (≈8 GB and a minute at openfhe-boot) for an engine
+        that only holds the secret key, encrypts and decrypts (a key directory, a decrypting data owner)."""
         o = _require()
         self._o = o
         cfg = OpenFHEConfig.from_dict(_public["config"]) if _public is not None else resolve(preset)
@@ -280,11 +283,12 @@ class OpenFHEEngine(Engine):
             with self.counters.time("keygen_galois", len(self.rotation_steps)):
                 if self.rotation_steps:
                     cc.EvalRotateKeyGen(self._sk, sorted(self.rotation_steps))
-            if cfg.bootstraps:
+            if cfg.bootstraps and bootstrap_keys:
                 with self.counters.time("keygen_bootstrap"):
                     cc.EvalBootstrapSetup(list(cfg.level_budget), [0, 0], self._slots_of(cfg))
                     cc.EvalBootstrapKeyGen(self._sk, self._slots_of(cfg))
-            self._has_gk = bool(self.rotation_steps) or cfg.bootstraps
+            self._boot_keys = bool(cfg.bootstraps and bootstrap_keys)
+            self._has_gk = bool(self.rotation_steps) or self._boot_keys
         else:
             self._cc = cc = _load(o.DeserializeCryptoContextString, _public["cc"], "crypto context")
             super().__init__(params, _public["steps"], _public["key_id"], False, forced)
@@ -302,7 +306,8 @@ class OpenFHEEngine(Engine):
                     raise SerializationError("rotation/bootstrapping keys do not load (OpenFHE refused the file)")
             elif self._has_gk:
                 _load(o.DeserializeEvalAutomorphismKeyString, _public["gk"], "rotation/bootstrapping keys")
-            if cfg.bootstraps and self._has_gk:
+            self._boot_keys = bool(cfg.bootstraps and self._has_gk and _public.get("bootstrap_keys", True))
+            if self._boot_keys:
                 with self.counters.time("bootstrap_setup"):
                     cc.EvalBootstrapSetup(list(cfg.level_budget), [0, 0], self._slots_of(cfg))
             self._sk = None
@@ -358,7 +363,7 @@ class OpenFHEEngine(Engine):
     # ---------------------------------------------------------------- bootstrapping
     @property
     def can_bootstrap(self) -> bool:
-        return self._boot_level is not None and self._has_gk
+        return self._boot_level is not None and self._boot_keys
 
     @property
     def bootstrap_level(self) -> int | None:
@@ -399,7 +404,7 @@ class OpenFHEEngine(Engine):
         for cc, tag, keys in keep:
             cc.InsertEvalAutomorphismKey(keys, tag)
         del keep
-        self._has_gk = False
+        self._has_gk = self._boot_keys = False
         _LIVE.discard(self)
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -483,7 +488,7 @@ class OpenFHEEngine(Engine):
     def _public_meta(self) -> dict:
         return {"kind": "public_context", "backend": self.backend_name, "params": self.params.to_dict(),
                 "key_id": self.key_id, "steps": sorted(self.rotation_steps), "config": self.config.to_dict(),
-                "tag": self._tag, "forced_insecure": self.forced_insecure}
+                "tag": self._tag, "forced_insecure": self.forced_insecure, "bootstrap_keys": self._boot_keys}
 
     def _small_public_parts(self) -> dict[str, bytes]:
         o = self._o
@@ -561,7 +566,7 @@ class OpenFHEEngine(Engine):
                                      "security, and was not made with force_insecure; load it with force_insecure=True")
         return cls(None, (), force_insecure=force_insecure,
                    _public={"key_id": meta["key_id"], "steps": meta["steps"], "config": meta["config"],
-                            "tag": meta["tag"], **parts}, _secret=sk)
+                            "tag": meta["tag"], "bootstrap_keys": meta.get("bootstrap_keys", True), **parts}, _secret=sk)
 
     def key_sizes(self) -> dict[str, int]:
         o, tag = self._o, self._tag

@@ -243,7 +243,8 @@ def _client_half(keys: KeyDir, jobdir: pathlib.Path, engine=None, job: ClientJob
         job = ClientJob.load(record_dir)
         job.after_load()
     if engine is None:
-        engine = keys.job_engine(())  # the secret key decrypts; this job's Galois keys are not needed here
+        # the secret key decrypts; this job's Galois (OpenFHE: bootstrapping) keys are not needed here
+        engine = keys.job_engine((), **({"bootstrap_keys": False} if keys.backend == "openfhe" else {}))
     return job, engine, record_dir
 
 
