@@ -103,3 +103,26 @@ def test_128_bit_bootstrap_with_the_client_server_split(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     err = float(res.stdout.split("client max abs error ")[1].split()[0])
     assert err < 10 * PRESETS["openfhe-boot"].bootstrap_error
+
+
+def test_released_evaluation_keys_leave_other_engines_keys_and_refuse_rotation_plainly():
+    """release_evaluation_keys (the data owner, after writing the bundle): OpenFHE clears its key map for
+    every tag at once; another live engine of the process keeps its rotation and bootstrapping keys."""
+    a = ckks.create_engine("openfhe", "openfhe-boot-test-sparse", rotations=[1], force_insecure=True)
+    b = ckks.create_engine("openfhe", "openfhe-boot-test-sparse", rotations=[1], force_insecure=True)
+    x = np.random.default_rng(3).uniform(-1, 1, a.slots)
+    a.release_evaluation_keys()
+    assert not a.can_bootstrap and b.can_bootstrap
+    with pytest.raises(ckks.MissingRotationKey, match="released"):
+        a.rotate(a.encrypt(x), 1)
+    assert np.abs(a.decrypt(a.mul(a.encrypt(x), a.encrypt(x))) - x * x).max() < 1e-7  # relinearisation stays
+    assert np.abs(b.decrypt(b.rotate(b.bootstrap(b.encrypt(x, level=0)), 1)) - np.roll(x, -1)).max() < 1e-5
+
+
+def test_an_engine_without_bootstrap_keys_cannot_bootstrap_and_says_so_in_its_context(tmp_path):
+    owner = ckks.create_engine("openfhe", "openfhe-boot-test-sparse", force_insecure=True, bootstrap_keys=False)
+    assert not owner.can_bootstrap and owner.bootstrap_level is not None
+    assert owner.key_sizes()["galois_keys"] == 0
+    owner.write_public(tmp_path / "public.bin")
+    server = ckks.load_engine_file(tmp_path / "public.bin")
+    assert not server.can_bootstrap and not server.has_secret_key
