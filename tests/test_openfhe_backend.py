@@ -3,7 +3,8 @@
 The engine contract itself runs in tests/test_ckks_engine.py (parametrised over "openfhe"). Here:
 bootstrapping, the client/server split across processes, secret_key=, serialisation and the
 128-bit refusals. Rings are INSECURE test rings (forced, marked ``insecure``); the 128-bit N=2^16
-bootstrap is measured by bench/bootstrap.py --backend openfhe (openfhe-boot: ≈13 GB of keys, estimated).
+bootstrap is measured by bench/bootstrap.py --backend openfhe --split DIR (openfhe-boot: a 7.65 GiB public
+context, ≈11 GiB per process; tests/test_openfhe_files.py runs it with HETRAIN_BIG=1).
 Tolerances: fresh error at 2^50-2^59 scaling is ~1e-10; a bootstrap at 59-bit scaling measured
 1.5e-7 (sparse, 64 slots) to 1.1e-6 (1024 slots) max abs on values in [-1, 1]; 1e-5 leaves margin.
 """
