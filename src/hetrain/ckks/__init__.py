@@ -88,10 +88,11 @@ def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: b
     raise SerializationError(f"unknown backend {backend!r} in public context")
 
 
-def load_engine_file(path, secret: bytes | None = None) -> Engine:
+def load_engine_file(path, secret: bytes | None = None, *, verify: bool = True) -> Engine:
     """``load_engine`` of a public context file, as its data owner made it (``owner_forced_insecure``). A backend
-    that reads its keys from a file itself (OpenFHE: ``from_public_file``; gigabytes at N=2^16) never holds them
-    as bytes; the others read the file. Raises SerializationError, InsecureParameters."""
+    that reads its keys from a file itself (OpenFHE: ``from_public_file``, which checks each part as it reads it;
+    gigabytes at N=2^16) never holds them as bytes; the others read the file (``verify=False``: the caller checked
+    the file's SHA-256). Raises SerializationError, InsecureParameters."""
     from .container import read_header_file
     meta = read_header_file(path, expect_kind="public_context")
     forced = meta.get("forced_insecure") is True
@@ -99,7 +100,7 @@ def load_engine_file(path, secret: bytes | None = None) -> Engine:
         from .openfhe_backend import OpenFHEEngine
         return OpenFHEEngine.from_public_file(path, secret, force_insecure=forced)
     with open(path, "rb") as f:
-        return load_engine(f.read(), secret, force_insecure=forced)
+        return load_engine(f.read(), secret, force_insecure=forced, verify=verify)
 
 
 __all__ = [
