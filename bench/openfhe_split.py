@@ -1,7 +1,7 @@
 """One OpenFHE bootstrap with the client/server split, each party in its own process, from files.
 
     python bench/openfhe_split.py DIR [--preset openfhe-boot] [--rounds 2] [--repeats 3] [--threads 2 1]
-                                      [--force-insecure] [--need-gb 15]
+                                      [--force-insecure] [--need-gb 15] [--reuse]
 
 (also reached as ``python bench/bootstrap.py --backend openfhe --split DIR ...``)
 
@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", nargs="*", default=["2", "1"], help="OMP_NUM_THREADS of the server, interleaved")
     p.add_argument("--force-insecure", action="store_true")
     p.add_argument("--need-gb", type=float, default=15.0)
+    p.add_argument("--reuse", action="store_true", help="keep the keys of an earlier run in DIR (no keygen)")
     p.add_argument("--step", choices=("keygen", "server", "decrypt"), help=argparse.SUPPRESS)  # internal: run one party
     args = p.parse_args(argv)
     fi = args.force_insecure
@@ -141,9 +142,12 @@ def main(argv=None) -> int:
         return 0
     big = openfhe_backend.resolve(args.preset).ring_dim >= 32768
     common = [str(args.dir), "--preset", args.preset, "--repeats", str(args.repeats)] + (["--force-insecure"] if fi else [])
-    if big:
-        _wait_for_memory(args.need_gb)
-    kg = _child(["keygen"] + common)
+    if args.reuse and (args.dir / "server" / "public.bin").is_file():
+        kg = None
+    else:
+        if big:
+            _wait_for_memory(args.need_gb)
+        kg = _child(["keygen"] + common)
     runs = []
     for _ in range(args.rounds):
         for t in args.threads:
@@ -152,9 +156,10 @@ def main(argv=None) -> int:
             s = _child(["server"] + common, {"OMP_NUM_THREADS": t})
             dec = _child(["decrypt"] + common)
             runs.append((t, s, dec))
-    print(f"\n{kg['describe']}")
-    print(f"client: keygen {kg['keygen_s']:.1f} s, public context {kg['public_bytes'] / 2**30:.2f} GiB written in "
-          f"{kg['write_public_s']:.1f} s, peak RSS {kg['peak_rss_gib']:.2f} GiB")
+    if kg is not None:
+        print(f"\n{kg['describe']}")
+        print(f"client: keygen {kg['keygen_s']:.1f} s, public context {kg['public_bytes'] / 2**30:.2f} GiB written in "
+              f"{kg['write_public_s']:.1f} s, peak RSS {kg['peak_rss_gib']:.2f} GiB")
     for t in args.threads:
         mine = [(s, d) for tt, s, d in runs if tt == t]
         boots = [b for s, _ in mine for b in s["bootstrap_s"]]
