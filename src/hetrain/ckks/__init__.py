@@ -106,7 +106,7 @@ def load_engine_file(path, secret: bytes | None = None, *, verify: bool = True) 
 __all__ = [
     "BACKENDS", "PRESETS", "CKKSParams", "Ciphertext", "CKKSError", "DepthExhausted", "Engine",
     "InsecureParameters", "KeyMismatch", "MissingRotationKey", "OpCounters", "PlainVector",
-    "SecretKeyUnavailable", "SerializationError", "TEST_PRESETS", "create_engine", "get_params", "load_engine", "load_engine_file",
-    "owner_forced_insecure", "read_secret_key",
+    "SecretKeyUnavailable", "SerializationError", "TEST_PRESETS", "create_engine", "get_params", "load_engine",
+    "load_engine_file", "owner_forced_insecure", "read_secret_key",
     "rotate_sum_steps", "smallest_preset_with_levels",
 ]
