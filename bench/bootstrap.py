@@ -2,15 +2,18 @@
 
     python bench/bootstrap.py [--key-size small|medium] [--repeats 2] [--threads 2] [--force]
     python bench/bootstrap.py --backend openfhe [--preset openfhe-boot] [--force-insecure] [--force]
+    python bench/bootstrap.py --backend openfhe --split DIR [--preset openfhe-boot] [--rounds 2] [--split-threads 2 1]
 
 desilo: needs the optional desilofhe package (non-commercial licence; ``pip install hetrain[desilo]``).
 At N = 2^16 it needs several GB (small key ≈10 GB peak, medium ≈15 GB+), so it refuses to start
 unless 18 GB are available (the machine is shared) — ``--force`` overrides.
-openfhe: needs ``pip install 'hetrain[openfhe]'`` (Python 3.10). openfhe-boot (N=2^16, 128-bit, 4096
-slots, [2,2]) holds ≈69 bootstrapping keys of ≈186 MiB (relinearisation key measured): ≈13 GB of
-keys, estimated ≈15 GB peak, so the same 18 GB guard applies; the INSECURE test rings
+openfhe: needs ``pip install 'hetrain[openfhe]'`` (Python 3.10). openfhe-boot (N=2^16, 128-bit, 1024
+slots, [2,2]) holds ≈42 rotation/bootstrapping keys of ≈186 MiB: a 7.65 GiB public context, 11.0 GiB
+peak at keygen (measured), so the same 18 GB guard applies; the INSECURE test rings
 (``--preset openfhe-boot-test --force-insecure``) need well under 1 GB. Key sizes are printed for
 openfhe only with ``--key-sizes`` (serialising the keys doubles the memory).
+``--split DIR`` (openfhe): the client/server split, each party in its own process, keys through files
+(bench/openfhe_split.py: keygen, server bootstraps at each OMP_NUM_THREADS interleaved, client decrypts).
 Prints medians of the bootstrap time, the error after bootstrapping, key sizes and peak RSS.
 """
 from __future__ import annotations
@@ -37,7 +40,17 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--force", action="store_true", help="run even with less than 18 GB available")
+    p.add_argument("--split", metavar="DIR", help="openfhe: client and server in separate processes (openfhe_split.py)")
+    p.add_argument("--rounds", type=int, default=2, help="--split: interleaved rounds")
+    p.add_argument("--split-threads", nargs="*", default=["2", "1"], help="--split: the server's OMP_NUM_THREADS values")
     args = p.parse_args(argv)
+    if args.split:
+        if args.backend != "openfhe":
+            p.error("--split needs --backend openfhe")
+        import openfhe_split
+        return openfhe_split.main([args.split, "--preset", args.preset or "openfhe-boot", "--rounds", str(args.rounds),
+                                   "--repeats", str(args.repeats), "--threads", *args.split_threads]
+                                  + (["--force-insecure"] if args.force_insecure else []))
 
     if args.backend == "openfhe":
         from hetrain.ckks import openfhe_backend as backend_module

@@ -157,3 +157,34 @@ def test_the_rehearsal_writes_nothing_to_the_users_log(tmp_path):
     assert r.stats["twin_bound"] > 0  # the rehearsal ran
     epochs = [line for line in lines if line.startswith("epoch ") and "validation accuracy" in line]
     assert len(epochs) == 2 == sum(1 for h in r.stats["history"] if h.get("kind") == "epoch"), lines
+
+
+def test_the_rehearsal_adds_the_engines_own_bootstrap_error(tmp_path):
+    """A bootstrapping engine that declares a larger bootstrap error (an OpenFHE preset's measured one,
+    ckks/openfhe_backend.OpenFHEConfig.bootstrap_error) gets a rehearsal, and so a bound, that grows with it;
+    the sim's fixed 1e-5 would underestimate a low-precision preset."""
+    from hetrain.ckks.sim_backend import BOOTSTRAP_NOISE_STD
+    from hetrain.protocol import fit
+    from hetrain.protocol.client_jobs import ClientJob
+    from hetrain.protocol.keys import KeyDir
+
+    X, y = load_builtin("iris")
+    cfg = {"epochs": 2, "batch_size": 64, "learning_rate": 0.5, "patience": 0}
+    bounds = {}
+    for noise in (None, 1e-3):
+        keys = tmp_path / f"K{noise}"
+        opts = {} if noise is None else {"bootstrap_noise": noise}
+        KeyDir.create(keys, "sim", "n16384", seed=0, bootstrap_level=7, **opts)  # INSECURE: planning only
+        r = fit(X, y, "mlr", cfg, backend="sim", refresh="bootstrap", keys=keys, progress=False, plan=False,
+                validation_fraction=0.2)
+        assert r.stats["bootstraps"] > 0
+        b = ClientJob.load(KeyDir.open(keys).job_dir(r.stats["job_id"])).options["twin_bound"]
+        assert b["bootstrap_noise_std"] == (BOOTSTRAP_NOISE_STD if noise is None else noise)
+        bounds[noise] = b
+    assert bounds[1e-3]["rehearsed"] > 10 * bounds[None]["rehearsed"]
+    assert bounds[1e-3]["bound"] > 10 * bounds[None]["bound"]
+
+
+def test_sim_refuses_a_bootstrap_noise_that_is_not_a_standard_deviation():
+    with pytest.raises(ValueError, match="bootstrap_noise must be a finite standard deviation"):
+        ckks.create_engine("sim", "n8192", bootstrap_level=1, bootstrap_noise=-1.0)

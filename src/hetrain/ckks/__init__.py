@@ -46,7 +46,7 @@ def create_engine(backend: str = "seal", params: str | CKKSParams = "n16384", ro
     ``backend="sim"`` is an INSECURE NumPy simulation (options: ``noise``, ``seed``, ``bootstrap_level``).
     ``backend="desilo"`` takes "desilo-boot" (bootstrapping), "desilo-l<L>", or a SEAL preset (same
     level count, desilofhe's ring); options ``threads``, ``mode`` ("cpu"/"gpu"), ``bootstrap_key_size``.
-    ``backend="openfhe"`` takes its presets ("openfhe-boot": 128-bit, N=2^16, 4096 slots, bootstrapping, 6 levels;
+    ``backend="openfhe"`` takes its presets ("openfhe-boot": 128-bit, N=2^16, 1024 slots, bootstrapping, 6 levels;
     "openfhe-l10": 128-bit, no bootstrapping; "openfhe-test", "openfhe-boot-test[-sparse]": INSECURE test rings)
     or a SEAL preset / CKKSParams (same ring, levels and scale, no bootstrapping; OpenFHE's own 128-bit
     check applies, force_insecure to go below it).
@@ -87,10 +87,25 @@ def load_engine(public: bytes, secret: bytes | None = None, *, force_insecure: b
     return info.engine_class().from_bytes(public, secret, force_insecure=force_insecure, **extra)
 
 
+def load_engine_file(path, secret: bytes | None = None, *, verify: bool = True) -> Engine:
+    """``load_engine`` of a public context file, as its data owner made it (``owner_forced_insecure``). A backend
+    that reads its keys from a file itself (OpenFHE: ``from_public_file``, which checks each part as it reads it;
+    gigabytes at N=2^16) never holds them as bytes; the others read the file (``verify=False``: the caller checked
+    the file's SHA-256). Raises SerializationError, InsecureParameters."""
+    from .container import read_header_file
+    meta = read_header_file(path, expect_kind="public_context")
+    forced = meta.get("forced_insecure") is True
+    if meta.get("backend") == "openfhe":
+        from .openfhe_backend import OpenFHEEngine
+        return OpenFHEEngine.from_public_file(path, secret, force_insecure=forced)
+    with open(path, "rb") as f:
+        return load_engine(f.read(), secret, force_insecure=forced, verify=verify)
+
+
 __all__ = [
     "BACKENDS", "BOOTSTRAP_BACKENDS", "Backend", "BackendUnavailable", "PRESETS", "CKKSParams", "Ciphertext", "CKKSError", "DepthExhausted", "Engine",
     "InsecureParameters", "KeyMismatch", "MissingRotationKey", "OpCounters", "PlainVector",
     "SecretKeyUnavailable", "SerializationError", "TEST_PRESETS", "create_engine", "get_params", "load_engine",
-    "owner_forced_insecure", "read_secret_key", "registry",
+    "load_engine_file", "owner_forced_insecure", "read_secret_key", "registry",
     "rotate_sum_steps", "smallest_preset_with_levels",
 ]

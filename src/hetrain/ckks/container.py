@@ -126,12 +126,14 @@ def iter_container(src: BinaryIO, digest=None, *, expect_kind: str | None = None
     return header, parts()
 
 
-def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tuple[str, bytes]],
-                         durable: bool = False) -> tuple[int, str]:
+def write_container_file(path: str | os.PathLike, meta: dict,
+                         parts: Iterable[tuple[str, bytes | os.PathLike]], durable: bool = False) -> tuple[int, str]:
     """``write_container`` to a file, holding one part in memory at a time.
 
-    The header (which lists every part's size and checksum) must come first, so the parts are
-    spooled to a temporary file, then copied behind the header. Returns (file size, SHA-256 of the
+    A part given as a path (``pathlib.Path``) is a file whose content is copied in 1 MiB chunks, so a
+    part of gigabytes (OpenFHE's bootstrapping keys, which it serialises to a file itself) never sits
+    in memory. The header (which lists every part's size and checksum) must come first, so the parts
+    are spooled to a temporary file, then copied behind the header. Returns (file size, SHA-256 of the
     file). The file appears under ``path`` only once complete (``durable``: fsynced first).
     """
     path = os.fspath(path)
@@ -140,8 +142,17 @@ def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tu
     os.remove(spool_name)  # nameless from here on: the spool goes when it is closed, whatever happens
     with os.fdopen(fd, "w+b") as spool:
         for name, b in parts:
-            spool.write(b)
-            index.append({"name": name, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()})
+            if isinstance(b, (bytes, bytearray, memoryview)):
+                spool.write(b)
+                index.append({"name": name, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()})
+                continue
+            digest, size = hashlib.sha256(), 0
+            with open(b, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    spool.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+            index.append({"name": name, "size": size, "sha256": digest.hexdigest()})
         spool.seek(0)
         hb = json.dumps({**meta, "parts": index}, sort_keys=True).encode()
         digest = hashlib.sha256()
@@ -154,6 +165,55 @@ def write_container_file(path: str | os.PathLike, meta: dict, parts: Iterable[tu
                 digest.update(chunk)
             size = out.tell()
     return size, digest.hexdigest()
+
+
+def read_header_file(path: str | os.PathLike, expect_kind: str | None = None) -> dict:
+    """Only the header of a container file (no part is read)."""
+    with open(path, "rb") as src:
+        return _read_header(src, expect_kind)
+
+
+def read_container_file(path: str | os.PathLike, expect_kind: str | None, spill: Iterable[str],
+                        spill_dir: str | os.PathLike, skip: Iterable[str] = ()) -> tuple[dict, dict[str, "bytes | str"]]:
+    """(header, parts) of a container file; the parts named in ``spill`` are copied, in 1 MiB chunks and
+    checked against their SHA-256 on the way, to new files (0600) under ``spill_dir``, whose names come
+    back in place of their bytes (the caller removes them). For parts of gigabytes that a library loads
+    from a file itself: the whole part is never in memory. Parts named in ``skip`` are neither read nor
+    returned. Raises SerializationError (truncated or corrupted part, bad header)."""
+    import tempfile
+
+    spill, skip = set(spill), set(skip)
+    out: dict = {}
+    with open(path, "rb") as src:
+        header = _read_header(src, expect_kind)
+        try:
+            for p in header.get("parts", []):
+                if p["name"] in skip:
+                    src.seek(int(p["size"]), os.SEEK_CUR)
+                    continue
+                if p["name"] not in spill:
+                    out[p["name"]] = _read_part(src, p)
+                    continue
+                fd, name = tempfile.mkstemp(dir=spill_dir, prefix=f".{p['name']}.", suffix=".part")
+                out[p["name"]] = name
+                digest, left = hashlib.sha256(), int(p["size"])
+                with os.fdopen(fd, "wb") as dst:
+                    while left:
+                        chunk = src.read(min(left, 1 << 20))
+                        if not chunk:
+                            raise SerializationError(f"part {p['name']!r} is truncated ({p['size'] - left} of "
+                                                     f"{p['size']} bytes)")
+                        dst.write(chunk)
+                        digest.update(chunk)
+                        left -= len(chunk)
+                if digest.hexdigest() != p["sha256"]:
+                    raise SerializationError(f"part {p['name']!r} is corrupted (checksum mismatch)")
+        except BaseException:
+            for v in out.values():
+                if isinstance(v, str):
+                    os.remove(v)
+            raise
+    return header, out
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -39,15 +39,18 @@ marks the multi-share use of that call "debugging only", which does not apply to
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
+import pathlib
 import secrets
+import weakref
 
 import numpy as np
 
-from .container import pack, unpack
+from .container import pack, read_container_file, unpack, write_container_file
 from .engine import Engine, read_secret_key, unpack_secret_key
-from .errors import CKKSError, InsecureParameters, SerializationError
+from .errors import CKKSError, InsecureParameters, MissingRotationKey, SerializationError
 from .params import CKKSParams
 
 # OpenFHE parallelises with OpenMP, whose threads spin while they wait by default: on an oversubscribed
@@ -63,6 +66,10 @@ try:  # optional: no wheel for Python 3.11
     import openfhe as _o
 except ImportError:  # pragma: no cover - exercised where openfhe is absent
     _o = None
+
+
+# engines holding rotation/bootstrapping keys in OpenFHE's process-wide map (release_evaluation_keys puts theirs back)
+_LIVE: "weakref.WeakSet[OpenFHEEngine]" = weakref.WeakSet()
 
 
 def available() -> bool:
@@ -92,6 +99,9 @@ class OpenFHEConfig:
     secure: bool = True    # False: a test ring below 128 bits (needs force_insecure)
     name: str = "custom"
     slots: int = 0         # sparse packing (fewer slots than N/2: cheaper bootstrapping); 0: full
+    # measured max abs error of one bootstrap over the slots, x ~ U(-1, 1) (bench/openfhe_split.py,
+    # bench/bootstrap.py); 0: not measured. The twin-bound rehearsal uses it (bootstrap_noise_std).
+    bootstrap_error: float = 0.0
 
     @property
     def bootstraps(self) -> bool:
@@ -142,30 +152,33 @@ class OpenFHEConfig:
 
 
 def _boot(name: str, ring_dim: int, after: int, budget: tuple[int, int], secure: bool, *, scale_bits: int = 59,
-          dnum: int = 0, slots: int = 0, first_mod: int = 60) -> OpenFHEConfig:
+          dnum: int = 0, slots: int = 0, first_mod: int = 60, error: float = 0.0) -> OpenFHEConfig:
     """A bootstrapping set with ``after`` hetrain levels after a bootstrap (uniform ternary secret).
     ``first_mod`` - ``scale_bits`` must stay within OpenFHE's bootstrapping correction factor (10 at
     N=2^13: "Degree [13] must be less than or equal to the correction factor [10]" otherwise)."""
-    return OpenFHEConfig(ring_dim, after, scale_bits, first_mod, budget, dnum, secure, name, slots)
+    return OpenFHEConfig(ring_dim, after, scale_bits, first_mod, budget, dnum, secure, name, slots, error)
 
 
 PRESETS: dict[str, OpenFHEConfig] = {
     # INSECURE test rings (force_insecure): 7 levels without bootstrapping; small bootstrapping rings
     # (full packing, 1024 slots; sparse, 64 slots) with 6 levels after each bootstrap.
     "openfhe-test": OpenFHEConfig(8192, 7, 50, 60, None, 0, False, "openfhe-test"),
-    "openfhe-boot-test": _boot("openfhe-boot-test", 2048, 6, (3, 3), False),
-    "openfhe-boot-test-sparse": _boot("openfhe-boot-test-sparse", 4096, 6, (2, 2), False, slots=64),
+    # bootstrap errors: max abs over the slots, x ~ U(-1, 1), 3 bootstraps (bench/bootstrap.py, /tmp/ofhe128 logs)
+    "openfhe-boot-test": _boot("openfhe-boot-test", 2048, 6, (3, 3), False, error=1.15e-6),
+    "openfhe-boot-test-sparse": _boot("openfhe-boot-test-sparse", 4096, 6, (2, 2), False, slots=64, error=2.12e-7),
     # 10 levels after each bootstrap (one mlp iteration with Nesterov momentum, either layout), 1024 slots: INSECURE, for tests
-    "openfhe-boot-test-deep": _boot("openfhe-boot-test-deep", 2048, 10, (3, 3), False),
+    "openfhe-boot-test-deep": _boot("openfhe-boot-test-deep", 2048, 10, (3, 3), False, error=9.73e-7),
     # 128-bit without bootstrapping: N=2^15, 10 levels at 2^50 (OpenFHE's HEStd_128_classic check).
     "openfhe-l10": OpenFHEConfig(32768, 10, 50, 60, None, 0, True, "openfhe-l10"),
     # 128-bit with bootstrapping, N=2^16, uniform ternary secret (the HE standard's distribution),
-    # sparse packing of 4096 slots, 6 levels after each bootstrap (one mini-batch MLR step).
+    # sparse packing of 1024 slots, 6 levels after each bootstrap (one mini-batch MLR step).
     # OpenFHE's 128-bit bound on log QP at N=2^16 allows depth 23 at 59-bit primes (any dnum): 4 levels
-    # after a [2,2] bootstrap. 55-bit primes and dnum 6 allow depth 25: 6 levels, at ~4e-5 bootstrap
-    # error (2.5e-6 at 59 bits, 2e-3 at 50 bits: measured on a small ring). 9 levels (one MLP
+    # after a [2,2] bootstrap. 55-bit primes and dnum 6 allow depth 25: 6 levels. 9 levels (one MLP
     # iteration) do not fit N=2^16 at 128 bits with a uniform ternary secret and useful precision.
-    "openfhe-boot": _boot("openfhe-boot", 65536, 6, (2, 2), True, scale_bits=55, dnum=6, slots=4096),
+    # 1024 slots, not 4096: a [2,2] bootstrap of 4096 slots needs 65 rotation keys of 186 MiB (≈12 GB;
+    # counted on N=2^13), 1024 slots need ≈40: measured at N=2^16 (bench/openfhe_split.py): public context
+    # 7.65 GiB, keygen peak 11.0 GiB, server peak 11.3 GiB, max error 1.35e-4 to 1.57e-4 on x ~ U(-1, 1) (5 runs).
+    "openfhe-boot": _boot("openfhe-boot", 65536, 6, (2, 2), True, scale_bits=55, dnum=6, slots=1024, error=1.6e-4),
     # No 128-bit N=2^16 set with >= 9 levels after a bootstrap is offered: OpenFHE accepts some (its 1772-bit
     # bound includes the key-switching primes, so they need dnum >= 8 and scaling <= 55 bits), but the best one
     # that fits a few GB ([4,4], 47-bit, first modulus 55, dnum 11) measured 2.5e-2 max error per bootstrap
@@ -257,7 +270,10 @@ class OpenFHEEngine(Engine):
     process_workers = False
 
     def __init__(self, preset="openfhe-test", rotation_steps=(), *, force_insecure: bool = False,
-                 secret_key: bytes | None = None, _public: dict | None = None, _secret: bytes | None = None) -> None:
+                 secret_key: bytes | None = None, bootstrap_keys: bool = True, _public: dict | None = None,
+                 _secret: bytes | None = None) -> None:
+        """``bootstrap_keys=False``: no bootstrapping keys (≈8 GB and a minute at openfhe-boot) for an engine
+        that only holds the secret key, encrypts and decrypts (a key directory, a decrypting data owner)."""
         o = _require()
         self._o = o
         cfg = OpenFHEConfig.from_dict(_public["config"]) if _public is not None else resolve(preset)
@@ -281,25 +297,31 @@ class OpenFHEEngine(Engine):
             with self.counters.time("keygen_galois", len(self.rotation_steps)):
                 if self.rotation_steps:
                     cc.EvalRotateKeyGen(self._sk, sorted(self.rotation_steps))
-            if cfg.bootstraps:
+            if cfg.bootstraps and bootstrap_keys:
                 with self.counters.time("keygen_bootstrap"):
                     cc.EvalBootstrapSetup(list(cfg.level_budget), [0, 0], self._slots_of(cfg))
                     cc.EvalBootstrapKeyGen(self._sk, self._slots_of(cfg))
-            self._has_gk = bool(self.rotation_steps) or cfg.bootstraps
+            self._boot_keys = bool(cfg.bootstraps and bootstrap_keys)
+            self._has_gk = bool(self.rotation_steps) or self._boot_keys
         else:
             self._cc = cc = _load(o.DeserializeCryptoContextString, _public["cc"], "crypto context")
             super().__init__(params, _public["steps"], _public["key_id"], False, forced)
             self._tag = _public["tag"]
             self._pk = _load(o.DeserializePublicKeyString, _public["pk"], "public key")
-            try:
-                _load(o.DeserializeEvalMultKeyString, _public["rlk"], "relinearisation key")
-            except SerializationError as exc:  # same process as the engine that made them: already there
-                if "there is a key vector for the given keyTag" not in str(exc):
-                    raise
+            if "rlk" in _public:  # absent: a decrypting client that loaded no evaluation keys
+                try:
+                    _load(o.DeserializeEvalMultKeyString, _public["rlk"], "relinearisation key")
+                except SerializationError as exc:  # same process as the engine that made them: already there
+                    if "there is a key vector for the given keyTag" not in str(exc):
+                        raise
             self._has_gk = "gk" in _public
-            if self._has_gk:
+            if self._has_gk and isinstance(_public["gk"], str):  # a file (from_public_file): OpenFHE reads it
+                if not cc.DeserializeEvalAutomorphismKey(_public["gk"], o.BINARY):
+                    raise SerializationError("rotation/bootstrapping keys do not load (OpenFHE refused the file)")
+            elif self._has_gk:
                 _load(o.DeserializeEvalAutomorphismKeyString, _public["gk"], "rotation/bootstrapping keys")
-            if cfg.bootstraps:
+            self._boot_keys = bool(cfg.bootstraps and self._has_gk and _public.get("bootstrap_keys", True))
+            if self._boot_keys:
                 with self.counters.time("bootstrap_setup"):
                     cc.EvalBootstrapSetup(list(cfg.level_budget), [0, 0], self._slots_of(cfg))
             self._sk = None
@@ -307,6 +329,8 @@ class OpenFHEEngine(Engine):
                 self._sk = _load(o.DeserializePrivateKeyString, _secret, "secret key")
                 self._sk.SetKeyTag(self._tag)
                 self.has_secret_key = True
+        if self._has_gk:
+            _LIVE.add(self)
         self._depth = cfg.depth()
         self._off = cfg.off
         self._zeros: dict[int, object] = {}
@@ -353,11 +377,22 @@ class OpenFHEEngine(Engine):
     # ---------------------------------------------------------------- bootstrapping
     @property
     def can_bootstrap(self) -> bool:
-        return self._boot_level is not None and self._has_gk
+        return self._boot_level is not None and self._boot_keys
 
     @property
     def bootstrap_level(self) -> int | None:
         return self._boot_level
+
+    @property
+    def bootstrap_noise_std(self) -> float | None:
+        """Standard deviation of one bootstrap's error in a slot, from the preset's measured max abs error
+        e over s slots (``OpenFHEConfig.bootstrap_error``): σ = e / √(2 ln 2s), the expected maximum of s
+        Gaussian magnitudes. None when the parameters do not bootstrap or the error was not measured.
+        The twin-bound rehearsal (protocol/twin_bound.py) adds noise of this size per bootstrap."""
+        e = self.config.bootstrap_error
+        if self._boot_level is None or not e:
+            return None
+        return float(e) / float(np.sqrt(2.0 * np.log(2.0 * self.slots)))
 
     def _bootstrap(self, ct):
         data = ct.data if ct.level == 0 else self._drop(ct, 0)
@@ -368,6 +403,27 @@ class OpenFHEEngine(Engine):
         elif h < self._boot_level:
             raise CKKSError(f"OpenFHE bootstrap returned level {h}, expected {self._boot_level}")
         return out
+
+    def release_evaluation_keys(self) -> None:
+        """Free this engine's rotation and bootstrapping keys (≈8 GB at openfhe-boot) once they are written
+        out: the data owner calls it after writing the job bundle, since it only encrypts and decrypts from
+        then on (rotate and bootstrap raise afterwards; the relinearisation key, one key, stays). OpenFHE clears
+        its key map for every key tag at once, so the keys of the other live engines of this process are
+        put back; the freed memory is returned to the system (glibc ``malloc_trim``)."""
+        if not self._has_gk:
+            return
+        keep = [(e._cc, e._tag, e._cc.GetEvalAutomorphismKeyMap(e._tag)) for e in list(_LIVE)
+                if e is not self and e._has_gk]
+        self._o.CryptoContext.ClearEvalAutomorphismKeys()
+        for cc, tag, keys in keep:
+            cc.InsertEvalAutomorphismKey(keys, tag)
+        del keep
+        self._has_gk = self._boot_keys = False
+        _LIVE.discard(self)
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: the memory is reused by the process instead
+            pass
 
     # ---------------------------------------------------------------- primitives
     def _plain(self, v, level: int):
@@ -422,6 +478,9 @@ class OpenFHEEngine(Engine):
         return self._canonical(self._cc.EvalMult(a.data, float(c)))
 
     def _rotate(self, a, step):
+        if not self._has_gk:
+            raise MissingRotationKey(f"this engine's rotation keys were released (release_evaluation_keys): "
+                                     f"no rotation by {step}")
         return self._cc.EvalRotate(a.data, int(step))
 
     def _drop(self, a, level):
@@ -440,16 +499,49 @@ class OpenFHEEngine(Engine):
         ct.SetKeyTag(self._tag)  # same key id (checked by the engine): this engine's evaluation keys
         return ct
 
-    def public_bytes(self) -> bytes:
-        o, tag = self._o, self._tag
-        meta = {"kind": "public_context", "backend": self.backend_name, "params": self.params.to_dict(),
+    def _public_meta(self) -> dict:
+        return {"kind": "public_context", "backend": self.backend_name, "params": self.params.to_dict(),
                 "key_id": self.key_id, "steps": sorted(self.rotation_steps), "config": self.config.to_dict(),
-                "tag": tag, "forced_insecure": self.forced_insecure}
-        parts = {"cc": bytes(o.Serialize(self._cc, o.BINARY)), "pk": bytes(o.Serialize(self._pk, o.BINARY)),
-                 "rlk": bytes(o.SerializeEvalMultKeyString(o.BINARY, tag))}
+                "tag": self._tag, "forced_insecure": self.forced_insecure, "bootstrap_keys": self._boot_keys}
+
+    def _small_public_parts(self) -> dict[str, bytes]:
+        o = self._o
+        return {"cc": bytes(o.Serialize(self._cc, o.BINARY)), "pk": bytes(o.Serialize(self._pk, o.BINARY)),
+                "rlk": bytes(o.SerializeEvalMultKeyString(o.BINARY, self._tag))}
+
+    def public_bytes(self) -> bytes:
+        """The public context in memory: holds the serialised keys next to the keys themselves (twice the
+        key memory, ≈7 GB more at openfhe-boot); ``write_public`` writes the same bytes to a file without that."""
+        o = self._o
+        parts = self._small_public_parts()
         if self._has_gk:
-            parts["gk"] = bytes(o.SerializeEvalAutomorphismKeyString(o.BINARY, tag))
-        return pack(meta, parts)
+            parts["gk"] = bytes(o.SerializeEvalAutomorphismKeyString(o.BINARY, self._tag))
+        return pack(self._public_meta(), parts)
+
+    def write_public(self, path: str | os.PathLike) -> tuple[int, str]:
+        """Write ``public_bytes()``'s container (byte for byte the same format) to ``path`` without the
+        rotation/bootstrapping keys ever being in memory as bytes: OpenFHE serialises them to a temporary
+        file itself (``SerializeEvalAutomorphismKey``), which is copied into the container in chunks.
+        Peak memory ≈ the keys + a few MiB, against ≈3x the keys for ``public_bytes``. Returns (file size,
+        SHA-256); the file appears complete or not at all (atomic rename), readable by its owner only."""
+        import tempfile
+
+        o = self._o
+        parts: list = list(self._small_public_parts().items())
+        tmp = None
+        try:
+            if self._has_gk:
+                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.fspath(path)) or ".", prefix=".gk.", suffix=".part")
+                os.close(fd)
+                if not self._cc.SerializeEvalAutomorphismKey(tmp, o.BINARY, self._tag):
+                    raise SerializationError("OpenFHE could not serialise the rotation/bootstrapping keys")
+                parts.append(("gk", pathlib.Path(tmp)))
+            size, sha = write_container_file(path, self._public_meta(), parts)
+        finally:
+            if tmp is not None:
+                os.remove(tmp)
+        os.chmod(path, 0o600)
+        return size, sha
 
     def secret_key_bytes(self) -> bytes:
         return self._pack_secret_key(None if self._sk is None else bytes(self._o.Serialize(self._sk, self._o.BINARY)))
@@ -464,6 +556,27 @@ class OpenFHEEngine(Engine):
         openfhe is not installed.
         """
         meta, parts = unpack(public, expect_kind="public_context")
+        return cls._from_parts(meta, parts, secret, force_insecure)
+
+    @classmethod
+    def from_public_file(cls, path: str | os.PathLike, secret: bytes | None = None, *, force_insecure: bool = False,
+                         evaluation_keys: bool = True) -> "OpenFHEEngine":
+        """``from_bytes`` of a file written by ``write_public`` (or ``public_bytes``), holding at most one key
+        part in memory: the rotation/bootstrapping keys go through a temporary file (0600, next to ``path``,
+        checked against their SHA-256, removed after) that OpenFHE loads itself. ``evaluation_keys=False``:
+        the context and public key only (a data owner that decrypts and encrypts, ≈ nothing of the
+        gigabytes of keys). Raises SerializationError (corrupted or truncated file), InsecureParameters."""
+        spill_dir = os.path.dirname(os.fspath(path)) or "."
+        meta, parts = read_container_file(path, "public_context", ("gk",) if evaluation_keys else (), spill_dir,
+                                          skip=() if evaluation_keys else ("rlk", "gk"))
+        try:
+            return cls._from_parts(meta, parts, secret, force_insecure)
+        finally:
+            if isinstance(parts.get("gk"), str):
+                os.remove(parts["gk"])
+
+    @classmethod
+    def _from_parts(cls, meta: dict, parts: dict, secret: bytes | None, force_insecure: bool) -> "OpenFHEEngine":
         params = CKKSParams.from_dict(meta["params"])
         sk = None if secret is None else unpack_secret_key(meta, params, secret)
         cfg = OpenFHEConfig.from_dict(meta["config"])
@@ -474,7 +587,7 @@ class OpenFHEEngine(Engine):
                                      "security, and was not made with force_insecure; load it with force_insecure=True")
         return cls(None, (), force_insecure=force_insecure,
                    _public={"key_id": meta["key_id"], "steps": meta["steps"], "config": meta["config"],
-                            "tag": meta["tag"], **parts}, _secret=sk)
+                            "tag": meta["tag"], "bootstrap_keys": meta.get("bootstrap_keys", True), **parts}, _secret=sk)
 
     def key_sizes(self) -> dict[str, int]:
         """Serialised size in bytes of each key kind (public_key, relin_keys, galois_keys: all automorphism keys,

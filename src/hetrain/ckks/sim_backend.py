@@ -22,7 +22,9 @@ from .params import CKKSParams
 # test_sim_noise_has_ckks_size checks the sim draws noise of this size).
 CKKS_NOISE_STD = 1e-7
 # Bootstrapping returns values with a larger error (desilofhe at N=2^16 measured ~3e-5 max abs on
-# values in [-1, 1]); the sim adds noise of this size per bootstrap when noise is on.
+# values in [-1, 1]); the sim adds noise of this size per bootstrap when noise is on, unless it is
+# told the bootstrap error of the parameters it stands in for (``bootstrap_noise``: the twin-bound
+# rehearsal passes the real engine's ``bootstrap_noise_std``, e.g. an OpenFHE preset's measured error).
 BOOTSTRAP_NOISE_STD = 1e-5
 
 
@@ -34,7 +36,7 @@ class SimEngine(Engine):
 
     def __init__(self, params: CKKSParams, rotation_steps=(), *, noise: float | str = 0.0,
                  seed: int | None = None, force_insecure: bool = False, bootstrap_level: int | None = None,
-                 secret_key: bytes | None = None, _key_id: str | None = None, _has_secret: bool = True) -> None:
+                 bootstrap_noise: float | None = None, secret_key: bytes | None = None, _key_id: str | None = None, _has_secret: bool = True) -> None:
         forced = not params.is_128_bit_secure()
         params.check_security(force_insecure)
         if secret_key is not None:  # the key id of a stored (empty) sim secret key: see SealEngine
@@ -46,6 +48,9 @@ class SimEngine(Engine):
         if bootstrap_level is not None and not 1 <= int(bootstrap_level) <= params.levels:
             raise ValueError(f"bootstrap_level must be in [1, {params.levels}], got {bootstrap_level}")
         self._bootstrap_level = None if bootstrap_level is None else int(bootstrap_level)
+        if bootstrap_noise is not None and not (np.isfinite(bootstrap_noise) and bootstrap_noise >= 0):
+            raise ValueError(f"bootstrap_noise must be a finite standard deviation >= 0, got {bootstrap_noise}")
+        self.bootstrap_noise = BOOTSTRAP_NOISE_STD if bootstrap_noise is None else float(bootstrap_noise)
         self.log.info("simulation backend: data is NOT encrypted")
 
     def _noisy(self, v: np.ndarray) -> np.ndarray:
@@ -120,10 +125,15 @@ class SimEngine(Engine):
     def bootstrap_level(self) -> int | None:
         return self._bootstrap_level
 
+    @property
+    def bootstrap_noise_std(self) -> float | None:
+        """Standard deviation of the noise one emulated bootstrap adds (when noise is on); None without bootstrapping."""
+        return self.bootstrap_noise if self._bootstrap_level is not None else None
+
     def _bootstrap(self, ct):
         v = ct.data.copy()
         if self.noise:
-            v = v + self._rng.normal(0.0, max(self.noise, BOOTSTRAP_NOISE_STD), v.shape)
+            v = v + self._rng.normal(0.0, max(self.noise, self.bootstrap_noise), v.shape)
         return v
 
     def _ct_to_bytes(self, ct):
@@ -137,7 +147,7 @@ class SimEngine(Engine):
     def public_bytes(self) -> bytes:
         meta = {"kind": "public_context", "backend": self.backend_name, "params": self.params.to_dict(),
                 "key_id": self.key_id, "steps": sorted(self.rotation_steps), "noise": self.noise,
-                "bootstrap_level": self._bootstrap_level}
+                "bootstrap_level": self._bootstrap_level, "bootstrap_noise": self.bootstrap_noise}
         if self.forced_insecure:  # the data owner's choice, for the server (ckks.owner_forced_insecure)
             meta["forced_insecure"] = True
         return pack(meta, {})
@@ -157,7 +167,7 @@ class SimEngine(Engine):
         if secret is not None:
             unpack_secret_key(meta, params, secret)  # checks it belongs here; the sim has no key bytes
         return cls(params, meta["steps"], noise=meta.get("noise", 0.0), force_insecure=force_insecure,
-                   bootstrap_level=meta.get("bootstrap_level"),
+                   bootstrap_level=meta.get("bootstrap_level"), bootstrap_noise=meta.get("bootstrap_noise"),
                    _key_id=meta["key_id"], _has_secret=secret is not None)
 
     def key_sizes(self) -> dict[str, int]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from hetrain._atomic import atomic_write  # noqa: F401  (re-exported: protocol code imports it from here)
 from hetrain.ckks import CKKSError, Ciphertext, Engine, KeyMismatch, collection
-from hetrain.ckks.container import file_sha256, unpack
+from hetrain.ckks.container import file_sha256, read_header_file, unpack
 from hetrain.ckks.registry import key_part_sizes
 from hetrain.outputs import write_output
 
@@ -116,12 +116,18 @@ def write_job(jobdir: str | os.PathLike, engine: Engine, inputs: dict[str, list[
         (d / name).unlink(missing_ok=True)
     job_text = json.dumps(job, sort_keys=True)  # fails early (before big writes) if the job is not JSON
     # the public context can weigh gigabytes: write it and let it go before packing the data
-    public = engine.public_bytes()
-    header, _ = unpack(public, expect_kind="public_context")
-    sizes = {PUBLIC_CONTEXT: len(public), "key_parts": key_part_sizes(header["backend"], header.get("parts", []))}
-    sha = {PUBLIC_CONTEXT: _sha(public)}
-    atomic_write(d / PUBLIC_CONTEXT, public)
-    del public
+    writer = getattr(engine, "write_public", None)
+    if writer is not None:  # OpenFHE: keys of gigabytes streamed to the file, never held twice in memory
+        size, digest = writer(d / PUBLIC_CONTEXT)
+        header = read_header_file(d / PUBLIC_CONTEXT, "public_context")
+    else:
+        public = engine.public_bytes()
+        header, _ = unpack(public, expect_kind="public_context")
+        size, digest = len(public), _sha(public)
+        atomic_write(d / PUBLIC_CONTEXT, public)
+        del public
+    sizes = {PUBLIC_CONTEXT: size, "key_parts": key_part_sizes(header["backend"], header.get("parts", []))}
+    sha = {PUBLIC_CONTEXT: digest}
     sizes[INPUTS], sha[INPUTS] = write_ciphertext_map(d / INPUTS, engine, inputs)
     sizes[JOB], sha[JOB] = len(job_text), _sha(job_text.encode())
     atomic_write(d / JOB, job_text)
@@ -143,23 +149,31 @@ def read_manifest(jobdir: str | os.PathLike) -> dict:
     return m
 
 
-def read_job_files(jobdir: str | os.PathLike, *, defer_inputs: bool = False) -> tuple[dict, bytes, pathlib.Path, dict]:
+def read_job_files(jobdir: str | os.PathLike, *, defer_inputs: bool = False,
+                   public_path: bool = False) -> tuple[dict, bytes | pathlib.Path, pathlib.Path, dict]:
     """(manifest, public context bytes, path of the inputs, job) with every checksum verified.
 
     The inputs stay on disk (they can weigh gigabytes): read them with ``read_ciphertext_map``.
     ``defer_inputs``: do not hash inputs.bin here; the caller reads it with
     ``read_ciphertext_map(..., sha256=manifest["sha256"][INPUTS])``, which hashes it as it loads
-    (the server: one pass over the file instead of two).
+    (the server: one pass over the file instead of two). ``public_path``: the public context's path, hashed
+    in chunks, instead of its bytes (keys of gigabytes: load it with ``ckks.load_engine_file``).
     Raises BundleError when a file is missing, the manifest names no checksum for the inputs, or a file does
     not match its checksum.
     """
     d = pathlib.Path(jobdir)
     manifest = read_manifest(d)
-    public = read_bytes(d / PUBLIC_CONTEXT, "public context")
+    if public_path:
+        if not (d / PUBLIC_CONTEXT).is_file():
+            raise BundleError(f"public context not found: {d / PUBLIC_CONTEXT}")
+        public, public_sha = d / PUBLIC_CONTEXT, file_sha256(d / PUBLIC_CONTEXT)
+    else:
+        public = read_bytes(d / PUBLIC_CONTEXT, "public context")
+        public_sha = _sha(public)
     job_bytes = read_bytes(d / JOB, "job description")
     if not (d / INPUTS).is_file():
         raise BundleError(f"encrypted inputs not found: {d / INPUTS}")
-    checks = [(PUBLIC_CONTEXT, _sha(public)), (JOB, _sha(job_bytes))]
+    checks = [(PUBLIC_CONTEXT, public_sha), (JOB, _sha(job_bytes))]
     if not defer_inputs:
         checks.append((INPUTS, file_sha256(d / INPUTS)))
     elif not isinstance(manifest["sha256"].get(INPUTS), str):

@@ -83,7 +83,10 @@ class KeyDir:
             preset = preset.name  # such a backend (desilo) builds its own ring from the preset's name
         if backend == "sim" and seed is not None:
             opts["seed"] = seed
-        engine = ckks.create_engine(backend, preset, (), force_insecure=force_insecure, **opts)
+        # the key directory holds no evaluation keys: OpenFHE's bootstrapping keys (≈8 GB at openfhe-boot) are
+        # made per job (job_engine)
+        only_keys = {"bootstrap_keys": False} if backend == "openfhe" else {}
+        engine = ckks.create_engine(backend, preset, (), force_insecure=force_insecure, **opts, **only_keys)
         _private_dir(path)
         _write_private(path / SECRET, engine.secret_key_bytes())
         record = {"format": FORMAT, "version": VERSION, "key_id": engine.key_id, "backend": backend,

@@ -135,13 +135,13 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
                           f"this job: start the server with --resume to continue it, or delete {ckpt_path} to "
                           "start over")
     # files as they are, checksums verified (inputs.bin's as it is read below: one hashing pass)
-    manifest, public, inputs_path, job = files.read_job_files(jobdir, defer_inputs=True)
+    manifest, public, inputs_path, job = files.read_job_files(jobdir, defer_inputs=True, public_path=True)
     # every claim (shapes, counts, sizes, levels, rotation steps) against the content, before anything is
     # sized from one (bundle_check.py)
     check_bundle(jobdir)
     # parameters below 128 bits only where the data owner forced them (recorded in the context): INSECURE logs;
-    # the file's SHA-256 was checked: not again per key part
-    engine = ckks.load_engine(public, verify=False, force_insecure=ckks.owner_forced_insecure(public))
+    # from the file (OpenFHE reads keys of gigabytes from it without holding them as bytes); its SHA-256 was checked
+    engine = ckks.load_engine_file(public, verify=False)
     if engine.has_secret_key:  # cannot happen through load_engine(public): keep the invariant explicit
         raise BundleError("refusing to run: the server engine holds a secret key")
     del public

@@ -105,6 +105,11 @@ def encrypt(keys: KeyDir, X, y, jobdir, *, model: str = "mlr", config: dict | No
         job.upload = files.write_job(jobdir, engine, inputs, bundle)  # lazily encrypted inputs: encrypted here
         job.timings["write_job_s"] = time.perf_counter() - t0
     del inputs
+    # the data owner only encrypts and decrypts from here on: OpenFHE frees its rotation/bootstrapping keys
+    # (gigabytes at N=2^16) so that the server beside it has the memory
+    release = getattr(engine, "release_evaluation_keys", None)
+    if release is not None:
+        release()
     job.save(record_dir)
     return job, engine
 
@@ -244,7 +249,8 @@ def _client_half(keys: KeyDir, jobdir: pathlib.Path, engine=None, job: ClientJob
         job = ClientJob.load(record_dir)
         job.after_load()
     if engine is None:
-        engine = keys.job_engine(())  # the secret key decrypts; this job's Galois keys are not needed here
+        # the secret key decrypts; this job's Galois (OpenFHE: bootstrapping) keys are not needed here
+        engine = keys.job_engine((), **({"bootstrap_keys": False} if keys.backend == "openfhe" else {}))
     return job, engine, record_dir
 
 

@@ -21,7 +21,11 @@ for each job from its CKKS parameters and its own circuit, before any key is mad
 2. **Its growth through this job's circuit, by rehearsal.** The trainer's own server half runs in
    the client's process on the simulation backend, which adds Gaussian noise of σ_slot after every
    encryption, rescale, plaintext or scalar multiplication and rotation (and bootstrapping noise
-   where the job bootstraps), with the job's refreshes answered in-process as the data owner would
+   where the job bootstraps: the real engine's ``bootstrap_noise_std`` where it exceeds the sim's 1e-5,
+   e.g. the error measured for the low-precision 128-bit OpenFHE preset, 1.35e-4 max; never less than
+   1e-5: honest runs on the precise test rings (2.9e-7 per bootstrap measured on x ~ U(-1, 1), also at
+   |x| <= 8) drifted up to 100x further than a rehearsal with that figure alone, iris mini-batch mlr on
+   openfhe-boot-test: 7.1e-5 vs 6.7e-7), with the job's refreshes answered in-process as the data owner would
    answer them. The rehearsal's distance from the twin, ``rehearsed``, is what this job's
    arithmetic makes of CKKS noise of that size: the polynomial's coefficients, the learning rate,
    momentum and the number of iterations all act on it exactly as in the encrypted run.
@@ -64,27 +68,32 @@ def ckks_noise_std(params) -> float:
 def twin_bound(job, engine=None) -> dict:
     """The twin-check bound of a prepared client job (client_jobs.ClientJob), derived as the module
     docstring says. ``engine``: the job's real engine, only read for its ``bootstrap_level`` when the
-    job bootstraps. Returns {"bound", "rehearsed", "noise_std", "levels", "seconds"} (absolute values
+    job bootstraps, and for its ``bootstrap_noise_std`` (None or absent: the sim's default).
+    Returns {"bound", "rehearsed", "noise_std", "bootstrap_noise_std", "levels", "seconds"} (absolute values
     in the weights' units; seconds of client time). Runs the whole server half on the simulation
     backend in this process: about as long as a fit on the sim backend."""
-    from hetrain.ckks.sim_backend import SimEngine
+    from hetrain.ckks.sim_backend import BOOTSTRAP_NOISE_STD, SimEngine
 
     t0 = time.perf_counter()
     params = job.params
     sigma = ckks_noise_std(params)
     boot = engine.bootstrap_level if (job.refresh == "bootstrap" and engine is not None) else None
+    boot_noise = getattr(engine, "bootstrap_noise_std", None) if boot is not None else None
+    if boot_noise is not None:  # a floor: the measured error is of one bootstrap of U(-1, 1) (docstring, point 2)
+        boot_noise = max(float(boot_noise), BOOTSTRAP_NOISE_STD)
     ckks_log = logging.getLogger("hetrain.ckks")
     level = ckks_log.level
     ckks_log.setLevel(logging.WARNING)  # the rehearsal's "data is NOT encrypted" is not the user's run
     try:
         sim = SimEngine(params, job.rotations, noise=sigma, seed=REHEARSAL_SEED, force_insecure=True,
-                        bootstrap_level=boot)
+                        bootstrap_level=boot, bootstrap_noise=boot_noise)
         rehearsed = job.rehearse(sim)
     finally:
         ckks_log.setLevel(level)
     levels = max(1, int(getattr(job, "levels_used", 0) or params.levels))
     bound = SLACK * max(rehearsed if np.isfinite(rehearsed) else 0.0, levels * sigma)
-    return {"bound": float(bound), "rehearsed": float(rehearsed), "noise_std": float(sigma), "levels": levels,
+    return {"bound": float(bound), "rehearsed": float(rehearsed), "noise_std": float(sigma),
+            "bootstrap_noise_std": None if boot is None else float(sim.bootstrap_noise), "levels": levels,
             "seconds": time.perf_counter() - t0}
 
 
