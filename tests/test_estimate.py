@@ -89,3 +89,20 @@ def test_check_memory_asks_at_a_terminal():
     E.check_memory(est, limit_gb=100)
     with pytest.raises(HetrainUserError, match="--max-memory-gb must be a positive"):
         E.check_memory(est, limit_gb=0)
+
+
+def test_openfhe_boot_estimate_counts_its_measured_bootstrapping_keys_and_is_refused_at_the_default_limit():
+    """The SEAL-based formulas count no bootstrapping keys (0.5 GB for openfhe-boot against 7.65 GiB
+    measured): the estimate takes the preset's measured figures, so the default memory limit refuses a
+    128-bit bootstrapping run on one machine, and the advice it gives (--yes) lets it through."""
+    params = ckks.get_params("openfhe-boot")
+    formula = E.estimate(params, [1, 2, 4], 4)
+    est = E.with_measured(formula, "openfhe", params)
+    assert formula.key_bytes < 2 * 2**30 < 7 * 2**30 < est.key_bytes
+    assert est.server_peak_bytes > 13 * 2**30 and est.client_peak_bytes > 11 * 2**30
+    assert E.with_measured(formula, "seal", params) == formula  # other backends: the formulas
+    assert E.with_measured(E.estimate(ckks.get_params("n16384"), [1], 4), "openfhe", ckks.get_params("n16384")).key_bytes \
+        == E.estimate(ckks.get_params("n16384"), [1], 4).key_bytes  # a preset without measurements
+    with pytest.raises(E.MemoryRefused, match=r"--max-memory-gb 8.*--yes"):
+        E.check_memory(est)
+    E.check_memory(est, yes=True)

@@ -102,6 +102,10 @@ class OpenFHEConfig:
     # measured max abs error of one bootstrap over the slots, x ~ U(-1, 1) (bench/openfhe_split.py,
     # bench/bootstrap.py); 0: not measured. The twin-bound rehearsal uses it (bootstrap_noise_std).
     bootstrap_error: float = 0.0
+    # measured (public context bytes, data owner's peak RSS bytes, server's peak RSS bytes) of a run at
+    # these parameters; () where not measured. protocol/estimate.py uses it: its SEAL-based formulas do
+    # not count OpenFHE's bootstrapping keys (at openfhe-boot: 0.5 GB estimated against 7.65 GiB).
+    measured_bytes: tuple[int, ...] = ()
 
     @property
     def bootstraps(self) -> bool:
@@ -152,11 +156,12 @@ class OpenFHEConfig:
 
 
 def _boot(name: str, ring_dim: int, after: int, budget: tuple[int, int], secure: bool, *, scale_bits: int = 59,
-          dnum: int = 0, slots: int = 0, first_mod: int = 60, error: float = 0.0) -> OpenFHEConfig:
+          dnum: int = 0, slots: int = 0, first_mod: int = 60, error: float = 0.0,
+          measured: tuple[int, ...] = ()) -> OpenFHEConfig:
     """A bootstrapping set with ``after`` hetrain levels after a bootstrap (uniform ternary secret).
     ``first_mod`` - ``scale_bits`` must stay within OpenFHE's bootstrapping correction factor (10 at
     N=2^13: "Degree [13] must be less than or equal to the correction factor [10]" otherwise)."""
-    return OpenFHEConfig(ring_dim, after, scale_bits, first_mod, budget, dnum, secure, name, slots, error)
+    return OpenFHEConfig(ring_dim, after, scale_bits, first_mod, budget, dnum, secure, name, slots, error, measured)
 
 
 PRESETS: dict[str, OpenFHEConfig] = {
@@ -178,7 +183,10 @@ PRESETS: dict[str, OpenFHEConfig] = {
     # 1024 slots, not 4096: a [2,2] bootstrap of 4096 slots needs 65 rotation keys of 186 MiB (≈12 GB;
     # counted on N=2^13), 1024 slots need ≈40: measured at N=2^16 (bench/openfhe_split.py): public context
     # 7.65 GiB, keygen peak 11.0 GiB, server peak 11.3 GiB, max error 1.35e-4 to 1.57e-4 on x ~ U(-1, 1) (5 runs).
-    "openfhe-boot": _boot("openfhe-boot", 65536, 6, (2, 2), True, scale_bits=55, dnum=6, slots=1024, error=1.6e-4),
+    # measured: Iris, mini-batch mlr, --refresh bootstrap, owner and server in their own processes
+    # (bench/openfhe_split.py; /usr/bin/time -v): public context 8,219,282,077 B, owner 11.1 GiB, server 13.2 GiB
+    "openfhe-boot": _boot("openfhe-boot", 65536, 6, (2, 2), True, scale_bits=55, dnum=6, slots=1024, error=1.6e-4,
+                          measured=(8_219_282_077, int(11.1 * 2**30), int(13.2 * 2**30))),
     # No 128-bit N=2^16 set with >= 9 levels after a bootstrap is offered: OpenFHE accepts some (its 1772-bit
     # bound includes the key-switching primes, so they need dnum >= 8 and scaling <= 55 bits), but the best one
     # that fits a few GB ([4,4], 47-bit, first modulus 55, dnum 11) measured 2.5e-2 max error per bootstrap

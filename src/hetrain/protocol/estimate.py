@@ -168,7 +168,25 @@ def estimate_job(job) -> Estimate:
         step = estimate_step_seconds(t, job.Xp.shape[1], job.Y.shape[1], params.slots)
         steps = t.config["epochs"] * len(t.batches_of(job.Xp.shape[0]))
         train_s = step * steps * _scale_keyswitch(params)
-    return estimate(params, job.rotations, n_ct, train_s=train_s, seeded=getattr(job, "backend", None) == "seal")
+    est = estimate(params, job.rotations, n_ct, train_s=train_s, seeded=getattr(job, "backend", None) == "seal")
+    return with_measured(est, getattr(job, "backend", None), params)
+
+
+def with_measured(est: Estimate, backend: str | None, params) -> Estimate:
+    """``est`` with the key bytes and peak memories raised to what a run at these parameters measured,
+    where the backend's preset records them (OpenFHE's bootstrapping presets: the formulas above count
+    no bootstrapping keys). Figures are never lowered."""
+    if backend != "openfhe":
+        return est
+    from hetrain.ckks.openfhe_backend import PRESETS  # plain data: openfhe itself stays optional
+
+    cfg = PRESETS.get(getattr(params, "name", None))
+    if cfg is None or not cfg.measured_bytes:
+        return est
+    keys, client, server = cfg.measured_bytes
+    return dataclasses.replace(est, key_bytes=max(est.key_bytes, keys),
+                               client_peak_bytes=max(est.client_peak_bytes, client),
+                               server_peak_bytes=max(est.server_peak_bytes, server))
 
 
 class MemoryRefused(HetrainUserError):
