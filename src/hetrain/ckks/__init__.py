@@ -14,6 +14,7 @@ A server rebuilds an engine from ``eng.public_bytes()`` with ``load_engine``; it
 """
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 from .container import read_header
@@ -91,13 +92,17 @@ def load_engine_file(path, secret: bytes | None = None, *, verify: bool = True) 
     """``load_engine`` of a public context file, as its data owner made it (``owner_forced_insecure``). A backend
     that reads its keys from a file itself (OpenFHE: ``from_public_file``, which checks each part as it reads it;
     gigabytes at N=2^16) never holds them as bytes; the others read the file (``verify=False``: the caller checked
-    the file's SHA-256). Raises SerializationError, InsecureParameters."""
+    the file's SHA-256). Raises SerializationError (also for an unknown backend), InsecureParameters,
+    BackendUnavailable (a backend whose library is not installed)."""
     from .container import read_header_file
     meta = read_header_file(path, expect_kind="public_context")
     forced = meta.get("forced_insecure") is True
-    if meta.get("backend") == "openfhe":
-        from .openfhe_backend import OpenFHEEngine
-        return OpenFHEEngine.from_public_file(path, secret, force_insecure=forced)
+    info = registry.by_container_name(meta.get("backend"))
+    if info is None:
+        raise SerializationError(f"unknown backend {meta.get('backend')!r} in public context {os.fspath(path)}")
+    cls = info.engine_class()
+    if hasattr(cls, "from_public_file"):  # the backend streams its keys from the file itself
+        return cls.from_public_file(path, secret, force_insecure=forced)
     with open(path, "rb") as f:
         return load_engine(f.read(), secret, force_insecure=forced, verify=verify)
 
