@@ -194,6 +194,14 @@ PRESETS: dict[str, OpenFHEConfig] = {
 }
 
 
+def measured_bytes(preset: str) -> tuple[int, int, int] | None:
+    """(public context bytes, data owner's peak RSS, server's peak RSS) measured at the preset named
+    ``preset`` (``OpenFHEConfig.measured_bytes``), or None where not measured or not an OpenFHE preset.
+    Plain data: openfhe itself is not imported (the registry's ``measured``)."""
+    cfg = PRESETS.get(preset)
+    return tuple(cfg.measured_bytes) if cfg is not None and cfg.measured_bytes else None
+
+
 def resolve(preset) -> OpenFHEConfig:
     """OpenFHE config for a preset name or a CKKSParams (OpenFHE preset names pass; SEAL presets and
     custom chains map to the same ring, level count and scale, first modulus, one special prime).

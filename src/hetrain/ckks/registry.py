@@ -57,6 +57,11 @@ class Backend:
     bootstrap_preset: the preset a bootstrapping job takes by default; a backend with one is the one
     where ``--refresh auto`` means "bootstrap" (None: auto means "client").
     process_workers: the engine's tasks may run in worker processes (``Engine.process_workers``).
+    seeded_uploads: the data owner's fresh ciphertexts and key-switching keys are serialised seeded
+    (about half the bytes: SEAL's Serializable); the size estimate counts them so.
+    measured: "module:function" giving, for a preset name, the (public context bytes, data owner's
+    peak RSS, server's peak RSS) a run measured, or None; the estimate never goes below them (its
+    formulas count no bootstrapping keys). Imported only when asked, without the HE library.
     python_versions: the Python versions its library has wheels for (empty: all hetrain supports).
     own_presets: ``create_engine`` passes the preset through unresolved (the engine knows its own
     preset names); preset_needs_engine: a preset's ring is known only from an engine (desilo picks it).
@@ -84,6 +89,8 @@ class Backend:
     own_presets: bool = False
     preset_needs_engine: bool = False
     load_options: tuple[str, ...] = ()
+    seeded_uploads: bool = False
+    measured: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").isalnum():
@@ -105,6 +112,13 @@ class Backend:
     def installed(self) -> bool:
         """Whether the HE library is importable here (no import is done)."""
         return self.requires is None or importlib.util.find_spec(self.requires) is not None
+
+    def measured_bytes(self, preset: str) -> tuple[int, int, int] | None:
+        """(public context bytes, owner peak RSS, server peak RSS) measured at ``preset``, or None (see ``measured``)."""
+        if not self.measured:
+            return None
+        module, _, function = self.measured.partition(":")
+        return getattr(importlib.import_module(module), function)(preset)
 
     def python_ok(self) -> bool:
         """Whether this Python (major.minor) is one the backend supports (every one when none are listed)."""
@@ -214,7 +228,8 @@ _SEAL_KEYS = {"pk": "public_key", "rlk": "relin_keys", "gk": "galois_keys"}
 register(Backend(
     name="seal", summary="Microsoft SEAL through TenSEAL: real encryption (the default); refresh by the client",
     short_help="real encryption, the default", secure=True, module="hetrain.ckks.seal_backend", engine="SealEngine",
-    requires="tenseal", install_hint="pip install hetrain", key_parts=_SEAL_KEYS, load_options=("verify",)))
+    requires="tenseal", install_hint="pip install hetrain", key_parts=_SEAL_KEYS, load_options=("verify",),
+    seeded_uploads=True))
 register(Backend(
     name="sim", summary="NumPy simulation, INSECURE: nothing is encrypted (tests and planning only)",
     short_help="INSECURE simulation, for tests", secure=False, module="hetrain.ckks.sim_backend", engine="SimEngine",
@@ -235,4 +250,4 @@ register(Backend(
     module="hetrain.ckks.openfhe_backend", engine="OpenFHEEngine", requires="openfhe",
     install_hint="pip install 'hetrain[openfhe]'", python_versions=("3.10",),
     key_parts={"cc": "crypto_context", **_SEAL_KEYS}, bootstraps=True, bootstrap_preset="openfhe-boot",
-    process_workers=False, own_presets=True))
+    process_workers=False, own_presets=True, measured="hetrain.ckks.openfhe_backend:measured_bytes"))

@@ -168,22 +168,30 @@ def estimate_job(job) -> Estimate:
         step = estimate_step_seconds(t, job.Xp.shape[1], job.Y.shape[1], params.slots)
         steps = t.config["epochs"] * len(t.batches_of(job.Xp.shape[0]))
         train_s = step * steps * _scale_keyswitch(params)
-    est = estimate(params, job.rotations, n_ct, train_s=train_s, seeded=getattr(job, "backend", None) == "seal")
+    backend = _backend(getattr(job, "backend", None))
+    est = estimate(params, job.rotations, n_ct, train_s=train_s, seeded=backend is not None and backend.seeded_uploads)
     return with_measured(est, getattr(job, "backend", None), params)
+
+
+def _backend(name):
+    """The registered backend named ``name`` (hetrain.ckks.registry), or None."""
+    from hetrain.ckks import registry
+
+    try:
+        return registry.get(name) if name else None
+    except registry.BackendUnavailable:
+        return None
 
 
 def with_measured(est: Estimate, backend: str | None, params) -> Estimate:
     """``est`` with the key bytes and peak memories raised to what a run at these parameters measured,
     where the backend's preset records them (OpenFHE's bootstrapping presets: the formulas above count
-    no bootstrapping keys). Figures are never lowered."""
-    if backend != "openfhe":
+    no bootstrapping keys; the registry's ``measured``). Figures are never lowered."""
+    info = _backend(backend)
+    measured = info.measured_bytes(getattr(params, "name", "")) if info is not None else None
+    if not measured:
         return est
-    from hetrain.ckks.openfhe_backend import PRESETS  # plain data: openfhe itself stays optional
-
-    cfg = PRESETS.get(getattr(params, "name", None))
-    if cfg is None or not cfg.measured_bytes:
-        return est
-    keys, client, server = cfg.measured_bytes
+    keys, client, server = measured
     return dataclasses.replace(est, key_bytes=max(est.key_bytes, keys),
                                client_peak_bytes=max(est.client_peak_bytes, client),
                                server_peak_bytes=max(est.server_peak_bytes, server))
