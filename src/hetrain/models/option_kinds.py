@@ -188,8 +188,23 @@ class Float(_Number):
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
 
+class _Text(Kind):
+    """What Choice and Sigmoid share: a string (stripped on the command line), checked by the subclass."""
+
+    type_text = "a string"
+    accepts_text = True
+
+    def coerce(self, value):
+        if not isinstance(value, str):
+            raise ConfigTypeError
+        return value
+
+    def parse(self, text: str):
+        return text.strip()
+
+
 @dataclasses.dataclass(frozen=True)
-class Choice(Kind):
+class Choice(_Text):
     """One of a fixed set of words (e.g. momentum none|nesterov)."""
 
     choices: tuple[str, ...] = ()
@@ -200,20 +215,12 @@ class Choice(Kind):
     def valid(self) -> str:
         return "one of " + ", ".join(self.choices)
 
-    def coerce(self, value):
-        if not isinstance(value, str):
-            raise ConfigTypeError
-        return value
-
-    def parse(self, text: str):
-        return text.strip()
-
     def check(self, value) -> bool:
         return value in self.choices
 
 
 @dataclasses.dataclass(frozen=True)
-class Sigmoid(Kind):
+class Sigmoid(_Text):
     """A sigmoid approximation spec (hetrain.circuits.approx.get_sigmoid); ``degree``: required degree."""
 
     degree: int | None = None
@@ -225,14 +232,6 @@ class Sigmoid(Kind):
         if self.degree is not None:
             return f"'deg{self.degree}:<B>' such as deg{self.degree}:16 (a degree-{self.degree} approximation)"
         return "'published' or 'deg<D>:<B>' such as deg5:12 (degree D in 1..31 on [-B, B])"
-
-    def coerce(self, value):
-        if not isinstance(value, str):
-            raise ConfigTypeError
-        return value
-
-    def parse(self, text: str):
-        return text.strip()
 
     def check(self, value) -> bool:
         from hetrain.circuits.approx import get_sigmoid
