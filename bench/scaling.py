@@ -4,6 +4,11 @@ upload bytes, and a model of training time against cores.
     python bench/scaling.py                          # seed-MLR, 3 iterations, n16384-deep, workers 1,2, 3 repeats
     python bench/scaling.py --repeats 1 --workers 1,2 --out /tmp/hetrain-scaling
     python bench/scaling.py --ray-only                # Ray local vs the process pool only (needs hetrain[ray])
+    python bench/scaling.py --workload nn             # seed-NN: 400-32-16-10, 1 iteration, n32768 (~8 GB)
+
+Seed-NN (``--workload nn``): the same rows, the network 400-32-16-10 (mlp-dvr, bench/seed_nn.py's
+standardisation and learning rate), 1 iteration (``--iterations``), real CKKS (SEAL) at n32768 (an
+iteration takes 14 levels); every server process holds the ~3 GB of keys, so 2 workers take ~8 GB.
 
 Seed-MLR: RegNet rows 0–127 (bench/seed_mlr.py's data and standardisation), 10 classes, 3 iterations,
 real CKKS (SEAL). The data owner's side encrypts once into a job bundle; then, for each repeat, the
@@ -39,8 +44,10 @@ one copy per machine, no overlap of transfer and compute). Stated as assumptions
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
+import multiprocessing
 import os
 import pathlib
 import resource
@@ -56,6 +63,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from hetrain import ckks  # noqa: E402
 from hetrain.ckks import container, seal_backend  # noqa: E402
 from hetrain.ckks.executor import SerialExecutor  # noqa: E402
+from hetrain.models.base import get_trainer  # noqa: E402
+from hetrain.models.mlp_dvr import MLPTrainer  # noqa: E402
 from hetrain.models.mlr import MLRTrainer  # noqa: E402
 from hetrain.protocol import files  # noqa: E402
 from hetrain.protocol.server import server_argv  # noqa: E402
@@ -63,11 +72,15 @@ from hetrain.protocol.server import server_argv  # noqa: E402
 NETWORK_BYTES_PER_S = 10e9 / 8  # assumption of the multi-machine model: 10 Gbit/s between machines
 
 
-def build_mlr_job(jobdir: pathlib.Path, preset: str, iterations: int) -> dict:
+def build_mlr_job(jobdir: pathlib.Path, preset: str, iterations: int, workload: str = "mlr") -> dict:
+    """Encrypt the seed workload (``workload`` "mlr": seed-MLR; "nn": seed-NN 400-32-16-10) into ``jobdir``."""
     from seed_mlr import load_seed
 
     Xtr, Ytr, *_ = load_seed()
-    tr = MLRTrainer(iterations=iterations)
+    if workload == "nn":  # bench/seed_nn.py's network and step
+        tr = MLPTrainer(hidden=[32, 16], iterations=iterations, learning_rate=2.0)
+    else:
+        tr = MLRTrainer(iterations=iterations)
     plan = tr.plan(*Xtr.shape, Ytr.shape[1], preset)
     eng = ckks.create_engine("seal", preset, rotations=plan.rotation_steps)
     inputs, job = tr.client_encrypt(eng, Xtr, Ytr)
@@ -166,12 +179,13 @@ class TimingExecutor(SerialExecutor):
 def phase_profile(jobdir: pathlib.Path) -> tuple[float, list[dict], float, float, int]:
     engine, inputs = files.load_job_public(jobdir)
     job = json.loads((jobdir / files.JOB).read_text())
-    trainer = MLRTrainer.from_job(job)
+    trainer = get_trainer(job["model"]).from_job(job)
     ex = TimingExecutor(engine)
     t0 = time.perf_counter()
     trainer.server_train(engine, inputs, job, executor=ex)
     total = time.perf_counter() - t0
-    ct = inputs["Xt"][0]  # transfer cost at the top level used: an upper bound for the shared ciphertexts
+    ct = max((c for v in inputs.values() for c in v), key=lambda c: c.level)  # transfer cost at the top level
+    # used: an upper bound for the shared ciphertexts
     raw = engine._ct_to_bytes(ct)
     reps = 5
     t0 = time.perf_counter()
@@ -203,8 +217,10 @@ def model(total: float, phases: list[dict], save_s: float, load_s: float, ct_byt
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="n16384-deep")
-    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--workload", choices=("mlr", "nn"), default="mlr",
+                    help="mlr: seed-MLR (default); nn: seed-NN 400-32-16-10 (mlp-dvr)")
+    ap.add_argument("--preset", default=None, help="default n16384-deep (mlr), n32768 (nn)")
+    ap.add_argument("--iterations", type=int, default=None, help="default 3 (mlr), 1 (nn)")
     ap.add_argument("--workers", default="1,2", help="worker counts, comma separated (interleaved)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None, help="directory for the job bundle (default: a temporary one)")
@@ -213,12 +229,18 @@ def main() -> None:
     ap.add_argument("--ray-only", action="store_true", help="only that comparison (after building the job)")
     ap.add_argument("--ray-workers", type=int, default=2, help="workers of the Ray comparison (default 2)")
     a = ap.parse_args()
+    nn = a.workload == "nn"
+    a.preset = a.preset or ("n32768" if nn else "n16384-deep")
+    a.iterations = a.iterations or (1 if nn else 3)
     counts = [int(w) for w in a.workers.split(",")]
     root = pathlib.Path(a.out) if a.out else pathlib.Path(tempfile.mkdtemp(prefix="hetrain-scaling-"))
-    jobdir = root / "mlr"
-    print(f"hetrain scaling benchmark: seed-MLR, {a.iterations} iterations, {a.preset}; {os.cpu_count()} cores; "
+    jobdir = root / a.workload
+    print(f"hetrain scaling benchmark: {'seed-NN 400-32-16-10' if nn else 'seed-MLR'}, {a.iterations} iterations, {a.preset}; {os.cpu_count()} cores; "
           f"load average at start {os.getloadavg()}")
-    info = build_mlr_job(jobdir, a.preset, a.iterations)
+    # in a child process: SEAL's memory pool keeps what the data owner's engine used (~6 GB for seed-NN)
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        info = pool.submit(build_mlr_job, jobdir, a.preset, a.iterations, a.workload).result()
     s = info["sizes"]
     upload = s[files.PUBLIC_CONTEXT] + s[files.INPUTS] + s[files.JOB]
     print(f"\n== upload ==\n{info['n_inputs']} input ciphertexts at levels {info['input_levels']}; "
@@ -234,10 +256,11 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
         return
 
-    print(f"\n== hot spot: job loading (server process start-up), medians of {a.repeats}, interleaved ==")
-    h = hotspot_loading(jobdir, a.repeats)
-    print(f"before {h['before']:.2f} s   after {h['after']:.2f} s   ({h['before'] / h['after']:.2f}x)   "
-          f"load average {os.getloadavg()[0]:.2f}")
+    if not nn:  # (seed-NN's keys are 10x larger: the loading path is the same)
+        print(f"\n== hot spot: job loading (server process start-up), medians of {a.repeats}, interleaved ==")
+        h = hotspot_loading(jobdir, a.repeats)
+        print(f"before {h['before']:.2f} s   after {h['after']:.2f} s   ({h['before'] / h['after']:.2f}x)   "
+              f"load average {os.getloadavg()[0]:.2f}")
 
     print(f"\n== server process, workers {counts}, medians of {a.repeats}, interleaved ==")
     runs = {w: [] for w in counts}

@@ -92,9 +92,9 @@ def run_cli(capsys, *argv, lines: bool = False):
     return rc, (out.strip().splitlines() if lines else out), err
 
 
-def mlp_dvr_tasks_job():
+def mlp_dvr_tasks_job(backend: str = "sim"):
     """An mlp-dvr job with several tasks of each kind for the executors (2 data groups x 5 input blocks
-    at n16384-deep, sim): (trainer, engine with the secret key, inputs, job)."""
+    at n16384-deep, ``backend`` sim or seal): (trainer, engine with the secret key, inputs, job)."""
     import numpy as np
 
     from hetrain import ckks
@@ -104,7 +104,7 @@ def mlp_dvr_tasks_job():
     n, d, c = 256, 40, 3
     X, Y = rng.normal(size=(n, d)) * 0.3, np.eye(c)[rng.integers(0, c, n)]
     tr = MLPTrainer(hidden=[8], iterations=1)
-    eng = ckks.create_engine("sim", "n16384-deep", rotations=tr.plan(n, d, c, "n16384-deep").rotation_steps)
+    eng = ckks.create_engine(backend, "n16384-deep", rotations=tr.plan(n, d, c, "n16384-deep").rotation_steps)
     inputs, job = tr.client_encrypt(eng, X, Y)
     job["data_shape"] = [n, d, c]
     return tr, eng, inputs, job

@@ -1,11 +1,13 @@
 """Every machine: the executor on Ray (hetrain.ckks.ray_executor) gives the serial run's results and
 operation counts, under the sim and under real SEAL; the CLI and the service reach it; a dead actor
-or a missing Ray is a clear error. One local Ray of 2 CPUs serves the module (tests needing it are
+or a missing Ray is a clear error; an actor that dies is restarted and its chunk run again. One local Ray of 2 CPUs serves the module (tests needing it are
 skipped where Ray is not installed: the Python 3.10 suite)."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import pathlib
 import sys
 
 import numpy as np
@@ -159,6 +161,33 @@ def test_a_dead_actor_is_a_clear_error(ray_cluster):
 
 def _rotate(engine, ct):
     return engine.rotate(ct, 1)
+
+
+@needs_ray
+def test_an_actor_that_dies_is_restarted_and_its_chunk_run_again(ray_cluster, tmp_path):
+    """The actor running the second chunk dies in it; Ray restarts the actor (it loads the job
+    again) and runs the chunk again: the map returns what the serial run returns. The killed
+    process really was an actor (its pid is not this one's) and the restarted one is another."""
+    def _die_once(engine, marker, here, ct):  # defined here: Ray sends it by value (actors cannot import tests)
+        """Rotate ``ct`` by 1; the first call on an actor (a process other than ``here``, the test's)
+        kills that actor's process instead (``marker``: a file that records the death)."""
+        path = pathlib.Path(marker)
+        if os.getpid() != here and not path.exists():
+            path.write_text(str(os.getpid()))
+            os._exit(1)
+        return engine.rotate(ct, 1)
+
+    eng = ckks.create_engine("sim", "n8192", rotations=[1])
+    xs = [eng.encrypt(np.full(4, float(i))) for i in range(4)]
+    marker = tmp_path / "died"
+    with make_executor(eng, {"x": xs}, 2, kind="ray") as ex:
+        before = {pid for pid, _ in ray_cluster.get([a.started.remote() for a in ex._actors])}
+        got = ex.map(_die_once, [(x,) for x in xs], shared=(str(marker), os.getpid()))  # chunk 1 runs here
+        after = {pid for pid, _ in ray_cluster.get([a.started.remote() for a in ex._actors])}
+    assert marker.exists() and int(marker.read_text()) in before and int(marker.read_text()) != os.getpid()
+    assert before.isdisjoint(after)
+    for g, x in zip(got, xs):
+        assert np.array_equal(eng.decrypt(g), eng.decrypt(eng.rotate(x, 1)))
 
 
 @needs_ray

@@ -56,6 +56,12 @@ class Ciphertext:
         self.level = level
         self.data = data  # backend-specific payload
 
+    def __reduce__(self):
+        # never pickled: that would copy its engine (a simulator's whole state, or fail on a real
+        # backend's objects); executors send ciphertexts in their wire format (executor._wire)
+        raise TypeError("a Ciphertext does not pickle: serialise it with its engine (Engine.serialize), as "
+                        "executors and the protocol's files do")
+
     # Operators make circuit code read like the maths; each goes through the engine (and its counters).
     def __add__(self, other):
         return self.engine.add(self, other)

@@ -203,6 +203,8 @@ class ProcessExecutor(SerialExecutor):
             return _wire(self.engine, obj)
         if isinstance(obj, (list, tuple)):
             return type(obj)(self._encode(x) for x in obj)
+        if isinstance(obj, dict):
+            return {k: self._encode(v) for k, v in obj.items()}
         return obj
 
     def _decode(self, obj):
@@ -213,6 +215,8 @@ class ProcessExecutor(SerialExecutor):
             return ct
         if isinstance(obj, list):
             return [self._decode(x) for x in obj]
+        if isinstance(obj, dict):
+            return {k: self._decode(v) for k, v in obj.items()}
         return obj
 
 
@@ -297,6 +301,8 @@ def _worker_decode(obj):
             return _WORKER["inputs"][obj[1]][obj[2]]
     if isinstance(obj, (list, tuple)):
         return type(obj)(_worker_decode(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _worker_decode(v) for k, v in obj.items()}
     return obj
 
 
@@ -305,6 +311,8 @@ def _worker_encode(obj):
         return _wire(_WORKER["engine"], obj)
     if isinstance(obj, (list, tuple)):
         return [_worker_encode(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _worker_encode(v) for k, v in obj.items()}
     return obj
 
 

@@ -82,14 +82,22 @@ def probe(address: str) -> int:
             ray.shutdown()
 
 
+# Restarts of a dead actor (and retries of the chunk it was running) before the job fails with
+# WorkerFailed: a chunk only reads its arguments, so running it again gives the same result.
+ACTOR_RESTARTS = 2
+
+
 def _actor_class():
     global _ACTOR
     if _ACTOR is None:
         ray = import_ray()
 
-        @ray.remote(num_cpus=1, max_restarts=0)
+        @ray.remote(num_cpus=1, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
         class HetrainWorker:
-            """One worker: public engine and inputs loaded once (``executor._init_worker``)."""
+            """One worker: public engine and inputs loaded once (``executor._init_worker``). An actor
+            whose process dies (killed, its node lost) is restarted by Ray up to ``ACTOR_RESTARTS``
+            times — it loads the job again from the object store — and its unfinished chunk is run
+            again: a chunk is a pure function of its arguments, so the result is the same."""
 
             def __init__(self, source: tuple) -> None:
                 _ex._init_worker(source)
@@ -111,7 +119,8 @@ class RayExecutor(_ex.ProcessExecutor):
     files needs a loader that takes the files' bytes: protocol.files.load_job_public_bytes).
     ``address``: "local", "auto" or "host:port" (``connect``); ``ray_options``: ``connect``'s
     ``num_cpus``/``object_store_bytes`` for a local cluster. ExecutorUnavailable if Ray is missing,
-    unreachable, or has fewer free CPUs than actors; WorkerFailed if an actor dies."""
+    unreachable, or has fewer free CPUs than actors; WorkerFailed if an actor dies more than
+    ``ACTOR_RESTARTS`` times (Ray restarts it and runs its chunk again until then)."""
 
     def __init__(self, engine: Engine, inputs: dict[str, list[Ciphertext]] | None, workers: int | None = None,
                  loader: tuple | None = None, *, address: str = "auto", ray_options: dict | None = None) -> None:
