@@ -39,6 +39,7 @@ from hetrain.circuits import diagonal as dg
 from hetrain.circuits.approx import PolyApprox, check_interval, get_sigmoid
 from hetrain.circuits.errors import LayoutError
 from hetrain.circuits.poly import eval_poly
+from hetrain.circuits.tasks import run_tasks
 from hetrain.errors import DataError, HetrainUserError
 
 from . import trace
@@ -65,7 +66,7 @@ class DiagonalMLPTrainer(Trainer):
     name = "mlp-diagonal"
     summary = ("network with one hidden layer, diagonal-packed weights with a cheap transpose (narrow inputs such "
                "as Iris); --model mlp --layout diagonal")
-    capabilities = frozenset({"refresh", "checkpoint"})
+    capabilities = frozenset({"refresh", "checkpoint", "executor"})
 
     def __init__(self, **config) -> None:
         unknown = set(config) - _KEYS
@@ -242,12 +243,13 @@ class DiagonalMLPTrainer(Trainer):
 
     # ------------------------------------------------------------------ server
     def server_train(self, engine: Engine, inputs, job, progress: Progress | None = None, *,
-                     refresh: Refresh | None = None, checkpoint=None):
+                     refresh: Refresh | None = None, checkpoint=None, executor=None):
         """Train on ciphertexts. ``refresh(dict_of_cts, iteration) -> dict_of_cts`` (optional) is called when the
         weights have too few levels left for the next iteration (client-aided re-encryption or
         bootstrapping); without it the job must fit in one modulus chain. ``checkpoint`` (base.py):
         the weight diagonals (at their levels) and the iteration count after every iteration; a saved
-        state resumes after its iteration."""
+        state resumes after its iteration. ``executor`` (base.py): a full iteration's W1 and W2 updates
+        run as two tasks on its workers (``_iteration``)."""
         n, d, c, iters = job["n"], job["d"], job["c"], int(job["iterations"])
         geometry = self._geometry(n, d, c, engine.slots)
         b1, b2 = geometry[1], geometry[2]
@@ -277,7 +279,7 @@ class DiagonalMLPTrainer(Trainer):
                 D2 = None if D2 is None else {t: fresh[f"w2_{t}"] for t in D2}
                 if not trace.fits(self, shape, engine.params, self._state(D1, D2), flavor):
                     raise DepthPlanError("refreshed weights still have too few levels for one full iteration")
-            D1, D2 = self._iteration(engine, ctx, D1, D2)
+            D1, D2 = self._iteration(engine, ctx, D1, D2, executor)
             if checkpoint is not None:
                 checkpoint.save({"w1": [D1[t] for t in b1.offsets], "w2": [D2[t] for t in b2.offsets]},
                                 {"iteration": it + 1})
@@ -298,29 +300,26 @@ class DiagonalMLPTrainer(Trainer):
                 "odd": [0.0] + list(sig[1:]), "dsig": list(powers(self.hidden_sig.derivative().coeffs) * sc["dsig"]),
                 "const": const, "masks": dg.transpose_masks(b2, layout) if self.transpose == "repacked" else None}
 
-    def _iteration(self, engine: Engine, ctx: dict, D1: dict, D2: dict | None) -> tuple[dict, dict]:
-        """One iteration on the weight diagonals (module docstring): with D2 None the W2-only first step."""
+    def _iteration(self, engine: Engine, ctx: dict, D1: dict, D2: dict | None, executor=None) -> tuple[dict, dict]:
+        """One iteration on the weight diagonals (module docstring): with D2 None the W2-only first step.
+        After δ2, the W1 update (``_w1_update``) and the W2 update (``_w2_update``) read only δ2, z1, â's
+        rotations and the old weights: two independent tasks (circuits/tasks.py ``run_tasks``: on
+        ``executor``'s workers, here in order without one; the same operations either way)."""
         b1, b2, p1, p2, layout, masks = ctx["b1"], ctx["b2"], ctx["p1"], ctx["p2"], ctx["layout"], ctx["masks"]
         delta0 = ctx["delta0"]
         z1 = dg.matvec(engine, D1, ctx["X"])
         a = engine.add(eval_poly(engine, z1, ctx["odd"]), ctx["const"])
         ra = dg.rotations_of(engine, a, b2.offsets)
+        w2_task = (_w2_update, p2, layout, b2.offsets, [ra[t] for t in b2.offsets])
         if D2 is None:
-            delta2 = delta0
-        else:
-            delta2 = engine.add(dg.matvec(engine, D2, ra), delta0)
-            if masks is None:
-                u = dg.matvec_transpose(engine, D2, delta2)
-            else:
-                u = dg.matvec_transpose_repacked(engine, D2, delta2, masks)
-            delta1 = engine.mul(u, eval_poly(engine, z1, ctx["dsig"]))
-            q1 = dg.pack_sum_windowed(engine, delta1, ctx["XW"], p1, layout)
-            upd1 = dg.unpack_all(engine, q1, p1)
-            D1 = {t: engine.sub(D1[t], upd1[t]) for t in b1.offsets}
-        q2 = dg.pack_sum(engine, {t: engine.mul(delta2, ra[t]) for t in b2.offsets}, p2, layout)
-        upd = dg.unpack_all(engine, q2, p2)
-        D2 = {t: -upd[t] for t in b2.offsets} if D2 is None else {t: engine.sub(D2[t], upd[t]) for t in b2.offsets}
-        return D1, D2
+            return D1, dict(zip(b2.offsets, _w2_update(engine, *w2_task[1:], delta0, None)))
+        delta2 = engine.add(dg.matvec(engine, D2, ra), delta0)
+        old2 = [D2[t] for t in b2.offsets]
+        new1, new2 = run_tasks(engine, executor, _call, [
+            (_w1_update, p1, layout, b1.offsets, b2.offsets, ctx["dsig"], None if masks is None else list(masks.items()),
+             [ctx["XW"][t] for t in b1.offsets], z1, delta2, [D1[t] for t in b1.offsets], old2),
+            w2_task + (delta2, old2)])
+        return dict(zip(b1.offsets, new1)), dict(zip(b2.offsets, new2))
 
     # ------------------------------------------------------------------ inference on the encrypted model
     # Case (a) of protocol/inference.py: new rows scored with the weights ``server_train`` returned,
@@ -402,6 +401,36 @@ class DiagonalMLPTrainer(Trainer):
     def predict_scores(self, weights, X: np.ndarray) -> np.ndarray:
         return predict_scores(weights["W1"], weights["W2"], np.asarray(X, dtype=np.float64), self.hidden_sig,
                               self.out_sig, self.hb)
+
+
+def _call(engine: Engine, fn, *args):
+    """``fn(engine, *args)``: one task of a round whose tasks run different module-level functions."""
+    return fn(engine, *args)
+
+
+def _w1_update(engine: Engine, p1, layout, offsets1: list, offsets2: list, dsig: list, masks: list | None,
+               xw: list, z1, delta2, D1: list, D2: list) -> list:
+    """W1's new diagonals (in ``offsets1`` order; an executor task): u = W2ᵀ·δ2 on the W2 diagonals D2
+    (``offsets2`` order; ``masks``: the (offset, PlainVector) pairs of the naive re-packed transpose, None:
+    the packed one), δ1 = u ⊙ σ_h'(z1) (``dsig``: the derivative's coefficients), the gradient
+    Σ_t rot(δ1, −o_t) ⊙ x̃_t (``xw``: the client's windowed inputs), unpacked and subtracted from D1."""
+    old2 = dict(zip(offsets2, D2))
+    u = (dg.matvec_transpose(engine, old2, delta2) if masks is None
+         else dg.matvec_transpose_repacked(engine, old2, delta2, dict(masks)))
+    delta1 = engine.mul(u, eval_poly(engine, z1, dsig))
+    upd1 = dg.unpack_all(engine, dg.pack_sum_windowed(engine, delta1, dict(zip(offsets1, xw)), p1, layout), p1)
+    return [engine.sub(d, upd1[t]) for t, d in zip(offsets1, D1)]
+
+
+def _w2_update(engine: Engine, p2, layout, offsets2: list, ra: list, delta2, D2: list | None) -> list:
+    """W2's new diagonals (in ``offsets2`` order; an executor task): the gradient Σ_s δ2 ⊙ rot(â, t)
+    (``ra``: â's rotations in ``offsets2`` order), packed, all-reduced over the samples, unpacked and
+    subtracted from D2 (None, the first step from W2 = 0: its negation)."""
+    q2 = dg.pack_sum(engine, {t: engine.mul(delta2, r) for t, r in zip(offsets2, ra)}, p2, layout)
+    upd = dg.unpack_all(engine, q2, p2)
+    if D2 is None:
+        return [-upd[t] for t in offsets2]
+    return [engine.sub(d, upd[t]) for t, d in zip(offsets2, D2)]
 
 
 # ---------------------------------------------------------------------- defaults chosen on the client
