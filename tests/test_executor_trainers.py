@@ -46,11 +46,13 @@ def _assert_identical(runs: dict, names: set) -> None:
     assert ex2.timing["worker_compute_s"] > 0  # the second worker did compute
 
 
-def test_both_trainers_declare_the_executor():
+def test_minibatch_declares_the_executor_and_mlp_diagonal_does_not():
+    """mlp-diagonal's two update tasks cost more in transfers than they move off the server's core at
+    Iris sizes (bench/scaling_trainers.py): the server keeps it in one process."""
     from hetrain.models.mlp_diagonal import DiagonalMLPTrainer
     from hetrain.models.mlr_minibatch import MiniBatchMLR
 
-    assert "executor" in server_hooks(MiniBatchMLR) and "executor" in server_hooks(DiagonalMLPTrainer)
+    assert "executor" in server_hooks(MiniBatchMLR) and "executor" not in server_hooks(DiagonalMLPTrainer)
 
 
 @pytest.mark.parametrize("backend", ["sim", pytest.param("seal", marks=pytest.mark.slow)])  # SEAL: ~10 s
@@ -129,3 +131,10 @@ def test_hetrain_train_workers_2_runs_minibatch_on_two_processes_with_the_serial
     dec = [tr.client_decrypt(eng, files.unpack_ciphertexts(eng, o, "outputs"), job)["W"] for o in (out1, out2)]
     assert np.array_equal(dec[0], dec[1])
     assert np.abs(dec[1] - tr.twin(X, Y, steps=4)["W"]).max() < 1e-9
+
+
+def test_hetrain_train_workers_2_keeps_mlp_diagonal_in_the_server_process(tmp_path):
+    X, Y = iris_rows()
+    write_bundle(tmp_path / "job", "mlp-diagonal", {"iterations": 2}, X, Y, "n16384-deep")
+    _, ops, stats = _train(tmp_path / "job", 2)
+    assert stats["workers"] == 1 and stats["executor"] is None and ops["rotate"] > 0

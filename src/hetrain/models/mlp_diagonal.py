@@ -66,7 +66,10 @@ class DiagonalMLPTrainer(Trainer):
     name = "mlp-diagonal"
     summary = ("network with one hidden layer, diagonal-packed weights with a cheap transpose (narrow inputs such "
                "as Iris); --model mlp --layout diagonal")
-    capabilities = frozenset({"refresh", "checkpoint", "executor"})
+    # not "executor": the W1/W2 update tasks (``_iteration``) give a worker ~0.16 CPU-s of an Iris
+    # iteration and cost ~0.36 s of ciphertext transfers (bench/scaling_trainers.py), so the server
+    # runs this trainer in its own process; ``server_train(executor=...)`` still runs them on workers
+    capabilities = frozenset({"refresh", "checkpoint"})
 
     def __init__(self, **config) -> None:
         unknown = set(config) - _KEYS
@@ -248,8 +251,9 @@ class DiagonalMLPTrainer(Trainer):
         weights have too few levels left for the next iteration (client-aided re-encryption or
         bootstrapping); without it the job must fit in one modulus chain. ``checkpoint`` (base.py):
         the weight diagonals (at their levels) and the iteration count after every iteration; a saved
-        state resumes after its iteration. ``executor`` (base.py): a full iteration's W1 and W2 updates
-        run as two tasks on its workers (``_iteration``)."""
+        state resumes after its iteration. ``executor`` (hetrain.ckks.executor; not passed by the server,
+        see ``capabilities``): a full iteration's W1 and W2 updates run as two tasks on its workers
+        (``_iteration``), with the serial run's operations and results."""
         n, d, c, iters = job["n"], job["d"], job["c"], int(job["iterations"])
         geometry = self._geometry(n, d, c, engine.slots)
         b1, b2 = geometry[1], geometry[2]
