@@ -110,7 +110,9 @@ def mlp_dvr_tasks_job():
     return tr, eng, inputs, job
 
 
-def _rng_data(n: int, d: int, c: int, scale: float = 0.3):
+def random_rows(n: int, d: int, c: int, scale: float = 0.3):
+    """n rows of d Gaussian features (standard deviation ``scale``, seed 0) and one-hot labels cycling
+    through c classes."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -135,7 +137,7 @@ def tasks_job(model: str, config: dict, backend: str = "sim", preset: str = "n16
     from hetrain import ckks
     from hetrain.models.base import get_trainer
 
-    X, Y = data if data is not None else _rng_data(64, 64, 10)
+    X, Y = data if data is not None else random_rows(64, 64, 10)
     tr = get_trainer(model)(**config)
     plan = tr.plan(*X.shape, Y.shape[1], ckks.get_params(preset))
     eng = ckks.create_engine(backend, preset, rotations=plan.rotation_steps, **engine_options)

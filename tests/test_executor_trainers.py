@@ -13,7 +13,7 @@ from hetrain.cli.main import main as cli_main
 from hetrain.models.base import server_hooks
 from hetrain.protocol import files
 
-from jobkit import iris_rows, tasks_job, write_bundle
+from jobkit import iris_rows, random_rows, tasks_job, write_bundle
 
 # 2 batches of 32 rows (2 sample groups x 3 feature blocks each at 8,192 slots), momentum and weight decay
 # on: every branch of the step; one epoch = 2 steps, which n16384-deep holds without a refresh, so the
@@ -65,15 +65,9 @@ def test_minibatch_two_workers_give_the_serial_weights_levels_and_counts(backend
     assert tr.run_stats["steps"] == 2
     # and the result is the plaintext twin's (the client's check), not merely the same on both sides
     W = tr.unpack(runs[2][1]["W"], job["d"], job["c"], eng.slots)
-    twin = tr.twin(*_minibatch_data())["W"]
+    twin = tr.twin(*random_rows(64, 64, 10))["W"]
     assert np.abs(W - twin).max() < (1e-9 if backend == "sim" else 1e-3)
     assert np.abs(twin).max() > 1e-3
-
-
-def _minibatch_data():
-    from jobkit import _rng_data
-
-    return _rng_data(64, 64, 10)
 
 
 def test_minibatch_step_without_an_executor_is_the_serial_executors():
@@ -116,9 +110,7 @@ def _train(jobdir, workers: int) -> tuple[bytes, dict, dict]:
 def test_hetrain_train_workers_2_runs_minibatch_on_two_processes_with_the_serial_outputs(tmp_path):
     """`hetrain train --workers 2` end to end (the server process, its workers loading JOBDIR): 2 batches x
     2 epochs, the sim bootstrapping the state before every step but the first."""
-    from jobkit import _rng_data
-
-    X, Y = _rng_data(64, 64, 10)
+    X, Y = random_rows(64, 64, 10)
     cfg = {**MINIBATCH, "epochs": 2}
     tr, eng, job = write_bundle(tmp_path / "job", "mlr-minibatch", cfg, X, Y, "n16384", refresh="bootstrap",
                                 bootstrap_level=7)
