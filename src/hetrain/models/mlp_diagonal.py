@@ -66,9 +66,10 @@ class DiagonalMLPTrainer(Trainer):
     name = "mlp-diagonal"
     summary = ("network with one hidden layer, diagonal-packed weights with a cheap transpose (narrow inputs such "
                "as Iris); --model mlp --layout diagonal")
-    # not "executor": the W1/W2 update tasks (``_iteration``) give a worker ~0.16 CPU-s of an Iris
-    # iteration and cost ~0.36 s of ciphertext transfers (bench/scaling_trainers.py), so the server
-    # runs this trainer in its own process; ``server_train(executor=...)`` still runs them on workers
+    # not "executor": on Iris (n16384-deep) the W2 update task moves 0.15 CPU-s of a 1.25 s run off the
+    # server's core for 0.15 s of ciphertext transfers (1.04x; bench/scaling_trainers.py), and a worker
+    # takes ~2 s to start and load the job: the server runs this trainer in its own process.
+    # ``server_train(executor=...)`` still runs the W1/W2 update tasks on an executor's workers.
     capabilities = frozenset({"refresh", "checkpoint"})
 
     def __init__(self, **config) -> None:
