@@ -19,10 +19,11 @@ The data owner's side writes a job bundle once; then, per repeat, the SERVER PRO
 train --workers N` starts: bench/scaling.py's run_server) runs with 1 and with 2 workers in turn
 (interleaved: drifts of the shared machine's load hit both). The "critical path" is the training
 time with a free core per process: the larger of the server's and a worker's CPU seconds (compute
-and transfers), what the shared 2-core machine's wall times cannot show while it is busy. Printed per run and as medians: the
-server's training time, per-step times (mlr-minibatch), the server's and its workers' CPU seconds,
-the executor's transfer seconds, ``os.getloadavg()`` beside each figure, and whether the operation
-counts and the decrypted outputs are identical across worker counts. Nothing is asserted.
+and transfers), what the shared 2-core machine's wall times cannot show while it is busy.
+Printed per run and as medians: the server's training time, per-step times (mlr-minibatch), the
+server's and its workers' CPU seconds, the executor's transfer seconds, ``os.getloadavg()`` beside
+each figure, and whether the operation counts and the decrypted outputs (this process holds the
+data owner's keys: a benchmark) are identical across worker counts. Nothing is asserted.
 """
 from __future__ import annotations
 
@@ -130,11 +131,12 @@ def bench(name: str, root: pathlib.Path, counts: list[int], repeats: int) -> Non
             st["load_avg"] = os.getloadavg()[0]
             runs[w].append(st)
             t = st.get("executor_timing") or {}
+            moved = t.get("main_encode_s", 0) + t.get("main_decode_s", 0) + t.get("worker_transfer_s", 0)
             steps = st["trainer"].get("step_s")
             print(f"  repeat {r + 1} workers {w}: train {st['server_train_s']:.2f} s"
                   + (f" (steps {', '.join(f'{s:.2f}' for s in steps)} s)" if steps else "")
-                  + f", server cpu {st['server_train_cpu_s']:.2f} s, workers' cpu {t.get('worker_compute_cpu_s', 0):.2f} s, "
-                  f"transfers {t.get('main_encode_s', 0) + t.get('main_decode_s', 0) + t.get('worker_transfer_s', 0):.2f} s, "
+                  + f", server cpu {st['server_train_cpu_s']:.2f} s, "
+                  f"workers' cpu {t.get('worker_compute_cpu_s', 0):.2f} s, transfers {moved:.2f} s, "
                   f"critical path {st['critical_path_s']:.2f} s (load average {st['load_avg']:.2f})", flush=True)
             if r == 0:
                 out = files.unpack_ciphertexts(eng, (jobdir / files.OUTPUTS).read_bytes(), "outputs")
@@ -147,7 +149,8 @@ def bench(name: str, root: pathlib.Path, counts: list[int], repeats: int) -> Non
               f"{med(w, 'critical_path_s'):.2f} s ({med(base, 'critical_path_s') / med(w, 'critical_path_s'):.2f}x), "
               f"load {med(w, 'server_load_s'):.2f} s, load average {med(w, 'load_avg'):.2f}")
         if runs[w][0]["trainer"].get("step_s"):
-            per = [statistics.median(x["trainer"]["step_s"][k] for x in runs[w]) for k in range(len(runs[w][0]["trainer"]["step_s"]))]
+            per = [statistics.median(x["trainer"]["step_s"][k] for x in runs[w])
+                   for k in range(len(runs[w][0]["trainer"]["step_s"]))]
             print(f"   median per step: {', '.join(f'{s:.2f}' for s in per)} s")
         t = runs[w][0].get("executor_timing")
         if t:
@@ -155,7 +158,8 @@ def bench(name: str, root: pathlib.Path, counts: list[int], repeats: int) -> Non
     ops = [{k: v["count"] for k, v in x["operations"].items()} for rs in runs.values() for x in rs]
     print(f"operation counts identical across worker counts and repeats: {all(o == ops[0] for o in ops)} "
           f"({', '.join(f'{k} {v}' for k, v in sorted(ops[0].items()))})")
-    same = all(np.array_equal(a, b) for w in counts for k in outputs[base] for a, b in zip(outputs[base][k], outputs[w][k]))
+    same = all(np.array_equal(a, b) for w in counts for k in outputs[base]
+               for a, b in zip(outputs[base][k], outputs[w][k]))
     print(f"decrypted outputs bit-identical across worker counts: {same}")
 
 

@@ -320,9 +320,10 @@ class DiagonalMLPTrainer(Trainer):
             return D1, dict(zip(b2.offsets, _w2_update(engine, *w2_task[1:], delta0, None)))
         delta2 = engine.add(dg.matvec(engine, D2, ra), delta0)
         old2 = [D2[t] for t in b2.offsets]
+        pairs = None if masks is None else list(masks.items())
         new1, new2 = run_tasks(engine, executor, _call, [
-            (_w1_update, p1, layout, b1.offsets, b2.offsets, ctx["dsig"], None if masks is None else list(masks.items()),
-             [ctx["XW"][t] for t in b1.offsets], z1, delta2, [D1[t] for t in b1.offsets], old2),
+            (_w1_update, p1, layout, b1.offsets, b2.offsets, ctx["dsig"], pairs, [ctx["XW"][t] for t in b1.offsets],
+             z1, delta2, [D1[t] for t in b1.offsets], old2),
             w2_task + (delta2, old2)])
         return dict(zip(b1.offsets, new1)), dict(zip(b2.offsets, new2))
 
