@@ -5,10 +5,14 @@ upload bytes, and a model of training time against cores.
     python bench/scaling.py --repeats 1 --workers 1,2 --out /tmp/hetrain-scaling
     python bench/scaling.py --ray-only                # Ray local vs the process pool only (needs hetrain[ray])
     python bench/scaling.py --workload nn             # seed-NN: 400-32-16-10, 1 iteration, n32768 (~8 GB)
+    python bench/scaling.py --workload minibatch      # mini-batch mlr: 2 steps of 64 rows, n16384-deep
 
 Seed-NN (``--workload nn``): the same rows, the network 400-32-16-10 (mlp-dvr, bench/seed_nn.py's
 standardisation and learning rate), 1 iteration (``--iterations``), real CKKS (SEAL) at n32768 (an
 iteration takes 14 levels); every server process holds the ~3 GB of keys, so 2 workers take ~8 GB.
+
+Mini-batch mlr (``--workload minibatch``): the same rows, 2 steps (``--iterations``) of 64 rows, each
+4 sample groups x 13 feature blocks of the blocked packing (tasks per sample group, then per block).
 
 Seed-MLR: RegNet rows 0–127 (bench/seed_mlr.py's data and standardisation), 10 classes, 3 iterations,
 real CKKS (SEAL). The data owner's side encrypts once into a job bundle; then, for each repeat, the
@@ -66,6 +70,7 @@ from hetrain.ckks.executor import SerialExecutor  # noqa: E402
 from hetrain.models.base import get_trainer  # noqa: E402
 from hetrain.models.mlp_dvr import MLPTrainer  # noqa: E402
 from hetrain.models.mlr import MLRTrainer  # noqa: E402
+from hetrain.models.mlr_minibatch import MiniBatchMLR  # noqa: E402
 from hetrain.protocol import files  # noqa: E402
 from hetrain.protocol.server import server_argv  # noqa: E402
 
@@ -79,12 +84,15 @@ def build_mlr_job(jobdir: pathlib.Path, preset: str, iterations: int, workload: 
     Xtr, Ytr, *_ = load_seed()
     if workload == "nn":  # bench/seed_nn.py's network and step
         tr = MLPTrainer(hidden=[32, 16], iterations=iterations, learning_rate=2.0)
+    elif workload == "minibatch":  # `iterations` steps of 64 rows (4 sample groups x 13 feature blocks each)
+        tr = MiniBatchMLR(epochs=max(1, iterations // 2), batch_size=64, patience=0)
     else:
         tr = MLRTrainer(iterations=iterations)
     plan = tr.plan(*Xtr.shape, Ytr.shape[1], preset)
     eng = ckks.create_engine("seal", preset, rotations=plan.rotation_steps)
     inputs, job = tr.client_encrypt(eng, Xtr, Ytr)
     job["data_shape"] = [Xtr.shape[0], Xtr.shape[1], Ytr.shape[1]]
+    job["refresh"] = "none"  # what one modulus chain holds: no refresh round trip in the server's time
     sizes = files.write_job(jobdir, eng, inputs, job)
     seeded = sum(len(eng._ct_to_bytes(c)) for v in inputs.values() for c in v)
     unseeded = sum(len(seal_backend._seal_to_bytes(c.data)) for v in inputs.values() for c in v)  # (c0, c1)
@@ -217,10 +225,11 @@ def model(total: float, phases: list[dict], save_s: float, load_s: float, ct_byt
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workload", choices=("mlr", "nn"), default="mlr",
-                    help="mlr: seed-MLR (default); nn: seed-NN 400-32-16-10 (mlp-dvr)")
+    ap.add_argument("--workload", choices=("mlr", "nn", "minibatch"), default="mlr",
+                    help="mlr: seed-MLR (default); nn: seed-NN 400-32-16-10 (mlp-dvr); minibatch: mini-batch "
+                         "mlr on the same rows, steps of 64 rows")
     ap.add_argument("--preset", default=None, help="default n16384-deep (mlr), n32768 (nn)")
-    ap.add_argument("--iterations", type=int, default=None, help="default 3 (mlr), 1 (nn)")
+    ap.add_argument("--iterations", type=int, default=None, help="default 3 (mlr), 1 (nn), 2 steps (minibatch)")
     ap.add_argument("--workers", default="1,2", help="worker counts, comma separated (interleaved)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None, help="directory for the job bundle (default: a temporary one)")
@@ -231,11 +240,12 @@ def main() -> None:
     a = ap.parse_args()
     nn = a.workload == "nn"
     a.preset = a.preset or ("n32768" if nn else "n16384-deep")
-    a.iterations = a.iterations or (1 if nn else 3)
+    a.iterations = a.iterations or (1 if nn else 2 if a.workload == "minibatch" else 3)
     counts = [int(w) for w in a.workers.split(",")]
     root = pathlib.Path(a.out) if a.out else pathlib.Path(tempfile.mkdtemp(prefix="hetrain-scaling-"))
     jobdir = root / a.workload
-    print(f"hetrain scaling benchmark: {'seed-NN 400-32-16-10' if nn else 'seed-MLR'}, {a.iterations} iterations, {a.preset}; {os.cpu_count()} cores; "
+    what = {"nn": "seed-NN 400-32-16-10", "minibatch": "mini-batch mlr (64 rows per step)"}.get(a.workload, "seed-MLR")
+    print(f"hetrain scaling benchmark: {what}, {a.iterations} iterations, {a.preset}; {os.cpu_count()} cores; "
           f"load average at start {os.getloadavg()}")
     # in a child process: SEAL's memory pool keeps what the data owner's engine used (~6 GB for seed-NN)
     ctx = multiprocessing.get_context("spawn")

@@ -108,3 +108,59 @@ def mlp_dvr_tasks_job(backend: str = "sim"):
     inputs, job = tr.client_encrypt(eng, X, Y)
     job["data_shape"] = [n, d, c]
     return tr, eng, inputs, job
+
+
+def random_rows(n: int, d: int, c: int, scale: float = 0.3):
+    """n rows of d Gaussian features (standard deviation ``scale``, seed 0) and one-hot labels cycling
+    through c classes."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, d)) * scale, np.eye(c)[np.arange(n) % c]
+
+
+def iris_rows():
+    """120 standardised Iris rows (a fixed permutation) and their one-hot labels (3 classes)."""
+    import numpy as np
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    idx = np.random.default_rng(0).permutation(len(y))[:120]
+    X, y = X[idx], y[idx]
+    return (X - X.mean(0)) / X.std(0), np.eye(3)[y]
+
+
+def tasks_job(model: str, config: dict, backend: str = "sim", preset: str = "n16384", data=None, **engine_options):
+    """A job of ``model`` encrypted in this process for the executor tests: (trainer, engine with the
+    secret key, inputs as lists, job). ``data``: (X, Y), default 64 rows x 64 features x 10 classes
+    (mlr-minibatch with batch_size 32: 2 sample groups x 3 feature blocks per batch at 8,192 slots)."""
+    from hetrain import ckks
+    from hetrain.models.base import get_trainer
+
+    X, Y = data if data is not None else random_rows(64, 64, 10)
+    tr = get_trainer(model)(**config)
+    plan = tr.plan(*X.shape, Y.shape[1], ckks.get_params(preset))
+    eng = ckks.create_engine(backend, preset, rotations=plan.rotation_steps, **engine_options)
+    inputs, job = tr.client_encrypt(eng, X, Y)
+    job["data_shape"] = [int(X.shape[0]), int(X.shape[1]), int(Y.shape[1])]
+    return tr, eng, {k: list(v) for k, v in inputs.items()}, job
+
+
+def write_bundle(jobdir, model: str, config: dict, X, Y, preset: str, *, refresh: str = "none",
+                 bootstrap_level: int | None = None):
+    """A job bundle written straight from the trainer on the sim backend (INSECURE), without a refresh
+    channel: refresh "none" or "bootstrap" (the sim bootstraps at ``bootstrap_level``). Returns
+    (trainer, engine with the secret key, job)."""
+    from hetrain import ckks
+    from hetrain.models.base import get_trainer
+    from hetrain.protocol import files
+
+    tr = get_trainer(model)(**config)
+    plan = tr.plan(*X.shape, Y.shape[1], ckks.get_params(preset))
+    opts = {"bootstrap_level": bootstrap_level} if bootstrap_level else {}
+    eng = ckks.create_engine("sim", preset, rotations=plan.rotation_steps, seed=0, **opts)
+    inputs, job = tr.client_encrypt(eng, X, Y, refresh=refresh != "none")
+    job["data_shape"] = [int(X.shape[0]), int(X.shape[1]), int(Y.shape[1])]
+    job["refresh"] = refresh
+    files.write_job(jobdir, eng, inputs, job)
+    return tr, eng, job

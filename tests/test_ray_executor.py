@@ -279,3 +279,14 @@ def test_serve_counts_the_cluster_cpus_for_each_job(ray_cluster, monkeypatch):
     monkeypatch.setattr(ray_executor, "connect", lambda address, **kw: False)  # the test's cluster, kept
     assert serve.ray_job_workers("auto", 1) == 3  # the job's server and 2 actors
     assert serve.ray_job_workers("auto", 2) == 2
+
+
+@needs_ray
+def test_mlr_minibatch_on_ray_gives_the_serial_weights_and_counts(ray_cluster):
+    from jobkit import tasks_job
+
+    cfg = {"epochs": 1, "batch_size": 32, "momentum": 0.5, "weight_decay": 0.01, "patience": 0}
+    tr, eng, inputs, job = tasks_job("mlr-minibatch", cfg, "sim", "n16384-deep")  # 2 steps, 2 groups x 3 blocks
+    serial, on_ray = _serial_and_ray(tr, eng, inputs, job)
+    _assert_identical(serial, on_ray)
+    assert serial[1].keys() == {"W", "D"}

@@ -212,7 +212,7 @@ def test_server_hooks_reads_the_declared_capabilities_not_the_signature():
         type("Bad", (Declared,), {"capabilities": frozenset({"teleport"})})
     with pytest.raises(TypeError, match="capabilities must be a frozenset"):
         type("Bad", (Declared,), {"capabilities": {"refresh"}})
-    expected = {"mlr": {"checkpoint", "executor"}, "mlr-minibatch": {"refresh", "monitor", "checkpoint"},
+    expected = {"mlr": {"checkpoint", "executor"}, "mlr-minibatch": {"refresh", "monitor", "checkpoint", "executor"},
                 "mlp-dvr": {"refresh", "checkpoint", "executor"}, "mlp-diagonal": {"refresh", "checkpoint"}}
     for model, caps in expected.items():
         cls = get_trainer(model)

@@ -149,12 +149,12 @@ def test_a_changed_circuit_changes_plan_and_refresh_decisions(monkeypatch):
     does the server's choice of when to refresh."""
     p = ckks.get_params("n32768")
     before = MiniBatchMLR().levels_per_step, MLRTrainer(iterations=3).plan(40, 7, 3, p).levels_needed
-    gradient = blocked_matmul.gradient
+    block = blocked_matmul.gradient_block  # each feature block's gradient (mlr and mlr-minibatch alike)
 
-    def costlier(engine, packing, E, Xt, executor=None):
-        return [engine.mul_scalar(g, 1.0) for g in gradient(engine, packing, E, Xt, executor)]
+    def costlier(engine, packing, E, Xth):
+        return engine.mul_scalar(block(engine, packing, E, Xth), 1.0)
 
-    monkeypatch.setattr(blocked_matmul, "gradient", costlier)
+    monkeypatch.setattr(blocked_matmul, "gradient_block", costlier)
     trace.clear_cache()
     after = MiniBatchMLR().levels_per_step, MLRTrainer(iterations=3).plan(40, 7, 3, p).levels_needed
     assert after == (before[0] + 1, before[1] + 3)  # one more level per step / per iteration

@@ -152,6 +152,22 @@ def test_mlp_two_workers_give_the_serial_results_and_counts(backend):
             assert np.array_equal(a, b)
 
 
+def test_workers_load_an_engine_its_data_owner_forced_below_128_bits():
+    """A worker loads the server's public engine as the server did: an INSECURE ring the data owner forced
+    (recorded in the context) loads there too, instead of the worker dying at start-up."""
+    eng = ckks.create_engine("seal", "n4096-test", rotations=[1], force_insecure=True)
+    xs = [eng.encrypt(np.full(4, float(i))) for i in range(3)]
+    with make_executor(eng, {"x": xs}, 2) as ex:
+        got = ex.map(_rotate_by_one, [(x,) for x in xs])
+    assert ex.started_workers == 2
+    for g, x in zip(got, xs):
+        assert np.allclose(eng.decrypt(g)[:4], eng.decrypt(eng.rotate(x, 1))[:4], atol=1e-3)
+
+
+def _rotate_by_one(engine, ct):
+    return engine.rotate(ct, 1)
+
+
 def test_a_ciphertext_does_not_pickle():
     """Ciphertexts cross processes only in a backend's serialisation; pickling one (which would copy a
     simulator's whole engine, or fail on SEAL's objects deep inside a worker pool) is refused at once."""

@@ -27,7 +27,8 @@ def spread_group(engine, p: BlockedPacking, q):
     return engine.sum_slots(q, p.L, p.C)
 
 
-def _gradient_block(engine, p: BlockedPacking, E: list, Xth: list):
+def gradient_block(engine, p: BlockedPacking, E: list, Xth: list):
+    """G of one feature block h: ``gradient``'s block h is ``gradient_block(engine, p, E, [X̃[g·H + h] for g])``."""
     return engine.sum_slots(engine.mul_sum(list(zip(E, Xth))), p.I, p.C * p.L)
 
 
@@ -47,4 +48,4 @@ def gradient(engine, p: BlockedPacking, E: list, Xt: list, executor=None) -> lis
     """G = Eᵀ·X̃ in U's packing (replicated over samples), one ciphertext per feature block."""
     H = p.n_fblocks
     tasks = [([Xt[g * H + h] for g in range(p.n_groups)],) for h in range(H)]
-    return run_tasks(engine, executor, _gradient_block, tasks, (p, E))
+    return run_tasks(engine, executor, gradient_block, tasks, (p, E))

@@ -274,12 +274,12 @@ def _init_pool_worker(parent: int, source: tuple, barrier) -> None:
 
 
 def _init_worker(source: tuple, barrier=None) -> None:
-    from . import load_engine
+    from . import load_engine, owner_forced_insecure
 
     if source[0] == "call":
         engine, inputs = source[1](*source[2])
-    else:
-        engine = load_engine(source[1])
+    else:  # the server's own engine: parameters its data owner forced below 128 bits load as they did there
+        engine = load_engine(source[1], force_insecure=owner_forced_insecure(source[1]))
         inputs = {name: [_unwire(engine, w) for w in ws] for name, ws in source[2].items()}
     if engine.has_secret_key:
         raise RuntimeError("a worker engine must hold public material only")

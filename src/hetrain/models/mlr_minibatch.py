@@ -48,6 +48,7 @@ import numpy as np
 from hetrain.circuits import blocked_matmul
 from hetrain.circuits.approx import check_interval, get_sigmoid
 from hetrain.circuits.poly import eval_cheb
+from hetrain.circuits.tasks import run_tasks
 from hetrain.circuits.packing import BlockedPacking
 from hetrain.ckks import PRESETS, PlainVector, get_params
 from hetrain.errors import DataError, HetrainUserError
@@ -78,7 +79,7 @@ class MiniBatchMLR(Trainer):
     name = "mlr-minibatch"
     summary = ("mini-batch logistic regression, one sigmoid per class, refreshed between chains; what --model mlr "
                "runs with refresh (planned, validated, early-stopped)")
-    capabilities = frozenset({"refresh", "monitor", "checkpoint"})
+    capabilities = frozenset({"refresh", "monitor", "checkpoint", "executor"})
 
     def __init__(self, **config) -> None:
         cfg = self.merge_config(DEFAULTS, config)
@@ -303,10 +304,12 @@ class MiniBatchMLR(Trainer):
         return add_bias(np.asarray(X, dtype=np.float64)) @ np.asarray(weights["W"]).T
 
     # ------------------------------------------------------------------ server side: the loop
-    def server_train(self, engine, inputs, job, progress=None, *, refresh=None, monitor=None, checkpoint=None):
+    def server_train(self, engine, inputs, job, progress=None, *, refresh=None, monitor=None, checkpoint=None,
+                     executor=None):
         """Steps over mini-batches and epochs with the base.py hooks: ``refresh`` when the state's
         level is too low for the next step, ``monitor.evaluate`` at each epoch end (continue/stop;
-        merged with the refresh when both are due), ``checkpoint`` after every step (resume).
+        merged with the refresh when both are due), ``checkpoint`` after every step (resume),
+        ``executor``: each step's per-group and per-feature-block tasks on its workers (``step``).
 
         Per-step timings end up in ``self.run_stats`` (the server adds them to its stats)."""
         nb, d, c = int(job["n_batches"]), int(job["d"]), int(job["c"])
@@ -342,7 +345,7 @@ class MiniBatchMLR(Trainer):
             before.append(pending)
             pending = 0.0
             t0 = time.perf_counter()
-            state = self.step(engine, packing, state, batches[b])
+            state = self.step(engine, packing, state, batches[b], executor)
             step_s.append(time.perf_counter() - t0)
             if checkpoint is not None:
                 checkpoint.save(state, {"step": step + 1})
@@ -367,24 +370,30 @@ class MiniBatchMLR(Trainer):
         return state
 
     # ------------------------------------------------------------------ server side (encrypted)
-    def step(self, engine, packing: BlockedPacking, state: dict, batch: Batch) -> dict:
+    def step(self, engine, packing: BlockedPacking, state: dict, batch: Batch, executor=None) -> dict:
         """One encrypted step on one batch (see ``twin_update``): the new state, levels_per_step lower.
 
-        The decay product W ⊙ decay and β·D are taken at the state's (top) level, so they are
-        done long before the gradient arrives and cost no level on the critical path."""
+        Two rounds of independent tasks (circuits/tasks.py ``run_tasks``: on ``executor``'s workers,
+        or here in order without one; the same operations on the same ciphertexts either way):
+        per sample group g, its residual E[g] (``_residual_group``: forward, masked sigmoid, spread);
+        then per feature block h, the new W[h] (and D[h]) (``_update_block``: gradient, decay,
+        momentum, update). The decay product W ⊙ decay and β·D are taken at the state's (top)
+        level, so they are done long before the gradient arrives and cost no level on the critical path."""
         W = state["W"]
+        G, H = packing.n_groups, packing.n_fblocks
         fmasks = [PlainVector(m) for m in packing.forward_masks()]
-        t = blocked_matmul.forward(engine, packing, batch.X, W)
         cheb = self.approx.unit_cheb()  # the twin's polynomial, in the basis that keeps CKKS precision
-        q = [engine.sub(y, eval_cheb(engine, tg, cheb, m)) for y, tg, m in zip(batch.Ym, t, fmasks)]
-        step = blocked_matmul.gradient(engine, packing, blocked_matmul.spread(engine, packing, q), batch.Xt)
-        if self.config["weight_decay"] > 0:
-            step = [engine.sub(g, engine.mul_plain(w, PlainVector(m)))
-                    for g, w, m in zip(step, W, self.decay_vectors(packing))]
+        E = run_tasks(engine, executor, _residual_group,
+                      [(batch.X[g * H:(g + 1) * H], batch.Ym[g], fmasks[g]) for g in range(G)], (packing, W, cheb))
+        decay = ([PlainVector(m) for m in self.decay_vectors(packing)] if self.config["weight_decay"] > 0
+                 else [None] * H)
+        D = state["D"] if self.beta > 0 else [None] * H
+        new = run_tasks(engine, executor, _update_block,
+                        [([batch.Xt[g * H + h] for g in range(G)], W[h], decay[h], D[h]) for h in range(H)],
+                        (packing, E, self.beta))
         if self.beta > 0:
-            D = [engine.add(g, engine.mul_scalar(dd, self.beta)) for g, dd in zip(step, state["D"])]
-            return {"W": [engine.add(w, dd) for w, dd in zip(W, D)], "D": D}
-        return {"W": [engine.add(w, g) for w, g in zip(W, step)]}
+            return {"W": [w for w, _ in new], "D": [d for _, d in new]}
+        return {"W": [w for w, _ in new]}
 
     # ------------------------------------------------------------------ plaintext twin
     def twin_batch(self, X: np.ndarray, Y: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -414,6 +423,27 @@ class MiniBatchMLR(Trainer):
     def twin_step(self, W: np.ndarray, X: np.ndarray, Y: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """One step without momentum on the weight matrix (classes × (1 + features))."""
         return self.twin_update({"W": W, "D": np.zeros_like(W)}, self.twin_batch(X, Y, rows))["W"]
+
+
+def _residual_group(engine, packing: BlockedPacking, W: list, cheb, Xg: list, ym, fmask):
+    """E[g] of one sample group g (an executor task): spread(Ym[g] − fmask ⊙ σ̃(t)), t = the group's
+    forward product X[g]·Wᵀ (blocked_matmul.forward_group), σ̃ in the Chebyshev basis (eval_cheb;
+    the mask rides on its coefficients, and a worker encodes it itself)."""
+    t = blocked_matmul.forward_group(engine, packing, W, Xg)
+    return blocked_matmul.spread_group(engine, packing, engine.sub(ym, eval_cheb(engine, t, cheb, fmask)))
+
+
+def _update_block(engine, packing: BlockedPacking, E: list, beta: float, Xth: list, w, decay, d):
+    """(W[h], D[h]) after the step, for one feature block h (an executor task): the gradient block
+    Eᵀ·X̃[:, h] (blocked_matmul.gradient_block), minus w ⊙ decay (``decay`` a PlainVector, None: no
+    weight decay), D[h] ← step + β·D[h] (β > 0; else D[h] is None) and W[h] ← W[h] + D[h] (or + step)."""
+    step = blocked_matmul.gradient_block(engine, packing, E, Xth)
+    if decay is not None:
+        step = engine.sub(step, engine.mul_plain(w, decay))
+    if beta > 0:
+        d = engine.add(step, engine.mul_scalar(d, beta))
+        return engine.add(w, d), d
+    return engine.add(w, step), None
 
 
 class LazyEncryption:
