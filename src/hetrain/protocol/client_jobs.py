@@ -301,7 +301,7 @@ class TrainerJob(ClientJob):
             raise DepthPlanError(f"model {self.trainer.name} cannot refresh its state between iterations "
                                  f"(refresh {refresh}); use refresh none")
         self.plan = self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params)
-        self.plan.check(self.params, refresh=refresh != "none")
+        self.plan.check(self.params, refresh=refresh)  # "bootstrap": also inside iterations (Plan.check)
         self.options = {"scale": scale, "seed": seed, "release_decimals": release_decimals, "noise_std": noise_std,
                         "force_insecure": force_insecure}
         for line in plan_lines(self.trainer, self.plan, self.params, self.defaults):
@@ -322,7 +322,9 @@ class TrainerJob(ClientJob):
 
         t0 = time.perf_counter()
         with _count_calls(engine, "encrypt", on_ciphertext):
-            inputs, job = self.trainer.client_encrypt(engine, self.Xp, self.Y, refresh=self.refresh != "none")
+            # refresh: True, or "bootstrap" (also truthy): its plan check may bootstrap inside iterations too
+            inputs, job = self.trainer.client_encrypt(engine, self.Xp, self.Y, refresh=(
+                "bootstrap" if self.refresh == "bootstrap" else self.refresh != "none"))
         self.timings["encrypt_s"] = time.perf_counter() - t0
         job = dict(job)
         job.setdefault("model", self.trainer.name)

@@ -61,7 +61,7 @@ def check_job(model: str, config: dict | None, X, Y, *, preset="auto", refresh: 
         params = choose_preset(trainer, n, d, c, refresh=refreshing)
     else:
         params = preset if isinstance(preset, ckks.CKKSParams) else _params(preset)
-    trainer.plan(n, d, c, params).check(params, refresh=refreshing)
+    trainer.plan(n, d, c, params).check(params, refresh=refresh)  # "bootstrap": also inside iterations
     trainer.client_check(X, Y)
     return trainer, params
 
