@@ -385,7 +385,9 @@ class TrainerJob(ClientJob):
                       "rotation_steps": self.rotations, "levels_needed": self.plan.levels_needed,
                       "levels_available": self.plan.levels_available,
                       "levels_per_iteration": self.plan.levels_per_iteration,
-                      "iterations": self.plan.iterations, "defaults": self.defaults, "stop_reason": "done"})
+                      "iterations": self.plan.iterations, "defaults": self.defaults, "stop_reason": "done",
+                      # refresh "bootstrap": the traced plan of the state's and the in-iteration bootstraps
+                      "bootstraps_planned": getattr(self.plan, "bootstraps", None)})
         info = model_info(self.backend, self.params, release={"decimals": self.options["release_decimals"],
                                                               "noise_std": self.options["noise_std"]},
                           refresh=self.refresh, n_train=int(self.Xp.shape[0]), twin_max_abs_diff=diff,
