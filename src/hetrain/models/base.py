@@ -153,7 +153,7 @@ class Plan:
                  f"{self.levels_available}; {self.iterations_that_fit} iteration(s) fit. "
                  f"Levels per iteration: {plain(self.levels_per_iteration)}.")
         exc = DepthPlanError(f"{facts} Hint: {hint}.{self._bootstrap_hint()}")
-        exc.facts = facts
+        exc.facts = facts + self._bootstrap_hint()  # checked advice is appended to the facts: keep the traced fix
         raise exc
 
 
