@@ -22,6 +22,9 @@ exactly those (``server_hooks(trainer)``), nothing is inferred from signatures:
       -> state                   same names/shapes at a high level (client re-encryption or bootstrap).
                                  Called when the next iteration would not fit the state's levels;
                                  ``step`` (optional, iterations done) only labels the client's records.
+                                 A hook that bootstraps (``via_client`` False) also lets the trainer
+                                 bootstrap inside an iteration (models/inner_boot.py); it reports those
+                                 through ``add_bootstraps(n)`` (protocol/server.BootstrapRefresh).
     monitor                      .evaluate(state, step, epoch, refresh=False) -> (state | None, stop):
                                  the client reads its validation metrics and answers continue/stop
                                  (and, with refresh=True, also re-encrypts the state in the same trip).

@@ -32,6 +32,16 @@ which fits n16384-deep. Past that, ``server_train(..., refresh=callable)`` hands
 refresh step (client-aided re-encryption or bootstrapping) whenever the next iteration would not
 fit; without one, the plan refuses the job beforehand (DepthPlanError).
 
+Deeper than a bootstrap restores (refresh "bootstrap": OpenFHE's 128-bit openfhe-boot restores 6 levels,
+an iteration needs 9-15): the server also bootstraps inside the iteration (models/inner_boot.py). Each
+data group's pass checks, at the start of each segment, that the one ciphertext carrying it has the
+levels the segment consumes (traced once from the segment's own functions, ``_level_needs``): a layer's
+pre-activation a_l before its activation and derivative (one bootstrap serves both), the error δ_l
+before each backward step, W before Nesterov's step; the data X is never bootstrapped. Before each
+iteration ``trace.bootstrap_step`` chooses, by traced counts, between bootstrapping the whole state
+first and bootstrapping inside only; ``plan`` traces the same run (``Plan.bootstraps``), so its count
+is the engine's. Only with a refresh hook that bootstraps (``via_client`` False) on an engine that can.
+
 Defaults for ``--model mlp`` / ``protocol.fit(X, y, "mlp", {})``: the client calls ``plan_defaults``
 (bottom of this module; search logic in models/mlp_defaults.py) on its plaintext data before keygen. It
 keeps every key the user gave and chooses the rest: one hidden layer of 16 (9 levels per iteration:

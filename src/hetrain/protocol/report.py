@@ -21,7 +21,7 @@ def format_summary(stats: dict) -> list[str]:
     """Lines describing times, memory, operations and bytes; the caller prints the final key=value lines.
     Figures a path does not have (e.g. `hetrain decrypt` never saw the client's peak memory) show as ?."""
     ops = stats.get("server_operations") or {}
-    heavy = ("rotate", "multiply", "relinearize", "multiply_plain", "multiply_scalar", "square", "rescale")
+    heavy = ("bootstrap", "rotate", "multiply", "relinearize", "multiply_plain", "multiply_scalar", "square", "rescale")
     op_text = " ".join(f"{k}={ops[k]['count']}" + (f" ({ops[k]['seconds']:.2f} s)" if ops[k].get("seconds") else "")
                        for k in heavy if k in ops) or "none"
     parts = stats.get("upload_key_parts") or {}
