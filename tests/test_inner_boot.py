@@ -152,3 +152,25 @@ def test_refresh_client_or_none_on_the_same_job_is_refused_before_keygen(tmp_pat
         fit(X, y, "mlp-dvr", TWO_HIDDEN, backend="sim", preset=PRESET, refresh=refresh, progress=False,
             workdir=tmp_path / "JOB")
     assert not (tmp_path / "JOB").exists() or not any((tmp_path / "JOB").iterdir())  # refused before any key
+
+
+@pytest.mark.parametrize("transpose", ["packed", "repacked"])
+def test_mlp_diagonal_full_iterations_past_the_bootstrap_level(transpose):
+    """mlp-diagonal (Iris design): a full iteration needs 8 levels (9 re-packed), a bootstrap restores 6 here:
+    the server bootstraps z1 / δ2 / δ1 inside iterations where needed, as many as the traced plan says."""
+    from hetrain.models.mlp_diagonal import DiagonalMLPTrainer
+
+    X, _, Y = _iris(120)
+    tr = DiagonalMLPTrainer(iterations=4, transpose=transpose)
+    plan = tr.plan(120, 4, 3, PRESET, bootstrap_level=BOOT_LEVEL)
+    assert plan.levels_per_later_iteration > BOOT_LEVEL and plan.bootstraps_in_iterations > 0
+    eng = _sim(rotations=plan.rotation_steps)
+    inputs, job = tr.client_encrypt(eng, X, Y, refresh="bootstrap")
+    stats = ChannelStats()
+    before = eng.counters.snapshot()
+    out = tr.server_train(eng, inputs, job, refresh=BootstrapRefresh(eng, stats))
+    assert eng.counters.diff(before).get("bootstrap", 0) == plan.bootstrap_ops["bootstrap"] == stats.bootstraps
+    assert tr.run_stats["bootstraps_in_iterations"] == plan.bootstraps_in_iterations
+    W, twin = tr.client_decrypt(eng, out, job), tr.twin(X, Y, iterations=4)
+    for k in ("W1", "W2"):
+        np.testing.assert_allclose(W[k], twin[k], atol=1e-9)
