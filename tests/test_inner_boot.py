@@ -95,6 +95,23 @@ def test_two_hidden_layers_train_past_the_bootstrap_level_with_the_planned_boots
     assert max(float(np.max(np.abs(W[k] - twin[k]))) for k in twin) < 1e-9
 
 
+def test_the_plan_printed_before_keygen_and_the_estimate_name_the_bootstraps():
+    import dataclasses
+
+    from hetrain.protocol.estimate import estimate
+    from hetrain.protocol.planning import plan_lines
+
+    tr = MLPTrainer(**TWO_HIDDEN)
+    p = ckks.get_params(PRESET)
+    plan = tr.plan(150, 4, 3, p, bootstrap_level=BOOT_LEVEL)
+    inside, state = sum(plan.bootstraps["in_iteration"]), sum(plan.bootstraps["state"])
+    assert any(f"{inside} intermediate ciphertext(s) and {state} of the state" in line
+               for line in plan_lines(tr, plan, p, None))
+    est = dataclasses.replace(estimate(p, plan.rotation_steps, 10), bootstraps=inside + state,
+                              bootstraps_in_iterations=inside)
+    assert f"{inside + state} bootstrap(s) planned, {inside} of them inside iterations" in est.line()
+
+
 def test_without_bootstrapping_the_same_job_is_refused_naming_the_fix():
     tr = MLPTrainer(**TWO_HIDDEN)
     plan = tr.plan(150, 4, 3, PRESET)
@@ -130,6 +147,9 @@ def test_the_server_without_the_client_through_the_protocol(tmp_path):
     assert s["refresh"]["round_trips"] == 0 and s["refresh"]["bytes_to_client"] == 0
     inside = s["run"]["bootstraps_in_iterations"]
     assert 0 < inside < s["refresh"]["bootstraps"]  # the state's refreshes are counted too
+    planned = s["bootstraps_planned"]  # the traced plan, at the keys' bootstrap level
+    assert planned["level"] == BOOT_LEVEL and sum(planned["in_iteration"]) == inside
+    assert sum(planned["in_iteration"]) + sum(planned["state"]) == s["refresh"]["bootstraps"]
     assert s["verified"] is True and s["twin_max_abs_diff"] <= s["twin_bound"]
     assert f"{inside} intermediate ciphertext(s) were bootstrapped inside iterations" in depth_words(s)
     # a server that returns other values: 3 x the bound on every weight is refused

@@ -326,6 +326,11 @@ class TrainerJob(ClientJob):
             inputs, job = self.trainer.client_encrypt(engine, self.Xp, self.Y, refresh=(
                 "bootstrap" if self.refresh == "bootstrap" else self.refresh != "none"))
         self.timings["encrypt_s"] = time.perf_counter() - t0
+        boots = getattr(self.plan, "bootstraps", None)
+        if self.refresh == "bootstrap" and boots and engine.can_bootstrap and engine.bootstrap_level != boots["level"]:
+            # the keys bootstrap to fewer levels than the preset's top (the sim's bootstrap_level): plan as they do
+            self.plan = self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params,
+                                          bootstrap_level=engine.bootstrap_level)
         job = dict(job)
         job.setdefault("model", self.trainer.name)
         job.setdefault("config", self.trainer.config)
