@@ -204,6 +204,9 @@ class Trainer(abc.ABC):
     summary: str = ""  # one line for `hetrain models`
     # the optional server_train hooks this class accepts (module docstring); each trainer declares its own
     capabilities: frozenset[str] = frozenset()
+    # True: with a refresh hook that bootstraps, ``server_train`` also bootstraps inside iterations
+    # (models/inner_boot.py) and ``plan`` takes ``bootstrap_level`` (the level a bootstrap restores) to plan it
+    bootstraps_inside: bool = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -66,6 +66,7 @@ class DiagonalMLPTrainer(Trainer):
     summary = ("network with one hidden layer, diagonal-packed weights with a cheap transpose (narrow inputs such "
                "as Iris); --model mlp --layout diagonal")
     capabilities = frozenset({"refresh", "checkpoint"})
+    bootstraps_inside = True  # models/inner_boot.py
 
     def __init__(self, **config) -> None:
         unknown = set(config) - _KEYS

@@ -140,6 +140,7 @@ class MLPTrainer(Trainer):
     summary = ("network with one or two hidden sigmoid layers, double Volley Revolver packing (wide inputs such "
                "as 400 CNN features); --model mlp --layout dvr")
     capabilities = frozenset({"refresh", "checkpoint", "executor"})
+    bootstraps_inside = True  # models/inner_boot.py
 
     def __init__(self, **config) -> None:
         cfg = self.merge_config(DEFAULTS, config, MLPConfigError)
@@ -309,15 +310,26 @@ class MLPTrainer(Trainer):
         zeros = {k: np.zeros(s) for k, s in self.weight_shapes(d, c).items()}
         W = {k: [engine.encrypt(v) for v in vecs] for k, vecs in self._pack_params(lay, zeros).items()}
         ctx = self._context(lay, sizes, X, Y, params=engine.params if engine.can_bootstrap else None)
-        return ctx, {**W, **{f"v_{k}": v for k, v in W.items()}}
+        return ctx, dict(W)  # the look-ahead is W itself (``_state``)
 
     def trace_iteration(self, engine, ctx, state, flavor):
         momentum, groups = flavor
         t = next(b for b, batch in enumerate(ctx["batches"]) if len(batch) == groups)  # a batch of that size
-        names = ctx["names"]
-        W, V = {k: state[k] for k in names}, {k: state[f"v_{k}"] for k in names}
+        W, V = self._unstate(state, ctx["names"])
         W, V = self._iteration(engine, ctx, W, V, t, 0.5 if momentum else 0.0)
-        return {**W, **{f"v_{k}": v for k, v in V.items()}}
+        return self._state(W, V)
+
+    @staticmethod
+    def _state(W: dict, V: dict) -> dict:
+        """The server's state: the weights W1..bK, and the look-ahead v_W1.. only when it is not W itself
+        (without momentum, and after Nesterov's first step, it is: a refresh then bootstraps each ciphertext once)."""
+        return {**W, **({} if V is W else {f"v_{k}": v for k, v in V.items()})}
+
+    @staticmethod
+    def _unstate(state: dict, names: list[str]) -> tuple[dict, dict]:
+        """(W, V) of a ``_state`` (V is W when it holds no look-ahead)."""
+        W = {k: state[k] for k in names}
+        return W, ({k: state[f"v_{k}"] for k in names} if f"v_{names[0]}" in state else W)
 
     def batches(self, lay: dvr.GridLayout) -> list[list[int]]:
         """Data-ciphertext groups of each mini-batch (one list: full batch). A mini-batch is a run of
@@ -473,7 +485,7 @@ class MLPTrainer(Trainer):
     # ------------------------------------------------------------------ server
     def server_train(self, engine, inputs, job, progress=None, *, refresh=None, checkpoint=None, executor=None):
         """Train on ciphertexts. ``refresh(state, t) -> state`` (names -> ciphertext lists, weights
-        ``W1``.. ``bK`` and look-ahead ``v_W1``..) is called before an iteration that would not fit
+        ``W1``.. ``bK`` and, when it is not W itself, the look-ahead ``v_W1``..) is called before an iteration that would not fit
         the state's remaining levels; without it such a job is refused (DepthPlanError).
         ``checkpoint`` (base.py): after every iteration the weights W, the look-ahead V (when it is
         not W itself) and the iteration count are saved; a saved state resumes after its iteration
@@ -506,7 +518,7 @@ class MLPTrainer(Trainer):
         inner = 0
         for t in range(start, T):
             flavor = self.trace_flavor(t, mus[t], ctx["batches"])
-            state = {**W, **{f"v_{k}": v for k, v in V.items()}}
+            state = self._state(W, V)
             if boot:  # traced: refresh the state first, or bootstrap inside the iteration only (fewer bootstraps)
                 first, step_ = trace.bootstrap_step(self, shape, engine.params, trace.levels_of(state), flavor,
                                                     engine.bootstrap_level)
@@ -515,17 +527,14 @@ class MLPTrainer(Trainer):
                                          f"restores {engine.bootstrap_level} levels): use a preset with more levels "
                                          "after a bootstrap, or lower-degree sigmoids")
                 if first:
-                    state = refresh(state, t)
-                    W = {k: state[k] for k in names}
-                    V = {k: state[f"v_{k}"] for k in names}
+                    W, V = self._unstate(refresh(state, t), names)
             elif not trace.fits(self, shape, engine.params, state, flavor):  # traced: the next iteration needs a refresh
                 level = min(ct.level for v in V.values() for ct in v)
                 if refresh is None:
                     raise DepthPlanError(f"iteration {t + 1} needs more levels than the state's {level}; "
                                          f"{t} iteration(s) fit without a refresh step")
                 state = refresh(state, t)
-                W = {k: state[k] for k in names}
-                V = {k: state[f"v_{k}"] for k in names}
+                W, V = self._unstate(state, names)
                 if not trace.fits(self, shape, engine.params, state, flavor):
                     level = min(ct.level for v in V.values() for ct in v)
                     hint = (" or --refresh bootstrap with a backend that bootstraps (openfhe), which bootstraps inside "

@@ -300,7 +300,10 @@ class TrainerJob(ClientJob):
         if refresh != "none" and "refresh" not in server_hooks(self.trainer):
             raise DepthPlanError(f"model {self.trainer.name} cannot refresh its state between iterations "
                                  f"(refresh {refresh}); use refresh none")
-        self.plan = self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params)
+        # refresh "bootstrap": the plan also traces the bootstraps inside iterations (a bootstrap restores the
+        # preset's levels; keys that restore fewer are planned again at encryption)
+        inside = {"bootstrap_level": self.params.levels} if refresh == "bootstrap" and self.trainer.bootstraps_inside else {}
+        self.plan = self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params, **inside)
         self.plan.check(self.params, refresh=refresh)  # "bootstrap": also inside iterations (Plan.check)
         self.options = {"scale": scale, "seed": seed, "release_decimals": release_decimals, "noise_std": noise_std,
                         "force_insecure": force_insecure}
@@ -327,7 +330,8 @@ class TrainerJob(ClientJob):
                 "bootstrap" if self.refresh == "bootstrap" else self.refresh != "none"))
         self.timings["encrypt_s"] = time.perf_counter() - t0
         boots = getattr(self.plan, "bootstraps", None)
-        if self.refresh == "bootstrap" and boots and engine.can_bootstrap and engine.bootstrap_level != boots["level"]:
+        if (self.refresh == "bootstrap" and self.trainer.bootstraps_inside and engine.can_bootstrap
+                and engine.bootstrap_level != (boots or {}).get("level")):
             # the keys bootstrap to fewer levels than the preset's top (the sim's bootstrap_level): plan as they do
             self.plan = self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params,
                                           bootstrap_level=engine.bootstrap_level)
