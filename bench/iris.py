@@ -47,8 +47,23 @@ Data: scikit-learn's Iris, the fixed stratified 80/20 split (random_state 0): 12
    their seconds, held-out accuracy (encrypted and twin), the twin gap and peak memory. The planner
    chooses the options not given (learning rate, sigmoids); ``--iterations`` is fixed.
 
-       python bench/iris.py --without-client --boot-preset openfhe-boot-test --iterations 4     # INSECURE test ring
-       python bench/iris.py --without-client --boot-preset openfhe-boot --iterations 4          # 128-bit: 11-13 GB
+       python bench/iris.py --without-client --boot-preset openfhe-boot-test --iterations 10    # INSECURE test ring
+
+   ``fit`` starts its server with a worker per core, and each worker loads the public context: at 128 bits
+   (``openfhe-boot``, ≈8 GB of bootstrapping keys) that is ≈8 GB per process. Run the 128-bit case as the two
+   parties with one worker (≈11-13 GB per process, one after the other):
+
+       mkdir -p /tmp/ofhe128-nn/owner /tmp/ofhe128-nn/server && cd /tmp/ofhe128-nn
+       hetrain datasets export iris --out iris-train.csv --test-out iris-test.csv
+       cd owner && hetrain keygen --out KEYS --backend openfhe --preset openfhe-boot
+       hetrain encrypt --keys KEYS --data ../iris-train.csv --out ../server/JOB --model mlp --layout dvr \
+           --hidden 8,4 --iterations 4 --refresh bootstrap --yes
+       cd ../server && hetrain train --job JOB --workers 1
+       cd ../owner && hetrain decrypt --keys KEYS --job ../server/JOB --out ../model.json
+       cd .. && hetrain evaluate --model model.json --data iris-test.csv
+
+   (checked on openfhe-boot-test with --force-insecure on keygen and encrypt: 2 iterations, 38 bootstraps,
+   32 inside iterations, twin 9.0e-7, 0 round trips.)
 
 The machine is shared with other developers: times are noisy.
 """
