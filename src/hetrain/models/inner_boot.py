@@ -21,6 +21,13 @@ refuels on a path. The points themselves are chosen where one ciphertext carries
 (a pre-activation, from which both the activation and its derivative are computed: one bootstrap,
 not two), never the data X. Between iterations, ``trace.bootstrap_step`` decides by traced counts
 whether to bootstrap the whole state first or to bootstrap inside the iteration.
+
+A lower bound shows what is left to gain: each data group's pass is a path of L levels (mlp-dvr with
+two hidden layers: 14) from a state at level s, and a bootstrap adds at most B levels (the bootstrap
+level), so a group needs at least ceil((L − s) / B) bootstraps. 4-8-4-3 on openfhe-boot-test (B = s = 6):
+ceil(8 / 6) = 2 per group, which is what the rule bootstraps (16 for 8 groups; bench/iris.py
+--without-client). Fewer would need fewer groups (more samples per ciphertext) or more levels per
+bootstrap, not another placement.
 """
 from __future__ import annotations
 

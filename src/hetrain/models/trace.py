@@ -22,7 +22,11 @@ The protocol a trainer implements (models/base.py ``Trainer``):
 
 ``chain`` runs iterations from the fresh state until one does not fit (how many fit one modulus
 chain, what each consumes); ``server_train`` asks ``fits`` before every iteration whether the state
-it holds still has the levels (else it refreshes). Results are cached per (trainer, key, shapes,
+it holds still has the levels (else it refreshes). A bootstrapping job (refresh "bootstrap") traces on
+an engine that bootstraps (``bootstrap_level``): the trainer then also bootstraps inside the iteration
+where levels run out (models/inner_boot.py), ``bootstrap_step`` chooses before each iteration between
+bootstrapping the state first or not (fewer bootstraps, traced) and ``bootstrap_run`` is the whole run
+as the server runs it (the plan's bootstrap count is the engine's). Results are cached per (trainer, key, shapes,
 parameters, state levels, flavor): a plan costs a few traced iterations once per process (measured
 by bench/trace_cost.py: well under a second at the seed shapes).
 """
