@@ -1,7 +1,7 @@
 """Measure bootstrapping through the hetrain engine: key sizes, keygen, bootstrap time, memory.
 
     python bench/bootstrap.py [--key-size small|medium] [--repeats 2] [--threads 2] [--force]
-    python bench/bootstrap.py --backend openfhe [--preset openfhe-boot] [--force-insecure] [--force]
+    python bench/bootstrap.py --backend openfhe [--preset openfhe-boot] [--force-insecure] [--force] [--amplitudes 16 64]
     python bench/bootstrap.py --backend openfhe --split DIR [--preset openfhe-boot] [--rounds 2] [--split-threads 2 1]
 
 desilo: needs the optional desilofhe package (non-commercial licence; ``pip install hetrain[desilo]``).
@@ -43,6 +43,9 @@ def main(argv=None) -> int:
     p.add_argument("--split", metavar="DIR", help="openfhe: client and server in separate processes (openfhe_split.py)")
     p.add_argument("--rounds", type=int, default=2, help="--split: interleaved rounds")
     p.add_argument("--split-threads", nargs="*", default=["2", "1"], help="--split: the server's OMP_NUM_THREADS values")
+    p.add_argument("--amplitudes", nargs="*", type=float, default=[],
+                   help="also the max error of one bootstrap of x ~ U(-A, A) for each A (e.g. 16 64: the magnitudes of "
+                        "the pre-activations an mlp bootstraps inside an iteration, models/inner_boot.py)")
     args = p.parse_args(argv)
     if args.split:
         if args.backend != "openfhe":
@@ -90,6 +93,10 @@ def main(argv=None) -> int:
         times.append(time.perf_counter() - t0)
         errs.append(float(np.max(np.abs(eng.decrypt(b) - x))))
         print(f"  bootstrap {times[-1]:.1f} s, level {b.level}, max abs error {errs[-1]:.2e}", flush=True)
+    for amp in args.amplitudes:  # the error grows with the magnitude (openfhe-boot-test: 1e-6 at 1, 4.9e-4 at 64)
+        xa = np.random.default_rng(1).uniform(-amp, amp, eng.slots)
+        err = float(np.max(np.abs(eng.decrypt(eng.bootstrap(eng.encrypt(xa, level=0))) - xa)))
+        print(f"  |x| <= {amp:g}: max abs error {err:.2e} (relative {err / amp:.1e})", flush=True)
     t0 = time.perf_counter()
     eng.square(b)
     mul = time.perf_counter() - t0

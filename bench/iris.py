@@ -38,6 +38,34 @@ Data: scikit-learn's Iris, the fixed stratified 80/20 split (random_state 0): 12
    (masks), ct×scalar and rotations, from the engine's counters.
 3. Rotation keys per variant (each distinct step is one Galois key: ≈23 MB at n16384, ≈200 MB at
    n32768).
+4. ``--without-client`` (Python 3.10 with openfhe): a network with two hidden layers (``--hidden``, default
+   8,4) trained WITHOUT the data owner: ``protocol.fit(..., "mlp", {"layout": "dvr", ...},
+   refresh="bootstrap", backend="openfhe")``, the same code as ``hetrain fit --model mlp --layout dvr
+   --hidden 8,4 --refresh bootstrap --backend openfhe``. An iteration needs 14-15 levels and a bootstrap
+   restores 6, so the server also bootstraps intermediate ciphertexts inside each iteration
+   (models/inner_boot.py). Prints wall time, bootstraps per iteration (the state's and those inside),
+   their seconds, held-out accuracy (encrypted and twin), the twin gap and peak memory. The planner
+   chooses the options not given (learning rate, sigmoids); ``--iterations`` is fixed.
+
+       python bench/iris.py --without-client --boot-preset openfhe-boot-test --iterations 10    # INSECURE test ring
+
+   At 128 bits (``openfhe-boot``, ≈8 GB of bootstrapping keys; OpenFHE keeps its tasks in the server
+   process, one engine) the data owner peaks at ≈11 GB while it makes the keys and the server at ≈13 GB;
+   ``hetrain fit`` holds both at once (the owner ≈3 GB after releasing its keys), so on a machine without
+   ≈17 GB free run the two parties one after the other:
+
+       mkdir -p /tmp/ofhe128-nn/owner /tmp/ofhe128-nn/server && cd /tmp/ofhe128-nn
+       hetrain datasets export iris --out iris-train.csv --test-out iris-test.csv
+       cd owner && hetrain keygen --out KEYS --backend openfhe --preset openfhe-boot
+       hetrain encrypt --keys KEYS --data ../iris-train.csv --out ../server/JOB --model mlp --layout dvr \
+           --hidden 8,4 --iterations 4 --refresh bootstrap --yes
+       cd ../server && hetrain train --job JOB
+       cd ../owner && hetrain decrypt --keys KEYS --job ../server/JOB --out ../model.json
+       cd .. && hetrain evaluate --model model.json --data iris-test.csv
+
+   (checked on openfhe-boot-test with --force-insecure on keygen and encrypt: 2 iterations, 38 bootstraps,
+   32 inside iterations, twin 9.0e-7, 0 round trips.)
+
 The machine is shared with other developers: times are noisy.
 """
 from __future__ import annotations
@@ -91,6 +119,40 @@ def train_cross_process(preset, iterations, Xtr, ytr, Xte, yte):
     T.twin(pre.transform(Xtr), pre.one_hot(ytr), iterations=iterations, history=hist)
     return dict(wall=wall, stats=r.stats, gap=r.twin_max_abs_diff, enc=r.model.accuracy(Xte, yte),
                 twin=[accuracy(T, h, pre.transform(Xte), yte) for h in hist], model=r.model)
+
+
+# ------------------------------------------------------------------------------ 4. without the client (openfhe)
+def train_without_client(preset, hidden, iterations, Xtr, ytr, Xte, yte):
+    """``fit`` with refresh "bootstrap" on OpenFHE: no round trip; bootstraps inside iterations where needed."""
+    insecure = "-test" in preset  # the openfhe backend's INSECURE test rings must be forced; its 128-bit ones need not
+    t0 = time.perf_counter()
+    r = fit(Xtr, ytr, "mlp", {"layout": "dvr", "hidden": hidden, "iterations": iterations}, preset=preset,
+            backend="openfhe", refresh="bootstrap", force_insecure=insecure, progress=False)
+    wall = time.perf_counter() - t0
+    pre = r.model.preprocessing
+    T = get_trainer(r.model.model)(**r.model.config)
+    return dict(wall=wall, stats=r.stats, gap=r.twin_max_abs_diff, enc=r.model.accuracy(Xte, yte),
+                twin=accuracy(T, r.twin, pre.transform(Xte), yte))
+
+
+def report_without_client(a, Xtr, ytr, Xte, yte):
+    hidden = [int(h) for h in a.hidden.split(",")]
+    r = train_without_client(a.boot_preset, hidden, a.iterations, Xtr, ytr, Xte, yte)
+    st, rf, run = r["stats"], r["stats"]["refresh"], r["stats"].get("run") or {}
+    inside, total = int(run.get("bootstraps_in_iterations") or 0), int(rf["bootstraps"])
+    ops = st.get("server_operations") or {}
+    boot = ops.get("bootstrap") or {}
+    print(f"[without client] protocol.fit(refresh='bootstrap', backend='openfhe'), preset {st['params']}, hidden "
+          f"{hidden}, {a.iterations} iterations, levels per iteration {st['levels_per_iteration']}")
+    print(f"[without client] wall {r['wall']:.1f} s; server training {st['server_train_s']:.1f} s "
+          f"({st['server_train_s'] / a.iterations:.1f} s per iteration); round trips {rf['round_trips']}")
+    print(f"[without client] bootstraps {total} ({total / a.iterations:.1f} per iteration): {inside} inside iterations "
+          f"({inside / a.iterations:.1f} per iteration), {total - inside} of the state; planned "
+          f"{st.get('bootstraps_planned')}; {boot.get('seconds', float('nan')) / max(1, boot.get('count', 0)):.2f} s "
+          f"per bootstrap ({boot.get('seconds', 0):.1f} s in all)")
+    print(f"[without client] test accuracy: encrypted {r['enc']:.3f}, twin {r['twin']:.3f}; max |decrypted weight - "
+          f"twin| {r['gap']:.2e} (the check allows {st['twin_bound']:.2e}); peak RSS client "
+          f"{st['client_peak_rss_bytes'] / 2**20:.0f} MiB, server {st['server_peak_rss_bytes'] / 2**20:.0f} MiB")
 
 
 # ------------------------------------------------------------------------------ 2. one full iteration
@@ -176,6 +238,10 @@ def main():
     ap.add_argument("--compare-preset", default="n32768",
                     help="preset for the side-by-side timing (the row-major baseline needs 11 levels)")
     ap.add_argument("--skip-train", action="store_true", help="only the per-iteration comparison")
+    ap.add_argument("--without-client", action="store_true",
+                    help="only part 4: a two-hidden-layer network trained by the server alone (openfhe, Python 3.10)")
+    ap.add_argument("--boot-preset", default="openfhe-boot-test", help="openfhe preset of --without-client")
+    ap.add_argument("--hidden", default="8,4", help="hidden widths of --without-client")
     a = ap.parse_args()
     compare = [v.strip() for v in a.compare.split(",") if v.strip()]
     bad = set(compare) - set(VARIANTS[1:])
@@ -184,6 +250,11 @@ def main():
     Xtr, Xte, ytr, yte = iris_split()
     pre = Preprocessor.fit(Xtr, ytr)
     Xs, Y = pre.transform(Xtr), pre.one_hot(ytr)
+    if a.without_client:
+        print(f"Iris stratified 80/20 split: train {len(Xtr)} / test {len(Xte)}; OpenFHE; machine shared with other "
+              "developers")
+        report_without_client(a, Xtr, ytr, Xte, yte)
+        return
     print(f"Iris stratified 80/20 split: train {len(Xtr)} / test {len(Xte)}; SEAL; machine shared with other developers")
 
     if not a.skip_train:

@@ -85,8 +85,10 @@ def test_depth_plan_errors(iris):
     T = get_trainer("mlp-diagonal")(iterations=3)
     with pytest.raises(DepthPlanError, match="2 iteration"):
         T.plan(len(Xtr), 4, 3, ckks.get_params("n16384-deep")).check(ckks.get_params("n16384-deep"))
-    with pytest.raises(DepthPlanError, match="one full iteration needs 8 levels"):  # refresh cannot help at n16384
-        T.plan(len(Xtr), 4, 3, ckks.get_params("n16384"))
+    # refresh cannot help at n16384 (7 levels, 8 per full iteration); bootstrapping inside iterations could
+    with pytest.raises(DepthPlanError, match=r"does not fit even in freshly refreshed ciphertexts; levels per "
+                                             r"iteration: .*8\}.*--refresh bootstrap"):
+        T.plan(len(Xtr), 4, 3, ckks.get_params("n16384")).check(ckks.get_params("n16384"), refresh=True)
     with pytest.raises(DepthPlanError, match="not even one"):
         get_trainer("mlp-diagonal")().plan(30, 4, 3, ckks.get_params("n8192"))  # 2 levels: less than one iteration
     eng = ckks.create_engine("sim", "n16384", rotations=get_trainer("mlp-diagonal")().plan(

@@ -22,6 +22,9 @@ exactly those (``server_hooks(trainer)``), nothing is inferred from signatures:
       -> state                   same names/shapes at a high level (client re-encryption or bootstrap).
                                  Called when the next iteration would not fit the state's levels;
                                  ``step`` (optional, iterations done) only labels the client's records.
+                                 A hook that bootstraps (``via_client`` False) also lets the trainer
+                                 bootstrap inside an iteration (models/inner_boot.py); it reports those
+                                 through ``add_bootstraps(n)`` (protocol/server.BootstrapRefresh).
     monitor                      .evaluate(state, step, epoch, refresh=False) -> (state | None, stop):
                                  the client reads its validation metrics and answers continue/stop
                                  (and, with refresh=True, also re-encrypts the state in the same trip).
@@ -83,6 +86,13 @@ class Plan:
     # levels each iteration of the planned run consumes from a fresh state, traced (the lowest state
     # ciphertext's drop; as far as they fit one chain)
     chain_levels: list[int] = dataclasses.field(default_factory=list)
+    # the run as a bootstrapping job (refresh "bootstrap") runs it, traced (models/trace.bootstrap_run):
+    # {"level": the level a bootstrap restores, "state": [state ciphertexts bootstrapped before each
+    # iteration], "in_iteration": [ciphertexts bootstrapped inside each iteration]} (models/inner_boot.py);
+    # None: not planned (the trainer does not bootstrap inside iterations, or need not), or it does not fit
+    bootstraps: dict | None = None
+    # operation counts of that run (``ops`` with the bootstraps: kind "bootstrap"); None with ``bootstraps``
+    bootstrap_ops: dict | None = None
 
     @property
     def levels_per_later_iteration(self) -> int:
@@ -98,23 +108,46 @@ class Plan:
         """Every iteration fits between two refreshes (so any number of iterations can run)."""
         return self.iterations_that_fit >= 1 and self.refreshed_iteration_fits
 
-    def check(self, params: CKKSParams, refresh: bool = False) -> None:
+    @property
+    def bootstraps_in_iterations(self) -> int | None:
+        """Ciphertexts the planned bootstrapping run bootstraps inside its iterations (``bootstraps``);
+        None when not planned."""
+        return None if self.bootstraps is None else int(sum(self.bootstraps["in_iteration"]))
+
+    def _bootstrap_hint(self) -> str:
+        """The fix a refusal names when the run fits as a bootstrapping job (``bootstraps``), else ''."""
+        if self.bootstraps is None:
+            return ""
+        from hetrain.ckks.registry import bootstrapping_backends
+
+        return (f" Or train with --refresh bootstrap on a backend that bootstraps ({bootstrapping_backends()}): the "
+                f"server then also bootstraps inside each iteration (at most {max(self.bootstraps['in_iteration'])} "
+                f"ciphertexts per iteration when a bootstrap restores {self.bootstraps['level']} levels).")
+
+    def check(self, params: CKKSParams, refresh: bool | str = False) -> None:
         """Raise DepthPlanError with how many iterations fit and which preset would fit.
 
-        ``refresh``: True when the job's state is refreshed between iterations (then one iteration
-        must fit, not all); False: every iteration must fit one modulus chain.
+        ``refresh``: True or "client" when the job's state is refreshed between iterations (then one
+        iteration must fit, not all); "bootstrap" when the server bootstraps (then an iteration may also
+        bootstrap inside itself: the job fits when ``bootstraps`` is planned, else as with a refresh);
+        False or "none": every iteration must fit one modulus chain. A refusal names --refresh bootstrap
+        when the run would fit that way.
         """
-        if refresh:
+        if refresh == "bootstrap" and self.bootstraps is not None:
+            return
+        if refresh and refresh != "none":
             if self.fits_with_refresh():
                 return
             if self.iterations_that_fit >= 1:
                 raise DepthPlanError(
                     f"the first iteration fits in {params.name} ({self.levels_available} levels), but a later one "
                     f"does not fit even in freshly refreshed ciphertexts; levels per iteration: "
-                    f"{plain(self.levels_per_iteration)}. Use a preset with more levels (or momentum 'none').")
+                    f"{plain(self.levels_per_iteration)}. Use a preset with more levels (or momentum 'none')."
+                    + self._bootstrap_hint())
             raise DepthPlanError(
                 f"not even one iteration fits in {params.name} ({self.levels_available} levels) between two "
-                f"refreshes; levels per iteration: {plain(self.levels_per_iteration)}. Use a preset with more levels.")
+                f"refreshes; levels per iteration: {plain(self.levels_per_iteration)}. Use a preset with more levels."
+                + self._bootstrap_hint())
         if self.fits:
             return
         better = smallest_preset_with_levels(self.levels_needed)
@@ -122,8 +155,8 @@ class Plan:
         facts = (f"{self.iterations} iterations need {self.levels_needed} levels but {params.name} offers "
                  f"{self.levels_available}; {self.iterations_that_fit} iteration(s) fit. "
                  f"Levels per iteration: {plain(self.levels_per_iteration)}.")
-        exc = DepthPlanError(f"{facts} Hint: {hint}.")
-        exc.facts = facts
+        exc = DepthPlanError(f"{facts} Hint: {hint}.{self._bootstrap_hint()}")
+        exc.facts = facts + self._bootstrap_hint()  # checked advice is appended to the facts: keep the traced fix
         raise exc
 
 
@@ -171,6 +204,9 @@ class Trainer(abc.ABC):
     summary: str = ""  # one line for `hetrain models`
     # the optional server_train hooks this class accepts (module docstring); each trainer declares its own
     capabilities: frozenset[str] = frozenset()
+    # True: with a refresh hook that bootstraps, ``server_train`` also bootstraps inside iterations
+    # (models/inner_boot.py) and ``plan`` takes ``bootstrap_level`` (the level a bootstrap restores) to plan it
+    bootstraps_inside: bool = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -41,7 +41,7 @@ from hetrain.circuits.errors import LayoutError
 from hetrain.circuits.poly import eval_poly
 from hetrain.errors import DataError, HetrainUserError
 
-from . import trace
+from . import inner_boot, trace
 from .base import DepthPlanError, Plan, Progress, Trainer, check_training_arrays, register
 from .configs import DiagonalMLPConfig
 from .mlp_diagonal_twin import Scales, init_hidden, predict_scores, twin_train
@@ -66,6 +66,7 @@ class DiagonalMLPTrainer(Trainer):
     summary = ("network with one hidden layer, diagonal-packed weights with a cheap transpose (narrow inputs such "
                "as Iris); --model mlp --layout diagonal")
     capabilities = frozenset({"refresh", "checkpoint"})
+    bootstraps_inside = True  # models/inner_boot.py
 
     def __init__(self, **config) -> None:
         unknown = set(config) - _KEYS
@@ -116,9 +117,14 @@ class DiagonalMLPTrainer(Trainer):
         p2 = dg.PackPlan.for_band(b2, layout.block, live_cols=self.H + 1)
         return layout, b1, b2, p1, p2
 
-    def plan(self, n_samples: int, n_features: int, n_classes: int, params: CKKSParams) -> Plan:
+    def plan(self, n_samples: int, n_features: int, n_classes: int, params: CKKSParams, *,
+             bootstrap_level: int | None = None) -> Plan:
         """Traced (models/trace.py): the W2-only first step, then full iterations, on zeros from a fresh
-        state until one does not fit; what more iterations would need, on a deeper chain of the same ring."""
+        state until one does not fit; what more iterations would need, on a deeper chain of the same ring.
+        With ``bootstrap_level`` (default ``params.levels`` when a full iteration does not fit a refreshed
+        state) also the run of a bootstrapping job, bootstraps inside iterations included (``Plan.bootstraps``,
+        models/inner_boot.py). Raises DepthPlanError when not even the first step fits, or when a full
+        iteration fits neither a refreshed state nor with bootstraps inside it."""
         params = get_params(params)
         layout, b1, b2, _, _ = self._geometry(n_samples, n_features, n_classes, params.slots)
         shape = (n_samples, n_features, n_classes)
@@ -137,11 +143,23 @@ class DiagonalMLPTrainer(Trainer):
         else:  # the whole run in one chain (how far it is from fitting): on the deeper chain, then per iteration
             longer = trace.chain(self, shape, deep, [self.trace_flavor(t) for t in range(min(iters, 64))])
             need = sum(s.consumed for s in longer) + (iters - len(longer)) * longer[-1].consumed
-        if iters > fit and full.consumed > params.levels:
+        refreshed_fits = not (iters > fit and full.consumed > params.levels)
+        boot_level = bootstrap_level if bootstrap_level is not None else (None if refreshed_fits else params.levels)
+        bootstraps = boot_ops = None
+        booted_steps: set = set()
+        if boot_level is not None:
+            booted = trace.bootstrap_run(self, shape, params, [self.trace_flavor(t) for t in range(iters)],
+                                         int(boot_level))
+            if booted is not None:
+                bootstraps = {"level": int(boot_level), "state": [k for k, _ in booted],
+                              "in_iteration": [st.ops.get("bootstrap", 0) for _, st in booted]}
+                boot_ops = trace.add_ops(*(st.ops for _, st in booted), {"bootstrap": sum(bootstraps["state"])})
+                booted_steps = set().union(*(st.rotation_steps for _, st in booted))
+        if not refreshed_fits and bootstraps is None:
             raise DepthPlanError(f"mlp-diagonal: {iters} iterations need refreshes, but one full iteration needs "
                                  f"{full.consumed} levels and {params.name} offers {params.levels}: use n16384-deep or "
                                  "larger")
-        steps = sorted(first.rotation_steps | full.rotation_steps)
+        steps = sorted(first.rotation_steps | full.rotation_steps | booted_steps)
         return Plan(need, params.levels, steps, iters, fit, trace.per_iteration(first.consumed, full.consumed),
                     3 * len(b1.offsets) + 1,  # x, xw, w1, delta0
                     [f"batch {layout.batch} samples x {layout.block} slots; W1 {len(b1.offsets)} diagonals, "
@@ -149,7 +167,8 @@ class DiagonalMLPTrainer(Trainer):
                      f"{first.consumed} (traced)"],
                     # refreshes add no operation: iterations past the chain cost a full one's
                     ops=trace.add_ops(*(s.ops for s in run[:iters]), *([full.ops] * max(0, iters - fit))),
-                    chain_levels=[s.consumed for s in run[:iters]])
+                    chain_levels=[s.consumed for s in run[:iters]], refreshed_iteration_fits=refreshed_fits,
+                    bootstraps=bootstraps, bootstrap_ops=boot_ops)
 
     # ------------------------------------------------------------------ tracing (models/trace.py)
     def trace_key(self):
@@ -165,7 +184,8 @@ class DiagonalMLPTrainer(Trainer):
         zeros = [engine.encrypt(0.0) for _ in b1.offsets]
         s = Scales.of(self.lr1, self.lr2, n, self.out_sig)
         ctx = self._context(engine, (layout, b1, b2, p1, p2), {"a": s.a, "dsig": s.dsig}, zeros,
-                            [engine.encrypt(0.0) for _ in b1.offsets], engine.encrypt(0.0))
+                            [engine.encrypt(0.0) for _ in b1.offsets], engine.encrypt(0.0),
+                            params=engine.params if engine.can_bootstrap else None)
         return ctx, {"w1": zeros}
 
     def trace_iteration(self, engine: Engine, ctx, state, flavor):
@@ -198,7 +218,8 @@ class DiagonalMLPTrainer(Trainer):
         n, d = X.shape
         c = Y.shape[1]
         layout, b1, b2, p1, p2 = self._geometry(n, d, c, engine.slots)
-        plan = self.plan(n, d, c, engine.params)
+        boots = refresh == "bootstrap" and engine.can_bootstrap  # the server may also bootstrap inside iterations
+        plan = self.plan(n, d, c, engine.params, bootstrap_level=engine.bootstrap_level if boots else None)
         plan.check(engine.params, refresh=refresh)
         s = Scales.of(self.lr1, self.lr2, n, self.out_sig)
         xh = s.x * np.hstack([X, np.ones((n, 1))])
@@ -255,7 +276,11 @@ class DiagonalMLPTrainer(Trainer):
         if refresh is None and len(trace.chain(self, shape, engine.params,
                                                [self.trace_flavor(t) for t in range(iters)])) < iters:
             raise DepthPlanError(f"{iters} iterations do not fit in {engine.params.name} without a refresh")
-        ctx = self._context(engine, geometry, job["scales"], inputs["x"], inputs["xw"], inputs["delta0"][0])
+        # refresh "bootstrap" (no round trip) on an engine that bootstraps: also inside iterations (inner_boot.py)
+        boot = refresh is not None and not getattr(refresh, "via_client", True) and engine.can_bootstrap
+        ctx = self._context(engine, geometry, job["scales"], inputs["x"], inputs["xw"], inputs["delta0"][0],
+                            params=engine.params if boot else None)
+        inner = 0
         D1 = dict(zip(b1.offsets, inputs["w1"]))
         D2, start = None, 0
         saved = checkpoint.load() if checkpoint is not None else None
@@ -268,52 +293,94 @@ class DiagonalMLPTrainer(Trainer):
             D1, D2 = dict(zip(b1.offsets, state["w1"])), dict(zip(b2.offsets, state["w2"]))
         for it in range(start, iters):
             flavor = self.trace_flavor(it)
-            if refresh is not None and not trace.fits(self, shape, engine.params, self._state(D1, D2), flavor):
+            if boot:  # traced: bootstrap the weights first, or inside the iteration only (fewer bootstraps)
+                first, step_ = trace.bootstrap_step(self, shape, engine.params, trace.levels_of(self._state(D1, D2)),
+                                                    flavor, engine.bootstrap_level)
+                if not step_.fits:
+                    raise DepthPlanError(f"iteration {it + 1} does not fit even with bootstraps inside it (a bootstrap "
+                                         f"restores {engine.bootstrap_level} levels): use a preset with more levels")
+            else:
+                first = refresh is not None and not trace.fits(self, shape, engine.params, self._state(D1, D2), flavor)
+            if first:
                 held = {f"w1_{t}": D1[t] for t in D1}
                 if D2 is not None:
                     held.update({f"w2_{t}": D2[t] for t in D2})
                 fresh = refresh(held, it)
                 D1 = {t: fresh[f"w1_{t}"] for t in D1}
                 D2 = None if D2 is None else {t: fresh[f"w2_{t}"] for t in D2}
-                if not trace.fits(self, shape, engine.params, self._state(D1, D2), flavor):
+                if not boot and not trace.fits(self, shape, engine.params, self._state(D1, D2), flavor):
                     raise DepthPlanError("refreshed weights still have too few levels for one full iteration")
+            before = engine.counters.counts.get("bootstrap", 0)
             D1, D2 = self._iteration(engine, ctx, D1, D2)
+            done = engine.counters.counts.get("bootstrap", 0) - before
+            if done:
+                inner += done
+                getattr(refresh, "add_bootstraps", lambda n: None)(done)
             if checkpoint is not None:
                 checkpoint.save({"w1": [D1[t] for t in b1.offsets], "w2": [D2[t] for t in b2.offsets]},
                                 {"iteration": it + 1})
             if progress:
                 progress(it + 1, iters, f"iteration {it + 1}/{iters}")
-        self.run_stats = {"iterations": iters, "resumed_from": start}
+        self.run_stats = {"iterations": iters, "resumed_from": start, "bootstraps_in_iterations": inner}
         return {"w1": [D1[t] for t in b1.offsets], "w2": [D2[t] for t in b2.offsets]}
 
-    def _context(self, engine: Engine, geometry: tuple, sc: dict, x: list, xw: list, delta0) -> dict:
+    def _context(self, engine: Engine, geometry: tuple, sc: dict, x: list, xw: list, delta0, params=None) -> dict:
         """What every iteration reads: the packing, the data, and the polynomials with the job's
-        public scales folded in (sc: "a", "dsig")."""
+        public scales folded in (sc: "a", "dsig"); with ``params`` (the job bootstraps inside iterations,
+        models/inner_boot.py) the levels each bootstrap point needs (``_level_needs``)."""
         layout, b1, b2, p1, p2 = geometry
         powers = lambda c: np.array(c) * self._bound() ** np.arange(len(c))  # polynomial in z1/B  # noqa: E731
         sig = powers(self.hidden_sig.coeffs) * sc["a"]
         const = PlainVector(layout.replicate_real(np.r_[np.full(self.H, sig[0]), sc["a"] * self.hb]))
-        return {"layout": layout, "b1": b1, "b2": b2, "p1": p1, "p2": p2,
-                "X": dict(zip(b1.offsets, x)), "XW": dict(zip(b1.offsets, xw)), "delta0": delta0,
-                "odd": [0.0] + list(sig[1:]), "dsig": list(powers(self.hidden_sig.derivative().coeffs) * sc["dsig"]),
-                "const": const, "masks": dg.transpose_masks(b2, layout) if self.transpose == "repacked" else None}
+        ctx = {"layout": layout, "b1": b1, "b2": b2, "p1": p1, "p2": p2,
+               "X": dict(zip(b1.offsets, x)), "XW": dict(zip(b1.offsets, xw)), "delta0": delta0,
+               "odd": [0.0] + list(sig[1:]), "dsig": list(powers(self.hidden_sig.derivative().coeffs) * sc["dsig"]),
+               "const": const, "masks": dg.transpose_masks(b2, layout) if self.transpose == "repacked" else None}
+        ctx["needs"] = None if params is None else self._level_needs(ctx, params)
+        return ctx
+
+    def _level_needs(self, ctx: dict, params) -> dict:
+        """Levels each in-iteration bootstrap point must hold, traced from the iteration's own functions on
+        zeros (models/inner_boot.consumed, cached): "z1" the hidden pre-activation (σ_h, its rotations into
+        W2's product and the W2 gradient, σ_h' into δ1), "delta2" the output error (Wᵀ·δ2 ⊙ σ_h' and the W2
+        gradient), "delta1" the hidden error (the W1 gradient)."""
+        b1, b2, p1, layout = ctx["b1"], ctx["b2"], ctx["p1"], ctx["layout"]
+        base = (type(self).__qualname__, self.trace_key(), layout.batch, layout.block, tuple(b1.offsets), tuple(b2.offsets))
+
+        def z1_probe(eng, top):
+            z1 = top()
+            ra = dg.rotations_of(eng, _hidden(eng, z1, ctx), b2.offsets)
+            tops = {t: top() for t in b2.offsets}
+            return [dg.matvec(eng, tops, ra), eng.mul(top(), ra[b2.offsets[0]]),
+                    eng.mul(top(), eval_poly(eng, z1, ctx["dsig"]))]
+
+        def delta2_probe(eng, top):
+            delta2 = top()
+            return [_backward(eng, {t: top() for t in b2.offsets}, delta2, top(), ctx["masks"]),
+                    eng.mul(delta2, top())]
+
+        def delta1_probe(eng, top):
+            return [dg.pack_sum_windowed(eng, top(), {t: top() for t in b1.offsets}, p1, layout)]
+
+        return {"z1": inner_boot.consumed(base + ("z1",), params, z1_probe),
+                "delta2": inner_boot.consumed(base + ("delta2",), params, delta2_probe),
+                "delta1": inner_boot.consumed(base + ("delta1",), params, delta1_probe)}
 
     def _iteration(self, engine: Engine, ctx: dict, D1: dict, D2: dict | None) -> tuple[dict, dict]:
         """One iteration on the weight diagonals (module docstring): with D2 None the W2-only first step."""
         b1, b2, p1, p2, layout, masks = ctx["b1"], ctx["b2"], ctx["p1"], ctx["p2"], ctx["layout"], ctx["masks"]
-        delta0 = ctx["delta0"]
+        delta0, needs = ctx["delta0"], ctx.get("needs")
+        ensure = inner_boot.ensure_levels if needs is not None else (lambda eng, ct, need, what: ct)
         z1 = dg.matvec(engine, D1, ctx["X"])
-        a = engine.add(eval_poly(engine, z1, ctx["odd"]), ctx["const"])
-        ra = dg.rotations_of(engine, a, b2.offsets)
+        z1 = ensure(engine, z1, needs and needs["z1"], "the hidden pre-activation z1")
+        ra = dg.rotations_of(engine, _hidden(engine, z1, ctx), b2.offsets)
         if D2 is None:
             delta2 = delta0
         else:
             delta2 = engine.add(dg.matvec(engine, D2, ra), delta0)
-            if masks is None:
-                u = dg.matvec_transpose(engine, D2, delta2)
-            else:
-                u = dg.matvec_transpose_repacked(engine, D2, delta2, masks)
-            delta1 = engine.mul(u, eval_poly(engine, z1, ctx["dsig"]))
+            delta2 = ensure(engine, delta2, needs and needs["delta2"], "the output error δ2")
+            delta1 = _backward(engine, D2, delta2, eval_poly(engine, z1, ctx["dsig"]), masks)
+            delta1 = ensure(engine, delta1, needs and needs["delta1"], "the hidden error δ1")
             q1 = dg.pack_sum_windowed(engine, delta1, ctx["XW"], p1, layout)
             upd1 = dg.unpack_all(engine, q1, p1)
             D1 = {t: engine.sub(D1[t], upd1[t]) for t in b1.offsets}
@@ -428,6 +495,17 @@ def _trace(cfg: dict, X, Y, Xv, Yv, T: int):
         out.val_loss.append(mlp_defaults.bce(s, Yv))
         out.reach.append(worst)
     return out
+
+
+def _hidden(eng, z1, ctx: dict):
+    """The hidden activations â = σ_h(z1) (odd part) + the masked constant and bias unit."""
+    return eng.add(eval_poly(eng, z1, ctx["odd"]), ctx["const"])
+
+
+def _backward(eng, D2: dict, delta2, dsig, masks):
+    """δ1 = (W2ᵀ·δ2) ⊙ σ_h'(z1) on W2's diagonals (or their naive re-pack with ``masks``)."""
+    u = dg.matvec_transpose(eng, D2, delta2) if masks is None else dg.matvec_transpose_repacked(eng, D2, delta2, masks)
+    return eng.mul(u, dsig)
 
 
 def plan_defaults(X, Y, config: dict | None = None, *, refresh: bool = True, params=None) -> tuple[dict, dict]:

@@ -32,6 +32,16 @@ which fits n16384-deep. Past that, ``server_train(..., refresh=callable)`` hands
 refresh step (client-aided re-encryption or bootstrapping) whenever the next iteration would not
 fit; without one, the plan refuses the job beforehand (DepthPlanError).
 
+Deeper than a bootstrap restores (refresh "bootstrap": OpenFHE's 128-bit openfhe-boot restores 6 levels,
+an iteration needs 9-15): the server also bootstraps inside the iteration (models/inner_boot.py). Each
+data group's pass checks, at the start of each segment, that the one ciphertext carrying it has the
+levels the segment consumes (traced once from the segment's own functions, ``_level_needs``): a layer's
+pre-activation a_l before its activation and derivative (one bootstrap serves both), the error δ_l
+before each backward step, W before Nesterov's step; the data X is never bootstrapped. Before each
+iteration ``trace.bootstrap_step`` chooses, by traced counts, between bootstrapping the whole state
+first and bootstrapping inside only; ``plan`` traces the same run (``Plan.bootstraps``), so its count
+is the engine's. Only with a refresh hook that bootstraps (``via_client`` False) on an engine that can.
+
 Defaults for ``--model mlp`` / ``protocol.fit(X, y, "mlp", {})``: the client calls ``plan_defaults``
 (bottom of this module; search logic in models/mlp_defaults.py) on its plaintext data before keygen. It
 keeps every key the user gave and chooses the rest: one hidden layer of 16 (9 levels per iteration:
@@ -97,7 +107,7 @@ from hetrain.ckks.pow2 import log2_pow2
 from hetrain._format import plain
 from hetrain.errors import DataError, HetrainUserError
 
-from . import mlp_defaults, mlp_dvr_twin, trace
+from . import inner_boot, mlp_defaults, mlp_dvr_twin, trace
 from .base import DepthPlanError, Plan, Trainer, check_training_arrays, register
 from .configs import MLPConfig
 
@@ -130,6 +140,7 @@ class MLPTrainer(Trainer):
     summary = ("network with one or two hidden sigmoid layers, double Volley Revolver packing (wide inputs such "
                "as 400 CNN features); --model mlp --layout dvr")
     capabilities = frozenset({"refresh", "checkpoint", "executor"})
+    bootstraps_inside = True  # models/inner_boot.py
 
     def __init__(self, **config) -> None:
         cfg = self.merge_config(DEFAULTS, config, MLPConfigError)
@@ -216,10 +227,15 @@ class MLPTrainer(Trainer):
         it = self.config["iterations"]
         return mlp_dvr_twin.nesterov_mu(it) if self.config["momentum"] == "nesterov" else [0.0] * it
 
-    def plan(self, n_samples: int, n_features: int, n_classes: int, params) -> Plan:
+    def plan(self, n_samples: int, n_features: int, n_classes: int, params, *, bootstrap_level: int | None = None) -> Plan:
         """Traced (models/trace.py): iterations run on zeros from a fresh state until one does not fit
         (momentum as scheduled; past ``iterations``, as a longer run would have it); later iterations
-        are what a refreshed (top-level) state costs."""
+        are what a refreshed (top-level) state costs.
+
+        With ``bootstrap_level`` (the level a bootstrap restores; default ``params.levels`` whenever an
+        iteration does not fit even a refreshed state) the plan also traces the run as a bootstrapping job
+        runs it (``trace.bootstrap_run``: the state's refreshes and the bootstraps inside iterations,
+        models/inner_boot.py): ``Plan.bootstraps`` and ``Plan.bootstrap_ops``; None when it does not fit."""
         p = get_params(params)
         lay = self.layout(n_samples, n_features, n_classes, p.slots)
         batches = self.batches(lay)  # refuses a batch_size that is not a whole number of data ciphertexts
@@ -250,10 +266,28 @@ class MLPTrainer(Trainer):
                          f"{len(batches)} per epoch")
         # the whole run's operations: refreshes add none, so iterations past the chain cost a refreshed one's
         ops = trace.add_ops(*(s.ops for s in run[:T]), *([later.ops] * max(0, T - fit)))
+        boot_level = bootstrap_level if bootstrap_level is not None else (None if refreshed_fits else p.levels)
+        bootstraps = boot_ops = None
+        if boot_level is not None:
+            flavors = [self.trace_flavor(t, mus[t], batches) for t in range(T)]
+            booted = trace.bootstrap_run(self, shape, p, flavors, int(boot_level))
+            if booted is None:
+                notes.append(f"an iteration does not fit even with bootstraps inside it (a bootstrap restores {boot_level} "
+                             "levels)")
+            else:
+                bootstraps = {"level": int(boot_level), "state": [n for n, _ in booted],
+                              "in_iteration": [s.ops.get("bootstrap", 0) for _, s in booted]}
+                boot_ops = trace.add_ops(*(s.ops for _, s in booted), {"bootstrap": sum(bootstraps["state"])})
+                steps |= set().union(*(s.rotation_steps for _, s in booted))
+                notes.append(f"with --refresh bootstrap (a bootstrap restores {boot_level} levels): "
+                             f"{max(bootstraps['in_iteration'])} bootstrap(s) inside an iteration at most, "
+                             f"{sum(bootstraps['in_iteration'])} inside and {sum(bootstraps['state'])} of the state "
+                             f"in the run (traced)")
         return Plan(levels_needed=needed, levels_available=p.levels, rotation_steps=sorted(steps),
                     iterations=T, iterations_that_fit=fit,
                     levels_per_iteration=trace.per_iteration(first, per_it), n_input_ciphertexts=n_in, notes=notes,
-                    refreshed_iteration_fits=refreshed_fits, ops=ops, chain_levels=[s.consumed for s in run[:T]])
+                    refreshed_iteration_fits=refreshed_fits, ops=ops, chain_levels=[s.consumed for s in run[:T]],
+                    bootstraps=bootstraps, bootstrap_ops=boot_ops)
 
     # ------------------------------------------------------------------ tracing (models/trace.py)
     def trace_key(self):
@@ -275,16 +309,27 @@ class MLPTrainer(Trainer):
         Y = [engine.encrypt(0.0) for _ in range(lay.groups)]
         zeros = {k: np.zeros(s) for k, s in self.weight_shapes(d, c).items()}
         W = {k: [engine.encrypt(v) for v in vecs] for k, vecs in self._pack_params(lay, zeros).items()}
-        ctx = self._context(lay, sizes, X, Y)
-        return ctx, {**W, **{f"v_{k}": v for k, v in W.items()}}
+        ctx = self._context(lay, sizes, X, Y, params=engine.params if engine.can_bootstrap else None)
+        return ctx, dict(W)  # the look-ahead is W itself (``_state``)
 
     def trace_iteration(self, engine, ctx, state, flavor):
         momentum, groups = flavor
         t = next(b for b, batch in enumerate(ctx["batches"]) if len(batch) == groups)  # a batch of that size
-        names = ctx["names"]
-        W, V = {k: state[k] for k in names}, {k: state[f"v_{k}"] for k in names}
+        W, V = self._unstate(state, ctx["names"])
         W, V = self._iteration(engine, ctx, W, V, t, 0.5 if momentum else 0.0)
-        return {**W, **{f"v_{k}": v for k, v in V.items()}}
+        return self._state(W, V)
+
+    @staticmethod
+    def _state(W: dict, V: dict) -> dict:
+        """The server's state: the weights W1..bK, and the look-ahead v_W1.. only when it is not W itself
+        (without momentum, and after Nesterov's first step, it is: a refresh then bootstraps each ciphertext once)."""
+        return {**W, **({} if V is W else {f"v_{k}": v for k, v in V.items()})}
+
+    @staticmethod
+    def _unstate(state: dict, names: list[str]) -> tuple[dict, dict]:
+        """(W, V) of a ``_state`` (V is W when it holds no look-ahead)."""
+        W = {k: state[k] for k in names}
+        return W, ({k: state[f"v_{k}"] for k in names} if f"v_{names[0]}" in state else W)
 
     def batches(self, lay: dvr.GridLayout) -> list[list[int]]:
         """Data-ciphertext groups of each mini-batch (one list: full batch). A mini-batch is a run of
@@ -370,7 +415,8 @@ class MLPTrainer(Trainer):
         X, Y = self.prepare(X, Y)
         n, d = X.shape
         c = Y.shape[1]
-        plan = self.plan(n, d, c, engine.params)
+        boots = refresh == "bootstrap" and engine.can_bootstrap  # the server may also bootstrap inside iterations
+        plan = self.plan(n, d, c, engine.params, bootstrap_level=engine.bootstrap_level if boots else None)
         plan.check(engine.params, refresh=refresh)
         if self.config["check_interval"]:
             self._run_twin(X, Y, check=True)  # raises DataError if a pre-activation leaves its interval
@@ -439,7 +485,7 @@ class MLPTrainer(Trainer):
     # ------------------------------------------------------------------ server
     def server_train(self, engine, inputs, job, progress=None, *, refresh=None, checkpoint=None, executor=None):
         """Train on ciphertexts. ``refresh(state, t) -> state`` (names -> ciphertext lists, weights
-        ``W1``.. ``bK`` and look-ahead ``v_W1``..) is called before an iteration that would not fit
+        ``W1``.. ``bK`` and, when it is not W itself, the look-ahead ``v_W1``..) is called before an iteration that would not fit
         the state's remaining levels; without it such a job is refused (DepthPlanError).
         ``checkpoint`` (base.py): after every iteration the weights W, the look-ahead V (when it is
         not W itself) and the iteration count are saved; a saved state resumes after its iteration
@@ -462,55 +508,113 @@ class MLPTrainer(Trainer):
         if saved is not None:
             W, V, start = self._restore(saved, names)
         mus = self._mus()
-        ctx = self._context(lay, sizes, X, Y, executor)
+        # refresh "bootstrap" (the hook bootstraps: no round trip) on an engine that bootstraps: also inside iterations
+        boot = refresh is not None and not getattr(refresh, "via_client", True) and engine.can_bootstrap
+        ctx = self._context(lay, sizes, X, Y, executor, params=engine.params if boot else None)
         shape = (lay.n, sizes[0], sizes[-1])
         T = self.config["iterations"]
         if start > T:
             raise DataError(f"the checkpoint holds {start} iterations, this job has {T}")
+        inner = 0
         for t in range(start, T):
             flavor = self.trace_flavor(t, mus[t], ctx["batches"])
-            state = {**W, **{f"v_{k}": v for k, v in V.items()}}
-            if not trace.fits(self, shape, engine.params, state, flavor):  # traced: the next iteration needs a refresh
+            state = self._state(W, V)
+            if boot:  # traced: refresh the state first, or bootstrap inside the iteration only (fewer bootstraps)
+                first, step_ = trace.bootstrap_step(self, shape, engine.params, trace.levels_of(state), flavor,
+                                                    engine.bootstrap_level)
+                if not step_.fits:
+                    raise DepthPlanError(f"iteration {t + 1} does not fit even with bootstraps inside it (a bootstrap "
+                                         f"restores {engine.bootstrap_level} levels): use a preset with more levels "
+                                         "after a bootstrap, or lower-degree sigmoids")
+                if first:
+                    W, V = self._unstate(refresh(state, t), names)
+            elif not trace.fits(self, shape, engine.params, state, flavor):  # traced: the next iteration needs a refresh
                 level = min(ct.level for v in V.values() for ct in v)
                 if refresh is None:
                     raise DepthPlanError(f"iteration {t + 1} needs more levels than the state's {level}; "
                                          f"{t} iteration(s) fit without a refresh step")
                 state = refresh(state, t)
-                W = {k: state[k] for k in names}
-                V = {k: state[f"v_{k}"] for k in names}
+                W, V = self._unstate(state, names)
                 if not trace.fits(self, shape, engine.params, state, flavor):
                     level = min(ct.level for v in V.values() for ct in v)
+                    hint = (" or --refresh bootstrap with a backend that bootstraps (openfhe), which bootstraps inside "
+                            "the iteration" if not engine.can_bootstrap else "")
                     raise DepthPlanError(f"iteration {t + 1} does not fit even in refreshed ciphertexts (level "
                                          f"{level} of {engine.max_level}): use a preset with more levels or a "
-                                         "cheaper sigmoid")
+                                         f"cheaper sigmoid{hint}")
+            before = engine.counters.counts.get("bootstrap", 0)
             W, V = self._iteration(engine, ctx, W, V, t, mus[t])
+            done = engine.counters.counts.get("bootstrap", 0) - before  # workers' counts are merged in
+            if done:
+                inner += done
+                getattr(refresh, "add_bootstraps", lambda n: None)(done)
             if checkpoint is not None:
                 lookahead = {} if V is W else {f"v_{k}": v for k, v in V.items()}
                 checkpoint.save({**W, **lookahead}, {"iteration": t + 1, "lookahead": bool(lookahead)})
             if progress:
                 progress(t + 1, T, f"iteration {t + 1}/{T}")
-        self.run_stats = {"iterations": T, "resumed_from": start}
+        self.run_stats = {"iterations": T, "resumed_from": start, "bootstraps_in_iterations": inner}
         return W
 
-    def _context(self, lay: dvr.GridLayout, sizes: list[int], X: list, Y: list, executor=None) -> dict:
-        """What every iteration reads: the grid, its mini-batches and their steps lr / n_b, the masks, the data."""
+    def _context(self, lay: dvr.GridLayout, sizes: list[int], X: list, Y: list, executor=None, params=None) -> dict:
+        """What every iteration reads: the grid, its mini-batches and their steps lr / n_b, the masks, the data,
+        and with ``params`` (the job bootstraps inside iterations) the levels each bootstrap point needs."""
         names = [f"{p}{l}" for l in range(1, self.K + 1) for p in ("W", "b")]
         batches = self.batches(lay)
         steps = [self.config["learning_rate"] / sum(lay.valid_samples(g) for g in b) for b in batches]
         masks = self._masks(lay, sizes, {g: s for b, s in zip(batches, steps) for g in b})
+        needs = None if params is None else self._level_needs(lay, masks, params)
         return {"lay": lay, "names": names, "batches": batches, "steps": steps, "masks": masks, "X": X, "Y": Y,
-                "executor": executor}
+                "executor": executor, "needs": needs}
+
+    def _level_needs(self, lay: dvr.GridLayout, masks, params) -> dict:
+        """Levels each in-iteration bootstrap point must hold (models/inner_boot.py), traced from the
+        segments' own functions on zeros (inner_boot.consumed, cached): ("a", l) layer l's pre-activation
+        (its activation and derivative, then the one product each feeds: the next layer's weights, the
+        gradient, the backward pass; the output layer: its error), ("d", l) the error δ_l (the backward
+        step to δ_{l−1} and the gradient product of its replicated copy), "momentum" the W each Nesterov
+        step scales."""
+        K, acts = self.K, self.acts
+        hidden, out = masks
+        out_mask = next(iter(out.values()))
+        base = (type(self).__qualname__, self.trace_key(), lay.P, lay.S, lay.n, lay.d)
+        needs = {}
+        for l in range(1, K + 1):
+            if l < K:
+                def probe(eng, top, l=l):
+                    z, dz = _activate(eng, acts[l - 1], top(), hidden[l])
+                    zr = _layer_input(eng, lay, z, l + 1)
+                    return [eng.mul(zr, top()), eng.mul(dz, top())]
+            else:
+                def probe(eng, top, l=l):
+                    return [_output_error(eng, acts[l - 1], top(), out_mask, top())]
+            needs[("a", l)] = inner_boot.consumed(base + ("a", l), params, probe)
+
+            def dprobe(eng, top, l=l):
+                dr, prev = _backward(eng, lay, top(), top() if l > 1 else None, top() if l > 1 else None, l)
+                return [eng.mul(dr, top())] + ([prev] if prev is not None else [])
+            needs[("d", l)] = inner_boot.consumed(base + ("d", l), params, dprobe)
+        needs["momentum"] = inner_boot.consumed(base + ("momentum",), params,
+                                                lambda eng, top: [_momentum(eng, top(), top(), 0.5)])
+        return needs
 
     def _iteration(self, engine, ctx: dict, W: dict, V: dict, t: int, mu: float) -> tuple[dict, dict]:
         """Iteration t (its mini-batch t mod B): gradients at the look-ahead V, W ← V − G, and with μ_t ≠ 0
-        the next look-ahead (1 + μ)·W_new − μ·W (one level). Returns (W, V); V is W without momentum."""
+        the next look-ahead (1 + μ)·W_new − μ·W (one level). Returns (W, V); V is W without momentum.
+        With ``ctx["needs"]`` it bootstraps inside where levels run out (models/inner_boot.py)."""
         b = t % len(ctx["batches"])
+        needs = ctx.get("needs")
         G = self._gradients(engine, ctx["lay"], ctx["X"], ctx["Y"], V, ctx["masks"], ctx["steps"][b],
-                            ctx["batches"][b], ctx["executor"])
+                            ctx["batches"][b], ctx["executor"], needs)
         W_new = {k: [engine.sub(v, g) for v, g in zip(V[k], G[k])] for k in ctx["names"]}
         if mu:
-            V = {k: [engine.sub(engine.mul_scalar(wn, 1.0 + mu), engine.mul_scalar(wo, mu))
-                     for wn, wo in zip(W_new[k], W[k])] for k in ctx["names"]}
+            if needs is not None:  # the Nesterov step scales both states: each needs its level
+                ensure = inner_boot.ensure_levels
+                W_new = {k: [ensure(engine, w, needs["momentum"], f"{k} before the momentum step") for w in W_new[k]]
+                         for k in ctx["names"]}
+                W = {k: [ensure(engine, w, needs["momentum"], f"{k} before the momentum step") for w in W[k]]
+                     for k in ctx["names"]}
+            V = {k: [_momentum(engine, wn, wo, mu) for wn, wo in zip(W_new[k], W[k])] for k in ctx["names"]}
         else:
             V = W_new
         return W_new, V
@@ -590,15 +694,16 @@ class MLPTrainer(Trainer):
                   for g in range(lay.groups)}
         return hidden, output
 
-    def _gradients(self, eng, lay, X, Y, V, masks, step, groups, executor=None):
+    def _gradients(self, eng, lay, X, Y, V, masks, step, groups, executor=None, needs=None):
         """One forward + backward pass at the look-ahead V over the data ``groups`` (a mini-batch);
         returns step-scaled gradients. Each group's pass, and each input block's W1 gradient, is one
-        task of ``executor`` (base.py; the same operations without one)."""
+        task of ``executor`` (base.py; the same operations without one). ``needs``: bootstrap inside
+        the pass where levels run out (``_level_needs``; None: never)."""
         K, T = self.K, lay.feature_blocks
         hidden_masks, out_masks = masks
         per_group = run_tasks(eng, executor, _group_pass,
                               [([X[g * T + t] for t in range(T)], Y[g], out_masks[g]) for g in groups],
-                              (self.acts, lay, V, hidden_masks, step))
+                              (self.acts, lay, V, hidden_masks, step, needs))
         zrep = {l: [p[0][l - 2] for p in per_group] for l in range(2, K + 1)}  # layer l's input, replicated
         drep = {l: [p[1][K - l] for p in per_group] for l in range(1, K + 1)}  # δ_l replicated over its inputs
         deltas = {l: [p[2][K - l] for p in per_group] for l in range(1, K + 1)}
@@ -611,9 +716,12 @@ class MLPTrainer(Trainer):
         return G
 
 
-def _group_pass(eng, acts, lay, V, hidden_masks, step, Xg: list, y, out_mask):
+def _group_pass(eng, acts, lay, V, hidden_masks, step, needs, Xg: list, y, out_mask):
     """Forward and backward pass of one data group: ([input of layer l replicated, l = 2..K],
-    [δ_l replicated over layer l's inputs, l = K..1], [δ_l, l = K..1]) (an executor task)."""
+    [δ_l replicated over layer l's inputs, l = K..1], [δ_l, l = K..1]) (an executor task).
+    ``needs`` (``MLPTrainer._level_needs``; None: no bootstrapping inside the iteration): the levels each
+    pre-activation ("a", l) and each δ ("d", l) must hold for its segment; one with fewer is bootstrapped
+    there (models/inner_boot.py)."""
     K, T = len(acts), len(Xg)
     dact, z, zreps = {}, None, []
     y = eng.mul_scalar(y, step)
@@ -621,26 +729,54 @@ def _group_pass(eng, acts, lay, V, hidden_masks, step, Xg: list, y, out_mask):
         if l == 1:
             acc = eng.mul_sum([(Xg[t], V["W1"][t]) for t in range(T)])
         else:
-            zr = dvr.replicate(eng, z, lay, out_axis(l))
+            zr = _layer_input(eng, lay, z, l)
             zreps.append(zr)
             acc = eng.mul(zr, V[f"W{l}"][0])
         a = eng.add(dvr.reduce_axis(eng, acc, lay, in_axis(l)), V[f"b{l}"][0])
+        if needs is not None:
+            a = inner_boot.ensure_levels(eng, a, needs[("a", l)], f"layer {l}'s pre-activation")
         act = acts[l - 1]
         if l < K:
-            z = eval_poly_masked(eng, a, act.coeffs, hidden_masks[l])
-            dact[l] = eval_poly_masked(eng, a, act.derivative().coeffs, hidden_masks[l])
+            z, dact[l] = _activate(eng, act, a, hidden_masks[l])
         else:
-            # E = (lr/n)(σ(A_K) − Y) on valid samples and outputs only
-            delta = eng.sub(eval_poly_masked(eng, a, act.coeffs, out_mask), y)
+            delta = _output_error(eng, act, a, out_mask, y)
     dreps, deltas = [], []
     for l in range(K, 0, -1):
+        if needs is not None:
+            delta = inner_boot.ensure_levels(eng, delta, needs[("d", l)], f"layer {l}'s error δ")
         deltas.append(delta)
-        dr = dvr.replicate(eng, delta, lay, in_axis(l))
+        dr, delta = _backward(eng, lay, delta, V[f"W{l}"][0] if l > 1 else None, dact.get(l - 1), l)
         dreps.append(dr)
-        if l > 1:
-            back = dvr.reduce_axis(eng, eng.mul(dr, V[f"W{l}"][0]), lay, out_axis(l))
-            delta = eng.mul(back, dact[l - 1])
     return zreps, dreps, deltas
+
+
+def _layer_input(eng, lay, z, l: int):
+    """Layer l's input z (the layer below's activation) replicated along layer l's output axis."""
+    return dvr.replicate(eng, z, lay, out_axis(l))
+
+
+def _activate(eng, act, a, mask):
+    """A hidden layer's activation σ(a) and derivative σ'(a), masked (garbage slots zeroed)."""
+    return eval_poly_masked(eng, a, act.coeffs, mask), eval_poly_masked(eng, a, act.derivative().coeffs, mask)
+
+
+def _output_error(eng, act, a, out_mask, y):
+    """E = (lr/n)(σ(A_K) − Y) on valid samples and outputs only (the step is in the mask and in y)."""
+    return eng.sub(eval_poly_masked(eng, a, act.coeffs, out_mask), y)
+
+
+def _backward(eng, lay, delta, W, dact, l: int):
+    """(δ_l replicated over layer l's inputs, δ_{l−1} = (W_lᵀ·δ_l) ⊙ σ'(a_{l−1}); None for l = 1)."""
+    dr = dvr.replicate(eng, delta, lay, in_axis(l))
+    if l == 1:
+        return dr, None
+    back = dvr.reduce_axis(eng, eng.mul(dr, W), lay, out_axis(l))
+    return dr, eng.mul(back, dact)
+
+
+def _momentum(eng, w_new, w_old, mu: float):
+    """Nesterov's next look-ahead (1 + μ)·W_new − μ·W (one level)."""
+    return eng.sub(eng.mul_scalar(w_new, 1.0 + mu), eng.mul_scalar(w_old, mu))
 
 
 def _w1_gradient(eng, lay, drep1: list, Xt_blocks: list):

@@ -22,7 +22,11 @@ The protocol a trainer implements (models/base.py ``Trainer``):
 
 ``chain`` runs iterations from the fresh state until one does not fit (how many fit one modulus
 chain, what each consumes); ``server_train`` asks ``fits`` before every iteration whether the state
-it holds still has the levels (else it refreshes). Results are cached per (trainer, key, shapes,
+it holds still has the levels (else it refreshes). A bootstrapping job (refresh "bootstrap") traces on
+an engine that bootstraps (``bootstrap_level``): the trainer then also bootstraps inside the iteration
+where levels run out (models/inner_boot.py), ``bootstrap_step`` chooses before each iteration between
+bootstrapping the state first or not (fewer bootstraps, traced) and ``bootstrap_run`` is the whole run
+as the server runs it (the plan's bootstrap count is the engine's). Results are cached per (trainer, key, shapes,
 parameters, state levels, flavor): a plan costs a few traced iterations once per process (measured
 by bench/trace_cost.py: well under a second at the seed shapes).
 """
@@ -53,16 +57,18 @@ Levels = tuple  # ((name, (level of each ciphertext, ...)), ...) sorted by name
 class TraceEngine(SimEngine):
     """The INSECURE simulation engine on zeros, with a Galois key for every step: it records the
     rotation steps a circuit uses (``used_steps``, signed: a step past half the slots is the right
-    rotation it is, e.g. -1 for slots - 1) instead of requiring them."""
+    rotation it is, e.g. -1 for slots - 1) instead of requiring them. ``bootstrap_level``: it bootstraps
+    (to that level) like the job's engine does, so a trace of a bootstrapping run counts its bootstraps
+    ("bootstrap" in ``ops``); None: it cannot, like SEAL."""
 
     backend_name = "trace-INSECURE"
 
-    def __init__(self, params: CKKSParams) -> None:
+    def __init__(self, params: CKKSParams, bootstrap_level: int | None = None) -> None:
         log = logging.getLogger("hetrain.ckks")
         level = log.level
         log.setLevel(logging.WARNING)  # "data is NOT encrypted": a trace holds no data at all
         try:
-            super().__init__(params, (), force_insecure=True)
+            super().__init__(params, (), force_insecure=True, bootstrap_level=bootstrap_level)
         finally:
             log.setLevel(level)
         self.used_steps: set[int] = set()
@@ -111,21 +117,24 @@ def lowest(levels: Levels) -> int:
 
 def top_levels(trainer, shape: Sequence[int], params) -> Levels:
     """The levels of the trainer's fresh state (as ``trace_setup`` makes it) under ``params``."""
-    return _fresh(trainer, tuple(int(x) for x in shape), get_params(params))
+    return _fresh(trainer, tuple(int(x) for x in shape), get_params(params), None)
 
 
-def step(trainer, shape: Sequence[int], params, levels: Levels | None, flavor: Hashable) -> StepTrace:
+def step(trainer, shape: Sequence[int], params, levels: Levels | None, flavor: Hashable,
+         bootstrap_level: int | None = None) -> StepTrace:
     """Trace one iteration of ``trainer`` (``flavor``) for data of ``shape`` = (n, d, c) under
-    ``params`` from a state at ``levels`` (None: the fresh state). Cached (module docstring)."""
+    ``params`` from a state at ``levels`` (None: the fresh state). ``bootstrap_level``: the engine
+    bootstraps to that level, so the trainer bootstraps inside the iteration where its levels run out
+    (models/inner_boot.py; None: it cannot). Cached (module docstring)."""
     p = get_params(params)
     shape = tuple(int(x) for x in shape)
-    levels = _fresh(trainer, shape, p) if levels is None else levels
-    key = (type(trainer).__qualname__, trainer.name, trainer.trace_key(), shape, p, levels, flavor)
+    levels = _fresh(trainer, shape, p, bootstrap_level) if levels is None else levels
+    key = (type(trainer).__qualname__, trainer.name, trainer.trace_key(), shape, p, levels, flavor, bootstrap_level)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    engine, ctx = _setup(trainer, shape, p)
+    engine, ctx = _setup(trainer, shape, p, bootstrap_level)
     engine.used_steps = set()
     state = _zeros(engine, levels)
     before = engine.counters.snapshot()
@@ -160,6 +169,52 @@ def chain(trainer, shape: Sequence[int], params, flavors: Sequence[Hashable]) ->
         out.append(s)
         levels = s.levels
     return out
+
+
+def state_size(levels: Levels) -> int:
+    """Ciphertexts of a state at ``levels`` (``levels_of``): what a refresh of the whole state bootstraps."""
+    return sum(len(lvs) for _, lvs in levels)
+
+
+def bootstrap_step(trainer, shape: Sequence[int], params, levels: Levels | None, flavor: Hashable,
+                   bootstrap_level: int) -> tuple[bool, StepTrace]:
+    """The server's choice before an iteration when the job bootstraps (refresh "bootstrap"): run it on
+    the state as it is, bootstrapping inside the iteration wherever the levels run out
+    (models/inner_boot.py), or first bootstrap every state ciphertext (the refresh hook) and then run it
+    (again bootstrapping inside where needed), whichever bootstraps fewer ciphertexts, both traced.
+    Returns (refresh the state first, the trace of the iteration that runs); a tie keeps the state.
+    The trace's ``fits`` is False when the iteration fits neither way (a segment needs more levels
+    than a bootstrap restores). ``plan`` and ``server_train`` both call this: the plan's count is the run's."""
+    p = get_params(params)
+    here = step(trainer, shape, p, levels, flavor, bootstrap_level)
+    now = levels if levels is not None else _fresh(trainer, tuple(int(x) for x in shape), p, bootstrap_level)
+    refreshed = tuple((name, (int(bootstrap_level),) * len(lvs)) for name, lvs in now)
+    there = step(trainer, shape, p, refreshed, flavor, bootstrap_level)
+    if here.fits and (not there.fits or here.ops.get("bootstrap", 0) <= state_size(now) + there.ops.get("bootstrap", 0)):
+        return False, here
+    return True, there
+
+
+def bootstrap_run(trainer, shape: Sequence[int], params, flavors: Sequence[Hashable],
+                  bootstrap_level: int) -> list[tuple[int, StepTrace]] | None:
+    """The planned run of a bootstrapping job, iteration by iteration as ``server_train`` runs it
+    (``bootstrap_step`` from the fresh state): [(state ciphertexts bootstrapped before the iteration,
+    its trace, whose ops count the bootstraps inside it)], or None when an iteration does not fit even
+    with bootstraps."""
+    out, levels = [], None
+    for f in flavors:
+        refresh, s = bootstrap_step(trainer, shape, params, levels, f, bootstrap_level)
+        if not s.fits:
+            return None
+        now = levels if levels is not None else top_levels_at(trainer, shape, params, bootstrap_level)
+        out.append((state_size(now) if refresh else 0, s))
+        levels = s.levels
+    return out
+
+
+def top_levels_at(trainer, shape: Sequence[int], params, bootstrap_level: int | None) -> Levels:
+    """``top_levels`` of the tracing engine that bootstraps to ``bootstrap_level`` (the same fresh state)."""
+    return _fresh(trainer, tuple(int(x) for x in shape), get_params(params), bootstrap_level)
 
 
 def add_ops(*counts: dict) -> dict:
@@ -201,16 +256,20 @@ def deep_step(trainer, shape: Sequence[int], params, levels: Levels | None, flav
 
 def clear_cache() -> None:
     """Forget every cached trace and setup (module docstring), e.g. after a trainer's circuit changed."""
+    from . import inner_boot
+
     _CACHE.clear()
     _SETUPS.clear()
+    inner_boot.clear_cache()
 
 
-def _setup(trainer, shape: tuple, p: CKKSParams) -> tuple:
-    """(engine, ctx, fresh levels) of ``trace_setup``, made once per trainer key, shapes and parameters."""
-    key = ("setup", type(trainer).__qualname__, trainer.name, trainer.trace_key(), shape, p)
+def _setup(trainer, shape: tuple, p: CKKSParams, bootstrap_level: int | None = None) -> tuple:
+    """(engine, ctx, fresh levels) of ``trace_setup``, made once per trainer key, shapes, parameters and
+    bootstrap level."""
+    key = ("setup", type(trainer).__qualname__, trainer.name, trainer.trace_key(), shape, p, bootstrap_level)
     hit = _SETUPS.get(key)
     if hit is None:
-        engine = TraceEngine(p)
+        engine = TraceEngine(p, bootstrap_level)
         ctx, state = trainer.trace_setup(engine, *shape)
         hit = _SETUPS[key] = (engine, ctx, levels_of(state))
         if len(_SETUPS) > _SETUPS_SIZE:
@@ -218,9 +277,9 @@ def _setup(trainer, shape: tuple, p: CKKSParams) -> tuple:
     return hit[:2]
 
 
-def _fresh(trainer, shape: tuple, p: CKKSParams) -> Levels:
-    _setup(trainer, shape, p)
-    return _SETUPS[("setup", type(trainer).__qualname__, trainer.name, trainer.trace_key(), shape, p)][2]
+def _fresh(trainer, shape: tuple, p: CKKSParams, bootstrap_level: int | None = None) -> Levels:
+    _setup(trainer, shape, p, bootstrap_level)
+    return _SETUPS[("setup", type(trainer).__qualname__, trainer.name, trainer.trace_key(), shape, p, bootstrap_level)][2]
 
 
 def _zeros(engine, levels: Levels) -> dict:

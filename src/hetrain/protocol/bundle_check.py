@@ -334,7 +334,7 @@ def check_job(job, manifest: dict, params: CKKSParams, steps: set[int], counts: 
         plan = trainer.plan(n, d, c, params)
         if "iterations" in job and job["iterations"] != plan.iterations:
             raise ClaimError(f"job.json: iterations = {job['iterations']!r}, its plan has {plan.iterations}")
-        plan.check(params, refresh=mode != "none")
+        plan.check(params, refresh=mode)
     except HetrainUserError as exc:
         if isinstance(exc, BundleError):
             raise

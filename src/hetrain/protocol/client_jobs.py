@@ -300,8 +300,11 @@ class TrainerJob(ClientJob):
         if refresh != "none" and "refresh" not in server_hooks(self.trainer):
             raise DepthPlanError(f"model {self.trainer.name} cannot refresh its state between iterations "
                                  f"(refresh {refresh}); use refresh none")
-        self.plan = self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params)
-        self.plan.check(self.params, refresh=refresh != "none")
+        # refresh "bootstrap": the plan also traces the bootstraps inside iterations (a bootstrap restores the
+        # preset's levels; keys that restore fewer are planned again at encryption)
+        inside = {"bootstrap_level": self.params.levels} if refresh == "bootstrap" and self.trainer.bootstraps_inside else {}
+        self.plan = self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params, **inside)
+        self.plan.check(self.params, refresh=refresh)  # "bootstrap": also inside iterations (Plan.check)
         self.options = {"scale": scale, "seed": seed, "release_decimals": release_decimals, "noise_std": noise_std,
                         "force_insecure": force_insecure}
         for line in plan_lines(self.trainer, self.plan, self.params, self.defaults):
@@ -322,8 +325,16 @@ class TrainerJob(ClientJob):
 
         t0 = time.perf_counter()
         with _count_calls(engine, "encrypt", on_ciphertext):
-            inputs, job = self.trainer.client_encrypt(engine, self.Xp, self.Y, refresh=self.refresh != "none")
+            # refresh: True, or "bootstrap" (also truthy): its plan check may bootstrap inside iterations too
+            inputs, job = self.trainer.client_encrypt(engine, self.Xp, self.Y, refresh=(
+                "bootstrap" if self.refresh == "bootstrap" else self.refresh != "none"))
         self.timings["encrypt_s"] = time.perf_counter() - t0
+        boots = getattr(self.plan, "bootstraps", None)
+        if (self.refresh == "bootstrap" and self.trainer.bootstraps_inside and engine.can_bootstrap
+                and engine.bootstrap_level != (boots or {}).get("level")):
+            # the keys bootstrap to fewer levels than the preset's top (the sim's bootstrap_level): plan as they do
+            self.plan = self.trainer.plan(*self.Xp.shape, self.Y.shape[1], self.params,
+                                          bootstrap_level=engine.bootstrap_level)
         job = dict(job)
         job.setdefault("model", self.trainer.name)
         job.setdefault("config", self.trainer.config)
@@ -383,7 +394,9 @@ class TrainerJob(ClientJob):
                       "rotation_steps": self.rotations, "levels_needed": self.plan.levels_needed,
                       "levels_available": self.plan.levels_available,
                       "levels_per_iteration": self.plan.levels_per_iteration,
-                      "iterations": self.plan.iterations, "defaults": self.defaults, "stop_reason": "done"})
+                      "iterations": self.plan.iterations, "defaults": self.defaults, "stop_reason": "done",
+                      # refresh "bootstrap": the traced plan of the state's and the in-iteration bootstraps
+                      "bootstraps_planned": getattr(self.plan, "bootstraps", None)})
         info = model_info(self.backend, self.params, release={"decimals": self.options["release_decimals"],
                                                               "noise_std": self.options["noise_std"]},
                           refresh=self.refresh, n_train=int(self.Xp.shape[0]), twin_max_abs_diff=diff,

@@ -96,6 +96,10 @@ class Estimate:
     encrypt_s: float
     train_s: float | None
     rotation_key_bytes: int
+    # refresh "bootstrap": ciphertexts the planned run bootstraps (the state's and those inside iterations,
+    # models/inner_boot.py), and of those inside iterations; None: not planned (Plan.bootstraps)
+    bootstraps: int | None = None
+    bootstraps_in_iterations: int | None = None
 
     @property
     def upload_bytes(self) -> int:
@@ -114,6 +118,9 @@ class Estimate:
     def line(self) -> str:
         """One line, printed before keys are made."""
         train = "" if self.train_s is not None else " + training (not estimated for this trainer)"
+        if self.bootstraps is not None:
+            train += (f"; {self.bootstraps} bootstrap(s) planned, {self.bootstraps_in_iterations} of them inside "
+                      "iterations")
         return (f"estimate ({self.params}): keys {self.key_bytes / MB:.0f} MB ({self.rotation_keys} rotation key(s) of "
                 f"{self.rotation_key_bytes / MB:.1f} MB each), upload {self.upload_bytes / MB:.0f} MB "
                 f"({self.ciphertexts} ciphertexts), client peak ~{self.client_peak_bytes / GB:.2f} GB, server peak "
@@ -170,6 +177,10 @@ def estimate_job(job) -> Estimate:
         train_s = step * steps * _scale_keyswitch(params)
     backend = _backend(getattr(job, "backend", None))
     est = estimate(params, job.rotations, n_ct, train_s=train_s, seeded=backend is not None and backend.seeded_uploads)
+    boots = getattr(getattr(job, "plan", None), "bootstraps", None)
+    if getattr(job, "refresh", None) == "bootstrap" and isinstance(boots, dict):
+        inside = int(sum(boots["in_iteration"]))
+        est = dataclasses.replace(est, bootstraps=inside + int(sum(boots["state"])), bootstraps_in_iterations=inside)
     return with_measured(est, getattr(job, "backend", None), params)
 
 

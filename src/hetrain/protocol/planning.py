@@ -61,7 +61,7 @@ def check_job(model: str, config: dict | None, X, Y, *, preset="auto", refresh: 
         params = choose_preset(trainer, n, d, c, refresh=refreshing)
     else:
         params = preset if isinstance(preset, ckks.CKKSParams) else _params(preset)
-    trainer.plan(n, d, c, params).check(params, refresh=refreshing)
+    trainer.plan(n, d, c, params).check(params, refresh=refresh)  # "bootstrap": also inside iterations
     trainer.client_check(X, Y)
     return trainer, params
 
@@ -157,6 +157,11 @@ def plan_lines(trainer, plan, params, defaults: dict | None) -> list[str]:
     lines = [f"plan: {trainer.name} on {getattr(params, 'name', params)}: {shown}",
              f"plan: {per} levels per iteration, {plan.iterations_that_fit} iteration(s) per modulus chain, "
              f"{plan.iterations} iteration(s): about {refreshes} refresh(es)"]
+    boots = getattr(plan, "bootstraps", None)
+    if boots:  # models/inner_boot.py: an iteration deeper than a bootstrap restores (refresh bootstrap)
+        lines.append(f"plan: with --refresh bootstrap the server also bootstraps inside iterations: "
+                     f"{sum(boots['in_iteration'])} intermediate ciphertext(s) and {sum(boots['state'])} of the state "
+                     f"in all (a bootstrap restores {boots['level']} levels; traced)")
     if defaults and defaults.get("validation_accuracy") is not None:
         lines.append("plan: options not given were chosen by rehearsing candidates on the plaintext twin "
                      f"(validation accuracy {float(defaults['validation_accuracy']):.4f})")

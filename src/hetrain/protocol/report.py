@@ -21,7 +21,7 @@ def format_summary(stats: dict) -> list[str]:
     """Lines describing times, memory, operations and bytes; the caller prints the final key=value lines.
     Figures a path does not have (e.g. `hetrain decrypt` never saw the client's peak memory) show as ?."""
     ops = stats.get("server_operations") or {}
-    heavy = ("rotate", "multiply", "relinearize", "multiply_plain", "multiply_scalar", "square", "rescale")
+    heavy = ("bootstrap", "rotate", "multiply", "relinearize", "multiply_plain", "multiply_scalar", "square", "rescale")
     op_text = " ".join(f"{k}={ops[k]['count']}" + (f" ({ops[k]['seconds']:.2f} s)" if ops[k].get("seconds") else "")
                        for k in heavy if k in ops) or "none"
     parts = stats.get("upload_key_parts") or {}
@@ -58,6 +58,10 @@ def depth_words(stats: dict) -> str:
     else:  # a plan by parts of one iteration (e.g. {"forward": 2, "backward": 3})
         per_text = f" ({sum(per.values())} per iteration: {plain(per)})" if per else ""
     keys = f"; rotation keys for {len(stats['rotation_steps'])} step(s)" if stats.get("rotation_steps") is not None else ""
+    inside = int((stats.get("run") or {}).get("bootstraps_in_iterations") or 0)
+    if inside:  # models/inner_boot.py: an iteration deeper than a bootstrap restores
+        keys = (f"; {inside} intermediate ciphertext(s) were bootstrapped inside iterations, where an iteration "
+                f"needs more levels than a bootstrap restores{keys}")
     if needed > avail:
         return (f"depth: the run used {needed} multiplicative levels in all{per_text}; one modulus chain of "
                 f"{stats['params']} offers {avail}, so the state was refreshed in between (each refresh resets the "
@@ -94,7 +98,8 @@ def run_record(result) -> dict:
     * ``levels``: ``needed``, ``available`` (one chain), ``per_iteration`` (phase -> levels),
       ``per_step`` (mini-batch mlr), ``iterations``, ``rotation_keys``;
     * ``steps``: ``count``, ``seconds`` (each server step), ``refresh_seconds`` (each refresh);
-      ``refresh``: mode, round_trips, refreshes, evaluations, bootstraps;
+      ``refresh``: mode, round_trips, refreshes, evaluations, bootstraps (every one: the state's and those
+      inside iterations), bootstraps_in_iterations (models/inner_boot.py; None: not reported);
     * ``twin``: ``max_abs_diff`` (final state vs the plaintext twin), ``bound`` (what the check allows: the job's own, twin_bound.py;
       client.check_twin), ``released_max_abs_diff``, ``verified``;
     * ``estimate``: the estimate printed before keygen (estimate.Estimate.as_dict);
@@ -143,7 +148,8 @@ def run_record(result) -> dict:
                    "rotation_keys": len(s["rotation_steps"]) if s.get("rotation_steps") is not None else None},
         "steps": {"count": s.get("steps", run.get("steps")), "seconds": run.get("step_s"),
                   "refresh_seconds": run.get("refresh_s")},
-        "refresh": {k: r.get(k) for k in ("mode", "round_trips", "refreshes", "evaluations", "bootstraps")},
+        "refresh": {**{k: r.get(k) for k in ("mode", "round_trips", "refreshes", "evaluations", "bootstraps")},
+                    "bootstraps_in_iterations": run.get("bootstraps_in_iterations")},
         "twin": {"max_abs_diff": s.get("twin_max_abs_diff"), "bound": bound,
                  "released_max_abs_diff": s.get("released_max_abs_diff"), "verified": s.get("verified")},
         "estimate": s.get("estimate"),

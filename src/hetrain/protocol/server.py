@@ -101,12 +101,18 @@ def server_argv(jobdir, *, progress: bool = True, trainer_modules=(), channel=No
 
 
 class BootstrapRefresh:
-    """The ``refresh`` hook by bootstrapping: no interaction (a backend that can bootstrap)."""
+    """The ``refresh`` hook by bootstrapping: no interaction (a backend that can bootstrap). A trainer
+    that also bootstraps inside its iterations (models/inner_boot.py) reports those with ``add_bootstraps``,
+    so the statistics count every bootstrap."""
 
     via_client = False
 
     def __init__(self, engine, stats: ChannelStats) -> None:
         self.engine, self.stats = engine, stats
+
+    def add_bootstraps(self, n: int) -> None:
+        """Count ``n`` ciphertexts the trainer bootstrapped inside an iteration."""
+        self.stats.bootstraps += int(n)
 
     def __call__(self, state: dict, step: int | None = None) -> dict:
         out = {}
@@ -148,10 +154,9 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     _check_galois_keys(engine)
     trainer = get_trainer(job["model"]).from_job(job)
     mode = job.get("refresh", "none")
-    refresh = mode != "none"
     hooks = _refresh_hooks(trainer, mode, engine, jobdir, channel_path, channel_timeout,
                            job_id=str(job.get("job_id") or manifest["key_id"]))
-    _check_plan(trainer, job, engine, refresh)
+    _check_plan(trainer, job, engine, mode)
     if "checkpoint" in server_hooks(trainer):  # whatever the refresh mode
         hooks["checkpoint"] = StateCheckpoint(ckpt_path, engine, job_fingerprint(manifest))
         if resume and hooks["checkpoint"].check() is None:  # other keys or another job: refused here
@@ -272,9 +277,10 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # non-Linux fallback (KiB on Linux)
 
 
-def _check_plan(trainer, job: dict, engine, refresh: bool) -> None:
+def _check_plan(trainer, job: dict, engine, refresh: str) -> None:
     """Refuse, before any work, a job whose depth or rotation keys do not fit this context
-    (``refresh``: the state is refreshed between iterations, so one iteration must fit)."""
+    (``refresh``: the job's mode; "client"/"bootstrap": the state is refreshed between iterations, so one
+    iteration must fit; "bootstrap" also inside iterations, Plan.check)."""
     shape = job.get("data_shape")
     if not shape or len(shape) != 3:
         raise BundleError("job has no data_shape [n_samples, n_features, n_classes]")

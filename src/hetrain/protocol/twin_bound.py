@@ -26,7 +26,13 @@ for each job from its CKKS parameters and its own circuit, before any key is mad
    1e-5: honest runs on the precise test rings (2.9e-7 per bootstrap measured on x ~ U(-1, 1), also at
    |x| <= 8) drifted up to 100x further than a rehearsal with that figure alone, iris mini-batch mlr on
    openfhe-boot-test: 7.1e-5 vs 6.7e-7), with the job's refreshes answered in-process as the data owner would
-   answer them. The rehearsal's distance from the twin, ``rehearsed``, is what this job's
+   answer them. A trainer that bootstraps inside its iterations (models/inner_boot.py) does so in the
+   rehearsal too, at the same points: the rehearsal runs its server half with the same refresh hook on an
+   engine that bootstraps to the real engine's level, so each of those bootstraps adds its noise.
+   (Bootstrapping error grows with the magnitude of the values: on openfhe-boot-test 1.0e-6 max at
+   |x| <= 1, 6.8e-6 at 16, 4.9e-4 at 64; pre-activations are bootstrapped at up to their sigmoid's
+   interval, so the rehearsal's per-bootstrap figure can be below the real one there. Honest runs stay
+   far inside the bound: 4-8-4-3 on openfhe-boot-test, 5.4e-6 against a bound of 1.7e-2.) The rehearsal's distance from the twin, ``rehearsed``, is what this job's
    arithmetic makes of CKKS noise of that size: the polynomial's coefficients, the learning rate,
    momentum and the number of iterations all act on it exactly as in the encrypted run.
 
