@@ -269,3 +269,30 @@ def test_fit_channel_timeout(capsys, tmp_path, monkeypatch):
     assert rc == 1 and "--channel-timeout must be a positive number of seconds, got 0" in err
     rc, _, err = run(capsys, *common, "--channel-timeout", 5, "--server", "http://127.0.0.1:9")
     assert rc == 1 and "with --server the service's operator sets it: leave --channel-timeout out" in err
+
+
+def test_fit_workers(capsys, tmp_path, monkeypatch):
+    """`fit --workers N` reaches the local server process (its statistics say how many ran); a count
+    below 1 and a service are refused with the option named, and the advice given (--workers 1) runs."""
+    from hetrain.protocol import steps
+
+    seen = {}
+    real = steps.train
+
+    def spy(*args, **kwargs):
+        seen["workers"] = kwargs.get("workers")
+        seen["stats"] = real(*args, **kwargs)
+        return seen["stats"]
+
+    monkeypatch.setattr(steps, "train", spy)
+    data = write(tmp_path, iris_text(","), "iris.csv")
+    common = ["fit", "--data", data, "--label-column", -1, "--backend", "sim", "--refresh", "none", "--iterations", 1,
+              "--sigmoid", "deg3:16", "--out", tmp_path / "m.json", "--quiet"]
+    rc, _, err = run(capsys, *common, "--workers", 0)
+    assert rc == 1 and "--workers must be a whole number of at least 1, got 0 (e.g. --workers 1)" in err
+    assert "Traceback" not in err and "workers" not in seen
+    rc, _, err = run(capsys, *common, "--workers", 1)
+    assert rc == 0, err
+    assert seen["workers"] == 1 and seen["stats"]["workers"] == 1
+    rc, _, err = run(capsys, *common, "--workers", 2, "--server", "http://127.0.0.1:9")
+    assert rc == 1 and "with --server the service's operator sets it: leave --workers out" in err

@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                    "instead of a local server process; decryption stays here "
                                                    "(default: a server process on this machine)")
     add_channel_timeout_argument(p, default=None)
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of the server process on this machine for the training's independent "
+                        "tasks (default: every core; each holds the job's public keys and inputs; 1: all in the "
+                        "server process; with --server the service decides)")
     add_force_unverified_argument(p)
     add_force_insecure_argument(p)
     add_api_key_argument(p)
@@ -179,9 +183,10 @@ def run(args) -> int:
     X, y = table.X, table.y
     print(f"data: {describe(table)}")
     refresh, config, options = job_options(args, X.shape[1], args.backend)
-    if args.channel_timeout is not None and args.server is not None:
-        raise HetrainUserError("--channel-timeout applies to the server process on this machine; with --server the "
-                               "service's operator sets it: leave --channel-timeout out")
+    for given, option in ((args.channel_timeout, "--channel-timeout"), (args.workers, "--workers")):
+        if given is not None and args.server is not None:
+            raise HetrainUserError(f"{option} applies to the server process on this machine; with --server the "
+                                   f"service's operator sets it: leave {option} out")
     print(f"refresh: {refresh}")
     from hetrain.protocol.progress import RunProgress
 
@@ -190,6 +195,7 @@ def run(args) -> int:
                      keys=args.keys, workdir=args.keep_job, server=args.server, progress=display,
                      api_key=args.api_key, server_ca=args.server_ca, log=display.write,
                      force_unverified=args.force_unverified, channel_timeout=args.channel_timeout,
+                     workers=args.workers,
                      force_insecure=args.force_insecure, settings={"fit": effective_config(args)},
                      before_keys=before_keys(args, display.write, local_server=args.server is None), **options)
     result.model.save(out)

@@ -295,8 +295,8 @@ def decrypt(keys: KeyDir, jobdir, *, engine=None, job: ClientJob | None = None, 
 def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = "auto", backend: str = "seal",
         preset="auto", keys=None, workdir=None, server=None, progress=True, log=None, on_step=None,
         trainer_modules=(), api_key: str | None = None, server_ca=None, before_keys=None,
-        force_unverified: bool = False, channel_timeout: float | None = None, settings: dict | None = None,
-        **options) -> FitResult:
+        force_unverified: bool = False, channel_timeout: float | None = None, workers: int | None = None,
+        settings: dict | None = None, **options) -> FitResult:
     """The one-command path: keygen → encrypt → train → (attach) → decrypt, client here, server in a
     separate process (or the service at ``server``, an http(s) URL).
 
@@ -317,7 +317,8 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
     made (the CLI prints estimate.estimate_job there and asks when it is big). ``api_key``, ``server_ca``: for a
     service (transport.HttpTransport; the job's token stays in memory). ``channel_timeout``: how long
     the local server process waits for this process's answers (``train``'s; a service decides its
-    own: ServerError with ``server``). ``settings``: the options the user ran with, recorded in the
+    own: ServerError with ``server``). ``workers``: the local server process's worker processes (``train``'s;
+    None: every core; ServerError with ``server``, whose operator decides). ``settings``: the options the user ran with, recorded in the
     model file (see ``encrypt``). Returns a FitResult whose
     ``stats["partial"]`` says when a mini-batch run released its best epoch before it was done.
     ``force_unverified``: release (marked ``verified: false``) even a model that disagrees with its
@@ -352,8 +353,8 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
 
     display = as_display(progress)
     transport = make_transport(server, api_key=api_key, ca=server_ca)
-    if channel_timeout is not None:
-        transport = _with_channel_timeout(transport, channel_timeout)
+    if channel_timeout is not None or workers is not None:
+        transport = _local_server_options(transport, channel_timeout, workers)
     transport.preflight()  # a wrong --server URL fails now, not after keygen and encryption
     keydir = KeyDir.open(keys) if keys is not None and (pathlib.Path(keys) / "key.json").exists() else None
     # every refusal of the plaintext checks comes before any key is made, with checked advice
@@ -423,15 +424,20 @@ def fit(X, y, model: str = "mlr", config: dict | None = None, *, refresh: str = 
         return result
 
 
-def _with_channel_timeout(transport, channel_timeout: float):
+def _local_server_options(transport, channel_timeout: float | None, workers: int | None):
+    """A LocalTransport whose server process waits ``channel_timeout`` seconds for this process and runs
+    ``workers`` worker processes; ServerError for a service (its operator decides both), HetrainUserError
+    for a value out of range."""
     from .transport import LocalTransport
 
     if not isinstance(transport, LocalTransport):
-        raise ServerError("channel_timeout applies to a server process on this machine; a service's operator "
-                          "sets its own")
-    if not channel_timeout > 0:
+        what = "channel_timeout" if channel_timeout is not None else "workers"
+        raise ServerError(f"{what} applies to a server process on this machine; a service's operator sets its own")
+    if channel_timeout is not None and not channel_timeout > 0:
         raise HetrainUserError(f"--channel-timeout must be a positive number of seconds, got {channel_timeout:g}")
-    return LocalTransport(channel_timeout=channel_timeout)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise HetrainUserError(f"--workers must be a whole number of at least 1, got {workers!r} (e.g. --workers 1)")
+    return LocalTransport(channel_timeout=channel_timeout, workers=workers)
 
 
 def _extra_modules(job: ClientJob) -> tuple[str, ...]:

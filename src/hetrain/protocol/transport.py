@@ -90,10 +90,12 @@ class LocalTransport:
     """The server as a child process on this machine (what `hetrain fit` does without --server):
     ``steps.train`` with this process attached to the job's refresh channel (``serve_socket``).
     ``channel_timeout``: how long the server waits for this process's answers (``steps.train``'s;
-    None: refresh_channel.DEFAULT_TIMEOUT_S)."""
+    None: refresh_channel.DEFAULT_TIMEOUT_S). ``workers``: the server's worker processes (``steps.train``'s;
+    None: every core)."""
 
-    def __init__(self, channel_timeout: float | None = None) -> None:
+    def __init__(self, channel_timeout: float | None = None, workers: int | None = None) -> None:
         self.channel_timeout = channel_timeout
+        self.workers = workers
 
     def preflight(self) -> None:
         """Nothing to check before keys are made: the server runs on this machine."""
@@ -122,7 +124,8 @@ class LocalTransport:
                 # the server ended first (e.g. it never needed us): its exit status and error decide
 
         stats = train(jobdir, progress=progress, mem=mem, on_progress=on_progress, trainer_modules=trainer_modules,
-                      during=during if refresh_handler is not None else None, channel_timeout=self.channel_timeout)
+                      during=during if refresh_handler is not None else None, channel_timeout=self.channel_timeout,
+                      workers=self.workers)
         if answered:
             stats["client_channel"] = answered[0].as_dict()
         return stats
