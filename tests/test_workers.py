@@ -12,6 +12,7 @@ import pytest
 from hetrain import ckks
 from hetrain.ckks.executor import ProcessExecutor, SerialExecutor, make_executor
 from hetrain.cli.main import main as cli_main
+from hetrain.models.base import DepthPlanError
 from hetrain.models.mlr import MLRTrainer
 from hetrain.protocol import files, server
 
@@ -95,6 +96,39 @@ def test_server_with_two_workers_writes_the_serial_outputs(tmp_path):
            for w, o in outs.items()}
     for a, b in zip(dec[1], dec[2]):
         assert np.array_equal(a, b)
+
+
+def test_server_starts_its_workers_loading_before_it_loads_its_own_keys(tmp_path, monkeypatch):
+    """The workers' loading overlaps the server's: the executor is made (its workers spawned and loading)
+    before the server process loads its engine, and is given that engine afterwards; a job the server
+    then refuses stops the workers it started."""
+    kit = _sim_job(tmp_path)
+    order = []
+    real_make, real_load = server.make_executor, ckks.load_engine_file
+
+    def make(engine, *args, **kwargs):
+        order.append(("executor", engine))
+        return real_make(engine, *args, **kwargs)
+
+    def load(*args, **kwargs):
+        order.append(("engine", None))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(server, "make_executor", make)
+    monkeypatch.setattr(ckks, "load_engine_file", load)
+    stats = server.run_job(kit.jobdir, workers=2)
+    assert order == [("executor", None), ("engine", None)] and stats["workers"] == 2
+    assert stats["executor_timing"]["worker_compute_s"] > 0  # it got the engine and its workers computed
+
+    closed = []
+    monkeypatch.setattr(server, "_check_plan", lambda *a: (_ for _ in ()).throw(DepthPlanError("refused here")))
+    real_close = ProcessExecutor.close
+    monkeypatch.setattr(ProcessExecutor, "close", lambda self: (closed.append(True), real_close(self)))
+    for name in files.SERVER_FILES:
+        (kit.jobdir / name).unlink(missing_ok=True)
+    with pytest.raises(DepthPlanError, match="refused here"):
+        server.run_job(kit.jobdir, workers=2)
+    assert closed
 
 
 def test_cli_train_workers_must_be_positive(tmp_path, capsys):

@@ -52,7 +52,12 @@ class SerialExecutor:
 
     workers = 1
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine | None) -> None:
+        self.engine = engine
+
+    def set_engine(self, engine: Engine) -> None:
+        """This process's engine, for an executor made without one (``make_executor(None, ...)``: the
+        server starts its workers loading before it loads its own keys)."""
         self.engine = engine
 
     def map(self, fn: Callable, tasks: Sequence[tuple], shared: tuple = ()) -> list:
@@ -229,19 +234,24 @@ def _worker_failed(when: str) -> WorkerFailed:
 EXECUTORS = ("process", "ray")
 
 
-def make_executor(engine: Engine, inputs: dict[str, list[Ciphertext]] | None = None, workers: int | None = None,
+def make_executor(engine: Engine | None, inputs: dict[str, list[Ciphertext]] | None = None, workers: int | None = None,
                   loader: tuple | None = None, *, kind: str = "process", ray_address: str | None = None,
                   ray_options: dict | None = None) -> SerialExecutor:
     """SerialExecutor for 1 worker or a backend whose tasks stay in one process (``engine.process_workers``
     False: OpenFHE, which uses every core per operation), else a ProcessExecutor (``kind`` "process";
     ``workers`` None: every core) or a ray_executor.RayExecutor (``kind`` "ray": actors on the Ray
     cluster at ``ray_address``, "auto", "local" or host:port; ``workers`` None: the cluster's CPUs;
-    ``ray_options``: ray.init's for a local cluster; ExecutorUnavailable without Ray).
+    ``ray_options``: ray.init's for a local cluster; ExecutorUnavailable without Ray). ``engine`` None
+    (with a ``loader``): the workers start loading at once, and the caller, having checked that its
+    backend's tasks may leave the process (``registry`` ``process_workers``), gives this process's
+    engine with ``set_engine`` before the first ``map``.
     ValueError for a worker count below 1 or an unknown ``kind``."""
     if kind not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
     if workers is not None and int(workers) < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if engine is None and loader is None:
+        raise ValueError("an executor made without an engine needs a loader for its workers")
     if not getattr(engine, "process_workers", True):
         return SerialExecutor(engine)
     if kind == "ray":

@@ -52,6 +52,7 @@ import time
 import traceback
 
 from hetrain import ckks
+from hetrain.ckks.container import read_header_file
 from hetrain.ckks.executor import EXECUTORS, default_workers, make_executor
 from hetrain._streams import to_devnull
 from hetrain._format import plain
@@ -145,37 +146,43 @@ def run_job(jobdir: str | pathlib.Path, progress: bool = False, channel_path: st
     # every claim (shapes, counts, sizes, levels, rotation steps) against the content, before anything is
     # sized from one (bundle_check.py)
     check_bundle(jobdir)
-    # parameters below 128 bits only where the data owner forced them (recorded in the context): INSECURE logs;
-    # from the file (OpenFHE reads keys of gigabytes from it without holding them as bytes); its SHA-256 was checked
-    engine = ckks.load_engine_file(public, verify=False)
-    if engine.has_secret_key:  # cannot happen through load_engine(public): keep the invariant explicit
-        raise BundleError("refusing to run: the server engine holds a secret key")
-    del public
-    _check_galois_keys(engine)
     trainer = get_trainer(job["model"]).from_job(job)
-    mode = job.get("refresh", "none")
-    hooks = _refresh_hooks(trainer, mode, engine, jobdir, channel_path, channel_timeout,
-                           job_id=str(job.get("job_id") or manifest["key_id"]))
-    _check_plan(trainer, job, engine, mode)
-    if "checkpoint" in server_hooks(trainer):  # whatever the refresh mode
-        hooks["checkpoint"] = StateCheckpoint(ckpt_path, engine, job_fingerprint(manifest))
-        if resume and hooks["checkpoint"].check() is None:  # other keys or another job: refused here
-            log.warning("--resume: no checkpoint %s yet, starting from the beginning", ckpt_path)
-    elif resume:
-        log.warning("--resume: model %s does not checkpoint, starting from the beginning", trainer.name)
+    # the workers start now and load the same files, each once, while this process loads its own copy
+    # (keys first: the longest part); a backend whose tasks stay in one process (OpenFHE) starts none
     executor, kind = None, executor
-    if "executor" in server_hooks(trainer):  # the workers load the same files, each once, while we do
+    backend = ckks.registry.by_container_name(read_header_file(public, expect_kind="public_context").get("backend"))
+    if "executor" in server_hooks(trainer) and backend is not None and backend.process_workers:
         # Ray's actors may run on machines without JOBDIR: the files' bytes go through its object store
         loader = ((files.load_job_public_bytes, files.job_public_bytes(jobdir)) if kind == "ray"
                   else (_load_in_worker, (os.fspath(jobdir),)))
         ray_options = None
         if kind == "ray" and ray_address == "local":  # a Ray of its own: its object store sized to what it ships
             ray_options = {"object_store_bytes": 2 * sum(len(b) for b in loader[1][:2]) + LOCAL_RAY_STORE_SPARE}
-        executor = make_executor(engine, None, workers, loader=loader, kind=kind, ray_address=ray_address,
+        executor = make_executor(None, None, workers, loader=loader, kind=kind, ray_address=ray_address,
                                  ray_options=ray_options)
         del loader
-        hooks["executor"] = executor
     try:
+        # parameters below 128 bits only where the data owner forced them (recorded in the context): INSECURE
+        # logs; from the file (OpenFHE reads keys of gigabytes from it without holding them as bytes); its
+        # SHA-256 was checked
+        engine = ckks.load_engine_file(public, verify=False)
+        if engine.has_secret_key:  # cannot happen through load_engine(public): keep the invariant explicit
+            raise BundleError("refusing to run: the server engine holds a secret key")
+        del public
+        _check_galois_keys(engine)
+        mode = job.get("refresh", "none")
+        hooks = _refresh_hooks(trainer, mode, engine, jobdir, channel_path, channel_timeout,
+                               job_id=str(job.get("job_id") or manifest["key_id"]))
+        _check_plan(trainer, job, engine, mode)
+        if "checkpoint" in server_hooks(trainer):  # whatever the refresh mode
+            hooks["checkpoint"] = StateCheckpoint(ckpt_path, engine, job_fingerprint(manifest))
+            if resume and hooks["checkpoint"].check() is None:  # other keys or another job: refused here
+                log.warning("--resume: no checkpoint %s yet, starting from the beginning", ckpt_path)
+        elif resume:
+            log.warning("--resume: model %s does not checkpoint, starting from the beginning", trainer.name)
+        if executor is not None:
+            executor.set_engine(engine)
+            hooks["executor"] = executor
         inputs = files.read_ciphertext_map(inputs_path, engine, "encrypted inputs",
                                            sha256=manifest["sha256"][files.INPUTS])
         if executor is not None and executor.workers > 1:
