@@ -147,18 +147,20 @@ def tasks_job(model: str, config: dict, backend: str = "sim", preset: str = "n16
 
 
 def write_bundle(jobdir, model: str, config: dict, X, Y, preset: str, *, refresh: str = "none",
-                 bootstrap_level: int | None = None):
+                 bootstrap_level: int | None = None, engine=None):
     """A job bundle written straight from the trainer on the sim backend (INSECURE), without a refresh
-    channel: refresh "none" or "bootstrap" (the sim bootstraps at ``bootstrap_level``). Returns
-    (trainer, engine with the secret key, job)."""
+    channel: refresh "none" or "bootstrap" (the sim bootstraps at ``bootstrap_level``); ``engine``: an
+    earlier bundle's (the same keys), else a new one. Returns (trainer, engine with the secret key, job)."""
     from hetrain import ckks
     from hetrain.models.base import get_trainer
     from hetrain.protocol import files
 
     tr = get_trainer(model)(**config)
-    plan = tr.plan(*X.shape, Y.shape[1], ckks.get_params(preset))
-    opts = {"bootstrap_level": bootstrap_level} if bootstrap_level else {}
-    eng = ckks.create_engine("sim", preset, rotations=plan.rotation_steps, seed=0, **opts)
+    eng = engine
+    if eng is None:
+        plan = tr.plan(*X.shape, Y.shape[1], ckks.get_params(preset))
+        opts = {"bootstrap_level": bootstrap_level} if bootstrap_level else {}
+        eng = ckks.create_engine("sim", preset, rotations=plan.rotation_steps, seed=0, **opts)
     inputs, job = tr.client_encrypt(eng, X, Y, refresh=refresh != "none")
     job["data_shape"] = [int(X.shape[0]), int(X.shape[1]), int(Y.shape[1])]
     job["refresh"] = refresh

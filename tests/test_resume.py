@@ -23,6 +23,8 @@ from hetrain.protocol import files
 from hetrain.protocol.events import parse_progress
 from hetrain.protocol.server import CHECKPOINT, server_argv
 
+from jobkit import write_bundle
+
 TESTS = pathlib.Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
 PAUSE_MODULE = "resume_pause_hook"
@@ -65,16 +67,7 @@ def _bundle(jobdir, case, iris, engine=None, X=None):
     model, config, preset, refresh, boot, data, _, _ = CASES[case]
     Xd, Y = iris if data == "iris" else _small()
     X = Xd if X is None else X
-    trainer = get_trainer(model)(**config)
-    if engine is None:
-        plan = trainer.plan(*X.shape, Y.shape[1], ckks.get_params(preset))
-        opts = {"bootstrap_level": boot} if boot else {}
-        engine = ckks.create_engine("sim", preset, rotations=plan.rotation_steps, seed=0, **opts)
-    inputs, job = trainer.client_encrypt(engine, X, Y, refresh=refresh != "none")
-    job["data_shape"] = [int(X.shape[0]), int(X.shape[1]), int(Y.shape[1])]
-    job["refresh"] = refresh
-    files.write_job(jobdir, engine, inputs, job)
-    return trainer, engine, job
+    return write_bundle(jobdir, model, config, X, Y, preset, refresh=refresh, bootstrap_level=boot, engine=engine)
 
 
 def _server(jobdir, *, resume=False, pause_after=None, check=True):
