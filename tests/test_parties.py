@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -34,9 +35,27 @@ def hetrain(*args, cwd, env=None, check=True, **kw):
 
 
 def spawn(*args, cwd, env=None):
+    """`hetrain ARGS` started in the background; its output goes to temporary files, not pipes: a pipe
+    nobody reads while the process runs fills up (64 KB) and blocks the process. `serve` writes an access
+    line per request (~100 B; ~50 requests per second of a refresh session), so a slow run blocked the
+    service — the likely cause of a CI run where the service test waited out its 180 s. ``finished``
+    reads them."""
     e = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "hetrain.cli.main", *map(str, args)], cwd=cwd, env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "hetrain.cli.main", *map(str, args)], cwd=cwd, env=e,
+                            stdout=out, stderr=err, text=True)
+    proc.logs = (out, err)
+    return proc
+
+
+def finished(proc, timeout: float) -> tuple[str, str]:
+    """(stdout, stderr) of a ``spawn``ed process once it has ended (waits up to ``timeout`` seconds)."""
+    proc.wait(timeout=timeout)
+    texts = []
+    for f in proc.logs:
+        f.seek(0)
+        texts.append(f.read())
+    return texts[0], texts[1]
 
 
 @pytest.fixture
@@ -129,14 +148,16 @@ def test_refresh_client_data_owner_comes_and_goes(parties):
         record = next((owner / "KEYS" / "jobs").iterdir())
         while time.monotonic() < deadline and not (record / "validation.json").exists():
             time.sleep(0.05)
-        assert (record / "validation.json").exists(), first.communicate(timeout=5)
+        if not (record / "validation.json").exists():
+            first.kill()
+            pytest.fail(f"no validation within 60 s; the data owner's session said {finished(first, 5)}")
         first.send_signal(signal.SIGKILL)
         first.wait()
         time.sleep(0.5)
         assert train.poll() is None, "the server must wait for the data owner, not fail"
         second = hetrain("refresh", "--keys", "KEYS", "--job", server / "JOB", cwd=owner)
         assert "the server is done" in second.stdout
-        out, err = train.communicate(timeout=300)
+        out, err = finished(train, 300)
         assert train.returncode == 0, err
     finally:
         if train.poll() is None:
@@ -287,9 +308,13 @@ def test_through_the_service_submit_refresh_comes_and_goes_decrypt(parties, tmp_
         deadline = time.monotonic() + 180  # the service starts the server, which loads the job first: slow under load
         while time.monotonic() < deadline and not (record / "validation.json").exists():
             time.sleep(0.05)
+        if not (record / "validation.json").exists():
+            first.kill()
+            serve.terminate()
+            pytest.fail(f"no validation within 180 s; the data owner's session said {finished(first, 5)}; "
+                        f"the service said {finished(serve, 30)[1][-4000:]}")
         first.kill()
         first.wait()
-        assert (record / "validation.json").exists()
         assert httpx.get(f"{url}/v1/jobs/{remote}", timeout=5).status_code == 401  # the token is the key
         status = httpx.get(f"{url}/v1/jobs/{remote}", timeout=5,
                            headers={"Authorization": f"Bearer {saved['token']}"}).json()
