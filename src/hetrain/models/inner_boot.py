@@ -88,6 +88,38 @@ def consumed(key: Hashable, params, probe: Callable) -> int:
     return need
 
 
+def inside(refresh, engine) -> bool:
+    """Whether ``server_train`` also bootstraps inside iterations: its refresh hook bootstraps (``via_client``
+    False, protocol/server.BootstrapRefresh: no round trip) and the engine can."""
+    return refresh is not None and not getattr(refresh, "via_client", True) and engine.can_bootstrap
+
+
+def refresh_first(trainer, shape, engine, levels, flavor, iteration: int) -> bool:
+    """Whether to bootstrap the whole state before ``iteration`` (0-based) rather than only inside it
+    (``trace.bootstrap_step``: fewer bootstraps, traced). Raises DepthPlanError when the iteration does
+    not fit even with bootstraps inside it."""
+    from .base import DepthPlanError
+    from .trace import bootstrap_step
+
+    first, step = bootstrap_step(trainer, shape, engine.params, levels, flavor, engine.bootstrap_level)
+    if not step.fits:
+        raise DepthPlanError(f"iteration {iteration + 1} does not fit even with bootstraps inside it (a bootstrap "
+                             f"restores {engine.bootstrap_level} levels): use a preset with more levels after a "
+                             "bootstrap, or lower-degree sigmoids")
+    return first
+
+
+def counted(engine, refresh, iteration: Callable):
+    """(``iteration()``, the ciphertexts it bootstrapped): counted on the engine (workers' counts are merged
+    in) and reported to the refresh hook's ``add_bootstraps``, so the server's statistics count them."""
+    before = engine.counters.counts.get("bootstrap", 0)
+    out = iteration()
+    done = engine.counters.counts.get("bootstrap", 0) - before
+    if done:
+        getattr(refresh, "add_bootstraps", lambda n: None)(done)
+    return out, done
+
+
 def clear_cache() -> None:
     """Forget every traced need (``consumed``)."""
     _NEEDS.clear()

@@ -145,16 +145,10 @@ class DiagonalMLPTrainer(Trainer):
             need = sum(s.consumed for s in longer) + (iters - len(longer)) * longer[-1].consumed
         refreshed_fits = not (iters > fit and full.consumed > params.levels)
         boot_level = bootstrap_level if bootstrap_level is not None else (None if refreshed_fits else params.levels)
-        bootstraps = boot_ops = None
-        booted_steps: set = set()
+        bootstraps, boot_ops, booted_steps = None, None, set()
         if boot_level is not None:
-            booted = trace.bootstrap_run(self, shape, params, [self.trace_flavor(t) for t in range(iters)],
-                                         int(boot_level))
-            if booted is not None:
-                bootstraps = {"level": int(boot_level), "state": [k for k, _ in booted],
-                              "in_iteration": [st.ops.get("bootstrap", 0) for _, st in booted]}
-                boot_ops = trace.add_ops(*(st.ops for _, st in booted), {"bootstrap": sum(bootstraps["state"])})
-                booted_steps = set().union(*(st.rotation_steps for _, st in booted))
+            bootstraps, boot_ops, booted_steps = trace.planned_bootstraps(
+                self, shape, params, [self.trace_flavor(t) for t in range(iters)], int(boot_level))
         if not refreshed_fits and bootstraps is None:
             raise DepthPlanError(f"mlp-diagonal: {iters} iterations need refreshes, but one full iteration needs "
                                  f"{full.consumed} levels and {params.name} offers {params.levels}: use n16384-deep or "
@@ -277,7 +271,7 @@ class DiagonalMLPTrainer(Trainer):
                                                [self.trace_flavor(t) for t in range(iters)])) < iters:
             raise DepthPlanError(f"{iters} iterations do not fit in {engine.params.name} without a refresh")
         # refresh "bootstrap" (no round trip) on an engine that bootstraps: also inside iterations (inner_boot.py)
-        boot = refresh is not None and not getattr(refresh, "via_client", True) and engine.can_bootstrap
+        boot = inner_boot.inside(refresh, engine)
         ctx = self._context(engine, geometry, job["scales"], inputs["x"], inputs["xw"], inputs["delta0"][0],
                             params=engine.params if boot else None)
         inner = 0
@@ -294,11 +288,7 @@ class DiagonalMLPTrainer(Trainer):
         for it in range(start, iters):
             flavor = self.trace_flavor(it)
             if boot:  # traced: bootstrap the weights first, or inside the iteration only (fewer bootstraps)
-                first, step_ = trace.bootstrap_step(self, shape, engine.params, trace.levels_of(self._state(D1, D2)),
-                                                    flavor, engine.bootstrap_level)
-                if not step_.fits:
-                    raise DepthPlanError(f"iteration {it + 1} does not fit even with bootstraps inside it (a bootstrap "
-                                         f"restores {engine.bootstrap_level} levels): use a preset with more levels")
+                first = inner_boot.refresh_first(self, shape, engine, trace.levels_of(self._state(D1, D2)), flavor, it)
             else:
                 first = refresh is not None and not trace.fits(self, shape, engine.params, self._state(D1, D2), flavor)
             if first:
@@ -310,12 +300,8 @@ class DiagonalMLPTrainer(Trainer):
                 D2 = None if D2 is None else {t: fresh[f"w2_{t}"] for t in D2}
                 if not boot and not trace.fits(self, shape, engine.params, self._state(D1, D2), flavor):
                     raise DepthPlanError("refreshed weights still have too few levels for one full iteration")
-            before = engine.counters.counts.get("bootstrap", 0)
-            D1, D2 = self._iteration(engine, ctx, D1, D2)
-            done = engine.counters.counts.get("bootstrap", 0) - before
-            if done:
-                inner += done
-                getattr(refresh, "add_bootstraps", lambda n: None)(done)
+            (D1, D2), done = inner_boot.counted(engine, refresh, lambda: self._iteration(engine, ctx, D1, D2))
+            inner += done
             if checkpoint is not None:
                 checkpoint.save({"w1": [D1[t] for t in b1.offsets], "w2": [D2[t] for t in b2.offsets]},
                                 {"iteration": it + 1})

@@ -270,15 +270,12 @@ class MLPTrainer(Trainer):
         bootstraps = boot_ops = None
         if boot_level is not None:
             flavors = [self.trace_flavor(t, mus[t], batches) for t in range(T)]
-            booted = trace.bootstrap_run(self, shape, p, flavors, int(boot_level))
-            if booted is None:
+            bootstraps, boot_ops, booted_steps = trace.planned_bootstraps(self, shape, p, flavors, int(boot_level))
+            if bootstraps is None:
                 notes.append(f"an iteration does not fit even with bootstraps inside it (a bootstrap restores {boot_level} "
                              "levels)")
             else:
-                bootstraps = {"level": int(boot_level), "state": [n for n, _ in booted],
-                              "in_iteration": [s.ops.get("bootstrap", 0) for _, s in booted]}
-                boot_ops = trace.add_ops(*(s.ops for _, s in booted), {"bootstrap": sum(bootstraps["state"])})
-                steps |= set().union(*(s.rotation_steps for _, s in booted))
+                steps |= booted_steps
                 notes.append(f"with --refresh bootstrap (a bootstrap restores {boot_level} levels): "
                              f"{max(bootstraps['in_iteration'])} bootstrap(s) inside an iteration at most, "
                              f"{sum(bootstraps['in_iteration'])} inside and {sum(bootstraps['state'])} of the state "
@@ -509,7 +506,7 @@ class MLPTrainer(Trainer):
             W, V, start = self._restore(saved, names)
         mus = self._mus()
         # refresh "bootstrap" (the hook bootstraps: no round trip) on an engine that bootstraps: also inside iterations
-        boot = refresh is not None and not getattr(refresh, "via_client", True) and engine.can_bootstrap
+        boot = inner_boot.inside(refresh, engine)
         ctx = self._context(lay, sizes, X, Y, executor, params=engine.params if boot else None)
         shape = (lay.n, sizes[0], sizes[-1])
         T = self.config["iterations"]
@@ -520,13 +517,7 @@ class MLPTrainer(Trainer):
             flavor = self.trace_flavor(t, mus[t], ctx["batches"])
             state = self._state(W, V)
             if boot:  # traced: refresh the state first, or bootstrap inside the iteration only (fewer bootstraps)
-                first, step_ = trace.bootstrap_step(self, shape, engine.params, trace.levels_of(state), flavor,
-                                                    engine.bootstrap_level)
-                if not step_.fits:
-                    raise DepthPlanError(f"iteration {t + 1} does not fit even with bootstraps inside it (a bootstrap "
-                                         f"restores {engine.bootstrap_level} levels): use a preset with more levels "
-                                         "after a bootstrap, or lower-degree sigmoids")
-                if first:
+                if inner_boot.refresh_first(self, shape, engine, trace.levels_of(state), flavor, t):
                     W, V = self._unstate(refresh(state, t), names)
             elif not trace.fits(self, shape, engine.params, state, flavor):  # traced: the next iteration needs a refresh
                 level = min(ct.level for v in V.values() for ct in v)
@@ -542,12 +533,8 @@ class MLPTrainer(Trainer):
                     raise DepthPlanError(f"iteration {t + 1} does not fit even in refreshed ciphertexts (level "
                                          f"{level} of {engine.max_level}): use a preset with more levels or a "
                                          f"cheaper sigmoid{hint}")
-            before = engine.counters.counts.get("bootstrap", 0)
-            W, V = self._iteration(engine, ctx, W, V, t, mus[t])
-            done = engine.counters.counts.get("bootstrap", 0) - before  # workers' counts are merged in
-            if done:
-                inner += done
-                getattr(refresh, "add_bootstraps", lambda n: None)(done)
+            (W, V), done = inner_boot.counted(engine, refresh, lambda: self._iteration(engine, ctx, W, V, t, mus[t]))
+            inner += done
             if checkpoint is not None:
                 lookahead = {} if V is W else {f"v_{k}": v for k, v in V.items()}
                 checkpoint.save({**W, **lookahead}, {"iteration": t + 1, "lookahead": bool(lookahead)})
@@ -609,11 +596,10 @@ class MLPTrainer(Trainer):
         W_new = {k: [engine.sub(v, g) for v, g in zip(V[k], G[k])] for k in ctx["names"]}
         if mu:
             if needs is not None:  # the Nesterov step scales both states: each needs its level
-                ensure = inner_boot.ensure_levels
-                W_new = {k: [ensure(engine, w, needs["momentum"], f"{k} before the momentum step") for w in W_new[k]]
-                         for k in ctx["names"]}
-                W = {k: [ensure(engine, w, needs["momentum"], f"{k} before the momentum step") for w in W[k]]
-                     for k in ctx["names"]}
+                def with_levels(S: dict) -> dict:
+                    return {k: [inner_boot.ensure_levels(engine, w, needs["momentum"], f"{k} before the momentum step")
+                                for w in S[k]] for k in ctx["names"]}
+                W_new, W = with_levels(W_new), with_levels(W)
             V = {k: [_momentum(engine, wn, wo, mu) for wn, wo in zip(W_new[k], W[k])] for k in ctx["names"]}
         else:
             V = W_new

@@ -208,8 +208,6 @@ class Choice(_Text):
     """One of a fixed set of words (e.g. momentum none|nesterov)."""
 
     choices: tuple[str, ...] = ()
-    type_text = "a string"
-    accepts_text = True
 
     @property
     def valid(self) -> str:
@@ -224,8 +222,6 @@ class Sigmoid(_Text):
     """A sigmoid approximation spec (hetrain.circuits.approx.get_sigmoid); ``degree``: required degree."""
 
     degree: int | None = None
-    type_text = "a string"
-    accepts_text = True
 
     @property
     def valid(self) -> str:

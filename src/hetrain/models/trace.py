@@ -212,6 +212,21 @@ def bootstrap_run(trainer, shape: Sequence[int], params, flavors: Sequence[Hasha
     return out
 
 
+def planned_bootstraps(trainer, shape: Sequence[int], params, flavors: Sequence[Hashable],
+                       bootstrap_level: int) -> tuple[dict | None, dict | None, set]:
+    """``Plan.bootstraps``, ``Plan.bootstrap_ops`` and the rotation steps of the planned bootstrapping run
+    (``bootstrap_run``): {"level", "state": [per iteration], "in_iteration": [per iteration]}, its
+    operation counts with every bootstrap, and the steps it uses; (None, None, set()) when an iteration
+    does not fit even with bootstraps inside it."""
+    booted = bootstrap_run(trainer, shape, params, flavors, bootstrap_level)
+    if booted is None:
+        return None, None, set()
+    boots = {"level": int(bootstrap_level), "state": [n for n, _ in booted],
+             "in_iteration": [s.ops.get("bootstrap", 0) for _, s in booted]}
+    ops = add_ops(*(s.ops for _, s in booted), {"bootstrap": sum(boots["state"])})
+    return boots, ops, set().union(*(s.rotation_steps for _, s in booted))
+
+
 def top_levels_at(trainer, shape: Sequence[int], params, bootstrap_level: int | None) -> Levels:
     """``top_levels`` of the tracing engine that bootstraps to ``bootstrap_level`` (the same fresh state)."""
     return _fresh(trainer, tuple(int(x) for x in shape), get_params(params), bootstrap_level)
