@@ -124,7 +124,9 @@ def train_cross_process(preset, iterations, Xtr, ytr, Xte, yte):
 # ------------------------------------------------------------------------------ 4. without the client (openfhe)
 def train_without_client(preset, hidden, iterations, Xtr, ytr, Xte, yte):
     """``fit`` with refresh "bootstrap" on OpenFHE: no round trip; bootstraps inside iterations where needed."""
-    insecure = "-test" in preset  # the openfhe backend's INSECURE test rings must be forced; its 128-bit ones need not
+    from hetrain.ckks.openfhe_backend import PRESETS
+
+    insecure = not PRESETS[preset].secure  # the INSECURE test rings must be forced; the 128-bit ones need not
     t0 = time.perf_counter()
     r = fit(Xtr, ytr, "mlp", {"layout": "dvr", "hidden": hidden, "iterations": iterations}, preset=preset,
             backend="openfhe", refresh="bootstrap", force_insecure=insecure, progress=False)
